@@ -1,0 +1,41 @@
+"""minidl: a from-scratch deep learning engine on NumPy (CPU) and CuPy (GPU).
+
+The public face: ``Tensor`` and its factories, grad-mode switches, seeding, devices,
+``save``/``load``, and ``gradcheck``. Layers live in ``minidl.nn``, optimisers in
+``minidl.optim``.
+"""
+from __future__ import annotations
+
+import numpy as _np
+
+from . import backend, ops
+from .autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .backend import Device as device
+from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like,
+                       linspace, ones, ones_like, rand, rand_like, randint, randn, randn_like,
+                       randperm, tensor, zeros, zeros_like)
+from .gradcheck import GradcheckError, gradcheck
+from .ops import (abs, add, all, amax, any, argmax, argmin, cat, clamp, clip, concatenate, div,
+                  eq, exp, expand, flatten, ge, gt, le, log, lt, matmul, max, maximum, mean, min,
+                  minimum, mul, ne, neg, pad, permute, pow, reshape, sqrt, squeeze, stack, std,
+                  sub, sum, transpose, unsqueeze, var, where)
+from .random import initial_seed, manual_seed
+
+float32 = _np.dtype(_np.float32)
+float64 = _np.dtype(_np.float64)
+float16 = _np.dtype(_np.float16)
+int64 = _np.dtype(_np.int64)
+int32 = _np.dtype(_np.int32)
+uint8 = _np.dtype(_np.uint8)
+bool = _np.dtype(_np.bool_)  # noqa: A001 - PyTorch's name
+float = float32  # noqa: A001
+double = float64
+long = int64
+
+__version__ = "0.1.0"
+
+
+class cuda:  # noqa: N801 - mirrors torch.cuda
+    """``minidl.cuda.is_available()``: whether CuPy imports and sees a GPU."""
+
+    is_available = staticmethod(backend.cuda_is_available)

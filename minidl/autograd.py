@@ -1,0 +1,579 @@
+"""Tensor, Function and the backward pass.
+
+A ``Tensor`` wraps a raw array (NumPy on the CPU, CuPy on the GPU). A ``Function``
+is a differentiable primitive written on raw arrays::
+
+    class Exp(Function):
+        @staticmethod
+        def forward(ctx, x):                # x: raw array
+            y = xp.exp(x)
+            ctx.save_for_backward(y)
+            return y
+        @staticmethod
+        def backward(ctx, gy):              # gy: dL/dy, same shape as y
+            (y,) = ctx.saved_tensors
+            return gy * y                   # dL/dx, one gradient per input
+
+    exp = Exp.apply                         # the lowercase wrapper takes Tensors
+
+``Function.apply`` runs ``forward`` on the arrays and, when any input requires a
+gradient (and grad mode is on), records a graph node: the ``ctx`` object itself.
+``Tensor.backward`` walks those nodes once each, in reverse topological order
+(iteratively: a deep ResNet must not hit Python's recursion limit), so a node runs
+only after every consumer of its outputs has passed its gradient back.
+
+Tensor methods and operators (``+``, ``@``, ``.sum()``, ``.reshape()`` ...) are
+installed by ``minidl.ops`` (see ``ops/__init__.py``), which sits above this module.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import weakref
+
+import numpy as np
+
+from . import backend
+
+# ----------------------------------------------------------------------------- grad mode
+
+_state = threading.local()
+
+
+def is_grad_enabled():
+    """Whether operations are recorded for backward (True unless inside ``no_grad()``)."""
+    return getattr(_state, "grad_enabled", True)
+
+
+def set_grad_enabled(mode):
+    _state.grad_enabled = bool(mode)
+
+
+class _GradMode(contextlib.ContextDecorator):
+    """Context manager (and decorator) that sets grad mode and restores it on exit."""
+
+    mode = True
+
+    def __enter__(self):
+        self._prev = is_grad_enabled()
+        set_grad_enabled(self.mode)
+        return self
+
+    def __exit__(self, *exc):
+        set_grad_enabled(self._prev)
+        return False
+
+
+class no_grad(_GradMode):
+    """``with minidl.no_grad():`` runs operations without recording a graph."""
+
+    mode = False
+
+
+class enable_grad(_GradMode):
+    """``with minidl.enable_grad():`` re-enables recording inside ``no_grad()``."""
+
+    mode = True
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+DEFAULT_FLOAT = np.dtype(np.float32)
+
+
+def _as_array(data, dtype=None):
+    """A NumPy/CuPy array from array-likes; Python floats become float32 as in PyTorch."""
+    if isinstance(data, Tensor):
+        data = data.data
+    xp = backend.get_array_module(data)
+    if xp is np and not isinstance(data, np.ndarray):
+        arr = np.asarray(data)
+        if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.generic):
+            arr = arr.astype(DEFAULT_FLOAT)  # Python floats and lists of them
+    else:
+        arr = data
+    if dtype is not None and arr.dtype != np.dtype(dtype):
+        arr = arr.astype(dtype)
+    return arr
+
+
+# ----------------------------------------------------------------------------- Tensor
+
+
+class Tensor:
+    """An n-dimensional array that can record the operations applied to it.
+
+    ``data`` is the raw array (``numpy.ndarray`` or ``cupy.ndarray``); ``grad`` is a
+    Tensor of the same shape once ``backward()`` has reached this tensor; ``grad_fn``
+    is the graph node that produced it (``None`` for leaves: tensors made by the
+    user, and parameters).
+    """
+
+    __array_ufunc__ = None  # make NumPy defer to Tensor's reflected operators
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        self.data = _as_array(data, dtype)
+        self.grad = None
+        self.grad_fn = None      # the Context that produced this tensor, None for leaves
+        self._output_nr = 0      # which output of grad_fn this tensor is
+        self._retains_grad = False
+        self._requires_grad = False
+        self.requires_grad = requires_grad
+
+    # --- basic properties -------------------------------------------------------------
+    @property
+    def requires_grad(self):
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        value = bool(value)
+        if value and self.data.dtype.kind not in "fc":
+            raise RuntimeError(
+                f"only floating point tensors can require gradients, got dtype {self.data.dtype}")
+        if not value and self.grad_fn is not None:
+            raise RuntimeError("requires_grad can only be changed on leaf tensors; "
+                               "use .detach() to get a tensor outside the graph")
+        self._requires_grad = value
+
+    def requires_grad_(self, requires_grad=True):
+        self.requires_grad = requires_grad
+        return self
+
+    @property
+    def is_leaf(self):
+        return self.grad_fn is None
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def device(self):
+        return backend.device_of(self.data)
+
+    @property
+    def is_cuda(self):
+        return self.device.type == "cuda"
+
+    def size(self, dim=None):
+        """The shape, or its ``dim``-th entry (``x.size(0)`` is the batch size)."""
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self):
+        return self.data.ndim
+
+    def numel(self):
+        return int(self.data.size)
+
+    def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __hash__(self):  # tensors are hashable by identity, as in PyTorch
+        return id(self)
+
+    # --- conversion -----------------------------------------------------------------------
+    def item(self):
+        """The value of a one-element tensor as a Python number."""
+        if self.data.size != 1:
+            raise ValueError(
+                f"item(): only one-element tensors can be converted to a Python scalar, "
+                f"got shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def numpy(self):
+        """The CPU array itself (shares memory); a GPU tensor must be moved with .cpu() first."""
+        if self.is_cuda:
+            raise TypeError("numpy(): this tensor is on the GPU; call .cpu() first "
+                            "(or use .tolist() / .item())")
+        return self.data
+
+    def __array__(self, dtype=None, copy=None):
+        arr = backend.to_numpy(self.data)
+        return arr if dtype is None else arr.astype(dtype)
+
+    def tolist(self):
+        return backend.to_numpy(self.data).tolist()
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise RuntimeError(f"the truth value of a tensor with {self.data.size} elements "
+                               "is ambiguous; use .any() or .all()")
+        return bool(self.data.reshape(()).item())
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self.dtype.kind not in "iub" or self.data.size != 1:
+            raise TypeError("only integer tensors of a single element can be used as an index")
+        return int(self.item())
+
+    def __repr__(self):
+        body = np.array2string(backend.to_numpy(self.data), separator=", ", precision=4,
+                               prefix="tensor(")
+        extras = []
+        if self.is_cuda:
+            extras.append(f"device='{self.device}'")
+        if self.dtype not in (np.float32, np.int64, np.bool_):
+            extras.append(f"dtype=minidl.{self.dtype.name}")
+        if self.grad_fn is not None:
+            extras.append(f"grad_fn=<{self.grad_fn.name}Backward>")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        return "tensor(" + body + "".join(", " + e for e in extras) + ")"
+
+    # --- graph handling ---------------------------------------------------------------------
+    def detach(self):
+        """A new leaf tensor sharing the same array, outside the graph."""
+        return Tensor(self.data)
+
+    def retain_grad(self):
+        """Keep ``.grad`` on this non-leaf tensor after backward (leaves always keep it)."""
+        if not self.requires_grad:
+            raise RuntimeError("retain_grad(): this tensor does not require grad")
+        if self.grad_fn is not None and not self._retains_grad:
+            self._retains_grad = True
+            self.grad_fn._retained[self._output_nr] = weakref.ref(self)
+        return self
+
+    @property
+    def retains_grad(self):
+        return self._retains_grad
+
+    def backward(self, gradient=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) * gradient into the ``.grad`` of every leaf that needs it.
+
+        ``gradient`` defaults to 1 for a one-element tensor. The graph's saved arrays are
+        freed afterwards unless ``retain_graph=True``.
+        """
+        run_backward(self, gradient, retain_graph)
+
+    # --- in-place helpers (optimisers, init): no graph is recorded ---------------------------
+    def _check_inplace(self, name):
+        if self.requires_grad and is_grad_enabled() and self.is_leaf:
+            raise RuntimeError(
+                f"{name}(): a leaf tensor that requires grad cannot be modified in place while "
+                "grad mode is on; wrap the update in `with minidl.no_grad():`")
+
+    def zero_(self):
+        self._check_inplace("zero_")
+        self.data[...] = 0
+        return self
+
+    def fill_(self, value):
+        self._check_inplace("fill_")
+        self.data[...] = value
+        return self
+
+    def copy_(self, src):
+        """Copy ``src``'s values into this tensor (shapes must broadcast)."""
+        self._check_inplace("copy_")
+        src = src.data if isinstance(src, Tensor) else src
+        xp = backend.get_array_module(self.data)
+        self.data[...] = xp.asarray(backend.to_device(src, self.device) if xp is not np
+                                    else backend.to_numpy(src))
+        return self
+
+    # --- devices and dtypes ---------------------------------------------------------------
+    def to(self, *args, **kwargs):
+        """``x.to('cuda')``, ``x.to(minidl.float64)``, ``x.to('cpu', dtype)``: a moved/cast copy."""
+        device = kwargs.pop("device", None)
+        dtype = kwargs.pop("dtype", None)
+        if kwargs:
+            raise TypeError(f"to(): unexpected arguments {sorted(kwargs)}")
+        for a in args:
+            if isinstance(a, (str, backend.Device)):
+                device = a
+            else:
+                dtype = a
+        out = self
+        if dtype is not None and np.dtype(dtype) != self.dtype:
+            out = out._cast(np.dtype(dtype))
+        if device is not None and backend.Device(device) != self.device:
+            out = out._move(backend.Device(device))
+        return out
+
+    def cuda(self, device=None):
+        return self.to("cuda" if device is None else f"cuda:{device}")
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def float(self):
+        return self.to(np.float32)
+
+    def double(self):
+        return self.to(np.float64)
+
+    def long(self):
+        return self.to(np.int64)
+
+    def int(self):
+        return self.to(np.int32)
+
+    def bool(self):
+        return self.to(np.bool_)
+
+    def type_as(self, other):
+        return self.to(other.dtype)
+
+
+# ----------------------------------------------------------------------------- Function
+
+
+class Context:
+    """What a Function's forward leaves for its backward; also the graph node.
+
+    ``save_for_backward(*arrays)`` keeps arrays until backward (freed after it unless
+    ``retain_graph=True``). ``needs_input_grad[i]`` says whether input ``i`` wants a
+    gradient, so backward can skip the others. Any other attribute (``ctx.stride = 2``)
+    may be set freely for small non-array values.
+    """
+
+    def __init__(self, fn, needs_input_grad):
+        self.fn = fn
+        self.needs_input_grad = needs_input_grad
+        self._saved = ()
+        self._released = False
+        self._edges = ()          # per input: (leaf Tensor, None) | (Context, output_nr) | None
+        self._out_meta = ()       # per output: (shape, dtype) to materialise missing grads
+        self._retained = {}       # output_nr -> weakref to a tensor that called retain_grad()
+
+    @property
+    def name(self):
+        name = self.fn.__name__
+        return name[:-len("Function")] if name.endswith("Function") and name != "Function" else name
+
+    def save_for_backward(self, *arrays):
+        self._saved = arrays
+
+    @property
+    def saved_tensors(self):
+        if self._released:
+            raise RuntimeError(
+                f"{self.name}: trying to backward through the graph a second time; its saved "
+                "values were freed after the first backward. Pass retain_graph=True to the "
+                "first backward() if you need to call it again.")
+        return self._saved
+
+    def _release(self):
+        self._saved = ()
+        self._released = True
+
+    def __repr__(self):
+        return f"<{self.name}Backward>"
+
+
+class Function:
+    """Base class of differentiable primitives; subclasses define ``forward``/``backward``.
+
+    ``forward(ctx, *arrays, **params)`` receives raw arrays (or ``None`` for absent
+    optional inputs) and returns an array, or a tuple of arrays for several outputs.
+    ``backward(ctx, *grads)`` receives one gradient per output and returns one gradient
+    (or ``None``) per positional input.
+    """
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs, **params):
+        arrays = []
+        needs = []
+        device = None
+        for t in inputs:
+            if isinstance(t, Tensor):
+                d = t.device
+                if device is None:
+                    device = d
+                elif d != device:
+                    raise RuntimeError(
+                        f"{cls.__name__.removesuffix('Function') or cls.__name__}: expected all "
+                        f"tensors on the same device, got {device} and {d}; move them with "
+                        ".to(device) first")
+                arrays.append(t.data)
+                needs.append(t.requires_grad)
+            else:
+                arrays.append(t)
+                needs.append(False)
+        record = any(needs) and is_grad_enabled()
+        ctx = Context(cls, tuple(needs) if record else (False,) * len(needs))
+        result = cls.forward(ctx, *arrays, **params)
+        multi = isinstance(result, tuple)
+        outs = result if multi else (result,)
+        tensors = tuple(Tensor(o) for o in outs)
+        if record:
+            edges = []
+            for t, need in zip(inputs, needs):
+                if not need:
+                    edges.append(None)
+                elif t.grad_fn is None:
+                    edges.append((t, None))
+                else:
+                    edges.append((t.grad_fn, t._output_nr))
+            ctx._edges = tuple(edges)
+            ctx._out_meta = tuple((o.shape, o.dtype) for o in outs)
+            for i, t in enumerate(tensors):
+                if t.dtype.kind in "fc":
+                    t._requires_grad = True
+                    t.grad_fn = ctx
+                    t._output_nr = i
+        return tensors if multi else tensors[0]
+
+
+# ----------------------------------------------------------------------------- backward pass
+
+
+def _accumulate(buf, i, g):
+    """Add gradient ``g`` into slot ``i`` out of place (never mutating a shared array)."""
+    buf[i] = g if buf[i] is None else buf[i] + g
+
+
+def _accumulate_leaf(t, g):
+    if g.dtype != t.dtype:
+        g = g.astype(t.dtype)
+    # A fresh array for the first gradient: backward may hand the same array to several
+    # inputs (x + x), and a user scaling one .grad in place must not change another.
+    t.grad = Tensor(g.copy()) if t.grad is None else Tensor(t.grad.data + g)
+
+
+def _topological_order(root):
+    """Graph nodes reachable from ``root``, each after every node that consumes its outputs."""
+    order, expanded = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if node in expanded:
+            continue
+        expanded.add(node)
+        stack.append((node, True))
+        for edge in node._edges:
+            if edge is not None and isinstance(edge[0], Context) and edge[0] not in expanded:
+                stack.append((edge[0], False))
+    order.reverse()  # post-order reversed: consumers before producers
+    return order
+
+
+def run_backward(root, gradient=None, retain_graph=False):
+    if not root.requires_grad:
+        raise RuntimeError("backward(): this tensor does not require grad and has no grad_fn "
+                           "(did you compute it inside no_grad(), or from tensors that do not "
+                           "require grad?)")
+    xp = backend.get_array_module(root.data)
+    if gradient is None:
+        if root.data.size != 1:
+            raise RuntimeError(
+                f"backward(): grad can be implicitly created only for one-element outputs; "
+                f"this tensor has shape {root.shape}, so pass backward(gradient) of that shape")
+        g = xp.ones_like(root.data)
+    else:
+        g = gradient.data if isinstance(gradient, Tensor) else xp.asarray(gradient)
+        if tuple(g.shape) != root.shape:
+            raise RuntimeError(f"backward(): gradient has shape {tuple(g.shape)}, "
+                               f"expected the tensor's shape {root.shape}")
+        g = g.astype(root.dtype, copy=False)
+
+    if root.grad_fn is None:  # backward on a leaf: its gradient is the seed itself
+        _accumulate_leaf(root, g)
+        return
+
+    grads = {root.grad_fn: [None] * len(root.grad_fn._out_meta)}
+    grads[root.grad_fn][root._output_nr] = g
+    for node in _topological_order(root.grad_fn):
+        out_grads = grads.pop(node, None)
+        if out_grads is None:  # no gradient flows through this node
+            continue
+        if node._released:
+            node.saved_tensors  # raises the explanatory error
+        for i, ref in node._retained.items():
+            t = ref()
+            if t is not None and out_grads[i] is not None:
+                t.grad = Tensor(out_grads[i]) if t.grad is None else Tensor(t.grad.data + out_grads[i])
+        for i, (shape, dtype) in enumerate(node._out_meta):
+            if out_grads[i] is None:
+                out_grads[i] = xp.zeros(shape, dtype)
+        in_grads = node.fn.backward(node, *out_grads)
+        if not isinstance(in_grads, tuple):
+            in_grads = (in_grads,)
+        if len(in_grads) != len(node._edges):
+            raise RuntimeError(f"{node.name}.backward returned {len(in_grads)} gradients, "
+                               f"expected {len(node._edges)} (one per input)")
+        if not retain_graph:
+            node._release()
+        for edge, gi in zip(node._edges, in_grads):
+            if edge is None or gi is None:
+                continue
+            target, nr = edge
+            if nr is None:
+                if tuple(gi.shape) != target.shape:
+                    raise RuntimeError(f"{node.name}.backward: gradient of shape "
+                                       f"{tuple(gi.shape)} for an input of shape {target.shape}")
+                _accumulate_leaf(target, gi)
+            else:
+                buf = grads.get(target)
+                if buf is None:
+                    buf = grads[target] = [None] * len(target._out_meta)
+                _accumulate(buf, nr, gi)
+
+
+# ----------------------------------------------------------------------------- casts and moves
+# They live here rather than in ops/ because Tensor.to() needs them.
+
+
+class CastFunction(Function):
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.in_dtype = x.dtype
+        return x.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        return gy.astype(ctx.in_dtype)
+
+
+class MoveFunction(Function):
+    @staticmethod
+    def forward(ctx, x, device):
+        ctx.in_device = backend.device_of(x)
+        return backend.to_device(x, device)
+
+    @staticmethod
+    def backward(ctx, gy):
+        return backend.to_device(gy, ctx.in_device)
+
+
+def _cast(self, dtype):
+    if self.requires_grad and dtype.kind not in "fc":
+        return Tensor(self.data.astype(dtype))  # integer results carry no gradient
+    return CastFunction.apply(self, dtype=dtype)
+
+
+def _move(self, device):
+    return MoveFunction.apply(self, device=device)
+
+
+Tensor._cast = _cast
+Tensor._move = _move

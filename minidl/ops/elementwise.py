@@ -1,0 +1,337 @@
+"""Elementwise arithmetic and math with NumPy broadcasting.
+
+Binary ops broadcast their inputs; their backward sums each gradient back to the
+shape of its input (``unbroadcast``). Comparisons return boolean tensors and carry
+no gradient.
+"""
+from __future__ import annotations
+
+from .. import backend
+from ..autograd import Function, Tensor
+from .utils import as_tensor, unbroadcast
+
+
+# --- binary arithmetic ------------------------------------------------------------------
+
+class AddFunction(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (a.shape, b.shape)
+        return a + b
+
+    @staticmethod
+    def backward(ctx, gy):  # d(a+b)/da = d(a+b)/db = 1
+        sa, sb = ctx.shapes
+        return unbroadcast(gy, sa), unbroadcast(gy, sb)
+
+
+class SubFunction(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (a.shape, b.shape)
+        return a - b
+
+    @staticmethod
+    def backward(ctx, gy):
+        sa, sb = ctx.shapes
+        gb = unbroadcast(-gy, sb) if ctx.needs_input_grad[1] else None
+        return unbroadcast(gy, sa), gb
+
+
+class MulFunction(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, gy):  # d(ab)/da = b, d(ab)/db = a
+        a, b = ctx.saved_tensors
+        ga = unbroadcast(gy * b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(gy * a, b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class DivFunction(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, gy):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b^2
+        a, b = ctx.saved_tensors
+        ga = unbroadcast(gy / b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(-gy * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class PowFunction(Function):
+    """``a ** b`` for tensors ``a`` and ``b`` (use ``a ** 2`` with a Python number when you can)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        y = a ** b
+        ctx.save_for_backward(a, b, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):  # d(a^b)/da = b a^(b-1), d(a^b)/db = a^b log a
+        a, b, y = ctx.saved_tensors
+        xp = backend.get_array_module(a)
+        ga = unbroadcast(gy * b * a ** (b - 1), a.shape) if ctx.needs_input_grad[0] else None
+        gb = None
+        if ctx.needs_input_grad[1]:
+            # log a is undefined for a <= 0; PyTorch gives 0 where a == 0 and b >= 0.
+            safe = xp.where(a > 0, a, xp.ones_like(a))
+            gb = unbroadcast(gy * y * xp.log(safe), b.shape)
+        return ga, gb
+
+
+class PowScalarFunction(Function):
+    @staticmethod
+    def forward(ctx, a, exponent):
+        ctx.save_for_backward(a)
+        ctx.exponent = exponent
+        return a ** exponent
+
+    @staticmethod
+    def backward(ctx, gy):  # d(a^p)/da = p a^(p-1)
+        (a,) = ctx.saved_tensors
+        p = ctx.exponent
+        return gy * (p * a ** (p - 1)).astype(a.dtype, copy=False)
+
+
+class NegFunction(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, gy):
+        return -gy
+
+
+def add(a, b):
+    return AddFunction.apply(*_pair(a, b))
+
+
+def sub(a, b):
+    return SubFunction.apply(*_pair(a, b))
+
+
+def mul(a, b):
+    return MulFunction.apply(*_pair(a, b))
+
+
+def div(a, b):
+    return DivFunction.apply(*_pair(a, b))
+
+
+def pow(a, b):  # noqa: A001 - PyTorch's name
+    if isinstance(b, (int, float)) and not isinstance(b, bool):
+        return PowScalarFunction.apply(a, exponent=b)
+    return PowFunction.apply(*_pair(a, b))
+
+
+def neg(a):
+    return NegFunction.apply(a)
+
+
+def _pair(a, b):
+    if isinstance(a, Tensor):
+        return a, as_tensor(b, a)
+    return as_tensor(a, b), b
+
+
+# --- unary math -----------------------------------------------------------------------
+
+class ExpFunction(Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = backend.get_array_module(x).exp(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):  # d exp(x)/dx = exp(x)
+        (y,) = ctx.saved_tensors
+        return gy * y
+
+
+class LogFunction(Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return backend.get_array_module(x).log(x)
+
+    @staticmethod
+    def backward(ctx, gy):  # d log(x)/dx = 1/x
+        (x,) = ctx.saved_tensors
+        return gy / x
+
+
+class SqrtFunction(Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = backend.get_array_module(x).sqrt(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):  # d sqrt(x)/dx = 1 / (2 sqrt(x))
+        (y,) = ctx.saved_tensors
+        return gy / (2 * y)
+
+
+class AbsFunction(Function):
+    @staticmethod
+    def forward(ctx, x):
+        xp = backend.get_array_module(x)
+        ctx.save_for_backward(x)
+        return xp.abs(x)
+
+    @staticmethod
+    def backward(ctx, gy):  # d|x|/dx = sign(x), 0 at x = 0 (as in PyTorch)
+        (x,) = ctx.saved_tensors
+        return gy * backend.get_array_module(x).sign(x)
+
+
+class ClampFunction(Function):
+    @staticmethod
+    def forward(ctx, x, min=None, max=None):  # noqa: A002 - PyTorch's names
+        xp = backend.get_array_module(x)
+        ctx.save_for_backward(x)
+        ctx.bounds = (min, max)
+        return xp.clip(x, min, max)
+
+    @staticmethod
+    def backward(ctx, gy):
+        # Gradient passes where the input lies inside [min, max] (bounds included, as in
+        # PyTorch), and is zero where the clamp replaced the value.
+        (x,) = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        mask = backend.get_array_module(x).ones(x.shape, dtype=bool)
+        if lo is not None:
+            mask &= x >= lo
+        if hi is not None:
+            mask &= x <= hi
+        return gy * mask
+
+
+def exp(x):
+    return ExpFunction.apply(x)
+
+
+def log(x):
+    return LogFunction.apply(x)
+
+
+def sqrt(x):
+    return SqrtFunction.apply(x)
+
+
+def abs(x):  # noqa: A001 - PyTorch's name
+    return AbsFunction.apply(x)
+
+
+def clamp(x, min=None, max=None):  # noqa: A002 - PyTorch's names
+    """Limit ``x`` to ``[min, max]`` (either bound may be None)."""
+    if min is None and max is None:
+        raise ValueError("clamp: at least one of min and max must be given")
+    return ClampFunction.apply(x, min=min, max=max)
+
+
+clip = clamp
+
+
+# --- selections -------------------------------------------------------------------------
+
+class MaximumFunction(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return backend.get_array_module(a, b).maximum(a, b)
+
+    @staticmethod
+    def backward(ctx, gy):
+        # Ties split the gradient evenly between the two inputs, as PyTorch does.
+        a, b = ctx.saved_tensors
+        wa = (a > b) + 0.5 * (a == b)
+        return (unbroadcast(gy * wa.astype(gy.dtype), a.shape),
+                unbroadcast(gy * (1 - wa).astype(gy.dtype), b.shape))
+
+
+class MinimumFunction(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return backend.get_array_module(a, b).minimum(a, b)
+
+    @staticmethod
+    def backward(ctx, gy):
+        a, b = ctx.saved_tensors
+        wa = (a < b) + 0.5 * (a == b)
+        return (unbroadcast(gy * wa.astype(gy.dtype), a.shape),
+                unbroadcast(gy * (1 - wa).astype(gy.dtype), b.shape))
+
+
+class WhereFunction(Function):
+    @staticmethod
+    def forward(ctx, cond, a, b):
+        xp = backend.get_array_module(cond, a, b)
+        ctx.save_for_backward(cond)
+        ctx.shapes = (a.shape, b.shape)
+        return xp.where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, gy):
+        (cond,) = ctx.saved_tensors
+        xp = backend.get_array_module(gy)
+        zero = xp.zeros((), gy.dtype)
+        sa, sb = ctx.shapes
+        ga = unbroadcast(xp.where(cond, gy, zero), sa) if ctx.needs_input_grad[1] else None
+        gb = unbroadcast(xp.where(cond, zero, gy), sb) if ctx.needs_input_grad[2] else None
+        return None, ga, gb
+
+
+def maximum(a, b):
+    return MaximumFunction.apply(*_pair(a, b))
+
+
+def minimum(a, b):
+    return MinimumFunction.apply(*_pair(a, b))
+
+
+def where(condition, input, other):  # noqa: A002 - PyTorch's names
+    """``input`` where ``condition`` holds, else ``other`` (all three broadcast)."""
+    like = input if isinstance(input, Tensor) else other
+    if not isinstance(like, Tensor):
+        raise TypeError("where: at least one of input and other must be a Tensor")
+    input, other = as_tensor(input, like), as_tensor(other, like)
+    cond = condition if isinstance(condition, Tensor) else as_tensor(condition, like)
+    if cond.dtype.kind != "b":
+        raise TypeError(f"where: condition must be a boolean tensor, got dtype {cond.dtype}")
+    if input.dtype != other.dtype:
+        raise TypeError(f"where: input and other must have the same dtype, "
+                        f"got {input.dtype} and {other.dtype}")
+    return WhereFunction.apply(cond, input, other)
+
+
+# --- comparisons (no gradient) ----------------------------------------------------------
+
+def _compare(op):
+    def compare(a, b):
+        b = as_tensor(b, a)
+        if a.device != b.device:
+            raise RuntimeError(f"comparison: tensors on different devices ({a.device}, {b.device})")
+        return Tensor(op(a.data, b.data))
+    return compare
+
+
+eq = _compare(lambda a, b: a == b)
+ne = _compare(lambda a, b: a != b)
+lt = _compare(lambda a, b: a < b)
+le = _compare(lambda a, b: a <= b)
+gt = _compare(lambda a, b: a > b)
+ge = _compare(lambda a, b: a >= b)

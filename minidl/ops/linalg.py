@@ -1,0 +1,75 @@
+"""Matrix products: ``matmul`` (the ``@`` operator) and ``linear`` (a fully connected layer)."""
+from __future__ import annotations
+
+from ..autograd import Function
+from .shape import squeeze, unsqueeze
+from .utils import unbroadcast
+
+
+class MatMulFunction(Function):
+    """``a @ b`` for a: (..., M, K), b: (..., K, P) -> (..., M, P); leading dims broadcast."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, gy):  # dL/da = gy b^T, dL/db = a^T gy
+        a, b = ctx.saved_tensors
+        ga = unbroadcast(gy @ b.swapaxes(-1, -2), a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(a.swapaxes(-1, -2) @ gy, b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+def matmul(a, b):
+    """Matrix product with NumPy's rules: 1-D operands are treated as a row/column vector."""
+    if a.ndim == 0 or b.ndim == 0:
+        raise RuntimeError("matmul: both arguments need at least 1 dim; use * for scalars")
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+        raise RuntimeError(f"matmul: shapes {a.shape} and {b.shape} cannot be multiplied "
+                           f"({a.shape[-1]} != {b.shape[-2 if b.ndim > 1 else 0]})")
+    if a.dtype != b.dtype:
+        raise TypeError(f"matmul: expected both operands to have the same dtype, got "
+                        f"{a.dtype} and {b.dtype}")
+    if a.ndim == 1:
+        return squeeze(matmul(unsqueeze(a, 0), b), -2 if b.ndim > 1 else -1)
+    if b.ndim == 1:
+        return squeeze(matmul(a, unsqueeze(b, 1)), -1)
+    return MatMulFunction.apply(a, b)
+
+
+class LinearFunction(Function):
+    """y = x W^T + b.
+
+    x: (..., IN), weight: (OUT, IN), bias: (OUT,) or None -> y: (..., OUT).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        y = x @ weight.T
+        if bias is not None:
+            y += bias
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        gx = gy @ weight if need_x else None                        # (..., IN)
+        g2 = gy.reshape(-1, gy.shape[-1])                           # (M, OUT), M = prod(...)
+        gw = g2.T @ x.reshape(-1, x.shape[-1]) if need_w else None  # (OUT, IN)
+        gb = g2.sum(axis=0) if need_b else None                     # (OUT,)
+        return gx, gw, gb
+
+
+def linear(input, weight, bias=None):  # noqa: A002 - PyTorch's name
+    """``input @ weight.T + bias``: input (..., in_features), weight (out_features, in_features)."""
+    if input.ndim == 0 or input.shape[-1] != weight.shape[1]:
+        raise RuntimeError(f"linear: expected input (..., {weight.shape[1]}) for weight of shape "
+                           f"{weight.shape}, got {input.shape}")
+    if input.dtype != weight.dtype:
+        raise TypeError(f"linear: input dtype {input.dtype} does not match weight dtype "
+                        f"{weight.dtype}; convert with .float() or .double()")
+    return LinearFunction.apply(input, weight, bias)

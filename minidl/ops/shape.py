@@ -1,0 +1,263 @@
+"""Shape ops: reshape, transpose/permute, (un)squeeze, expand, indexing, cat, stack, pad.
+
+Each moves values around without changing them, so each backward moves the
+gradient back the opposite way.
+"""
+from __future__ import annotations
+
+import builtins
+
+from .. import backend
+from ..autograd import Function, Tensor
+from .utils import normalize_dim, unbroadcast
+
+
+class ReshapeFunction(Function):
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.in_shape = x.shape
+        return x.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, gy):
+        return gy.reshape(ctx.in_shape)
+
+
+class PermuteFunction(Function):
+    @staticmethod
+    def forward(ctx, x, dims):
+        ctx.dims = dims
+        return x.transpose(dims)
+
+    @staticmethod
+    def backward(ctx, gy):
+        inverse = [0] * len(ctx.dims)
+        for i, d in enumerate(ctx.dims):
+            inverse[d] = i
+        return gy.transpose(inverse)
+
+
+class ExpandFunction(Function):
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.in_shape = x.shape
+        return backend.get_array_module(x).broadcast_to(x, shape)
+
+    @staticmethod
+    def backward(ctx, gy):
+        return unbroadcast(gy, ctx.in_shape)
+
+
+def _is_basic_index(key):
+    """True for ints, slices, None and Ellipsis only: no element can be picked twice."""
+    items = key if isinstance(key, tuple) else (key,)
+    return builtins.all(isinstance(k, (int, slice, type(None), type(Ellipsis))) and
+                        not isinstance(k, bool) for k in items)
+
+
+class GetItemFunction(Function):
+    @staticmethod
+    def forward(ctx, x, key):
+        ctx.meta = (x.shape, x.dtype, key)
+        return x[key]
+
+    @staticmethod
+    def backward(ctx, gy):
+        shape, dtype, key = ctx.meta
+        xp = backend.get_array_module(gy)
+        gx = xp.zeros(shape, gy.dtype)
+        if _is_basic_index(key):
+            gx[key] = gy
+        else:  # advanced indexing may pick an element several times: add, do not assign
+            xp.add.at(gx, key, gy)
+        return gx
+
+
+class CatFunction(Function):
+    @staticmethod
+    def forward(ctx, *xs, dim):
+        ctx.meta = (dim, [x.shape[dim] for x in xs])
+        return backend.get_array_module(*xs).concatenate(xs, axis=dim)
+
+    @staticmethod
+    def backward(ctx, gy):
+        dim, sizes = ctx.meta
+        grads, start = [], 0
+        for n, need in zip(sizes, ctx.needs_input_grad):
+            index = [slice(None)] * gy.ndim
+            index[dim] = slice(start, start + n)
+            grads.append(gy[tuple(index)] if need else None)
+            start += n
+        return tuple(grads)
+
+
+class PadFunction(Function):
+    @staticmethod
+    def forward(ctx, x, widths, value):
+        ctx.widths = widths
+        xp = backend.get_array_module(x)
+        return xp.pad(x, widths, mode="constant", constant_values=value)
+
+    @staticmethod
+    def backward(ctx, gy):  # the gradient of the padding is dropped
+        index = tuple(slice(lo, gy.shape[i] - hi) for i, (lo, hi) in enumerate(ctx.widths))
+        return gy[index]
+
+
+# --- wrappers -------------------------------------------------------------------------
+
+def _shape_args(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        return tuple(shape[0])
+    return tuple(shape)
+
+
+def reshape(x, *shape):
+    """``x.reshape(N, -1)`` or ``x.reshape((N, -1))``; one entry may be -1."""
+    shape = _shape_args(shape)
+    known = 1
+    for s in shape:
+        if s != -1:
+            known *= s
+    if shape.count(-1) > 1 or (-1 not in shape and known != x.numel()) or \
+            (-1 in shape and (known == 0 or x.numel() % known)):
+        raise RuntimeError(f"reshape: shape {list(shape)} is invalid for input of shape "
+                           f"{x.shape} ({x.numel()} elements)")
+    return ReshapeFunction.apply(x, shape=shape)
+
+
+view = reshape
+
+
+def flatten(x, start_dim=0, end_dim=-1):
+    """Merge dims ``start_dim..end_dim`` into one: (N, C, H, W) -> (N, C*H*W) with start_dim=1."""
+    if x.ndim == 0:
+        return reshape(x, 1)
+    start, end = normalize_dim((start_dim, end_dim), x.ndim, "flatten")
+    if start > end:
+        raise ValueError(f"flatten: start_dim ({start_dim}) comes after end_dim ({end_dim})")
+    merged = 1
+    for s in x.shape[start:end + 1]:
+        merged *= s
+    return reshape(x, x.shape[:start] + (merged,) + x.shape[end + 1:])
+
+
+def permute(x, *dims):
+    dims = normalize_dim(_shape_args(dims), x.ndim, "permute")
+    if sorted(dims) != list(range(x.ndim)):
+        raise ValueError(f"permute: dims {list(dims)} are not a permutation of {x.ndim} dims")
+    return PermuteFunction.apply(x, dims=dims)
+
+
+def transpose(x, dim0, dim1):
+    d0, d1 = normalize_dim((dim0, dim1), x.ndim, "transpose")
+    dims = list(range(x.ndim))
+    dims[d0], dims[d1] = dims[d1], dims[d0]
+    return PermuteFunction.apply(x, dims=tuple(dims))
+
+
+def t(x):
+    if x.ndim > 2:
+        raise ValueError(f"t: expects a tensor with <= 2 dims, got {x.ndim}")
+    return x if x.ndim < 2 else transpose(x, 0, 1)
+
+
+def squeeze(x, dim=None):
+    if dim is None:
+        shape = tuple(s for s in x.shape if s != 1)
+    else:
+        axes = normalize_dim(dim, x.ndim, "squeeze")
+        shape = tuple(s for i, s in enumerate(x.shape) if not (i in axes and s == 1))
+    return ReshapeFunction.apply(x, shape=shape)
+
+
+def unsqueeze(x, dim):
+    (d,) = normalize_dim(dim, x.ndim + 1, "unsqueeze")
+    shape = x.shape[:d] + (1,) + x.shape[d:]
+    return ReshapeFunction.apply(x, shape=shape)
+
+
+def expand(x, *sizes):
+    """Broadcast to ``sizes`` without copying; -1 keeps a dim's size."""
+    sizes = _shape_args(sizes)
+    lead = len(sizes) - x.ndim
+    if lead < 0:
+        raise RuntimeError(f"expand: cannot expand shape {x.shape} to fewer dims {sizes}")
+    shape = []
+    for i, s in enumerate(sizes):
+        own = x.shape[i - lead] if i >= lead else 1
+        if s == -1:
+            s = own
+        if own != 1 and own != s:
+            raise RuntimeError(f"expand: the size of dim {i - lead} ({own}) must match the "
+                               f"expanded size ({s}) or be 1; shape {x.shape} -> {list(sizes)}")
+        shape.append(s)
+    return ExpandFunction.apply(x, shape=tuple(shape))
+
+
+def getitem(x, key):
+    """``x[key]`` with a gradient; ``key`` may hold ints, slices, None, ``...``, index tensors."""
+    if isinstance(key, tuple):
+        key = tuple(k.data if isinstance(k, Tensor) else k for k in key)
+    elif isinstance(key, Tensor):
+        key = key.data
+    elif isinstance(key, list):
+        key = backend.get_array_module(x.data).asarray(key)
+    return GetItemFunction.apply(x, key=key)
+
+
+def cat(tensors, dim=0):
+    """Join tensors along an existing dim; every other dim must match."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("cat: expected a non-empty list of tensors")
+    first = tensors[0]
+    (d,) = normalize_dim(dim, first.ndim, "cat")
+    for i, t_ in enumerate(tensors[1:], start=1):
+        if t_.ndim != first.ndim or builtins.any(
+                a != b for j, (a, b) in enumerate(zip(first.shape, t_.shape)) if j != d):
+            raise RuntimeError(
+                f"cat: tensors must have the same shape except in dim {dim}; tensor 0 has "
+                f"shape {first.shape} and tensor {i} has shape {t_.shape}")
+        if t_.dtype != first.dtype:
+            raise TypeError(f"cat: tensor 0 has dtype {first.dtype} and tensor {i} has dtype "
+                            f"{t_.dtype}; convert them to one dtype first")
+    return CatFunction.apply(*tensors, dim=d)
+
+
+concatenate = cat
+
+
+def stack(tensors, dim=0):
+    """Join same-shaped tensors along a new dim."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("stack: expected a non-empty list of tensors")
+    for i, t_ in enumerate(tensors[1:], start=1):
+        if t_.shape != tensors[0].shape:
+            raise RuntimeError(f"stack: all tensors must have the same shape; tensor 0 has "
+                               f"shape {tensors[0].shape} and tensor {i} has shape {t_.shape}")
+    return cat([unsqueeze(t_, dim) for t_ in tensors], dim)
+
+
+def pad(x, pad, mode="constant", value=0.0):
+    """Pad the last dims like ``torch.nn.functional.pad``.
+
+    ``pad`` lists (left, right) pairs starting from the LAST dim:
+    ``(PW_left, PW_right, PH_top, PH_bottom)`` pads W then H of an (N, C, H, W) tensor.
+    """
+    if mode != "constant":
+        raise NotImplementedError(f"pad: mode {mode!r} is not supported (only 'constant')")
+    if len(pad) % 2 or len(pad) // 2 > x.ndim:
+        raise ValueError(f"pad: expected an even number of entries, at most 2 * {x.ndim}, "
+                         f"got {len(pad)}")
+    if builtins.any(p < 0 for p in pad):
+        raise NotImplementedError("pad: negative padding (cropping) is not supported")
+    widths = [(0, 0)] * x.ndim
+    for i in range(len(pad) // 2):
+        widths[x.ndim - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+    return PadFunction.apply(x, widths=tuple(widths), value=value)
+
+
+def contiguous(x):
+    return x

@@ -1,0 +1,63 @@
+"""Helpers shared by the ops: un-broadcasting gradients, wrapping Python scalars, dims."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..autograd import DEFAULT_FLOAT, Tensor
+
+
+def unbroadcast(grad, shape):
+    """Sum ``grad`` down to ``shape``: the adjoint of NumPy broadcasting.
+
+    Broadcasting copied the input along the added leading axes and along the axes where
+    the input had size 1, so each copy's gradient is added back into the one original.
+    """
+    shape = tuple(shape)
+    if tuple(grad.shape) == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad
+
+
+def as_tensor(value, like):
+    """``value`` as a Tensor on ``like``'s device; Python scalars take ``like``'s dtype.
+
+    ``x * 2`` keeps a float32 ``x`` float32 (as in PyTorch), and ``int_tensor * 0.5``
+    becomes float32.
+    """
+    if isinstance(value, Tensor):
+        return value
+    xp = backend.get_array_module(like.data)
+    if isinstance(value, (bool, int, float)):
+        kind = like.dtype.kind
+        if kind in "fc" or (kind in "iu" and not isinstance(value, float)) or \
+                (kind == "b" and isinstance(value, bool)):
+            dtype = like.dtype
+        elif isinstance(value, float):
+            dtype = DEFAULT_FLOAT
+        else:
+            dtype = np.int64
+        return Tensor(xp.asarray(value, dtype=dtype))
+    if xp is not np:
+        return Tensor(xp.asarray(value))
+    return Tensor(np.asarray(value))
+
+
+def normalize_dim(dim, ndim, name):
+    """``dim`` (int, tuple or None) as a tuple of non-negative axes; errors name the op."""
+    if dim is None:
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
+    out = []
+    for d in dims:
+        if not -max(ndim, 1) <= d < max(ndim, 1):
+            raise IndexError(f"{name}: dim {d} is out of range for a tensor with {ndim} dims "
+                             f"(expected in [{-max(ndim, 1)}, {max(ndim, 1) - 1}])")
+        out.append(d % max(ndim, 1))
+    return tuple(out)

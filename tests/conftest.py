@@ -1,0 +1,33 @@
+"""Shared fixtures: the ``device`` parametrisation (GPU cases skip, with the reason, when no
+GPU is present; ``pytest -m gpu`` runs only them)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minidl
+
+
+def _gpu_skip_reason():
+    if minidl.cuda.is_available():
+        return None
+    return "no CUDA GPU (or no CuPy) on this machine: GPU cases run with `pytest -m gpu` on a GPU"
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request):
+    if request.param == "cuda":
+        reason = _gpu_skip_reason()
+        if reason:
+            pytest.skip(reason)
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    minidl.manual_seed(0)
