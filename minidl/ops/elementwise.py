@@ -139,9 +139,17 @@ def neg(a):
 
 
 def _pair(a, b):
+    """Both operands as Tensors; an integer/bool operand meeting a float one takes its dtype
+    (PyTorch's rule: int64 tensor * 0.5 is float32, where NumPy would give float64)."""
     if isinstance(a, Tensor):
-        return a, as_tensor(b, a)
-    return as_tensor(a, b), b
+        b = as_tensor(b, a)
+    else:
+        a = as_tensor(a, b)
+    if a.dtype.kind in "iub" and b.dtype.kind == "f":
+        a = a.to(b.dtype)
+    elif b.dtype.kind in "iub" and a.dtype.kind == "f":
+        b = b.to(a.dtype)
+    return a, b
 
 
 # --- unary math -----------------------------------------------------------------------

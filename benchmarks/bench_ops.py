@@ -1,0 +1,163 @@
+"""minidl next to PyTorch (CPU), one process, same thread count: forward+backward per op.
+
+    python benchmarks/bench_ops.py [--threads 2] [--repeats 15] [--only conv]
+
+For each case both sides run interleaved (minidl, torch, minidl, torch, ...) after a
+warm-up that also absorbs numba's JIT; the table shows medians in milliseconds and the
+ratio minidl / PyTorch (below 1.0: minidl is faster). The thread counts each side really
+used are printed first, since OpenBLAS, numba and PyTorch's OpenMP can fight over cores.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as TF
+
+import minidl
+import minidl.nn.functional as F
+
+
+def conv_case(n, c, oc, h, w, k, stride=1, padding=0):
+    def make(lib):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        wt = (rng.standard_normal((oc, c, k, k)) * 0.1).astype(np.float32)
+        b = rng.standard_normal(oc).astype(np.float32)
+        if lib == "torch":
+            xs = [torch.tensor(a, requires_grad=True) for a in (x, wt, b)]
+            return xs, lambda: TF.conv2d(*xs, stride=stride, padding=padding)
+        xs = [minidl.tensor(a, requires_grad=True) for a in (x, wt, b)]
+        return xs, lambda: F.conv2d(*xs, stride=stride, padding=padding)
+    return make
+
+
+def pool_case(n, c, h, w, k, stride, padding=0):
+    def make(lib):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        if lib == "torch":
+            t = torch.tensor(x, requires_grad=True)
+            return [t], lambda: TF.max_pool2d(t, k, stride, padding)
+        t = minidl.tensor(x, requires_grad=True)
+        return [t], lambda: F.max_pool2d(t, k, stride, padding)
+    return make
+
+
+def bn_case(n, c, h, w):
+    def make(lib):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        g, b = np.ones(c, np.float32), np.zeros(c, np.float32)
+        if lib == "torch":
+            xs = [torch.tensor(a, requires_grad=True) for a in (x, g, b)]
+            rm, rv = torch.zeros(c), torch.ones(c)
+            return xs, lambda: TF.batch_norm(xs[0], rm, rv, xs[1], xs[2], training=True)
+        xs = [minidl.tensor(a, requires_grad=True) for a in (x, g, b)]
+        rm, rv = minidl.zeros(c), minidl.ones(c)
+        return xs, lambda: F.batch_norm(xs[0], rm, rv, xs[1], xs[2], training=True)
+    return make
+
+
+CASES = {
+    "conv LeNet c1 (100,1,32,32) 1->6 5x5": conv_case(100, 1, 6, 32, 32, 5),
+    "conv LeNet c2 (100,6,14,14) 6->16 5x5": conv_case(100, 6, 16, 14, 14, 5),
+    "conv ResNet (32,64,56,56) 64->64 3x3 p1": conv_case(32, 64, 64, 56, 56, 3, 1, 1),
+    "conv ResNet (32,256,28,28) 256->512 3x3 s2 p1": conv_case(32, 256, 512, 28, 28, 3, 2, 1),
+    "maxpool LeNet (100,6,28,28) 2x2/2": pool_case(100, 6, 28, 28, 2, 2),
+    "maxpool LeNet (100,16,10,10) 2x2/2": pool_case(100, 16, 10, 10, 2, 2),
+    "maxpool ResNet (32,64,112,112) 3x3/2 p1": pool_case(32, 64, 112, 112, 3, 2, 1),
+    "batchnorm (32,64,56,56) train": bn_case(32, 64, 56, 56),
+    "batchnorm (100,6,28,28) train": bn_case(100, 6, 28, 28),
+}
+
+
+def step(lib, inputs, fn, gy):
+    for t in inputs:
+        t.grad = None
+    fn().backward(gy)
+
+
+def time_case(make, repeats):
+    runs = {}
+    for lib in ("minidl", "torch"):
+        inputs, fn = make(lib)
+        out = fn()
+        shape = tuple(out.shape)
+        g = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        gy = torch.tensor(g) if lib == "torch" else minidl.tensor(g)
+        runs[lib] = (inputs, fn, gy)
+        for _ in range(2):  # warm-up (and numba JIT)
+            step(lib, inputs, fn, gy)
+    times = {"minidl": [], "torch": []}
+    for _ in range(repeats):
+        for lib in ("minidl", "torch"):
+            t0 = time.perf_counter()
+            step(lib, *runs[lib])
+            times[lib].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def thread_report():
+    lines = [f"torch threads: {torch.get_num_threads()}"]
+    try:
+        import numba
+        lines.append(f"numba threads: {numba.get_num_threads()} (layer {numba.threading_layer()})"
+                     if _numba_used() else f"numba threads: {numba.get_num_threads()}")
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+        for info in threadpool_info():
+            lines.append(f"{info['internal_api']} ({info['prefix']}): {info['num_threads']} threads")
+    except ImportError:
+        lines.append("threadpoolctl not installed: BLAS thread count unknown")
+    return "; ".join(lines)
+
+
+def _numba_used():
+    try:
+        import numba
+        numba.threading_layer()
+        return True
+    except Exception:
+        return False
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=None, help="threads for both sides (default: all cores)")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--only", default="", help="run only cases whose name contains this text")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        try:
+            import numba
+            numba.set_num_threads(args.threads)
+        except ImportError:
+            pass
+        try:
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(args.threads)
+        except ImportError:
+            pass
+    print(f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}, "
+          f"torch {torch.__version__}, numpy {np.__version__}")
+    results = []
+    for name, make in CASES.items():
+        if args.only and args.only not in name:
+            continue
+        r = time_case(make, args.repeats)
+        results.append((name, r))
+        print(f"{name:48s} minidl {r['minidl']:9.2f} ms  torch {r['torch']:9.2f} ms  "
+              f"ratio {r['minidl'] / r['torch']:6.2f}", flush=True)
+    print("threads used:", thread_report())
+
+
+if __name__ == "__main__":
+    main()
