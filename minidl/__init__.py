@@ -19,7 +19,10 @@ from .ops import (abs, add, all, amax, any, argmax, argmin, cat, clamp, clip, co
                   eq, exp, expand, flatten, ge, gt, le, log, lt, matmul, max, maximum, mean, min,
                   minimum, mul, ne, neg, pad, permute, pow, reshape, sqrt, squeeze, stack, std,
                   sub, sum, transpose, unsqueeze, var, where)
+from .ops.activation import log_softmax, relu, sigmoid, softmax, tanh
 from .random import initial_seed, manual_seed
+from .serialization import load, save
+from . import nn, optim  # noqa: E402 - above ops, imported last
 
 float32 = _np.dtype(_np.float32)
 float64 = _np.dtype(_np.float64)

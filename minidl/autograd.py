@@ -513,7 +513,7 @@ def run_backward(root, gradient=None, retain_graph=False):
             if t is not None and out_grads[i] is not None:
                 t.grad = Tensor(out_grads[i]) if t.grad is None else Tensor(t.grad.data + out_grads[i])
         for i, (shape, dtype) in enumerate(node._out_meta):
-            if out_grads[i] is None:
+            if out_grads[i] is None and dtype.kind in "fc":  # integer outputs get None
                 out_grads[i] = xp.zeros(shape, dtype)
         in_grads = node.fn.backward(node, *out_grads)
         if not isinstance(in_grads, tuple):

@@ -24,6 +24,15 @@ def device(request):
 
 
 @pytest.fixture
+def cuda_device():
+    """'cuda' for tests that only make sense on a GPU; mark them ``@pytest.mark.gpu``."""
+    reason = _gpu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return "cuda"
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 

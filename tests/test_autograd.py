@@ -212,3 +212,13 @@ def test_tensor_is_hashable_and_compares_elementwise():
     a = minidl.tensor([1.0, 2.0])
     assert len({a, a}) == 1
     assert isinstance(a == a, Tensor)
+
+
+def test_mixing_devices_names_the_op_and_both_devices():
+    class PretendGpuTensor(Tensor):  # stands in for a CuPy tensor on a CPU-only machine
+        device = property(lambda self: minidl.device("cuda:0"))
+
+    a = minidl.tensor([1.0, 2.0])
+    b = PretendGpuTensor(np.array([3.0, 4.0], np.float32))
+    with pytest.raises(RuntimeError, match="Mul: expected all tensors on the same device, got cpu and cuda:0"):
+        a * b

@@ -1,9 +1,8 @@
 """Array-level kernels the ops call (raw NumPy/CuPy arrays in, arrays out, no autograd).
 
-``im2col`` / ``col2im`` unfold and fold convolution windows; each has a readable NumPy
-reference and a numba fast path behind the same signature (numba is imported lazily,
-only here).
+``minidl.kernels.im2col`` holds ``im2col`` / ``col2im``, which unfold and fold convolution
+windows: a readable NumPy reference for each, and a numba fast path behind the same
+signature (numba is imported lazily, only inside this package). Import the functions
+from the submodule (``from minidl.kernels.im2col import im2col``); they are not
+re-exported here because the function and the module share the name.
 """
-from .im2col import col2im, conv_output_size, im2col
-
-__all__ = ["im2col", "col2im", "conv_output_size"]

@@ -8,7 +8,8 @@ not written in ``autograd.py``: the autograd core sits below the ops.
 from __future__ import annotations
 
 from ..autograd import Tensor
-from . import elementwise, linalg, reduce, shape
+from . import activation, elementwise, linalg, reduce, shape
+from .activation import log_softmax, relu, sigmoid, softmax, tanh
 from .elementwise import (abs, add, clamp, clip, div, eq, exp, ge, gt, le, log, lt, maximum,
                           minimum, mul, ne, neg, pow, sqrt, sub, where)
 from .linalg import linear, matmul
@@ -42,7 +43,8 @@ def _install_tensor_methods():
                  "sum", "mean", "max", "min", "amax", "var", "std", "argmax", "argmin",
                  "all", "any", "reshape", "view", "flatten", "permute", "transpose",
                  "squeeze", "unsqueeze", "expand", "contiguous", "t", "pow", "add", "sub",
-                 "mul", "div", "neg", "eq", "ne", "lt", "le", "gt", "ge"):
+                 "mul", "div", "neg", "eq", "ne", "lt", "le", "gt", "ge",
+                 "relu", "tanh", "sigmoid", "softmax", "log_softmax"):
         setattr(T, name, globals()[name])
     T.T = property(lambda self: permute(self, tuple(reversed(range(self.ndim)))))
     T.expand_as = lambda self, other: expand(self, other.shape)

@@ -73,7 +73,8 @@ class VarFunction(Function):
     def backward(ctx, gy):  # d var / dx_i = 2 (x_i - mean) / denom
         (centered,) = ctx.saved_tensors
         shape, axes, keepdim, denom = ctx.meta
-        return (_expand_back(gy, shape, axes, keepdim) * (2.0 / denom) * centered).astype(gy.dtype)
+        scale = 2.0 / denom if denom > 0 else float("nan")  # one sample, unbiased: nan as PyTorch
+        return (_expand_back(gy, shape, axes, keepdim) * scale * centered).astype(gy.dtype)
 
 
 class MaxMinAllFunction(Function):
@@ -123,7 +124,10 @@ def sum(x, dim=None, keepdim=False):  # noqa: A001 - PyTorch's name
     return SumFunction.apply(x, axes=normalize_dim(dim, x.ndim, "sum"), keepdim=keepdim)
 
 
-def mean(x, dim=None, keepdim=False):
+def mean(x, dim=None, keepdim=False, *, dtype=None):
+    """Average over ``dim``; ``dtype`` casts first (``mean(correct, dtype=minidl.float)``)."""
+    if dtype is not None:
+        x = x.to(dtype)
     if x.dtype.kind not in "fc":
         raise TypeError(f"mean: expected a floating point tensor, got dtype {x.dtype}")
     return MeanFunction.apply(x, axes=normalize_dim(dim, x.ndim, "mean"), keepdim=keepdim)

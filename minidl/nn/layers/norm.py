@@ -1,0 +1,115 @@
+"""Batch normalisation: ``BatchNorm1d`` (N, C) or (N, C, L) and ``BatchNorm2d`` (N, C, H, W).
+
+y = (x - mean) / sqrt(var + eps) * weight + bias, per channel C (``affine=False``: no
+weight/bias; ``bias=False``, keyword-only as in PyTorch 2.13: weight only). In training the batch
+statistics are used (biased variance) and the running ones are updated with the unbiased
+variance: running = (1 - momentum) * running + momentum * batch. ``momentum=None`` uses a
+cumulative average (factor 1 / num_batches_tracked). In eval mode the running statistics
+are used, unless ``track_running_stats=False``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ... import creation
+from ...autograd import Tensor
+from .. import functional as F
+from .. import init
+from ..module import Module
+from ..parameter import Parameter
+from ._checks import check_float
+
+
+class _BatchNorm(Module):
+    _ranks = ()          # accepted input ranks
+    _shape_text = ""     # e.g. (N, C, H, W), C replaced by num_features
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, device=None, dtype=None, *, bias=True):
+        super().__init__()
+        self.num_features = int(num_features)
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        dtype = np.dtype(dtype or np.float32)
+        if affine:
+            self.weight = Parameter(creation.ones(num_features, dtype=dtype))
+            if bias:
+                self.bias = Parameter(creation.zeros(num_features, dtype=dtype))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", creation.zeros(num_features, dtype=dtype))
+            self.register_buffer("running_var", creation.ones(num_features, dtype=dtype))
+            self.register_buffer("num_batches_tracked", Tensor(np.array(0, dtype=np.int64)))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        if device is not None:
+            self.to(device)
+
+    def reset_running_stats(self):
+        if self.track_running_stats:
+            self.running_mean.data[...] = 0
+            self.running_var.data[...] = 1
+            self.num_batches_tracked.data[...] = 0
+
+    def reset_parameters(self):
+        self.reset_running_stats()
+        if self.affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def _check_input(self, x):
+        check_float(self, x, self.weight if self.affine else self.running_mean)
+        expected = self._shape_text.replace("C", str(self.num_features))
+        if x.ndim not in self._ranks:
+            ranks = " or ".join(f"{r}D" for r in self._ranks)
+            raise ValueError(f"{self!r}: expected {ranks} input {expected}, got {x.shape}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{self!r}: expected input {expected} with {self.num_features} "
+                             f"channels, got {x.shape}")
+
+    def forward(self, input):  # noqa: A002
+        self._check_input(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.data[...] += 1
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked.item())
+        use_batch_stats = self.training or (self.running_mean is None
+                                            and self.running_var is None)
+        if use_batch_stats:
+            per_channel = input.numel() // input.shape[1]
+            if per_channel <= 1:
+                raise ValueError(f"{self!r}: expected more than 1 value per channel when "
+                                 f"training, got input size {input.shape}")
+        track = not self.training or self.track_running_stats
+        return F.batch_norm(input, self.running_mean if track else None,
+                            self.running_var if track else None, self.weight, self.bias,
+                            use_batch_stats, factor, self.eps)
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over (N, C) or (N, C, L), statistics per channel C."""
+
+    _ranks = (2, 3)
+    _shape_text = "(N, C) or (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over (N, C, H, W), statistics per channel C over N, H and W."""
+
+    _ranks = (4,)
+    _shape_text = "(N, C, H, W)"

@@ -1,0 +1,530 @@
+"""``Module``: the base class of layers and models.
+
+A Module owns three ordered registries, filled by plain attribute assignment:
+
+- ``_parameters``: ``Parameter`` objects (``self.weight = Parameter(...)``), learnable;
+- ``_buffers``: non-learnable state Tensors (``self.register_buffer('running_mean', t)``),
+  saved in ``state_dict()`` unless registered with ``persistent=False``;
+- ``_modules``: sub-modules (``self.conv1 = Conv2d(...)``).
+
+Names nest with dots, as in PyTorch: ``conv1.weight``, ``features.0.bias``,
+``bn.running_mean``, ``bn.num_batches_tracked``.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict, namedtuple
+
+import numpy as np
+
+from .. import backend
+from ..autograd import Tensor, no_grad
+from .parameter import Parameter
+
+_IncompatibleKeysBase = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+class _IncompatibleKeys(_IncompatibleKeysBase):
+    """What ``load_state_dict(strict=False)`` returns: the keys that were missing / unexpected."""
+
+    def __repr__(self):
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
+
+    __str__ = __repr__
+
+
+class RemovableHandle:
+    """Returned by ``register_forward_hook`` and friends; ``handle.remove()`` unregisters."""
+
+    _next_id = itertools.count()
+
+    def __init__(self, hooks_dict):
+        self.id = next(RemovableHandle._next_id)
+        self._hooks = hooks_dict
+
+    def remove(self):
+        self._hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def _addindent(s, num_spaces):
+    """Indent every line but the first by ``num_spaces`` (PyTorch's repr helper)."""
+    lines = s.split("\n")
+    if len(lines) == 1:
+        return s
+    first = lines.pop(0)
+    lines = [(num_spaces * " ") + line if line.strip() else "" for line in lines]
+    return first + "\n" + "\n".join(lines)
+
+
+def _check_name(kind, name, owner):
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name should be a string, got {type(name).__name__}")
+    if name == "":
+        raise KeyError(f'{kind} name can\'t be empty string ""')
+    if "." in name:
+        raise KeyError(f'{kind} name can\'t contain ".", got: {name}')
+
+
+def _value_array(value, key):
+    """The raw array inside a state_dict value (Tensor, NumPy/CuPy array or number)."""
+    if isinstance(value, Tensor):
+        return value.data
+    if backend.is_cupy_array(value):
+        return value
+    if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
+        return np.asarray(value)
+    raise TypeError(f"load_state_dict: the value for key '{key}' is a {type(value).__name__}; "
+                    "expected a Tensor or an array")
+
+
+class Module:
+    """Base class of every layer and model: subclass it, assign layers in ``__init__``, and
+    write ``forward``; call the module (``net(x)``) rather than ``forward`` so hooks run."""
+
+    training: bool
+
+    def __init__(self, *args, **kwargs):
+        if args or kwargs:
+            raise TypeError(f"{type(self).__name__}.__init__() got unexpected arguments; "
+                            "Module.__init__ takes none")
+        d = self.__dict__
+        d["training"] = True
+        d["_parameters"] = OrderedDict()
+        d["_buffers"] = OrderedDict()
+        d["_non_persistent_buffers_set"] = set()
+        d["_modules"] = OrderedDict()
+        d["_forward_pre_hooks"] = OrderedDict()
+        d["_forward_hooks"] = OrderedDict()
+
+    # ------------------------------------------------------------------ forward / call
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(
+            f'Module [{type(self).__name__}] is missing the required "forward" function')
+
+    def __call__(self, *args, **kwargs):
+        for hook in list(self._forward_pre_hooks.values()):
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+        out = self.forward(*args, **kwargs)
+        for hook in list(self._forward_hooks.values()):
+            result = hook(self, args, out)
+            if result is not None:
+                out = result
+        return out
+
+    def register_forward_pre_hook(self, hook):
+        """``hook(module, args) -> None or new args`` runs before every ``forward``."""
+        handle = RemovableHandle(self._forward_pre_hooks)
+        self._forward_pre_hooks[handle.id] = hook
+        return handle
+
+    def register_forward_hook(self, hook):
+        """``hook(module, args, output) -> None or new output`` runs after every ``forward``."""
+        handle = RemovableHandle(self._forward_hooks)
+        self._forward_hooks[handle.id] = hook
+        return handle
+
+    # ------------------------------------------------------------------ registration
+    def register_parameter(self, name, param):
+        """Add ``param`` (a Parameter, or None for an absent one like ``bias=False``)."""
+        if "_parameters" not in self.__dict__:
+            raise AttributeError("cannot assign parameter before Module.__init__() call")
+        _check_name("parameter", name, self)
+        if hasattr(self, name) and name not in self._parameters:
+            raise KeyError(f"attribute '{name}' already exists")
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"cannot assign '{type(param).__name__}' object to parameter "
+                            f"'{name}' (minidl.nn.Parameter or None required)")
+        if param is not None and not param.is_leaf:
+            raise ValueError(f"cannot assign non-leaf Tensor to parameter '{name}'; wrap a "
+                             "detached tensor: Parameter(t.detach())")
+        self._parameters[name] = param
+
+    def register_buffer(self, name, tensor, persistent=True):
+        """Add a non-learnable state Tensor (or None); ``persistent=False`` keeps it out of
+        ``state_dict()``. Buffers move and cast with the module in ``to()``."""
+        if "_buffers" not in self.__dict__:
+            raise AttributeError("cannot assign buffer before Module.__init__() call")
+        _check_name("buffer", name, self)
+        if hasattr(self, name) and name not in self._buffers:
+            raise KeyError(f"attribute '{name}' already exists")
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"cannot assign '{type(tensor).__name__}' object to buffer "
+                            f"'{name}' (minidl Tensor or None required)")
+        self._buffers[name] = tensor
+        if persistent:
+            self._non_persistent_buffers_set.discard(name)
+        else:
+            self._non_persistent_buffers_set.add(name)
+
+    def add_module(self, name, module):
+        """Register ``module`` as the child ``name`` (same as ``setattr(self, name, module)``)."""
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{type(module).__name__} is not a Module subclass")
+        _check_name("module", name, self)
+        if hasattr(self, name) and name not in self._modules:
+            raise KeyError(f"attribute '{name}' already exists")
+        self._modules[name] = module
+
+    register_module = add_module
+
+    def _remove_from(self, name):
+        for d in (self.__dict__, self._parameters, self._buffers, self._modules):
+            d.pop(name, None)
+        self._non_persistent_buffers_set.discard(name)
+
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("_parameters")
+        if isinstance(value, Parameter):
+            if params is None:
+                raise AttributeError("cannot assign parameters before Module.__init__() call")
+            self._remove_from(name)
+            self.register_parameter(name, value)
+            return
+        if params is not None and name in params:
+            if value is not None:
+                raise TypeError(f"cannot assign '{type(value).__name__}' as parameter '{name}' "
+                                "(minidl.nn.Parameter or None expected)")
+            params[name] = None
+            return
+        modules = self.__dict__.get("_modules")
+        if isinstance(value, Module):
+            if modules is None:
+                raise AttributeError("cannot assign module before Module.__init__() call")
+            self._remove_from(name)
+            modules[name] = value
+            return
+        if modules is not None and name in modules:
+            if value is not None:
+                raise TypeError(f"cannot assign '{type(value).__name__}' as child module "
+                                f"'{name}' (minidl.nn.Module or None expected)")
+            modules[name] = None
+            return
+        buffers = self.__dict__.get("_buffers")
+        if buffers is not None and name in buffers:
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"cannot assign '{type(value).__name__}' as buffer '{name}' "
+                                "(minidl Tensor or None expected)")
+            buffers[name] = value
+            return
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        # Only called when normal lookup fails: look in the registries.
+        d = self.__dict__
+        for registry in ("_parameters", "_buffers", "_modules"):
+            reg = d.get(registry)
+            if reg is not None and name in reg:
+                return reg[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __delattr__(self, name):
+        if name in self._parameters:
+            del self._parameters[name]
+        elif name in self._buffers:
+            del self._buffers[name]
+            self._non_persistent_buffers_set.discard(name)
+        elif name in self._modules:
+            del self._modules[name]
+        else:
+            object.__delattr__(self, name)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers)
+                      | set(self._modules))
+
+    # ------------------------------------------------------------------ traversal
+    def _named_members(self, get_members, prefix="", recurse=True, remove_duplicate=True):
+        memo = set()
+        modules = (self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate)
+                   if recurse else [(prefix, self)])
+        for module_prefix, module in modules:
+            for k, v in get_members(module):
+                if v is None or (remove_duplicate and id(v) in memo):
+                    continue
+                if remove_duplicate:
+                    memo.add(id(v))
+                yield module_prefix + ("." if module_prefix else "") + k, v
+
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        """``(name, Parameter)`` pairs, nested names joined by dots; shared ones once."""
+        yield from self._named_members(lambda m: m._parameters.items(), prefix, recurse,
+                                       remove_duplicate)
+
+    def parameters(self, recurse=True):
+        """Every Parameter of this module (and its sub-modules when ``recurse``), once each."""
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix="", recurse=True, remove_duplicate=True):
+        yield from self._named_members(lambda m: m._buffers.items(), prefix, recurse,
+                                       remove_duplicate)
+
+    def buffers(self, recurse=True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def named_children(self):
+        memo = set()
+        for name, module in self._modules.items():
+            if module is not None and id(module) not in memo:
+                memo.add(id(module))
+                yield name, module
+
+    def children(self):
+        for _, m in self.named_children():
+            yield m
+
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        """``(name, module)`` for this module (name ``prefix``, '' by default) and every
+        descendant, depth first in registration order."""
+        if memo is None:
+            memo = set()
+        if id(self) in memo:
+            return
+        if remove_duplicate:
+            memo.add(id(self))
+        yield prefix, self
+        for name, module in self._modules.items():
+            if module is None:
+                continue
+            sub = prefix + ("." if prefix else "") + name
+            yield from module.named_modules(memo, sub, remove_duplicate)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def get_submodule(self, target):
+        """The sub-module at dotted path ``target`` ('' is the module itself)."""
+        if target == "":
+            return self
+        mod = self
+        for item in target.split("."):
+            if item not in mod._modules or mod._modules[item] is None:
+                raise AttributeError(f"{mod._get_name()} has no submodule `{item}` "
+                                     f"(looking up '{target}')")
+            mod = mod._modules[item]
+        return mod
+
+    def apply(self, fn):
+        """Call ``fn(m)`` on every sub-module (children first) and then on self; returns self."""
+        for module in self.children():
+            module.apply(fn)
+        fn(self)
+        return self
+
+    # ------------------------------------------------------------------ modes and grads
+    def train(self, mode=True):
+        """Set training mode (``mode=True``) or evaluation mode on this module and every
+        descendant (Dropout and BatchNorm behave differently); returns self."""
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.training = mode
+        for module in self.children():
+            module.train(mode)
+        return self
+
+    def eval(self):
+        """``train(False)``: Dropout off, BatchNorm uses its running statistics."""
+        return self.train(False)
+
+    def requires_grad_(self, requires_grad=True):
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
+    def zero_grad(self, set_to_none=True):
+        """Reset every parameter's gradient: to None (default) or to a fresh zero tensor."""
+        for p in self.parameters():
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:  # a new array: a gradient array may be shared, never zero it in place
+                xp = backend.get_array_module(p.grad.data)
+                p.grad = Tensor(xp.zeros_like(p.grad.data))
+
+    # ------------------------------------------------------------------ devices and dtypes
+    def _apply(self, fn):
+        """Replace the array of every parameter, gradient and buffer by ``fn(array)``,
+        keeping the Parameter and buffer objects (so optimisers holding them stay valid)."""
+        with no_grad():
+            for module in self.modules():
+                for p in module._parameters.values():
+                    if p is None:
+                        continue
+                    p.data = fn(p.data)
+                    if p.grad is not None:
+                        p.grad = Tensor(fn(p.grad.data))
+                for b in module._buffers.values():
+                    if b is not None:
+                        b.data = fn(b.data)
+        return self
+
+    def to(self, *args, **kwargs):
+        """Move and/or cast parameters and buffers in place, returning self.
+
+        ``to('cuda')``, ``to(minidl.float64)``, ``to('cpu', minidl.float32)``,
+        ``to(device=..., dtype=...)``, ``to(tensor)`` (its device and dtype). Only floating
+        point parameters/buffers are cast (``num_batches_tracked`` stays int64).
+        """
+        device = kwargs.pop("device", None)
+        dtype = kwargs.pop("dtype", None)
+        kwargs.pop("non_blocking", None)
+        if kwargs:
+            raise TypeError(f"to(): unexpected arguments {sorted(kwargs)}")
+        for a in args:
+            if isinstance(a, Tensor):
+                device, dtype = a.device, a.dtype
+            elif isinstance(a, (str, backend.Device)):
+                device = a
+            elif isinstance(a, bool):  # non_blocking, positionally
+                continue
+            else:
+                dtype = a
+        if device is not None:
+            device = backend.Device(device)
+        if dtype is not None:
+            try:
+                dtype = np.dtype(dtype)
+            except TypeError:
+                raise TypeError(f"to(): {dtype!r} is neither a device nor a dtype") from None
+            if dtype.kind not in "fc":
+                raise TypeError(f"Module.to only accepts floating point dtypes, but got desired "
+                                f"dtype={dtype}")
+
+        def convert(a):
+            if dtype is not None and a.dtype.kind in "fc" and a.dtype != dtype:
+                a = a.astype(dtype)
+            if device is not None and backend.device_of(a) != device:
+                a = backend.to_device(a, device)
+            return a
+
+        return self._apply(convert)
+
+    def cuda(self, device=None):
+        return self.to("cuda" if device is None else f"cuda:{device}")
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def float(self):
+        return self.to(np.float32)
+
+    def double(self):
+        return self.to(np.float64)
+
+    def half(self):
+        return self.to(np.float16)
+
+    # ------------------------------------------------------------------ state dict
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        for name, p in self._parameters.items():
+            if p is not None:
+                destination[prefix + name] = p if keep_vars else Tensor(p.data)
+        for name, b in self._buffers.items():
+            if b is not None and name not in self._non_persistent_buffers_set:
+                destination[prefix + name] = b if keep_vars else Tensor(b.data)
+
+    def state_dict(self, destination=None, prefix="", keep_vars=False):
+        """An ordered dict from dotted names to Tensors: every parameter and persistent
+        buffer. The Tensors share memory with the module (save or copy them to snapshot)."""
+        if destination is None:
+            destination = OrderedDict()
+        self._save_to_state_dict(destination, prefix, keep_vars)
+        for name, module in self._modules.items():
+            if module is not None:
+                module.state_dict(destination=destination, prefix=prefix + name + ".",
+                                  keep_vars=keep_vars)
+        return destination
+
+    def _state_entries(self):
+        """``(key, tensor)`` for every entry that ``state_dict()`` would hold."""
+        for prefix, module in self.named_modules(remove_duplicate=False):
+            pre = prefix + "." if prefix else ""
+            for name, p in module._parameters.items():
+                if p is not None:
+                    yield pre + name, p
+            for name, b in module._buffers.items():
+                if b is not None and name not in module._non_persistent_buffers_set:
+                    yield pre + name, b
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy values from ``state_dict`` into the parameters and buffers, in place.
+
+        Every key and shape is checked before anything is copied, so a failed load leaves
+        the module unchanged. Size mismatches always raise; missing and unexpected keys
+        raise when ``strict`` (the default), else they are returned as
+        ``(missing_keys, unexpected_keys)``. Values are cast to the parameter's dtype and
+        moved to its device.
+        """
+        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+            raise TypeError("Expected state_dict to be dict-like, got "
+                            f"{type(state_dict).__name__}.")
+        entries = list(self._state_entries())
+        expected = {k for k, _ in entries}
+        missing, mismatched, plan = [], [], []
+        for key, target in entries:
+            if key not in state_dict:
+                missing.append(key)
+                continue
+            arr = _value_array(state_dict[key], key)
+            if tuple(arr.shape) != target.shape:
+                mismatched.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(arr.shape)} "
+                    f"from checkpoint, the shape in current model is {target.shape}.")
+                continue
+            plan.append((target, arr))
+        unexpected = [k for k in state_dict.keys() if k not in expected]
+        errors = []
+        if strict:
+            if unexpected:
+                errors.append("Unexpected key(s) in state_dict: "
+                              + ", ".join(f'"{k}"' for k in unexpected) + ". ")
+            if missing:
+                errors.append("Missing key(s) in state_dict: "
+                              + ", ".join(f'"{k}"' for k in missing) + ". ")
+        errors.extend(mismatched)
+        if errors:
+            raise RuntimeError(f"Error(s) in loading state_dict for {self._get_name()}:\n\t"
+                               + "\n\t".join(errors))
+        with no_grad():
+            for target, arr in plan:
+                arr = backend.to_device(arr, target.device)
+                target.data[...] = arr.astype(target.dtype, copy=False)
+        return _IncompatibleKeys(missing, unexpected)
+
+    # ------------------------------------------------------------------ repr
+    def _get_name(self):
+        return type(self).__name__
+
+    def extra_repr(self):
+        """The layer's settings shown inside its repr (``in_features=4, ...``)."""
+        return ""
+
+    def __repr__(self):
+        extra_lines = []
+        extra = self.extra_repr()
+        if extra:
+            extra_lines = extra.split("\n")
+        child_lines = []
+        for key, module in self._modules.items():
+            child_lines.append("(" + key + "): " + _addindent(repr(module), 2))
+        lines = extra_lines + child_lines
+        main = self._get_name() + "("
+        if lines:
+            if len(extra_lines) == 1 and not child_lines:
+                main += extra_lines[0]
+            else:
+                main += "\n  " + "\n  ".join(lines) + "\n"
+        return main + ")"

@@ -1,0 +1,413 @@
+"""Losses: cross_entropy, nll_loss, mse_loss, with PyTorch's arguments and semantics.
+
+Shape letters::
+
+    N    batch size
+    C    number of classes
+    *S   extra dims d1, d2, ... (possibly none): per-pixel classification has input
+         (N, C, H, W) and target (N, H, W)
+
+    input              (N, C, *S)  logits (cross_entropy) or log-probabilities (nll_loss)
+    class-index target (N, *S)     integers in [0, C), or ignore_index to skip that element
+    probability target (N, C, *S)  floats, a distribution over C per element (cross_entropy)
+    weight             (C,)        optional per-class weights w
+    output             (N, *S) for reduction='none', () for 'mean' and 'sum'
+
+An unbatched input (C,) with target () (or (C,) of probabilities) is treated as N = 1.
+
+The definition, per element i (one (n, *s) position), as in PyTorch. With
+logp = log_softmax(input) along the class axis and label smoothing eps:
+
+    class index y_i:   loss_i = (1 - eps) * (-w[y_i] logp[i, y_i])
+                              +   eps / C * (-sum_c w[c] logp[i, c])       (0 if y_i ignored)
+    probabilities t_i: loss_i = -sum_c w[c] q[i, c] logp[i, c],   q = (1 - eps) t + eps / C
+
+Both are  loss_i = -sum_c A[i, c] logp[i, c]  for a "weighted target" A (N, C, *S):
+A = w * ((1 - eps) onehot(y) + eps / C), zero rows for ignored elements, or A = w * q.
+
+'sum' adds the loss_i; 'mean' divides that sum by
+    D = sum of w[y_i] over the elements not ignored     (class-index targets: the weighted
+                                                          count, also with label smoothing)
+    D = N * prod(S)                                      (probability targets: the count)
+so with class weights the mean is a weighted average, not sum / N.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from .. import backend
+from ..autograd import Function, Tensor, is_grad_enabled
+from .shape import reshape
+from .utils import unbroadcast
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+# --- shared pieces ----------------------------------------------------------------------
+
+def _log_softmax(x):
+    """log_softmax along axis 1, stably: s = x - max(x), logp = s - log(sum(exp(s)))."""
+    xp = backend.get_array_module(x)
+    s = x - x.max(axis=1, keepdims=True)
+    return s - xp.log(xp.exp(s).sum(axis=1, keepdims=True))
+
+
+def _class_shape(ndim, C):
+    """(1, C, 1, ...): a per-class vector (C,) reshaped to broadcast against (N, C, *S)."""
+    return (1, C) + (1,) * (ndim - 2)
+
+
+def _onehot(target, C, ignore_index, dtype):
+    """(N, *S) class indices -> (N, C, *S) one-hot rows, all-zero rows where ignored."""
+    xp = backend.get_array_module(target)
+    t = xp.expand_dims(target, 1)                                   # (N, 1, *S)
+    classes = xp.arange(C).reshape(_class_shape(t.ndim, C))         # (1, C, 1, ...)
+    return ((t == classes) & (t != ignore_index)).astype(dtype)
+
+
+def _class_index_losses(logp, target, weight, ignore_index, label_smoothing):
+    """Per-element losses (N, *S) and the 'mean' denominator D (0-d) for class indices.
+
+    The target's log-probability is picked (gathered), not multiplied with a one-hot row,
+    so a -inf log-probability of another class does not turn the loss into nan.
+    """
+    xp = backend.get_array_module(logp)
+    C = logp.shape[1]
+    valid = target != ignore_index                                  # (N, *S)
+    safe = xp.where(valid, target, 0)                               # any index in range
+    picked = xp.take_along_axis(logp, xp.expand_dims(safe, 1), axis=1).squeeze(1)
+    w_y = valid.astype(logp.dtype) if weight is None else weight[safe] * valid   # (N, *S)
+    losses = -w_y * xp.where(valid, picked, xp.zeros((), logp.dtype))
+    if label_smoothing:
+        w_logp = logp if weight is None else logp * weight.reshape(_class_shape(logp.ndim, C))
+        smooth = -w_logp.sum(axis=1) * valid                        # (N, *S)
+        losses = (1 - label_smoothing) * losses + (label_smoothing / C) * smooth
+    return losses, w_y.sum()
+
+
+def _weighted_targets(target, C, weight, ignore_index, label_smoothing, dtype):
+    """A (N, C, *S) for class indices: w * ((1 - eps) onehot + eps / C), zero where ignored."""
+    onehot = _onehot(target, C, ignore_index, dtype)
+    A = onehot
+    if label_smoothing:
+        valid = onehot.sum(axis=1, keepdims=True)                   # 1, or 0 where ignored
+        A = (1 - label_smoothing) * onehot + (label_smoothing / C) * valid
+    if weight is not None:
+        A = A * weight.reshape(_class_shape(onehot.ndim, C))
+    return A
+
+
+def _reduce(losses, reduction, denom):
+    """(N, *S) losses -> the output; 'mean' divides by ``denom`` (nan when it is 0, as
+    in PyTorch when every target is ignored)."""
+    xp = backend.get_array_module(losses)
+    if reduction == "none":
+        return losses
+    total = xp.asarray(losses.sum())
+    if reduction == "sum":
+        return total
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 -> nan, silently
+        return total / denom
+
+
+def _upstream(gy, reduction, denom):
+    """G = dL/dloss_i, shaped to broadcast against (N, C, *S)."""
+    xp = backend.get_array_module(gy)
+    if reduction == "none":
+        return xp.expand_dims(gy, 1)        # (N, 1, *S)
+    if reduction == "sum":
+        return gy                            # (): every element gets gy
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return gy / denom                    # (): every element gets gy / D
+
+
+# --- the Functions ----------------------------------------------------------------------
+
+class CrossEntropyFunction(Function):
+    """Fused log_softmax + negative log-likelihood with class-index targets.
+
+    x: (N, C, *S) logits; target: (N, *S) ints; weight: (C,) or None -> output: (N, *S) or ().
+
+    Backward, with p = softmax(x) = exp(logp), A the weighted targets (module docstring)
+    and G_i = dL/dloss_i (gy, or gy / D for the mean)::
+
+        d loss_i / d x[i, k] = -sum_c A[i, c] (delta_ck - p[i, k])
+                             = p[i, k] * sum_c A[i, c] - A[i, k]
+        gx = G * (p * sum_c(A) - A)                                     (N, C, *S)
+
+    Without weights or smoothing, sum_c(A) = 1 and A = onehot(y): gx = G * (p - onehot(y)).
+    The weight and the target get no gradient (class indices are not differentiable, and
+    PyTorch does not differentiate the weights either).
+    """
+
+    @staticmethod
+    def forward(ctx, x, target, weight, ignore_index, reduction, label_smoothing):
+        if weight is not None:
+            weight = weight.astype(x.dtype, copy=False)
+        logp = _log_softmax(x)
+        losses, denom = _class_index_losses(logp, target, weight, ignore_index, label_smoothing)
+        ctx.save_for_backward(logp, target, weight, denom)
+        ctx.params = (ignore_index, reduction, label_smoothing)
+        return _reduce(losses, reduction, denom)
+
+    @staticmethod
+    def backward(ctx, gy):
+        logp, target, weight, denom = ctx.saved_tensors
+        ignore_index, reduction, label_smoothing = ctx.params
+        xp = backend.get_array_module(logp)
+        A = _weighted_targets(target, logp.shape[1], weight, ignore_index, label_smoothing,
+                              logp.dtype)
+        G = _upstream(gy, reduction, denom)
+        gx = (xp.exp(logp) * A.sum(axis=1, keepdims=True) - A) * G
+        return gx, None, None
+
+
+class CrossEntropyProbsFunction(Function):
+    """Fused log_softmax + cross-entropy with probability targets (soft labels).
+
+    x: (N, C, *S) logits; t: (N, C, *S) probabilities; weight: (C,) or None
+    -> output (N, *S) or ().  loss_i = -sum_c w_c q_ic logp_ic with q = (1 - eps) t + eps / C.
+
+    Backward (G as in CrossEntropyFunction, A = w q)::
+
+        gx = G * (p * sum_c(A) - A)                                    (N, C, *S)
+        gt = G * -(1 - eps) * w * logp                                 (N, C, *S)
+        gw = sum over N and *S of  G * -q * logp                       (C,)
+    """
+
+    @staticmethod
+    def forward(ctx, x, t, weight, reduction, label_smoothing):
+        C = x.shape[1]
+        ctx.dtypes = (t.dtype, None if weight is None else weight.dtype)
+        t = t.astype(x.dtype, copy=False)
+        q = t if not label_smoothing else (1 - label_smoothing) * t + label_smoothing / C
+        w = None if weight is None else weight.astype(x.dtype, copy=False).reshape(
+            _class_shape(x.ndim, C))
+        logp = _log_softmax(x)
+        A = q if w is None else q * w
+        losses = -(A * logp).sum(axis=1)                               # (N, *S)
+        denom = losses.size                                            # N * prod(S)
+        ctx.save_for_backward(logp, q, w)
+        ctx.params = (reduction, label_smoothing, denom)
+        return _reduce(losses, reduction, denom)
+
+    @staticmethod
+    def backward(ctx, gy):
+        logp, q, w = ctx.saved_tensors
+        reduction, label_smoothing, denom = ctx.params
+        xp = backend.get_array_module(logp)
+        G = _upstream(gy, reduction, denom)
+        A = q if w is None else q * w
+        gx = gt = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = (xp.exp(logp) * A.sum(axis=1, keepdims=True) - A) * G
+        if ctx.needs_input_grad[1]:
+            gt = -(1 - label_smoothing) * logp * G
+            gt = (gt if w is None else gt * w).astype(ctx.dtypes[0], copy=False)
+        if ctx.needs_input_grad[2]:
+            axes = (0,) + tuple(range(2, logp.ndim))
+            gw = (-(q * logp * G).sum(axis=axes)).astype(ctx.dtypes[1], copy=False)
+        return gx, gt, gw
+
+
+class NLLLossFunction(Function):
+    """Negative log-likelihood of log-probabilities: loss_i = -w[y_i] * input[i, y_i].
+
+    logp: (N, C, *S) log-probabilities; target: (N, *S) ints; weight: (C,) or None
+    -> output (N, *S) or ().
+
+    Backward: the loss is linear in logp, d loss_i / d logp[i, c] = -A[i, c] with
+    A = w * onehot(y) (zero rows where ignored)::
+
+        gx = -G * A                                                    (N, C, *S)
+    """
+
+    @staticmethod
+    def forward(ctx, logp, target, weight, ignore_index, reduction):
+        if weight is not None:
+            weight = weight.astype(logp.dtype, copy=False)
+        losses, denom = _class_index_losses(logp, target, weight, ignore_index, 0.0)
+        ctx.save_for_backward(target, weight, denom)
+        ctx.params = (logp.shape[1], logp.dtype, ignore_index, reduction)
+        return _reduce(losses, reduction, denom)
+
+    @staticmethod
+    def backward(ctx, gy):
+        target, weight, denom = ctx.saved_tensors
+        C, dtype, ignore_index, reduction = ctx.params
+        A = _weighted_targets(target, C, weight, ignore_index, 0.0, dtype)
+        return -_upstream(gy, reduction, denom) * A, None, None
+
+
+class MSELossFunction(Function):
+    """Mean squared error: loss = (x - t)^2, reduced.
+
+    x, t: shapes that broadcast to (*); output (*) for 'none', () otherwise (n elements).
+
+    Backward: d/dx (x - t)^2 = 2 (x - t), d/dt = -2 (x - t), times gy (divided by n for
+    the mean), summed back to each input's shape when it was broadcast.
+    """
+
+    @staticmethod
+    def forward(ctx, x, t, reduction):
+        d = x - t
+        ctx.save_for_backward(d)
+        ctx.meta = (x.shape, t.shape, reduction)
+        sq = d * d
+        return _reduce(sq, reduction, sq.size)
+
+    @staticmethod
+    def backward(ctx, gy):
+        (d,) = ctx.saved_tensors
+        x_shape, t_shape, reduction = ctx.meta
+        g = 2 * d * (gy / d.size if reduction == "mean" else gy)
+        gx = unbroadcast(g, x_shape) if ctx.needs_input_grad[0] else None
+        gt = unbroadcast(-g, t_shape) if ctx.needs_input_grad[1] else None
+        return gx, gt
+
+
+# --- argument checks and the wrappers ---------------------------------------------------
+
+def _check_reduction(reduction, name):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{name}: unknown reduction {reduction!r} "
+                         f"(expected 'none', 'mean' or 'sum')")
+
+
+def _check_input(input, name, what):  # noqa: A002
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
+    if input.dtype.kind != "f":
+        raise TypeError(f"{name}: expected floating point {what} (N, C) or (N, C, d1, ...), "
+                        f"got dtype {input.dtype}")
+    if input.ndim == 0:
+        raise RuntimeError(f"{name}: expected {what} (N, C) or (N, C, d1, ...) or (C,), "
+                           f"got a 0-d tensor")
+
+
+def _check_class_target(input, target, ignore_index, name):  # noqa: A002
+    """Class-index target: shape (N, *S) for input (N, C, *S), values in range."""
+    C = input.shape[1]
+    expected = input.shape[:1] + input.shape[2:]
+    if target.shape != expected:
+        raise RuntimeError(f"{name}: expected class-index target of shape {expected} for "
+                           f"input {input.shape}, got {target.shape}")
+    t = target.data
+    bad = ((t < 0) | (t >= C)) & (t != ignore_index)
+    if bool(bad.any()):
+        cls = int(t[bad].reshape(-1)[0])
+        raise IndexError(f"{name}: target contains class {cls} but input has {C} classes "
+                         f"(expected targets in [0, {C - 1}] or ignore_index={ignore_index})")
+
+
+def _check_weight(weight, input, name):  # noqa: A002
+    if weight is None:
+        return
+    C = input.shape[1]
+    if not isinstance(weight, Tensor) or weight.dtype.kind != "f":
+        raise TypeError(f"{name}: expected weight to be a float Tensor of shape ({C},)")
+    if weight.shape != (C,):
+        raise RuntimeError(f"{name}: expected weight of shape ({C},) (one per class), "
+                           f"got {weight.shape}")
+
+
+def _no_weight_grad(weight, name):
+    if weight is not None and weight.requires_grad and is_grad_enabled():
+        raise RuntimeError(f"{name}: the class weights cannot require grad with class-index "
+                           "targets (the loss is not differentiated with respect to them, as "
+                           "in PyTorch); pass weight.detach()")
+
+
+def _batched(input, target):  # noqa: A002
+    """Unbatched (C,) input -> (1, C), with target () -> (1,) or (C,) -> (1, C)."""
+    if input.ndim != 1:
+        return input, target, False
+    return reshape(input, (1,) + input.shape), reshape(target, (1,) + target.shape), True
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",  # noqa: A002
+                  label_smoothing=0.0):
+    """Cross-entropy of logits ``input`` against class indices or class probabilities.
+
+    input: (N, C) or (N, C, d1, ...) logits (or (C,) unbatched).
+    target: (N,) / (N, d1, ...) integer class indices, or float probabilities of the
+        input's shape. weight: (C,) class weights. ignore_index: class-index targets equal
+        to it contribute nothing (not even to the mean's denominator). reduction: 'none',
+        'mean' or 'sum'. label_smoothing: eps in [0, 1], mixing the target with uniform.
+    The semantics, including the weighted mean, are PyTorch's (see the module docstring).
+    """
+    name = "cross_entropy"
+    _check_input(input, name, "logits")
+    _check_reduction(reduction, name)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{name}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"{name}: expected target to be a Tensor, got {type(target).__name__}")
+    probs = target.dtype.kind == "f"
+    if not probs and target.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer class indices or float probabilities as "
+                        f"target, got dtype {target.dtype}")
+    if probs and target.shape != input.shape:
+        raise RuntimeError(f"{name}: expected probability target of the same shape as input "
+                           f"{input.shape}, got {target.shape}")
+    x, t, unbatched = _batched(input, target)
+    _check_weight(weight, x, name)
+    if probs:
+        out = CrossEntropyProbsFunction.apply(x, t, weight, reduction=reduction,
+                                              label_smoothing=float(label_smoothing))
+    else:
+        _check_class_target(x, t, ignore_index, name)
+        _no_weight_grad(weight, name)
+        out = CrossEntropyFunction.apply(x, t, weight, ignore_index=int(ignore_index),
+                                         reduction=reduction,
+                                         label_smoothing=float(label_smoothing))
+    return reshape(out, ()) if unbatched and reduction == "none" else out
+
+
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):  # noqa: A002
+    """Negative log-likelihood: -weight[y] * input[i, y], for log-probabilities ``input``
+    (N, C) or (N, C, d1, ...) (or (C,)) and integer targets (N,) / (N, d1, ...).
+    Pair it with log_softmax; cross_entropy does both in one step."""
+    name = "nll_loss"
+    _check_input(input, name, "log-probabilities")
+    _check_reduction(reduction, name)
+    if not isinstance(target, Tensor) or target.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer class indices as target, got "
+                        f"{getattr(target, 'dtype', type(target).__name__)}")
+    x, t, unbatched = _batched(input, target)
+    _check_weight(weight, x, name)
+    _check_class_target(x, t, ignore_index, name)
+    _no_weight_grad(weight, name)
+    out = NLLLossFunction.apply(x, t, weight, ignore_index=int(ignore_index),
+                                reduction=reduction)
+    return reshape(out, ()) if unbatched and reduction == "none" else out
+
+
+def mse_loss(input, target, reduction="mean"):  # noqa: A002
+    """Mean squared error (input - target)^2, reduced ('none', 'mean' or 'sum').
+
+    The shapes should match; like PyTorch, different shapes broadcast with a warning
+    ((N, 1) against (N,) gives (N, N): usually a bug).
+    """
+    name = "mse_loss"
+    _check_reduction(reduction, name)
+    for what, a in (("input", input), ("target", target)):
+        if not isinstance(a, Tensor) or a.dtype.kind != "f":
+            raise TypeError(f"{name}: expected {what} to be a floating point Tensor, got "
+                            f"{getattr(a, 'dtype', type(a).__name__)}")
+    if input.dtype != target.dtype:
+        raise TypeError(f"{name}: input and target dtypes differ ({input.dtype} and "
+                        f"{target.dtype}); convert one with .float() or .double()")
+    if input.shape != target.shape:
+        try:
+            np.broadcast_shapes(input.shape, target.shape)
+        except ValueError:
+            raise RuntimeError(f"{name}: input of shape {input.shape} and target of shape "
+                               f"{target.shape} do not broadcast") from None
+        warnings.warn(f"{name}: target of shape {target.shape} differs from input of shape "
+                      f"{input.shape}; they are broadcast, which is likely wrong",
+                      UserWarning, stacklevel=2)
+    return MSELossFunction.apply(input, target, reduction=reduction)
+

@@ -1,0 +1,177 @@
+"""Batch normalisation: ``batch_norm``, one fused Function with a closed-form backward.
+
+Shape letters::
+
+    N    batch size
+    C    channels (features): statistics are kept per channel
+    *S   the other dims: none for (N, C), L for (N, C, L), H, W for (N, C, H, W)
+    m    the number of values per channel: m = N * prod(S)
+
+    x, y, gy, gx          (N, C, *S)
+    weight (gamma), bias (beta), running_mean, running_var, and their gradients   (C,)
+    mean, var, inv_std    (1, C, 1, ...): the per-channel vectors shaped to broadcast
+
+Training mode normalises with the batch's own statistics (over N and *S, per channel)::
+
+    mean    = sum(x) / m
+    var     = sum((x - mean)^2) / m                         biased: divides by m
+    inv_std = 1 / sqrt(var + eps)
+    xhat    = (x - mean) * inv_std
+    y       = gamma * xhat + beta
+
+and updates the running statistics in place, with the *unbiased* variance (m - 1),
+exactly as PyTorch does::
+
+    running_mean = (1 - momentum) * running_mean + momentum * mean
+    running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
+
+Evaluation mode uses the running statistics instead of the batch's:
+    y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta.
+"""
+from __future__ import annotations
+
+import numbers
+
+from .. import backend
+from ..autograd import Function, Tensor
+
+
+class BatchNormFunction(Function):
+    """y = weight * xhat + bias, with xhat normalised per channel (see the module docstring).
+
+    Inputs (positional, differentiable): x (N, C, *S), weight (C,) or None, bias (C,) or None.
+    Parameters: running_mean, running_var: (C,) raw arrays or None (updated in place when
+    training, read when not), training, momentum, eps.
+
+    Backward, training mode. The batch statistics depend on every x of the channel, so
+    the gradient has three paths (through xhat directly, through the mean, through the
+    variance). Summing them, with every sum over the m values of one channel::
+
+        gbias   = sum(gy)                                               (C,)
+        gweight = sum(gy * xhat)                                        (C,)
+        gxhat   = gy * weight                                           (N, C, *S)
+        gx      = inv_std / m * (m * gxhat - sum(gxhat) - xhat * sum(gxhat * xhat))
+                = weight * inv_std / m * (m * gy - gbias - xhat * gweight)
+
+    (the second line because sum(gxhat) = weight * gbias and sum(gxhat * xhat) =
+    weight * gweight: the two parameter gradients are reused for the input's).
+
+    Backward, evaluation mode. The running statistics are constants, so y is an affine
+    function of x per channel::
+
+        gx = gy * weight * inv_std,    gweight = sum(gy * xhat),    gbias = sum(gy)
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
+        xp = backend.get_array_module(x)
+        C = x.shape[1]
+        axes = (0,) + tuple(range(2, x.ndim))       # every axis but the channel axis
+        shape = (1, C) + (1,) * (x.ndim - 2)        # a (C,) vector shaped to broadcast
+        m = x.size // C
+        if training:
+            mean = x.mean(axis=axes, keepdims=True)
+            centered = x - mean
+            var = (centered * centered).mean(axis=axes, keepdims=True)
+            if running_mean is not None:
+                running_mean[...] = ((1 - momentum) * running_mean
+                                     + momentum * mean.reshape(C).astype(running_mean.dtype))
+            if running_var is not None:
+                unbiased = var.reshape(C).astype(running_var.dtype) * (m / (m - 1))
+                running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+        else:
+            mean = running_mean.astype(x.dtype, copy=False).reshape(shape)
+            var = running_var.astype(x.dtype, copy=False).reshape(shape)
+            centered = x - mean
+        inv_std = 1 / xp.sqrt(var + eps)
+        xhat = centered * inv_std
+        y = xhat
+        if weight is not None:
+            weight = weight.astype(x.dtype, copy=False).reshape(shape)
+            y = y * weight
+        if bias is not None:
+            y = y + bias.astype(x.dtype, copy=False).reshape(shape)
+        ctx.save_for_backward(xhat, inv_std, weight)
+        ctx.meta = (training, axes, m)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        xhat, inv_std, weight = ctx.saved_tensors
+        training, axes, m = ctx.meta
+        need_x, need_w, need_b = ctx.needs_input_grad
+        # The parameter gradients; training mode needs them for gx as well.
+        gbias = gy.sum(axis=axes, keepdims=True) if (training or need_b) else None
+        gweight = (gy * xhat).sum(axis=axes, keepdims=True) if (training or need_w) else None
+        gx = None
+        if need_x:
+            scale = inv_std if weight is None else weight * inv_std
+            if training:
+                gx = scale / m * (m * gy - gbias - xhat * gweight)
+            else:
+                gx = scale * gy
+        C = xhat.shape[1]
+        return (gx,
+                gweight.reshape(C) if need_w else None,
+                gbias.reshape(C) if need_b else None)
+
+
+def _check_vector(v, what, C, input):  # noqa: A002
+    if v is None:
+        return None
+    if not isinstance(v, Tensor):
+        raise TypeError(f"batch_norm: expected {what} to be a Tensor or None, "
+                        f"got {type(v).__name__}")
+    if v.shape != (C,):
+        raise RuntimeError(f"batch_norm: expected {what} of shape ({C},) for input "
+                           f"{input.shape} with {C} channels, got {v.shape}")
+    if v.device != input.device:
+        raise RuntimeError(f"batch_norm: {what} is on {v.device} but the input is on "
+                           f"{input.device}; move it with .to(device)")
+    return v
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None,  # noqa: A002
+               training=False, momentum=0.1, eps=1e-5):
+    """Batch normalisation of ``input`` (N, C), (N, C, L) or (N, C, H, W) (any (N, C, *S)).
+
+    running_mean, running_var: (C,) Tensors or None. When training, they are updated in
+        place (unbiased variance); when not, they are the statistics used and are required.
+    weight, bias: (C,) affine parameters (gamma, beta), or None.
+    training: use the batch statistics (True) or the running ones (False).
+    momentum: the running-average factor, a number in [0, 1]. PyTorch's BatchNorm modules
+        also accept momentum=None (a cumulative average); they handle it themselves by
+        passing momentum = 1 / num_batches_tracked here, and so must minidl's modules: the
+        functional form raises for None, as PyTorch's does.
+    eps: added to the variance before the square root.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"batch_norm: expected input to be a Tensor, got {type(input).__name__}")
+    if input.ndim < 2:
+        raise RuntimeError(f"batch_norm: expected input (N, C), (N, C, L) or (N, C, H, W), "
+                           f"got {input.shape}")
+    if input.dtype.kind != "f":
+        raise TypeError(f"batch_norm: expected a floating point input, got dtype {input.dtype}")
+    if momentum is None:
+        raise ValueError("batch_norm: momentum=None (a cumulative moving average) needs the "
+                         "number of batches seen; the BatchNorm modules handle it by passing "
+                         "momentum=1/num_batches_tracked. Pass a number here.")
+    if not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"batch_norm: momentum must be a number in [0, 1], got {momentum!r}")
+    C = input.shape[1]
+    rm = _check_vector(running_mean, "running_mean", C, input)
+    rv = _check_vector(running_var, "running_var", C, input)
+    _check_vector(weight, "weight", C, input)
+    _check_vector(bias, "bias", C, input)
+    if training:
+        if input.numel() // C <= 1:
+            raise ValueError(f"batch_norm: expected more than 1 value per channel when "
+                             f"training, got input of shape {input.shape}")
+    elif rm is None or rv is None:
+        raise RuntimeError("batch_norm: running_mean and running_var must be given in "
+                           "evaluation mode (training=False)")
+    return BatchNormFunction.apply(
+        input, weight, bias,
+        running_mean=None if rm is None else rm.data,
+        running_var=None if rv is None else rv.data,
+        training=bool(training), momentum=float(momentum), eps=float(eps))

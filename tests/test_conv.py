@@ -1,0 +1,365 @@
+"""conv2d: forward against a brute-force loop convolution, forward and gradients against
+PyTorch (check_op: float64 tight, float32 loose, plus gradcheck), a hypothesis property test,
+and every input error."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minidl
+import minidl.ops.conv as conv_mod
+from minidl.ops.conv import Conv2dFunction, conv2d
+from helpers import check_op
+
+
+# PyTorch warns that its own 'same' padding with even kernels copies the input; not our concern.
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+
+# ----------------------------------------------------------------------------- brute force
+
+def brute_conv2d(x, w, b=None, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
+                 groups=1):
+    """The definition, one output element at a time (independent of im2col).
+
+    x (N, C, H, W), w (OC, C/groups, KH, KW), b (OC,) or None;
+    padding ((top, bottom), (left, right)).
+    """
+    (SH, SW), ((PT, PB), (PL, PR)), (DH, DW) = stride, padding, dilation
+    N, C, H, W = x.shape
+    OC, Cg, KH, KW = w.shape
+    OCg = OC // groups
+    xpad = np.zeros((N, C, H + PT + PB, W + PL + PR), dtype=np.float64)
+    xpad[:, :, PT:PT + H, PL:PL + W] = x
+    OH = (H + PT + PB - DH * (KH - 1) - 1) // SH + 1
+    OW = (W + PL + PR - DW * (KW - 1) - 1) // SW + 1
+    y = np.zeros((N, OC, OH, OW))
+    for n in range(N):
+        for oc in range(OC):
+            g = oc // OCg
+            for oh in range(OH):
+                for ow in range(OW):
+                    acc = 0.0 if b is None else float(b[oc])
+                    for c in range(Cg):
+                        for kh in range(KH):
+                            for kw in range(KW):
+                                acc += (w[oc, c, kh, kw] *
+                                        xpad[n, g * Cg + c, oh * SH + kh * DH, ow * SW + kw * DW])
+                    y[n, oc, oh, ow] = acc
+    return y
+
+
+def _same_padding(KH, KW, DH, DW):
+    """PyTorch's 'same': total d*(k-1), the odd pixel at the end."""
+    th, tw = DH * (KH - 1), DW * (KW - 1)
+    return (th // 2, th - th // 2), (tw // 2, tw - tw // 2)
+
+
+def _as_pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _brute_args(w_shape, kw):
+    stride = _as_pair(kw.get("stride", 1))
+    dilation = _as_pair(kw.get("dilation", 1))
+    pad = kw.get("padding", 0)
+    if pad == "same":
+        padding = _same_padding(*w_shape[2:], *dilation)
+    elif pad == "valid":
+        padding = ((0, 0), (0, 0))
+    else:
+        ph, pw = _as_pair(pad)
+        padding = ((ph, ph), (pw, pw))
+    return dict(stride=stride, padding=padding, dilation=dilation, groups=kw.get("groups", 1))
+
+
+# (x shape, w shape, bias, conv kwargs); tiny shapes: gradcheck costs 2 forwards per element
+CASES = [
+    ((2, 3, 6, 5), (4, 3, 3, 2), True, {}),                                  # non-square
+    ((2, 2, 7, 6), (3, 2, 2, 3), False, dict(stride=(2, 3))),                # stride ∤ input
+    ((2, 2, 5, 6), (3, 2, 3, 3), True, dict(padding=(1, 2))),
+    ((2, 2, 7, 7), (2, 2, 3, 2), True, dict(dilation=(2, 3), padding=1)),
+    ((2, 4, 6, 5), (6, 2, 3, 2), True, dict(groups=2, stride=2, padding=1)),  # groups=2
+    ((2, 3, 6, 6), (3, 1, 3, 3), True, dict(groups=3, padding=1)),            # depthwise
+    ((2, 2, 5, 6), (6, 1, 3, 2), False, dict(groups=2, stride=(1, 2))),       # depthwise x3
+    ((2, 3, 5, 6), (2, 3, 3, 3), True, dict(padding="same")),                 # odd kernel
+    ((2, 2, 5, 6), (3, 2, 2, 4), True, dict(padding="same")),                 # even: asym
+    ((2, 2, 6, 5), (2, 2, 2, 3), False, dict(padding="same", dilation=(3, 2))),
+    ((2, 2, 5, 6), (3, 2, 3, 2), True, dict(padding="valid")),
+    ((2, 4, 4, 5), (3, 4, 1, 1), True, {}),                                  # 1x1
+    ((2, 3, 4, 4), (2, 3, 1, 1), False, dict(stride=2)),                      # strided 1x1
+    ((4, 6, 5), (4, 2, 3, 2), True, dict(groups=2, padding=(1, 0))),            # unbatched
+    ((1, 2, 4, 4), (2, 2, 4, 4), True, {}),                                  # output 1x1
+]
+
+
+@contextlib.contextmanager
+def keep_col(keep):
+    """Run with the forward's unfolded input kept for backward (True) or unfolded again in
+    backward (False): small tests would otherwise only ever take the first path."""
+    old = conv_mod.KEEP_COL_BYTES
+    conv_mod.KEEP_COL_BYTES = 2**62 if keep else 0
+    try:
+        yield
+    finally:
+        conv_mod.KEEP_COL_BYTES = old
+
+
+def _case_id(case):
+    xs, ws, bias, kw = case
+    return f"x{xs}-w{ws}-{'b' if bias else 'nob'}-{kw}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_forward_matches_brute_force(case, rng):
+    xs, ws, bias, kw = case
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    b = rng.standard_normal(ws[0]) if bias else None
+    y = conv2d(minidl.tensor(x), minidl.tensor(w), None if b is None else minidl.tensor(b), **kw)
+    x4 = x[None] if x.ndim == 3 else x
+    expected = brute_conv2d(x4, w, b, **_brute_args(ws, kw))
+    if x.ndim == 3:
+        expected = expected[0]
+    assert y.shape == expected.shape and y.dtype == np.float64
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["keep-col", "unfold-again"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_against_torch(case, keep, rng):
+    xs, ws, bias, kw = case
+    arrays = [rng.standard_normal(xs), rng.standard_normal(ws)]
+    if bias:
+        arrays.append(rng.standard_normal(ws[0]))
+    with keep_col(keep):
+        check_op(lambda *a: conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), arrays)
+
+
+@pytest.mark.parametrize("grad", [(0,), (1,), (2,), (1, 2), (0, 2)])
+def test_only_requested_gradients(grad, rng):
+    """needs_input_grad: each subset of (input, weight, bias) gets exactly its gradients."""
+    kw = dict(stride=2, padding=1, groups=2)
+    arrays = [rng.standard_normal((2, 4, 5, 6)), rng.standard_normal((4, 2, 3, 2)),
+              rng.standard_normal(4)]
+    check_op(lambda *a: conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), arrays, grad=grad,
+             gradcheck=False)
+
+
+def test_backward_skips_unneeded_work(monkeypatch, rng):
+    """With only the bias requiring grad, backward neither unfolds x nor folds back."""
+    x = minidl.tensor(rng.standard_normal((2, 2, 5, 5)))
+    w = minidl.tensor(rng.standard_normal((3, 2, 3, 3)))
+    b = minidl.tensor(rng.standard_normal(3), requires_grad=True)
+    y = conv2d(x, w, b)
+    calls = []
+    monkeypatch.setattr(conv_mod, "im2col", lambda *a, **k: calls.append("im2col"))
+    monkeypatch.setattr(conv_mod, "col2im", lambda *a, **k: calls.append("col2im"))
+    y.sum().backward()
+    assert calls == []
+    np.testing.assert_allclose(b.grad.numpy(), np.full(3, 2 * 3 * 3))
+
+
+def test_float32_and_no_grad(rng):
+    x = minidl.tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32), requires_grad=True)
+    w = minidl.tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), requires_grad=True)
+    with minidl.no_grad():
+        y = conv2d(x, w, padding=1)
+    assert y.dtype == np.float32 and y.shape == (2, 4, 8, 8)
+    assert y.grad_fn is None and not y.requires_grad
+    y = conv2d(x, w, padding=1)
+    assert y.grad_fn is not None and y.grad_fn.name == "Conv2d"
+
+
+def test_scratch_buffer_reuse(monkeypatch, rng):
+    """Convolutions of different sizes share the scratch buffer; none of their results may
+    live in it, and freeing it changes nothing."""
+    monkeypatch.setattr(conv_mod, "KEEP_COL_BYTES", 0)  # col in the scratch buffer too
+    big = [rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3))]
+    small = [rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((2, 2, 2, 2))]
+    md = [[minidl.tensor(a, requires_grad=True) for a in arrs] for arrs in (big, small)]
+    ys = [conv2d(*md[0], padding=1), conv2d(*md[1])]     # both forwards before any backward
+    conv_mod.release_scratch()
+    (ys[0].sum() + ys[1].sum()).backward()
+    buf = conv_mod._SCRATCH.buffers[np.dtype(np.float64)]
+    for arrs, tens, y, kw in zip((big, small), md, ys, (dict(padding=1), {})):
+        tt = [torch.tensor(a, requires_grad=True) for a in arrs]
+        ty = F.conv2d(*tt, **kw)
+        ty.sum().backward()
+        for out in [y] + [t.grad for t in tens]:
+            assert not np.shares_memory(out.numpy(), buf)
+        np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+        for m, t in zip(tens, tt):
+            np.testing.assert_allclose(m.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_non_contiguous_inputs(rng):
+    x = rng.standard_normal((5, 2, 3, 6))
+    w = rng.standard_normal((3, 2, 4, 2))
+    check_op(lambda x, w: conv2d(x.permute(2, 1, 0, 3), w.transpose(2, 3), padding=1),
+             lambda x, w: F.conv2d(x.permute(2, 1, 0, 3), w.transpose(2, 3), padding=1),
+             [x, w], gradcheck=False)
+
+
+# ----------------------------------------------------------------------------- property test
+
+@st.composite
+def conv_problems(draw):
+    groups = draw(st.integers(1, 3))
+    C = groups * draw(st.integers(1, 2))
+    OC = groups * draw(st.integers(1, 3))
+    N = draw(st.integers(1, 3))
+    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    DH, DW = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    same = draw(st.booleans()) and draw(st.booleans())  # 'same' a quarter of the time
+    if same:
+        SH = SW = 1
+        padding = "same"
+        PH = PW = 0
+    else:
+        SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        PH, PW = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+        padding = (PH, PW)
+    H = max(1, DH * (KH - 1) + 1 - 2 * PH) + draw(st.integers(0, 5))
+    W = max(1, DW * (KW - 1) + 1 - 2 * PW) + draw(st.integers(0, 5))
+    bias = draw(st.booleans())
+    unbatched = draw(st.integers(0, 5)) == 0
+    kw = dict(stride=(SH, SW), padding=padding, dilation=(DH, DW), groups=groups)
+    xs = (C, H, W) if unbatched else (N, C, H, W)
+    return xs, (OC, C // groups, KH, KW), bias, kw
+
+
+@settings(max_examples=40, deadline=None)
+@given(problem=conv_problems(), keep=st.booleans(), seed=st.integers(0, 2**16))
+def test_property_against_torch(problem, keep, seed):
+    xs, ws, bias, kw = problem
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(xs), rng.standard_normal(ws)]
+    if bias:
+        arrays.append(rng.standard_normal(ws[0]))
+    with keep_col(keep):
+        check_op(lambda *a: conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), arrays,
+                 dtypes=(np.float64,), gradcheck=False, seed=seed)
+
+
+# ----------------------------------------------------------------------------- devices
+
+def test_device_matches_brute_force(device, rng):
+    """The same op on each device (CuPy runs the reference im2col); compared on the host."""
+    x, w, b = (rng.standard_normal((2, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2)),
+               rng.standard_normal(6))
+    kw = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+    X = minidl.tensor(x, device=device, requires_grad=True)
+    Wt = minidl.tensor(w, device=device, requires_grad=True)
+    B = minidl.tensor(b, device=device, requires_grad=True)
+    y = conv2d(X, Wt, B, **kw)
+    assert y.device == minidl.device(device)
+    np.testing.assert_allclose(y.cpu().numpy(), brute_conv2d(x, w, b, **_brute_args(w.shape, kw)),
+                               rtol=1e-10, atol=1e-10)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    v = rng.standard_normal(y.shape)
+    (y * minidl.tensor(v, device=device)).sum().backward()
+    (F.conv2d(tx, tw, tb, **kw) * torch.tensor(v)).sum().backward()
+    for m, t in ((X, tx), (Wt, tw), (B, tb)):
+        np.testing.assert_allclose(m.grad.cpu().numpy(), t.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- errors
+
+def _t(shape, dtype=np.float32):
+    return minidl.tensor(np.zeros(shape, dtype=dtype))
+
+
+def test_error_input_rank():
+    with pytest.raises(RuntimeError, match=r"conv2d: expected a 4-D input .* got input of "
+                                           r"shape \(8, 28, 28, 1, 1\)"):
+        conv2d(_t((8, 28, 28, 1, 1)), _t((16, 3, 5, 5)))
+    with pytest.raises(RuntimeError, match=r"got input of shape \(28, 28\)"):
+        conv2d(_t((28, 28)), _t((16, 3, 5, 5)))
+    with pytest.raises(RuntimeError, match=r"expected a 4-D weight .* got weight of shape "
+                                           r"\(16, 3, 5\)"):
+        conv2d(_t((8, 3, 28, 28)), _t((16, 3, 5)))
+
+
+def test_error_channel_mismatch():
+    msg = (r"conv2d: expected input with 3 channels \(weight \(16, 3, 5, 5\), groups=1\), "
+           r"got input of shape \(8, 1, 28, 28\)")
+    with pytest.raises(RuntimeError, match=msg):
+        conv2d(_t((8, 1, 28, 28)), _t((16, 3, 5, 5)))
+    with pytest.raises(RuntimeError, match=r"expected input with 4 channels \(weight "
+                                           r"\(6, 2, 3, 3\), groups=2\), got input of shape "
+                                           r"\(2, 6, 5, 5\)"):
+        conv2d(_t((2, 6, 5, 5)), _t((6, 2, 3, 3)), groups=2)
+    with pytest.raises(RuntimeError, match=r"expected input with 3 channels .* got input of "
+                                           r"shape \(2, 5, 5\)"):
+        conv2d(_t((2, 5, 5)), _t((4, 3, 3, 3)))  # unbatched
+
+
+def test_error_bias_shape():
+    with pytest.raises(RuntimeError, match=r"expected bias of shape \(4,\) .* got bias of "
+                                           r"shape \(3,\)"):
+        conv2d(_t((1, 3, 5, 5)), _t((4, 3, 3, 3)), _t((3,)))
+
+
+def test_error_dtypes():
+    with pytest.raises(TypeError, match="conv2d: expected a floating point input, got dtype "
+                                        "int64"):
+        conv2d(minidl.tensor(np.zeros((1, 3, 5, 5), np.int64)), _t((4, 3, 3, 3)))
+    with pytest.raises(TypeError, match="conv2d: input dtype float64 does not match weight "
+                                        "dtype float32"):
+        conv2d(_t((1, 3, 5, 5), np.float64), _t((4, 3, 3, 3)))
+    with pytest.raises(TypeError, match="bias dtype float64 does not match input dtype float32"):
+        conv2d(_t((1, 3, 5, 5)), _t((4, 3, 3, 3)), _t((4,), np.float64))
+    with pytest.raises(TypeError, match="conv2d: input must be a Tensor, got ndarray"):
+        conv2d(np.zeros((1, 3, 5, 5), np.float32), _t((4, 3, 3, 3)))
+
+
+def test_error_groups():
+    with pytest.raises(ValueError, match=r"in_channels \(input channels = 3\) must be "
+                                         r"divisible by groups=2"):
+        conv2d(_t((1, 3, 5, 5)), _t((4, 1, 3, 3)), groups=2)
+    with pytest.raises(ValueError, match=r"out_channels \(weight.shape\[0\] = 5\) must be "
+                                         r"divisible by groups=2"):
+        conv2d(_t((1, 4, 5, 5)), _t((5, 2, 3, 3)), groups=2)
+    with pytest.raises(ValueError, match="groups must be a positive int, got 0"):
+        conv2d(_t((1, 4, 5, 5)), _t((4, 4, 3, 3)), groups=0)
+
+
+def test_error_kernel_larger_than_input():
+    with pytest.raises(RuntimeError, match=r"conv2d: kernel size \(5, 5\) \(dilated \(5, 5\)\) "
+                                           r"is larger than the padded input \(4, 6\)"):
+        conv2d(_t((1, 1, 4, 4)), _t((1, 1, 5, 5)), padding=(0, 1))
+    with pytest.raises(RuntimeError, match=r"kernel size \(3, 3\) \(dilated \(5, 5\)\) is "
+                                           r"larger than the padded input \(4, 4\)"):
+        conv2d(_t((1, 1, 4, 4)), _t((1, 1, 3, 3)), dilation=2)
+
+
+def test_error_stride_dilation_padding():
+    x, w = _t((1, 1, 6, 6)), _t((1, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"conv2d: stride must be >= 1, got \(0, 1\)"):
+        conv2d(x, w, stride=(0, 1))
+    with pytest.raises(ValueError, match=r"conv2d: dilation must be >= 1, got \(1, -1\)"):
+        conv2d(x, w, dilation=(1, -1))
+    with pytest.raises(ValueError, match="conv2d: padding must be non-negative"):
+        conv2d(x, w, padding=-1)
+    with pytest.raises(ValueError, match="conv2d: stride must be an int or a pair of ints, "
+                                         r"got \(1, 2, 3\)"):
+        conv2d(x, w, stride=(1, 2, 3))
+    with pytest.raises(ValueError, match="padding must be 'same', 'valid', an int or a pair"):
+        conv2d(x, w, padding="full")
+
+
+def test_error_same_with_stride():
+    with pytest.raises(ValueError, match=r"conv2d: padding='same' is not supported for strided "
+                                         r"convolutions \(stride=\(2, 2\)\)"):
+        conv2d(_t((1, 1, 6, 6)), _t((1, 1, 3, 3)), stride=2, padding="same")
+
+
+def test_function_docstring_lists_shapes():
+    doc = Conv2dFunction.__doc__
+    for part in ("(N, C, H, W)", "(OC, Cg, KH, KW)", "(N, OC, OH, OW)", "col2im"):
+        assert part in doc

@@ -1,0 +1,297 @@
+"""Losses against PyTorch: every combination of weight / ignore_index / label_smoothing /
+reduction, class-index and probability targets, (N, C) and (N, C, d1, d2) inputs."""
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import minidl
+from minidl.ops.loss import cross_entropy, mse_loss, nll_loss
+from tests.helpers import check_op
+
+REDUCTIONS = ["none", "mean", "sum"]
+SHAPES = [(5, 4), (2, 3, 2, 2)]          # (N, C) and (N, C, d1, d2)
+
+
+def _class_targets(rng, shape, ignore_index):
+    """Integer targets (N, *S) for input ``shape``, with some set to ``ignore_index``."""
+    C = shape[1]
+    t = rng.integers(0, C, shape[:1] + shape[2:])
+    if ignore_index is not None:
+        flat = t.reshape(-1)
+        flat[[0, 3]] = ignore_index   # two elements ignored, the rest kept
+    return t
+
+
+def _weight(rng, C, use):
+    return rng.uniform(0.5, 2.0, C) if use else None
+
+
+# ignore_index: None -> the default (-100, absent from the targets); -1 present;
+# 1 present (an ignore_index that is also a valid class index).
+CE_CASES = list(itertools.product(SHAPES, [False, True], [None, -1, 1], [0.0, 0.2], REDUCTIONS))
+
+
+@pytest.mark.parametrize("shape,use_weight,ignore,smoothing,reduction", CE_CASES)
+def test_cross_entropy_class_indices(rng, shape, use_weight, ignore, smoothing, reduction):
+    x = rng.standard_normal(shape) * 2
+    t = _class_targets(rng, shape, ignore)
+    w = _weight(rng, shape[1], use_weight)
+    kw = dict(reduction=reduction, label_smoothing=smoothing)
+    if ignore is not None:
+        kw["ignore_index"] = ignore
+    check_op(lambda x, t, w: cross_entropy(x, t, weight=w, **kw),
+             lambda x, t, w: F.cross_entropy(x, t, weight=w, **kw),
+             [x, t, w], grad=(0,))
+
+
+PROB_CASES = list(itertools.product(SHAPES, [False, True], [0.0, 0.2], REDUCTIONS))
+
+
+@pytest.mark.parametrize("shape,use_weight,smoothing,reduction", PROB_CASES)
+def test_cross_entropy_probability_targets(rng, shape, use_weight, smoothing, reduction):
+    """Gradients with respect to the logits, the target and the weight, all against PyTorch."""
+    x = rng.standard_normal(shape) * 2
+    t = rng.uniform(0.1, 1.0, shape)
+    t /= t.sum(axis=1, keepdims=True)
+    w = _weight(rng, shape[1], use_weight)
+    kw = dict(reduction=reduction, label_smoothing=smoothing)
+    check_op(lambda x, t, w: cross_entropy(x, t, weight=w, **kw),
+             lambda x, t, w: F.cross_entropy(x, t, weight=w, **kw), [x, t, w])
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("target", ["index", "probs"])
+def test_cross_entropy_unbatched(rng, reduction, target):
+    x = rng.standard_normal(5)
+    t = np.array(3) if target == "index" else rng.dirichlet(np.ones(5))
+    check_op(lambda x, t: cross_entropy(x, t, reduction=reduction, label_smoothing=0.1),
+             lambda x, t: F.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1),
+             [x, t], grad=(0,))
+
+
+def test_cross_entropy_one_hot_gradient_is_softmax_minus_onehot(rng):
+    x = rng.standard_normal((4, 3))
+    t = np.array([0, 2, 1, 2])
+    m = minidl.tensor(x, requires_grad=True)
+    cross_entropy(m, minidl.tensor(t), reduction="sum").backward()
+    p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(m.grad.numpy(), p - np.eye(3)[t], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("fn,t_fn", [(cross_entropy, F.cross_entropy), (nll_loss, F.nll_loss)])
+@pytest.mark.parametrize("use_weight", [False, True])
+def test_every_target_ignored_gives_nan_mean_as_pytorch(fn, t_fn, use_weight):
+    x = np.zeros((3, 4))
+    t = np.full(3, -100)
+    w = np.ones(4) if use_weight else None
+    md = fn(minidl.tensor(x), minidl.tensor(t),
+            weight=None if w is None else minidl.tensor(w))
+    tt = t_fn(torch.tensor(x), torch.tensor(t), weight=None if w is None else torch.tensor(w))
+    assert np.isnan(md.item()) and np.isnan(tt.item())
+
+
+def test_cross_entropy_is_stable_for_large_logits():
+    x = np.array([[1000.0, -1000.0, 0.0], [-5e4, 5e4, 0.0]])
+    t = np.array([1, 0])
+    md = cross_entropy(minidl.tensor(x), minidl.tensor(t), reduction="none").numpy()
+    tt = F.cross_entropy(torch.tensor(x), torch.tensor(t), reduction="none").numpy()
+    np.testing.assert_allclose(md, tt, rtol=1e-12)
+
+
+@pytest.mark.parametrize("probs", [False, True])
+def test_cross_entropy_float32_stays_float32(rng, probs):
+    x = minidl.tensor(rng.standard_normal((4, 3)).astype(np.float32), requires_grad=True)
+    t = (minidl.tensor(rng.dirichlet(np.ones(3), 4).astype(np.float32)) if probs
+         else minidl.tensor([0, 1, 2, 1]))
+    w = minidl.tensor(np.array([1.0, 2.0, 0.5], np.float32))
+    loss = cross_entropy(x, t, weight=w, label_smoothing=0.1)
+    assert loss.dtype == np.float32
+    loss.backward()
+    assert x.grad.dtype == np.float32
+
+
+# --- nll_loss ---------------------------------------------------------------------------
+
+NLL_CASES = list(itertools.product(SHAPES, [False, True], [None, -1, 1], REDUCTIONS))
+
+
+@pytest.mark.parametrize("shape,use_weight,ignore,reduction", NLL_CASES)
+def test_nll_loss(rng, shape, use_weight, ignore, reduction):
+    x = rng.standard_normal(shape)
+    t = _class_targets(rng, shape, ignore)
+    w = _weight(rng, shape[1], use_weight)
+    kw = dict(reduction=reduction)
+    if ignore is not None:
+        kw["ignore_index"] = ignore
+    check_op(lambda x, t, w: nll_loss(x, t, weight=w, **kw),
+             lambda x, t, w: F.nll_loss(x, t, weight=w, **kw), [x, t, w], grad=(0,))
+
+
+def test_nll_loss_of_log_softmax_equals_cross_entropy(rng):
+    from minidl.ops.activation import log_softmax
+    x = minidl.tensor(rng.standard_normal((4, 5)))
+    t = minidl.tensor([4, 0, 2, 2])
+    np.testing.assert_allclose(nll_loss(log_softmax(x, 1), t).item(),
+                               cross_entropy(x, t).item(), rtol=1e-12)
+
+
+def test_nll_loss_with_minus_infinity_elsewhere_is_finite():
+    with np.errstate(divide="ignore"):
+        x = np.log(np.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]]))  # log 0 = -inf, not picked
+    t = np.array([0, 1])
+    md = nll_loss(minidl.tensor(x), minidl.tensor(t)).item()
+    np.testing.assert_allclose(md, F.nll_loss(torch.tensor(x), torch.tensor(t)).item())
+
+
+# --- mse_loss ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 2)])
+def test_mse_loss(rng, reduction, shape):
+    check_op(lambda x, t: mse_loss(x, t, reduction),
+             lambda x, t: F.mse_loss(x, t, reduction=reduction),
+             [rng.standard_normal(shape), rng.standard_normal(shape)])
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_mse_loss_broadcasts_with_a_warning_as_pytorch(rng, reduction):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # both libraries warn; the values must still agree
+        check_op(lambda x, t: mse_loss(x, t, reduction),
+                 lambda x, t: F.mse_loss(x, t, reduction=reduction),
+                 [rng.standard_normal((3, 1)), rng.standard_normal(3)])
+    with pytest.warns(UserWarning, match=r"mse_loss: target of shape \(3,\) differs from "
+                                         r"input of shape \(3, 1\)"):
+        mse_loss(minidl.zeros(3, 1), minidl.zeros(3))
+
+
+def test_mse_loss_float32_stays_float32(rng):
+    x = minidl.tensor(rng.standard_normal(4).astype(np.float32), requires_grad=True)
+    loss = mse_loss(x, minidl.zeros(4))
+    assert loss.dtype == np.float32
+    loss.backward()
+    assert x.grad.dtype == np.float32
+
+
+# --- errors -----------------------------------------------------------------------------
+
+def _x(*shape, dtype=np.float32):
+    return minidl.tensor(np.zeros(shape, dtype))
+
+
+def test_error_class_out_of_range():
+    t = minidl.tensor([0, 12, 3, 1])
+    with pytest.raises(IndexError, match=r"cross_entropy: target contains class 12 but input "
+                                         r"has 10 classes \(expected targets in \[0, 9\] or "
+                                         r"ignore_index=-100\)"):
+        cross_entropy(_x(4, 10), t)
+    with pytest.raises(IndexError, match=r"nll_loss: target contains class -3 but input has 10 "
+                                         r"classes \(expected targets in \[0, 9\] or "
+                                         r"ignore_index=-1\)"):
+        nll_loss(_x(4, 10), minidl.tensor([0, -1, -3, 1]), ignore_index=-1)
+
+
+def test_error_integer_targets_of_wrong_shape():
+    with pytest.raises(RuntimeError, match=r"cross_entropy: expected class-index target of "
+                                           r"shape \(4,\) for input \(4, 10\), got \(4, 3\)"):
+        cross_entropy(_x(4, 10), minidl.zeros(4, 3, dtype=minidl.int64))
+    with pytest.raises(RuntimeError, match=r"expected class-index target of shape \(2, 5, 5\) "
+                                           r"for input \(2, 3, 5, 5\), got \(2, 3, 5\)"):
+        cross_entropy(_x(2, 3, 5, 5), minidl.zeros(2, 3, 5, dtype=minidl.int64))
+    with pytest.raises(RuntimeError, match=r"nll_loss: expected class-index target of shape"):
+        nll_loss(_x(4, 10), minidl.zeros(5, dtype=minidl.int64))
+
+
+def test_error_float_targets_of_wrong_shape():
+    with pytest.raises(RuntimeError, match=r"cross_entropy: expected probability target of the "
+                                           r"same shape as input \(4, 10\), got \(4, 9\)"):
+        cross_entropy(_x(4, 10), _x(4, 9))
+    with pytest.raises(RuntimeError, match=r"same shape as input \(4, 10\), got \(4,\)"):
+        cross_entropy(_x(4, 10), _x(4))
+
+
+def test_error_integer_logits():
+    with pytest.raises(TypeError, match=r"cross_entropy: expected floating point logits "
+                                        r"\(N, C\) or \(N, C, d1, \.\.\.\), got dtype int64"):
+        cross_entropy(minidl.tensor([[1, 2], [3, 4]]), minidl.tensor([0, 1]))
+    with pytest.raises(TypeError, match=r"nll_loss: expected floating point log-probabilities"):
+        nll_loss(minidl.tensor([[1, 2], [3, 4]]), minidl.tensor([0, 1]))
+
+
+def test_error_weight_of_wrong_length():
+    with pytest.raises(RuntimeError, match=r"cross_entropy: expected weight of shape \(10,\) "
+                                           r"\(one per class\), got \(9,\)"):
+        cross_entropy(_x(4, 10), minidl.tensor([0, 1, 2, 3]), weight=_x(9))
+    with pytest.raises(RuntimeError, match=r"nll_loss: expected weight of shape \(10,\)"):
+        nll_loss(_x(4, 10), minidl.tensor([0, 1, 2, 3]), weight=_x(10, 1))
+
+
+@pytest.mark.parametrize("fn,args", [(cross_entropy, (_x(2, 3), minidl.tensor([0, 1]))),
+                                     (nll_loss, (_x(2, 3), minidl.tensor([0, 1]))),
+                                     (mse_loss, (_x(2), _x(2)))])
+def test_error_unknown_reduction(fn, args):
+    with pytest.raises(ValueError, match=rf"{fn.__name__}: unknown reduction 'avg' "
+                                         r"\(expected 'none', 'mean' or 'sum'\)"):
+        fn(*args, reduction="avg")
+
+
+def test_error_bad_label_smoothing_and_target_dtypes():
+    with pytest.raises(ValueError, match=r"cross_entropy: label_smoothing must be in \[0, 1\], "
+                                         r"got 1.5"):
+        cross_entropy(_x(2, 3), minidl.tensor([0, 1]), label_smoothing=1.5)
+    with pytest.raises(TypeError, match="cross_entropy: expected integer class indices or float "
+                                        "probabilities as target, got dtype bool"):
+        cross_entropy(_x(2, 3), minidl.tensor([True, False]))
+    with pytest.raises(TypeError, match="nll_loss: expected integer class indices as target, "
+                                        "got float32"):
+        nll_loss(_x(2, 3), _x(2))
+    with pytest.raises(TypeError, match="mse_loss: input and target dtypes differ"):
+        mse_loss(_x(2), _x(2, dtype=np.float64))
+    with pytest.raises(TypeError, match="mse_loss: expected target to be a floating point "
+                                        "Tensor, got int64"):
+        mse_loss(_x(2), minidl.tensor([1, 2]))
+
+
+def test_error_weight_requiring_grad_with_class_indices():
+    w = minidl.ones(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="cross_entropy: the class weights cannot require "
+                                           "grad with class-index targets"):
+        cross_entropy(_x(2, 3), minidl.tensor([0, 1]), weight=w)
+    with minidl.no_grad():
+        cross_entropy(_x(2, 3), minidl.tensor([0, 1]), weight=w)  # fine without a graph
+
+
+# --- devices ----------------------------------------------------------------------------
+
+def test_same_results_on_every_device(device, rng):
+    """Each loss on ``device`` (the GPU through CuPy, when present) equals the CPU."""
+    x = rng.standard_normal((4, 3, 2)).astype(np.float32)
+    t = np.array([[0, 2], [1, -1], [2, 2], [0, 1]])
+    probs = rng.dirichlet(np.ones(3), (4, 2)).transpose(0, 2, 1).astype(np.float32)
+    w = np.array([1.0, 2.0, 0.5], np.float32)
+    cases = [
+        (lambda x, d: cross_entropy(x, minidl.tensor(t, device=d),
+                                    weight=minidl.tensor(w, device=d), ignore_index=-1,
+                                    label_smoothing=0.1)),
+        (lambda x, d: cross_entropy(x, minidl.tensor(probs, device=d), reduction="sum")),
+        (lambda x, d: nll_loss(x, minidl.tensor(t, device=d), ignore_index=-1,
+                               reduction="none")),
+        (lambda x, d: mse_loss(x, minidl.tensor(probs, device=d))),
+    ]
+    for fn in cases:
+        a = minidl.tensor(x, requires_grad=True)
+        b = minidl.tensor(x, device=device, requires_grad=True)
+        ya, yb = fn(a, "cpu"), fn(b, device)
+        assert yb.device == device and yb.dtype == np.float32
+        (ya * ya).sum().backward()
+        (yb * yb).sum().backward()
+        np.testing.assert_allclose(yb.cpu().numpy(), ya.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b.grad.cpu().numpy(), a.grad.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(IndexError, match="cross_entropy: target contains class 3"):
+        cross_entropy(minidl.tensor(x, device=device), minidl.tensor(t + 1, device=device))

@@ -1,0 +1,557 @@
+"""Pooling: PyTorch parity (forward, indices, gradients) and gradcheck for max_pool2d,
+avg_pool2d, adaptive_avg_pool2d and adaptive_max_pool2d; the tie policies; the numba
+fast paths against the NumPy reference; every validation error.
+
+Inputs come from ``distinct`` (no ties) unless a test is about ties.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import minidl
+from helpers import check_op, distinct
+from minidl.kernels import pool as KP
+from minidl.ops.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
+
+F64 = (np.float64,)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# ----------------------------------------------------------------------------- max_pool2d
+
+MAX_CASES = [
+    ((2, 3, 6, 6), dict(kernel_size=2)),                                  # 2x2/2 fast path
+    ((2, 2, 7, 9), dict(kernel_size=2, stride=2)),                        # odd: last row/col out
+    ((1, 2, 7, 5), dict(kernel_size=(3, 2), stride=(2, 1))),              # non-square
+    ((2, 1, 7, 8), dict(kernel_size=3, stride=2, padding=1)),             # ResNet stem
+    ((1, 2, 8, 7), dict(kernel_size=(2, 3), stride=(3, 2), padding=(1, 1), dilation=(2, 1))),
+    ((1, 1, 9, 9), dict(kernel_size=3, stride=1, dilation=2)),
+    ((2, 2, 5, 7), dict(kernel_size=2, stride=2, ceil_mode=True)),        # ceil on odd sizes
+    ((1, 2, 5, 6), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    ((1, 1, 6, 6), dict(kernel_size=2, stride=2, padding=1, ceil_mode=True)),  # last window dropped
+    ((2, 1, 5, 6), dict(kernel_size=(3, 3), stride=(2, 3), dilation=(1, 2), ceil_mode=True)),
+    ((1, 2, 4, 5), dict(kernel_size=(1, 3))),
+    ((1, 1, 5, 5), dict(kernel_size=3, stride=1, padding=1)),             # overlapping windows
+    ((3, 5, 7), dict(kernel_size=2, stride=1)),                           # unbatched
+    ((2, 6, 7), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),  # unbatched
+]
+
+
+def _ids(cases):
+    return [f"{s}-{','.join(f'{k}={v}' for k, v in kw.items())}" for s, kw in cases]
+
+
+IMPLS = ["numpy", "numba"]  # the NumPy reference and the numba fast path, through the op
+
+
+@pytest.mark.parametrize("shape,kw", MAX_CASES, ids=_ids(MAX_CASES))
+@pytest.mark.parametrize("tie", ["first", "split"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_max_pool2d_matches_torch(shape, kw, tie, impl, rng):
+    x = distinct(rng, shape)
+    with KP.force_impl(impl):
+        check_op(lambda t: max_pool2d(t, **kw, tie=tie), lambda t: F.max_pool2d(t, **kw), [x],
+                 gradcheck=tie == "first")
+
+
+@pytest.mark.parametrize("shape,kw", MAX_CASES, ids=_ids(MAX_CASES))
+def test_max_pool2d_return_indices(shape, kw, rng):
+    x = distinct(rng, shape)
+    check_op(lambda t: max_pool2d(t, **kw, return_indices=True),
+             lambda t: F.max_pool2d(t, **kw, return_indices=True), [x], gradcheck=False)
+    for dtype in (np.float32, np.float64):
+        _, idx = max_pool2d(minidl.tensor(x.astype(dtype)), **kw, return_indices=True)
+        _, tidx = F.max_pool2d(torch.tensor(x.astype(dtype)), **kw, return_indices=True)
+        assert idx.dtype == np.int64
+        np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_contiguous_input_and_gradient(impl, rng):
+    """A transposed input, and an upstream gradient that arrives transposed."""
+    x = distinct(rng, (2, 3, 9, 8)).transpose(0, 1, 3, 2)
+    with KP.force_impl(impl):
+        check_op(lambda t: max_pool2d(t, 3, 2, 1).transpose(2, 3),
+                 lambda t: F.max_pool2d(t, 3, 2, 1).transpose(2, 3), [x], gradcheck=False)
+        check_op(lambda t: avg_pool2d(t, 2).transpose(2, 3),
+                 lambda t: F.avg_pool2d(t, 2).transpose(2, 3), [x], gradcheck=False)
+
+
+def test_max_pool2d_integer_input(rng):
+    x = rng.integers(-50, 50, (2, 3, 7, 6))
+    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)):
+        y, idx = max_pool2d(minidl.tensor(x), **kw, return_indices=True)
+        ty, tidx = F.max_pool2d(torch.tensor(x), **kw, return_indices=True)
+        assert y.dtype == np.int64
+        np.testing.assert_array_equal(y.numpy(), ty.numpy())
+        np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+
+
+def test_max_pool2d_nan_and_inf_follow_torch():
+    """NaN propagates (index of the last NaN); an all -inf window next to padding points at
+    its first input tap, never at the padding."""
+    x = np.zeros((1, 2, 4, 4))
+    x[0, 0, 0, 0] = x[0, 0, 1, 0] = np.nan
+    x[0, 0, 2, 3] = np.nan
+    x[0, 1] = -np.inf
+    for impl in ("numpy", "numba"):
+        for k, s, p, ceil_mode in ((2, 2, 0, False), (2, 2, 1, False), (3, 2, 1, True)):
+            kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode)
+            win = KP.make_window((4, 4), (k, k), (s, s), (p, p), (1, 1), ceil_mode)
+            y, arg = KP.max_pool2d_forward(x, win, impl=impl)
+            ty, tidx = F.max_pool2d(torch.tensor(x), **kw, return_indices=True)
+            np.testing.assert_array_equal(y, ty.numpy())  # NaN == NaN here
+            np.testing.assert_array_equal(KP.max_pool2d_indices(arg, win), tidx.numpy())
+
+
+# ----------------------------------------------------------------------------- ties
+
+
+def _tied_input():
+    """One plane with tied maxima inside windows, for 2x2/2 and for 3x3/1 with padding."""
+    return np.array([[[[1., 3., 2., 2.],
+                       [3., 0., 2., 2.],
+                       [5., 4., 5., 1.],
+                       [0., 5., 1., 5.]]]])
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1),
+                                dict(kernel_size=2, stride=1, dilation=2),
+                                dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_tie_first_matches_torch_exactly(kw, impl):
+    x = _tied_input()
+    for dtype in (np.float32, np.float64):
+        xm = minidl.tensor(x.astype(dtype), requires_grad=True)
+        xt = torch.tensor(x.astype(dtype), requires_grad=True)
+        with KP.force_impl(impl):
+            y, idx = max_pool2d(xm, **kw, return_indices=True)
+        ty, tidx = F.max_pool2d(xt, **kw, return_indices=True)
+        np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+        g = np.arange(1, y.numel() + 1, dtype=dtype).reshape(y.shape)
+        with KP.force_impl(impl):
+            y.backward(minidl.tensor(g))
+        ty.backward(torch.tensor(g))
+        np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
+        np.testing.assert_array_equal(xm.grad.numpy(), xt.grad.numpy())
+
+
+def test_tie_split_shares_gradient_evenly():
+    x = _tied_input()
+    xm = minidl.tensor(x, requires_grad=True)
+    y = max_pool2d(xm, 2, tie="split")
+    g = np.array([[[[1., 2.], [4., 8.]]]])
+    y.backward(minidl.tensor(g))
+    expected = np.array([[[[0, .5, .5, .5],
+                           [.5, 0, .5, .5],
+                           [2, 0, 4, 0],
+                           [0, 2, 0, 4]]]])
+    np.testing.assert_allclose(xm.grad.numpy(), expected)
+    assert xm.grad.numpy().sum() == pytest.approx(g.sum())  # total preserved
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=1, padding=1),
+                                dict(kernel_size=2, stride=2, padding=1, ceil_mode=True),
+                                dict(kernel_size=(2, 3), stride=1, dilation=(1, 2))])
+def test_tie_split_overlapping_windows_and_padding(kw, rng):
+    """Each window hands out exactly its gradient, split among its tied maxima inside the
+    input; checked against an explicit per-window loop. -inf inputs next to -inf
+    padding: the padding never takes a share."""
+    x = rng.integers(0, 3, (2, 2, 5, 6)).astype(np.float64)
+    x[1, 1] = -np.inf
+    xm = minidl.tensor(x, requires_grad=True)
+    y = max_pool2d(xm, **kw, tie="split")
+    g = rng.standard_normal(y.shape)
+    y.backward(minidl.tensor(g))
+    # brute force: every window, every tap
+    kh, kw_ = _pair(kw["kernel_size"])
+    sh, sw = _pair(kw["stride"])
+    ph, pw = _pair(kw.get("padding", 0))
+    dh, dw = _pair(kw.get("dilation", 1))
+    expected = np.zeros_like(x)
+    N, C, H, W = x.shape
+    for n in range(N):
+        for c in range(C):
+            for oh in range(y.shape[2]):
+                for ow in range(y.shape[3]):
+                    taps = [(oh * sh - ph + i * dh, ow * sw - pw + j * dw)
+                            for i in range(kh) for j in range(kw_)]
+                    taps = [(r, q) for r, q in taps if 0 <= r < H and 0 <= q < W]
+                    m = max(x[n, c, r, q] for r, q in taps)
+                    tied = [(r, q) for r, q in taps if x[n, c, r, q] == m]
+                    assert y.numpy()[n, c, oh, ow] == m
+                    for r, q in tied:
+                        expected[n, c, r, q] += g[n, c, oh, ow] / len(tied)
+    np.testing.assert_allclose(xm.grad.numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert xm.grad.numpy().sum() == pytest.approx(g.sum())
+
+
+def test_tie_argument_is_checked():
+    with pytest.raises(ValueError, match=r"max_pool2d: tie must be 'first' or 'split', got 'x'"):
+        max_pool2d(minidl.ones(1, 1, 4, 4), 2, tie="x")
+
+
+# ----------------------------------------------------------------------------- avg_pool2d
+
+AVG_CASES = [
+    ((2, 3, 6, 6), dict(kernel_size=2)),                                  # 2x2/2 fast path
+    ((2, 2, 7, 9), dict(kernel_size=2, stride=2)),
+    ((1, 2, 7, 5), dict(kernel_size=(3, 2), stride=(2, 1))),
+    ((2, 1, 7, 8), dict(kernel_size=3, stride=2, padding=1)),
+    ((2, 1, 7, 8), dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
+    ((1, 2, 5, 6), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    ((1, 2, 5, 6), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True,
+                        count_include_pad=False)),
+    ((1, 1, 5, 5), dict(kernel_size=2, stride=2, ceil_mode=True)),        # runs past the edge
+    ((1, 1, 5, 7), dict(kernel_size=2, stride=2, padding=1, ceil_mode=True)),
+    ((1, 2, 5, 7), dict(kernel_size=(2, 3), stride=(2, 2), padding=(1, 1), ceil_mode=True,
+                        divisor_override=5)),
+    ((2, 2, 6, 6), dict(kernel_size=2, divisor_override=3)),              # not the 1/4 fast path
+    ((1, 1, 6, 5), dict(kernel_size=3, stride=1, padding=1, divisor_override=-2)),
+    ((3, 5, 7), dict(kernel_size=2, stride=1)),                           # unbatched
+    ((2, 5, 7), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
+]
+
+
+@pytest.mark.parametrize("shape,kw", AVG_CASES, ids=_ids(AVG_CASES))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_avg_pool2d_matches_torch(shape, kw, impl, rng):
+    x = rng.standard_normal(shape)
+    with KP.force_impl(impl):
+        check_op(lambda t: avg_pool2d(t, **kw), lambda t: F.avg_pool2d(t, **kw), [x])
+
+
+# ----------------------------------------------------------------------------- adaptive
+
+ADAPTIVE_CASES = [
+    ((2, 3, 7, 9), (3, 4)),      # windows of different sizes, overlapping
+    ((1, 2, 8, 10), 3),
+    ((2, 2, 6, 6), (3, 2)),      # divides the input
+    ((1, 2, 5, 7), 1),           # global pooling
+    ((1, 2, 5, 7), (4, None)),   # None keeps W
+    ((1, 1, 4, 5), (7, 9)),      # larger than the input: windows repeat
+    ((3, 7, 5), (2, 3)),         # unbatched
+    ((1, 2, 5, 6), (None, 4)),
+]
+
+
+@pytest.mark.parametrize("shape,size", ADAPTIVE_CASES, ids=[str(c) for c in ADAPTIVE_CASES])
+def test_adaptive_avg_pool2d_matches_torch(shape, size, rng):
+    x = rng.standard_normal(shape)
+    check_op(lambda t: adaptive_avg_pool2d(t, size), lambda t: F.adaptive_avg_pool2d(t, size),
+             [x])
+
+
+@pytest.mark.parametrize("shape,size", ADAPTIVE_CASES, ids=[str(c) for c in ADAPTIVE_CASES])
+def test_adaptive_max_pool2d_matches_torch(shape, size, rng):
+    x = distinct(rng, shape)
+    check_op(lambda t: adaptive_max_pool2d(t, size), lambda t: F.adaptive_max_pool2d(t, size),
+             [x])
+    check_op(lambda t: adaptive_max_pool2d(t, size, return_indices=True),
+             lambda t: F.adaptive_max_pool2d(t, size, return_indices=True), [x],
+             gradcheck=False)
+    _, idx = adaptive_max_pool2d(minidl.tensor(x), size, return_indices=True)
+    _, tidx = F.adaptive_max_pool2d(torch.tensor(x), size, return_indices=True)
+    assert idx.dtype == np.int64
+    np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+
+
+def test_adaptive_max_pool2d_ties_and_nan_follow_torch(rng):
+    x = rng.integers(0, 3, (2, 2, 7, 9)).astype(np.float64)
+    x[1, 0, 2, 3] = x[1, 0, 3, 1] = np.nan
+    xm = minidl.tensor(x, requires_grad=True)
+    xt = torch.tensor(x, requires_grad=True)
+    y, idx = adaptive_max_pool2d(xm, (3, 4), return_indices=True)
+    ty, tidx = F.adaptive_max_pool2d(xt, (3, 4), return_indices=True)
+    np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
+    np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+    g = rng.standard_normal(y.shape)
+    y.backward(minidl.tensor(g))
+    ty.backward(torch.tensor(g))
+    np.testing.assert_allclose(xm.grad.numpy(), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- property test
+
+
+def _window_ok(L, k, s, p, d, ceil_mode):
+    """PyTorch's constraints, plus: no window may fall entirely on padding."""
+    if p > k // 2 or d * (k - 1) + 1 > L + 2 * p:
+        return False
+    O = KP.pool_output_size(L, k, s, p, d, ceil_mode)
+    return all(any(0 <= o * s - p + i * d < L for i in range(k)) for o in range(O))
+
+
+@st.composite
+def pool_configs(draw, dilation=True):
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    dh, dw = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if dilation else (1, 1)
+    ceil_mode = draw(st.booleans())
+    assume(_window_ok(h, kh, sh, ph, dh, ceil_mode) and _window_ok(w, kw, sw, pw, dw, ceil_mode))
+    kwargs = dict(kernel_size=(kh, kw), stride=(sh, sw), padding=(ph, pw), ceil_mode=ceil_mode)
+    if dilation:
+        kwargs["dilation"] = (dh, dw)
+    return (n, c, h, w), kwargs
+
+
+_PROPERTY = settings(max_examples=40, deadline=None,
+                     suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+
+
+@_PROPERTY
+@given(cfg=pool_configs(), impl=st.sampled_from(IMPLS), seed=st.integers(0, 2**16))
+def test_max_pool2d_property(cfg, impl, seed):
+    shape, kw = cfg
+    x = distinct(np.random.default_rng(seed), shape)
+    with KP.force_impl(impl):
+        check_op(lambda t: max_pool2d(t, **kw, return_indices=True),
+                 lambda t: F.max_pool2d(t, **kw, return_indices=True), [x], dtypes=F64,
+                 gradcheck=False)
+
+
+@_PROPERTY
+@given(cfg=pool_configs(dilation=False), count_include_pad=st.booleans(),
+       impl=st.sampled_from(IMPLS), seed=st.integers(0, 2**16))
+def test_avg_pool2d_property(cfg, count_include_pad, impl, seed):
+    shape, kw = cfg
+    x = np.random.default_rng(seed).standard_normal(shape)
+    with KP.force_impl(impl):
+        check_op(lambda t: avg_pool2d(t, **kw, count_include_pad=count_include_pad),
+                 lambda t: F.avg_pool2d(t, **kw, count_include_pad=count_include_pad), [x],
+                 dtypes=F64, gradcheck=False)
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+FAST_WINDOWS = [
+    # (H, W), kernel, stride, padding, dilation, ceil_mode
+    ((8, 10), (2, 2), (2, 2), (0, 0), (1, 1), False),   # the 2x2 kernels
+    ((7, 9), (2, 2), (2, 2), (0, 0), (1, 1), False),    # 2x2, odd sizes
+    ((7, 9), (2, 2), (2, 2), (0, 0), (1, 1), True),     # ceil overrun: general kernel
+    ((9, 8), (3, 3), (2, 2), (1, 1), (1, 1), False),
+    ((9, 8), (3, 2), (1, 2), (1, 1), (2, 1), True),
+    ((6, 7), (2, 3), (3, 1), (1, 0), (1, 2), True),
+]
+
+
+def _tap_windows():
+    return [KP.make_window(*w) for w in FAST_WINDOWS]
+
+
+@pytest.mark.parametrize("win", _tap_windows(), ids=[str(w) for w in FAST_WINDOWS])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_numba_equals_reference(win, dtype, rng):
+    # few distinct values: many ties; plus NaN and -inf
+    x = rng.integers(-3, 3, (3, 2, win.H, win.W)).astype(dtype)
+    x[0, 0, 0, :3] = np.nan
+    x[1, 1] = -np.inf
+    y_ref, arg_ref = KP.max_pool2d_forward_reference(x, win)
+    y_nb, arg_nb = KP.max_pool2d_forward_numba(x, win)
+    assert y_nb.dtype == dtype and arg_nb.dtype == np.uint8
+    np.testing.assert_array_equal(y_nb, y_ref)
+    np.testing.assert_array_equal(arg_nb, arg_ref)
+    gy = rng.integers(-4, 5, y_ref.shape).astype(dtype)  # integer values: sums are exact
+    np.testing.assert_array_equal(KP.max_pool2d_backward_numba(gy, arg_ref, win),
+                                  KP.max_pool2d_backward_reference(gy, arg_ref, win))
+
+
+@pytest.mark.parametrize("win", [w for w in _tap_windows() if w.DH == w.DW == 1],
+                         ids=[str(w) for w in FAST_WINDOWS if w[4] == (1, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("divisor", ["include", "exclude", 3])
+def test_avg_pool_numba_equals_reference(win, dtype, divisor, rng):
+    d = KP.avg_pool2d_divisor(win, divisor == "include",
+                              divisor if isinstance(divisor, int) else None)
+    x = rng.standard_normal((3, 2, win.H, win.W)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-14)
+    y_ref = KP.avg_pool2d_forward_reference(x, win, d)
+    y_nb = KP.avg_pool2d_forward_numba(x, win, d)
+    assert y_nb.dtype == dtype
+    np.testing.assert_allclose(y_nb, y_ref, **tol)
+    gy = rng.standard_normal(y_ref.shape).astype(dtype)
+    gx_nb = KP.avg_pool2d_backward_numba(gy, win, d)
+    assert gx_nb.dtype == dtype
+    np.testing.assert_allclose(gx_nb, KP.avg_pool2d_backward_reference(gy, win, d), **tol)
+
+
+@pytest.mark.parametrize("win", [KP.make_window((33, 32), (2, 2), (2, 2), (0, 0)),
+                                 KP.make_window((33, 32), (3, 3), (2, 2), (1, 1), (1, 1), True)],
+                         ids=["2x2", "3x3s2p1ceil"])
+def test_parallel_kernels_equal_reference(win, rng):
+    """Inputs above PARALLEL_MIN_ELEMENTS run the kernels on all threads."""
+    x = rng.integers(-20, 20, (4, 8, win.H, win.W)).astype(np.float32)
+    assert x.size >= KP.PARALLEL_MIN_ELEMENTS
+    y, arg = KP.max_pool2d_forward_numba(x, win)
+    y_ref, arg_ref = KP.max_pool2d_forward_reference(x, win)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(arg, arg_ref)
+    gy = rng.integers(-4, 5, y.shape).astype(np.float32)
+    np.testing.assert_array_equal(KP.max_pool2d_backward_numba(gy, arg, win),
+                                  KP.max_pool2d_backward_reference(gy, arg, win))
+    d = KP.avg_pool2d_divisor(win)
+    np.testing.assert_allclose(KP.avg_pool2d_forward_numba(x, win, d),
+                               KP.avg_pool2d_forward_reference(x, win, d), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(KP.avg_pool2d_backward_numba(gy, win, d),
+                               KP.avg_pool2d_backward_reference(gy, win, d), rtol=1e-6, atol=1e-6)
+
+
+def test_dispatch(rng):
+    win = KP.make_window((6, 6), (2, 2), (2, 2), (0, 0))
+    x = rng.standard_normal((1, 1, 6, 6))
+    with pytest.raises(ValueError, match="max_pool2d: impl must be 'auto', 'numpy' or 'numba'"):
+        KP.max_pool2d_forward(x, win, impl="cuda")
+    with pytest.raises(ValueError, match="force_impl: impl must be"):
+        with KP.force_impl("fast"):
+            pass
+    with pytest.raises(TypeError, match="max_pool2d_forward_numba: expected float32/float64"):
+        KP.max_pool2d_forward_numba(x.astype(np.int64), win)
+    # int inputs and huge windows fall back to the reference under 'auto'
+    y, arg = KP.max_pool2d_forward(x.astype(np.int64), win)
+    assert y.dtype == np.int64
+    big = KP.make_window((17, 17), (17, 17), (1, 1), (0, 0))
+    y, arg = KP.max_pool2d_forward(rng.standard_normal((1, 1, 17, 17)), big)
+    assert arg.dtype == np.int32 and y.shape == (1, 1, 1, 1)
+
+
+def test_big_window_reference_path(rng):
+    x = distinct(rng, (1, 2, 17, 18))
+    check_op(lambda t: max_pool2d(t, (17, 16), stride=1),
+             lambda t: F.max_pool2d(t, (17, 16), stride=1), [x], gradcheck=False)
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def test_pools_on_device(device, rng):
+    """The same ops on each device (CuPy runs the NumPy reference paths)."""
+    x = distinct(rng, (2, 3, 7, 8))
+    calls = [
+        (lambda t: max_pool2d(t, 3, 2, 1, ceil_mode=True),
+         lambda t: F.max_pool2d(t, 3, 2, 1, ceil_mode=True)),
+        (lambda t: max_pool2d(t, 2, tie="split"), lambda t: F.max_pool2d(t, 2)),
+        (lambda t: avg_pool2d(t, 3, 2, 1, count_include_pad=False),
+         lambda t: F.avg_pool2d(t, 3, 2, 1, count_include_pad=False)),
+        (lambda t: adaptive_avg_pool2d(t, (3, 5)), lambda t: F.adaptive_avg_pool2d(t, (3, 5))),
+        (lambda t: adaptive_max_pool2d(t, (3, 5)), lambda t: F.adaptive_max_pool2d(t, (3, 5))),
+    ]
+    for md, tf in calls:
+        xm = minidl.tensor(x).to(device).requires_grad_()
+        xt = torch.tensor(x, requires_grad=True)
+        y, ty = md(xm), tf(xt)
+        assert y.device == minidl.device(device)
+        g = rng.standard_normal(ty.shape)
+        y.backward(minidl.tensor(g).to(device))
+        ty.backward(torch.tensor(g))
+        np.testing.assert_allclose(y.cpu().numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(xm.grad.cpu().numpy(), xt.grad.numpy(), rtol=1e-12,
+                                   atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _x(*shape, dtype=np.float32):
+    return minidl.tensor(np.zeros(shape, dtype=dtype))
+
+
+@pytest.mark.parametrize("fn,name", [(lambda t: max_pool2d(t, 2), "max_pool2d"),
+                                     (lambda t: avg_pool2d(t, 2), "avg_pool2d"),
+                                     (lambda t: adaptive_avg_pool2d(t, 2), "adaptive_avg_pool2d"),
+                                     (lambda t: adaptive_max_pool2d(t, 2), "adaptive_max_pool2d")])
+def test_wrong_rank(fn, name):
+    with pytest.raises(ValueError, match=rf"{name}: expected input of shape \(N, C, H, W\) or "
+                                         r"\(C, H, W\), got shape \(5, 5\)"):
+        fn(_x(5, 5))
+    with pytest.raises(ValueError, match=rf"{name}: expected input of shape .* got shape "
+                                         r"\(1, 1, 1, 5, 5\)"):
+        fn(_x(1, 1, 1, 5, 5))
+    with pytest.raises(ValueError, match=rf"{name}: expected input with non-zero C, H and W"):
+        fn(_x(1, 0, 5, 5))
+
+
+def test_zero_batch_is_fine():
+    assert max_pool2d(_x(0, 2, 4, 4), 2).shape == (0, 2, 2, 2)
+    assert avg_pool2d(_x(0, 2, 4, 4), 2).shape == (0, 2, 2, 2)
+
+
+@pytest.mark.parametrize("pool", [max_pool2d, avg_pool2d])
+def test_window_errors(pool):
+    name = pool.__name__
+    x = _x(1, 1, 5, 5)
+    with pytest.raises(ValueError, match=rf"{name}: kernel_size=\(6, 6\) is larger than the "
+                                         r"padded input \(5, 5\) \(input \(H, W\) = \(5, 5\)"):
+        pool(x, 6)
+    with pytest.raises(ValueError, match=rf"{name}: kernel_size=\(3, 8\) is larger than the "
+                                         r"padded input \(7, 7\)"):
+        pool(x, (3, 8), padding=1)
+    with pytest.raises(ValueError, match=rf"{name}: padding must be at most half the kernel "
+                                         r"size, got padding=\(2, 2\) for kernel_size=\(2, 2\) "
+                                         r"\(at most \(1, 1\)\)"):
+        pool(x, 2, padding=2)
+    with pytest.raises(ValueError, match=rf"{name}: padding must be at most half"):
+        pool(x, (3, 2), padding=(1, 2))
+    for stride in (0, -1, (1, 0)):
+        with pytest.raises(ValueError, match=rf"{name}: stride must be positive, got"):
+            pool(x, 2, stride=stride)
+    with pytest.raises(ValueError, match=rf"{name}: kernel_size must be positive, got \(0, 2\)"):
+        pool(x, (0, 2), stride=1)
+    with pytest.raises(ValueError, match=rf"{name}: padding must be non-negative, got \(-1, -1\)"):
+        pool(x, 2, padding=-1)
+    with pytest.raises(TypeError, match=rf"{name}: kernel_size must be an int or a pair of ints"):
+        pool(x, (2, 2, 2))
+    with pytest.raises(TypeError, match=rf"{name}: stride must be an int or a pair of ints"):
+        pool(x, 2, stride=1.5)
+
+
+def test_max_pool_only_errors():
+    x = _x(1, 1, 5, 5)
+    with pytest.raises(ValueError, match=r"max_pool2d: dilation must be positive, got \(0, 0\)"):
+        max_pool2d(x, 2, dilation=0)
+    with pytest.raises(ValueError, match=r"max_pool2d: kernel_size=\(3, 3\) \(spanning \(5, 5\) "
+                                         r"with dilation=\(2, 2\)\) is larger than the padded "
+                                         r"input \(3, 3\)"):
+        max_pool2d(_x(1, 1, 3, 3), 3, dilation=2)
+    # PyTorch accepts this and corrupts memory in its backward: every tap of the only
+    # window (rows -1 and 2 of a 2-row input) is padding.
+    with pytest.raises(ValueError, match=r"max_pool2d: the window of output row 0 covers only "
+                                         r"padding"):
+        max_pool2d(_x(1, 1, 2, 2), 2, stride=1, padding=1, dilation=3)
+    with pytest.raises(TypeError, match=r"max_pool2d: expected a floating point or integer "
+                                        r"input, got dtype bool"):
+        max_pool2d(_x(1, 1, 4, 4, dtype=np.bool_), 2)
+
+
+def test_avg_pool_only_errors():
+    with pytest.raises(TypeError, match=r"avg_pool2d: expected a floating point input, got "
+                                        r"dtype int64"):
+        avg_pool2d(_x(1, 1, 4, 4, dtype=np.int64), 2)
+    with pytest.raises(TypeError, match=r"adaptive_avg_pool2d: expected a floating point "
+                                        r"input, got dtype int32"):
+        adaptive_avg_pool2d(_x(1, 1, 4, 4, dtype=np.int32), 2)
+    with pytest.raises(ValueError, match=r"avg_pool2d: divisor_override must be non-zero"):
+        avg_pool2d(_x(1, 1, 4, 4), 2, divisor_override=0)
+    with pytest.raises(TypeError, match=r"avg_pool2d: divisor_override must be an int"):
+        avg_pool2d(_x(1, 1, 4, 4), 2, divisor_override=2.5)
+
+
+@pytest.mark.parametrize("pool", [adaptive_avg_pool2d, adaptive_max_pool2d])
+def test_adaptive_errors(pool):
+    name = pool.__name__
+    x = _x(1, 1, 5, 5)
+    with pytest.raises(ValueError, match=rf"{name}: output_size must be at least 1 in each "
+                                         r"dim, got \(0, 3\)"):
+        pool(x, (0, 3))
+    with pytest.raises(ValueError, match=rf"{name}: output_size must be at least 1"):
+        pool(x, -1)
+    with pytest.raises(TypeError, match=rf"{name}: output_size must be an int or a pair"):
+        pool(x, (2, 2, 2))
