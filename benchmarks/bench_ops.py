@@ -128,24 +128,30 @@ def _numba_used():
         return False
 
 
+def set_threads(n):
+    """Give both sides ``n`` threads: PyTorch's intra-op pool, numba, and the BLAS library."""
+    if not n:
+        return
+    torch.set_num_threads(n)
+    try:
+        import numba
+        numba.set_num_threads(n)
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n)
+    except ImportError:
+        pass
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None, help="threads for both sides (default: all cores)")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--only", default="", help="run only cases whose name contains this text")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        try:
-            import numba
-            numba.set_num_threads(args.threads)
-        except ImportError:
-            pass
-        try:
-            from threadpoolctl import threadpool_limits
-            threadpool_limits(args.threads)
-        except ImportError:
-            pass
+    set_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}, "
           f"torch {torch.__version__}, numpy {np.__version__}")
     results = []

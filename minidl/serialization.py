@@ -19,6 +19,7 @@ error mid-write leaves any previous file intact (and the temporary file is remov
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -30,7 +31,7 @@ import numpy as np
 from . import backend
 from .autograd import Tensor
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "atomic_write"]
 
 FORMAT = "minidl-checkpoint"
 VERSION = 1
@@ -128,6 +129,35 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """``with atomic_write(path) as fh: fh.write(...)``: write ``path`` all or nothing.
+
+    The data goes to a temporary file in ``path``'s directory, which on success is flushed,
+    fsync'ed and renamed over ``path`` with ``os.replace`` (then the directory is fsync'ed);
+    on any error the temporary file is removed and a previous ``path`` is left intact.
+    The directory must exist (``FileNotFoundError`` otherwise)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"directory {directory!r} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
 def save(obj, f):
     """Save ``obj`` (a state_dict, or nested dicts/lists of Tensors, arrays, numbers,
     strings) to the path ``f``, atomically. The path is used as given (no suffix added).
@@ -142,21 +172,8 @@ def save(obj, f):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"save: directory {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            _write_archive(fh, arrays, manifest)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    with atomic_write(path) as fh:
+        _write_archive(fh, arrays, manifest)
 
 
 # ----------------------------------------------------------------------------- load

@@ -387,8 +387,9 @@ def test_avg_pool_numba_equals_reference(win, dtype, divisor, rng):
 @pytest.mark.parametrize("win", [KP.make_window((33, 32), (2, 2), (2, 2), (0, 0)),
                                  KP.make_window((33, 32), (3, 3), (2, 2), (1, 1), (1, 1), True)],
                          ids=["2x2", "3x3s2p1ceil"])
-def test_parallel_kernels_equal_reference(win, rng):
-    """Inputs above PARALLEL_MIN_ELEMENTS run the kernels on all threads."""
+def test_parallel_kernels_equal_reference(win, rng, monkeypatch):
+    """With MINIDL_NUMBA_PARALLEL on, inputs above PARALLEL_MIN_ELEMENTS run on all threads."""
+    monkeypatch.setattr(KP, "NUMBA_PARALLEL", True)
     x = rng.integers(-20, 20, (4, 8, win.H, win.W)).astype(np.float32)
     assert x.size >= KP.PARALLEL_MIN_ELEMENTS
     y, arg = KP.max_pool2d_forward_numba(x, win)

@@ -37,15 +37,13 @@ Speed notes (measured on the 2-core EPYC dev machine, numbers in ms):
 """
 from __future__ import annotations
 
-import os
-
 import numba
 from numba import prange
 
 _u = numba.types.uintp  # an unsigned index: numba then skips the negative-index wraparound check
 
 # Serial by default, parallel prange loops with MINIDL_NUMBA_PARALLEL=1 (module docstring).
-PARALLEL = os.environ.get("MINIDL_NUMBA_PARALLEL", "0") == "1"
+from . import NUMBA_PARALLEL as PARALLEL  # noqa: E402
 _JIT = dict(parallel=PARALLEL, cache=not PARALLEL, fastmath=True, error_model="numpy",
             nogil=True)
 

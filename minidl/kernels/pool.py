@@ -60,6 +60,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_array_module
+from . import NUMBA_PARALLEL
 
 __all__ = [
     "Window2d", "pool_output_size", "make_window",
@@ -583,16 +584,17 @@ def _kernel(name):
     return fn
 
 
-# Below this many input elements a kernel runs on the calling thread only: waking the
-# worker threads costs more than the work (about 5-20 us on an idle machine, and up to a
-# scheduler time slice, milliseconds, on a busy one). Tests and gradchecks live here.
+# The kernels are compiled parallel (one cached build) but run on the calling thread only
+# unless MINIDL_NUMBA_PARALLEL=1 (the policy and its measurements: kernels/__init__.py),
+# and even then below this many input elements: waking the worker threads costs more than
+# the work (about 5-20 us on an idle machine, up to a scheduler time slice on a busy one).
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
 def _run(name, n_elements, *args):
-    """Call kernel ``name``, in parallel only when the problem is big enough."""
+    """Call kernel ``name``, in parallel only when allowed and the problem is big enough."""
     fn = _kernel(name)
-    if n_elements >= PARALLEL_MIN_ELEMENTS:
+    if NUMBA_PARALLEL and n_elements >= PARALLEL_MIN_ELEMENTS:
         return fn(*args)
     import numba  # noqa: PLC0415 - already imported by _kernel
     threads = numba.get_num_threads()   # thread-local in numba; PyTorch's count is untouched

@@ -34,6 +34,7 @@ import numbers
 
 from .. import backend
 from ..autograd import Function, Tensor
+from ..kernels import batchnorm as kernels
 
 
 class BatchNormFunction(Function):
@@ -60,60 +61,58 @@ class BatchNormFunction(Function):
     function of x per channel::
 
         gx = gy * weight * inv_std,    gweight = sum(gy * xhat),    gbias = sum(gy)
+
+    Each step is one call into ``minidl.kernels.batchnorm`` (statistics, normalisation,
+    the two gradient sums, gx), where the same formulas are written out in NumPy (the
+    reference, used on the GPU) and compiled with numba for NumPy float arrays (one pass
+    over the data per step). Saved for backward: x, mean, inv_std, weight; xhat is
+    recomputed rather than stored.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
         xp = backend.get_array_module(x)
         C = x.shape[1]
-        axes = (0,) + tuple(range(2, x.ndim))       # every axis but the channel axis
-        shape = (1, C) + (1,) * (x.ndim - 2)        # a (C,) vector shaped to broadcast
-        m = x.size // C
+        m = x.size // C                              # values per channel
         if training:
-            mean = x.mean(axis=axes, keepdims=True)
-            centered = x - mean
-            var = (centered * centered).mean(axis=axes, keepdims=True)
+            mean, var = kernels.batch_stats(x)       # (C,) each; var biased (divides by m)
             if running_mean is not None:
                 running_mean[...] = ((1 - momentum) * running_mean
-                                     + momentum * mean.reshape(C).astype(running_mean.dtype))
+                                     + momentum * mean.astype(running_mean.dtype))
             if running_var is not None:
-                unbiased = var.reshape(C).astype(running_var.dtype) * (m / (m - 1))
+                unbiased = var.astype(running_var.dtype) * (m / (m - 1))
                 running_var[...] = (1 - momentum) * running_var + momentum * unbiased
         else:
-            mean = running_mean.astype(x.dtype, copy=False).reshape(shape)
-            var = running_var.astype(x.dtype, copy=False).reshape(shape)
-            centered = x - mean
-        inv_std = 1 / xp.sqrt(var + eps)
-        xhat = centered * inv_std
-        y = xhat
+            mean = running_mean.astype(x.dtype, copy=False)
+            var = running_var.astype(x.dtype, copy=False)
+        inv_std = 1 / xp.sqrt(var + eps)                                  # (C,)
         if weight is not None:
-            weight = weight.astype(x.dtype, copy=False).reshape(shape)
-            y = y * weight
+            weight = weight.astype(x.dtype, copy=False)
         if bias is not None:
-            y = y + bias.astype(x.dtype, copy=False).reshape(shape)
-        ctx.save_for_backward(xhat, inv_std, weight)
-        ctx.meta = (training, axes, m)
+            bias = bias.astype(x.dtype, copy=False)
+        # y = weight * xhat + bias, xhat = (x - mean) * inv_std: one fused pass. xhat is
+        # not kept: backward recomputes it from x (the input, alive anyway).
+        y = kernels.normalize(x, mean, inv_std, weight, bias)
+        ctx.save_for_backward(x, mean, inv_std, weight)
+        ctx.training = training
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        xhat, inv_std, weight = ctx.saved_tensors
-        training, axes, m = ctx.meta
+        x, mean, inv_std, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        # The parameter gradients; training mode needs them for gx as well.
-        gbias = gy.sum(axis=axes, keepdims=True) if (training or need_b) else None
-        gweight = (gy * xhat).sum(axis=axes, keepdims=True) if (training or need_w) else None
-        gx = None
+        gbias = gweight = gx = None
+        # The parameter gradients gbias = sum(gy), gweight = sum(gy * xhat), in one pass;
+        # training mode needs them for gx as well.
+        if ctx.training or need_w or need_b:
+            gbias, gweight = kernels.grad_sums(gy, x, mean, inv_std)
+        # gx = weight * inv_std / m * (m * gy - gbias - xhat * gweight)    (training)
+        # gx = weight * inv_std * gy                                       (evaluation)
         if need_x:
-            scale = inv_std if weight is None else weight * inv_std
-            if training:
-                gx = scale / m * (m * gy - gbias - xhat * gweight)
-            else:
-                gx = scale * gy
-        C = xhat.shape[1]
+            gx = kernels.input_grad(gy, x, mean, inv_std, weight, gbias, gweight, ctx.training)
         return (gx,
-                gweight.reshape(C) if need_w else None,
-                gbias.reshape(C) if need_b else None)
+                gweight if need_w else None,
+                gbias if need_b else None)
 
 
 def _check_vector(v, what, C, input):  # noqa: A002
