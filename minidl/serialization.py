@@ -129,6 +129,16 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+def _chmod_like_open(fd):
+    """Give a mkstemp file (mode 0600) the permissions ``open()`` would: 0666 less umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)
+    except (AttributeError, OSError):  # no fchmod on Windows
+        pass
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """``with atomic_write(path) as fh: fh.write(...)``: write ``path`` all or nothing.
@@ -144,6 +154,7 @@ def atomic_write(path, mode="wb"):
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
                                suffix=".tmp")
     try:
+        _chmod_like_open(fd)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

@@ -116,7 +116,7 @@ def read_idx(path, magic=None):
                        "the header announces (wrong or damaged file)")
     arr = np.frombuffer(buf, dtype=dtype, count=expected // dtype.itemsize, offset=header)
     # a writable, native-endian copy that owns its memory
-    return arr.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    return arr.reshape(shape).astype(dtype.newbyteorder("="), copy=True)
 
 
 def read_idx_images(path, image_shape=None):

@@ -2,8 +2,9 @@
 
 What they take and give:
 
-- ``ToTensor`` takes NumPy arrays of pixels (uint8 ``HW`` or ``HWC``; integer values are
-  divided by 255, float values are kept) and gives a float32 ``minidl.Tensor`` ``CHW``.
+- ``ToTensor`` takes NumPy arrays of pixels (uint8 ``HW`` or ``HWC``, divided by 255; other
+  dtypes are only converted, as torchvision does) and gives a float32 ``minidl.Tensor``
+  ``CHW``.
 - Every other transform takes a NumPy array (a CuPy array works too) or a ``minidl.Tensor``
   and gives back the same kind: ``CHW`` (or ``HW``) for one image, ``NCHW`` for a batch.
   Tensors are transformed as plain arrays: no autograd graph is recorded.
@@ -33,7 +34,8 @@ from ..autograd import Tensor
 
 __all__ = ["Transform", "Compose", "Lambda", "ToTensor", "Normalize", "Resize", "Pad",
            "CenterCrop", "RandomCrop", "RandomHorizontalFlip", "RandomAffine",
-           "InterpolationMode", "supports_batch", "resize", "pad", "crop_batch", "affine"]
+           "InterpolationMode", "supports_batch", "resize", "interpolation_matrix", "pad",
+           "crop_batch", "affine"]
 
 
 class InterpolationMode:
@@ -183,15 +185,14 @@ class Lambda:
 
 class ToTensor(Transform):
     """Pixels to a float32 ``minidl.Tensor``: ``HW`` -> ``1HW``, ``HWC`` -> ``CHW`` (and, as a
-    batch, ``NHW`` -> ``N1HW``, ``NHWC`` -> ``NCHW``). Integer pixels (uint8) are divided
-    by 255 so values lie in [0, 1]; float pixels are only converted to float32."""
+    batch, ``NHW`` -> ``N1HW``, ``NHWC`` -> ``NCHW``). uint8 pixels are divided by 255 so
+    values lie in [0, 1]; other dtypes are only converted to float32 (as torchvision)."""
 
     @staticmethod
     def _to_float(arr):
         xp = backend.get_array_module(arr)
-        if arr.dtype.kind in "ub" or arr.dtype.kind == "i":
-            scale = 255 if arr.dtype.kind != "b" else 1
-            return arr.astype(xp.float32) / xp.float32(scale)
+        if arr.dtype == np.uint8:
+            return arr.astype(xp.float32) / xp.float32(255)
         return arr.astype(xp.float32, copy=False)
 
     def _single(self, arr):
@@ -265,28 +266,25 @@ class Normalize(Transform):
 # ----------------------------------------------------------------------------- Resize
 
 
-def _linear_weights(n_in, n_out):
-    """(n_out, n_in) bilinear weights, align_corners=False, no antialiasing: PyTorch's
+def _linear_taps(n_in, n_out):
+    """Bilinear taps along one axis, align_corners=False, no antialiasing, as PyTorch:
     ``src = (dst + 0.5) * n_in / n_out - 0.5`` clamped at 0, between pixels floor(src)
-    and floor(src) + 1 (clamped to the last pixel)."""
+    and floor(src) + 1 (clamped to the last pixel). Returns (index, weight), each
+    (n_out, 2)."""
     scale = n_in / n_out
     src = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     lam1 = src - i0
-    w = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
-    np.add.at(w, (rows, i0), 1.0 - lam1)
-    np.add.at(w, (rows, i1), lam1)
-    return w
+    return np.stack([i0, i1], axis=1), np.stack([1.0 - lam1, lam1], axis=1)
 
 
-def _antialias_weights(n_in, n_out):
-    """(n_out, n_in) weights of PyTorch's antialiased bilinear downscaling: a triangle filter
-    stretched by the scale, normalised per output pixel."""
+def _antialias_taps(n_in, n_out):
+    """Taps of PyTorch's antialiased bilinear downscaling: a triangle filter stretched by
+    the scale, normalised per output pixel. (index, weight), each (n_out, K)."""
     scale = n_in / n_out
     support = scale  # bilinear: interp_size / 2 * scale
-    w = np.zeros((n_out, n_in))
+    rows = []
     for i in range(n_out):
         center = scale * (i + 0.5)
         xmin = max(int(center - support + 0.5), 0)
@@ -294,33 +292,39 @@ def _antialias_weights(n_in, n_out):
         j = np.arange(xmin, xmax)
         tri = np.maximum(0.0, 1.0 - np.abs((j - center + 0.5) / scale))
         total = tri.sum()
-        w[i, xmin:xmax] = tri / total if total > 0 else tri
-    return w
+        rows.append((j, tri / total if total > 0 else tri))
+    k = max(len(j) for j, _ in rows)
+    index, weight = np.zeros((n_out, k), np.int64), np.zeros((n_out, k))
+    for i, (j, wt) in enumerate(rows):
+        index[i, :len(j)], weight[i, :len(j)] = j, wt
+    return index, weight
 
 
-def _nearest_weights(n_in, n_out):
+def _nearest_taps(n_in, n_out):
     """PyTorch's 'nearest': src = floor(dst * n_in / n_out)."""
     src = np.minimum(np.floor(np.arange(n_out) * (n_in / n_out)).astype(np.int64), n_in - 1)
-    w = np.zeros((n_out, n_in))
-    w[np.arange(n_out), src] = 1.0
-    return w
+    return src[:, None], np.ones((n_out, 1))
 
 
-_WEIGHT_CACHE = {}
+_MATRIX_CACHE = {}
 
 
-def _weights(n_in, n_out, mode, antialias):
+def interpolation_matrix(n_in, n_out, mode="bilinear", antialias=True):
+    """(n_out, n_in) float64 matrix ``M`` with ``out = M @ in`` along one axis."""
     key = (n_in, n_out, mode, bool(antialias and n_out < n_in and mode == "bilinear"))
-    w = _WEIGHT_CACHE.get(key)
-    if w is None:
+    m = _MATRIX_CACHE.get(key)
+    if m is None:
         if mode == "nearest":
-            w = _nearest_weights(n_in, n_out)
+            index, weight = _nearest_taps(n_in, n_out)
         elif key[3]:
-            w = _antialias_weights(n_in, n_out)
+            index, weight = _antialias_taps(n_in, n_out)
         else:
-            w = _linear_weights(n_in, n_out)
-        _WEIGHT_CACHE[key] = w
-    return w
+            index, weight = _linear_taps(n_in, n_out)
+        m = np.zeros((n_out, n_in))
+        np.add.at(m, (np.arange(n_out)[:, None], index), weight)
+        m.setflags(write=False)
+        _MATRIX_CACHE[key] = m
+    return m
 
 
 def resize(x, size, interpolation="bilinear", antialias=True):
@@ -328,8 +332,11 @@ def resize(x, size, interpolation="bilinear", antialias=True):
 
     Bilinear (align_corners=False) or nearest, as PyTorch's ``F.interpolate`` computes them;
     ``antialias`` only matters when shrinking with bilinear (as in torchvision). Separable:
-    two matrix products with (w, W) and (h, H) interpolation matrices, so a whole batch is
-    resized by two GEMMs. Integer images are computed in float32, rounded and clipped.
+    ``out = Mh @ img @ Mw.T`` with (h, H) and (w, W) interpolation matrices, for the whole
+    batch as two stacked matrix products (one small product per image, which BLAS runs
+    on one thread: a single large product would be split over threads, which is slower
+    for such sizes when the cores are busy). Integer images are computed in float32,
+    rounded and clipped.
     """
     arr, was_tensor = _unwrap(x)
     mode = _interp_name(interpolation)
@@ -343,14 +350,12 @@ def resize(x, size, interpolation="bilinear", antialias=True):
         raise ValueError(f"resize: the output size must be positive, got {(oh, ow)}")
     work, finish = _float_work(arr)
     xp = backend.get_array_module(work)
-    wh = xp.asarray(_weights(h, oh, mode, antialias), dtype=work.dtype)        # (oh, H)
-    ww_t = xp.asarray(_weights(w, ow, mode, antialias).T, dtype=work.dtype)    # (W, ow)
+    mh = xp.asarray(interpolation_matrix(h, oh, mode, antialias), dtype=work.dtype)
+    mw_t = xp.asarray(interpolation_matrix(w, ow, mode, antialias).T, dtype=work.dtype)
     lead = work.shape[:-2]
-    m = int(np.prod(lead, dtype=np.int64))
-    y = work.reshape(m * h, w) @ ww_t                          # (M*H, ow): along the width
-    y = y.reshape(m, h, ow)
-    out = xp.matmul(wh, y)                                     # (M, oh, ow): along the height
-    return _wrap(finish(out.reshape(*lead, oh, ow)), was_tensor)
+    stack = work.reshape(-1, h, w)
+    y = xp.matmul(mh, xp.matmul(stack, mw_t))   # (M, oh, ow): width first, then height
+    return _wrap(finish(y.reshape(*lead, oh, ow)), was_tensor)
 
 
 class Resize(Transform):
@@ -467,16 +472,29 @@ class CenterCrop(Transform):
 
 def crop_batch(x, top, left, height, width):
     """Crop image ``n`` of the batch ``x`` (``NCHW``) at (top[n], left[n]), size
-    (height, width), all at once with one fancy-indexing gather."""
+    (height, width), all at once: one fancy-indexing gather from the sliding-window view
+    of the batch (no copy but the result's)."""
     arr, was_tensor = _unwrap(x)
     xp = backend.get_array_module(arr)
-    n, c = arr.shape[:2]
-    top = xp.asarray(top, dtype=xp.int64).reshape(n, 1, 1, 1)
-    left = xp.asarray(left, dtype=xp.int64).reshape(n, 1, 1, 1)
-    rows = top + xp.arange(height).reshape(1, 1, height, 1)
-    cols = left + xp.arange(width).reshape(1, 1, 1, width)
-    out = arr[xp.arange(n).reshape(n, 1, 1, 1), xp.arange(c).reshape(1, c, 1, 1), rows, cols]
+    n = arr.shape[0]
+    top = xp.asarray(top, dtype=xp.int64).reshape(n)
+    left = xp.asarray(left, dtype=xp.int64).reshape(n)
+    windows = _sliding_window_view(xp)
+    if windows is not None:
+        view = windows(arr, (height, width), axis=(-2, -1))   # (N, C, H-h+1, W-w+1, h, w)
+        out = view[xp.arange(n), :, top, left]                 # (N, C, h, w)
+    else:
+        c = arr.shape[1]
+        rows = top.reshape(n, 1, 1, 1) + xp.arange(height).reshape(1, 1, height, 1)
+        cols = left.reshape(n, 1, 1, 1) + xp.arange(width).reshape(1, 1, 1, width)
+        out = arr[xp.arange(n).reshape(n, 1, 1, 1), xp.arange(c).reshape(1, c, 1, 1), rows,
+                  cols]
     return _wrap(out, was_tensor)
+
+
+def _sliding_window_view(xp):
+    tricks = getattr(getattr(xp, "lib", None), "stride_tricks", None)
+    return getattr(tricks, "sliding_window_view", None)
 
 
 class RandomCrop(Transform):
@@ -581,55 +599,79 @@ def _inverse_affine_matrices(angle, tx, ty, scale, shear_x, shear_y):
 def affine(x, matrices, interpolation="nearest", fill=0):
     """Warp each image of the batch ``x`` (``NCHW``) by its inverse matrix (``(N, 2, 3)``,
     output -> input, coordinates relative to the image centre), sampling with 'nearest'
-    or 'bilinear'; pixels from outside the image get ``fill``."""
+    or 'bilinear'; pixels from outside the image get ``fill``. All images at once: the
+    source positions of every output pixel are computed together and gathered with one
+    ``take`` per sampling tap."""
     arr, was_tensor = _unwrap(x)
     mode = _interp_name(interpolation)
     xp = backend.get_array_module(arr)
     work, finish = _float_work(arr)
     n, c, h, w = work.shape
-    m = xp.asarray(matrices, dtype=np.float64).reshape(n, 2, 3)
-    xs = xp.arange(w, dtype=np.float64) - (w - 1) / 2.0
-    ys = xp.arange(h, dtype=np.float64) - (h - 1) / 2.0
-    gx, gy = xs.reshape(1, 1, w), ys.reshape(1, h, 1)
-    src_x = m[:, 0, 0, None, None] * gx + m[:, 0, 1, None, None] * gy + m[:, 0, 2, None, None]
-    src_y = m[:, 1, 0, None, None] * gx + m[:, 1, 1, None, None] * gy + m[:, 1, 2, None, None]
-    px = src_x + (w - 1) / 2.0                       # (N, H, W) input pixel coordinates
-    py = src_y + (h - 1) / 2.0
-    nidx = xp.arange(n).reshape(n, 1, 1, 1)
-    cidx = xp.arange(c).reshape(1, c, 1, 1)
+    f = work.dtype
+    itype = xp.int32 if work.size < 2 ** 31 else xp.int64
+    m = xp.asarray(matrices, dtype=f).reshape(n, 2, 3, 1, 1)
+    gx = (xp.arange(w, dtype=f) - f.type((w - 1) / 2.0)).reshape(1, w)
+    gy = (xp.arange(h, dtype=f) - f.type((h - 1) / 2.0)).reshape(h, 1)
+
+    def coordinate(row, centre):
+        """input pixel coordinate (N, H, W) of every output pixel (few temporaries: this
+        runs on every batch)."""
+        out = xp.empty((n, h, w), dtype=f)
+        xp.multiply(m[:, row, 0], gx, out=out)
+        out += m[:, row, 1] * gy
+        out += m[:, row, 2] + f.type(centre)
+        return out
+
+    px, py = coordinate(0, (w - 1) / 2.0), coordinate(1, (h - 1) / 2.0)
+    flat = work.reshape(-1)
+    plane_size = h * w
+    planes = (xp.arange(n * c, dtype=itype) * plane_size).reshape(n, c, 1, 1)
 
     def gather(iy, ix):
-        valid = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
-        iyc = xp.clip(iy, 0, h - 1)[:, None]
-        ixc = xp.clip(ix, 0, w - 1)[:, None]
-        return work[nidx, cidx, iyc, ixc], valid[:, None]
+        """(values (N, C, H, W) at the integer positions (N, H, W), clamped; where valid)."""
+        valid = (ix.view(xp.uint32 if itype == xp.int32 else xp.uint64) < w) & \
+                (iy.view(xp.uint32 if itype == xp.int32 else xp.uint64) < h)
+        pos = xp.clip(iy, 0, h - 1)
+        pos *= w
+        pos += xp.clip(ix, 0, w - 1)
+        return xp.take(flat, planes + pos[:, None]), valid[:, None]
 
     if mode == "nearest":
-        vals, valid = gather(xp.rint(py).astype(xp.int64), xp.rint(px).astype(xp.int64))
-        out = xp.where(valid, vals, xp.asarray(fill, dtype=work.dtype))
+        xp.rint(px, out=px)
+        xp.rint(py, out=py)
+        out, valid = gather(py.astype(itype), px.astype(itype))
+        xp.copyto(out, f.type(fill), where=~valid)
     else:
         x0, y0 = xp.floor(px), xp.floor(py)
-        fx, fy = (px - x0)[:, None], (py - y0)[:, None]
-        x0, y0 = x0.astype(xp.int64), y0.astype(xp.int64)
-        out = xp.zeros(work.shape, dtype=np.float64)
-        mask = xp.zeros((n, 1, h, w), dtype=np.float64)
-        for dy, wy in ((0, 1.0 - fy), (1, fy)):
-            for dx, wx in ((0, 1.0 - fx), (1, fx)):
-                vals, valid = gather(y0 + dy, x0 + dx)
-                weight = wy * wx * valid
-                out += weight * vals
-                mask += weight
-        out = (out + (1.0 - mask) * fill).astype(work.dtype)
+        fx, fy = px, py
+        fx -= x0                                  # fractional parts, in place
+        fy -= y0
+        x0, y0 = x0.astype(itype), y0.astype(itype)
+        out = xp.zeros(work.shape, dtype=f)
+        mask = xp.zeros((n, 1, h, w), dtype=f) if fill != 0 else None
+        wx = (1 - fx, fx)
+        wy = (1 - fy, fy)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                vals, valid = gather(y0 + dy if dy else y0, x0 + dx if dx else x0)
+                weight = wy[dy] * wx[dx]
+                weight = weight[:, None] * valid
+                vals *= weight
+                out += vals
+                if mask is not None:
+                    mask += weight
+        if mask is not None:
+            out += (1 - mask) * f.type(fill)
     return _wrap(finish(out), was_tensor)
 
 
-def _range(value, name, center=0.0):
+def _range(value, name):
     if value is None:
         return None
     if isinstance(value, numbers.Number):
         if value < 0:
             raise ValueError(f"RandomAffine: {name} must be non-negative, got {value}")
-        return (center - value, center + value)
+        return (-float(value), float(value))
     value = tuple(float(v) for v in value)
     if len(value) != 2:
         raise ValueError(f"RandomAffine: {name} must be a number or a pair, got {value!r}")

@@ -49,13 +49,22 @@ Two implementations behind one signature
   the per-channel constants are hoisted out of them) and "rows" for S == 1, (N, C) input,
   where the inner loop runs along C (so it vectorises) with per-channel vectors.
   numba is imported on first use only; kernels compile lazily, one specialisation per
-  dtype, cached on disk (``cache=True``).
+  kernel and dtype, cached on disk (``cache=True``): about 8 s cold for all sixteen,
+  only those used are compiled.
 
-Threads. The "planes" kernels are compiled parallel (``prange`` over channels for the
-sums, over (n, c) planes for the writes: each thread owns whole channels or planes, so
-no atomics and deterministic results: the channel sums always run over n in order).
-Below ``PARALLEL_MIN_ELEMENTS`` they run on the calling thread only (see ``_run``).
-Measured on the 2-core dev machine (see ``ops/norm.py``'s notes and the final report).
+Threads. The package's policy (``kernels/__init__.py``): serial unless
+``MINIDL_NUMBA_PARALLEL=1``. The "planes" kernels are written with ``prange`` (over
+channels for the sums, over (n, c) planes for the writes: each thread owns whole channels
+or planes, so no atomics, and a channel's sums always run over n in order, so the results
+do not depend on the thread count). By default they are compiled serial (``prange`` is
+then ``range``), cached. With ``MINIDL_NUMBA_PARALLEL=1`` inputs of at least
+``PARALLEL_MIN_ELEMENTS`` use a parallel build (compiled per process, not cached), like
+``_fast.py``. A parallel build run on one thread costs 5-7 us more per call than the
+serial one (the parfor launch and ``numba.set_num_threads``): 6% of the (100, 6, 28, 28)
+step. Measured alone on the 2-core dev machine (Zen 4, 32 MB L3), (32, 64, 56, 56)
+float32, ms serial -> 2 threads: statistics 1.7 -> 0.75, normalize 1.2 -> 0.8, grad
+sums 3.0 -> 1.6, gx 2.2 -> 1.7. The kernels are bound by memory bandwidth (vectorised,
+AVX-512); float64 sums cost little over float32 ones here.
 
 The dispatchers (``batch_stats`` ...) take ``impl``: ``None`` (the module default, 'auto'
 unless ``force_impl`` says otherwise), ``'auto'``, ``'numpy'`` or ``'numba'``.
@@ -66,7 +75,7 @@ import contextlib
 
 import numpy as np
 
-from ..backend import get_array_module
+from . import NUMBA_PARALLEL
 
 __all__ = [
     "batch_stats", "normalize", "grad_sums", "input_grad",
@@ -284,15 +293,17 @@ def _nb_input_grad_rows(gy, x, gshift, a, mean, b, out):
 
 
 _prange = range       # replaced by numba.prange once numba is imported
-_compiled = {}        # kernel name -> numba dispatcher
+_compiled = {}        # (kernel name, parallel) -> numba dispatcher
 _numba_error = None   # why importing numba failed
 _SERIAL = ("_nb_stats_rows", "_nb_grad_sums_rows", "_nb_affine_rows", "_nb_input_grad_rows")
 
 
-def _kernel(name):
-    """The compiled numba kernel ``name`` (compiled, or loaded from the disk cache, once)."""
+def _kernel(name, parallel=False):
+    """The compiled numba kernel ``name``, serial or parallel (compiled once per process,
+    the serial build loaded from the disk cache; the parallel one is not cached: numba's
+    cache key ignores the ``parallel`` flag, so the two builds would overwrite each other)."""
     global _prange, _numba_error
-    fn = _compiled.get(name)
+    fn = _compiled.get((name, parallel))
     if fn is None:
         if _numba_error is not None:
             raise RuntimeError(f"batch_norm: the numba fast path needs numba ({_numba_error})")
@@ -302,32 +313,24 @@ def _kernel(name):
             _numba_error = exc
             raise RuntimeError(f"batch_norm: the numba fast path needs numba ({exc})") from exc
         _prange = numba.prange
-        fn = numba.njit(parallel=name not in _SERIAL, cache=True, fastmath=True,
+        fn = numba.njit(parallel=parallel, cache=not parallel, fastmath=True,
                         error_model="numpy", nogil=True)(globals()[name])
-        _compiled[name] = fn
+        _compiled[(name, parallel)] = fn
     return fn
 
 
-# Below this many elements a parallel kernel runs on the calling thread only: waking the
-# worker threads costs more than the work (tens of microseconds, and up to a scheduler
-# time slice when another process wants the core).
+# With MINIDL_NUMBA_PARALLEL=1, inputs of at least this many elements run the parallel
+# build; smaller ones the serial build: waking the worker threads costs more than the
+# work (tens of microseconds; up to a scheduler time slice, i.e. milliseconds, when
+# another process wants the core).
 PARALLEL_MIN_ELEMENTS = 1 << 16
 
 
 def _run(name, n_elements, *args):
-    """Call kernel ``name``, in parallel only when the problem is big enough."""
-    fn = _kernel(name)
-    if name in _SERIAL or n_elements >= PARALLEL_MIN_ELEMENTS:
-        return fn(*args)
-    import numba  # noqa: PLC0415 - already imported by _kernel
-    threads = numba.get_num_threads()   # thread-local in numba; PyTorch's count is untouched
-    if threads == 1:
-        return fn(*args)
-    numba.set_num_threads(1)
-    try:
-        return fn(*args)
-    finally:
-        numba.set_num_threads(threads)
+    """Call kernel ``name``: the parallel build only when the package's policy allows it
+    and the input is big enough, the serial build otherwise."""
+    parallel = NUMBA_PARALLEL and name not in _SERIAL and n_elements >= PARALLEL_MIN_ELEMENTS
+    return _kernel(name, parallel)(*args)
 
 
 _numba_ok = None      # whether numba imports, once asked
@@ -388,7 +391,8 @@ def batch_stats_numba(x):
 
 
 def normalize_numba(x, mean, inv_std, weight=None, bias=None):
-    """Same as ``normalize_reference``, compiled: y = (x - mean) * a + bias, a = weight * inv_std."""
+    """Same as ``normalize_reference``, compiled: y = (x - mean) * a + bias with
+    a = weight * inv_std, one fused pass."""
     _check_fast(x, "normalize_numba")
     kind, xs = _layout(x)
     C = x.shape[1]

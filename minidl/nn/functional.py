@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ..ops.activation import gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from ..ops.conv import conv2d
-from ..ops.dropout import dropout
+from ..ops.dropout import dropout, dropout2d
 from ..ops.linalg import linear
 from ..ops.loss import cross_entropy, mse_loss, nll_loss
 from ..ops.norm import batch_norm
@@ -31,4 +31,4 @@ from ..ops.shape import pad
 __all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
            "adaptive_max_pool2d", "relu", "leaky_relu", "tanh", "sigmoid", "gelu", "softmax",
            "log_softmax", "cross_entropy", "nll_loss", "mse_loss", "batch_norm", "dropout",
-           "pad"]
+           "pad", "dropout2d"]

@@ -14,7 +14,13 @@ Shape letters::
 
 The forward pass is im2col followed by one matrix product per group (see
 ``minidl/kernels/im2col.py`` for the column layout); the backward pass is two more
-matrix products and a col2im.
+matrix products and a col2im. That is the reference, and the path for the GPU and for
+large channel counts.
+
+On the CPU, small channel counts (stride 1, dilation 1, groups 1, C*KH*KW <= 400,
+OC <= 32: LeNet's layers) take direct-convolution numba kernels instead, 3-5x faster
+there than im2col + GEMM (``minidl/kernels/conv_direct.py``: the kernels, the rule and
+its measurements; ``conv_direct.force_impl('im2col')`` forces the reference).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd import Function, Tensor
+from ..kernels import conv_direct
 from ..kernels.im2col import col2im, im2col
 
 
@@ -118,6 +125,10 @@ class Conv2dFunction(Function):
     LeNet layers), and otherwise backward unfolds x again (one im2col, ~7% of a ResNet
     layer's forward+backward). A ``col`` that is not kept, and ``dL/dcol``, live in a
     reused scratch buffer (see ``_Scratch``).
+
+    Small channel counts on the CPU compute the same y, dL/dx, dL/dW, dL/db with the
+    direct kernels of ``kernels/conv_direct.py`` instead (``conv_direct.use_direct``
+    decides; the im2col formulas above stay the definition they are tested against).
     """
 
     @staticmethod
@@ -137,6 +148,14 @@ class Conv2dFunction(Function):
         OW = (W + sum(PW) - DW * (KW - 1) - 1) // SW + 1
         L = N * OH * OW
         needs_x, needs_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.geometry = (N, C, H, W, OC, G, KH, KW, OH, OW, geo)
+        ctx.unbatched = unbatched
+        ctx.direct = conv_direct.use_direct(x, weight, stride, dilation, groups)
+        if ctx.direct:                    # small channel counts on the CPU (module doc)
+            y, saved = conv_direct.conv2d_forward(x, weight, bias, padding)
+            ctx.save_for_backward(saved if needs_w else (saved[0], None), weight)
+            return y[0] if unbatched else y
+
         col_shape = (C, KH, KW, N, OH, OW)
         keep_col = needs_w and math.prod(col_shape) * x.dtype.itemsize <= KEEP_COL_BYTES
         col = im2col(x, KH, KW, *geo,                        # (C, KH, KW, N, OH, OW)
@@ -156,8 +175,6 @@ class Conv2dFunction(Function):
         else:
             ctx.save_for_backward(x if needs_w else None, weight if needs_x else None)
         ctx.kept_col = keep_col
-        ctx.geometry = (N, C, H, W, OC, G, KH, KW, OH, OW, geo)
-        ctx.unbatched = unbatched
         return y[0] if unbatched else y
 
     @staticmethod
@@ -168,6 +185,11 @@ class Conv2dFunction(Function):
         xp = backend.get_array_module(gy)
         if ctx.unbatched:
             gy = gy[None]
+        if ctx.direct:
+            saved, weight = ctx.saved_tensors
+            gx, gw, gb = conv_direct.conv2d_backward(saved, weight, gy, geo[2:4], (H, W),
+                                                     need_x, need_w, need_b)
+            return (gx[0] if ctx.unbatched and gx is not None else gx), gw, gb
         OCg = OC // G
         K = (C // G) * KH * KW
         L = N * OH * OW

@@ -82,9 +82,9 @@ class BatchNormFunction(Function):
             if running_var is not None:
                 unbiased = var.astype(running_var.dtype) * (m / (m - 1))
                 running_var[...] = (1 - momentum) * running_var + momentum * unbiased
-        else:
-            mean = running_mean.astype(x.dtype, copy=False)
-            var = running_var.astype(x.dtype, copy=False)
+        else:   # copies: a later training step updates the running statistics in place
+            mean = running_mean.astype(x.dtype)
+            var = running_var.astype(x.dtype)
         inv_std = 1 / xp.sqrt(var + eps)                                  # (C,)
         if weight is not None:
             weight = weight.astype(x.dtype, copy=False)

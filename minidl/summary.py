@@ -1,0 +1,574 @@
+"""``minidl.summary(model, input_size)``: a layer-by-layer table of output shapes,
+parameters, multiply-adds, FLOPs and memory, in the spirit of torchsummary / torchinfo,
+computed by shape propagation (no convolution or matrix product is run).
+
+How it works
+------------
+Every leaf layer minidl knows (``Conv2d``, ``Linear``, ``BatchNorm``, the poolings,
+activations, ``Dropout``, ``Flatten``, ``Identity``...) has its ``forward`` replaced, for
+the duration of the call, by its shape arithmetic: it checks the input shape as the layer
+would, computes the output shape and the layer's costs, and returns a placeholder tensor
+of that shape whose array is a single zero broadcast to the shape (zero strides, no
+memory). The model's own ``forward`` runs unchanged around them, so whatever it does
+between layers (``cat`` of Inception branches, residual ``+``, ``flatten``/``reshape``,
+functional ``F.relu``) runs for real on those placeholders, which costs next to nothing
+(elementwise work on one sample's activations at most). Summarising ResNet-152 at
+224x224 takes a fraction of a second; a mismatch (e.g. Inception branches of different
+sizes) raises the same error the real forward would.
+
+Leaf layers minidl does not know run their real ``forward`` on the placeholders; their
+output shape is exact but their FLOPs are shown as ``?`` and left out of the totals.
+
+Counting conventions (also printed in the table's header)
+---------------------------------------------------------
+- **MACs** (multiply-accumulates) are the products of a layer's weights with its inputs,
+  counted for ``Conv2d`` and ``Linear`` only:
+  conv: ``N * OC * OH * OW * (C / groups) * KH * KW``; linear: ``rows * IN * OUT``.
+  This is what papers usually call "FLOPs" (ResNet's 1.8 x 10^9 ... 11.3 x 10^9 are MACs).
+- **FLOPs**: **1 MAC = 2 FLOPs** (one multiply, one add), **plus one FLOP per bias add**
+  (``N * OC * OH * OW`` for a conv, ``rows * OUT`` for a linear): the lecture's
+  convention (a perceptron with 3 inputs: 3 MACs = 6 FLOPs + 1 bias = 7 FLOPs).
+  Other layers count their elementwise work, one FLOP per add, multiply, division or
+  comparison: ReLU / ReLU6 / LeakyReLU / tanh / sigmoid / GELU 1 per element (a
+  transcendental counts as one); BatchNorm 2 per element (normalise and affine folded
+  into y = x * a + b; training-mode batch statistics not counted); softmax 3 per
+  element; max pooling KH*KW - 1 comparisons per output; average pooling KH*KW per
+  output (adds and one division; adaptive pools: the window sizes); Dropout 1 per element
+  in training, 0 in eval; Flatten / Identity 0.
+- **Output bytes**: the layer's output, ``numel * itemsize``.
+- **im2col bytes** (convolutions): the unfolded input matrix minidl's conv builds,
+  ``C * KH * KW * N * OH * OW * itemsize`` (``(C/groups * KH * KW) x (N * OH * OW)`` per
+  group).
+- **Totals**: parameters of the whole model (each shared parameter once; trainable =
+  ``requires_grad``); MACs and FLOPs summed over the layers that ran; activation memory
+  = the sum of the layers' output bytes, i.e. the activations a training step keeps for
+  the backward pass (what is computed between layers, such as ``cat`` or ``+``, is not
+  included).
+
+The table lists every module call in call order, indented by depth (a module called
+twice, like the lecture's LeNet ``max_pool``, has two rows; its parameters count once).
+Container rows show ``--``, or, at the ``depth`` cut-off, the totals of their layers.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import nn
+from .autograd import Tensor, no_grad
+
+__all__ = ["summary", "ModelSummary", "LayerSummary", "register_layer_rule"]
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class LayerSummary:
+    """One module call.
+
+    ``params`` are the module's own parameters for a leaf layer (0 on a second call of
+    the same module), or all its parameters for a container; ``macs``, ``flops``,
+    ``output_bytes`` and ``im2col_bytes`` of a container are the sums over its layers in
+    this call. ``flops`` is None for a leaf layer whose cost is not known."""
+
+    name: str
+    type: str
+    depth: int
+    is_leaf: bool
+    input_shape: object = None
+    output_shape: object = None
+    params: int = 0
+    trainable_params: int = 0
+    macs: int = 0
+    flops: int | None = 0
+    output_bytes: int = 0
+    im2col_bytes: int = 0
+    children: list = field(default_factory=list, repr=False)
+
+
+class ModelSummary:
+    """What ``summary`` returns: ``rows`` (every module call, ``LayerSummary``), ``layers``
+    (the leaf rows), the totals (``total_params``, ``trainable_params``,
+    ``non_trainable_params``, ``total_macs``, ``total_flops``, ``activation_bytes``,
+    ``input_bytes``, ``params_bytes``, ``im2col_max_bytes``) and ``str()``: the table.
+    ``summary["features.0"]`` is the first row of that module."""
+
+    def __init__(self, model_name, rows, input_shapes, dtype, total_params, trainable_params,
+                 params_bytes, uncounted, depth):
+        self.model_name = model_name
+        self.rows = rows
+        self.input_shapes = input_shapes
+        self.dtype = dtype
+        self.total_params = total_params
+        self.trainable_params = trainable_params
+        self.non_trainable_params = total_params - trainable_params
+        self.params_bytes = params_bytes
+        self.uncounted = uncounted
+        self.depth = depth
+        leaves = self.layers
+        self.total_macs = sum(r.macs for r in leaves)
+        self.total_flops = sum(r.flops for r in leaves if r.flops is not None)
+        self.activation_bytes = sum(r.output_bytes for r in leaves)
+        self.im2col_max_bytes = max((r.im2col_bytes for r in leaves), default=0)
+        self.input_bytes = sum(math.prod(s) for s in input_shapes) * np.dtype(dtype).itemsize
+
+    @property
+    def layers(self):
+        return [r for r in self.rows if r.is_leaf]
+
+    def __getitem__(self, name):
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(f"summary: no module call named {name!r}")
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __str__(self):
+        return _format(self)
+
+    def __repr__(self):
+        return _format(self)
+
+
+# ----------------------------------------------------------------------------- shape rules
+# A rule: rule(module, x) -> (output shape, MACs, FLOPs, im2col bytes), x a Tensor (shape
+# and dtype are all it may use). It validates the input like the layer does.
+
+
+def _pair(v):
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _bad_input(module, expected, x):
+    return RuntimeError(f"{module!r}: expected input {expected}, got {x.shape}")
+
+
+def _spatial(module, x):
+    if x.ndim not in (3, 4):
+        raise _bad_input(module, "(N, C, H, W) or (C, H, W)", x)
+    return x.shape[:-2], x.shape[-2], x.shape[-1]
+
+
+def _conv_rule(m, x):
+    if x.ndim not in (3, 4) or x.shape[-3] != m.in_channels:
+        raise _bad_input(m, f"(N, {m.in_channels}, H, W)", x)
+    lead, H, W = _spatial(m, x)
+    (pt, pb), (pl, pr) = m._explicit_padding()
+    (KH, KW), (SH, SW), (DH, DW) = m.kernel_size, m.stride, m.dilation
+    sizes = []
+    for size, lo, hi, k, s, d, what in ((H, pt, pb, KH, SH, DH, "height"),
+                                        (W, pl, pr, KW, SW, DW, "width")):
+        reach = d * (k - 1) + 1
+        if size + lo + hi < reach:
+            raise RuntimeError(f"{m!r}: input {x.shape} is too small: its padded {what} "
+                               f"({size + lo + hi}) is smaller than the (dilated) kernel "
+                               f"({reach})")
+        sizes.append((size + lo + hi - reach) // s + 1)
+    OH, OW = sizes
+    N = math.prod(lead[:-1])  # 1 for an unbatched (C, H, W) input
+    out_positions = N * m.out_channels * OH * OW
+    macs = out_positions * (m.in_channels // m.groups) * KH * KW
+    flops = 2 * macs + (out_positions if m.bias is not None else 0)
+    col = m.in_channels * KH * KW * N * OH * OW * x.dtype.itemsize
+    return lead[:-1] + (m.out_channels, OH, OW), macs, flops, col
+
+
+def _linear_rule(m, x):
+    if x.ndim == 0 or x.shape[-1] != m.in_features:
+        raise _bad_input(m, f"(..., {m.in_features})", x)
+    rows = math.prod(x.shape[:-1])
+    macs = rows * m.in_features * m.out_features
+    flops = 2 * macs + (rows * m.out_features if m.bias is not None else 0)
+    return x.shape[:-1] + (m.out_features,), macs, flops, 0
+
+
+def _batchnorm_rule(m, x):
+    if x.ndim not in m._ranks or x.shape[1] != m.num_features:
+        expected = m._shape_text.replace("C", str(m.num_features))
+        raise ValueError(f"{m!r}: expected input {expected}, got {x.shape}")
+    return x.shape, 0, 2 * math.prod(x.shape), 0
+
+
+def _pool_size(L, K, S, P, D, ceil_mode):
+    out = (L + 2 * P - D * (K - 1) - 1 + (S - 1 if ceil_mode else 0)) // S + 1
+    if ceil_mode and (out - 1) * S >= L + P:
+        out -= 1
+    return out
+
+
+def _window_pool(m, x, dilation):
+    lead, H, W = _spatial(m, x)
+    (KH, KW), (SH, SW), (PH, PW) = _pair(m.kernel_size), _pair(m.stride), _pair(m.padding)
+    DH, DW = _pair(dilation)
+    OH = _pool_size(H, KH, SH, PH, DH, m.ceil_mode)
+    OW = _pool_size(W, KW, SW, PW, DW, m.ceil_mode)
+    if OH < 1 or OW < 1:
+        raise RuntimeError(f"{m!r}: input {x.shape} is too small (output {OH}x{OW})")
+    return lead + (OH, OW), KH * KW
+
+
+def _maxpool_rule(m, x):
+    shape, k = _window_pool(m, x, m.dilation)
+    return shape, 0, math.prod(shape) * (k - 1), 0
+
+
+def _avgpool_rule(m, x):
+    shape, k = _window_pool(m, x, 1)
+    return shape, 0, math.prod(shape) * k, 0
+
+
+def _adaptive_windows(L, O):
+    """Total length of the O adaptive windows over L: sum of ceil((i+1)L/O) - floor(iL/O)."""
+    return sum(-(-(i + 1) * L // O) - (i * L) // O for i in range(O))
+
+
+def _adaptive_rule(m, x, is_max):
+    lead, H, W = _spatial(m, x)
+    oh, ow = (m.output_size, m.output_size) if not isinstance(
+        m.output_size, (tuple, list)) else m.output_size
+    OH, OW = H if oh is None else int(oh), W if ow is None else int(ow)
+    if OH < 1 or OW < 1:
+        raise ValueError(f"{m!r}: output_size must be at least 1 in each dim")
+    planes = math.prod(lead)
+    taps = _adaptive_windows(H, OH) * _adaptive_windows(W, OW) * planes
+    flops = taps - planes * OH * OW if is_max else taps
+    return lead + (OH, OW), 0, flops, 0
+
+
+def _elementwise(per_element):
+    def rule(m, x):
+        return x.shape, 0, per_element * math.prod(x.shape), 0
+    return rule
+
+
+def _dropout_rule(m, x):
+    active = m.training and m.p > 0
+    return x.shape, 0, math.prod(x.shape) if active else 0, 0
+
+
+def _flatten_rule(m, x):
+    if x.ndim == 0:
+        return (1,), 0, 0, 0
+    start, end = (d % x.ndim for d in (m.start_dim, m.end_dim))
+    shape = x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:]
+    return shape, 0, 0, 0
+
+
+_RULES = {
+    nn.Conv2d: _conv_rule,
+    nn.Linear: _linear_rule,
+    nn.BatchNorm1d: _batchnorm_rule,
+    nn.BatchNorm2d: _batchnorm_rule,
+    nn.MaxPool2d: _maxpool_rule,
+    nn.AvgPool2d: _avgpool_rule,
+    nn.AdaptiveAvgPool2d: lambda m, x: _adaptive_rule(m, x, False),
+    nn.AdaptiveMaxPool2d: lambda m, x: _adaptive_rule(m, x, True),
+    nn.ReLU: _elementwise(1),
+    nn.LeakyReLU: _elementwise(1),
+    nn.Tanh: _elementwise(1),
+    nn.Sigmoid: _elementwise(1),
+    nn.GELU: _elementwise(1),
+    nn.Softmax: _elementwise(3),
+    nn.LogSoftmax: _elementwise(3),
+    nn.Dropout: _dropout_rule,
+    nn.Flatten: _flatten_rule,
+    nn.Identity: lambda m, x: (x.shape, 0, 0, 0),
+}
+_LAZY_DONE = False
+
+
+def register_layer_rule(cls, rule):
+    """Teach ``summary`` a leaf layer: ``rule(module, x) -> (output_shape, macs, flops,
+    im2col_bytes)`` where ``x`` is the input Tensor (use only its shape and dtype)."""
+    _RULES[cls] = rule
+
+
+def _rule_for(module):
+    global _LAZY_DONE
+    if not _LAZY_DONE:  # layers defined above nn (models) register on first use
+        from .models.mobilenet import ReLU6
+        _RULES.setdefault(ReLU6, _elementwise(1))
+        _LAZY_DONE = True
+    cls = type(module)
+    for base in cls.__mro__:
+        if base in _RULES:
+            # a subclass with its own forward may compute something else: run it for real
+            return _RULES[base] if cls.forward is base.forward else None
+    return None
+
+
+# ----------------------------------------------------------------------------- propagation
+
+
+def _placeholder(shape, dtype):
+    """A Tensor of ``shape`` holding one zero broadcast over it (no memory per element)."""
+    return Tensor(np.broadcast_to(np.zeros((), dtype=dtype), tuple(shape)))
+
+
+def _shapes(obj):
+    """The shape of a Tensor, or a list of shapes for tuples/lists/dicts of them."""
+    if isinstance(obj, Tensor):
+        return obj.shape
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        found = [_shapes(o) for o in obj if o is not None]
+        return [s for s in found if s is not None] or None
+    return None
+
+
+def _tensors(obj):
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+class _Recorder:
+    def __init__(self, model):
+        self.rows = []
+        self.stack = []
+        self.seen = set()            # ids of modules whose own parameters were counted
+        self.uncounted = set()
+        self.names = {id(m): n for n, m in model.named_modules()}
+
+    def pre(self, module, args):
+        x = next(_tensors(args), None)
+        leaf = not any(True for _ in module.children())
+        if leaf:
+            own = [p for p in module.parameters(recurse=False)]
+            if id(module) in self.seen:
+                own = []
+            self.seen.add(id(module))
+        else:
+            own = list(module.parameters())
+        row = LayerSummary(
+            name=self.names.get(id(module), "?"), type=type(module).__name__,
+            depth=len(self.stack), is_leaf=leaf,
+            input_shape=None if x is None else x.shape,
+            params=sum(p.numel() for p in own),
+            trainable_params=sum(p.numel() for p in own if p.requires_grad),
+            flops=0 if not leaf else None)
+        if self.stack:
+            self.stack[-1].children.append(row)
+        self.rows.append(row)
+        self.stack.append(row)
+
+    def post(self, module, args, out):
+        row = self.stack.pop()
+        row.output_shape = _shapes(out)
+        if row.is_leaf:
+            row.output_bytes = sum(t.numel() * t.dtype.itemsize for t in _tensors(out))
+            for parent in self.stack:
+                parent.macs += row.macs
+                parent.output_bytes += row.output_bytes
+                parent.im2col_bytes += row.im2col_bytes
+                if row.flops is None:
+                    parent.flops = None
+                elif parent.flops is not None:
+                    parent.flops += row.flops
+
+    def leaf_forward(self, module, rule):
+        def forward(*args, **kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            if not isinstance(x, Tensor):
+                raise TypeError(f"{module!r}: expected a minidl Tensor as input, got "
+                                f"{type(x).__name__}")
+            shape, macs, flops, col = rule(module, x)
+            row = self.stack[-1]
+            row.macs, row.flops, row.im2col_bytes = int(macs), int(flops), int(col)
+            out = _placeholder(shape, x.dtype)
+            if getattr(module, "return_indices", False):
+                return out, _placeholder(shape, np.int64)
+            return out
+        return forward
+
+    def unknown_forward(self, module):
+        bound = type(module).forward.__get__(module)
+
+        def forward(*args, **kwargs):
+            self.uncounted.add(type(module).__name__)
+            self.stack[-1].flops = None
+            return bound(*args, **kwargs)
+        return forward
+
+
+def _input_shapes(input_size, batch_size):
+    sizes = input_size
+    if isinstance(sizes, (tuple, list)) and sizes and all(isinstance(s, (int, np.integer))
+                                                          for s in sizes):
+        sizes = [tuple(sizes)]
+    shapes = []
+    for s in sizes:
+        s = tuple(int(v) for v in s)
+        shapes.append(s if batch_size is None else (int(batch_size),) + s)
+    return shapes
+
+
+def summary(model, input_size, batch_size=1, dtype=None, mode="eval", depth=None,
+            verbose=True, file=None):
+    """Summarise ``model`` for inputs of ``input_size``, by shape propagation.
+
+    Args:
+        model: a ``minidl.nn.Module``.
+        input_size: the shape of one sample, without the batch dim (torchsummary's
+            convention: ``(3, 224, 224)``), or a list of such shapes for several inputs.
+            With ``batch_size=None`` the shapes are taken whole (torchinfo's convention).
+        batch_size: prepended to each input shape (1).
+        dtype: the inputs' dtype (default: the dtype of the model's first floating point
+            parameter, else float32); sets the byte counts.
+        mode: ``'eval'`` (default: e.g. GoogLeNet without its auxiliary heads),
+            ``'train'`` (Dropout active, auxiliary heads run) or ``'same'`` (as the model
+            is). The model's own modes are restored afterwards.
+        depth: show rows down to this nesting depth (None: all); rows at the cut-off show
+            the totals of their layers. Totals are unaffected.
+        verbose: print the table (to ``file``, default stdout).
+
+    Returns:
+        ``ModelSummary``: ``rows``, ``layers``, ``total_params``, ``trainable_params``,
+        ``non_trainable_params``, ``total_macs``, ``total_flops``, ``activation_bytes``,
+        ``input_bytes``, ``params_bytes``, ``im2col_max_bytes``; ``str()`` is the table.
+
+    Conventions: MACs are the multiply-accumulates of Conv2d and Linear layers; FLOPs =
+    2 per MAC + 1 per bias add (+ the elementwise work of the other layers); see the
+    module docstring for every layer's count.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"summary: expected a minidl.nn.Module, got {type(model).__name__}")
+    if mode not in ("eval", "train", "same"):
+        raise ValueError(f"summary: mode must be 'eval', 'train' or 'same', got {mode!r}")
+    params = list(model.parameters())
+    if dtype is None:
+        floats = [p.dtype for p in params if p.dtype.kind == "f"]
+        dtype = floats[0] if floats else np.dtype(np.float32)
+    dtype = np.dtype(dtype)
+    shapes = _input_shapes(input_size, batch_size)
+
+    modes = {m: m.training for m in model.modules()}
+    rec = _Recorder(model)
+    handles, patched = [], []
+    try:
+        if mode != "same":
+            model.train(mode == "train")
+        for m in model.modules():
+            handles.append(m.register_forward_pre_hook(rec.pre))
+            handles.append(m.register_forward_hook(rec.post))
+            if any(True for _ in m.children()):
+                continue
+            rule = _rule_for(m)
+            previous = m.__dict__.get("forward")
+            patched.append((m, previous))
+            fwd = rec.leaf_forward(m, rule) if rule is not None else rec.unknown_forward(m)
+            object.__setattr__(m, "forward", fwd)
+        with no_grad():
+            model(*[_placeholder(s, dtype) for s in shapes])
+    finally:
+        for h in handles:
+            h.remove()
+        for m, previous in patched:
+            if previous is None:
+                m.__dict__.pop("forward", None)
+            else:
+                object.__setattr__(m, "forward", previous)
+        for m, training in modes.items():
+            m.training = training
+
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    params_bytes = sum(p.numel() * p.dtype.itemsize for p in params)
+    result = ModelSummary(type(model).__name__, rec.rows, shapes, dtype, total, trainable,
+                          params_bytes, sorted(rec.uncounted), depth)
+    if verbose:
+        print(result, file=file if file is not None else sys.stdout)
+    return result
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def _shape_text(shape):
+    if shape is None:
+        return "--"
+    if isinstance(shape, list):
+        return ", ".join(_shape_text(s) for s in shape)
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _num(v):
+    return "?" if v is None else f"{v:,}"
+
+
+def _human(n, unit=""):
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {suffix}{unit}"
+    return f"{n} {unit}".rstrip()
+
+
+def _mb(nbytes):
+    return f"{nbytes / 2**20:,.2f} MB"
+
+
+def _format(s):
+    headers = ["Layer (type)", "Output Shape", "Param #", "MACs", "FLOPs", "Output bytes",
+               "im2col bytes"]
+    table = []
+    for r in s.rows:
+        if s.depth is not None and r.depth > s.depth:
+            continue
+        label = "  " * r.depth + (f"{r.name} ({r.type})" if r.name else r.type)
+        cut = r.is_leaf or (s.depth is not None and r.depth == s.depth)
+        if cut:
+            cells = [_num(r.params), _num(r.macs), _num(r.flops), _num(r.output_bytes),
+                     _num(r.im2col_bytes) if r.im2col_bytes else "--"]
+            if r.is_leaf:  # parameter-free layers and layers without products
+                cells[0] = "--" if r.params == 0 else cells[0]
+                cells[1] = "--" if r.macs == 0 else cells[1]
+        else:
+            cells = ["--"] * 5
+        table.append([label, _shape_text(r.output_shape)] + cells)
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h)
+              for i, h in enumerate(headers)]
+
+    def line(cells):
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[2:], widths[2:])]
+        return "  ".join([first, cells[1].ljust(widths[1])] + rest)
+
+    width = len(line(headers))
+    out = ["=" * width,
+           f"{s.model_name}: input {', '.join(_shape_text(x) for x in s.input_shapes)} "
+           f"{s.dtype.name}",
+           "MACs: multiply-accumulates of Conv2d/Linear.  FLOPs: 1 MAC = 2 FLOPs, + 1 FLOP "
+           "per bias add, + elementwise ops of other layers.",
+           "=" * width, line(headers), "-" * width]
+    out += [line(row) for row in table]
+    out += ["=" * width,
+            f"Total params: {s.total_params:,}",
+            f"Trainable params: {s.trainable_params:,}",
+            f"Non-trainable params: {s.non_trainable_params:,}",
+            f"Total MACs: {s.total_macs:,} ({_human(s.total_macs)})",
+            f"Total FLOPs: {s.total_flops:,} ({_human(s.total_flops)})"
+            + (f"  (not counted: {', '.join(s.uncounted)})" if s.uncounted else ""),
+            "-" * width,
+            f"Input size: {_mb(s.input_bytes)}",
+            f"Params size: {_mb(s.params_bytes)}",
+            f"Activation memory (layer outputs kept for backward): {_mb(s.activation_bytes)}",
+            f"Largest im2col buffer: {_mb(s.im2col_max_bytes)}",
+            f"Estimated total size: "
+            f"{_mb(s.input_bytes + s.params_bytes + s.activation_bytes)}",
+            "=" * width]
+    return "\n".join(out)

@@ -1,0 +1,219 @@
+"""minidl.kernels.batchnorm: the numba fast paths against the NumPy reference (float32
+loose, float64 tight) on every layout the kernels distinguish, and through the whole op
+(``force_impl``): outputs, gradients and running statistics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minidl
+from minidl.kernels import batchnorm as bn
+from minidl.ops.norm import batch_norm
+
+pytestmark = pytest.mark.skipif(not bn.numba_available(), reason="numba is not installed")
+
+# (N, C) -> "rows" kernels; everything else -> "planes" kernels (S = prod(*S) > 1),
+# (7, 2, 1, 1) has S == 1 with four dims: rows again.
+SHAPES = [(6, 4), (64, 3), (5, 3, 7), (4, 3, 5, 6), (2, 3, 4, 5, 3), (7, 2, 1, 1)]
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+DTYPES = [np.float32, np.float64]
+
+
+def _data(rng, shape, dtype, loc=1.0, scale=2.0):
+    C = shape[1]
+    x = (rng.standard_normal(shape) * scale + loc).astype(dtype)
+    gy = rng.standard_normal(shape).astype(dtype)
+    w = rng.uniform(0.5, 1.5, C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    return x, gy, w, b
+
+
+def _stats(x, impl):
+    mean, var = bn.batch_stats(x, impl=impl)
+    return mean, var, (1 / np.sqrt(var + 1e-5)).astype(x.dtype)
+
+
+def _close(actual, expected, dtype, what):
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    np.testing.assert_allclose(actual, expected, err_msg=what, **TOL[dtype])
+
+
+# --- each kernel, fast path == reference ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_kernel_matches_the_reference(rng, shape, dtype):
+    x, gy, w, b = _data(rng, shape, dtype)
+    mean, var, inv_std = _stats(x, "numpy")
+    for k, ref in enumerate(_stats(x, "numba")[:2]):
+        _close(ref, (mean, var)[k], dtype, ("mean", "var")[k])
+    for weight, bias in [(w, b), (None, None), (w, None)]:
+        _close(bn.normalize(x, mean, inv_std, weight, bias, impl="numba"),
+               bn.normalize(x, mean, inv_std, weight, bias, impl="numpy"), dtype, "y")
+    sums = bn.grad_sums(gy, x, mean, inv_std, impl="numba")
+    sums_ref = bn.grad_sums(gy, x, mean, inv_std, impl="numpy")
+    _close(sums[0], sums_ref[0], dtype, "gbias")
+    _close(sums[1], sums_ref[1], dtype, "gweight")
+    for weight in (w, None):
+        for training in (True, False):
+            args = (gy, x, mean, inv_std, weight, *sums_ref, training)
+            _close(bn.input_grad(*args, impl="numba"), bn.input_grad(*args, impl="numpy"),
+                   dtype, f"gx (training={training})")
+
+
+def test_float32_statistics_are_accurate_far_from_zero(rng):
+    """float64 sums and a per-plane two-pass: no E[x^2] - E[x]^2 cancellation, even with
+    a mean 1000 standard deviations away from zero."""
+    x = (rng.standard_normal((8, 3, 16, 16)) + 1000).astype(np.float32)
+    mean, var = bn.batch_stats(x, impl="numba")
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 2, 3)), rtol=1e-7)
+    np.testing.assert_allclose(var, x64.var(axis=(0, 2, 3)), rtol=1e-6)
+
+
+def test_float64_statistics_are_exact_to_rounding(rng):
+    x = rng.standard_normal((16, 4, 33)) * 3 + 50
+    mean, var = bn.batch_stats(x, impl="numba")
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2)), rtol=1e-14)
+    np.testing.assert_allclose(var, x.var(axis=(0, 2)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "strided"])
+def test_non_contiguous_inputs_give_the_same_result(rng, layout):
+    base = rng.standard_normal((4, 5, 6, 3)).astype(np.float32)
+    if layout == "transposed":     # a (4, 3, 6, 5) view with C not contiguous
+        x = base.transpose(0, 3, 2, 1)
+    else:                          # every other column
+        x = base[:, :, :, ::2]
+    gy = rng.standard_normal(x.shape).astype(np.float32)[..., ::-1]   # negative strides
+    assert not x.flags.c_contiguous and not gy.flags.c_contiguous
+    mean, var, inv_std = _stats(x, "numpy")
+    _close(bn.batch_stats(x, impl="numba")[1], var, np.float32, "var")
+    _close(bn.normalize(x, mean, inv_std, impl="numba"),
+           bn.normalize(x, mean, inv_std, impl="numpy"), np.float32, "y")
+    sums = bn.grad_sums(gy, x, mean, inv_std, impl="numba")
+    ref = bn.grad_sums(gy, x, mean, inv_std, impl="numpy")
+    _close(sums[1], ref[1], np.float32, "gweight")
+    args = (gy, x, mean, inv_std, None, *ref, True)
+    _close(bn.input_grad(*args, impl="numba"), bn.input_grad(*args, impl="numpy"),
+           np.float32, "gx")
+
+
+def test_parallel_build_gives_bitwise_the_same_results(rng, monkeypatch):
+    """MINIDL_NUMBA_PARALLEL=1's build (compiled here, not cached: a few seconds). Each
+    thread owns whole channels (sums) or planes (writes), and a channel's sum always runs
+    over n in order: the thread count cannot change a single bit."""
+    numba = pytest.importorskip("numba")
+    x, gy, w, b = _data(rng, (6, 5, 9, 7), np.float32)
+
+    def run():
+        mean, var, inv_std = _stats(x, "numba")
+        sums = bn.grad_sums(gy, x, mean, inv_std, impl="numba")
+        return (mean, var, bn.normalize(x, mean, inv_std, w, b, impl="numba"), *sums,
+                bn.input_grad(gy, x, mean, inv_std, w, *sums, True, impl="numba"))
+
+    serial = run()
+    monkeypatch.setattr(bn, "NUMBA_PARALLEL", True)
+    monkeypatch.setattr(bn, "PARALLEL_MIN_ELEMENTS", 0)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        parallel = run()
+    finally:
+        numba.set_num_threads(threads)
+    for a, p in zip(serial, parallel):
+        np.testing.assert_array_equal(a, p)
+
+
+# --- the whole op, numba vs reference ---------------------------------------------------
+
+
+def _op(x0, w0, b0, gy0, training, impl):
+    """batch_norm forward + backward under ``force_impl(impl)``; returns every array."""
+    C = x0.shape[1]
+    dtype = x0.dtype.type
+    rm = minidl.tensor(np.linspace(-0.5, 0.5, C).astype(dtype))
+    rv = minidl.tensor(np.linspace(0.5, 2.0, C).astype(dtype))
+    x = minidl.tensor(x0, requires_grad=True)
+    w = None if w0 is None else minidl.tensor(w0, requires_grad=True)
+    b = None if b0 is None else minidl.tensor(b0, requires_grad=True)
+    with bn.force_impl(impl):
+        outs = []
+        for _ in range(2):   # two steps: the running statistics accumulate
+            y = batch_norm(x, rm, rv, w, b, training=training, momentum=0.3)
+            y.backward(minidl.tensor(gy0))
+            outs.append(y.numpy())
+        outs += [x.grad.numpy(), rm.numpy(), rv.numpy()]
+        if w is not None:
+            outs += [w.grad.numpy(), b.grad.numpy()]
+    return outs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(6, 4), (5, 3, 7), (4, 3, 5, 6)])
+def test_op_numba_equals_reference(rng, shape, training, affine, dtype):
+    x, gy, w, b = _data(rng, shape, dtype)
+    if not affine:
+        w = b = None
+    fast = _op(x, w, b, gy, training, "numba")
+    ref = _op(x, w, b, gy, training, "numpy")
+    for k, (f, r) in enumerate(zip(fast, ref)):
+        _close(f, r, dtype, f"array {k}")
+
+
+def test_op_only_some_gradients(rng):
+    """Frozen affine parameters, or a frozen input: the op computes only what is asked."""
+    x0, gy0, w0, b0 = _data(rng, (4, 3, 5), np.float64)
+    for need in [(True, False, False), (False, True, True), (False, True, False)]:
+        grads = {}
+        for impl in ("numba", "numpy"):
+            x = minidl.tensor(x0, requires_grad=need[0])
+            w = minidl.tensor(w0, requires_grad=need[1])
+            b = minidl.tensor(b0, requires_grad=need[2])
+            with bn.force_impl(impl):
+                batch_norm(x, None, None, w, b, training=True).backward(minidl.tensor(gy0))
+            grads[impl] = [None if t.grad is None else t.grad.numpy() for t in (x, w, b)]
+        for f, r, n in zip(grads["numba"], grads["numpy"], need):
+            assert (f is not None) == n
+            if n:
+                _close(f, r, np.float64, "grad")
+
+
+# --- dispatch ---------------------------------------------------------------------------
+
+
+def test_auto_dispatch_takes_numba_for_numpy_floats_only(rng, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bn, "batch_stats_numba", lambda x: calls.append(x.dtype) or
+                        bn.batch_stats_reference(x))
+    bn.batch_stats(np.ones((2, 3), np.float32))
+    bn.batch_stats(np.ones((2, 3), np.float64))
+    bn.batch_stats(np.ones((2, 3), np.float16))          # reference
+    with bn.force_impl("numpy"):
+        bn.batch_stats(np.ones((2, 3), np.float32))      # reference
+    assert calls == [np.float32, np.float64]
+
+
+def test_float16_falls_back_to_the_reference(rng):
+    x = rng.standard_normal((4, 3, 5)).astype(np.float16)
+    y = batch_norm(minidl.tensor(x), None, None, training=True)
+    with bn.force_impl("numpy"):
+        y_ref = batch_norm(minidl.tensor(x), None, None, training=True)
+    assert y.dtype == np.float16
+    np.testing.assert_array_equal(y.numpy(), y_ref.numpy())
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="force_impl: impl must be 'auto', 'numpy' or "
+                                         "'numba', got 'cuda'"):
+        with bn.force_impl("cuda"):
+            pass
+    with pytest.raises(ValueError, match="normalize: impl must be"):
+        bn.normalize(np.ones((2, 3)), np.zeros(3), np.ones(3), impl="fast")
+    with pytest.raises(TypeError, match="batch_stats_numba: expected a NumPy float32 or "
+                                        "float64 array, got ndarray float16"):
+        bn.batch_stats(np.ones((2, 3), np.float16), impl="numba")
