@@ -23,7 +23,8 @@ from .ops.activation import log_softmax, relu, sigmoid, softmax, tanh
 from .random import initial_seed, manual_seed
 from .serialization import load, save
 from . import nn, optim  # noqa: E402 - above ops, imported last
-from . import data, metrics  # noqa: E402
+from . import data, metrics, models  # noqa: E402
+from .summary import summary  # noqa: E402
 
 float32 = _np.dtype(_np.float32)
 float64 = _np.dtype(_np.float64)

@@ -37,6 +37,17 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _torch_one_thread():
+    """PyTorch as the reference runs on one thread: on a 2-core machine its second thread
+    fights numba's and OpenBLAS's and made small reference ops 25-250x slower."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     minidl.manual_seed(0)

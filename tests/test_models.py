@@ -392,16 +392,6 @@ def _torch_seed():
     torch.manual_seed(0)  # the PyTorch twins' initial weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_one_thread():
-    """PyTorch's CPU convolutions run 20-50x slower with 2 intra-op threads than with one
-    on the 2-core test machine (measured: a float64 depthwise conv 0.13 s vs 0.002 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _build(fn, *args, **kwargs):
     """A minidl model whose weights will be overwritten: skip drawing them."""
     with models.uninitialized():

@@ -6,7 +6,7 @@ builder                network                                     params (defau
 ``lenet5()``           the lecture's LeNet-5 (tanh, 32x32x1)       61,706
 ``alexnet()``          the lecture's AlexNet with batch norm       58,325,066
 ``vgg11 .. vgg19_bn``  VGG, torchvision's layout                   132.9 M .. 143.7 M
-``googlenet()``        GoogLeNet + 2 auxiliary heads               6.8 M + 6.4 M aux
+``googlenet()``        GoogLeNet + 2 auxiliary heads               7.0 M + 6.4 M aux
 ``mobilenet_v1()``     13 depthwise separable blocks               4,231,976
 ``mobilenet_v2()``     torchvision's MobileNetV2                   3,504,872
 ``resnet18 .. 152``    torchvision's ResNets (+ paper layout)      11.7 M .. 60.2 M
