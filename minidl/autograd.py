@@ -449,12 +449,23 @@ def _accumulate(buf, i, g):
     buf[i] = g if buf[i] is None else buf[i] + g
 
 
-def _accumulate_leaf(t, g):
+def _accumulate_leaf(t, g, handed_out):
+    """Add ``g`` into leaf ``t``'s ``.grad`` (out of place).
+
+    The first gradient is stored without a copy when this backward pass owns it alone.
+    It is copied when it is a view (of another gradient, or a broadcast) or when the same
+    array was already handed out (``x + y`` gives both inputs one array): a user scaling
+    one ``.grad`` in place must never change another.
+    """
     if g.dtype != t.dtype:
         g = g.astype(t.dtype)
-    # A fresh array for the first gradient: backward may hand the same array to several
-    # inputs (x + x), and a user scaling one .grad in place must not change another.
-    t.grad = Tensor(g.copy()) if t.grad is None else Tensor(t.grad.data + g)
+    if t.grad is not None:
+        t.grad = Tensor(t.grad.data + g)
+        return
+    if g.base is not None or id(g) in handed_out:
+        g = g.copy()
+    handed_out.add(id(g))
+    t.grad = Tensor(g)
 
 
 def _topological_order(root):
@@ -496,8 +507,9 @@ def run_backward(root, gradient=None, retain_graph=False):
                                f"expected the tensor's shape {root.shape}")
         g = g.astype(root.dtype, copy=False)
 
+    handed_out = {id(gradient.data if isinstance(gradient, Tensor) else gradient)}
     if root.grad_fn is None:  # backward on a leaf: its gradient is the seed itself
-        _accumulate_leaf(root, g)
+        _accumulate_leaf(root, g, handed_out)
         return
 
     grads = {root.grad_fn: [None] * len(root.grad_fn._out_meta)}
@@ -531,7 +543,7 @@ def run_backward(root, gradient=None, retain_graph=False):
                 if tuple(gi.shape) != target.shape:
                     raise RuntimeError(f"{node.name}.backward: gradient of shape "
                                        f"{tuple(gi.shape)} for an input of shape {target.shape}")
-                _accumulate_leaf(target, gi)
+                _accumulate_leaf(target, gi, handed_out)
             else:
                 buf = grads.get(target)
                 if buf is None:

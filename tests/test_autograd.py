@@ -222,3 +222,20 @@ def test_mixing_devices_names_the_op_and_both_devices():
     b = PretendGpuTensor(np.array([3.0, 4.0], np.float32))
     with pytest.raises(RuntimeError, match="Mul: expected all tensors on the same device, got cpu and cuda:0"):
         a * b
+
+
+def test_leaf_grad_never_aliases_a_view_or_the_seed():
+    x = minidl.tensor([[1.0, 2.0]], requires_grad=True)
+    w = minidl.tensor([[3.0, 4.0]], requires_grad=True)
+    (x.reshape(2) + w.reshape(2)).sum().backward()   # both grads come from one array
+    x.grad.data *= 10
+    np.testing.assert_array_equal(w.grad.numpy(), [[1.0, 1.0]])
+    seed = minidl.tensor([[1.0, 1.0]])
+    leaf = minidl.tensor([[0.0, 0.0]], requires_grad=True)
+    leaf.backward(seed)
+    leaf.grad.data += 1
+    np.testing.assert_array_equal(seed.numpy(), [[1.0, 1.0]])
+    b = minidl.tensor([1.0, 2.0], requires_grad=True)
+    b.expand(3, 2).sum().backward()                  # a broadcast (read-only view) gradient
+    b.grad.data += 1
+    np.testing.assert_array_equal(b.grad.numpy(), [4.0, 4.0])
