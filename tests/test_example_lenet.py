@@ -1,0 +1,297 @@
+"""examples/lenet_mnist.py end to end, on small synthetic data in temporary folders.
+
+Most runs call the example's ``main(argv)`` in this process (fast); the checks of exit
+statuses and messages run it as a subprocess, as a user would. Needs the ``examples``
+extra (tqdm, matplotlib, scikit-learn).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minidl
+from minidl import models
+from minidl.data import write_idx
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SCRIPT = EXAMPLES / "lenet_mnist.py"
+sys.path.insert(0, str(EXAMPLES))
+import _common  # noqa: E402
+import lenet_mnist  # noqa: E402
+
+# 300 synthetic training images in batches of 50: 6 steps an epoch
+SMALL = ["--synthetic", "--limit", "300", "--batch-size", "50", "--no-progress"]
+TIMES = ("seconds", "train_seconds")
+
+
+def run(out, *extra, epochs=2):
+    return lenet_mnist.main([*SMALL, "--epochs", str(epochs), "--out", str(out), *extra])
+
+
+def numbers(metrics):
+    """The metrics without the wall-clock times (which differ run to run)."""
+    epochs = [{k: v for k, v in e.items() if k not in TIMES} for e in metrics["epochs"]]
+    return epochs, metrics["best"], metrics["final"]
+
+
+def run_script(*argv, env=None, cwd=None):
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=120)
+
+
+def assert_clean_failure(proc, *words):
+    """Exit status 1, an ``error:`` line naming the problem, no traceback."""
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("lenet_mnist.py: error: ")]
+    assert len(errors) == 1, proc.stderr
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+
+
+def is_png(path):
+    data = Path(path).read_bytes()
+    return len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """The seed recipe, 2 epochs, every output (t-SNE of 60 test images)."""
+    out = tmp_path_factory.mktemp("base")
+    metrics = run(out, "--tsne-samples", "60")
+    return out, metrics
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_outputs_present_and_sane(base):
+    out, metrics = base
+    for name in _common.OUTPUT_FILES:
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".*")), "temporary files left behind"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert numbers(on_disk) == numbers(json.loads(json.dumps(metrics)))
+    assert on_disk["recipe"] == "seed" and on_disk["model"] == "lenet5"
+    assert on_disk["sizes"] == {"train": 300, "val": 0, "test": 1000}
+    assert [e["epoch"] for e in on_disk["epochs"]] == [1, 2]
+    for e in on_disk["epochs"]:
+        assert 0 < e["train_loss"] < 10 and np.isfinite(e["eval_loss"])
+        for key in ("train_top1", "eval_top1", "eval_top5"):
+            assert 0 <= e[key] <= 100
+        assert e["eval_top5"] >= e["eval_top1"]
+        assert e["seconds"] >= e["train_seconds"] > 0
+        assert e["lr"] == 0.01 and e["val_loss"] is None
+    assert on_disk["best"] == {"epoch": 2, "criterion": "train_loss",
+                               "value": on_disk["epochs"][1]["train_loss"]}
+    final = on_disk["final"]
+    assert final["epoch"] == 2 and final["test_top1"] == on_disk["epochs"][1]["eval_top1"]
+    cm = np.array(final["confusion"])
+    assert cm.shape == (10, 10) and cm.sum() == 1000
+    assert 100 * np.trace(cm) / 1000 == pytest.approx(final["test_top1"])
+
+
+def test_pngs_are_images(base):
+    import matplotlib.image as mpimg
+    out, _ = base
+    for name in ("curves.png", "confusion.png", "tsne.png"):
+        assert is_png(out / name), name
+        img = mpimg.imread(out / name)
+        assert img.ndim == 3 and min(img.shape[:2]) > 200 and img.std() > 0.01, name
+
+
+def test_checkpoints_load_into_the_model(base):
+    out, metrics = base
+    for name in ("best.npz", "final.npz"):
+        ckpt = minidl.load(out / name)
+        assert ckpt["format"] == _common.CHECKPOINT_FORMAT
+        assert (ckpt["model"], ckpt["recipe"], ckpt["epoch"]) == ("lenet5", "seed", 2)
+        assert len(ckpt["history"]) == 2 and ckpt["best"]["epoch"] == 2
+        net = models.lenet5()
+        net.load_state_dict(ckpt["model_state"])   # strict: every key and shape fits
+    # the weights reproduce the reported test accuracy
+    net.eval()
+    args = _common.fill_defaults(lenet_mnist.build_parser().parse_args(SMALL),
+                                 lenet_mnist.DEFAULTS["seed"])
+    test = _common.load_data(args, lenet_mnist.seed_recipe(args)).test
+    loader = minidl.data.DataLoader(test, batch_size=100)
+    ev = _common.evaluate(net, loader, "cpu")
+    assert ev.top1 == pytest.approx(metrics["epochs"][1]["eval_top1"])
+
+
+def test_lecture_lines_and_times(tmp_path, capsys):
+    run(tmp_path, "--no-tsne", epochs=1)
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"Train epoch 1: loss: \d\.\d{4} ; top-1 accuracy: \d+\.\d\d%",
+                        lines[1]), lines
+    assert re.fullmatch(r"Eval epoch 1: top-1 accuracy: \d+\.\d\d%", lines[2]), lines
+    assert re.fullmatch(r"Time epoch 1: \d+\.\d s \(train \d+\.\d s, eval \d+\.\d s\)",
+                        lines[3]), lines
+
+
+def test_progress_bar_on_stderr(capsys):
+    minidl.manual_seed(0)
+    x = np.random.default_rng(0).random((40, 1, 32, 32)).astype(np.float32)
+    y = np.arange(40) % 10
+    loader = minidl.data.DataLoader(minidl.data.TensorDataset(x, y), batch_size=10)
+    args = lenet_mnist.build_parser().parse_args([])
+    _common.fill_defaults(args, lenet_mnist.DEFAULTS["seed"])
+    recipe = lenet_mnist.seed_recipe(args)
+    net = recipe.build_model()
+    loss, top1 = _common.train_epoch(net, loader, recipe.make_optimizer(net), recipe, "cpu",
+                                     progress=True, desc="bar-test")
+    captured = capsys.readouterr()
+    assert "bar-test" in captured.err and "/4 " in captured.err and captured.out == ""
+    assert np.isfinite(loss) and 0 <= top1 <= 100
+
+
+# ----------------------------------------------------------------------------- determinism, resume
+
+
+def test_same_seed_same_numbers(base, tmp_path):
+    _, metrics = base
+    again = run(tmp_path, "--no-tsne")
+    assert numbers(again) == numbers(metrics)
+    other = run(tmp_path / "other", "--no-tsne", "--seed", "1", epochs=1)
+    assert other["epochs"][0]["train_loss"] != metrics["epochs"][0]["train_loss"]
+
+
+def test_resume_continues_where_it_stopped(base, tmp_path):
+    _, metrics = base
+    run(tmp_path / "first", "--no-tsne", epochs=1)
+    resumed = run(tmp_path / "second", "--no-tsne", "--resume",
+                  str(tmp_path / "first" / "final.npz"), epochs=2)
+    # epoch 1 comes from the checkpoint, epoch 2 is trained again: as in the 2-epoch run
+    assert numbers(resumed) == numbers(metrics)
+    assert minidl.load(tmp_path / "second" / "final.npz")["epoch"] == 2
+
+
+def test_modern_recipe_and_its_resume(tmp_path):
+    first = run(tmp_path / "a", "--recipe", "modern", "--no-tsne", epochs=2)
+    assert first["model"] == "lenet5-bn-relu"
+    lrs = [e["lr"] for e in first["epochs"]]
+    assert lrs[0] < 0.1 and lrs[1] > lrs[0]          # warm-up over the first epoch
+    ckpt = minidl.load(tmp_path / "a" / "final.npz")
+    net = lenet_mnist.LeNet5BN()
+    net.load_state_dict(ckpt["model_state"])
+    assert "bn1.running_mean" in ckpt["model_state"]
+    more = run(tmp_path / "b", "--recipe", "modern", "--no-tsne", "--resume",
+               str(tmp_path / "a" / "final.npz"), epochs=3)
+    assert [e["epoch"] for e in more["epochs"]] == [1, 2, 3]
+    assert more["epochs"][:2] == first["epochs"]
+
+
+def test_early_stopping_keeps_best_on_validation(tmp_path):
+    # a learning rate this high improves, then diverges: the best epoch is early
+    metrics = lenet_mnist.main(["--synthetic", "--limit", "400", "--batch-size", "20",
+                                "--lr", "0.5", "--epochs", "6", "--early-stopping", "2",
+                                "--no-tsne", "--no-progress", "--out", str(tmp_path)])
+    hist = metrics["epochs"]
+    val_losses = [e["val_loss"] for e in hist]
+    best = metrics["best"]
+    assert metrics["sizes"] == {"train": 360, "val": 40, "test": 1000}
+    assert best["criterion"] == "val_loss"
+    assert best["epoch"] == 1 + int(np.argmin(val_losses))
+    assert metrics["stopped_early"] and len(hist) == best["epoch"] + 2 < 6
+    # the kept weights are the best epoch's (not the last), and the report is theirs
+    ckpt = minidl.load(tmp_path / "best.npz")
+    assert ckpt["epoch"] == best["epoch"]
+    assert minidl.load(tmp_path / "final.npz")["epoch"] == len(hist)
+    assert metrics["final"]["epoch"] == best["epoch"]
+    assert metrics["final"]["test_top1"] == hist[best["epoch"] - 1]["eval_top1"]
+
+
+def test_local_idx_files(tmp_path):
+    """--data-dir with IDX files (not --synthetic): the real loading path."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for prefix, n, seed in (("train", 200, 1), ("t10k", 100, 2)):
+        imgs, labels = _common.synthetic_digits(n, seed)
+        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", imgs)
+        write_idx(data / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
+    metrics = lenet_mnist.main(["--data-dir", str(data), "--epochs", "1", "--no-tsne",
+                                "--no-progress", "--no-download", "--out", str(tmp_path / "o")])
+    assert metrics["sizes"] == {"train": 200, "val": 0, "test": 100}
+    assert str(data) in metrics["data"]
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_help():
+    proc = run_script("--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    for option in ("--recipe", "--epochs", "--batch-size", "--lr", "--seed", "--device",
+                   "--data-dir", "--out", "--early-stopping", "--resume", "--limit",
+                   "--synthetic", "--tsne-samples", "--no-tsne", "--no-progress"):
+        assert option in proc.stdout
+
+
+def test_missing_data_and_no_download(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # pip cannot reach any index: the download fails, and says so
+    proc = run_script("--data-dir", str(empty), "--out", str(tmp_path / "o"),
+                      env={"MINIDL_DATA": str(empty), "PIP_NO_INDEX": "1",
+                           "PIP_FIND_LINKS": ""})
+    assert_clean_failure(proc, "MNIST", "could not find", "Downloading it failed")
+    assert "lenet_mnist.py: error: MNIST: could not find the training set" in proc.stderr
+
+
+def test_no_download(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINIDL_DATA", str(tmp_path / "cache"))
+    status = _common.cli(lenet_mnist.main, ["--data-dir", str(tmp_path), "--no-download",
+                                            "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert err.startswith("example: error: MNIST: could not find the training set")
+    assert "did not try to download" in err
+
+
+def test_corrupted_data_file(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    imgs, labels = _common.synthetic_digits(50, 0)
+    for prefix in ("train", "t10k"):
+        write_idx(data / f"{prefix}-images-idx3-ubyte", imgs)
+        write_idx(data / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
+    path = data / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])        # truncated
+    status = _common.cli(lenet_mnist.main, ["--data-dir", str(data), "--no-download",
+                                            "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert err.startswith("example: error: ") and "train-images-idx3-ubyte" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unwritable_out(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = run_script("--synthetic", "--out", str(blocker / "runs"))
+    assert_clean_failure(proc, "output folder", str(blocker / "runs"))
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoint_of_another_model(base, tmp_path, capsys):
+    out, _ = base
+    proc = run_script("--recipe", "modern", "--synthetic", "--resume", str(out / "final.npz"),
+                      "--out", str(tmp_path / "o"))
+    assert_clean_failure(proc, "'lenet5'", "'lenet5-bn-relu'", "--recipe")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    # a bare state_dict, and a file that is no checkpoint at all
+    minidl.save(models.lenet5().state_dict(), tmp_path / "bare.npz")
+    for bad, words in ((tmp_path / "bare.npz", "not a training checkpoint"),
+                       (out / "metrics.json", "not a minidl checkpoint"),
+                       (tmp_path / "missing.npz", "no such file")):
+        status = _common.cli(lenet_mnist.main, [*SMALL, "--resume", str(bad),
+                                                "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert status == 1 and words in err and "Traceback" not in err, err
