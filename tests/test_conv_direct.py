@@ -190,3 +190,26 @@ def test_choose_layout():
     with pytest.raises(ValueError, match="layout must be"):
         conv_direct.conv2d_forward(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 2, 2)), None,
                                    ((0, 0), (0, 0)), "nchw")
+
+
+@pytest.mark.parametrize("layout", ["planar", "batch_last"])
+def test_split_over_threads(layout, rng):
+    """set_threads(n) cuts each kernel into n pieces on n threads; the same results (the
+    planar weight gradient adds per-piece partial sums, so only to rounding)."""
+    x, w = rng.standard_normal((5, 3, 9, 8)), rng.standard_normal((6, 3, 3, 2))
+    b = rng.standard_normal(6)
+    pads = ((1, 0), (2, 1))
+    y, saved = conv_direct.conv2d_forward(x, w, b, pads, layout)
+    gy = rng.standard_normal(y.shape)
+    grads = conv_direct.conv2d_backward(saved, w, gy, pads, (9, 8))
+    try:
+        for n in (2, 3, 8):
+            conv_direct.set_threads(n)
+            y2, saved2 = conv_direct.conv2d_forward(x, w, b, pads, layout)
+            np.testing.assert_array_equal(y2, y)
+            for got, ref in zip(conv_direct.conv2d_backward(saved2, w, gy, pads, (9, 8)), grads):
+                np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-13)
+    finally:
+        conv_direct.set_threads(1)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        conv_direct.set_threads(0)

@@ -356,16 +356,17 @@ def planar_grad_weight(x, gy, gw, gb, off, zero):
 # is contiguous, M = OW*N long, and the same for every tap: no wasted columns, long loops.
 
 @numba.njit(**_JIT)
-def batchlast_forward(xT, wm, b, yT, off):
-    """yT (OC, OH, OW, N) = conv(xT (C, H, W, N), wm (OC, K)) + b, one output row at a time:
-    row oh is a run of M = OW*N outputs per channel reading xT at oh*W*N + off[t]."""
+def batchlast_forward(xT, wm, b, yT, off, r0, r1):
+    """yT (OC, OH, OW, N) = conv(xT (C, H, W, N), wm (OC, K)) + b, output rows r0 <= oh < r1,
+    one at a time: row oh is a run of M = OW*N outputs per channel reading xT at
+    oh*W*N + off[t]."""
     C, H, W, N = xT.shape
     OC, K = wm.shape
     OH, OW = yT.shape[1], yT.shape[2]
     M = OW * N
     xf = xT.reshape(-1)
     yf = yT.reshape(-1)
-    for oh in prange(OH):
+    for oh in prange(r0, r1):
         for o in range(OC):
             bo = b[o]
             a = (o * OH + oh) * M
@@ -375,8 +376,9 @@ def batchlast_forward(xT, wm, b, yT, off):
 
 
 @numba.njit(**_JIT)
-def batchlast_grad_input(gyT, wm, gxT, off, KH, KW, PH0, PW0):
-    """gxT (C, H, W, N) from gyT (OC, OH, OW, N): the forward's adjoint, as a gather.
+def batchlast_grad_input(gyT, wm, gxT, off, KH, KW, PH0, PW0, r0, r1):
+    """gxT (C, H, W, N) rows r0 <= i < r1 from gyT (OC, OH, OW, N): the forward's adjoint,
+    as a gather.
 
         gx[c, i, j] = sum_{kw, kh, o} w[o, c, kh, kw] * gy[o, i + PH0 - kh, j + PW0 - kw]
 
@@ -389,7 +391,7 @@ def batchlast_grad_input(gyT, wm, gxT, off, KH, KW, PH0, PW0):
     gf = gyT.reshape(-1)
     xf = gxT.reshape(-1)
     plane = H * W * N
-    for i in prange(H):
+    for i in prange(r0, r1):
         for c in range(C):
             a = (c * H + i) * W * N
             for p in range(W * N):
@@ -409,24 +411,26 @@ def batchlast_grad_input(gyT, wm, gxT, off, KH, KW, PH0, PW0):
 
 
 @numba.njit(**_JIT)
-def batchlast_grad_weight(xT, gyT, gw, gb, off, zero):
-    """gw (OC, K) and gb (OC,) from xT (C, H, W, N) and gyT (OC, OH, OW, N)."""
+def batchlast_grad_weight(xT, gyT, gw, gb, off, zero, b0, b1):
+    """gw (OC, K) from xT (C, H, W, N) and gyT (OC, OH, OW, N): the columns of the tap
+    blocks b0 <= tb < b1 (taps 4*tb .. 4*tb + 3), and gb (OC,) when b0 == 0."""
     C, H, W, N = xT.shape
     OC, K = gw.shape
     OH, OW = gyT.shape[1], gyT.shape[2]
     M = OW * N
     xf = xT.reshape(-1)
     gyf = gyT.reshape(-1)
-    for o in range(OC):
-        s = zero
-        for i in range(o * OH * M, (o + 1) * OH * M):
-            s += gyf[_u(i)]
-        gb[o] = s
-        for t in range(K):
-            gw[o, t] = 0
-    TB = (K + 3) // 4                  # blocks of 4 taps
-    for tb in prange(TB):
+    if b0 == 0:
+        for o in range(OC):
+            s = zero
+            for i in range(o * OH * M, (o + 1) * OH * M):
+                s += gyf[_u(i)]
+            gb[o] = s
+    for tb in prange(b0, b1):
         t = tb * 4
+        for o in range(OC):
+            for j in range(t, min(t + 4, K)):
+                gw[o, j] = 0
         o = 0
         while o < OC:
             for oh in range(OH):

@@ -184,6 +184,47 @@ def _chunks(N):
     return max(1, min(N, numba.get_num_threads()))
 
 
+# Python threads (opt-in, see set_threads): the kernels release the GIL (nogil=True), so
+# pieces of one call (images, output rows, tap blocks) can run on several Python threads.
+# Idle workers sleep on a lock instead of spinning like OpenMP's and OpenBLAS's threads.
+THREADS = 1
+_pool = None
+
+
+def set_threads(n):
+    """Run each direct-convolution kernel as ``n`` pieces on ``n`` threads (1: inline)."""
+    global THREADS, _pool
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"conv_direct.set_threads: n must be >= 1, got {n}")
+    if _pool is not None and n != THREADS:
+        _pool.shutdown()
+        _pool = None
+    THREADS = n
+
+
+def _ranges(n):
+    """[0, n) as up to THREADS nearly equal, non-empty (start, stop) ranges."""
+    k = max(1, min(THREADS, n))
+    return [(i * n // k, (i + 1) * n // k) for i in range(k)]
+
+
+def _run(fn, calls):
+    """fn(*args) for every args in ``calls``: the first on this thread, the others on the
+    worker threads; returns when all are done."""
+    global _pool
+    if len(calls) == 1:
+        fn(*calls[0])
+        return
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+        _pool = ThreadPoolExecutor(max_workers=THREADS - 1, thread_name_prefix="conv_direct")
+    futures = [_pool.submit(fn, *args) for args in calls[1:]]
+    fn(*calls[0])
+    for f in futures:
+        f.result()
+
+
 def _pad_planar(x, pads):
     (PH0, PH1), (PW0, PW1) = pads
     if PH0 or PH1 or PW0 or PW1:
@@ -212,11 +253,14 @@ def _forward(src, wm, b, KH, KW, out_hw, layout):
     if layout == "planar":
         N, C, Hs, Ws = src.shape
         y = np.empty((N, OC, OH, OW), dtype=src.dtype)
-        nb.planar_forward(src, wm, b, y, _offsets(C, Hs, Ws, KH, KW, 1), _chunks(N))
+        off = _offsets(C, Hs, Ws, KH, KW, 1)
+        _run(nb.planar_forward, [(src[a:e], wm, b, y[a:e], off, _chunks(e - a))
+                                 for a, e in _ranges(N)])
     else:
         C, Hs, Ws, N = src.shape
         y = np.empty((OC, OH, OW, N), dtype=src.dtype)
-        nb.batchlast_forward(src, wm, b, y, _offsets(C, Hs, Ws, KH, KW, N))
+        off = _offsets(C, Hs, Ws, KH, KW, N)
+        _run(nb.batchlast_forward, [(src, wm, b, y, off, a, e) for a, e in _ranges(OH)])
     return y
 
 
@@ -239,8 +283,9 @@ def _batchlast_grad_input(gyT, w, pads, in_hw):
     (PH0, _), (PW0, _) = pads
     wm = np.ascontiguousarray(w.transpose(1, 3, 2, 0)).reshape(C, KW * KH * OC)
     gxT = np.empty((C, H, W, N), dtype=gyT.dtype)
-    _kernels().batchlast_grad_input(gyT, wm, gxT, _grad_input_offsets(OC, OH, OW, KH, KW, N),
-                                    KH, KW, PH0, PW0)
+    off = _grad_input_offsets(OC, OH, OW, KH, KW, N)
+    _run(_kernels().batchlast_grad_input, [(gyT, wm, gxT, off, KH, KW, PH0, PW0, a, e)
+                                           for a, e in _ranges(H)])
     return np.ascontiguousarray(gxT.transpose(3, 0, 1, 2))
 
 
@@ -288,19 +333,23 @@ def conv2d_backward(saved, w, gy, pads, in_hw, need_x=True, need_w=True, need_b=
     gyT = None
     if need_w:
         K = C * KH * KW
-        if layout == "planar":
-            chunks = _chunks(N)
-            gwp = np.empty((chunks, OC, K), dtype=gy.dtype)
-            gbp = np.empty((chunks, OC), dtype=gy.dtype)
-            nb.planar_grad_weight(src, gy, gwp, gbp, _offsets(C, *src.shape[2:], KH, KW, 1),
-                                  zero)
-            gwm, gb = (gwp[0], gbp[0]) if chunks == 1 else (gwp.sum(0), gbp.sum(0))
+        if layout == "planar":            # partial sums per image chunk, added here
+            ranges = _ranges(N)
+            c = _chunks(N) if len(ranges) == 1 else 1
+            gwp = np.empty((len(ranges) * c, OC, K), dtype=gy.dtype)
+            gbp = np.empty((len(ranges) * c, OC), dtype=gy.dtype)
+            off = _offsets(C, *src.shape[2:], KH, KW, 1)
+            _run(nb.planar_grad_weight, [(src[a:e], gy[a:e], gwp[i * c:(i + 1) * c],
+                                          gbp[i * c:(i + 1) * c], off, zero)
+                                         for i, (a, e) in enumerate(ranges)])
+            gwm, gb = (gwp[0], gbp[0]) if len(gwp) == 1 else (gwp.sum(0), gbp.sum(0))
         else:
             gyT = np.ascontiguousarray(gy.transpose(1, 2, 3, 0))
             gwm = np.empty((OC, K), dtype=gy.dtype)
             gb = np.empty(OC, dtype=gy.dtype)
-            nb.batchlast_grad_weight(src, gyT, gwm, gb,
-                                     _offsets(C, *src.shape[1:3], KH, KW, N), zero)
+            off = _offsets(C, *src.shape[1:3], KH, KW, N)
+            _run(nb.batchlast_grad_weight, [(src, gyT, gwm, gb, off, zero, a, e)
+                                            for a, e in _ranges((K + 3) // 4)])
         gw = gwm.reshape(OC, C, KH, KW)
     elif need_b:
         gb = gy.sum(axis=(0, 2, 3))
