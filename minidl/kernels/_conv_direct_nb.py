@@ -35,7 +35,9 @@ Speed notes (2-core AMD EPYC Zen 4, one thread, float32, LeNet's shapes):
   (batch-last) are ``prange`` loops compiled with ``parallel=NUMBA_PARALLEL`` (see
   ``minidl/kernels/__init__.py``): serial, and cached on disk, by default. Each
   iteration writes its own outputs (the planar weight gradient: one partial sum per
-  chunk, added by the caller), so the results do not depend on the schedule.
+  chunk, added by the caller), so the results do not depend on the schedule. The row
+  and tap-block ranges (r0, r1, b0, b1) also let ``conv_direct.set_threads`` run pieces
+  of one call on several Python threads (``nogil=True``).
 """
 from __future__ import annotations
 

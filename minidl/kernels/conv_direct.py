@@ -35,8 +35,8 @@ Two layouts make those runs contiguous (``choose_layout`` picks one per shape):
 * ``'batch_last'``: x transposed to (C, Hp, Wp, N), the batch innermost. A run is one
   output row for every image at once, OW*N long, with no garbage; the price is the
   transposes of x, y, gy and gx to and from NCHW (0.05-0.1 ms each at LeNet's conv2).
-  LeNet's conv2 forward + backward: 2.4 ms batch-last, 4.2 planar; conv1: 1.4 batch-last
-  (its 28x28 output planes are slow to transpose), 0.9 planar.
+  LeNet's conv2 forward + backward: 2.1 ms batch-last, 4.4 planar; conv1 (no input
+  gradient): 1.5 batch-last (its 28x28 output planes are slow to transpose), 0.8 planar.
 
 Input gradient. ``gx[n, c, i, j] = sum_{o, kh, kw} w[o, c, kh, kw] gy[n, o, i + PH0 - kh,
 j + PW0 - kw]`` (the forward's adjoint, written as a gather so that no two threads ever
@@ -51,6 +51,16 @@ add into the same gx element):
 
 The bias gradient comes out of the weight-gradient kernel (the sum of gy).
 
+Threads. The kernels follow minidl's numba policy (``minidl/kernels/__init__.py``): serial
+unless MINIDL_NUMBA_PARALLEL=1. ``set_threads(n)`` (opt-in, default 1) instead cuts each
+kernel call into n pieces (image ranges, output rows, tap blocks) run on n Python threads;
+the kernels release the GIL, and idle workers sleep rather than spin, so another process
+taking a core costs only that core's share. Measured on the idle 2-core Zen 4, LeNet's
+layers forward + backward: conv1 0.81 -> 0.56 ms, conv2 2.06 -> 1.32 ms (numba's parallel
+build: 0.83 -> 0.56 and 1.97 -> 1.22, but 16 and 24 ms as soon as another process wanted
+a core); the whole training step 4.97 -> 4.11 ms. With the machine busy, 0.86 -> 0.95 and
+2.33 -> 2.38 ms: no gain, no collapse.
+
 Speed notes are in ``_conv_direct_nb.py`` (the numba kernels, imported on first use).
 """
 from __future__ import annotations
@@ -63,7 +73,8 @@ import numpy as np
 from . import NUMBA_PARALLEL
 
 __all__ = ["use_direct", "applicable", "force_impl", "choose_layout", "conv2d_forward",
-           "conv2d_backward", "numba_available", "DIRECT_MAX_K", "DIRECT_MAX_OC"]
+           "conv2d_backward", "set_threads", "numba_available", "DIRECT_MAX_K",
+           "DIRECT_MAX_OC"]
 
 # The direct kernels beat im2col + GEMM below these sizes (measured on the CPU: see
 # ``applicable``). Above them the products are wide enough for BLAS.
@@ -184,9 +195,9 @@ def _chunks(N):
     return max(1, min(N, numba.get_num_threads()))
 
 
-# Python threads (opt-in, see set_threads): the kernels release the GIL (nogil=True), so
-# pieces of one call (images, output rows, tap blocks) can run on several Python threads.
-# Idle workers sleep on a lock instead of spinning like OpenMP's and OpenBLAS's threads.
+# Python threads (opt-in, see set_threads and the module doc): the kernels release the
+# GIL (nogil=True), so pieces of one call can run on several Python threads. Idle workers
+# sleep on a lock instead of spinning like OpenMP's and OpenBLAS's threads.
 THREADS = 1
 _pool = None
 
@@ -275,7 +286,7 @@ def _grad_input_offsets(OC, OH, OW, KH, KW, N):
 
 def _batchlast_grad_input(gyT, w, pads, in_hw):
     """gx (N, C, H, W) from gyT (OC, OH, OW, N) (``batchlast_grad_input``: no padded gy,
-    no product with a padding zero; 1.9x faster at LeNet's conv2 than the forward
+    no product with a padding zero; 1.8x faster at LeNet's conv2 than the forward
     kernel on a zero-padded gy)."""
     OC, C, KH, KW = w.shape
     _, OH, OW, N = gyT.shape
