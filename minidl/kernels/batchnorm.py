@@ -71,11 +71,11 @@ unless ``force_impl`` says otherwise), ``'auto'``, ``'numpy'`` or ``'numba'``.
 """
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 
 from . import NUMBA_PARALLEL
+from ._dispatch import FAST_DTYPES, ImplSwitch, numba_available  # noqa: F401 - numba_available is public
 
 __all__ = [
     "batch_stats", "normalize", "grad_sums", "input_grad",
@@ -333,22 +333,6 @@ def _run(name, n_elements, *args):
     return _kernel(name, parallel)(*args)
 
 
-_numba_ok = None      # whether numba imports, once asked
-
-
-def numba_available():
-    """True when the numba kernels can be used (numba imports)."""
-    global _numba_ok
-    if _numba_ok is None:
-        try:
-            import numba  # noqa: F401, PLC0415
-            _numba_ok = True
-        except Exception:
-            _numba_ok = False
-    return _numba_ok
-
-
-_FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _layout(a):
@@ -370,7 +354,7 @@ def _vec(v, dtype, C, fill=None):
 
 
 def _check_fast(x, name):
-    if not isinstance(x, np.ndarray) or x.dtype not in _FAST_DTYPES:
+    if not isinstance(x, np.ndarray) or x.dtype not in FAST_DTYPES:
         raise TypeError(f"{name}: expected a NumPy float32 or float64 array, got "
                         f"{type(x).__name__} {getattr(x, 'dtype', '')}")
 
@@ -443,34 +427,9 @@ def input_grad_numba(gy, x, mean, inv_std, weight, gbias, gweight, training):
 
 # ----------------------------------------------------------------------------- dispatch
 
-_default_impl = "auto"
-
-
-@contextlib.contextmanager
-def force_impl(impl):
-    """``with force_impl('numpy'):`` makes every batch-norm kernel call in the block that
-    does not name an ``impl`` use that one ('auto', 'numpy' or 'numba'); for tests and
-    for comparing the reference with the fast path through the whole op."""
-    global _default_impl
-    if impl not in ("auto", "numpy", "numba"):
-        raise ValueError(f"force_impl: impl must be 'auto', 'numpy' or 'numba', got {impl!r}")
-    previous, _default_impl = _default_impl, impl
-    try:
-        yield
-    finally:
-        _default_impl = previous
-
-
-def _use_numba(a, impl, name):
-    if impl is None:
-        impl = _default_impl
-    if impl == "numpy":
-        return False
-    if impl == "numba":
-        return True
-    if impl != "auto":
-        raise ValueError(f"{name}: impl must be 'auto', 'numpy' or 'numba', got {impl!r}")
-    return isinstance(a, np.ndarray) and a.dtype in _FAST_DTYPES and numba_available()
+_switch = ImplSwitch("batch norm")
+force_impl = _switch.force        # ``with force_impl('numpy'):`` runs the reference
+_use_numba = _switch.use_numba
 
 
 def batch_stats(x, impl=None):

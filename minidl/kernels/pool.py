@@ -54,13 +54,13 @@ row-averaging matrix times the plane times a column-averaging matrix.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import numpy as np
 
 from ..backend import get_array_module
 from . import NUMBA_PARALLEL
+from ._dispatch import FAST_DTYPES, ImplSwitch, numba_available  # noqa: F401 - numba_available is public
 
 __all__ = [
     "Window2d", "pool_output_size", "make_window",
@@ -607,22 +607,6 @@ def _run(name, n_elements, *args):
         numba.set_num_threads(threads)
 
 
-_numba_ok = None      # whether numba imports, once asked
-
-
-def numba_available():
-    """True when the numba kernels can be used (numba imports)."""
-    global _numba_ok
-    if _numba_ok is None:
-        try:
-            import numba  # noqa: F401, PLC0415
-            _numba_ok = True
-        except Exception:
-            _numba_ok = False
-    return _numba_ok
-
-
-_FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _planes(a):
@@ -632,7 +616,7 @@ def _planes(a):
 
 def max_pool2d_forward_numba(x, win):
     """Same as ``max_pool2d_forward_reference``, compiled (NumPy float32/float64, K <= 256)."""
-    if x.dtype not in _FAST_DTYPES or win.K > 256:
+    if x.dtype not in FAST_DTYPES or win.K > 256:
         raise TypeError(f"max_pool2d_forward_numba: expected float32/float64 and at most "
                         f"256 taps, got {x.dtype} and {win.K} taps")
     lead = x.shape[:-2]
@@ -690,34 +674,9 @@ def avg_pool2d_backward_numba(gy, win, divisor):
 
 # ----------------------------------------------------------------------------- dispatch
 
-_default_impl = "auto"
-
-
-@contextlib.contextmanager
-def force_impl(impl):
-    """``with force_impl('numpy'):`` makes every pooling call in the block that does not
-    name an ``impl`` use that one ('auto', 'numpy' or 'numba'); for tests and for
-    comparing the reference with the fast path through the whole op."""
-    global _default_impl
-    if impl not in ("auto", "numpy", "numba"):
-        raise ValueError(f"force_impl: impl must be 'auto', 'numpy' or 'numba', got {impl!r}")
-    previous, _default_impl = _default_impl, impl
-    try:
-        yield
-    finally:
-        _default_impl = previous
-
-
-def _use_numba(a, impl, name):
-    if impl is None:
-        impl = _default_impl
-    if impl == "numpy":
-        return False
-    if impl == "numba":
-        return True
-    if impl != "auto":
-        raise ValueError(f"{name}: impl must be 'auto', 'numpy' or 'numba', got {impl!r}")
-    return isinstance(a, np.ndarray) and a.dtype in _FAST_DTYPES and numba_available()
+_switch = ImplSwitch("pooling")
+force_impl = _switch.force        # ``with force_impl('numpy'):`` runs the reference
+_use_numba = _switch.use_numba
 
 
 def max_pool2d_forward(x, win, impl=None):

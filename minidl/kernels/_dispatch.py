@@ -1,0 +1,59 @@
+"""Choosing between a kernel family's NumPy reference and its numba fast path.
+
+Each family (pooling, batch norm, ...) keeps one ``ImplSwitch``: ``auto`` takes the numba
+kernels for float32/float64 NumPy arrays when numba imports (CuPy arrays and other dtypes
+take the reference), ``numpy`` forces the reference and ``numba`` the fast path. A call
+may name its ``impl``; ``force_impl(...)`` changes the family's default for a block (tests
+use it to run whole ops through either path).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+IMPLS = ("auto", "numpy", "numba")
+
+_numba_ok = None  # whether numba imports, once asked
+
+
+def numba_available():
+    """True when the numba kernels can be used (numba imports)."""
+    global _numba_ok
+    if _numba_ok is None:
+        try:
+            import numba  # noqa: F401, PLC0415 - deliberately lazy
+            _numba_ok = True
+        except Exception:  # ImportError, or a broken LLVM install
+            _numba_ok = False
+    return _numba_ok
+
+
+class ImplSwitch:
+    """The default implementation of one kernel family, and the per-call decision."""
+
+    def __init__(self, family):
+        self.family = family
+        self.default = "auto"
+
+    @contextlib.contextmanager
+    def force(self, impl):
+        """``with force_impl('numpy'):``: every call in the block that names no ``impl``
+        uses that one ('auto', 'numpy' or 'numba')."""
+        if impl not in IMPLS:
+            raise ValueError(f"force_impl: impl must be 'auto', 'numpy' or 'numba', got {impl!r}")
+        previous, self.default = self.default, impl
+        try:
+            yield
+        finally:
+            self.default = previous
+
+    def use_numba(self, a, impl, name):
+        """Whether the call ``name`` on array ``a`` takes the numba fast path."""
+        impl = self.default if impl is None else impl
+        if impl not in IMPLS:
+            raise ValueError(f"{name}: impl must be 'auto', 'numpy' or 'numba', got {impl!r}")
+        if impl != "auto":
+            return impl == "numba"
+        return isinstance(a, np.ndarray) and a.dtype in FAST_DTYPES and numba_available()
