@@ -73,6 +73,9 @@ class Recipe:
     training accuracy is computed from (GoogLeNet's training output holds auxiliary heads).
     feature_layer: the module whose *input* is the penultimate-layer feature vector shown
     by the t-SNE plot (the last classifier layer).
+    epoch_metrics() -> {name: float}, or None: called after each training epoch (e.g. the
+    means of GoogLeNet's three losses, gathered by ``loss``); its items join the epoch's
+    record in metrics.json and are printed on a "Train epoch" line of their own.
     """
 
     name: str
@@ -85,6 +88,7 @@ class Recipe:
     loss: Callable = F.cross_entropy
     logits: Callable = lambda output: output  # noqa: E731 - a plain model returns its scores
     feature_layer: str = "fc3"
+    epoch_metrics: Optional[Callable[[], dict]] = None
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -613,8 +617,11 @@ def run(args, recipe, title="", dataset_cls=MNIST):
                   "val_loss": val.loss if val else None, "val_top1": val.top1 if val else None,
                   "eval_loss": test.loss, "eval_top1": test.top1, "eval_top5": test.top5,
                   "train_seconds": round(t_train, 3), "seconds": round(seconds, 3)}
+        extra = dict(recipe.epoch_metrics()) if recipe.epoch_metrics is not None else {}
+        record.update(extra)
         history.append(record)
-        print_epoch(record, lr_after=optimizer.param_groups[0]["lr"] if scheduler else None)
+        print_epoch(record, lr_after=optimizer.param_groups[0]["lr"] if scheduler else None,
+                    extra=extra)
 
         improved = best is None or record[criterion] < best["value"]
         if improved:
@@ -638,12 +645,15 @@ def run(args, recipe, title="", dataset_cls=MNIST):
     return metrics
 
 
-def print_epoch(record, lr_after=None):
-    """The lecture's lines for one epoch (plus validation, when there is a split), then
-    the epoch's time (and the learning rate, when a schedule moves it)."""
+def print_epoch(record, lr_after=None, extra=None):
+    """The lecture's lines for one epoch (plus validation, when there is a split, and the
+    recipe's ``epoch_metrics``, when it has some), then the epoch's time (and the learning
+    rate, when a schedule moves it)."""
     e = record["epoch"]
     print(f"Train epoch {e}: loss: {record['train_loss']:.4f} ; "
           f"top-1 accuracy: {record['train_top1']:.2f}%")
+    if extra:
+        print(f"Train epoch {e}: " + " ; ".join(f"{k}: {v:.4f}" for k, v in extra.items()))
     if record["val_loss"] is not None:
         print(f"Val epoch {e}: loss: {record['val_loss']:.4f} ; "
               f"top-1 accuracy: {record['val_top1']:.2f}%")
