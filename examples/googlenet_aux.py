@@ -34,13 +34,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-import minidl
 from minidl import models
-from minidl.data.transforms import Compose, Normalize, Pad, RandomCrop, ToTensor
 from minidl.models.googlenet import GoogLeNetOutputs
 
 import _common
-from lenet_mnist import MNIST_MEAN, MNIST_STD, warmup_cosine
+from resnet_mnist import nesterov_sgd_cosine, padded_mnist_transforms
 
 DEFAULTS = {"googlenet": {"epochs": 3, "batch_size": 64, "lr": 0.05}}
 PARTS = ("loss_out", "loss_aux1", "loss_aux2")
@@ -82,23 +80,9 @@ class AuxLoss:
 
 
 def make_recipe(args):
-    normalize = Normalize((MNIST_MEAN,), (MNIST_STD,))
-    train_transform = Compose([ToTensor(), Pad(2), RandomCrop(32, padding=2), normalize])
-    test_transform = Compose([ToTensor(), Pad(2), normalize])
+    train_transform, test_transform = padded_mnist_transforms()
+    make_optimizer, make_scheduler = nesterov_sgd_cosine(args)
     loss = AuxLoss(args.aux_weight)
-
-    def make_optimizer(model):
-        params = list(model.parameters())
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        return minidl.optim.SGD([{"params": decay, "weight_decay": 5e-4},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=args.lr, momentum=0.9, nesterov=True)
-
-    def make_scheduler(optimizer, steps_per_epoch):
-        total = args.epochs * steps_per_epoch   # warm-up: the first epoch, at most 1/5
-        factor = warmup_cosine(total, max(1, min(steps_per_epoch, total // 5)))
-        return minidl.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     return _common.Recipe(
         name="googlenet-aux", model_name="googlenet-mnist", build_model=build_model,

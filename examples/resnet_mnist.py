@@ -40,11 +40,19 @@ def build_model():
     return models.resnet18(num_classes=10, small_input=True, in_channels=1)
 
 
-def make_recipe(args):
+def padded_mnist_transforms():
+    """(train, test) transforms: MNIST padded to 32x32, normalised; training images also
+    shifted at random by up to 2 pixels. Shared with googlenet_aux.py."""
     normalize = Normalize((MNIST_MEAN,), (MNIST_STD,))
-    train_transform = Compose([ToTensor(), Pad(2), RandomCrop(32, padding=2), normalize])
-    test_transform = Compose([ToTensor(), Pad(2), normalize])
+    train = Compose([ToTensor(), Pad(2), RandomCrop(32, padding=2), normalize])
+    test = Compose([ToTensor(), Pad(2), normalize])
+    return train, test
 
+
+def nesterov_sgd_cosine(args):
+    """(make_optimizer, make_scheduler): Nesterov SGD with weight decay 5e-4 on weights only
+    (none on biases and batch-norm parameters), then a warm-up + cosine learning rate.
+    Shared with googlenet_aux.py."""
     def make_optimizer(model):
         params = list(model.parameters())
         decay = [p for p in params if p.ndim > 1]
@@ -58,6 +66,12 @@ def make_recipe(args):
         factor = warmup_cosine(total, max(1, min(steps_per_epoch, total // 5)))
         return minidl.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
+    return make_optimizer, make_scheduler
+
+
+def make_recipe(args):
+    train_transform, test_transform = padded_mnist_transforms()
+    make_optimizer, make_scheduler = nesterov_sgd_cosine(args)
     return _common.Recipe(
         name="resnet18", model_name="resnet18-small-stem-mnist", build_model=build_model,
         train_transform=train_transform, test_transform=test_transform,
