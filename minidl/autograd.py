@@ -101,6 +101,36 @@ def _as_array(data, dtype=None):
 # ----------------------------------------------------------------------------- Tensor
 
 
+def parse_to_args(args, kwargs):
+    """(Device or None, numpy dtype or None) from ``.to(...)``'s arguments, for Tensor.to and
+    Module.to: ``to('cuda')``, ``to(minidl.float64)``, ``to('cpu', dtype)``, ``to(tensor)``
+    (its device and dtype), ``device=``/``dtype=`` keywords; ``non_blocking`` is ignored."""
+    kwargs = dict(kwargs)
+    device = kwargs.pop("device", None)
+    dtype = kwargs.pop("dtype", None)
+    kwargs.pop("non_blocking", None)
+    if kwargs:
+        raise TypeError(f"to(): unexpected arguments {sorted(kwargs)}")
+    for a in args:
+        if isinstance(a, Tensor):
+            device, dtype = a.device, a.dtype
+        elif isinstance(a, (str, backend.Device)):
+            device = a
+        elif isinstance(a, bool):  # non_blocking, positionally
+            continue
+        else:
+            dtype = a
+    if device is not None:
+        device = backend.Device(device)
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"to(): {dtype!r} is neither a device nor a dtype") from None
+    return device, dtype
+
+
+
 class Tensor:
     """An n-dimensional array that can record the operations applied to it.
 
@@ -292,20 +322,12 @@ class Tensor:
     # --- devices and dtypes ---------------------------------------------------------------
     def to(self, *args, **kwargs):
         """``x.to('cuda')``, ``x.to(minidl.float64)``, ``x.to('cpu', dtype)``: a moved/cast copy."""
-        device = kwargs.pop("device", None)
-        dtype = kwargs.pop("dtype", None)
-        if kwargs:
-            raise TypeError(f"to(): unexpected arguments {sorted(kwargs)}")
-        for a in args:
-            if isinstance(a, (str, backend.Device)):
-                device = a
-            else:
-                dtype = a
+        device, dtype = parse_to_args(args, kwargs)
         out = self
-        if dtype is not None and np.dtype(dtype) != self.dtype:
-            out = out._cast(np.dtype(dtype))
-        if device is not None and backend.Device(device) != self.device:
-            out = out._move(backend.Device(device))
+        if dtype is not None and dtype != self.dtype:
+            out = out._cast(dtype)
+        if device is not None and device != self.device:
+            out = out._move(device)
         return out
 
     def cuda(self, device=None):

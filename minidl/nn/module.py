@@ -18,7 +18,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from .. import backend
-from ..autograd import Tensor, no_grad
+from ..autograd import Tensor, no_grad, parse_to_args
 from .parameter import Parameter
 
 _IncompatibleKeysBase = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -378,30 +378,10 @@ class Module:
         ``to(device=..., dtype=...)``, ``to(tensor)`` (its device and dtype). Only floating
         point parameters/buffers are cast (``num_batches_tracked`` stays int64).
         """
-        device = kwargs.pop("device", None)
-        dtype = kwargs.pop("dtype", None)
-        kwargs.pop("non_blocking", None)
-        if kwargs:
-            raise TypeError(f"to(): unexpected arguments {sorted(kwargs)}")
-        for a in args:
-            if isinstance(a, Tensor):
-                device, dtype = a.device, a.dtype
-            elif isinstance(a, (str, backend.Device)):
-                device = a
-            elif isinstance(a, bool):  # non_blocking, positionally
-                continue
-            else:
-                dtype = a
-        if device is not None:
-            device = backend.Device(device)
-        if dtype is not None:
-            try:
-                dtype = np.dtype(dtype)
-            except TypeError:
-                raise TypeError(f"to(): {dtype!r} is neither a device nor a dtype") from None
-            if dtype.kind not in "fc":
-                raise TypeError(f"Module.to only accepts floating point dtypes, but got desired "
-                                f"dtype={dtype}")
+        device, dtype = parse_to_args(args, kwargs)
+        if dtype is not None and dtype.kind not in "fc":
+            raise TypeError(f"Module.to only accepts floating point dtypes, but got desired "
+                            f"dtype={dtype}")
 
         def convert(a):
             if dtype is not None and a.dtype.kind in "fc" and a.dtype != dtype:
