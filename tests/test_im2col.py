@@ -129,9 +129,10 @@ def test_numba_accepts_non_contiguous_input(rng):
 def test_auto_dispatch(rng):
     mod = minidl.kernels.im2col
     x32 = _x(rng, (1, 1, 4, 4), np.float32)
-    assert mod._use_numba(x32, "auto") == numba_available()
-    assert not mod._use_numba(x32, "numpy")
-    assert not mod._use_numba(x32.astype(np.float16), "auto")  # falls back to the reference
+    choose = mod._switch.choose
+    assert choose(x32, "auto", "im2col") == ("numba" if numba_available() else "numpy")
+    assert choose(x32, "numpy", "im2col") == "numpy"
+    assert choose(x32.astype(np.float16), "auto", "im2col") == "numpy"  # the reference
     col = im2col(x32.astype(np.float16), 2, 2)
     assert col.dtype == np.float16 and col.shape == (1, 2, 2, 1, 3, 3)
     with pytest.raises(ValueError, match="impl must be"):

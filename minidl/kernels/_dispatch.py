@@ -1,10 +1,12 @@
-"""Choosing between a kernel family's NumPy reference and its numba fast path.
+"""Choosing between a kernel family's NumPy reference and its fast paths.
 
-Each family (pooling, batch norm, ...) keeps one ``ImplSwitch``: ``auto`` takes the numba
-kernels for float32/float64 NumPy arrays when numba imports (CuPy arrays and other dtypes
-take the reference), ``numpy`` forces the reference and ``numba`` the fast path. A call
-may name its ``impl``; ``force_impl(...)`` changes the family's default for a block (tests
-use it to run whole ops through either path).
+Each family (im2col, pooling, batch norm, ...) keeps one ``ImplSwitch``: ``auto`` takes
+the numba kernels for float32/float64 NumPy arrays when numba imports, the CuPy kernels
+(``cuda_kernels.py``) for float32/float64 CuPy arrays, and the reference otherwise (other
+dtypes); ``numpy`` forces the reference (on either device: it is written with the array
+API NumPy and CuPy share), ``numba`` and ``cuda`` a fast path. A call may name its
+``impl``; ``force_impl(...)`` changes the family's default for a block (tests use it to
+run whole ops through one path).
 """
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import contextlib
 
 import numpy as np
 
+from .. import backend
+
 FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-IMPLS = ("auto", "numpy", "numba")
+IMPLS = ("auto", "numpy", "numba", "cuda")
 
 _numba_ok = None  # whether numba imports, once asked
 
@@ -42,18 +46,27 @@ class ImplSwitch:
         """``with force_impl('numpy'):``: every call in the block that names no ``impl``
         uses that one ('auto', 'numpy' or 'numba')."""
         if impl not in IMPLS:
-            raise ValueError(f"force_impl: impl must be 'auto', 'numpy' or 'numba', got {impl!r}")
+            raise ValueError(f"force_impl: impl must be one of {', '.join(IMPLS)}; got {impl!r}")
         previous, self.default = self.default, impl
         try:
             yield
         finally:
             self.default = previous
 
-    def use_numba(self, a, impl, name):
-        """Whether the call ``name`` on array ``a`` takes the numba fast path."""
+    def choose(self, a, impl, name):
+        """'numpy', 'numba' or 'cuda': the implementation the call ``name`` on array ``a``
+        takes (``impl`` None means the family's default)."""
         impl = self.default if impl is None else impl
         if impl not in IMPLS:
-            raise ValueError(f"{name}: impl must be 'auto', 'numpy' or 'numba', got {impl!r}")
+            raise ValueError(f"{name}: impl must be one of {', '.join(IMPLS)}; got {impl!r}")
         if impl != "auto":
-            return impl == "numba"
-        return isinstance(a, np.ndarray) and a.dtype in FAST_DTYPES and numba_available()
+            return impl
+        if a.dtype not in FAST_DTYPES:
+            return "numpy"
+        if isinstance(a, np.ndarray):
+            return "numba" if numba_available() else "numpy"
+        return "cuda" if backend.is_cupy_array(a) else "numpy"
+
+    def use_numba(self, a, impl, name):
+        """Whether the call ``name`` on array ``a`` takes the numba fast path."""
+        return self.choose(a, impl, name) == "numba"

@@ -66,15 +66,20 @@ float32, ms serial -> 2 threads: statistics 1.7 -> 0.75, normalize 1.2 -> 0.8, g
 sums 3.0 -> 1.6, gx 2.2 -> 1.7. The kernels are bound by memory bandwidth (vectorised,
 AVX-512); float64 sums cost little over float32 ones here.
 
+On the GPU (``cuda_kernels``): ``normalize`` and ``input_grad`` are one fused CUDA
+kernel each (the reference's expressions launch six); the per-channel sums are CuPy's
+reductions of the reference.
+
 The dispatchers (``batch_stats`` ...) take ``impl``: ``None`` (the module default, 'auto'
-unless ``force_impl`` says otherwise), ``'auto'``, ``'numpy'`` or ``'numba'``.
+unless ``force_impl`` says otherwise), ``'auto'``, ``'numpy'``, ``'numba'`` or ``'cuda'``
+(for the two fused steps; the sums then take the reference).
 """
 from __future__ import annotations
 
 
 import numpy as np
 
-from . import NUMBA_PARALLEL
+from . import NUMBA_PARALLEL, cuda_kernels
 from ._dispatch import FAST_DTYPES, ImplSwitch, numba_available  # noqa: F401 - numba_available is public
 
 __all__ = [
@@ -433,7 +438,8 @@ _use_numba = _switch.use_numba
 
 
 def batch_stats(x, impl=None):
-    """(mean, var), the per-channel mean and biased variance of x (N, C, *S); see the reference."""
+    """(mean, var), the per-channel mean and biased variance of x (N, C, *S); see the
+    reference (on the GPU the reference's reductions are CuPy's own kernels)."""
     if _use_numba(x, impl, "batch_stats"):
         return batch_stats_numba(x)
     return batch_stats_reference(x)
@@ -441,8 +447,11 @@ def batch_stats(x, impl=None):
 
 def normalize(x, mean, inv_std, weight=None, bias=None, impl=None):
     """y = weight * (x - mean) * inv_std + bias; see the reference."""
-    if _use_numba(x, impl, "normalize"):
+    which = _switch.choose(x, impl, "normalize")
+    if which == "numba":
         return normalize_numba(x, mean, inv_std, weight, bias)
+    if which == "cuda":
+        return cuda_kernels.bn_normalize(x, mean, inv_std, weight, bias)
     return normalize_reference(x, mean, inv_std, weight, bias)
 
 
@@ -455,6 +464,9 @@ def grad_sums(gy, x, mean, inv_std, impl=None):
 
 def input_grad(gy, x, mean, inv_std, weight, gbias, gweight, training, impl=None):
     """gx, the input's gradient (training or evaluation mode); see the reference."""
-    if _use_numba(gy, impl, "input_grad"):
+    which = _switch.choose(gy, impl, "input_grad")
+    if which == "numba":
         return input_grad_numba(gy, x, mean, inv_std, weight, gbias, gweight, training)
+    if which == "cuda":
+        return cuda_kernels.bn_input_grad(gy, x, mean, inv_std, weight, gbias, gweight, training)
     return input_grad_reference(gy, x, mean, inv_std, weight, gbias, gweight, training)

@@ -46,19 +46,26 @@ Two implementations behind one signature
   reference at LeNet and ResNet sizes. Used automatically for NumPy float32/float64
   arrays (``_fast.py`` holds the kernels and the speed notes, including why they run
   serially by default).
+* On the GPU, ``cuda_kernels.im2col`` / ``col2im``: one CUDA thread per column entry,
+  and a gather-style col2im, one thread per input pixel summing the entries copied
+  from it (deterministic, no atomics; ``cuda_kernels.py``).
 
 ``im2col`` / ``col2im`` pick the implementation: ``impl='auto'`` (default) takes numba
-for NumPy float arrays when numba imports, the reference otherwise (CuPy arrays, other
-dtypes); ``impl='numpy'`` / ``impl='numba'`` force one.
+for NumPy float arrays when numba imports, the CUDA kernels for CuPy float arrays, the
+reference otherwise (other dtypes); ``impl='numpy'`` / ``'numba'`` / ``'cuda'`` force one,
+and ``force_impl(impl)`` sets the default for a block.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import get_array_module
+from . import cuda_kernels
+from ._dispatch import FAST_DTYPES as _FAST_DTYPES
+from ._dispatch import ImplSwitch
 
 __all__ = ["conv_output_size", "im2col", "col2im", "im2col_reference", "col2im_reference",
-           "im2col_numba", "col2im_numba", "numba_available"]
+           "im2col_numba", "col2im_numba", "numba_available", "force_impl"]
 
 
 def _pad_pair(p, name):
@@ -191,7 +198,6 @@ def _require_fast():
     return mod
 
 
-_FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def im2col_numba(x, KH, KW, SH=1, SW=1, PH=0, PW=0, DH=1, DW=1, out=None):
@@ -222,35 +228,39 @@ def col2im_numba(col, H, W, SH=1, SW=1, PH=0, PW=0, DH=1, DW=1):
 
 # ----------------------------------------------------------------------------- dispatch
 
-def _use_numba(a, impl):
-    if impl == "numpy":
-        return False
-    if impl == "numba":
-        return True
-    if impl != "auto":
-        raise ValueError(f"im2col: impl must be 'auto', 'numpy' or 'numba', got {impl!r}")
-    return isinstance(a, np.ndarray) and a.dtype in _FAST_DTYPES and numba_available()
+_switch = ImplSwitch("im2col")
+force_impl = _switch.force        # ``with force_impl('numpy'):`` runs the reference
 
 
-def im2col(x, KH, KW, SH=1, SW=1, PH=0, PW=0, DH=1, DW=1, impl="auto", out=None):
+def im2col(x, KH, KW, SH=1, SW=1, PH=0, PW=0, DH=1, DW=1, impl=None, out=None):
     """Unfold ``x`` (N, C, H, W) into ``col`` (C, KH, KW, N, OH, OW).
 
     ``col[c, kh, kw, n, oh, ow] = xpad[n, c, oh*SH + kh*DH, ow*SW + kw*DW]``.
-    PH, PW: int (both sides) or (before, after). impl: 'auto' | 'numpy' | 'numba'.
+    PH, PW: int (both sides) or (before, after). impl: None (the default, 'auto' unless
+    ``force_impl`` says otherwise) | 'auto' | 'numpy' | 'numba' | 'cuda'.
     out: optional C-contiguous (C, KH, KW, N, OH, OW) array of x's dtype to fill (reusing
     a buffer spares the page faults of a fresh allocation: ~40% of im2col's time at
     ResNet sizes).
     """
-    if _use_numba(x, impl):
+    which = _switch.choose(x, impl, "im2col")
+    if which == "numba":
         return im2col_numba(x, KH, KW, SH, SW, PH, PW, DH, DW, out=out)
+    if which == "cuda":
+        N, C, H, W, PH0, _, PW0, _, OH, OW = _geometry(x.shape, KH, KW, SH, SW, PH, PW, DH, DW)
+        out = _output(get_array_module(x), out, (C, KH, KW, N, OH, OW), x.dtype)
+        return cuda_kernels.im2col(x, KH, KW, SH, SW, PH0, PW0, OH, OW, DH, DW, out=out)
     return im2col_reference(x, KH, KW, SH, SW, PH, PW, DH, DW, out=out)
 
 
-def col2im(col, H, W, SH=1, SW=1, PH=0, PW=0, DH=1, DW=1, impl="auto"):
+def col2im(col, H, W, SH=1, SW=1, PH=0, PW=0, DH=1, DW=1, impl=None):
     """Fold ``col`` (C, KH, KW, N, OH, OW) into (N, C, H, W), summing overlapping windows.
 
-    The adjoint of ``im2col`` with the same geometry. impl: 'auto' | 'numpy' | 'numba'.
+    The adjoint of ``im2col`` with the same geometry. impl: as for ``im2col``.
     """
-    if _use_numba(col, impl):
+    which = _switch.choose(col, impl, "col2im")
+    if which == "numba":
         return col2im_numba(col, H, W, SH, SW, PH, PW, DH, DW)
+    if which == "cuda":
+        return cuda_kernels.col2im(col, H, W, SH, SW, _pad_pair(PH, "PH")[0],
+                                   _pad_pair(PW, "PW")[0], DH, DW)
     return col2im_reference(col, H, W, SH, SW, PH, PW, DH, DW)

@@ -44,8 +44,13 @@ Two implementations behind one signature
   + backward through autograd: 0.2x PyTorch's time at LeNet's 2x2 pools, 0.85x at the
   ResNet stem (3x3, stride 2, padding 1); the reference is 2-6x PyTorch's time.
 
+* On the GPU, ``cuda_kernels``: one CUDA thread per output window forward, and
+  gather-style backward kernels, one thread per input pixel summing the gradients of the
+  windows that read it (deterministic, no atomics).
+
 The dispatchers (``max_pool2d_forward`` ...) take ``impl``: ``None`` (the module default,
-'auto' unless ``force_impl`` says otherwise), ``'auto'``, ``'numpy'`` or ``'numba'``.
+'auto' unless ``force_impl`` says otherwise), ``'auto'``, ``'numpy'``, ``'numba'`` or
+``'cuda'``.
 
 Adaptive pooling (output size fixed, windows ``start = floor(i*H/OH)``,
 ``end = ceil((i+1)*H/OH)``, of varying size and possibly overlapping) is separable: a
@@ -59,7 +64,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_array_module
-from . import NUMBA_PARALLEL
+from . import NUMBA_PARALLEL, cuda_kernels
 from ._dispatch import FAST_DTYPES, ImplSwitch, numba_available  # noqa: F401 - numba_available is public
 
 __all__ = [
@@ -676,32 +681,45 @@ def avg_pool2d_backward_numba(gy, win, divisor):
 
 _switch = ImplSwitch("pooling")
 force_impl = _switch.force        # ``with force_impl('numpy'):`` runs the reference
-_use_numba = _switch.use_numba
 
 
 def max_pool2d_forward(x, win, impl=None):
     """(y, arg) for x (N, C, H, W); see ``max_pool2d_forward_reference``."""
-    if win.K <= 256 and _use_numba(x, impl, "max_pool2d"):
+    which = _switch.choose(x, impl, "max_pool2d")
+    if which == "numba" and win.K <= 256:
         return max_pool2d_forward_numba(x, win)
+    if which == "cuda":
+        return cuda_kernels.max_pool2d_forward(x, win, _tap_dtype(win))
     return max_pool2d_forward_reference(x, win)
 
 
 def max_pool2d_backward(gy, arg, win, impl=None):
     """gx (N, C, H, W) from gy and arg (N, C, OH, OW); see the reference."""
-    if arg.dtype == np.uint8 and _use_numba(gy, impl, "max_pool2d"):
+    which = _switch.choose(gy, impl, "max_pool2d")
+    if which == "numba" and arg.dtype == np.uint8:
         return max_pool2d_backward_numba(gy, arg, win)
+    if which == "cuda":
+        return cuda_kernels.max_pool2d_backward(gy, arg, win)
     return max_pool2d_backward_reference(gy, arg, win)
 
 
 def avg_pool2d_forward(x, win, divisor, impl=None):
-    if _use_numba(x, impl, "avg_pool2d"):
+    """y (N, C, OH, OW) for x (N, C, H, W); see ``avg_pool2d_forward_reference``."""
+    which = _switch.choose(x, impl, "avg_pool2d")
+    if which == "numba":
         return avg_pool2d_forward_numba(x, win, divisor)
+    if which == "cuda":
+        return cuda_kernels.avg_pool2d_forward(x, win, divisor)
     return avg_pool2d_forward_reference(x, win, divisor)
 
 
 def avg_pool2d_backward(gy, win, divisor, impl=None):
-    if _use_numba(gy, impl, "avg_pool2d"):
+    """gx (N, C, H, W) from gy (N, C, OH, OW); see the reference."""
+    which = _switch.choose(gy, impl, "avg_pool2d")
+    if which == "numba":
         return avg_pool2d_backward_numba(gy, win, divisor)
+    if which == "cuda":
+        return cuda_kernels.avg_pool2d_backward(gy, win, divisor)
     return avg_pool2d_backward_reference(gy, win, divisor)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from .. import backend
 from ..autograd import Function, Tensor
 from ..kernels import activation as act_kernels
+from ..kernels import cuda_kernels
 from .utils import normalize_dim, unbroadcast
 
 
@@ -108,6 +109,8 @@ class TanhFunction(Function):
         (y,) = ctx.saved_tensors
         if act_kernels.use_numba(gy, y):
             return act_kernels.tanh_backward(gy, y)
+        if cuda_kernels.available(gy, y):          # the same formula, one CUDA kernel
+            return cuda_kernels.tanh_backward(gy, y)
         return gy * (1 - y * y)
 
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd import Function, Tensor, is_grad_enabled
+from ..kernels import cuda_kernels
 from .shape import reshape
 from .utils import unbroadcast
 
@@ -157,9 +158,13 @@ class CrossEntropyFunction(Function):
         logp, target, weight, denom = ctx.saved_tensors
         ignore_index, reduction, label_smoothing = ctx.params
         xp = backend.get_array_module(logp)
+        G = _upstream(gy, reduction, denom)
+        if weight is None and not label_smoothing and logp.ndim == 2 \
+                and cuda_kernels.available(logp):
+            # A = onehot: G * (p - onehot) in one CUDA kernel instead of eight
+            return cuda_kernels.cross_entropy_backward(logp, target, G, ignore_index), None, None
         A = _weighted_targets(target, logp.shape[1], weight, ignore_index, label_smoothing,
                               logp.dtype)
-        G = _upstream(gy, reduction, denom)
         gx = (xp.exp(logp) * A.sum(axis=1, keepdims=True) - A) * G
         return gx, None, None
 
