@@ -8,8 +8,12 @@ the loss -- and hands it to ``run(args, recipe)``, which does the rest the same 
   download), or ``--synthetic`` MNIST-shaped digits made in memory (offline smoke runs and
   tests); ``--limit N`` keeps the first N training images; ``--early-stopping`` (or
   ``--val-size``) carves a validation split out of the training images;
+- the data sets live on ``--device`` (``minidl.data.DeviceDataLoader``): moved there once,
+  their fixed transforms applied once, the random ones (``RandomCrop``) per batch, there;
 - the loop of the lecture (``train_epoch`` then ``evaluate`` every epoch, the same printed
-  lines), with a tqdm bar per epoch on stderr (only on a terminal; ``--no-progress``);
+  lines), with a tqdm bar per epoch on stderr (only on a terminal; ``--no-progress``); the
+  loop does not wait for the device at every step: the batches' losses and accuracies stay
+  there and are fetched every ``LOG_EVERY`` batches (training) or once (evaluation);
 - the weights to keep are chosen on the validation split (lowest validation loss), never on
   the test set; without a validation split, on the training loss;
 - outputs in ``--out``: ``metrics.json`` (rewritten every epoch), ``best.npz`` and
@@ -42,9 +46,9 @@ import numpy as np
 import minidl
 import minidl.nn.functional as F
 from minidl import nn
-from minidl.data import MNIST, DataError, DataLoader, Dataset, Subset
+from minidl.data import MNIST, DataError, Dataset, DeviceDataLoader, Subset
 from minidl.data.transforms import supports_batch
-from minidl.metrics import confusion_matrix, topk_indices
+from minidl.metrics import confusion_matrix
 from minidl.serialization import atomic_write
 
 CHECKPOINT_FORMAT = "minidl-example-checkpoint"
@@ -294,15 +298,69 @@ def progress_bar(iterable, total, desc, enabled):
                 dynamic_ncols=True)
 
 
+def to_host(*arrays):
+    """NumPy copies of ``arrays`` (all on one device), fetched together: one transfer, one
+    wait for the device. They travel packed into one float64 vector (exact for float32 and
+    float64 values and for integers below 2**53) and come back in their own dtypes and
+    shapes."""
+    xp = minidl.backend.get_array_module(*arrays)
+    packed = minidl.backend.to_numpy(xp.concatenate(
+        [xp.asarray(a).reshape(-1).astype(xp.float64) for a in arrays]))
+    out, start = [], 0
+    for a in arrays:
+        size = int(np.prod(a.shape))
+        out.append(packed[start:start + size].astype(a.dtype).reshape(a.shape))
+        start += size
+    return out
+
+
+def target_ranks(scores, target):
+    """Where the true class ranks among the scores, 0 for the best, on the scores' device:
+    (N,) int from scores (N, C) and target (N,). Ties go to the lower class index (as in
+    ``minidl.metrics.topk_indices``), NaN scores rank last; the target is in the top k
+    exactly when its rank is below k. Element-wise comparisons and sums: no sort."""
+    xp = minidl.backend.get_array_module(scores, target)
+    s = _nan_last(scores)
+    mine = s[xp.arange(s.shape[0]), target][:, None]
+    lower = xp.arange(s.shape[1])[None, :] < target[:, None]
+    return (s > mine).sum(axis=1) + ((s == mine) & lower).sum(axis=1)
+
+
+def predicted_classes(scores):
+    """(N,) the class of the highest score of each row (ties: the lower index; NaN last)."""
+    xp = minidl.backend.get_array_module(scores)
+    return xp.argmax(_nan_last(scores), axis=1)
+
+
+def _nan_last(scores):
+    xp = minidl.backend.get_array_module(scores)
+    return xp.where(xp.isnan(scores), -xp.inf, scores) if scores.dtype.kind == "f" else scores
+
+
+LOG_EVERY = 20   # batches between two fetches of the running loss and accuracy (the bar)
+
+
 def train_epoch(model, loader, optimizer, recipe, device, scheduler=None, progress=False,
-                desc="training"):
+                desc="training", log_every=LOG_EVERY):
     """One pass over ``loader``, as the lecture's ``train_epoch``: returns the mean of the
     batch losses and 100 x the mean of the batch top-1 accuracies. ``scheduler`` (if any)
-    steps after every batch; ``progress`` shows a bar."""
+    steps after every batch; ``progress`` shows a bar.
+
+    The host does not wait for the device at every step: each batch's loss and top-1
+    accuracy stay on the device (arrays, outside the graph) and are fetched ``log_every``
+    batches at a time in one transfer (which also updates the bar), and at the end."""
     model.train()
-    losses, accs = [], []
+    losses, accs = [], []          # per batch, on the host
+    pending = []                   # (loss, top-1) of the batches not fetched yet, on the device
     bar = progress_bar(loader, len(loader), desc, progress)
-    for i, (x, y) in enumerate(bar):
+
+    def fetch():
+        values = to_host(*(v for batch in pending for v in batch))
+        losses.extend(float(v) for v in values[0::2])
+        accs.extend(float(v) for v in values[1::2])
+        pending.clear()
+
+    for x, y in bar:
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad()
         output = model(x)
@@ -311,11 +369,15 @@ def train_epoch(model, loader, optimizer, recipe, device, scheduler=None, progre
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        losses.append(loss.item())
-        top1 = topk_indices(recipe.logits(output), 1)[:, 0] == minidl.backend.to_numpy(y.data)
-        accs.append(top1.mean())
-        if progress and i % 20 == 0:
-            bar.set_postfix_str(f"loss {np.mean(losses):.4f}, top-1 {100 * np.mean(accs):.2f}%")
+        top1 = target_ranks(recipe.logits(output).data, y.data) == 0
+        pending.append((loss.data, top1.mean()))
+        if len(pending) == log_every:
+            fetch()
+            if progress:
+                bar.set_postfix_str(f"loss {np.mean(losses):.4f}, "
+                                    f"top-1 {100 * np.mean(accs):.2f}%")
+    if pending:
+        fetch()
     return float(np.mean(losses)), float(100 * np.mean(accs))
 
 
@@ -329,22 +391,29 @@ class Evaluation:
 
 
 def evaluate(model, loader, device, progress=False, desc="evaluating"):
-    """Cross-entropy, top-1 and top-5 accuracy (percent, over all samples) in eval mode."""
+    """Cross-entropy, top-1 and top-5 accuracy (percent, over all samples) in eval mode, and
+    every sample's predicted and true class (for the confusion matrix). The batches' results
+    stay on the device until the end, then come to the host in one transfer."""
     model.eval()
-    loss_sum, preds, targets, hit1, hit5 = 0.0, [], [], 0, 0
+    loss_sums, preds, targets, ranks = [], [], [], []
     with minidl.no_grad():
         for x, y in progress_bar(loader, len(loader), desc, progress):
-            output = model(x.to(device))
-            loss_sum += F.cross_entropy(output, y.to(device), reduction="sum").item()
-            y = minidl.backend.to_numpy(y.data)
-            ranked = topk_indices(output, min(5, output.shape[1]))
-            hit1 += int((ranked[:, 0] == y).sum())
-            hit5 += int((ranked == y[:, None]).any(axis=1).sum())
-            preds.append(ranked[:, 0])
-            targets.append(y)
-    n = sum(len(t) for t in targets)
-    return Evaluation(loss_sum / n, 100.0 * hit1 / n, 100.0 * hit5 / n,
-                      np.concatenate(preds), np.concatenate(targets))
+            x, y = x.to(device), y.to(device)
+            output = model(x)
+            loss_sums.append(F.cross_entropy(output, y, reduction="sum").data)
+            preds.append(predicted_classes(output.data))
+            ranks.append(target_ranks(output.data, y.data))
+            targets.append(y.data)
+    top_k = min(5, output.shape[1])
+    xp = minidl.backend.get_array_module(*targets)
+    loss_sums, pred, target, rank = to_host(xp.stack(loss_sums), xp.concatenate(preds),
+                                            xp.concatenate(targets), xp.concatenate(ranks))
+    loss_sum = 0.0
+    for value in loss_sums.tolist():   # added one by one, in batch order, as per batch before
+        loss_sum += value
+    n = len(target)
+    return Evaluation(loss_sum / n, 100.0 * int((rank < 1).sum()) / n,
+                      100.0 * int((rank < top_k).sum()) / n, pred, target)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -579,10 +648,13 @@ def run(args, recipe, title="", dataset_cls=MNIST):
     data = load_data(args, recipe, dataset_cls)
     model = recipe.build_model().to(device)
     optimizer = recipe.make_optimizer(model)
-    train_loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True)
+    # the datasets, their fixed transforms applied, move to the device once
+    train_loader = DeviceDataLoader(data.train, batch_size=args.batch_size, shuffle=True,
+                                    device=device)
     eval_batch = max(args.batch_size, 100)
-    val_loader = DataLoader(data.val, batch_size=eval_batch) if data.val is not None else None
-    test_loader = DataLoader(data.test, batch_size=eval_batch)
+    val_loader = (DeviceDataLoader(data.val, batch_size=eval_batch, device=device)
+                  if data.val is not None else None)
+    test_loader = DeviceDataLoader(data.test, batch_size=eval_batch, device=device)
     scheduler = (recipe.make_scheduler(optimizer, len(train_loader))
                  if recipe.make_scheduler is not None else None)
     criterion = "val_loss" if val_loader is not None else "train_loss"

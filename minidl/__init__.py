@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as _np
 
-from . import backend, ops
+from . import backend, cuda, ops  # cuda: minidl.cuda.is_available() etc. (torch.cuda's names)
 from .autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .backend import Device as device
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like,
@@ -38,9 +38,3 @@ double = float64
 long = int64
 
 __version__ = "0.1.0"
-
-
-class cuda:  # noqa: N801 - mirrors torch.cuda
-    """``minidl.cuda.is_available()``: whether CuPy imports and sees a GPU."""
-
-    is_available = staticmethod(backend.cuda_is_available)

@@ -6,16 +6,13 @@ import numpy as np
 import pytest
 
 import minidl
-
-
-def _gpu_skip_reason():
-    if minidl.cuda.is_available():
-        return None
-    return "no CUDA GPU (or no CuPy) on this machine: GPU cases run with `pytest -m gpu` on a GPU"
+from helpers import gpu_skip_reason as _gpu_skip_reason
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def device(request):
+    """'cpu', then 'cuda' (marked ``gpu``): a test that takes this fixture runs once per
+    device, and the GPU case skips with the reason when no GPU is present."""
     if request.param == "cuda":
         reason = _gpu_skip_reason()
         if reason:
@@ -48,6 +45,35 @@ def _torch_one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _torch_ieee_float32():
+    """PyTorch's cuDNN convolutions default to TF32 on Ampere and later GPUs (10-bit
+    mantissa): as the float32 reference on CUDA they would miss minidl's CuPy results
+    (full float32) by about 1e-3. Full float32, as on the CPU, for the whole session.
+    Through the legacy ``allow_tf32`` flags on purpose: they can be read back to restore
+    them, which raises once only some of the newer per-operator flags have been set."""
+    import torch
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     minidl.manual_seed(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per skip reason with its count (``-ra`` would list every skipped test
+    function: about 150 lines for the GPU cases alone on a CPU-only machine)."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.section("skipped, by reason")
+        for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{count:5d} skipped: {reason}")

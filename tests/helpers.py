@@ -5,6 +5,11 @@ with PyTorch on the same inputs, in float64 (tight: about 1e-10) and float32 (lo
 about 1e-4), backpropagates the same random upstream gradient through both, and
 compares every output and every input gradient. In float64 it also runs minidl's own
 ``gradcheck`` (central differences), which needs no PyTorch at all.
+
+``device`` ('cpu' or 'cuda', from the ``device`` fixture) is where minidl's inputs live.
+On 'cuda' the PyTorch reference runs on CUDA too when this PyTorch build has it (GPU
+against GPU), else on the CPU; either way everything is compared on the host
+(``to_host``), and gradcheck perturbs the inputs where they live.
 """
 from __future__ import annotations
 
@@ -12,24 +17,55 @@ import numpy as np
 import torch
 
 import minidl
+from minidl import backend
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-10), np.float32: dict(rtol=1e-4, atol=1e-4)}
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
+
+GPU_SKIP_REASON = ("no CUDA GPU (or no CuPy) on this machine: GPU cases run with "
+                   "`pytest -m gpu` on a GPU")
+
+
+def gpu_skip_reason():
+    """Why GPU cases cannot run here, or None when minidl sees a GPU."""
+    return None if minidl.cuda.is_available() else GPU_SKIP_REASON
+
+
+def torch_device(device):
+    """Where PyTorch's reference runs for minidl's ``device``: the same CUDA device when
+    minidl runs on a GPU and this PyTorch build sees one, else the CPU (a CPU-only
+    PyTorch next to CuPy still gives the reference values, only from other kernels)."""
+    device = minidl.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return str(device)
+    return "cpu"
+
+
+def to_host(x):
+    """A NumPy array with the values of ``x`` (a minidl or PyTorch tensor, a NumPy or CuPy
+    array), copied from the GPU when it lives there. ``Tensor.numpy()`` refuses GPU
+    tensors and ``np.asarray`` refuses CuPy arrays, so every comparison goes through here."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, minidl.Tensor):
+        x = x.data
+    return backend.to_numpy(x)
 
 
 def _as_tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def _make_inputs(arrays, dtype, grad):
+def _make_inputs(arrays, dtype, grad, device="cpu"):
     md_in, t_in = [], []
+    t_dev = torch_device(device)
     for i, a in enumerate(arrays):
         if isinstance(a, np.ndarray):
             if a.dtype.kind == "f":
                 a = a.astype(dtype)
             need = a.dtype.kind == "f" and (grad is None or i in grad)
-            md_in.append(minidl.tensor(a, requires_grad=need))
-            t_in.append(torch.tensor(a, requires_grad=need))
+            md_in.append(minidl.tensor(a, requires_grad=need, device=device))
+            t_in.append(torch.tensor(a, requires_grad=need, device=t_dev))
         else:  # plain Python values (None, ints, tuples) pass through unchanged
             md_in.append(a)
             t_in.append(a)
@@ -37,35 +73,43 @@ def _make_inputs(arrays, dtype, grad):
 
 
 def assert_close(actual, expected, dtype, what, tol=None):
+    """``actual`` and ``expected`` (tensors or arrays, on any device) equal to the dtype's
+    tolerance, compared on the host in float64."""
     tol = tol or TOL[dtype]
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
+    actual = to_host(actual).astype(np.float64)
+    expected = to_host(expected).astype(np.float64)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     np.testing.assert_allclose(actual, expected, err_msg=f"{what} ({np.dtype(dtype).name})",
                                **tol)
 
 
 def check_op(md_fn, torch_fn, arrays, grad=None, dtypes=(np.float64, np.float32),
-             gradcheck=True, seed=0, tol=None, gradcheck_tol=None):
+             gradcheck=True, seed=0, tol=None, gradcheck_tol=None, device="cpu"):
     """Compare ``md_fn`` with ``torch_fn`` on ``arrays`` (NumPy arrays or Python values).
 
     grad: indices of the float inputs to differentiate (default: all float arrays).
     tol: optional {dtype: dict(rtol=, atol=)} overriding the defaults.
+    device: where minidl's inputs (and the upstream gradients) live; every output must
+    come back on it. Functions that build tensors of their own should put them on their
+    input's device (``minidl.tensor(a, device=x.device)``, ``torch.tensor(a,
+    device=x.device)``).
     """
+    t_dev = torch_device(device)
     for dtype in dtypes:
-        md_in, t_in = _make_inputs(arrays, dtype, grad)
+        md_in, t_in = _make_inputs(arrays, dtype, grad, device)
         md_out = _as_tuple(md_fn(*md_in))
         t_out = _as_tuple(torch_fn(*t_in))
         assert len(md_out) == len(t_out), f"{len(md_out)} outputs vs PyTorch's {len(t_out)}"
         rng = np.random.default_rng(seed)
         md_loss, t_loss = None, None
         for k, (m, t) in enumerate(zip(md_out, t_out)):
-            t_np = t.detach().numpy()
-            assert_close(m.numpy(), t_np, dtype, f"output {k}", tol and tol.get(dtype))
+            assert m.device == device, f"output {k} is on {m.device}, the inputs on {device}"
+            t_np = to_host(t)
+            assert_close(m, t_np, dtype, f"output {k}", tol and tol.get(dtype))
             if np.issubdtype(t_np.dtype, np.floating) and t.requires_grad:
                 v = rng.standard_normal(t_np.shape).astype(dtype)
-                mt = (m * minidl.tensor(v)).sum()
-                tt = (t * torch.tensor(v)).sum()
+                mt = (m * minidl.tensor(v, device=device)).sum()
+                tt = (t * torch.tensor(v, device=t_dev)).sum()
                 md_loss = mt if md_loss is None else md_loss + mt
                 t_loss = tt if t_loss is None else t_loss + tt
         if md_loss is None:
@@ -75,11 +119,12 @@ def check_op(md_fn, torch_fn, arrays, grad=None, dtypes=(np.float64, np.float32)
         for i, (m, t) in enumerate(zip(md_in, t_in)):
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 assert m.grad is not None, f"input {i}: minidl computed no gradient"
-                expected = t.grad.numpy() if t.grad is not None else np.zeros(t.shape)
-                assert_close(m.grad.numpy(), expected, dtype, f"grad of input {i}",
+                assert m.grad.device == device, f"grad of input {i} is on {m.grad.device}"
+                expected = to_host(t.grad) if t.grad is not None else np.zeros(t.shape)
+                assert_close(m.grad, expected, dtype, f"grad of input {i}",
                              tol and tol.get(dtype))
     if gradcheck:
-        md_in, _ = _make_inputs(arrays, np.float64, grad)
+        md_in, _ = _make_inputs(arrays, np.float64, grad, device)
         minidl.gradcheck(md_fn, md_in, **(gradcheck_tol or {}))
 
 

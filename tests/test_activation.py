@@ -10,87 +10,89 @@ import torch.nn.functional as F
 
 import minidl
 from minidl.ops.activation import gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
-from tests.helpers import check_op, rand_away_from
+from tests.helpers import check_op, rand_away_from, to_host, torch_device
 
 # --- elementwise activations ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", [(3, 4), (2, 3, 2)])
-def test_relu(rng, shape):
-    check_op(relu, F.relu, [rand_away_from(rng, shape)])
+def test_relu(rng, shape, device):
+    check_op(relu, F.relu, [rand_away_from(rng, shape)], device=device)
 
 
 @pytest.mark.parametrize("slope", [0.01, 0.2, -0.5])
-def test_leaky_relu(rng, slope):
+def test_leaky_relu(rng, slope, device):
     check_op(lambda x: leaky_relu(x, slope), lambda x: F.leaky_relu(x, slope),
-             [rand_away_from(rng, (3, 4))])
+             [rand_away_from(rng, (3, 4))], device=device)
 
 
-def test_leaky_relu_default_slope(rng):
-    check_op(leaky_relu, F.leaky_relu, [rand_away_from(rng, (2, 5))])
+def test_leaky_relu_default_slope(rng, device):
+    check_op(leaky_relu, F.leaky_relu, [rand_away_from(rng, (2, 5))], device=device)
 
 
-def test_relu_and_leaky_relu_gradient_at_zero_match_pytorch():
+def test_relu_and_leaky_relu_gradient_at_zero_match_pytorch(device):
     x = np.array([-1.0, 0.0, 2.0])
     for md_fn, t_fn in ((relu, F.relu), (lambda a: leaky_relu(a, 0.1),
                                          lambda a: F.leaky_relu(a, 0.1))):
-        m = minidl.tensor(x, requires_grad=True)
-        t = torch.tensor(x, requires_grad=True)
+        m = minidl.tensor(x, requires_grad=True, device=device)
+        t = torch.tensor(x, requires_grad=True, device=torch_device(device))
         md_fn(m).sum().backward()
         t_fn(t).sum().backward()
-        np.testing.assert_array_equal(m.grad.numpy(), t.grad.numpy())
+        np.testing.assert_array_equal(to_host(m.grad), to_host(t.grad))
 
 
-def test_tanh(rng):
-    check_op(tanh, torch.tanh, [rng.uniform(-3, 3, (3, 4))])
+def test_tanh(rng, device):
+    check_op(tanh, torch.tanh, [rng.uniform(-3, 3, (3, 4))], device=device)
 
 
-def test_sigmoid(rng):
-    check_op(sigmoid, torch.sigmoid, [rng.uniform(-6, 6, (3, 4))])
+def test_sigmoid(rng, device):
+    check_op(sigmoid, torch.sigmoid, [rng.uniform(-6, 6, (3, 4))], device=device)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sigmoid_is_stable_for_large_inputs(dtype):
+def test_sigmoid_is_stable_for_large_inputs(dtype, device):
     x = np.array([-1000.0, -100.0, -30.0, 0.0, 30.0, 100.0, 1000.0], dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no overflow warning from exp
-        m = minidl.tensor(x, requires_grad=True)
+        m = minidl.tensor(x, requires_grad=True, device=device)
         y = sigmoid(m)
         y.sum().backward()
-    assert y.dtype == dtype and np.isfinite(y.numpy()).all()
-    np.testing.assert_allclose(y.numpy(), torch.sigmoid(torch.tensor(x)).numpy(), rtol=1e-6,
+    assert y.dtype == dtype and np.isfinite(to_host(y)).all()
+    expected = torch.sigmoid(torch.tensor(x, device=torch_device(device)))
+    np.testing.assert_allclose(to_host(y), to_host(expected), rtol=1e-6,
                                atol=1e-30)  # minidl keeps denormals PyTorch flushes
-    assert np.isfinite(m.grad.numpy()).all()
+    assert np.isfinite(to_host(m.grad)).all()
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
-def test_gelu(rng, approximate):
+def test_gelu(rng, approximate, device):
     check_op(lambda x: gelu(x, approximate), lambda x: F.gelu(x, approximate=approximate),
-             [rng.uniform(-4, 4, (3, 4))])
+             [rng.uniform(-4, 4, (3, 4))], device=device)
 
 
-def test_gelu_exact_matches_pytorch_over_a_wide_range():
+def test_gelu_exact_matches_pytorch_over_a_wide_range(device):
     # Covers both branches of the erf evaluation (|x| / sqrt 2 below and above 2.5) and
     # the far tails, forward and backward.
     x = np.linspace(-12, 12, 2401)
-    m = minidl.tensor(x, requires_grad=True)
-    t = torch.tensor(x, requires_grad=True)
+    m = minidl.tensor(x, requires_grad=True, device=device)
+    t = torch.tensor(x, requires_grad=True, device=torch_device(device))
     y, ty = gelu(m), F.gelu(t)
-    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(to_host(y), to_host(ty), rtol=1e-12, atol=1e-14)
     y.sum().backward()
     ty.sum().backward()
-    np.testing.assert_allclose(m.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(to_host(m.grad), to_host(t.grad), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("fn", [relu, leaky_relu, tanh, sigmoid, gelu,
                                 lambda x: gelu(x, "tanh"), lambda x: softmax(x, 1),
                                 lambda x: log_softmax(x, 1),
                                 lambda x: softmax(x, 1, temperature=0.5)])
-def test_float32_stays_float32(rng, fn):
-    x = minidl.tensor(rng.standard_normal((2, 3)).astype(np.float32), requires_grad=True)
+def test_float32_stays_float32(rng, fn, device):
+    x = minidl.tensor(rng.standard_normal((2, 3)).astype(np.float32), requires_grad=True,
+                      device=device)
     y = fn(x)
     assert y.dtype == np.float32
-    y.backward(minidl.ones(2, 3))
+    y.backward(minidl.ones(2, 3, device=device))
     assert x.grad.dtype == np.float32
 
 
@@ -115,85 +117,89 @@ SOFTMAX_CASES = [((4,), 0), ((3, 5), 1), ((3, 5), 0), ((3, 5), -1), ((2, 3, 4), 
 
 
 @pytest.mark.parametrize("shape,dim", SOFTMAX_CASES)
-def test_softmax(rng, shape, dim):
+def test_softmax(rng, shape, dim, device):
     check_op(lambda x: softmax(x, dim), lambda x: F.softmax(x, dim),
-             [rng.standard_normal(shape)])
+             [rng.standard_normal(shape)], device=device)
 
 
 @pytest.mark.parametrize("shape,dim", SOFTMAX_CASES)
-def test_log_softmax(rng, shape, dim):
+def test_log_softmax(rng, shape, dim, device):
     check_op(lambda x: log_softmax(x, dim), lambda x: F.log_softmax(x, dim),
-             [rng.standard_normal(shape)])
+             [rng.standard_normal(shape)], device=device)
 
 
 @pytest.mark.parametrize("fn,t_fn", [(softmax, F.softmax), (log_softmax, F.log_softmax)])
 @pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5, 4])
-def test_temperature_number(rng, fn, t_fn, temperature):
+def test_temperature_number(rng, fn, t_fn, temperature, device):
     check_op(lambda x: fn(x, 1, temperature), lambda x: t_fn(x / temperature, 1),
-             [rng.standard_normal((3, 4))])
+             [rng.standard_normal((3, 4))], device=device)
 
 
 @pytest.mark.parametrize("fn,t_fn", [(softmax, F.softmax), (log_softmax, F.log_softmax)])
 @pytest.mark.parametrize("t_shape", [(), (1,), (3, 1)])
-def test_temperature_tensor_learns(rng, fn, t_fn, t_shape):
+def test_temperature_tensor_learns(rng, fn, t_fn, t_shape, device):
     """The gradient with respect to a learnable temperature matches PyTorch's and
     finite differences (check_op differentiates every float input, T included)."""
     x = rng.standard_normal((3, 4))
     T = rng.uniform(0.5, 2.0, t_shape)
-    check_op(lambda x, T: fn(x, 1, temperature=T), lambda x, T: t_fn(x / T, 1), [x, T])
+    check_op(lambda x, T: fn(x, 1, temperature=T), lambda x, T: t_fn(x / T, 1), [x, T],
+             device=device)
 
 
-def test_temperature_tensor_with_float32_input_and_float64_temperature(rng):
-    x = minidl.tensor(rng.standard_normal((2, 3)).astype(np.float32), requires_grad=True)
-    T = minidl.tensor(1.5, dtype=minidl.float64, requires_grad=True)
+def test_temperature_tensor_with_float32_input_and_float64_temperature(rng, device):
+    x = minidl.tensor(rng.standard_normal((2, 3)).astype(np.float32), requires_grad=True,
+                      device=device)
+    T = minidl.tensor(1.5, dtype=minidl.float64, requires_grad=True, device=device)
     y = softmax(x, 1, temperature=T)
     assert y.dtype == np.float32
-    (y * minidl.tensor(rng.standard_normal((2, 3)).astype(np.float32))).sum().backward()
+    (y * minidl.tensor(rng.standard_normal((2, 3)).astype(np.float32),
+                       device=device)).sum().backward()
     assert T.grad.dtype == np.float64 and T.grad.shape == ()
 
 
-def test_temperature_gradient_by_hand():
+def test_temperature_gradient_by_hand(device):
     # softmax([0, a] / T) = [1 - s, s], s = sigmoid(a / T); d s / d T = -s (1 - s) a / T^2.
     a, T0 = 1.3, 0.8
-    T = minidl.tensor(T0, dtype=minidl.float64, requires_grad=True)
-    y = softmax(minidl.tensor([0.0, a], dtype=minidl.float64), 0, temperature=T)
+    T = minidl.tensor(T0, dtype=minidl.float64, requires_grad=True, device=device)
+    y = softmax(minidl.tensor([0.0, a], dtype=minidl.float64, device=device), 0, temperature=T)
     y[1].backward()
     s = 1 / (1 + np.exp(-a / T0))
     np.testing.assert_allclose(T.grad.item(), -s * (1 - s) * a / T0 ** 2, rtol=1e-12)
 
 
 @pytest.mark.parametrize("fn", [softmax, log_softmax])
-def test_softmax_is_stable_for_large_logits(fn):
+def test_softmax_is_stable_for_large_logits(fn, device):
     x = np.array([[1000.0, 0.0, -1000.0], [1e4, 1e4, 1e4]])
-    y = fn(minidl.tensor(x), 1).numpy()
-    t = (F.softmax if fn is softmax else F.log_softmax)(torch.tensor(x), 1).numpy()
+    y = to_host(fn(minidl.tensor(x, device=device), 1))
+    t = to_host((F.softmax if fn is softmax else F.log_softmax)(
+        torch.tensor(x, device=torch_device(device)), 1))
     assert np.isfinite(y).all()
     np.testing.assert_allclose(y, t, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("fn,t_fn", [(softmax, F.softmax), (log_softmax, F.log_softmax)])
 @pytest.mark.parametrize("shape", [(4,), (3, 4), (2, 3, 4), (2, 3, 2, 2)])
-def test_implicit_dim_follows_pytorch(rng, fn, t_fn, shape):
+def test_implicit_dim_follows_pytorch(rng, fn, t_fn, shape, device):
     x = rng.standard_normal(shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PyTorch warns that the implicit dim is deprecated
         expected = t_fn(torch.tensor(x)).numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # minidl follows the rule silently
-        got = fn(minidl.tensor(x)).numpy()
+        got = to_host(fn(minidl.tensor(x, device=device)))
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
-def test_softmax_of_a_scalar_is_one():
-    x = minidl.tensor(2.5, requires_grad=True)
+def test_softmax_of_a_scalar_is_one(device):
+    x = minidl.tensor(2.5, requires_grad=True, device=device)
     y = softmax(x, 0)
     assert y.shape == () and y.item() == 1.0
     y.backward()
     assert x.grad.item() == 0.0
 
 
-def test_softmax_dtype_argument(rng):
-    x = minidl.tensor(rng.standard_normal((2, 3)).astype(np.float32))
+def test_softmax_dtype_argument(rng, device):
+    x = minidl.tensor(rng.standard_normal((2, 3)).astype(np.float32), device=device)
     assert softmax(x, 1, dtype=minidl.float64).dtype == np.float64
 
 
@@ -219,12 +225,12 @@ def test_softmax_dim_out_of_range():
         softmax(minidl.tensor([[1.0, 2.0]]), 2)
 
 
-def test_temperature_alone_can_require_grad(rng):
+def test_temperature_alone_can_require_grad(rng, device):
     x = rng.standard_normal((2, 3))
-    T = minidl.tensor(0.9, dtype=minidl.float64, requires_grad=True)
-    tT = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
-    log_softmax(minidl.tensor(x), 1, temperature=T)[:, 1].sum().backward()
-    F.log_softmax(torch.tensor(x) / tT, 1)[:, 1].sum().backward()
+    T = minidl.tensor(0.9, dtype=minidl.float64, requires_grad=True, device=device)
+    tT = torch.tensor(0.9, dtype=torch.float64, requires_grad=True, device=torch_device(device))
+    log_softmax(minidl.tensor(x, device=device), 1, temperature=T)[:, 1].sum().backward()
+    F.log_softmax(torch.tensor(x, device=tT.device) / tT, 1)[:, 1].sum().backward()
     np.testing.assert_allclose(T.grad.item(), tT.grad.item(), rtol=1e-12)
 
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import minidl
 import minidl.kernels.conv_direct as conv_direct
 import minidl.ops.conv as conv_mod
 from minidl.ops.conv import Conv2dFunction, conv2d
-from helpers import check_op
+from helpers import check_op, to_host
 
 
 # PyTorch warns that its own 'same' padding with even kernels copies the input; not our concern.
@@ -117,38 +117,40 @@ def _case_id(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_forward_matches_brute_force(case, rng):
+def test_forward_matches_brute_force(case, rng, device):
     xs, ws, bias, kw = case
     x, w = rng.standard_normal(xs), rng.standard_normal(ws)
     b = rng.standard_normal(ws[0]) if bias else None
-    y = conv2d(minidl.tensor(x), minidl.tensor(w), None if b is None else minidl.tensor(b), **kw)
+    y = conv2d(minidl.tensor(x, device=device), minidl.tensor(w, device=device),
+               None if b is None else minidl.tensor(b, device=device), **kw)
     x4 = x[None] if x.ndim == 3 else x
     expected = brute_conv2d(x4, w, b, **_brute_args(ws, kw))
     if x.ndim == 3:
         expected = expected[0]
-    assert y.shape == expected.shape and y.dtype == np.float64
-    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert y.shape == expected.shape and y.dtype == np.float64 and y.device == device
+    np.testing.assert_allclose(to_host(y), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("keep", [True, False], ids=["keep-col", "unfold-again"])
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_against_torch(case, keep, rng):
+def test_against_torch(case, keep, rng, device):
     xs, ws, bias, kw = case
     arrays = [rng.standard_normal(xs), rng.standard_normal(ws)]
     if bias:
         arrays.append(rng.standard_normal(ws[0]))
     with keep_col(keep):
-        check_op(lambda *a: conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), arrays)
+        check_op(lambda *a: conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), arrays,
+                 device=device)
 
 
 @pytest.mark.parametrize("grad", [(0,), (1,), (2,), (1, 2), (0, 2)])
-def test_only_requested_gradients(grad, rng):
+def test_only_requested_gradients(grad, rng, device):
     """needs_input_grad: each subset of (input, weight, bias) gets exactly its gradients."""
     kw = dict(stride=2, padding=1, groups=2)
     arrays = [rng.standard_normal((2, 4, 5, 6)), rng.standard_normal((4, 2, 3, 2)),
               rng.standard_normal(4)]
     check_op(lambda *a: conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), arrays, grad=grad,
-             gradcheck=False)
+             gradcheck=False, device=device)
 
 
 def test_backward_skips_unneeded_work(monkeypatch, rng):
@@ -165,9 +167,11 @@ def test_backward_skips_unneeded_work(monkeypatch, rng):
     np.testing.assert_allclose(b.grad.numpy(), np.full(3, 2 * 3 * 3))
 
 
-def test_float32_and_no_grad(rng):
-    x = minidl.tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32), requires_grad=True)
-    w = minidl.tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), requires_grad=True)
+def test_float32_and_no_grad(rng, device):
+    x = minidl.tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32), requires_grad=True,
+                      device=device)
+    w = minidl.tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), requires_grad=True,
+                      device=device)
     with minidl.no_grad():
         y = conv2d(x, w, padding=1)
     assert y.dtype == np.float32 and y.shape == (2, 4, 8, 8)
@@ -199,12 +203,12 @@ def test_scratch_buffer_reuse(monkeypatch, rng):
             np.testing.assert_allclose(m.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 
-def test_non_contiguous_inputs(rng):
+def test_non_contiguous_inputs(rng, device):
     x = rng.standard_normal((5, 2, 3, 6))
     w = rng.standard_normal((3, 2, 4, 2))
     check_op(lambda x, w: conv2d(x.permute(2, 1, 0, 3), w.transpose(2, 3), padding=1),
              lambda x, w: F.conv2d(x.permute(2, 1, 0, 3), w.transpose(2, 3), padding=1),
-             [x, w], gradcheck=False)
+             [x, w], gradcheck=False, device=device)
 
 
 # ----------------------------------------------------------------------------- property test
@@ -235,9 +239,12 @@ def conv_problems(draw):
     return xs, (OC, C // groups, KH, KW), bias, kw
 
 
-@settings(max_examples=40, deadline=None)
+# ``device`` is a function-scoped fixture, but only a constant string: sharing it between
+# examples is safe.
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(problem=conv_problems(), keep=st.booleans(), seed=st.integers(0, 2**16))
-def test_property_against_torch(problem, keep, seed):
+def test_property_against_torch(problem, keep, seed, device):
     xs, ws, bias, kw = problem
     rng = np.random.default_rng(seed)
     arrays = [rng.standard_normal(xs), rng.standard_normal(ws)]
@@ -245,7 +252,7 @@ def test_property_against_torch(problem, keep, seed):
         arrays.append(rng.standard_normal(ws[0]))
     with keep_col(keep):
         check_op(lambda *a: conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), arrays,
-                 dtypes=(np.float64,), gradcheck=False, seed=seed)
+                 dtypes=(np.float64,), gradcheck=False, seed=seed, device=device)
 
 
 # ----------------------------------------------------------------------------- devices

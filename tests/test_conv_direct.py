@@ -5,6 +5,9 @@ path (``force_impl('im2col')``): outputs and every gradient, float64 tight and f
 loose, on LeNet's shapes, non-square inputs and kernels, batch 1, paddings that are
 asymmetric or larger than the kernel, unbatched inputs, and subsets of the gradients.
 Then the dispatch: which convolutions take the direct kernels, both ways.
+
+CPU only, so not parametrised over devices: the direct kernels take NumPy arrays (on a GPU
+conv2d always runs im2col + GEMM, which test_conv.py covers on each device).
 """
 from __future__ import annotations
 

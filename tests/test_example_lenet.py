@@ -7,6 +7,7 @@ extra (tqdm, matplotlib, scikit-learn).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -295,3 +296,161 @@ def test_checkpoint_of_another_model(base, tmp_path, capsys):
                                                 "--out", str(tmp_path / "o")])
         err = capsys.readouterr().err
         assert status == 1 and words in err and "Traceback" not in err, err
+
+
+# ------------------------------------------------------------------------- the loop on a device
+
+
+def seed_recipe_and_loader(n=180, batch_size=4, shuffle=True):
+    """The seed recipe, a fresh LeNet-5 and a DeviceDataLoader over n random 32x32 images."""
+    args = _common.fill_defaults(lenet_mnist.build_parser().parse_args([]),
+                                 lenet_mnist.DEFAULTS["seed"])
+    recipe = lenet_mnist.seed_recipe(args)
+    minidl.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 1, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, n)
+    loader = minidl.data.DeviceDataLoader(minidl.data.TensorDataset(x, y),
+                                          batch_size=batch_size, shuffle=shuffle)
+    net = recipe.build_model()
+    return recipe, net, loader
+
+
+def reference_train_epoch(model, loader, optimizer, recipe):
+    """The loop as it was, fetching the loss and the accuracy at every step."""
+    model.train()
+    losses, accs = [], []
+    for x, y in loader:
+        optimizer.zero_grad()
+        output = model(x)
+        loss = recipe.loss(output, y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        top1 = minidl.metrics.topk_indices(recipe.logits(output), 1)[:, 0] == y.numpy()
+        accs.append(top1.mean())
+    return float(np.mean(losses)), float(100 * np.mean(accs))
+
+
+def reference_evaluate(model, loader):
+    model.eval()
+    loss_sum, preds, hit1, hit5, n = 0.0, [], 0, 0, 0
+    with minidl.no_grad():
+        for x, y in loader:
+            output = model(x)
+            loss_sum += minidl.nn.functional.cross_entropy(output, y, reduction="sum").item()
+            ranked = minidl.metrics.topk_indices(output, 5)
+            hit1 += int((ranked[:, 0] == y.numpy()).sum())
+            hit5 += int((ranked == y.numpy()[:, None]).any(axis=1).sum())
+            preds.append(ranked[:, 0])
+            n += len(y)
+    return loss_sum / n, 100.0 * hit1 / n, 100.0 * hit5 / n, np.concatenate(preds)
+
+
+def test_loop_keeps_the_lecture_definitions():
+    """Fetching every 20 steps gives exactly (bit for bit) what fetching every step gave:
+    the mean of the batch losses, the mean of the batch accuracies, and for evaluation the
+    loss and the top-1 / top-5 over all samples."""
+    results = []
+    for train in (reference_train_epoch, None):
+        recipe, net, loader = seed_recipe_and_loader(n=90, batch_size=4)
+        opt = recipe.make_optimizer(net)
+        if train is None:
+            results.append(_common.train_epoch(net, loader, opt, recipe, "cpu"))
+        else:
+            results.append(train(net, loader, opt, recipe))
+    assert results[0] == results[1]
+    test_loader = minidl.data.DeviceDataLoader(loader.dataset, batch_size=7)
+    loss, top1, top5, pred = reference_evaluate(net, test_loader)
+    ev = _common.evaluate(net, test_loader, "cpu")
+    assert (ev.loss, ev.top1, ev.top5) == (loss, top1, top5)
+    np.testing.assert_array_equal(ev.pred, pred)
+    np.testing.assert_array_equal(ev.target, loader.arrays[1])
+
+
+def test_ranks_and_predictions_match_topk_indices():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 4, (500, 10)).astype(np.float32)   # many ties
+    scores[:3] = np.nan                                          # rows of NaN, and
+    scores[3:50, rng.integers(0, 10, 47)] = np.nan               # NaNs among numbers
+    target = rng.integers(0, 10, 500)
+    ranked = minidl.metrics.topk_indices(scores, 10)
+    want_rank = np.argmax(ranked == target[:, None], axis=1)
+    np.testing.assert_array_equal(_common.target_ranks(scores, target), want_rank)
+    np.testing.assert_array_equal(_common.predicted_classes(scores), ranked[:, 0])
+    ints = rng.integers(-3, 3, (50, 7))
+    np.testing.assert_array_equal(_common.target_ranks(ints, target[:50] % 7),
+                                  np.argmax(minidl.metrics.topk_indices(ints, 7)
+                                            == (target[:50] % 7)[:, None], axis=1))
+
+
+def test_to_host_keeps_dtypes_and_shapes():
+    arrays = (np.float32(1.5), np.array(2.25), np.arange(6).reshape(2, 3),
+              np.array([True, False]), np.array([], np.float32))
+    out = _common.to_host(*arrays)
+    for got, want in zip(out, arrays):
+        assert got.dtype == np.asarray(want).dtype and got.shape == np.shape(want)
+        np.testing.assert_array_equal(got, want)
+
+
+class HostSyncs:
+    """Counts the ways minidl copies a value to the host: backend.to_numpy (Tensor.numpy
+    on the GPU refuses; tolist, __array__ and repr use to_numpy) and Tensor.item (float(),
+    int(), bool() of a Tensor use it). A bare float(array) on a raw array is not counted."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        to_numpy, item = minidl.backend.to_numpy, minidl.Tensor.item
+
+        def counted(fn):
+            def wrapper(*args, **kw):
+                self.count += 1
+                return fn(*args, **kw)
+            return wrapper
+
+        monkeypatch.setattr(minidl.backend, "to_numpy", counted(to_numpy))
+        monkeypatch.setattr(minidl.Tensor, "item", counted(item))
+
+
+@pytest.mark.parametrize("log_every", [20, 7])
+def test_host_syncs_once_per_logging_interval(monkeypatch, log_every):
+    recipe, net, loader = seed_recipe_and_loader(n=180, batch_size=4)   # 45 steps
+    opt = recipe.make_optimizer(net)
+    syncs = HostSyncs(monkeypatch)
+    for progress in (False, True):
+        syncs.count = 0
+        _common.train_epoch(net, loader, opt, recipe, "cpu", progress=progress,
+                            log_every=log_every)
+        assert syncs.count <= math.ceil(len(loader) / log_every) + 1, (progress, syncs.count)
+    syncs.count = 0
+    _common.evaluate(net, minidl.data.DeviceDataLoader(loader.dataset, batch_size=10), "cpu",
+                     progress=True)
+    assert syncs.count == 1          # 18 batches, one transfer at the end
+
+
+def test_run_gives_the_numbers_of_the_host_loader(tmp_path, monkeypatch):
+    """The example on DeviceDataLoader prints and records what it did on DataLoader (batches
+    made and transformed on the host, every epoch): the seed recipe, and the modern one
+    with its random crops."""
+    for recipe in ("seed", "modern"):
+        args = ["--recipe", recipe, "--no-tsne", "--val-size", "30"]
+        on_device = run(tmp_path / f"{recipe}-device", *args)
+        with monkeypatch.context() as m:
+            m.setattr(_common, "DeviceDataLoader",
+                      lambda dataset, device, **kw: minidl.data.DataLoader(dataset, **kw))
+            on_host = run(tmp_path / f"{recipe}-host", *args)
+        assert numbers(on_device) == numbers(on_host)
+
+
+def test_example_runs_on_the_device(device, tmp_path, capsys):
+    metrics = lenet_mnist.main([*SMALL, "--recipe", "modern", "--epochs", "1",
+                                "--tsne-samples", "40", "--device", device,
+                                "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert f"device {device}, seed 0" in out and "Eval epoch 1: top-1 accuracy:" in out
+    assert metrics["device"] == device and len(metrics["epochs"]) == 1
+    epoch = metrics["epochs"][0]
+    assert np.isfinite(epoch["train_loss"]) and 0 <= epoch["eval_top1"] <= 100
+    for name in _common.OUTPUT_FILES:
+        assert (tmp_path / name).is_file(), name
+    assert np.array(metrics["final"]["confusion"]).sum() == 1000

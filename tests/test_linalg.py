@@ -8,18 +8,20 @@ from helpers import check_op
 
 @pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)),
                                    ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (5, 4, 2))])
-def test_matmul(sa, sb, rng):
-    check_op(lambda a, b: a @ b, lambda a, b: a @ b, [rng.standard_normal(sa), rng.standard_normal(sb)])
+def test_matmul(sa, sb, rng, device):
+    check_op(lambda a, b: a @ b, lambda a, b: a @ b,
+             [rng.standard_normal(sa), rng.standard_normal(sb)], device=device)
 
 
 @pytest.mark.parametrize("shape", [(5, 4), (2, 3, 4), (4,)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear(shape, bias, rng):
+def test_linear(shape, bias, rng, device):
     x, w, b = rng.standard_normal(shape), rng.standard_normal((3, 4)), rng.standard_normal(3)
     if bias:
-        check_op(minidl.ops.linear, torch.nn.functional.linear, [x, w, b])
+        check_op(minidl.ops.linear, torch.nn.functional.linear, [x, w, b], device=device)
     else:
-        check_op(lambda a, ww: minidl.ops.linear(a, ww), torch.nn.functional.linear, [x, w])
+        check_op(lambda a, ww: minidl.ops.linear(a, ww), torch.nn.functional.linear, [x, w],
+                 device=device)
 
 
 def test_errors_name_the_shapes():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import minidl
 from minidl.ops.loss import cross_entropy, mse_loss, nll_loss
-from tests.helpers import check_op
+from tests.helpers import check_op, to_host
 
 REDUCTIONS = ["none", "mean", "sum"]
 SHAPES = [(5, 4), (2, 3, 2, 2)]          # (N, C) and (N, C, d1, d2)
@@ -38,7 +38,8 @@ CE_CASES = list(itertools.product(SHAPES, [False, True], [None, -1, 1], [0.0, 0.
 
 
 @pytest.mark.parametrize("shape,use_weight,ignore,smoothing,reduction", CE_CASES)
-def test_cross_entropy_class_indices(rng, shape, use_weight, ignore, smoothing, reduction):
+def test_cross_entropy_class_indices(rng, shape, use_weight, ignore, smoothing, reduction,
+                                     device):
     x = rng.standard_normal(shape) * 2
     t = _class_targets(rng, shape, ignore)
     w = _weight(rng, shape[1], use_weight)
@@ -47,14 +48,14 @@ def test_cross_entropy_class_indices(rng, shape, use_weight, ignore, smoothing, 
         kw["ignore_index"] = ignore
     check_op(lambda x, t, w: cross_entropy(x, t, weight=w, **kw),
              lambda x, t, w: F.cross_entropy(x, t, weight=w, **kw),
-             [x, t, w], grad=(0,))
+             [x, t, w], grad=(0,), device=device)
 
 
 PROB_CASES = list(itertools.product(SHAPES, [False, True], [0.0, 0.2], REDUCTIONS))
 
 
 @pytest.mark.parametrize("shape,use_weight,smoothing,reduction", PROB_CASES)
-def test_cross_entropy_probability_targets(rng, shape, use_weight, smoothing, reduction):
+def test_cross_entropy_probability_targets(rng, shape, use_weight, smoothing, reduction, device):
     """Gradients with respect to the logits, the target and the weight, all against PyTorch."""
     x = rng.standard_normal(shape) * 2
     t = rng.uniform(0.1, 1.0, shape)
@@ -62,54 +63,56 @@ def test_cross_entropy_probability_targets(rng, shape, use_weight, smoothing, re
     w = _weight(rng, shape[1], use_weight)
     kw = dict(reduction=reduction, label_smoothing=smoothing)
     check_op(lambda x, t, w: cross_entropy(x, t, weight=w, **kw),
-             lambda x, t, w: F.cross_entropy(x, t, weight=w, **kw), [x, t, w])
+             lambda x, t, w: F.cross_entropy(x, t, weight=w, **kw), [x, t, w], device=device)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("target", ["index", "probs"])
-def test_cross_entropy_unbatched(rng, reduction, target):
+def test_cross_entropy_unbatched(rng, reduction, target, device):
     x = rng.standard_normal(5)
     t = np.array(3) if target == "index" else rng.dirichlet(np.ones(5))
     check_op(lambda x, t: cross_entropy(x, t, reduction=reduction, label_smoothing=0.1),
              lambda x, t: F.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1),
-             [x, t], grad=(0,))
+             [x, t], grad=(0,), device=device)
 
 
-def test_cross_entropy_one_hot_gradient_is_softmax_minus_onehot(rng):
+def test_cross_entropy_one_hot_gradient_is_softmax_minus_onehot(rng, device):
     x = rng.standard_normal((4, 3))
     t = np.array([0, 2, 1, 2])
-    m = minidl.tensor(x, requires_grad=True)
-    cross_entropy(m, minidl.tensor(t), reduction="sum").backward()
+    m = minidl.tensor(x, requires_grad=True, device=device)
+    cross_entropy(m, minidl.tensor(t, device=device), reduction="sum").backward()
     p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(m.grad.numpy(), p - np.eye(3)[t], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(to_host(m.grad), p - np.eye(3)[t], rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("fn,t_fn", [(cross_entropy, F.cross_entropy), (nll_loss, F.nll_loss)])
 @pytest.mark.parametrize("use_weight", [False, True])
-def test_every_target_ignored_gives_nan_mean_as_pytorch(fn, t_fn, use_weight):
+def test_every_target_ignored_gives_nan_mean_as_pytorch(fn, t_fn, use_weight, device):
     x = np.zeros((3, 4))
     t = np.full(3, -100)
     w = np.ones(4) if use_weight else None
-    md = fn(minidl.tensor(x), minidl.tensor(t),
-            weight=None if w is None else minidl.tensor(w))
+    md = fn(minidl.tensor(x, device=device), minidl.tensor(t, device=device),
+            weight=None if w is None else minidl.tensor(w, device=device))
     tt = t_fn(torch.tensor(x), torch.tensor(t), weight=None if w is None else torch.tensor(w))
     assert np.isnan(md.item()) and np.isnan(tt.item())
 
 
-def test_cross_entropy_is_stable_for_large_logits():
+def test_cross_entropy_is_stable_for_large_logits(device):
     x = np.array([[1000.0, -1000.0, 0.0], [-5e4, 5e4, 0.0]])
     t = np.array([1, 0])
-    md = cross_entropy(minidl.tensor(x), minidl.tensor(t), reduction="none").numpy()
+    md = to_host(cross_entropy(minidl.tensor(x, device=device), minidl.tensor(t, device=device),
+                               reduction="none"))
     tt = F.cross_entropy(torch.tensor(x), torch.tensor(t), reduction="none").numpy()
     np.testing.assert_allclose(md, tt, rtol=1e-12)
 
 
 @pytest.mark.parametrize("probs", [False, True])
-def test_cross_entropy_float32_stays_float32(rng, probs):
-    x = minidl.tensor(rng.standard_normal((4, 3)).astype(np.float32), requires_grad=True)
-    t = (minidl.tensor(rng.dirichlet(np.ones(3), 4).astype(np.float32)) if probs
-         else minidl.tensor([0, 1, 2, 1]))
-    w = minidl.tensor(np.array([1.0, 2.0, 0.5], np.float32))
+def test_cross_entropy_float32_stays_float32(rng, probs, device):
+    x = minidl.tensor(rng.standard_normal((4, 3)).astype(np.float32), requires_grad=True,
+                      device=device)
+    t = (minidl.tensor(rng.dirichlet(np.ones(3), 4).astype(np.float32), device=device) if probs
+         else minidl.tensor([0, 1, 2, 1], device=device))
+    w = minidl.tensor(np.array([1.0, 2.0, 0.5], np.float32), device=device)
     loss = cross_entropy(x, t, weight=w, label_smoothing=0.1)
     assert loss.dtype == np.float32
     loss.backward()
@@ -122,7 +125,7 @@ NLL_CASES = list(itertools.product(SHAPES, [False, True], [None, -1, 1], REDUCTI
 
 
 @pytest.mark.parametrize("shape,use_weight,ignore,reduction", NLL_CASES)
-def test_nll_loss(rng, shape, use_weight, ignore, reduction):
+def test_nll_loss(rng, shape, use_weight, ignore, reduction, device):
     x = rng.standard_normal(shape)
     t = _class_targets(rng, shape, ignore)
     w = _weight(rng, shape[1], use_weight)
@@ -130,22 +133,22 @@ def test_nll_loss(rng, shape, use_weight, ignore, reduction):
     if ignore is not None:
         kw["ignore_index"] = ignore
     check_op(lambda x, t, w: nll_loss(x, t, weight=w, **kw),
-             lambda x, t, w: F.nll_loss(x, t, weight=w, **kw), [x, t, w], grad=(0,))
+             lambda x, t, w: F.nll_loss(x, t, weight=w, **kw), [x, t, w], grad=(0,), device=device)
 
 
-def test_nll_loss_of_log_softmax_equals_cross_entropy(rng):
+def test_nll_loss_of_log_softmax_equals_cross_entropy(rng, device):
     from minidl.ops.activation import log_softmax
-    x = minidl.tensor(rng.standard_normal((4, 5)))
-    t = minidl.tensor([4, 0, 2, 2])
+    x = minidl.tensor(rng.standard_normal((4, 5)), device=device)
+    t = minidl.tensor([4, 0, 2, 2], device=device)
     np.testing.assert_allclose(nll_loss(log_softmax(x, 1), t).item(),
                                cross_entropy(x, t).item(), rtol=1e-12)
 
 
-def test_nll_loss_with_minus_infinity_elsewhere_is_finite():
+def test_nll_loss_with_minus_infinity_elsewhere_is_finite(device):
     with np.errstate(divide="ignore"):
         x = np.log(np.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]]))  # log 0 = -inf, not picked
     t = np.array([0, 1])
-    md = nll_loss(minidl.tensor(x), minidl.tensor(t)).item()
+    md = nll_loss(minidl.tensor(x, device=device), minidl.tensor(t, device=device)).item()
     np.testing.assert_allclose(md, F.nll_loss(torch.tensor(x), torch.tensor(t)).item())
 
 
@@ -153,27 +156,28 @@ def test_nll_loss_with_minus_infinity_elsewhere_is_finite():
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 2)])
-def test_mse_loss(rng, reduction, shape):
+def test_mse_loss(rng, reduction, shape, device):
     check_op(lambda x, t: mse_loss(x, t, reduction),
              lambda x, t: F.mse_loss(x, t, reduction=reduction),
-             [rng.standard_normal(shape), rng.standard_normal(shape)])
+             [rng.standard_normal(shape), rng.standard_normal(shape)], device=device)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_mse_loss_broadcasts_with_a_warning_as_pytorch(rng, reduction):
+def test_mse_loss_broadcasts_with_a_warning_as_pytorch(rng, reduction, device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # both libraries warn; the values must still agree
         check_op(lambda x, t: mse_loss(x, t, reduction),
                  lambda x, t: F.mse_loss(x, t, reduction=reduction),
-                 [rng.standard_normal((3, 1)), rng.standard_normal(3)])
+                 [rng.standard_normal((3, 1)), rng.standard_normal(3)], device=device)
     with pytest.warns(UserWarning, match=r"mse_loss: target of shape \(3,\) differs from "
                                          r"input of shape \(3, 1\)"):
         mse_loss(minidl.zeros(3, 1), minidl.zeros(3))
 
 
-def test_mse_loss_float32_stays_float32(rng):
-    x = minidl.tensor(rng.standard_normal(4).astype(np.float32), requires_grad=True)
-    loss = mse_loss(x, minidl.zeros(4))
+def test_mse_loss_float32_stays_float32(rng, device):
+    x = minidl.tensor(rng.standard_normal(4).astype(np.float32), requires_grad=True,
+                      device=device)
+    loss = mse_loss(x, minidl.zeros(4, device=device))
     assert loss.dtype == np.float32
     loss.backward()
     assert x.grad.dtype == np.float32

@@ -5,8 +5,9 @@ module names (torchvision is not a dependency), so ``state_dict`` keys must matc
 the weights are copied from PyTorch into minidl and both networks run in float64, in
 training mode (batch statistics; dropout layers switched off, their masks come from
 different generators) and in eval mode (running statistics). Outputs, every parameter
-gradient (for a random upstream gradient) and the running statistics must agree to ~1e-9.
-Inputs are small and widths reduced where the model has a width knob, to keep this fast.
+gradient (for a random upstream gradient) and the running statistics must agree to ~1e-9,
+on each device (``device`` fixture; on the GPU against PyTorch on CUDA). Inputs are small
+and widths reduced where the model has a width knob, to keep this fast.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch import nn as tnn
 
 import minidl
 import minidl.optim
+from helpers import to_host, torch_device
 from minidl import models, nn
 
 # ============================================================================= PyTorch twins
@@ -344,14 +346,18 @@ def _close(actual, expected, what, rtol=1e-9, floor=1e-12):
                                atol=rtol * max(scale, floor), err_msg=what)
 
 
-def check_parity(md_net, t_net, x_shape, seed=0):
+def check_parity(md_net, t_net, x_shape, seed=0, device="cpu"):
     """Copy t_net's weights into md_net; compare outputs, gradients and running stats in
-    float64, in training mode then in eval mode."""
+    float64, in training mode then in eval mode. md_net runs on ``device``, t_net on CUDA
+    with it when this PyTorch has CUDA (``torch_device``); compared on the host."""
+    t_dev = torch_device(device)
     t_net = t_net.double()
     md_net = md_net.double()
     t_state = t_net.state_dict()
     assert list(md_net.state_dict()) == list(t_state), "state_dict keys differ"
     md_net.load_state_dict({k: v.detach().numpy() for k, v in t_state.items()})
+    md_net.to(device)
+    t_net.to(t_dev)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(x_shape)
     t_params = dict(t_net.named_parameters())
@@ -360,15 +366,16 @@ def check_parity(md_net, t_net, x_shape, seed=0):
         _set_mode(md_net, train, nn.Dropout)
         t_net.zero_grad()
         md_net.zero_grad()
-        t_outs = _as_list(t_net(torch.tensor(x)))
-        md_outs = _as_list(md_net(minidl.tensor(x)))
+        t_outs = _as_list(t_net(torch.tensor(x, device=t_dev)))
+        md_outs = _as_list(md_net(minidl.tensor(x, device=device)))
         assert len(md_outs) == len(t_outs)
         t_loss, md_loss = 0, 0
         for i, (m, t) in enumerate(zip(md_outs, t_outs)):
-            _close(m.numpy(), t.detach().numpy(), f"output {i} (train={train})")
+            assert m.device == device, f"output {i} is on {m.device}"
+            _close(to_host(m), to_host(t), f"output {i} (train={train})")
             v = rng.standard_normal(t.shape)
-            t_loss = t_loss + (t * torch.tensor(v)).sum()
-            md_loss = md_loss + (m * minidl.tensor(v)).sum()
+            t_loss = t_loss + (t * torch.tensor(v, device=t_dev)).sum()
+            md_loss = md_loss + (m * minidl.tensor(v, device=device)).sum()
         t_loss.backward()
         md_loss.backward()
         largest = max(float(p.grad.abs().max()) for p in t_params.values()
@@ -376,14 +383,14 @@ def check_parity(md_net, t_net, x_shape, seed=0):
         for name, p in md_net.named_parameters():
             tg = t_params[name].grad
             if tg is None:  # not used in this mode (GoogLeNet's auxiliary heads in eval)
-                assert p.grad is None or not p.grad.numpy().any(), name
+                assert p.grad is None or not to_host(p.grad).any(), name
                 continue
             assert p.grad is not None, f"{name}: no gradient (train={train})"
-            _close(p.grad.numpy(), tg.numpy(), f"grad of {name} (train={train})",
+            _close(to_host(p.grad), to_host(tg), f"grad of {name} (train={train})",
                    floor=1e-4 * largest)
         md_state = md_net.state_dict()
         for k, v in t_net.state_dict().items():  # running statistics after the forward
-            _close(md_state[k].numpy(), v.numpy(), f"state {k} (train={train})",
+            _close(to_host(md_state[k]), to_host(v), f"state {k} (train={train})",
                    floor=1e-6)
 
 
@@ -401,59 +408,59 @@ def _build(fn, *args, **kwargs):
 # ============================================================================= parity tests
 
 
-def test_lenet_parity():
-    check_parity(_build(models.lenet5), TLeNet(), (4, 1, 32, 32))
+def test_lenet_parity(device):
+    check_parity(_build(models.lenet5), TLeNet(), (4, 1, 32, 32), device=device)
 
 
-def test_alexnet_parity():
+def test_alexnet_parity(device):
     # the lecture's AlexNet at its 224x224 input, widths / 8 to keep it fast
     md = _build(models.alexnet, num_classes=10, width_mult=1 / 8)
     t = TAlexNet(10, c=(12, 32, 48, 48, 32), hidden=512)
-    check_parity(md, t, (2, 3, 224, 224))
+    check_parity(md, t, (2, 3, 224, 224), device=device)
 
 
-def test_vgg11_bn_parity():
+def test_vgg11_bn_parity(device):
     md = _build(models.vgg11_bn, num_classes=10, width_mult=1 / 16, hidden_features=32,
                 pool_size=2)
     cfg = [v if v == "M" else v // 16 for v in models.vgg.cfgs["A"]]
-    check_parity(md, TVGG(cfg, True, 10, 32, 2), (2, 3, 32, 32))
+    check_parity(md, TVGG(cfg, True, 10, 32, 2), (2, 3, 32, 32), device=device)
 
 
-def test_googlenet_parity_with_aux_heads():
+def test_googlenet_parity_with_aux_heads(device):
     md = _build(models.googlenet, num_classes=10)
-    check_parity(md, TGoogLeNet(10), (2, 3, 32, 32))
+    check_parity(md, TGoogLeNet(10), (2, 3, 32, 32), device=device)
 
 
-def test_mobilenet_v1_parity():
+def test_mobilenet_v1_parity(device):
     md = _build(models.mobilenet_v1, num_classes=10, width_mult=0.25)
-    check_parity(md, TMobileNetV1(10, 0.25), (2, 3, 32, 32))
+    check_parity(md, TMobileNetV1(10, 0.25), (2, 3, 32, 32), device=device)
 
 
-def test_mobilenet_v2_parity():
+def test_mobilenet_v2_parity(device):
     md = _build(models.mobilenet_v2, num_classes=10, width_mult=0.25)
-    check_parity(md, TMobileNetV2(10, 0.25), (2, 3, 32, 32))
+    check_parity(md, TMobileNetV2(10, 0.25), (2, 3, 32, 32), device=device)
 
 
-def test_resnet18_parity():
+def test_resnet18_parity(device):
     check_parity(_build(models.resnet18, num_classes=10),
-                 TResNet(TBasicBlock, [2, 2, 2, 2], 10), (2, 3, 32, 32))
+                 TResNet(TBasicBlock, [2, 2, 2, 2], 10), (2, 3, 32, 32), device=device)
 
 
-def test_resnet18_small_input_parity():
+def test_resnet18_small_input_parity(device):
     widths = (8, 16, 32, 64)
     md = _build(models.resnet18, num_classes=10, small_input=True, widths=widths)
     t = TResNet(TBasicBlock, [2, 2, 2, 2], 10, widths=widths, small_input=True)
-    check_parity(md, t, (2, 3, 16, 16))
+    check_parity(md, t, (2, 3, 16, 16), device=device)
 
 
 @pytest.mark.parametrize("stride_in_1x1", [False, True], ids=["torchvision", "paper"])
-def test_bottleneck_resnet50_parity(stride_in_1x1):
+def test_bottleneck_resnet50_parity(stride_in_1x1, device):
     widths = (8, 16, 32, 64)
     md = _build(models.resnet50, num_classes=10, widths=widths, stride_in_1x1=stride_in_1x1)
     t = TResNet(TBottleneck, [3, 4, 6, 3], 10, widths=widths, stride_in_1x1=stride_in_1x1)
     # 64x64: layer4 runs at 2x2, so its batch norms see more than two values per channel
     # (with two, the normalised outputs are ill-conditioned and float64 noise shows)
-    check_parity(md, t, (2, 3, 64, 64))
+    check_parity(md, t, (2, 3, 64, 64), device=device)
 
 
 # ============================================================================= model specifics

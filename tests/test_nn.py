@@ -13,7 +13,7 @@ import torch
 
 import minidl
 import minidl.optim
-from helpers import assert_close, distinct, rand_away_from
+from helpers import assert_close, distinct, rand_away_from, to_host, torch_device
 from minidl import nn
 
 tnn = torch.nn
@@ -23,16 +23,21 @@ tnn = torch.nn
 
 
 def copy_weights(md_module, t_module):
-    """Load ``t_module``'s state (parameters and buffers) into ``md_module``."""
-    md_module.load_state_dict({k: v.detach().numpy() for k, v in t_module.state_dict().items()})
+    """Load ``t_module``'s state (parameters and buffers) into ``md_module`` (each value
+    lands on the device of the minidl tensor it replaces)."""
+    md_module.load_state_dict({k: to_host(v) for k, v in t_module.state_dict().items()})
 
 
 def check_layer(md_layer, t_layer, arrays, dtype=np.float64, train=True, seed=0,
-                compare_state=True):
+                compare_state=True, device="cpu"):
     """Forward + backward (random upstream gradient) of both layers on ``arrays``; compares
-    outputs, input gradients, parameter gradients and (after the call) the buffers."""
-    md_layer.to(dtype)
-    t_layer.to(torch.float64 if dtype == np.float64 else torch.float32)
+    outputs, input gradients, parameter gradients and (after the call) the buffers.
+
+    device: where the minidl layer and its inputs go; the torch layer goes to CUDA with
+    it when this PyTorch has CUDA (``torch_device``). Compared on the host."""
+    t_dev = torch_device(device)
+    md_layer.to(device, dtype)
+    t_layer.to(t_dev, torch.float64 if dtype == np.float64 else torch.float32)
     copy_weights(md_layer, t_layer)
     md_layer.train(train)
     t_layer.train(train)
@@ -40,26 +45,27 @@ def check_layer(md_layer, t_layer, arrays, dtype=np.float64, train=True, seed=0,
     for a in arrays:
         if a.dtype.kind == "f":
             a = a.astype(dtype)
-            md_in.append(minidl.tensor(a, requires_grad=True))
-            t_in.append(torch.tensor(a, requires_grad=True))
+            md_in.append(minidl.tensor(a, requires_grad=True, device=device))
+            t_in.append(torch.tensor(a, requires_grad=True, device=t_dev))
         else:
-            md_in.append(minidl.tensor(a))
-            t_in.append(torch.tensor(a))
+            md_in.append(minidl.tensor(a, device=device))
+            t_in.append(torch.tensor(a, device=t_dev))
     md_out, t_out = md_layer(*md_in), t_layer(*t_in)
-    assert_close(md_out.numpy(), t_out.detach().numpy(), dtype, "output")
+    assert md_out.device == device, f"output on {md_out.device}, the layer on {device}"
+    assert_close(md_out, t_out, dtype, "output")
     v = np.random.default_rng(seed).standard_normal(t_out.shape).astype(dtype)
-    (md_out * minidl.tensor(v)).sum().backward()
-    (t_out * torch.tensor(v)).sum().backward()
+    (md_out * minidl.tensor(v, device=device)).sum().backward()
+    (t_out * torch.tensor(v, device=t_dev)).sum().backward()
     for i, (m, t) in enumerate(zip(md_in, t_in)):
         if t.requires_grad:
-            assert_close(m.grad.numpy(), t.grad.numpy(), dtype, f"grad of input {i}")
+            assert_close(m.grad, t.grad, dtype, f"grad of input {i}")
     t_params = dict(t_layer.named_parameters())
     for name, p in md_layer.named_parameters():
-        assert_close(p.grad.numpy(), t_params[name].grad.numpy(), dtype, f"grad of {name}")
+        assert_close(p.grad, t_params[name].grad, dtype, f"grad of {name}")
     if compare_state:
         t_state = t_layer.state_dict()
         for name, b in md_layer.state_dict().items():
-            assert_close(b.numpy(), t_state[name].numpy(), dtype, f"state {name}")
+            assert_close(b, t_state[name], dtype, f"state {name}")
     return md_out, t_out
 
 
@@ -580,9 +586,9 @@ def test_layer_input_errors():
 
 
 @pytest.mark.parametrize("shape,bias", [((4, 5), True), ((2, 3, 5), True), ((5,), False)])
-def test_linear_matches_torch(shape, bias, rng):
+def test_linear_matches_torch(shape, bias, rng, device):
     check_layer(nn.Linear(5, 3, bias=bias), tnn.Linear(5, 3, bias=bias),
-                [rng.standard_normal(shape)])
+                [rng.standard_normal(shape)], device=device)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
@@ -595,9 +601,9 @@ def test_linear_matches_torch(shape, bias, rng):
     ((2, 3, 3), dict(padding="valid"), (2, 2, 5, 4)),
     ((2, 3, 3), dict(padding=1), (2, 5, 4)),  # unbatched (C, H, W)
 ])
-def test_conv2d_matches_torch(args, kwargs, shape, rng):
+def test_conv2d_matches_torch(args, kwargs, shape, rng, device):
     check_layer(nn.Conv2d(*args, **kwargs), tnn.Conv2d(*args, **kwargs),
-                [rng.standard_normal(shape)])
+                [rng.standard_normal(shape)], device=device)
 
 
 @pytest.mark.parametrize("name,args,kwargs,shape", [
@@ -611,17 +617,17 @@ def test_conv2d_matches_torch(args, kwargs, shape, rng):
     ("AdaptiveAvgPool2d", (1,), {}, (2, 3, 5, 5)),
     ("AdaptiveMaxPool2d", ((3, 2),), {}, (2, 2, 7, 5)),
 ])
-def test_pooling_matches_torch(name, args, kwargs, shape, rng):
+def test_pooling_matches_torch(name, args, kwargs, shape, rng, device):
     check_layer(getattr(nn, name)(*args, **kwargs), getattr(tnn, name)(*args, **kwargs),
-                [distinct(rng, shape)])
+                [distinct(rng, shape)], device=device)
 
 
-def test_maxpool_return_indices(rng):
+def test_maxpool_return_indices(rng, device):
     x = distinct(rng, (2, 3, 6, 6))
-    md_v, md_i = nn.MaxPool2d(2, return_indices=True)(minidl.tensor(x))
-    t_v, t_i = tnn.MaxPool2d(2, return_indices=True)(torch.tensor(x))
-    np.testing.assert_array_equal(md_i.numpy(), t_i.numpy())
-    np.testing.assert_array_equal(md_v.numpy(), t_v.numpy())
+    md_v, md_i = nn.MaxPool2d(2, return_indices=True)(minidl.tensor(x, device=device))
+    t_v, t_i = tnn.MaxPool2d(2, return_indices=True)(torch.tensor(x, device=torch_device(device)))
+    np.testing.assert_array_equal(to_host(md_i), to_host(t_i))
+    np.testing.assert_array_equal(to_host(md_v), to_host(t_v))
 
 
 @pytest.mark.parametrize("cls,kwargs,shape", [
@@ -634,7 +640,7 @@ def test_maxpool_return_indices(rng):
     ("BatchNorm1d", {}, (5, 4, 3)),
 ])
 @pytest.mark.parametrize("train", [True, False])
-def test_batchnorm_matches_torch(cls, kwargs, shape, train, rng):
+def test_batchnorm_matches_torch(cls, kwargs, shape, train, rng, device):
     C = shape[1]
     md, t = getattr(nn, cls)(C, **kwargs), getattr(tnn, cls)(C, **kwargs)
     if kwargs.get("affine", True):  # non-trivial affine parameters and running statistics
@@ -646,30 +652,32 @@ def test_batchnorm_matches_torch(cls, kwargs, shape, train, rng):
         t.running_mean.copy_(torch.tensor(rng.standard_normal(C)))
         t.running_var.copy_(torch.tensor(rng.uniform(0.5, 2.0, C)))
     x = rng.standard_normal(shape) * 2 + 1
-    check_layer(md, t, [x], train=train)
+    check_layer(md, t, [x], train=train, device=device)   # both layers stay on the device
     # a second batch: running statistics keep following torch's
     x2 = rng.standard_normal(shape)
-    md_out = md(minidl.tensor(x2))
-    t_out = t(torch.tensor(x2))
-    assert_close(md_out.numpy(), t_out.detach().numpy(), np.float64, "second output")
+    md_out = md(minidl.tensor(x2, device=device))
+    t_out = t(torch.tensor(x2, device=torch_device(device)))
+    assert_close(md_out, t_out, np.float64, "second output")
     for k, v in t.state_dict().items():
-        assert_close(md.state_dict()[k].numpy(), v.numpy(), np.float64, k)
+        assert_close(md.state_dict()[k], v, np.float64, k)
 
 
-def test_batchnorm_momentum_none_cumulative(rng):
-    md, t = nn.BatchNorm2d(3, momentum=None).double(), tnn.BatchNorm2d(3, momentum=None).double()
+def test_batchnorm_momentum_none_cumulative(rng, device):
+    t_dev = torch_device(device)
+    md = nn.BatchNorm2d(3, momentum=None).to(device, minidl.float64)
+    t = tnn.BatchNorm2d(3, momentum=None).to(t_dev, torch.float64)
     for _ in range(4):
         x = rng.standard_normal((4, 3, 2, 2)) * 3 + 2
-        md(minidl.tensor(x))
-        t(torch.tensor(x))
+        md(minidl.tensor(x, device=device))
+        t(torch.tensor(x, device=t_dev))
     assert md.num_batches_tracked.item() == 4
     for k, v in t.state_dict().items():
-        assert_close(md.state_dict()[k].numpy(), v.numpy(), np.float64, k)
+        assert_close(md.state_dict()[k], v, np.float64, k)
 
 
-def test_batchnorm_float32(rng):
+def test_batchnorm_float32(rng, device):
     x = rng.standard_normal((4, 3, 5, 5))
-    check_layer(nn.BatchNorm2d(3), tnn.BatchNorm2d(3), [x], dtype=np.float32)
+    check_layer(nn.BatchNorm2d(3), tnn.BatchNorm2d(3), [x], dtype=np.float32, device=device)
 
 
 @pytest.mark.parametrize("name,args,kwargs", [
@@ -678,67 +686,72 @@ def test_batchnorm_float32(rng):
     ("Softmax", (1,), {}), ("LogSoftmax", (-1,), {}), ("Flatten", (), {}),
     ("Flatten", (0, 1), {}), ("Identity", (), {}),
 ])
-def test_activation_and_shape_layers_match_torch(name, args, kwargs, rng):
+def test_activation_and_shape_layers_match_torch(name, args, kwargs, rng, device):
     x = rand_away_from(rng, (3, 4, 5))
     t_kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}  # torch: no in-place on leaves
-    check_layer(getattr(nn, name)(*args, **kwargs), getattr(tnn, name)(*args, **t_kwargs), [x])
+    check_layer(getattr(nn, name)(*args, **kwargs), getattr(tnn, name)(*args, **t_kwargs), [x],
+                device=device)
 
 
-def test_softmax_temperature(rng):
+def test_softmax_temperature(rng, device):
     x = rng.standard_normal((3, 5))
-    md = nn.Softmax(dim=1, temperature=2.0)(minidl.tensor(x))
-    np.testing.assert_allclose(md.numpy(), torch.softmax(torch.tensor(x) / 2.0, 1).numpy(),
+    md = nn.Softmax(dim=1, temperature=2.0)(minidl.tensor(x, device=device))
+    np.testing.assert_allclose(to_host(md), torch.softmax(torch.tensor(x) / 2.0, 1).numpy(),
                                rtol=1e-12)
-    md = nn.LogSoftmax(dim=1, temperature=0.5)(minidl.tensor(x))
-    np.testing.assert_allclose(md.numpy(), torch.log_softmax(torch.tensor(x) / 0.5, 1).numpy(),
+    md = nn.LogSoftmax(dim=1, temperature=0.5)(minidl.tensor(x, device=device))
+    np.testing.assert_allclose(to_host(md), torch.log_softmax(torch.tensor(x) / 0.5, 1).numpy(),
                                rtol=1e-12)
 
 
-def test_dropout_layer():
+def test_dropout_layer(device):
     drop = nn.Dropout(0.25)
-    x = minidl.ones(200, 100, dtype=minidl.float64, requires_grad=True)
+    x = minidl.ones(200, 100, dtype=minidl.float64, requires_grad=True, device=device)
     y = drop(x)
-    vals = y.numpy()
+    vals = to_host(y)
     assert set(np.unique(vals)) <= {0.0, 1 / 0.75}
     assert abs((vals == 0).mean() - 0.25) < 0.02
     y.sum().backward()
-    np.testing.assert_array_equal(x.grad.numpy(), vals)  # same mask, same scale
+    np.testing.assert_array_equal(to_host(x.grad), vals)  # same mask, same scale
     drop.eval()
-    assert drop(x) is x or np.array_equal(drop(x).numpy(), x.numpy())
+    assert drop(x) is x or np.array_equal(to_host(drop(x)), to_host(x))
     minidl.manual_seed(3)
-    a = nn.Dropout(0.5)(minidl.ones(50)).numpy()
+    a = to_host(nn.Dropout(0.5)(minidl.ones(50, device=device)))
     minidl.manual_seed(3)
-    b = nn.Dropout(0.5)(minidl.ones(50)).numpy()
+    b = to_host(nn.Dropout(0.5)(minidl.ones(50, device=device)))
     np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("kwargs", [{}, dict(reduction="sum"), dict(reduction="none"),
                                     dict(label_smoothing=0.2), dict(ignore_index=1),
                                     dict(weight="w")])
-def test_cross_entropy_and_nll_layers(kwargs, rng):
+def test_cross_entropy_and_nll_layers(kwargs, rng, device):
     x = rng.standard_normal((6, 4))
     y = np.array([0, 1, 3, 2, 1, 0])
     w = rng.uniform(0.5, 2.0, 4)
     md_kw = {k: (minidl.tensor(w) if v == "w" else v) for k, v in kwargs.items()}
     t_kw = {k: (torch.tensor(w) if v == "w" else v) for k, v in kwargs.items()}
-    check_layer(nn.CrossEntropyLoss(**md_kw), tnn.CrossEntropyLoss(**t_kw), [x, y])
+    # the class weights are buffers: check_layer moves them with the layers
+    check_layer(nn.CrossEntropyLoss(**md_kw), tnn.CrossEntropyLoss(**t_kw), [x, y],
+                device=device)
     if "label_smoothing" not in kwargs:
         lp = np.log(np.exp(x) / np.exp(x).sum(1, keepdims=True))
-        check_layer(nn.NLLLoss(**md_kw), tnn.NLLLoss(**t_kw), [lp, y])
+        check_layer(nn.NLLLoss(**md_kw), tnn.NLLLoss(**t_kw), [lp, y], device=device)
     if "weight" in kwargs:
         assert list(nn.CrossEntropyLoss(**md_kw).state_dict()) == ["weight"]
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_mse_layer(reduction, rng):
+def test_mse_layer(reduction, rng, device):
     a, b = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
-    check_layer(nn.MSELoss(reduction=reduction), tnn.MSELoss(reduction=reduction), [a, b])
+    check_layer(nn.MSELoss(reduction=reduction), tnn.MSELoss(reduction=reduction), [a, b],
+                device=device)
     with pytest.raises(ValueError):
         nn.MSELoss(reduction="avg")
 
 
-def test_lenet_forward_backward_matches_torch(rng):
+def test_lenet_forward_backward_matches_torch(rng, device):
     md, t = lenet_pair()
+    t_dev = torch_device(device)
 
     def fwd(net, F, x):
         out = F.tanh(net.conv1(x))
@@ -749,21 +762,21 @@ def test_lenet_forward_backward_matches_torch(rng):
         out = F.tanh(net.fc1(out))
         out = F.tanh(net.fc2(out))
         return net.fc3(out)
-    md.double()
-    t.double()
+    md.to(device, minidl.float64)
+    t.to(t_dev, torch.float64)
     copy_weights(md, t)
     x = rng.standard_normal((3, 1, 32, 32))
     y = np.array([1, 7, 3])
-    md_loss = nn.CrossEntropyLoss()(fwd(md, minidl.nn.functional, minidl.tensor(x)),
-                                    minidl.tensor(y))
-    t_loss = tnn.CrossEntropyLoss()(fwd(t, torch.nn.functional, torch.tensor(x)),
-                                    torch.tensor(y))
+    md_loss = nn.CrossEntropyLoss()(fwd(md, minidl.nn.functional, minidl.tensor(x, device=device)),
+                                    minidl.tensor(y, device=device))
+    t_loss = tnn.CrossEntropyLoss()(fwd(t, torch.nn.functional, torch.tensor(x, device=t_dev)),
+                                    torch.tensor(y, device=t_dev))
     md_loss.backward()
     t_loss.backward()
     assert abs(md_loss.item() - t_loss.item()) < 1e-12
     t_params = dict(t.named_parameters())
     for name, p in md.named_parameters():
-        assert_close(p.grad.numpy(), t_params[name].grad.numpy(), np.float64, name)
+        assert_close(p.grad, t_params[name].grad, np.float64, name)
 
 
 # ----------------------------------------------------------------------------- default init

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import minidl
 from minidl.ops.norm import batch_norm
-from tests.helpers import check_op
+from tests.helpers import check_op, to_host, torch_device
 
 SHAPES = [(4, 3), (3, 2, 5), (2, 3, 3, 2)]   # (N, C), (N, C, L), (N, C, H, W)
 
@@ -22,101 +22,108 @@ def _affine(rng, C, affine):
 
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_train_mode_output_and_gradients(rng, shape, affine):
+def test_train_mode_output_and_gradients(rng, shape, affine, device):
     """Output and gradients (input, weight, bias) against PyTorch, plus gradcheck."""
     x = rng.standard_normal(shape) * 2 + 1
     w, b = _affine(rng, shape[1], affine)
     check_op(lambda x, w, b: batch_norm(x, None, None, w, b, training=True),
              lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
-             [x, w, b])
+             [x, w, b], device=device)
 
 
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_eval_mode_output_and_gradients(rng, shape, affine):
+def test_eval_mode_output_and_gradients(rng, shape, affine, device):
     C = shape[1]
     x = rng.standard_normal(shape)
     w, b = _affine(rng, C, affine)
     rm, rv = rng.standard_normal(C), rng.uniform(0.5, 2.0, C)
 
     def md(x, w, b):
-        return batch_norm(x, minidl.tensor(rm.astype(x.dtype)), minidl.tensor(rv.astype(x.dtype)),
+        return batch_norm(x, minidl.tensor(rm.astype(x.dtype), device=x.device),
+                          minidl.tensor(rv.astype(x.dtype), device=x.device),
                           w, b, training=False)
 
     def ref(x, w, b):
-        return F.batch_norm(x, torch.tensor(rm.astype(np.float64)).to(x.dtype),
-                            torch.tensor(rv).to(x.dtype), w, b, training=False)
+        return F.batch_norm(x, torch.tensor(rm.astype(np.float64)).to(x.device, x.dtype),
+                            torch.tensor(rv).to(x.device, x.dtype), w, b, training=False)
 
-    check_op(md, ref, [x, w, b])
+    check_op(md, ref, [x, w, b], device=device)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("momentum", [0.1, 0.3])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_running_statistics_after_several_steps(rng, shape, momentum, dtype):
+def test_running_statistics_after_several_steps(rng, shape, momentum, dtype, device):
     """Three training steps (the running variance uses the unbiased estimate), then an
     evaluation step that uses them: all equal to PyTorch's."""
     C = shape[1]
-    rm, rv = minidl.zeros(C, dtype=dtype), minidl.ones(C, dtype=dtype)
-    trm = torch.zeros(C, dtype=torch.float32 if dtype == np.float32 else torch.float64)
-    trv = torch.ones(C, dtype=trm.dtype)
+    t_dev = torch_device(device)
+    rm, rv = minidl.zeros(C, dtype=dtype, device=device), minidl.ones(C, dtype=dtype, device=device)
+    trm = torch.zeros(C, dtype=torch.float32 if dtype == np.float32 else torch.float64,
+                      device=t_dev)
+    trv = torch.ones(C, dtype=trm.dtype, device=t_dev)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
     for step in range(3):
         x = (rng.standard_normal(shape) * (step + 1) + step).astype(dtype)
-        y = batch_norm(minidl.tensor(x), rm, rv, training=True, momentum=momentum)
-        ty = F.batch_norm(torch.tensor(x), trm, trv, training=True, momentum=momentum)
-        np.testing.assert_allclose(y.numpy(), ty.numpy(), **tol)
-        np.testing.assert_allclose(rm.numpy(), trm.numpy(), **tol)
-        np.testing.assert_allclose(rv.numpy(), trv.numpy(), **tol)
+        y = batch_norm(minidl.tensor(x, device=device), rm, rv, training=True, momentum=momentum)
+        ty = F.batch_norm(torch.tensor(x, device=t_dev), trm, trv, training=True,
+                          momentum=momentum)
+        np.testing.assert_allclose(to_host(y), to_host(ty), **tol)
+        np.testing.assert_allclose(to_host(rm), to_host(trm), **tol)
+        np.testing.assert_allclose(to_host(rv), to_host(trv), **tol)
     assert rm.dtype == dtype and rv.dtype == dtype
     x = rng.standard_normal(shape).astype(dtype)
-    y = batch_norm(minidl.tensor(x), rm, rv, training=False)
-    ty = F.batch_norm(torch.tensor(x), trm, trv, training=False)
-    np.testing.assert_allclose(y.numpy(), ty.numpy(), **tol)
+    y = batch_norm(minidl.tensor(x, device=device), rm, rv, training=False)
+    ty = F.batch_norm(torch.tensor(x, device=t_dev), trm, trv, training=False)
+    np.testing.assert_allclose(to_host(y), to_host(ty), **tol)
 
 
-def test_running_statistics_are_updated_in_place_and_not_in_eval(rng):
-    rm, rv = minidl.zeros(3), minidl.ones(3)
+def test_running_statistics_are_updated_in_place_and_not_in_eval(rng, device):
+    rm, rv = minidl.zeros(3, device=device), minidl.ones(3, device=device)
     arrays = (rm.data, rv.data)
-    x = minidl.tensor(rng.standard_normal((5, 3)).astype(np.float32))
+    x = minidl.tensor(rng.standard_normal((5, 3)).astype(np.float32), device=device)
     batch_norm(x, rm, rv, training=True)
     assert rm.data is arrays[0] and rv.data is arrays[1]           # the same arrays, changed
-    assert not np.allclose(rm.numpy(), 0)
-    before = rm.numpy().copy(), rv.numpy().copy()
+    assert not np.allclose(to_host(rm), 0)
+    before = to_host(rm).copy(), to_host(rv).copy()
     batch_norm(x, rm, rv, training=False)
-    np.testing.assert_array_equal(rm.numpy(), before[0])
-    np.testing.assert_array_equal(rv.numpy(), before[1])
+    np.testing.assert_array_equal(to_host(rm), before[0])
+    np.testing.assert_array_equal(to_host(rv), before[1])
     with minidl.no_grad():  # training still updates statistics without a graph
         batch_norm(x, rm, rv, training=True)
-    assert not np.array_equal(rm.numpy(), before[0])
+    assert not np.array_equal(to_host(rm), before[0])
 
 
-def test_closed_form_input_gradient_by_hand(rng):
+def test_closed_form_input_gradient_by_hand(rng, device):
     """The docstring's formula, written out in NumPy, equals the Function's gradient."""
     x = rng.standard_normal((6, 2))
     w = rng.uniform(0.5, 1.5, 2)
     g = rng.standard_normal((6, 2))
-    mx = minidl.tensor(x, requires_grad=True)
-    batch_norm(mx, None, None, minidl.tensor(w), None, training=True, eps=1e-5).backward(
-        minidl.tensor(g))
+    mx = minidl.tensor(x, requires_grad=True, device=device)
+    batch_norm(mx, None, None, minidl.tensor(w, device=device), None, training=True,
+               eps=1e-5).backward(minidl.tensor(g, device=device))
     m = 6
     inv_std = 1 / np.sqrt(x.var(axis=0) + 1e-5)
     xhat = (x - x.mean(axis=0)) * inv_std
     gxhat = g * w
     dx = inv_std / m * (m * gxhat - gxhat.sum(0) - xhat * (gxhat * xhat).sum(0))
-    np.testing.assert_allclose(mx.grad.numpy(), dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_host(mx.grad), dx, rtol=1e-12, atol=1e-12)
 
 
-def test_batch_of_one_value_per_channel_is_allowed_when_spatial_dims_give_more(rng):
+def test_batch_of_one_value_per_channel_is_allowed_when_spatial_dims_give_more(rng, device):
     x = rng.standard_normal((1, 2, 4))  # N = 1 but 4 values per channel
     check_op(lambda x: batch_norm(x, None, None, training=True),
-             lambda x: F.batch_norm(x, None, None, training=True), [x])
+             lambda x: F.batch_norm(x, None, None, training=True), [x], device=device)
 
 
-def test_float32_stays_float32(rng):
-    x = minidl.tensor(rng.standard_normal((4, 3, 2, 2)).astype(np.float32), requires_grad=True)
-    w, b = minidl.ones(3, requires_grad=True), minidl.zeros(3, requires_grad=True)
-    y = batch_norm(x, minidl.zeros(3), minidl.ones(3), w, b, training=True)
+def test_float32_stays_float32(rng, device):
+    x = minidl.tensor(rng.standard_normal((4, 3, 2, 2)).astype(np.float32), requires_grad=True,
+                      device=device)
+    w = minidl.ones(3, requires_grad=True, device=device)
+    b = minidl.zeros(3, requires_grad=True, device=device)
+    y = batch_norm(x, minidl.zeros(3, device=device), minidl.ones(3, device=device), w, b,
+                   training=True)
     assert y.dtype == np.float32
     y.sum().backward()
     assert x.grad.dtype == w.grad.dtype == b.grad.dtype == np.float32

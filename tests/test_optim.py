@@ -13,6 +13,7 @@ import torch
 
 import minidl
 import minidl.optim as optim
+from helpers import to_host, torch_device
 from minidl import nn
 from minidl.optim import lr_scheduler
 
@@ -25,32 +26,35 @@ def _case_id(kwargs):
 TOL = dict(rtol=1e-12, atol=1e-12)
 
 
-def make_params(rng, shapes=SHAPES):
+def make_params(rng, shapes=SHAPES, device="cpu"):
+    """The same float64 values as minidl Parameters on ``device`` and torch Parameters (on
+    CUDA with them when this PyTorch has CUDA)."""
     arrays = [rng.standard_normal(s) for s in shapes]
-    md = [nn.Parameter(minidl.tensor(a)) for a in arrays]
-    t = [torch.nn.Parameter(torch.tensor(a)) for a in arrays]
+    md = [nn.Parameter(minidl.tensor(a, device=device)) for a in arrays]
+    t = [torch.nn.Parameter(torch.tensor(a, device=torch_device(device))) for a in arrays]
     return md, t
 
 
 def run_both(md_opt, t_opt, md_params, t_params, rng, steps=STEPS, skip=None):
-    """Feed the same random gradients to both optimisers; ``skip(step, i)`` leaves a
-    parameter without a gradient on that step. Checks that gradients are never modified."""
+    """Feed the same random gradients to both optimisers (each on its parameter's device);
+    ``skip(step, i)`` leaves a parameter without a gradient on that step. Checks that
+    gradients are never modified."""
     for step in range(steps):
         for i, (m, t) in enumerate(zip(md_params, t_params)):
             if skip is not None and skip(step, i):
                 m.grad, t.grad = None, None
                 continue
             g = rng.standard_normal(m.shape)
-            m.grad = minidl.tensor(g)
-            t.grad = torch.tensor(g)
-        grads_before = [None if m.grad is None else m.grad.numpy().copy() for m in md_params]
+            m.grad = minidl.tensor(g, device=m.device)
+            t.grad = torch.tensor(g, device=t.device)
+        grads_before = [None if m.grad is None else to_host(m.grad).copy() for m in md_params]
         md_opt.step()
         t_opt.step()
         for i, (m, t) in enumerate(zip(md_params, t_params)):
-            np.testing.assert_allclose(m.numpy(), t.detach().numpy(), **TOL,
+            np.testing.assert_allclose(to_host(m), to_host(t), **TOL,
                                        err_msg=f"param {i} after step {step + 1}")
             if grads_before[i] is not None:  # the gradient array was not touched
-                np.testing.assert_array_equal(m.grad.numpy(), grads_before[i])
+                np.testing.assert_array_equal(to_host(m.grad), grads_before[i])
 
 
 SGD_CASES = [dict(momentum=m, dampening=d, weight_decay=wd, nesterov=n, maximize=mx)
@@ -60,20 +64,20 @@ SGD_CASES = [dict(momentum=m, dampening=d, weight_decay=wd, nesterov=n, maximize
 
 
 @pytest.mark.parametrize("kwargs", SGD_CASES, ids=_case_id)
-def test_sgd_matches_torch(kwargs, rng):
-    md_p, t_p = make_params(rng)
+def test_sgd_matches_torch(kwargs, rng, device):
+    md_p, t_p = make_params(rng, device=device)
     run_both(optim.SGD(md_p, lr=0.05, **kwargs), torch.optim.SGD(t_p, lr=0.05, **kwargs),
              md_p, t_p, rng)
 
 
-def test_sgd_default_lr_and_momentum_buffer(rng):
-    md_p, t_p = make_params(rng)
+def test_sgd_default_lr_and_momentum_buffer(rng, device):
+    md_p, t_p = make_params(rng, device=device)
     md_opt, t_opt = optim.SGD(md_p, momentum=0.5), torch.optim.SGD(t_p, momentum=0.5)
     assert md_opt.defaults["lr"] == t_opt.defaults["lr"] == 1e-3
     run_both(md_opt, t_opt, md_p, t_p, rng, steps=3)
     for m, t in zip(md_p, t_p):
-        np.testing.assert_allclose(md_opt.state[m]["momentum_buffer"].numpy(),
-                                   t_opt.state[t]["momentum_buffer"].numpy(), **TOL)
+        np.testing.assert_allclose(to_host(md_opt.state[m]["momentum_buffer"]),
+                                   to_host(t_opt.state[t]["momentum_buffer"]), **TOL)
 
 
 ADAM_CASES = [dict(weight_decay=wd, amsgrad=a, maximize=mx)
@@ -82,20 +86,20 @@ ADAM_CASES = [dict(weight_decay=wd, amsgrad=a, maximize=mx)
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW"])
 @pytest.mark.parametrize("kwargs", ADAM_CASES, ids=_case_id)
-def test_adam_matches_torch(name, kwargs, rng):
-    md_p, t_p = make_params(rng)
+def test_adam_matches_torch(name, kwargs, rng, device):
+    md_p, t_p = make_params(rng, device=device)
     md_opt = getattr(optim, name)(md_p, lr=0.01, betas=(0.8, 0.99), eps=1e-6, **kwargs)
     t_opt = getattr(torch.optim, name)(t_p, lr=0.01, betas=(0.8, 0.99), eps=1e-6, **kwargs)
     run_both(md_opt, t_opt, md_p, t_p, rng, steps=20)
     for m, t in zip(md_p, t_p):
         for key in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if kwargs["amsgrad"] else ()):
-            np.testing.assert_allclose(md_opt.state[m][key].numpy(),
-                                       t_opt.state[t][key].numpy(), **TOL)
+            np.testing.assert_allclose(to_host(md_opt.state[m][key]),
+                                       to_host(t_opt.state[t][key]), **TOL)
         assert md_opt.state[m]["step"] == int(t_opt.state[t]["step"])
 
 
-def test_adam_defaults_match_torch(rng):
-    md_p, t_p = make_params(rng)
+def test_adam_defaults_match_torch(rng, device):
+    md_p, t_p = make_params(rng, device=device)
     for name in ("Adam", "AdamW"):
         md, t = getattr(optim, name)(md_p), getattr(torch.optim, name)(t_p)
         for key in ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"):
@@ -104,8 +108,8 @@ def test_adam_defaults_match_torch(rng):
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
-def test_param_groups_and_missing_grads(name, rng):
-    md_p, t_p = make_params(rng, SHAPES + [(4,)])
+def test_param_groups_and_missing_grads(name, rng, device):
+    md_p, t_p = make_params(rng, SHAPES + [(4,)], device=device)
     extra = dict(momentum=0.9, nesterov=True) if name == "SGD" else dict(betas=(0.5, 0.9))
 
     def groups(ps):
@@ -118,8 +122,8 @@ def test_param_groups_and_missing_grads(name, rng):
     run_both(md_opt, t_opt, md_p, t_p, rng, skip=lambda step, i: (step + i) % 3 == 0)
 
 
-def test_add_param_group(rng):
-    md_p, t_p = make_params(rng)
+def test_add_param_group(rng, device):
+    md_p, t_p = make_params(rng, device=device)
     md_opt = optim.SGD(md_p[:2], lr=0.1, momentum=0.9)
     t_opt = torch.optim.SGD(t_p[:2], lr=0.1, momentum=0.9)
     md_opt.add_param_group({"params": md_p[2:], "lr": 0.01})

@@ -19,6 +19,12 @@ every image, vectorised (one gather for all the crops of a batch, not a Python l
 transforms can; a plain function (or ``Lambda``) cannot unless declared ``batched=True``,
 and then datasets fall back to transforming one image at a time.
 
+Determinism. ``is_deterministic(t)`` says whether ``t`` gives an image the same result
+every time, whatever batch it comes in (``ToTensor``, ``Normalize``, ``Resize``, ``Pad``,
+``CenterCrop``; a ``Compose`` of such): ``DeviceDataLoader`` applies those once to a whole
+dataset instead of to every batch of every epoch. Random transforms, ``Lambda`` and
+transforms that do not say (``deterministic = True``) are taken to be random.
+
 Randomness comes from minidl's seeded generator (``minidl.manual_seed``), or from the
 ``generator`` (a ``numpy.random.Generator``) given to the transform.
 """
@@ -34,8 +40,8 @@ from ..autograd import Tensor
 
 __all__ = ["Transform", "Compose", "Lambda", "ToTensor", "Normalize", "Resize", "Pad",
            "CenterCrop", "RandomCrop", "RandomHorizontalFlip", "RandomAffine",
-           "InterpolationMode", "supports_batch", "resize", "interpolation_matrix", "pad",
-           "crop_batch", "affine"]
+           "InterpolationMode", "supports_batch", "is_deterministic", "resize",
+           "interpolation_matrix", "pad", "crop_batch", "affine"]
 
 
 class InterpolationMode:
@@ -49,6 +55,12 @@ def supports_batch(transform):
     """Whether ``transform.apply_batch(batch)`` transforms a whole batch at once."""
     return bool(getattr(transform, "supports_batch", False)) and callable(
         getattr(transform, "apply_batch", None))
+
+
+def is_deterministic(transform):
+    """Whether ``transform`` maps an image to the same result every time, whatever batch it
+    is in (so it may be applied once to a whole dataset). Unknown transforms: False."""
+    return bool(getattr(transform, "deterministic", False))
 
 
 def _unwrap(x):
@@ -102,9 +114,11 @@ def _float_work(arr):
 class Transform:
     """Base class: subclasses define ``_single(arr)`` (one image, ``CHW`` or ``HW``) and
     ``_batch(arr)`` (``N...``); deterministic transforms that work on ``[..., H, W]`` only
-    define ``_apply(arr)``."""
+    define ``_apply(arr)``. ``deterministic``: set it to True in a subclass whose result for
+    an image depends on nothing else (no random draw, no other image of the batch)."""
 
     supports_batch = True
+    deterministic = False
 
     def _apply(self, arr):  # pragma: no cover - subclasses override
         raise NotImplementedError
@@ -140,6 +154,10 @@ class Compose:
     @property
     def supports_batch(self):
         return all(supports_batch(t) for t in self.transforms)
+
+    @property
+    def deterministic(self):
+        return all(is_deterministic(t) for t in self.transforms)
 
     def __call__(self, x):
         for t in self.transforms:
@@ -188,6 +206,8 @@ class ToTensor(Transform):
     batch, ``NHW`` -> ``N1HW``, ``NHWC`` -> ``NCHW``). uint8 pixels are divided by 255 so
     values lie in [0, 1]; other dtypes are only converted to float32 (as torchvision)."""
 
+    deterministic = True
+
     @staticmethod
     def _to_float(arr):
         xp = backend.get_array_module(arr)
@@ -231,6 +251,8 @@ class ToTensor(Transform):
 
 class Normalize(Transform):
     """``(x - mean[c]) / std[c]`` per channel (axis -3): ``CHW`` or ``NCHW`` floats."""
+
+    deterministic = True
 
     def __init__(self, mean, std, inplace=False):
         self.mean = tuple(float(m) for m in np.atleast_1d(mean))
@@ -363,6 +385,8 @@ class Resize(Transform):
     ratio, as torchvision; ``max_size`` caps the longer side). ``Resize((32, 32))`` on a
     float tensor gives what torchvision gives (bilinear, align_corners=False)."""
 
+    deterministic = True
+
     def __init__(self, size, interpolation="bilinear", max_size=None, antialias=True):
         if isinstance(size, numbers.Integral):
             self.size = int(size)
@@ -438,6 +462,8 @@ class Pad(Transform):
     (left, top, right, bottom); ``fill`` for 'constant' mode (a number or one per channel);
     ``padding_mode`` 'constant', 'edge', 'reflect' or 'symmetric'."""
 
+    deterministic = True
+
     def __init__(self, padding, fill=0, padding_mode="constant"):
         self.padding = _padding(padding)
         self.fill = fill
@@ -452,6 +478,8 @@ class Pad(Transform):
 
 class CenterCrop(Transform):
     """Crop the centre (h, w) (rounded as torchvision); smaller images are zero-padded."""
+
+    deterministic = True
 
     def __init__(self, size):
         self.size = _pair(size, "CenterCrop")
