@@ -1,6 +1,18 @@
 """Shared fixtures: the ``device`` parametrisation (GPU cases skip, with the reason, when no
-GPU is present; ``pytest -m gpu`` runs only them)."""
+GPU is present; ``pytest -m gpu`` runs only them).
+
+``MINIDL_FAKE_CUPY=1 pytest -m gpu`` runs the GPU cases on the CPU against
+``tests/fake_cupy.py``, a NumPy-backed stand-in for CuPy with CuPy's host/device rules: a
+pre-flight before a GPU run (see that module for what it catches and what it cannot)."""
 from __future__ import annotations
+
+import os
+import sys
+
+if os.environ.get("MINIDL_FAKE_CUPY") == "1":   # before anything imports cupy
+    sys.path.insert(0, os.path.dirname(__file__))
+    import fake_cupy
+    fake_cupy.install()
 
 import numpy as np
 import pytest
