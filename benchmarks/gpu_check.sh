@@ -4,6 +4,7 @@
 #   2. python3 -m pytest -m gpu (the GPU cases only; junit XML in $OUT);
 #   3. benchmarks/bench_gpu.py with TF32 off, then on (a process each), and one merged table.
 # A failing or timed-out step does not stop the later ones; the exit status is 1 if any failed.
+# Rehearse step 2 on the CPU first: MINIDL_FAKE_CUPY=1 python -m pytest -m gpu (tests/fake_cupy.py).
 #
 #   bash benchmarks/gpu_check.sh                 # writes into $OUT, or ./gpu_check_out
 #   PYTHON=.venv/bin/python BENCH_ARGS="--device cpu --quick" bash benchmarks/gpu_check.sh

@@ -11,6 +11,9 @@ those, on NumPy arrays, so that
 
 (``tests/conftest.py`` installs it as ``sys.modules['cupy']`` when the variable is set)
 runs every GPU case on the CPU, where every such mistake raises as it would on the GPU.
+Scripts: ``MINIDL_FAKE_CUPY=1 python examples/lenet_mnist.py --device cuda ...`` (the
+examples' ``_common.py`` honours the variable too), or for any script
+``python tests/fake_cupy.py SCRIPT [ARGS...]``.
 
 How it works
 ------------
@@ -36,9 +39,12 @@ would pass ``isinstance(x, np.ndarray)`` checks and be turned into host arrays s
   ``range(x)``/``lst[x]`` raise, as on CuPy); ``x.device.id == 0``;
 - only the ``ndarray`` methods CuPy has, with CuPy's keyword arguments (``x.sum(where=)``,
   ``x.max(initial=)``, ``x.sort(kind='quicksort')`` raise); only the module-level names
-  CuPy 14 has (``CUPY_NAMES``); ufunc ``.reduce``/``.accumulate`` only for add/multiply,
-  ``.at`` only for the scatter ufuncs, ufunc keywords only out/dtype/casting;
-- dtypes CuPy lacks (object, strings, datetimes) raise ``ValueError``;
+  CuPy 14 has (``CUPY_NAMES``), without the keywords NumPy has and CuPy lacks
+  (``_MISSING_KEYWORDS``: ``cupy.sum(where=)``, ``cupy.zeros(device=)``,
+  ``cupy.clip(min=)``, also through ``np.sum(x, where=)``); ufunc ``.reduce``/
+  ``.accumulate`` only for add/multiply, ``.at`` only for the scatter ufuncs, ufunc
+  keywords only out/dtype/casting;
+- dtypes CuPy lacks (object, strings, datetimes, long double) raise ``ValueError``;
 - ``cupy.asarray``/``array``/``zeros``/... take host data and COPY it to the device (a
   later write on either side does not show on the other); ``cupy.ascontiguousarray`` and
   the other functions take device arrays only;
@@ -53,10 +59,11 @@ would pass ``isinstance(x, np.ndarray)`` checks and be turned into host arrays s
 
 What it cannot catch
 --------------------
-- CuPy functions that exist but differ from NumPy's (signatures of module-level
-  functions are NumPy's here, dtype rules of some reductions, out-of-bounds integer
-  indices, which CuPy wraps around instead of raising, unsupported keyword arguments of
-  module functions, views that CuPy copies or the reverse);
+- CuPy functions that exist but behave differently from NumPy's: the computation here is
+  NumPy's (modes or argument types a CuPy function does not support, keywords of
+  functions written in Cython, dtype rules of some reductions, out-of-bounds integer
+  indices, which CuPy wraps around instead of raising, views that CuPy copies or the
+  reverse, writes into ``broadcast_to`` views, which NumPy refuses and CuPy allows);
 - the real compilation of the kernels by NVRTC (the emulator compiles them as C++ with
   g++: CUDA-only syntax or device-function names missing on the GPU are not seen),
   launch limits, 32-bit index overflow, races between threads;
@@ -64,12 +71,18 @@ What it cannot catch
   ``synchronize`` before a timing goes unnoticed), streams, multi-GPU, memory limits;
 - numerics of the GPU libraries (cuBLAS/cuDNN reduction order, TF32 in PyTorch's CUDA
   reference: PyTorch runs on the CPU in this mode);
-- PyTorch on CUDA as the reference (this machine's PyTorch has no CUDA, so the tests
-  compare against PyTorch on the CPU, as they do when CuPy sits next to a CPU PyTorch).
+- PyTorch on CUDA as the reference: the tests' ``torch_device`` gives 'cpu' unless this
+  PyTorch has CUDA, so a CPU tensor mixed with a CUDA tensor, ``.numpy()`` of a CUDA
+  tensor, or an op PyTorch's CUDA build lacks in a test only fails on the GPU machine;
+  ``benchmarks/bench_gpu.py`` needs PyTorch on CUDA and does not run here;
+- the time of the GPU run: CuPy compiles (NVRTC, then a disk cache) a kernel for every
+  ufunc, reduction and ElementwiseKernel per dtype signature on first use, a few hundred
+  for ``pytest -m gpu``; the fake compiles none of them.
 """
 from __future__ import annotations
 
 import builtins
+import os
 import sys
 import time
 import types
@@ -143,6 +156,31 @@ fromstring loadtxt genfromtxt
 
 _FRESH = _CREATION - {"array", "asarray", "asanyarray", "frombuffer"}
 
+# Keywords NumPy 2.4's function takes and CuPy 14's does not (the Python signatures under
+# cupy/ at v14.0.1 against numpy's, keyword use only): ``cupy.sum(x, where=m)`` raises.
+_MISSING_KEYWORDS = {
+    "all": "where", "amax": "initial where", "amin": "initial where", "any": "where",
+    "arange": "start_or_stop device", "argpartition": "kind order", "argsort": "order stable",
+    "array": "object ndmax", "array_str": "a", "asanyarray": "device", "asarray": "device",
+    "astype": "device", "broadcast_arrays": "subok", "broadcast_to": "subok",
+    "clip": "min max", "concatenate": "arrays", "copy": "subok", "corrcoef": "x",
+    "count_nonzero": "keepdims", "cov": "m", "delete": "obj", "ediff1d": "ary",
+    "empty": "device", "empty_like": "device", "extract": "arr", "eye": "device", "flip": "m",
+    "fliplr": "m", "flipud": "m", "full": "device", "full_like": "device", "histogram": "a",
+    "indices": "sparse", "intersect1d": "ar1 ar2", "isin": "kind", "lexsort": "axis",
+    "linspace": "device", "load": "fix_imports encoding max_header_size",
+    "max": "initial where", "mean": "where", "min": "initial where",
+    "nanmax": "initial where", "nanmean": "where", "nanmin": "initial where",
+    "nanprod": "initial where", "nanstd": "where mean correction", "nansum": "initial where",
+    "nanvar": "where mean correction", "ones": "device", "ones_like": "device",
+    "partition": "kind order", "percentile": "weights", "prod": "initial where",
+    "quantile": "weights", "reshape": "shape copy", "rot90": "m", "sort": "order stable",
+    "stack": "arrays", "std": "where mean correction", "sum": "initial where", "take": "mode",
+    "take_along_axis": "arr", "trim_zeros": "axis", "union1d": "ar1 ar2", "unique": "sorted",
+    "unpackbits": "count", "unravel_index": "shape", "var": "where mean correction",
+    "zeros": "device", "zeros_like": "device"
+}
+
 # ndarray methods of CuPy 14 and their parameters (``cupy/_core/core.pyx``); '*' takes
 # any number of positional arguments (reshape(*shape), transpose(*axes)).
 _METHODS = {
@@ -174,7 +212,7 @@ _METHODS_HOST_ARGS = frozenset({"take", "put", "repeat", "compress", "searchsort
 
 _UNSUPPORTED_KINDS = "OSUVMm"   # object, bytes, str, void/structured, datetime, timedelta
 
-_numpy_array = np.array         # the fake's own host-side helpers (never patched)
+_numpy_array = np.array         # host-side copies inside the fake
 
 
 class _HostArrayError(TypeError):
@@ -286,9 +324,15 @@ def get_default_pinned_memory_pool():
 
 # ----------------------------------------------------------------------------- ndarray
 
+def _unsupported_dtype(dtype):
+    long_double = (dtype.kind == "f" and dtype.itemsize > 8) or \
+        (dtype.kind == "c" and dtype.itemsize > 16)         # not on GPUs
+    return dtype.kind in _UNSUPPORTED_KINDS or long_double
+
+
 def _wrap(a):
     """A device array standing for the NumPy array ``a`` (no copy)."""
-    if a.dtype.kind in _UNSUPPORTED_KINDS:
+    if _unsupported_dtype(a.dtype):
         raise ValueError(f"fake cupy: Unsupported dtype {a.dtype} (CuPy has no such arrays)")
     _account(a)
     out = ndarray.__new__(ndarray)
@@ -501,7 +545,7 @@ class ndarray:
 
     def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
         a = np.empty(shape, dtype=dtype, order=order)
-        if a.dtype.kind in _UNSUPPORTED_KINDS:
+        if _unsupported_dtype(a.dtype):
             raise ValueError(f"Unsupported dtype {a.dtype}")
         _account(a)
         self._a = a
@@ -531,6 +575,8 @@ class ndarray:
             raise TypeError(f"fake cupy: numpy.{name} called on a cupy.ndarray, but CuPy has "
                             f"no cupy.{'.'.join(sub + [name])} (real CuPy: no implementation "
                             "found)")
+        if not sub:
+            _check_keywords(name, kwargs)
         return _call(func, args, kwargs, f"numpy.{name} (dispatched to cupy.{name})")
 
     # --- CuPy specifics -----------------------------------------------------------------
@@ -614,6 +660,10 @@ class ndarray:
             if bad:
                 raise TypeError(f"{where}() got unexpected keyword arguments {sorted(bad)} "
                                 "(fake cupy: CuPy's signature)")
+            if name == "view" and any(isinstance(a, type) and issubclass(a, np.ndarray)
+                                      for a in (*args, *kwargs.values())):
+                raise TypeError("fake cupy: x.view(numpy.ndarray) is no way to the host "
+                                "(CuPy: not a dtype); use x.get()")
             if name in ("sort", "argsort"):
                 kind = kwargs.get("kind", args[1] if len(args) > 1 else None)
                 if kind is not None and kind != "stable":
@@ -798,8 +848,18 @@ class ufunc:
         return f"<ufunc 'cupy_{self.__name__}'>"
 
 
+def _check_keywords(name, kwargs):
+    bad = set(kwargs) & set(_MISSING_KEYWORDS.get(name, "").split())
+    if bad:
+        raise TypeError(f"fake cupy: cupy.{name}() got unexpected keyword arguments {sorted(bad)} "
+                        "(NumPy has them, CuPy 14 does not)")
+    if name in ("sort", "argsort") and kwargs.get("kind") not in (None, "stable"):
+        raise ValueError("kind can only be None or 'stable'")
+
+
 def _creation(np_func, name):
     def create(*args, **kwargs):
+        _check_keywords(name, kwargs)
         seen = {}
         a = _unwrap(args, f"cupy.{name}", True, seen)
         k = {key: _unwrap(v, f"cupy.{name}", True, seen) for key, v in kwargs.items()}
@@ -817,6 +877,7 @@ def _creation(np_func, name):
 
 def _device_function(np_func, name):
     def fn(*args, **kwargs):
+        _check_keywords(name, kwargs)
         return _call(np_func, args, kwargs, f"cupy.{name}")
     fn.__name__ = name
     return fn
@@ -1161,7 +1222,7 @@ def _main(argv):
         return 2
     install()
     sys.argv = list(argv)
-    sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(argv[0])))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
     runpy.run_path(argv[0], run_name="__main__")
     return 0
 
