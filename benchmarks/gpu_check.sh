@@ -2,7 +2,14 @@
 # The GPU check in one go (a lent GPU machine, about 8 minutes at most):
 #   1. the machine: nvidia-smi, library versions, what minidl.cuda sees;
 #   2. python3 -m pytest -m gpu (the GPU cases only; junit XML in $OUT);
-#   3. benchmarks/bench_gpu.py with TF32 off, then on (a process each), and one merged table.
+#   3. benchmarks/bench_gpu.py with TF32 off, then on (a process each), and one merged table;
+#   4. examples/lenet_mnist.py --device cuda: 2 epochs of the lecture's recipe on real MNIST
+#      when data/MNIST holds its IDX files (carry them: data/ is git-ignored; gzip'd they
+#      are 11 MB), else 1 epoch on 6,000 synthetic digits. --no-plots: the device has no
+#      matplotlib.
+#   To carry real MNIST from a machine that has it in minidl's cache:
+#      mkdir -p data/MNIST && for f in ~/.cache/minidl/MNIST/*-ubyte; do
+#          gzip -c "$f" > "data/MNIST/$(basename "$f").gz"; done
 # A failing or timed-out step does not stop the later ones; the exit status is 1 if any failed.
 # Rehearse step 2 on the CPU first: MINIDL_FAKE_CUPY=1 python -m pytest -m gpu (tests/fake_cupy.py).
 #
@@ -18,9 +25,10 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 OUT=${OUT:-./gpu_check_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-240}
-BENCH_TIMEOUT_OFF=${BENCH_TIMEOUT_OFF:-150}
-BENCH_TIMEOUT_ON=${BENCH_TIMEOUT_ON:-90}
+PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-210}
+BENCH_TIMEOUT_OFF=${BENCH_TIMEOUT_OFF:-140}
+BENCH_TIMEOUT_ON=${BENCH_TIMEOUT_ON:-80}
+LENET_TIMEOUT=${LENET_TIMEOUT:-50}
 read -r -a BENCH_EXTRA <<< "${BENCH_ARGS:-}"
 
 limit() {  # limit SECONDS CMD...: run CMD, interrupted after SECONDS (if `timeout` exists)
@@ -39,7 +47,7 @@ section() {
 }
 
 main() {
-    local pytest_rc=0 off_rc=0 on_rc=0 merge_rc=0
+    local pytest_rc=0 off_rc=0 on_rc=0 merge_rc=0 lenet_rc=0
 
     section "machine"
     date -u
@@ -93,10 +101,20 @@ EOF
         "$OUT/bench_gpu_tf32_on.json" > "$OUT/bench_gpu_table.md" || merge_rc=$?
     cat "$OUT/bench_gpu_table.md"
 
+    local lenet_args=(--synthetic --limit 6000 --epochs 1)
+    if [ -d data/MNIST ]; then
+        lenet_args=(--data-dir data/MNIST --no-download --epochs 2)
+    fi
+    section "examples/lenet_mnist.py --device cuda ${lenet_args[*]} (limit ${LENET_TIMEOUT}s)"
+    limit "$LENET_TIMEOUT" "$PY" examples/lenet_mnist.py --device cuda "${lenet_args[@]}" \
+        ${LENET_ARGS:-} --no-plots --no-progress --out "$OUT/lenet_cuda" || lenet_rc=$?
+    echo "lenet_mnist.py --device cuda: exit status $lenet_rc"
+
     section "summary"
-    echo "pytest -m gpu $pytest_rc, bench TF32 off $off_rc, bench TF32 on $on_rc, merge $merge_rc" \
-         "(124: hit its time limit); ${SECONDS}s in all"
-    if [ "$pytest_rc" -ne 0 ] || [ "$off_rc" -ne 0 ] || [ "$on_rc" -ne 0 ] || [ "$merge_rc" -ne 0 ]; then
+    echo "pytest -m gpu $pytest_rc, bench TF32 off $off_rc, bench TF32 on $on_rc, merge $merge_rc," \
+         "lenet --device cuda $lenet_rc (124: hit its time limit); ${SECONDS}s in all"
+    if [ "$pytest_rc" -ne 0 ] || [ "$off_rc" -ne 0 ] || [ "$on_rc" -ne 0 ] || [ "$merge_rc" -ne 0 ] \
+            || [ "$lenet_rc" -ne 0 ]; then
         echo "gpu_check: FAILED"
         return 1
     fi

@@ -175,6 +175,9 @@ def add_training_args(parser, default_out, recipe_defaults):
                    help="test images in the t-SNE plot (default: %(default)s)")
     g.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot (the slowest "
                    "output)")
+    g.add_argument("--no-plots", action="store_true",
+                   help="write no plots (curves, confusion, t-SNE): metrics and checkpoints "
+                        "only, and matplotlib and scikit-learn are not needed")
     g.add_argument("--no-progress", action="store_true",
                    help="no progress bars (they are shown only on a terminal anyway)")
     return parser
@@ -598,12 +601,14 @@ def tsne_data(model, dataset, n, feature_layer, device, seed):
 # ----------------------------------------------------------------------------- set-up checks
 
 
-def require_packages(need_tsne):
-    """Fail at once (not after an hour of training) when a plotting package is missing."""
+def require_packages(need_bars, need_plots, need_tsne):
+    """Fail at once (not after an hour of training) when a package the run will use (for
+    progress bars, plots, t-SNE) is missing."""
     missing = []
-    for module, package in (("tqdm", "tqdm"), ("matplotlib", "matplotlib"),
-                            ("sklearn", "scikit-learn")):
-        if module == "sklearn" and not need_tsne:
+    for module, package, needed in (("tqdm", "tqdm", need_bars),
+                                    ("matplotlib", "matplotlib", need_plots),
+                                    ("sklearn", "scikit-learn", need_tsne)):
+        if not needed:
             continue
         try:
             __import__(module)
@@ -639,10 +644,13 @@ def check_device(device):
 
 def run(args, recipe, title="", dataset_cls=MNIST):
     """Train ``recipe`` as ``args`` say; write the outputs; return the metrics dict."""
-    require_packages(need_tsne=not args.no_tsne)
+    if args.no_plots:
+        args.no_tsne = True
+    show_bars = not args.no_progress and sys.stderr.isatty()
+    require_packages(need_bars=show_bars, need_plots=not args.no_plots,
+                     need_tsne=not args.no_tsne)
     device = check_device(args.device)
     out = prepare_out_dir(args.out)
-    show_bars = not args.no_progress and sys.stderr.isatty()
 
     minidl.manual_seed(args.seed)                      # before any draw: weights, shuffles
     data = load_data(args, recipe, dataset_cls)
@@ -790,10 +798,12 @@ def report(model, recipe, data, test_loader, history, best, out, args, device, n
     print(f"Kept the weights of epoch {best['epoch']} ({why}): test top-1 accuracy "
           f"{test.top1:.2f}%, top-5 {test.top5:.2f}% -> {out / 'best.npz'}")
     cm = confusion_matrix(test.pred, test.target, num_classes=len(data.classes))
-    plot_curves(history, best["epoch"], out / "curves.png", f"{name}, recipe {recipe.name}")
-    plot_confusion(cm, data.classes, out / "confusion.png",
-                   f"{name}: test top-1 {test.top1:.2f}% (epoch {best['epoch']})")
-    written = ["metrics.json", "best.npz", "final.npz", "curves.png", "confusion.png"]
+    written = ["metrics.json", "best.npz", "final.npz"]
+    if not args.no_plots:
+        plot_curves(history, best["epoch"], out / "curves.png", f"{name}, recipe {recipe.name}")
+        plot_confusion(cm, data.classes, out / "confusion.png",
+                       f"{name}: test top-1 {test.top1:.2f}% (epoch {best['epoch']})")
+        written += ["curves.png", "confusion.png"]
     if not args.no_tsne:
         t0 = time.perf_counter()
         raw, feats, labels = tsne_data(model, data.test, args.tsne_samples,

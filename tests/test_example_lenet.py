@@ -226,6 +226,18 @@ def test_local_idx_files(tmp_path):
 # ----------------------------------------------------------------------------- failures
 
 
+def test_no_plots_needs_neither_matplotlib_nor_tqdm(tmp_path, monkeypatch):
+    """--no-plots --no-progress: metrics and checkpoints only, and it runs where matplotlib,
+    scikit-learn and tqdm are not installed (a bare GPU server)."""
+    for module in ("matplotlib", "sklearn", "tqdm"):
+        monkeypatch.setitem(sys.modules, module, None)    # import raises ImportError
+    run(tmp_path, "--no-plots", epochs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "final.npz",
+                                                          "metrics.json"]
+    with pytest.raises(_common.ExampleError, match="needs matplotlib, scikit-learn"):
+        run(tmp_path / "plots", epochs=1)                # plots asked for: a clear refusal
+
+
 def test_help():
     proc = run_script("--help")
     assert proc.returncode == 0 and proc.stderr == ""
