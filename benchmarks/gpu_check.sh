@@ -83,12 +83,16 @@ EOF
 
     section "pytest -m gpu (limit ${PYTEST_TIMEOUT}s)"
     # The kernels and the LeNet path first (a time limit cuts the tail, and CuPy compiles
-    # every kernel cold on a fresh machine); pytest drops the files named twice.
+    # every kernel cold on a fresh machine), then every other test file.
+    local files=(tests/test_cuda_api.py tests/test_cuda_kernels.py tests/test_conv.py
+                 tests/test_pool.py tests/test_activation.py tests/test_loss.py tests/test_norm.py
+                 tests/test_device_loader.py tests/test_example_lenet.py)
+    local f
+    for f in tests/test_*.py; do
+        case " ${files[*]} " in *" $f "*) ;; *) files+=("$f") ;; esac
+    done
     limit "$PYTEST_TIMEOUT" "$PY" -m pytest -m gpu -q --maxfail=40 --durations=15 -p no:cacheprovider \
-        --junitxml="$OUT/pytest_gpu.xml" tests/test_cuda_api.py tests/test_cuda_kernels.py \
-        tests/test_conv.py tests/test_pool.py tests/test_activation.py tests/test_loss.py \
-        tests/test_norm.py tests/test_device_loader.py tests/test_example_lenet.py tests \
-        || pytest_rc=$?
+        --junitxml="$OUT/pytest_gpu.xml" "${files[@]}" || pytest_rc=$?
     echo "pytest -m gpu: exit status $pytest_rc"
 
     section "bench_gpu.py, TF32 off (limit ${BENCH_TIMEOUT_OFF}s)"
