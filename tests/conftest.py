@@ -42,6 +42,27 @@ def cuda_device():
 
 
 @pytest.fixture
+def use_impl():
+    """``use_impl('reference')`` / ``use_impl('numba', family='pool')``: force kernel
+    implementations (``minidl.kernels.use_impl``) for the rest of the test, undone after it.
+    The one way tests choose an implementation (no test edits kernel module state)."""
+    import minidl.kernels as K
+    yield K.use_impl
+    K.use_impl(None)
+
+
+@pytest.fixture(autouse=True)
+def _no_forced_impl_leaks():
+    """Every test starts and ends with the automatic choice of kernel implementations."""
+    import minidl.kernels as K
+    assert K.forced() == {}, f"a kernel implementation stayed forced: {K.forced()}"
+    yield
+    leaked = K.forced()
+    K.use_impl(None)
+    assert leaked == {}, f"the test left a kernel implementation forced: {leaked}"
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 

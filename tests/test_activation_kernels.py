@@ -1,6 +1,6 @@
-"""The float32 tanh kernels (minidl/kernels/activation.py): accuracy against float64 tanh,
-special values, the fused backward, and the dispatch in TanhFunction (float32 NumPy arrays
-take the kernels, float64 keeps NumPy's exact tanh)."""
+"""The float32 tanh kernels (minidl/kernels/activation_numba.py): accuracy against float64
+tanh, special values, the fused backward, and the registry's choice in TanhFunction (float32
+NumPy arrays take the kernels, float64 keeps NumPy's exact tanh)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import minidl
-from minidl.kernels import activation as act
+import minidl.kernels as K
 
-pytestmark = pytest.mark.skipif(not act.use_numba(np.zeros(1, np.float32)),
-                                reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
+act = K.activation.TANH.impls["numba"].code
 
 MAX_REL_ERR = 3e-7       # the bound the module docstring states (NumPy's float32: 1.1e-7)
 
@@ -59,34 +59,36 @@ def test_non_contiguous_and_empty(rng):
     assert act.tanh_forward(np.zeros((0, 3), np.float32)).shape == (0, 3)
 
 
-def test_use_numba():
-    assert act.use_numba(np.zeros(3, np.float32), np.zeros(3, np.float32))
-    assert not act.use_numba(np.zeros(3, np.float64))
-    assert not act.use_numba(np.zeros(3, np.float32), np.zeros(3, np.float64))
-    assert not act.use_numba(np.zeros(3, np.float16))
+def test_registry_choice():
+    f32, f64 = np.zeros(3, np.float32), np.zeros(3, np.float64)
+    assert K.which("tanh", f32, f32) == "numba"
+    assert K.which("tanh", f64) == "reference"
+    assert K.which("tanh", f32, f64) == "reference"
+    assert K.which("tanh", np.zeros(3, np.float16)) == "reference"
+    with K.use_impl("reference", family="tanh"):
+        assert K.which("tanh", f32) == "reference"
+    assert K.which("tanh", f32) == "numba"
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_tanh_op_dispatch(dtype, monkeypatch, rng):
+def test_tanh_op_dispatch(dtype, rng):
     """float32 through the kernels, float64 through np.tanh (bit for bit); both match PyTorch."""
-    calls = []
-    for name in ("tanh_forward", "tanh_backward"):
-        fn = getattr(act, name)
-        monkeypatch.setattr(act, name, lambda *a, fn=fn, name=name: calls.append(name) or fn(*a))
     x = rng.standard_normal((4, 6, 5, 5)).astype(dtype) * 3
     gy = rng.standard_normal(x.shape).astype(dtype)
     X = minidl.tensor(x, requires_grad=True)
-    y = minidl.tanh(X)
-    (y * minidl.tensor(gy)).sum().backward()
+    with K.decisions() as log:
+        y = minidl.tanh(X)
+        (y * minidl.tensor(gy)).sum().backward()
+    calls = [impl for fam, impl in log if fam == "tanh"]
     T = torch.tensor(x, requires_grad=True)
     ty = torch.tanh(T)
     ty.backward(torch.tensor(gy))
     if dtype == np.float32:
-        assert calls == ["tanh_forward", "tanh_backward"]
+        assert calls == ["numba", "numba"]
         # 1 - y^2 near saturation turns y's relative error 3e-7 into ~6e-7 absolute
         tol = dict(rtol=1e-6, atol=2e-6)
     else:
-        assert calls == []
+        assert calls == ["reference", "reference"]
         np.testing.assert_array_equal(y.numpy(), np.tanh(x))
         tol = dict(rtol=1e-12, atol=1e-12)
     assert y.dtype == dtype and X.grad.dtype == dtype

@@ -1,17 +1,35 @@
 """Array-level kernels the ops call (raw NumPy/CuPy arrays in, arrays out, no autograd).
 
-``minidl.kernels.im2col`` holds ``im2col`` / ``col2im``, which unfold and fold convolution
-windows: a readable NumPy reference for each, and a numba fast path behind the same
-signature (numba is imported lazily, only inside this package). Import the functions
-from the submodule (``from minidl.kernels.im2col import im2col``); they are not
-re-exported here because the function and the module share the name.
+One family a module group: the readable NumPy reference and the registration of its
+implementations in ``<family>.py``, the numba kernels in ``<family>_numba.py`` (imported
+only when used), the CUDA kernels in ``cuda_kernels.py``. ``registry.py`` is the one place
+where an implementation is chosen, ``threads.py`` the one CPU threading policy.
+
+    import minidl.kernels as K
+    K.families()                    # {'im2col': ..., 'pool': ..., ...}
+    with K.use_impl("reference"):   # every family runs its NumPy reference in the block
+        ...
+    K.which("tanh", x)              # the implementation a call on x would take now
 """
+from __future__ import annotations
 
-import os as _os
+import importlib
 
-# One threading policy for every numba kernel here: serial unless MINIDL_NUMBA_PARALLEL=1
-# (read at import). On a 2-core machine parallel kernels lost next to the GEMMs: OpenBLAS's
-# worker threads spin after each product and numba's OpenMP threads after each kernel, so
-# each library found a core taken by the other's spinning (measured: LeNet training step
-# 35 ms with parallel pooling kernels, 13 ms with serial ones; see kernels/_fast.py).
-NUMBA_PARALLEL = _os.environ.get("MINIDL_NUMBA_PARALLEL", "0") == "1"
+from .registry import decisions, families, forced, numba_available, use_impl, which
+
+__all__ = ["use_impl", "which", "families", "forced", "decisions", "numba_available"]
+
+# The modules that register a family (imported by ``families()`` / ``use_impl``; the ops
+# import the ones they use anyway).
+FAMILY_MODULES = ("activation",)
+
+
+def _load_all():
+    for name in FAMILY_MODULES:
+        importlib.import_module(f"{__name__}.{name}")
+
+
+# Transitional: the families not yet moved to ``threads`` read this (to be removed).
+from .threads import parallel as _parallel  # noqa: E402
+
+NUMBA_PARALLEL = _parallel()

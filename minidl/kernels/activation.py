@@ -1,129 +1,47 @@
-"""Elementwise activation kernels (CPU, numba): tanh forward and backward for float32.
+"""The tanh kernel family: forward and backward of y = tanh(x).
 
-    x, y, gy, gx: (*), any shape, float32 NumPy arrays (made contiguous)
+    x, y, gy, gx: (*), any shape
 
-    tanh_forward(x)       y = tanh(x)
-    tanh_backward(gy, y)  gx = gy * (1 - y^2)
+    tanh_forward(x)       y  = tanh(x)
+    tanh_backward(gy, y)  gx = gy * (1 - y^2)          (tanh' = 1 - tanh^2: only y is kept)
 
-The readable reference is in ``minidl/ops/activation.py`` (``xp.tanh``, ``gy * (1 - y*y)``);
-``TanhFunction`` takes these kernels for float32 NumPy arrays (``use_numba``) and keeps
-the exact ``np.tanh`` for float64, where gradient checks need ~1e-10.
+Implementations (``minidl.kernels.registry`` chooses; ``use_impl`` forces one):
 
-tanh in float32 is a rational function of x (Eigen's ``generic_fast_tanh_float``)::
-
-    tanh(x) ~= x                          |x| < 4e-4 (error x^2/3 < 5.3e-8; keeps -0 and
-                                          subnormals exact)
-    tanh(x) ~= x * P(x^2) / Q(x^2)      P of degree 6, Q of degree 3, |x| <= 7.9053
-    tanh(x) ~= tanh(+-7.9053)            7.9053 < |x| <= 9.0109 (x clamped; error < 2.5e-7)
-    tanh(x)  = +-1                        |x| > 9.0109, where float32 tanh rounds to 1
-
-Its relative error is below 3e-7 (4.8 float32 ulp; measured against float64 tanh on 2e7
-points in [-12, 12] and 1e6 log-spaced down to 1e-30), against 1.1e-7 for NumPy's.
-Written as plain arithmetic it vectorises; ``np.tanh`` inside numba calls libm's tanhf
-one element at a time (57x slower) and NumPy's own SIMD tanh is 1.3x slower. NaN stays
-NaN (the clamp is two comparisons that a NaN fails, and ``fastmath`` here leaves out the
-no-NaN/no-inf assumptions).
-
-The backward pass is one fused loop: NumPy's ``gy * (1 - y*y)`` makes three temporaries
-(half its time, and fresh pages to fault in when they are large).
-
-Measured, one thread, Zen 4, (100, 6, 28, 28) float32: forward 0.13 ms (np.tanh 0.17),
-backward 0.06 ms (NumPy 0.13).
+* ``reference``: the two formulas above with the array library's own tanh, on either
+  device; exact in float64, where gradient checks need ~1e-10.
+* ``numba`` (``activation_numba.py``): float32 NumPy arrays only; a vectorised rational
+  tanh (relative error < 3e-7) and a one-pass backward with no temporaries.
+* ``cuda``: the backward as one fused CUDA kernel (``cuda_kernels.tanh_backward``, instead
+  of three); the forward is CuPy's tanh.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
-from . import NUMBA_PARALLEL
+from ..backend import get_array_module
+from . import cuda_kernels, registry
 
-__all__ = ["use_numba", "tanh_forward", "tanh_backward"]
-
-_f32 = np.float32
-_CLAMP = _f32(7.90531110763549805)      # the rational is evaluated up to here ...
-_SATURATE = _f32(9.0109)                 # ... and from here on tanh(x) rounds to 1
-_TINY = _f32(4e-4)                       # below, tanh(x) = x to 5.3e-8 (x^2 / 3)
-# numerator x * (A1 + A3 x^2 + ... + A13 x^12), denominator B0 + B2 x^2 + B4 x^4 + B6 x^6
-_A1, _A3, _A5, _A7, _A9, _A11, _A13 = (_f32(v) for v in (
-    4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
-    -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16))
-_B0, _B2, _B4, _B6 = (_f32(v) for v in (
-    4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06))
-_ONE = _f32(1)
-
-# fastmath without 'nnan' and 'ninf': NaN and inf inputs keep their meaning.
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-
-# Plain Python here, compiled by ``_compile`` on first use: importing this module does not
-# import numba.
-
-def _tanh_forward_loop(x, y):
-    for i in _prange(x.size):
-        a = x[i]
-        v = _CLAMP if a > _CLAMP else a
-        v = -_CLAMP if v < -_CLAMP else v
-        v2 = v * v
-        p = ((((((_A13 * v2 + _A11) * v2 + _A9) * v2 + _A7) * v2 + _A5) * v2 + _A3)
-             * v2 + _A1) * v
-        q = ((_B6 * v2 + _B4) * v2 + _B2) * v2 + _B0
-        r = p / q
-        r = a if abs(a) < _TINY else r
-        r = _ONE if a > _SATURATE else r
-        y[i] = -_ONE if a < -_SATURATE else r
+__all__ = ["TANH", "tanh_forward_reference", "tanh_backward_reference"]
 
 
-def _tanh_backward_loop(gy, y, gx):
-    for i in _prange(gy.size):
-        gx[i] = gy[i] * (_ONE - y[i] * y[i])
+def tanh_forward_reference(x):
+    """y = tanh(x)."""
+    return get_array_module(x).tanh(x)
 
 
-_prange = range       # numba.prange once numba is imported
-_kernels = None       # (forward, backward) once compiled
-_numba_ok = None
+def tanh_backward_reference(gy, y):
+    """gx = gy * (1 - y^2)."""
+    return gy * (1 - y * y)
 
 
-def _compile():
-    """Compile (or load from numba's disk cache) both loops, once. The threading policy of
-    ``minidl/kernels/__init__.py``: serial and cached unless MINIDL_NUMBA_PARALLEL=1."""
-    global _kernels, _prange
-    if _kernels is None:
-        import numba  # noqa: PLC0415 - numba only when used
-
-        _prange = numba.prange
-        opts = dict(fastmath=_FASTMATH, error_model="numpy", nogil=True,
-                    parallel=NUMBA_PARALLEL, cache=not NUMBA_PARALLEL)
-        _kernels = (numba.njit(**opts)(_tanh_forward_loop),
-                    numba.njit(**opts)(_tanh_backward_loop))
-    return _kernels
-
-
-def _numba_available():
-    global _numba_ok
-    if _numba_ok is None:
-        try:
-            import numba  # noqa: F401, PLC0415
-            _numba_ok = True
-        except Exception:  # ImportError, or a broken LLVM install
-            _numba_ok = False
-    return _numba_ok
-
-
-def use_numba(*arrays):
-    """True when every array is a float32 NumPy array and numba imports."""
-    return all(type(a) is np.ndarray and a.dtype == _f32 for a in arrays) and _numba_available()
-
-
-def tanh_forward(x):
-    """tanh(x) for a float32 NumPy array, relative error < 3e-7 (module doc)."""
-    x = np.ascontiguousarray(x)
-    y = np.empty(x.shape, dtype=np.float32)
-    _compile()[0](x.reshape(-1), y.reshape(-1))
-    return y
-
-
-def tanh_backward(gy, y):
-    """gy * (1 - y^2) in one pass (float32 NumPy arrays of one shape)."""
-    gy = np.ascontiguousarray(gy)
-    y = np.ascontiguousarray(y)
-    gx = np.empty(gy.shape, dtype=np.float32)
-    _compile()[1](gy.reshape(-1), y.reshape(-1), gx.reshape(-1))
-    return gx
+TANH = registry.family("tanh", __doc__)
+TANH.register("reference", lambda: SimpleNamespace(tanh_forward=tanh_forward_reference,
+                                                   tanh_backward=tanh_backward_reference))
+TANH.register("numba", registry.numba_module("minidl.kernels.activation_numba"), device="cpu",
+              supports=lambda *arrays: all(type(a) is np.ndarray and a.dtype == np.float32
+                                           for a in arrays))
+TANH.register("cuda", lambda: SimpleNamespace(tanh_forward=tanh_forward_reference,
+                                              tanh_backward=cuda_kernels.tanh_backward),
+              device="cuda", supports=cuda_kernels.available)

@@ -1,0 +1,140 @@
+"""The CPU threading policy of every numba kernel, and the one way kernels are compiled.
+
+The policy, read once here and nowhere else:
+
+* Serial by default. On a 2-core machine parallel numba kernels lost next to the GEMMs:
+  OpenBLAS's worker threads spin for a while after each product and numba's OpenMP
+  threads after each kernel, so each library found a core taken by the other's spinning
+  threads (RESULTS.md has the measurements and the command that reproduces them).
+* ``MINIDL_NUMBA_PARALLEL=1`` in the environment (or ``set_parallel(True)``) runs kernels
+  on numba's threads, but only for inputs of at least ``PARALLEL_MIN_ELEMENTS`` elements:
+  below that, waking the worker threads costs more than the work.
+* ``set_python_threads(n)`` (opt-in, default 1) cuts the direct-convolution kernels into
+  n pieces run on n Python threads; the kernels release the GIL and idle workers sleep
+  instead of spinning.
+
+Every numba kernel is built by ``jit``: a serial build cached on disk (what runs by
+default), and a parallel build compiled on first use when the policy asks for one (not
+cached: numba's cache key ignores the ``parallel`` flag, so the two builds would
+overwrite each other's cache files). ``kernel(*args, size=n)`` takes the build the policy
+chooses for an input of n elements.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+__all__ = ["PARALLEL_MIN_ELEMENTS", "parallel", "set_parallel", "python_threads",
+           "set_python_threads", "jit", "njit_helper"]
+
+# Read once, here: the only place minidl looks at the environment for threads.
+_parallel = os.environ.get("MINIDL_NUMBA_PARALLEL", "0") == "1"
+_python_threads = 1
+
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+def parallel(size=None):
+    """Whether a kernel over ``size`` elements runs on numba's threads (policy above).
+    ``size=None``: whether parallel kernels are allowed at all."""
+    if not _parallel:
+        return False
+    return size is None or size >= PARALLEL_MIN_ELEMENTS
+
+
+class set_parallel:  # noqa: N801 - used like a function, as torch.set_grad_enabled
+    """Allow (True) or forbid (False) parallel numba kernels; undone at the end of a
+    ``with`` block when used as one."""
+
+    def __init__(self, flag):
+        global _parallel
+        self._previous = _parallel
+        _parallel = bool(flag)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        global _parallel
+        _parallel = self._previous
+        return False
+
+
+def python_threads():
+    """How many Python threads the direct-convolution kernels split each call over."""
+    return _python_threads
+
+
+def set_python_threads(n):
+    """Run each direct-convolution kernel call as ``n`` pieces on ``n`` threads (1: inline)."""
+    global _python_threads
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"set_python_threads: n must be >= 1, got {n}")
+    _python_threads = n
+
+
+# ----------------------------------------------------------------------------- compiling
+
+def _options(fastmath):
+    # error_model='numpy' drops the division checks that stop vectorisation; nogil lets
+    # the Python-thread split run kernels side by side.
+    return dict(fastmath=fastmath, error_model="numpy", nogil=True)
+
+
+def njit_helper(fn=None, *, fastmath=True):
+    """A numba function called from kernels (inlined by LLVM; compiled with its caller)."""
+    import numba  # noqa: PLC0415 - only modules of numba kernels call this
+
+    def wrap(f):
+        return numba.njit(cache=True, **_options(fastmath))(f)
+    return wrap(fn) if fn is not None else wrap
+
+
+class Kernel:
+    """A numba kernel with a serial (cached) and a parallel (on demand) build."""
+
+    def __init__(self, fn, fastmath):
+        import numba  # noqa: PLC0415
+
+        self.__name__ = fn.__name__
+        self.__doc__ = fn.__doc__
+        self.py_func = fn
+        self._numba = numba
+        self._fastmath = fastmath
+        self.serial = numba.njit(parallel=False, cache=True, **_options(fastmath))(fn)
+        self._parallel = None
+
+    @property
+    def parallel_build(self):
+        if self._parallel is None:
+            self._parallel = self._numba.njit(parallel=True, cache=False,
+                                              **_options(self._fastmath))(self.py_func)
+        return self._parallel
+
+    def __call__(self, *args, size=None):
+        """Run on the build the policy picks for ``size`` elements (None: serial unless
+        parallel kernels are allowed at all)."""
+        if parallel(size):
+            return self.parallel_build(*args)
+        return self.serial(*args)
+
+
+def jit(fn=None, *, fastmath=True):
+    """Compile ``fn`` (written with ``numba.prange`` for its parallel loop) as a ``Kernel``.
+    ``fastmath``: True, False (max pooling: NaN and inf must keep their meaning) or a set
+    of LLVM flags."""
+    def wrap(f):
+        return Kernel(f, fastmath)
+    return wrap(fn) if fn is not None else wrap
+
+
+@contextlib.contextmanager
+def python_threads_set(n):
+    """``with python_threads_set(2):`` for a block (tests, benchmarks)."""
+    previous = _python_threads
+    set_python_threads(n)
+    try:
+        yield
+    finally:
+        set_python_threads(previous)
