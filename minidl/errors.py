@@ -5,7 +5,8 @@ mistake                                 class           example
 ======================================  ==============  ===================================
 not a Tensor where one is needed;       ``TypeError``   ``conv2d: input must be a Tensor,
 a wrong dtype (int input to a conv,                     got ndarray``
-mixed float32/float64)
+mixed float32/float64); an argument
+of the wrong type (stride=1.5)
 a Tensor of the wrong rank or shape,    ``ShapeError``  ``max_pool2d: expected a 3-D or
 or too small for the kernel                             4-D input, got (8, 28)``
 a bad argument value (negative          ``ValueError``  ``conv2d: stride must be >= 1,

@@ -37,20 +37,23 @@ def is_int(v):
 
 
 def pair(value, name, op, *, minimum=None, allow_none=False):
-    """``3 -> (3, 3)``, ``(3, 5) -> (3, 5)``, as Python ints; anything else is a ValueError
-    that names the op and the argument (``conv2d: stride must be ...``).
+    """``3 -> (3, 3)``, ``(3,) -> (3, 3)``, ``(3, 5) -> (3, 5)``, as Python ints.
+
+    Anything else is a TypeError (not an int, not one or two of them) or a ValueError
+    (below ``minimum``) that names the op and the argument (``conv2d: stride must be
+    ...``), the classes PyTorch raises for these.
 
     minimum: the smallest value allowed (e.g. 1 for a stride); allow_none: ``None`` may
     stand for an element (adaptive pooling's output_size keeps that input dim).
     """
     ok = (lambda v: is_int(v) or (allow_none and v is None))
-    if ok(value) and value is not None:
-        result = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(ok(v) for v in value):
-        result = tuple(None if v is None else int(v) for v in value)
+    if ok(value):
+        result = (None, None) if value is None else (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(ok(v) for v in value):
+        result = tuple(None if v is None else int(v) for v in value) * (3 - len(value))
     else:
         what = "an int or a pair of ints" + (" (or None)" if allow_none else "")
-        raise ValueError(f"{op}: {name} must be {what}, got {value!r}")
+        raise TypeError(f"{op}: {name} must be {what}, got {value!r}")
     if minimum is not None and any(v is not None and v < minimum for v in result):
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
     return result

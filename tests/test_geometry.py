@@ -18,8 +18,9 @@ def test_pair():
     assert G.pair((2, 5), "stride", "conv2d") == (2, 5)
     assert G.pair([np.int64(1), 2], "stride", "conv2d") == (1, 2)
     assert G.pair((None, 4), "output_size", "pool", allow_none=True) == (None, 4)
-    for bad in ((1, 2, 3), 1.5, True, "2", (1, None)):
-        with pytest.raises(ValueError, match=r"^conv2d: stride must be an int or a pair"):
+    assert G.pair((3,), "kernel_size", "max_pool2d") == (3, 3)
+    for bad in ((1, 2, 3), 1.5, True, "2", (1, None), ()):
+        with pytest.raises(TypeError, match=r"^conv2d: stride must be an int or a pair"):
             G.pair(bad, "stride", "conv2d")
     with pytest.raises(ValueError, match=r"^conv2d: stride must be >= 1, got \(1, 0\)"):
         G.pair((1, 0), "stride", "conv2d", minimum=1)
