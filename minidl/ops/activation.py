@@ -26,6 +26,8 @@ from .utils import normalize_dim, unbroadcast
 
 
 def _require_float(x, name):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
     if x.dtype.kind != "f":
         raise TypeError(f"{name}: expected a floating point tensor, got dtype {x.dtype}")
 
@@ -73,6 +75,8 @@ class LeakyReLUFunction(Function):
 
 def relu(input):  # noqa: A002 - PyTorch's name
     """max(input, 0), elementwise."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"relu: expected a Tensor, got {type(input).__name__}")
     return ReLUFunction.apply(input)
 
 

@@ -19,6 +19,7 @@ import numbers
 
 from .. import backend, random
 from ..autograd import Function, Tensor, is_grad_enabled
+from ..errors import ShapeError
 
 
 def _draw_mask(x, p, mask_shape):
@@ -90,8 +91,8 @@ def dropout2d(input, p=0.5, training=True, inplace=False):  # noqa: A002
     1 / (1 - p). A 3-D input is taken as (N, C, L), as PyTorch does today (it warns that
     this will change to unbatched (C, H, W))."""
     if isinstance(input, Tensor) and input.ndim not in (3, 4):
-        raise RuntimeError(f"dropout2d: expected input (N, C, H, W) (or (N, C, L)), "
-                           f"got {input.shape}")
+        raise ShapeError(f"dropout2d: expected input (N, C, H, W) (or (N, C, L)), "
+                         f"got {input.shape}")
     mask_shape = None
     if isinstance(input, Tensor):
         mask_shape = input.shape[:2] + (1,) * (input.ndim - 2)

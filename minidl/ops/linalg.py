@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..autograd import Function
+from ..errors import ShapeError
 from .shape import squeeze, unsqueeze
 from .utils import unbroadcast
 
@@ -25,10 +26,10 @@ class MatMulFunction(Function):
 def matmul(a, b):
     """Matrix product with NumPy's rules: 1-D operands are treated as a row/column vector."""
     if a.ndim == 0 or b.ndim == 0:
-        raise RuntimeError("matmul: both arguments need at least 1 dim; use * for scalars")
+        raise ShapeError("matmul: both arguments need at least 1 dim; use * for scalars")
     if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
-        raise RuntimeError(f"matmul: shapes {a.shape} and {b.shape} cannot be multiplied "
-                           f"({a.shape[-1]} != {b.shape[-2 if b.ndim > 1 else 0]})")
+        raise ShapeError(f"matmul: shapes {a.shape} and {b.shape} cannot be multiplied "
+                         f"({a.shape[-1]} != {b.shape[-2 if b.ndim > 1 else 0]})")
     if a.dtype != b.dtype:
         raise TypeError(f"matmul: expected both operands to have the same dtype, got "
                         f"{a.dtype} and {b.dtype}")
@@ -67,8 +68,11 @@ class LinearFunction(Function):
 def linear(input, weight, bias=None):  # noqa: A002 - PyTorch's name
     """``input @ weight.T + bias``: input (..., in_features), weight (out_features, in_features)."""
     if input.ndim == 0 or input.shape[-1] != weight.shape[1]:
-        raise RuntimeError(f"linear: expected input (..., {weight.shape[1]}) for weight of shape "
-                           f"{weight.shape}, got {input.shape}")
+        raise ShapeError(f"linear: expected input (..., {weight.shape[1]}) for weight of shape "
+                         f"{weight.shape}, got {input.shape}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ShapeError(f"linear: expected bias of shape ({weight.shape[0]},) for weight of "
+                         f"shape {weight.shape}, got {bias.shape}")
     if input.dtype != weight.dtype:
         raise TypeError(f"linear: input dtype {input.dtype} does not match weight dtype "
                         f"{weight.dtype}; convert with .float() or .double()")

@@ -9,6 +9,7 @@ import builtins
 
 from .. import backend
 from ..autograd import Function, Tensor
+from ..errors import ShapeError
 from .utils import normalize_dim, unbroadcast
 
 
@@ -121,8 +122,8 @@ def reshape(x, *shape):
             known *= s
     if shape.count(-1) > 1 or (-1 not in shape and known != x.numel()) or \
             (-1 in shape and (known == 0 or x.numel() % known)):
-        raise RuntimeError(f"reshape: shape {list(shape)} is invalid for input of shape "
-                           f"{x.shape} ({x.numel()} elements)")
+        raise ShapeError(f"reshape: shape {list(shape)} is invalid for input of shape "
+                         f"{x.shape} ({x.numel()} elements)")
     return ReshapeFunction.apply(x, shape=shape)
 
 
@@ -158,7 +159,7 @@ def transpose(x, dim0, dim1):
 
 def t(x):
     if x.ndim > 2:
-        raise ValueError(f"t: expects a tensor with <= 2 dims, got {x.ndim}")
+        raise ShapeError(f"t: expects a tensor with <= 2 dims, got {x.ndim} dims {x.shape}")
     return x if x.ndim < 2 else transpose(x, 0, 1)
 
 
@@ -182,15 +183,15 @@ def expand(x, *sizes):
     sizes = _shape_args(sizes)
     lead = len(sizes) - x.ndim
     if lead < 0:
-        raise RuntimeError(f"expand: cannot expand shape {x.shape} to fewer dims {sizes}")
+        raise ShapeError(f"expand: cannot expand shape {x.shape} to fewer dims {sizes}")
     shape = []
     for i, s in enumerate(sizes):
         own = x.shape[i - lead] if i >= lead else 1
         if s == -1:
             s = own
         if own != 1 and own != s:
-            raise RuntimeError(f"expand: the size of dim {i - lead} ({own}) must match the "
-                               f"expanded size ({s}) or be 1; shape {x.shape} -> {list(sizes)}")
+            raise ShapeError(f"expand: the size of dim {i - lead} ({own}) must match the "
+                             f"expanded size ({s}) or be 1; shape {x.shape} -> {list(sizes)}")
         shape.append(s)
     return ExpandFunction.apply(x, shape=tuple(shape))
 
@@ -216,7 +217,7 @@ def cat(tensors, dim=0):
     for i, t_ in enumerate(tensors[1:], start=1):
         if t_.ndim != first.ndim or builtins.any(
                 a != b for j, (a, b) in enumerate(zip(first.shape, t_.shape)) if j != d):
-            raise RuntimeError(
+            raise ShapeError(
                 f"cat: tensors must have the same shape except in dim {dim}; tensor 0 has "
                 f"shape {first.shape} and tensor {i} has shape {t_.shape}")
         if t_.dtype != first.dtype:
@@ -235,8 +236,8 @@ def stack(tensors, dim=0):
         raise ValueError("stack: expected a non-empty list of tensors")
     for i, t_ in enumerate(tensors[1:], start=1):
         if t_.shape != tensors[0].shape:
-            raise RuntimeError(f"stack: all tensors must have the same shape; tensor 0 has "
-                               f"shape {tensors[0].shape} and tensor {i} has shape {t_.shape}")
+            raise ShapeError(f"stack: all tensors must have the same shape; tensor 0 has "
+                             f"shape {tensors[0].shape} and tensor {i} has shape {t_.shape}")
     return cat([unsqueeze(t_, dim) for t_ in tensors], dim)
 
 

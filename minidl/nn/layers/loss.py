@@ -32,8 +32,8 @@ class _Loss(Module):
         if size_average is not None or reduce is not None:
             reduction = _legacy_reduction(size_average, reduce)
         if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"{reduction} is not a valid value for reduction "
-                             "(expected 'mean', 'sum' or 'none')")
+            raise ValueError(f"{type(self).__name__}: {reduction} is not a valid value for "
+                             "reduction (expected 'mean', 'sum' or 'none')")
         self.reduction = reduction
 
 
