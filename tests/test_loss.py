@@ -11,7 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import minidl
+import minidl.kernels as K
+import minidl.ops.loss as loss_ops
+from minidl.errors import ShapeError
+from minidl.kernels.loss import CROSS_ENTROPY
 from minidl.ops.loss import cross_entropy, mse_loss, nll_loss
+from minidl.ops.norm import batch_norm
 from tests.helpers import check_op, to_host
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -183,6 +188,75 @@ def test_mse_loss_float32_stays_float32(rng, device):
     assert x.grad.dtype == np.float32
 
 
+# --- the cross-entropy kernel family ----------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ignore", [-100, 0, "all"])
+def test_cross_entropy_family_reference_is_the_general_formula_bit_for_bit(rng, dtype,
+                                                                           reduction, ignore):
+    """kernels/loss.py's reference gives exactly the numbers of CrossEntropyFunction's
+    general formula G * (p * sum_c(A) - A) with A = onehot (no weight, no smoothing):
+    same bits, signed zeros and NaNs included (every target ignored: 'mean' divides by 0)."""
+    N, C = 9, 6
+    x = (rng.standard_normal((N, C)) * 4).astype(dtype)
+    x[1, 2] = -np.inf                                   # p = 0 for one class
+    ignore_index = -100 if ignore == "all" else ignore
+    t = rng.integers(0, C, N)
+    t[::3] = ignore_index
+    if ignore == "all":
+        t[:] = ignore_index
+    logp = loss_ops._log_softmax(x)
+    gy = np.asarray(rng.standard_normal(N if reduction == "none" else ()), dtype=dtype)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        G = loss_ops._upstream(gy, reduction, np.asarray((t != ignore_index).sum(), dtype))
+        A = loss_ops._weighted_targets(t, C, None, ignore_index, 0.0, dtype)
+        general = (np.exp(logp) * A.sum(axis=1, keepdims=True) - A) * G
+        gx = CROSS_ENTROPY.impls["reference"].code.cross_entropy_backward(
+            logp, t, G, ignore_index)
+    assert gx.dtype == general.dtype and gx.shape == general.shape
+    np.testing.assert_array_equal(gx.view(np.uint8), general.view(np.uint8))
+
+
+@pytest.mark.parametrize("case", ["plain", "weight", "smoothing", "4-d"])
+def test_cross_entropy_backward_asks_the_family_for_the_plain_case_only(rng, case):
+    shape = (2, 3, 2, 2) if case == "4-d" else (5, 3)
+    x = minidl.tensor(rng.standard_normal(shape), requires_grad=True)
+    t = minidl.tensor(_class_targets(rng, shape, -100))
+    kw = dict(weight=minidl.tensor([1.0, 2.0, 0.5])) if case == "weight" else {}
+    kw.update(label_smoothing=0.1 if case == "smoothing" else 0.0)
+    with K.decisions() as log:
+        cross_entropy(x, t, **kw).backward()
+    asked = [impl for fam, impl in log if fam == "cross_entropy"]
+    assert asked == (["reference"] if case == "plain" else [])
+
+
+def test_use_impl_reference_routes_batch_norm_and_cross_entropy(rng, device, use_impl):
+    """A batch-norm layer into cross-entropy: automatically each family takes its fast path
+    for the device (numba / CUDA kernels where they apply); ``use_impl('reference')`` sends
+    both to the reference, with the same results to rounding."""
+    x0 = rng.standard_normal((6, 4)).astype(np.float32)
+    t = minidl.tensor(rng.integers(0, 4, 6), device=device)
+
+    def step():
+        x = minidl.tensor(x0, device=device, requires_grad=True)
+        with K.decisions() as log:
+            cross_entropy(batch_norm(x, None, None, training=True), t).backward()
+        ran = {(fam, impl) for fam, impl in log if fam in ("batch_norm", "cross_entropy")}
+        return to_host(x.grad), ran
+
+    fast, ran_auto = step()
+    if device == "cuda":
+        assert ran_auto == {("batch_norm", "cuda"), ("cross_entropy", "cuda")}
+    else:
+        assert ("cross_entropy", "reference") in ran_auto
+        assert ("batch_norm", "numba" if K.numba_available() else "reference") in ran_auto
+    use_impl("reference")
+    ref, ran_ref = step()
+    assert ran_ref == {("batch_norm", "reference"), ("cross_entropy", "reference")}
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-6)
+
+
 # --- errors -----------------------------------------------------------------------------
 
 def _x(*shape, dtype=np.float32):
@@ -202,21 +276,21 @@ def test_error_class_out_of_range():
 
 
 def test_error_integer_targets_of_wrong_shape():
-    with pytest.raises(RuntimeError, match=r"cross_entropy: expected class-index target of "
+    with pytest.raises(ShapeError, match=r"cross_entropy: expected class-index target of "
                                            r"shape \(4,\) for input \(4, 10\), got \(4, 3\)"):
         cross_entropy(_x(4, 10), minidl.zeros(4, 3, dtype=minidl.int64))
-    with pytest.raises(RuntimeError, match=r"expected class-index target of shape \(2, 5, 5\) "
+    with pytest.raises(ShapeError, match=r"expected class-index target of shape \(2, 5, 5\) "
                                            r"for input \(2, 3, 5, 5\), got \(2, 3, 5\)"):
         cross_entropy(_x(2, 3, 5, 5), minidl.zeros(2, 3, 5, dtype=minidl.int64))
-    with pytest.raises(RuntimeError, match=r"nll_loss: expected class-index target of shape"):
+    with pytest.raises(ShapeError, match=r"nll_loss: expected class-index target of shape"):
         nll_loss(_x(4, 10), minidl.zeros(5, dtype=minidl.int64))
 
 
 def test_error_float_targets_of_wrong_shape():
-    with pytest.raises(RuntimeError, match=r"cross_entropy: expected probability target of the "
+    with pytest.raises(ShapeError, match=r"cross_entropy: expected probability target of the "
                                            r"same shape as input \(4, 10\), got \(4, 9\)"):
         cross_entropy(_x(4, 10), _x(4, 9))
-    with pytest.raises(RuntimeError, match=r"same shape as input \(4, 10\), got \(4,\)"):
+    with pytest.raises(ShapeError, match=r"same shape as input \(4, 10\), got \(4,\)"):
         cross_entropy(_x(4, 10), _x(4))
 
 
@@ -229,10 +303,10 @@ def test_error_integer_logits():
 
 
 def test_error_weight_of_wrong_length():
-    with pytest.raises(RuntimeError, match=r"cross_entropy: expected weight of shape \(10,\) "
+    with pytest.raises(ShapeError, match=r"cross_entropy: expected weight of shape \(10,\) "
                                            r"\(one per class\), got \(9,\)"):
         cross_entropy(_x(4, 10), minidl.tensor([0, 1, 2, 3]), weight=_x(9))
-    with pytest.raises(RuntimeError, match=r"nll_loss: expected weight of shape \(10,\)"):
+    with pytest.raises(ShapeError, match=r"nll_loss: expected weight of shape \(10,\)"):
         nll_loss(_x(4, 10), minidl.tensor([0, 1, 2, 3]), weight=_x(10, 1))
 
 
@@ -260,6 +334,24 @@ def test_error_bad_label_smoothing_and_target_dtypes():
     with pytest.raises(TypeError, match="mse_loss: expected target to be a floating point "
                                         "Tensor, got int64"):
         mse_loss(_x(2), minidl.tensor([1, 2]))
+    with pytest.raises(TypeError, match="cross_entropy: label_smoothing must be a number in "
+                                        r"\[0, 1\], got str"):
+        cross_entropy(_x(2, 3), minidl.tensor([0, 1]), label_smoothing="0.1")
+    with pytest.raises(TypeError, match=r"cross_entropy: expected weight to be a float Tensor "
+                                        r"of shape \(3,\), got int64"):
+        cross_entropy(_x(2, 3), minidl.tensor([0, 1]), weight=minidl.tensor([1, 2, 3]))
+
+
+def test_error_shapes_are_shape_errors():
+    """Shape mismatches raise ShapeError (a RuntimeError and a ValueError, minidl.errors)."""
+    with pytest.raises(ShapeError, match=r"mse_loss: input of shape \(4, 3\) and target of "
+                                         r"shape \(4, 2\) do not broadcast"):
+        mse_loss(_x(4, 3), _x(4, 2))
+    with pytest.raises(ShapeError, match=r"cross_entropy: expected logits \(N, C\) or "
+                                         r"\(N, C, d1, \.\.\.\) or \(C,\), got a 0-d tensor"):
+        cross_entropy(minidl.tensor(np.float32(1.0)), minidl.tensor(0))
+    with pytest.raises(ShapeError, match=r"nll_loss: expected log-probabilities"):
+        nll_loss(minidl.tensor(np.float32(1.0)), minidl.tensor(0))
 
 
 def test_error_weight_requiring_grad_with_class_indices():

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import minidl
+from minidl.errors import ShapeError
 from minidl.ops.norm import batch_norm
 from tests.helpers import check_op, to_host, torch_device
 
@@ -133,7 +134,7 @@ def test_float32_stays_float32(rng, device):
 
 def test_error_one_value_per_channel_when_training():
     for shape in [(1, 3), (1, 3, 1, 1)]:
-        with pytest.raises(ValueError, match=r"batch_norm: expected more than 1 value per channel "
+        with pytest.raises(ShapeError, match=r"batch_norm: expected more than 1 value per channel "
                                              r"when training, got input of shape \(1, 3"):
             batch_norm(minidl.zeros(*shape), None, None, training=True)
     batch_norm(minidl.zeros(1, 3), minidl.zeros(3), minidl.ones(3), training=False)  # eval: fine
@@ -147,6 +148,9 @@ def test_error_momentum_none_in_the_functional_form():
     with pytest.raises(ValueError, match=r"batch_norm: momentum must be a number in \[0, 1\], "
                                          r"got 1.5"):
         batch_norm(minidl.zeros(4, 3), None, None, training=True, momentum=1.5)
+    with pytest.raises(TypeError, match=r"batch_norm: momentum must be a number in \[0, 1\], "
+                                        r"got str '0.1'"):
+        batch_norm(minidl.zeros(4, 3), None, None, training=True, momentum="0.1")
 
 
 def test_error_eval_without_running_statistics():
@@ -157,14 +161,14 @@ def test_error_eval_without_running_statistics():
 
 def test_error_shapes_and_dtypes():
     x = minidl.zeros(4, 3, 5)
-    with pytest.raises(RuntimeError, match=r"batch_norm: expected running_mean of shape \(3,\) "
+    with pytest.raises(ShapeError, match=r"batch_norm: expected running_mean of shape \(3,\) "
                                            r"for input \(4, 3, 5\) with 3 channels, got \(4,\)"):
         batch_norm(x, minidl.zeros(4), minidl.ones(3))
-    with pytest.raises(RuntimeError, match=r"batch_norm: expected weight of shape \(3,\)"):
+    with pytest.raises(ShapeError, match=r"batch_norm: expected weight of shape \(3,\)"):
         batch_norm(x, None, None, minidl.ones(5), training=True)
-    with pytest.raises(RuntimeError, match=r"batch_norm: expected bias of shape \(3,\)"):
+    with pytest.raises(ShapeError, match=r"batch_norm: expected bias of shape \(3,\)"):
         batch_norm(x, None, None, None, minidl.ones(3, 1), training=True)
-    with pytest.raises(RuntimeError, match=r"batch_norm: expected input \(N, C\), \(N, C, L\) "
+    with pytest.raises(ShapeError, match=r"batch_norm: expected input \(N, C\), \(N, C, L\) "
                                            r"or \(N, C, H, W\), got \(3,\)"):
         batch_norm(minidl.zeros(3), None, None, training=True)
     with pytest.raises(TypeError, match="batch_norm: expected a floating point input, got "

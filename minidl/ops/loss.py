@@ -33,13 +33,15 @@ so with class weights the mean is a weighted average, not sum / N.
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
 
 from .. import backend
 from ..autograd import Function, Tensor, is_grad_enabled
-from ..kernels import cuda_kernels
+from ..errors import ShapeError
+from ..kernels.loss import CROSS_ENTROPY
 from .shape import reshape
 from .utils import unbroadcast
 
@@ -139,6 +141,8 @@ class CrossEntropyFunction(Function):
         gx = G * (p * sum_c(A) - A)                                     (N, C, *S)
 
     Without weights or smoothing, sum_c(A) = 1 and A = onehot(y): gx = G * (p - onehot(y)).
+    For (N, C) logits that case runs through the cross-entropy kernel family
+    (``kernels/loss.py``: one fused kernel on the GPU); the others use the line above.
     The weight and the target get no gradient (class indices are not differentiable, and
     PyTorch does not differentiate the weights either).
     """
@@ -159,13 +163,14 @@ class CrossEntropyFunction(Function):
         ignore_index, reduction, label_smoothing = ctx.params
         xp = backend.get_array_module(logp)
         G = _upstream(gy, reduction, denom)
-        if weight is None and not label_smoothing and logp.ndim == 2 \
-                and cuda_kernels.available(logp):
-            # A = onehot: G * (p - onehot) in one CUDA kernel instead of eight
-            return cuda_kernels.cross_entropy_backward(logp, target, G, ignore_index), None, None
+        if weight is None and not label_smoothing and logp.ndim == 2:
+            # A = onehot(y): gx = G * (p - onehot(y)), the cross-entropy kernel family's
+            # case (one fused kernel on the GPU)
+            gx = CROSS_ENTROPY.code(logp).cross_entropy_backward(logp, target, G, ignore_index)
+            return gx, None, None
         A = _weighted_targets(target, logp.shape[1], weight, ignore_index, label_smoothing,
-                              logp.dtype)
-        gx = (xp.exp(logp) * A.sum(axis=1, keepdims=True) - A) * G
+                              logp.dtype)                                  # (N, C, *S)
+        gx = (xp.exp(logp) * A.sum(axis=1, keepdims=True) - A) * G        # (N, C, *S)
         return gx, None, None
 
 
@@ -288,8 +293,8 @@ def _check_input(input, name, what):  # noqa: A002
         raise TypeError(f"{name}: expected floating point {what} (N, C) or (N, C, d1, ...), "
                         f"got dtype {input.dtype}")
     if input.ndim == 0:
-        raise RuntimeError(f"{name}: expected {what} (N, C) or (N, C, d1, ...) or (C,), "
-                           f"got a 0-d tensor")
+        raise ShapeError(f"{name}: expected {what} (N, C) or (N, C, d1, ...) or (C,), "
+                         f"got a 0-d tensor")
 
 
 def _check_class_target(input, target, ignore_index, name):  # noqa: A002
@@ -297,8 +302,8 @@ def _check_class_target(input, target, ignore_index, name):  # noqa: A002
     C = input.shape[1]
     expected = input.shape[:1] + input.shape[2:]
     if target.shape != expected:
-        raise RuntimeError(f"{name}: expected class-index target of shape {expected} for "
-                           f"input {input.shape}, got {target.shape}")
+        raise ShapeError(f"{name}: expected class-index target of shape {expected} for "
+                         f"input {input.shape}, got {target.shape}")
     t = target.data
     bad = ((t < 0) | (t >= C)) & (t != ignore_index)
     if bool(bad.any()):
@@ -312,10 +317,11 @@ def _check_weight(weight, input, name):  # noqa: A002
         return
     C = input.shape[1]
     if not isinstance(weight, Tensor) or weight.dtype.kind != "f":
-        raise TypeError(f"{name}: expected weight to be a float Tensor of shape ({C},)")
+        raise TypeError(f"{name}: expected weight to be a float Tensor of shape ({C},), got "
+                        f"{getattr(weight, 'dtype', type(weight).__name__)}")
     if weight.shape != (C,):
-        raise RuntimeError(f"{name}: expected weight of shape ({C},) (one per class), "
-                           f"got {weight.shape}")
+        raise ShapeError(f"{name}: expected weight of shape ({C},) (one per class), "
+                         f"got {weight.shape}")
 
 
 def _no_weight_grad(weight, name):
@@ -346,6 +352,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     name = "cross_entropy"
     _check_input(input, name, "logits")
     _check_reduction(reduction, name)
+    if not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(f"{name}: label_smoothing must be a number in [0, 1], got "
+                        f"{type(label_smoothing).__name__}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{name}: label_smoothing must be in [0, 1], got {label_smoothing}")
     if not isinstance(target, Tensor):
@@ -355,8 +364,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         raise TypeError(f"{name}: expected integer class indices or float probabilities as "
                         f"target, got dtype {target.dtype}")
     if probs and target.shape != input.shape:
-        raise RuntimeError(f"{name}: expected probability target of the same shape as input "
-                           f"{input.shape}, got {target.shape}")
+        raise ShapeError(f"{name}: expected probability target of the same shape as input "
+                         f"{input.shape}, got {target.shape}")
     x, t, unbatched = _batched(input, target)
     _check_weight(weight, x, name)
     if probs:
@@ -409,8 +418,8 @@ def mse_loss(input, target, reduction="mean"):  # noqa: A002
         try:
             np.broadcast_shapes(input.shape, target.shape)
         except ValueError:
-            raise RuntimeError(f"{name}: input of shape {input.shape} and target of shape "
-                               f"{target.shape} do not broadcast") from None
+            raise ShapeError(f"{name}: input of shape {input.shape} and target of shape "
+                             f"{target.shape} do not broadcast") from None
         warnings.warn(f"{name}: target of shape {target.shape} differs from input of shape "
                       f"{input.shape}; they are broadcast, which is likely wrong",
                       UserWarning, stacklevel=2)

@@ -9,7 +9,7 @@ Shape letters::
 
     x, y, gy, gx          (N, C, *S)
     weight (gamma), bias (beta), running_mean, running_var, and their gradients   (C,)
-    mean, var, inv_std    (1, C, 1, ...): the per-channel vectors shaped to broadcast
+    mean, var, inv_std    (C,): the per-channel statistics (broadcast along N and *S)
 
 Training mode normalises with the batch's own statistics (over N and *S, per channel)::
 
@@ -34,6 +34,7 @@ import numbers
 
 from .. import backend
 from ..autograd import Function, Tensor
+from ..errors import ShapeError
 from ..kernels import batchnorm as kernels
 
 
@@ -62,20 +63,22 @@ class BatchNormFunction(Function):
 
         gx = gy * weight * inv_std,    gweight = sum(gy * xhat),    gbias = sum(gy)
 
-    Each step is one call into ``minidl.kernels.batchnorm`` (statistics, normalisation,
-    the two gradient sums, gx), where the same formulas are written out in NumPy (the
-    reference, used on the GPU) and compiled with numba for NumPy float arrays (one pass
-    over the data per step). Saved for backward: x, mean, inv_std, weight; xhat is
-    recomputed rather than stored.
+    Each step is one call into the batch-norm kernel family (``kernels/batchnorm.py``:
+    statistics, normalisation, the two gradient sums, gx), whose reference writes these
+    formulas out as array expressions and whose fast paths (numba on the CPU, fused CUDA
+    kernels on the GPU) make one pass over the data per step. Saved for backward: x,
+    mean, inv_std, weight; xhat is recomputed rather than stored.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
         xp = backend.get_array_module(x)
         C = x.shape[1]
-        m = x.size // C                              # values per channel
+        m = x.size // C                                     # values per channel
         if training:
-            mean, var = kernels.batch_stats(x)       # (C,) each; var biased (divides by m)
+            # mean = sum(x) / m,  var = sum((x - mean)^2) / m               (C,) each
+            mean, var = kernels.batch_stats(x)
+            # running averages, in place, with the unbiased variance var * m / (m - 1)
             if running_mean is not None:
                 running_mean[...] = ((1 - momentum) * running_mean
                                      + momentum * mean.astype(running_mean.dtype))
@@ -83,15 +86,15 @@ class BatchNormFunction(Function):
                 unbiased = var.astype(running_var.dtype) * (m / (m - 1))
                 running_var[...] = (1 - momentum) * running_var + momentum * unbiased
         else:   # copies: a later training step updates the running statistics in place
-            mean = running_mean.astype(x.dtype)
-            var = running_var.astype(x.dtype)
-        inv_std = 1 / xp.sqrt(var + eps)                                  # (C,)
+            mean = running_mean.astype(x.dtype)                             # (C,)
+            var = running_var.astype(x.dtype)                               # (C,)
+        inv_std = 1 / xp.sqrt(var + eps)                                    # (C,)
         if weight is not None:
-            weight = weight.astype(x.dtype, copy=False)
+            weight = weight.astype(x.dtype, copy=False)                     # (C,)
         if bias is not None:
-            bias = bias.astype(x.dtype, copy=False)
-        # y = weight * xhat + bias, xhat = (x - mean) * inv_std: one fused pass. xhat is
-        # not kept: backward recomputes it from x (the input, alive anyway).
+            bias = bias.astype(x.dtype, copy=False)                         # (C,)
+        # y = weight * xhat + bias,  xhat = (x - mean) * inv_std           (N, C, *S)
+        # xhat is not kept: backward recomputes it from x (the input, alive anyway).
         y = kernels.normalize(x, mean, inv_std, weight, bias)
         ctx.save_for_backward(x, mean, inv_std, weight)
         ctx.training = training
@@ -102,28 +105,30 @@ class BatchNormFunction(Function):
         x, mean, inv_std, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         gbias = gweight = gx = None
-        # The parameter gradients gbias = sum(gy), gweight = sum(gy * xhat), in one pass;
-        # training mode needs them for gx as well.
+        # gbias = sum(gy),  gweight = sum(gy * xhat)                        (C,) each
+        # (training mode needs both for gx as well)
         if ctx.training or need_w or need_b:
             gbias, gweight = kernels.grad_sums(gy, x, mean, inv_std)
         # gx = weight * inv_std / m * (m * gy - gbias - xhat * gweight)    (training)
         # gx = weight * inv_std * gy                                       (evaluation)
         if need_x:
-            gx = kernels.input_grad(gy, x, mean, inv_std, weight, gbias, gweight, ctx.training)
+            gx = kernels.input_grad(gy, x, mean, inv_std, weight, gbias, gweight,
+                                    ctx.training)                           # (N, C, *S)
         return (gx,
                 gweight if need_w else None,
                 gbias if need_b else None)
 
 
 def _check_vector(v, what, C, input):  # noqa: A002
+    """A per-channel (C,) Tensor on the input's device, or None."""
     if v is None:
         return None
     if not isinstance(v, Tensor):
         raise TypeError(f"batch_norm: expected {what} to be a Tensor or None, "
                         f"got {type(v).__name__}")
     if v.shape != (C,):
-        raise RuntimeError(f"batch_norm: expected {what} of shape ({C},) for input "
-                           f"{input.shape} with {C} channels, got {v.shape}")
+        raise ShapeError(f"batch_norm: expected {what} of shape ({C},) for input "
+                         f"{input.shape} with {C} channels, got {v.shape}")
     if v.device != input.device:
         raise RuntimeError(f"batch_norm: {what} is on {v.device} but the input is on "
                            f"{input.device}; move it with .to(device)")
@@ -147,15 +152,18 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,  # noqa
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm: expected input to be a Tensor, got {type(input).__name__}")
     if input.ndim < 2:
-        raise RuntimeError(f"batch_norm: expected input (N, C), (N, C, L) or (N, C, H, W), "
-                           f"got {input.shape}")
+        raise ShapeError(f"batch_norm: expected input (N, C), (N, C, L) or (N, C, H, W), "
+                         f"got {input.shape}")
     if input.dtype.kind != "f":
         raise TypeError(f"batch_norm: expected a floating point input, got dtype {input.dtype}")
     if momentum is None:
         raise ValueError("batch_norm: momentum=None (a cumulative moving average) needs the "
                          "number of batches seen; the BatchNorm modules handle it by passing "
                          "momentum=1/num_batches_tracked. Pass a number here.")
-    if not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
+    if not isinstance(momentum, numbers.Real):
+        raise TypeError(f"batch_norm: momentum must be a number in [0, 1], got "
+                        f"{type(momentum).__name__} {momentum!r}")
+    if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"batch_norm: momentum must be a number in [0, 1], got {momentum!r}")
     C = input.shape[1]
     rm = _check_vector(running_mean, "running_mean", C, input)
@@ -163,8 +171,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,  # noqa
     _check_vector(weight, "weight", C, input)
     _check_vector(bias, "bias", C, input)
     if training:
-        if input.numel() // C <= 1:
-            raise ValueError(f"batch_norm: expected more than 1 value per channel when "
+        if input.numel() // C <= 1:   # a variance needs two values (ValueError too)
+            raise ShapeError(f"batch_norm: expected more than 1 value per channel when "
                              f"training, got input of shape {input.shape}")
     elif rm is None or rv is None:
         raise RuntimeError("batch_norm: running_mean and running_var must be given in "

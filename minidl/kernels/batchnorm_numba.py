@@ -1,0 +1,308 @@
+"""numba kernels of the batch-norm family (``kernels/batchnorm.py`` holds the formulas and
+the registration, ``batchnorm_reference.py`` the definition these are tested against).
+
+    x, y, gy, gx                                       (N, C, *S), NumPy float32/float64
+    mean, var, inv_std, weight, bias, gbias, gweight   (C,)
+    m = N * S, the values per channel
+
+Each step is one pass over the data, on the arrays made C-contiguous and viewed in one
+of two layouts:
+
+* "planes", (N, C, S) with S > 1: the loops run along one (n, c) plane, the per-channel
+  constants are hoisted out of them;
+* "rows", (N, C) (S == 1): the inner loop runs along C, so it vectorises, with
+  per-channel vectors.
+
+What each step computes:
+
+* ``batch_stats``: per (n, c) plane, the plane's sum, then its centred sum of squares
+  while the plane is still in L1/L2 (a two-pass within the plane, one pass over memory),
+  merged into the channel's running (count, mean, M2) with Chan's formula. All sums in
+  float64, also for float32 data: float32 results agree with PyTorch's to ~1e-7, float64
+  ones to ~1e-15, and there is no ``E[x^2] - E[x]^2`` cancellation.
+* ``normalize``: one fused write ``y = (x - mean) * a + bias``, a = weight * inv_std.
+* ``grad_sums``: sum(gy) and sum(gy * (x - mean)) in one pass over gy and x (float64
+  sums); gweight = inv_std * the second.
+* ``input_grad``: one fused write ``gx = (gy - gbias/m) * a - (x - mean) * b`` with the
+  per-channel constants a = weight * inv_std, b = a * inv_std * gweight / m. In
+  evaluation mode ``gx = gy * a`` (the ``normalize`` kernel with mean 0 and bias 0).
+
+The per-channel constants of the write kernels come in x's dtype, so float32 data is
+computed in float32 vectors (a float64 constant would turn a float32 loop into float64
+arithmetic); the sums are float64 (their accumulators start as 0.0).
+
+Threads (the policy is ``kernels/threads.py``'s). The "planes" kernels have a ``prange``
+loop: over channels for the sums, over (n, c) planes for the writes. Each thread owns
+whole channels or planes, so there are no atomics, and a channel's sums always run over
+n in order: the results do not depend on the thread count. The "rows" kernels have no
+parallel loop (a channel's sum runs down the batch) and always run their serial build.
+The kernels are bound by memory bandwidth (vectorised), so float64 sums cost little over
+float32 ones; a parallel build run on one thread costs a little more per call than the
+serial one (the parfor launch), which is why the policy keeps small inputs serial.
+Each kernel compiles on first use, one specialisation per dtype, cached on disk: the
+first run in a fresh environment takes seconds, later processes load the cache.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .registry import FAST_DTYPES
+from .threads import jit
+
+__all__ = ["batch_stats", "normalize", "grad_sums", "input_grad"]
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@jit
+def _stats_planes(x, mean, var):
+    """mean[c], var[c] (float64) over the planes x[:, c, :], merged with Chan's formula."""
+    N, C, S = x.shape
+    for c in prange(C):
+        count = 0.0
+        mu = 0.0
+        m2 = 0.0
+        for n in range(N):
+            row = x[n, c]
+            s = 0.0
+            for i in range(S):
+                s += row[i]
+            pmean = s / S
+            q = 0.0
+            for i in range(S):       # the plane is still in cache: a second pass is cheap
+                d = row[i] - pmean
+                q += d * d
+            total = count + S
+            delta = pmean - mu
+            mu += delta * (S / total)
+            m2 += q + delta * delta * (count * S / total)
+            count = total
+        mean[c] = mu
+        var[c] = m2 / count
+
+
+@jit
+def _stats_rows(x, mean, var):
+    """mean[c], var[c] (float64) of x (N, C): a sum pass, then a centred-squares pass."""
+    N, C = x.shape
+    for c in range(C):
+        mean[c] = 0.0
+        var[c] = 0.0
+    for n in range(N):
+        row = x[n]
+        for c in range(C):
+            mean[c] += row[c]
+    for c in range(C):
+        mean[c] /= N
+    for n in range(N):
+        row = x[n]
+        for c in range(C):
+            d = row[c] - mean[c]
+            var[c] += d * d
+    for c in range(C):
+        var[c] /= N
+
+
+@jit
+def _grad_sums_planes(gy, x, mean, s_gy, s_gyx):
+    """s_gy[c] = sum(gy), s_gyx[c] = sum(gy * (x - mean[c])), float64, over the planes of c."""
+    N, C, S = x.shape
+    for c in prange(C):
+        mu = mean[c]
+        a = 0.0
+        b = 0.0
+        for n in range(N):
+            g = gy[n, c]
+            row = x[n, c]
+            for i in range(S):
+                a += g[i]
+                b += g[i] * (row[i] - mu)
+        s_gy[c] = a
+        s_gyx[c] = b
+
+
+@jit
+def _grad_sums_rows(gy, x, mean, s_gy, s_gyx):
+    """The same sums for (N, C) rows."""
+    N, C = x.shape
+    for c in range(C):
+        s_gy[c] = 0.0
+        s_gyx[c] = 0.0
+    for n in range(N):
+        g = gy[n]
+        row = x[n]
+        for c in range(C):
+            s_gy[c] += g[c]
+            s_gyx[c] += g[c] * (row[c] - mean[c])
+
+
+@jit
+def _affine_planes(x, shift, scale, offset, out):
+    """out = (x - shift[c]) * scale[c] + offset[c] on every plane x[n, c]."""
+    N, C, S = x.shape
+    for p in prange(N * C):
+        n = p // C
+        c = p - n * C
+        src = x[n, c]
+        dst = out[n, c]
+        sh = shift[c]
+        sc = scale[c]
+        of = offset[c]
+        for i in range(S):
+            dst[i] = (src[i] - sh) * sc + of
+
+
+@jit
+def _affine_rows(x, shift, scale, offset, out):
+    """The same affine map on (N, C) rows."""
+    N, C = x.shape
+    for n in range(N):
+        src = x[n]
+        dst = out[n]
+        for c in range(C):
+            dst[c] = (src[c] - shift[c]) * scale[c] + offset[c]
+
+
+@jit
+def _input_grad_planes(gy, x, gshift, a, mean, b, out):
+    """out = (gy - gshift[c]) * a[c] - (x - mean[c]) * b[c] on every plane."""
+    N, C, S = x.shape
+    for p in prange(N * C):
+        n = p // C
+        c = p - n * C
+        g = gy[n, c]
+        src = x[n, c]
+        dst = out[n, c]
+        gs = gshift[c]
+        ac = a[c]
+        mu = mean[c]
+        bc = b[c]
+        for i in range(S):
+            dst[i] = (g[i] - gs) * ac - (src[i] - mu) * bc
+
+
+@jit
+def _input_grad_rows(gy, x, gshift, a, mean, b, out):
+    """The same gx on (N, C) rows."""
+    N, C = x.shape
+    for n in range(N):
+        g = gy[n]
+        src = x[n]
+        dst = out[n]
+        for c in range(C):
+            dst[c] = (g[c] - gshift[c]) * a[c] - (src[c] - mean[c]) * b[c]
+
+
+# (kernel over planes, kernel over rows) of each step; the rows kernels have no parallel
+# loop, so they always run their serial build.
+_STATS = (_stats_planes, _stats_rows)
+_GRAD_SUMS = (_grad_sums_planes, _grad_sums_rows)
+_AFFINE = (_affine_planes, _affine_rows)
+_INPUT_GRAD = (_input_grad_planes, _input_grad_rows)
+
+
+def _launch(kernels, view, *args):
+    """Run the planes kernel of ``kernels`` on a (N, C, S) ``view`` (the build the thread
+    policy picks for its size), the rows kernel on a (N, C) one."""
+    planes, rows = kernels
+    if view.ndim == 2:
+        rows.serial(view, *args)
+    else:
+        planes(view, *args, size=view.size)
+
+
+# ----------------------------------------------------------------------------- wrappers
+# Same arguments and results as the reference functions.
+
+
+def _layout(a):
+    """A C-contiguous view (or copy) of a (N, C, *S) array as (N, C, S) planes, or as
+    (N, C) rows when S == 1."""
+    a = np.ascontiguousarray(a)
+    N, C = a.shape[0], a.shape[1]
+    S = a.size // (N * C) if N * C else 0
+    return a.reshape(N, C) if S == 1 else a.reshape(N, C, S)
+
+
+def _vec(v, dtype, C, fill=None):
+    """A (C,) C-contiguous vector of ``dtype``: ``v`` converted, or ``fill`` when v is None."""
+    if v is None:
+        return np.full(C, fill, dtype=dtype)
+    return np.ascontiguousarray(v, dtype=dtype).reshape(C)
+
+
+def _check(x, name):
+    """The kernels are compiled for NumPy float32/float64 arrays only (the registry sends
+    everything else to the reference; this catches a direct call)."""
+    if not isinstance(x, np.ndarray) or x.dtype not in FAST_DTYPES:
+        raise TypeError(f"batch_norm: the numba {name} takes a NumPy float32 or float64 "
+                        f"array, got {type(x).__name__} {getattr(x, 'dtype', '')}")
+
+
+def batch_stats(x):
+    """(mean, var) per channel of x (N, C, *S), float64 sums, returned in x's dtype."""
+    _check(x, "batch_stats")
+    xs = _layout(x)
+    C = x.shape[1]
+    mean = np.empty(C, np.float64)
+    var = np.empty(C, np.float64)
+    if xs.size == 0:   # no values: NaN, as NumPy's mean of nothing
+        mean[:] = np.nan
+        var[:] = np.nan
+    else:
+        _launch(_STATS, xs, mean, var)
+    return mean.astype(x.dtype), var.astype(x.dtype)
+
+
+def normalize(x, mean, inv_std, weight=None, bias=None):
+    """y = (x - mean) * a + bias with a = weight * inv_std, one fused pass."""
+    _check(x, "normalize")
+    xs = _layout(x)
+    C = x.shape[1]
+    a = _vec(inv_std, np.float64, C)
+    if weight is not None:
+        a = a * _vec(weight, np.float64, C)
+    out = np.empty(xs.shape, x.dtype)
+    _launch(_AFFINE, xs, _vec(mean, x.dtype, C), a.astype(x.dtype), _vec(bias, x.dtype, C, 0),
+            out)
+    return out.reshape(x.shape)
+
+
+def grad_sums(gy, x, mean, inv_std):
+    """(gbias, gweight) = (sum(gy), inv_std * sum(gy * (x - mean))): one pass over gy and
+    x, float64 sums."""
+    _check(x, "grad_sums")
+    xs = _layout(x)
+    gys = _layout(gy.astype(x.dtype, copy=False))
+    C = x.shape[1]
+    s_gy = np.empty(C, np.float64)
+    s_gyx = np.empty(C, np.float64)
+    _launch(_GRAD_SUMS, gys, xs, _vec(mean, x.dtype, C), s_gy, s_gyx)
+    gweight = s_gyx * _vec(inv_std, np.float64, C)
+    return s_gy.astype(x.dtype), gweight.astype(x.dtype)
+
+
+def input_grad(gy, x, mean, inv_std, weight, gbias, gweight, training):
+    """gx = (gy - gbias/m) * a - (x - mean) * b (training) or gy * a (evaluation), one
+    fused pass; a = weight * inv_std, b = a * inv_std * gweight / m."""
+    _check(gy, "input_grad")
+    dtype = gy.dtype
+    gys = _layout(gy)
+    C = gy.shape[1]
+    a = _vec(inv_std, np.float64, C)
+    if weight is not None:
+        a = a * _vec(weight, np.float64, C)
+    out = np.empty(gys.shape, dtype)
+    if not training:   # gx = gy * a: the affine kernel with shift 0 and offset 0
+        zero = np.zeros(C, dtype)
+        _launch(_AFFINE, gys, zero, a.astype(dtype), zero, out)
+        return out.reshape(gy.shape)
+    xs = _layout(x.astype(dtype, copy=False))
+    m = gys.size // C
+    gshift = _vec(gbias, np.float64, C) / m
+    b = a * _vec(inv_std, np.float64, C) * _vec(gweight, np.float64, C) / m
+    _launch(_INPUT_GRAD, gys, xs, gshift.astype(dtype), a.astype(dtype), _vec(mean, dtype, C),
+            b.astype(dtype), out)
+    return out.reshape(gy.shape)
