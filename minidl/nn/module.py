@@ -159,11 +159,12 @@ class Module:
             result = hook(self, args)
             if result is not None:
                 args = result if isinstance(result, tuple) else (result,)
-        out = NotImplemented
-        if _call_interceptor is not None:  # a tool answers calls (see intercept_calls)
-            out = _call_interceptor(self, args, kwargs)
-        if out is NotImplemented:
+        if _call_interceptor is None:
             out = self.forward(*args, **kwargs)
+        else:  # a tool answers calls (see intercept_calls), or passes with NotImplemented
+            out = _call_interceptor(self, args, kwargs)
+            if out is NotImplemented:
+                out = self.forward(*args, **kwargs)
         for hook in list(self._forward_hooks.values()):
             result = hook(self, args, out)
             if result is not None:
