@@ -1,7 +1,7 @@
 """minidl: a from-scratch deep learning engine on NumPy (CPU) and CuPy (GPU).
 
-The public face: ``Tensor`` and its factories, grad-mode switches, seeding, devices,
-``save``/``load``, and ``gradcheck``. Layers live in ``minidl.nn``, optimisers in
+The public face: ``Tensor`` (its operators and methods attached below) and its
+factories, grad-mode switches, seeding, devices, ``save``/``load``, and ``gradcheck``. Layers live in ``minidl.nn``, optimisers in
 ``minidl.optim``.
 """
 from __future__ import annotations
@@ -9,6 +9,13 @@ from __future__ import annotations
 import numpy as _np
 
 from . import backend, cuda, ops  # cuda: minidl.cuda.is_available() etc. (torch.cuda's names)
+from . import tensor_methods
+
+# Tensor's operators and methods (x + y, x.sum(), x.reshape()...) are the ops' functions,
+# attached here, once, in the one visible place: tensor_methods.py says why they cannot be
+# written in Tensor's class body (the autograd core sits below the ops).
+tensor_methods.attach()
+
 from .autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .backend import Device as device
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like,

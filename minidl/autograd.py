@@ -22,8 +22,9 @@ gradient (and grad mode is on), records a graph node: the ``ctx`` object itself.
 (iteratively: a deep ResNet must not hit Python's recursion limit), so a node runs
 only after every consumer of its outputs has passed its gradient back.
 
-Tensor methods and operators (``+``, ``@``, ``.sum()``, ``.reshape()`` ...) are
-installed by ``minidl.ops`` (see ``ops/__init__.py``), which sits above this module.
+Tensor methods and operators (``+``, ``@``, ``.sum()``, ``.reshape()`` ...) are the ops'
+functions, attached to the class in one place, ``minidl/tensor_methods.py`` (called from
+``minidl/__init__.py``): the ops sit above this module, so the class body cannot name them.
 """
 from __future__ import annotations
 
@@ -211,6 +212,8 @@ class Tensor:
         return self.shape[0]
 
     def __hash__(self):  # tensors are hashable by identity, as in PyTorch
+        # (defined here, in the class body: attaching __eq__ later, in tensor_methods.py,
+        # leaves it in place, whereas a class body with __eq__ and no __hash__ drops it)
         return id(self)
 
     # --- conversion -----------------------------------------------------------------------
@@ -325,9 +328,9 @@ class Tensor:
         device, dtype = parse_to_args(args, kwargs)
         out = self
         if dtype is not None and dtype != self.dtype:
-            out = out._cast(dtype)
+            out = _cast(out, dtype)
         if device is not None and device != self.device:
-            out = out._move(device)
+            out = _move(out, device)
         return out
 
     def cuda(self, device=None):
@@ -574,7 +577,8 @@ def run_backward(root, gradient=None, retain_graph=False):
 
 
 # ----------------------------------------------------------------------------- casts and moves
-# They live here rather than in ops/ because Tensor.to() needs them.
+# They live here rather than in ops/ because Tensor.to() needs them; ``to`` calls the two
+# functions below (module functions, not methods attached to Tensor after the class).
 
 
 class CastFunction(Function):
@@ -599,15 +603,14 @@ class MoveFunction(Function):
         return backend.to_device(gy, ctx.in_device)
 
 
-def _cast(self, dtype):
-    if self.requires_grad and dtype.kind not in "fc":
-        return Tensor(self.data.astype(dtype))  # integer results carry no gradient
-    return CastFunction.apply(self, dtype=dtype)
+def _cast(x, dtype):
+    """``x`` as ``dtype``, differentiable (the gradient is cast back)."""
+    if x.requires_grad and dtype.kind not in "fc":
+        return Tensor(x.data.astype(dtype))  # integer results carry no gradient
+    return CastFunction.apply(x, dtype=dtype)
 
 
-def _move(self, device):
-    return MoveFunction.apply(self, device=device)
+def _move(x, device):
+    """``x`` on ``device``, differentiable (the gradient moves back)."""
+    return MoveFunction.apply(x, device=device)
 
-
-Tensor._cast = _cast
-Tensor._move = _move

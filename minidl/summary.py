@@ -4,17 +4,18 @@ computed by shape propagation (no convolution or matrix product is run).
 
 How it works
 ------------
-Every leaf layer minidl knows (``Conv2d``, ``Linear``, ``BatchNorm``, the poolings,
-activations, ``Dropout``, ``Flatten``, ``Identity``...) has its ``forward`` replaced, for
-the duration of the call, by its shape arithmetic: it checks the input shape as the layer
-would, computes the output shape and the layer's costs, and returns a placeholder tensor
-of that shape whose array is a single zero broadcast to the shape (zero strides, no
-memory). The model's own ``forward`` runs unchanged around them, so whatever it does
-between layers (``cat`` of Inception branches, residual ``+``, ``flatten``/``reshape``,
-functional ``F.relu``) runs for real on those placeholders, which costs next to nothing
-(elementwise work on one sample's activations at most). Summarising ResNet-152 at
-224x224 takes a fraction of a second; a mismatch (e.g. Inception branches of different
-sizes) raises the same error the real forward would.
+While ``summary`` runs, it answers the model's module calls through the public hook
+``nn.intercept_calls``. A leaf layer minidl knows (``Conv2d``, ``Linear``, ``BatchNorm``,
+the poolings, activations, ``Dropout``, ``Flatten``, ``Identity``...) is answered by its
+shape rule: it checks the input shape as the layer would, computes the output shape (with
+``minidl.geometry``, the formulas the ops use) and the layer's costs, and returns a
+placeholder tensor of that shape whose array is a single zero broadcast to the shape (zero
+strides, no memory). Containers run their own ``forward`` unchanged around them, so
+whatever the model does between layers (``cat`` of Inception branches, residual ``+``,
+``flatten``/``reshape``, functional ``F.relu``) runs for real on those placeholders, which
+costs next to nothing (elementwise work on one sample's activations at most). Summarising
+ResNet-152 at 224x224 takes a fraction of a second; a mismatch (e.g. Inception branches of
+different sizes) raises the same error the real forward would.
 
 Leaf layers minidl does not know run their real ``forward`` on the placeholders; their
 output shape is exact but their FLOPs are shown as ``?`` and left out of the totals.
@@ -57,8 +58,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import nn
+from . import geometry, nn
 from .autograd import Tensor, no_grad
+from .errors import ShapeError
 
 __all__ = ["summary", "ModelSummary", "LayerSummary", "register_layer_rule"]
 
@@ -144,12 +146,8 @@ class ModelSummary:
 # and dtype are all it may use). It validates the input like the layer does.
 
 
-def _pair(v):
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
-
-
 def _bad_input(module, expected, x):
-    return RuntimeError(f"{module!r}: expected input {expected}, got {x.shape}")
+    return ShapeError(f"{module!r}: expected input {expected}, got {x.shape}")
 
 
 def _spatial(module, x):
@@ -162,18 +160,16 @@ def _conv_rule(m, x):
     if x.ndim not in (3, 4) or x.shape[-3] != m.in_channels:
         raise _bad_input(m, f"(N, {m.in_channels}, H, W)", x)
     lead, H, W = _spatial(m, x)
-    (pt, pb), (pl, pr) = m._explicit_padding()
     (KH, KW), (SH, SW), (DH, DW) = m.kernel_size, m.stride, m.dilation
-    sizes = []
-    for size, lo, hi, k, s, d, what in ((H, pt, pb, KH, SH, DH, "height"),
-                                        (W, pl, pr, KW, SW, DW, "width")):
-        reach = d * (k - 1) + 1
-        if size + lo + hi < reach:
-            raise RuntimeError(f"{m!r}: input {x.shape} is too small: its padded {what} "
-                               f"({size + lo + hi}) is smaller than the (dilated) kernel "
-                               f"({reach})")
-        sizes.append((size + lo + hi - reach) // s + 1)
-    OH, OW = sizes
+    pad_h, pad_w = geometry.conv_padding(m.padding, m.kernel_size, m.stride, m.dilation,
+                                         op=repr(m))
+    for size, pads, k, d, what in ((H, pad_h, KH, DH, "height"), (W, pad_w, KW, DW, "width")):
+        padded, reach = size + sum(pads), d * (k - 1) + 1
+        if padded < reach:
+            raise ShapeError(f"{m!r}: input {x.shape} is too small: its padded {what} "
+                             f"({padded}) is smaller than the (dilated) kernel ({reach})")
+    OH = geometry.conv_output_size(H, KH, SH, pad_h, DH)
+    OW = geometry.conv_output_size(W, KW, SW, pad_w, DW)
     N = math.prod(lead[:-1])  # 1 for an unbatched (C, H, W) input
     out_positions = N * m.out_channels * OH * OW
     macs = out_positions * (m.in_channels // m.groups) * KH * KW
@@ -192,27 +188,23 @@ def _linear_rule(m, x):
 
 
 def _batchnorm_rule(m, x):
-    if x.ndim not in m._ranks or x.shape[1] != m.num_features:
-        expected = m._shape_text.replace("C", str(m.num_features))
-        raise ValueError(f"{m!r}: expected input {expected}, got {x.shape}")
+    if x.ndim not in m.input_ranks or x.shape[1] != m.num_features:
+        raise _bad_input(m, m.expected_input_text(), x)
     return x.shape, 0, 2 * math.prod(x.shape), 0
 
 
-def _pool_size(L, K, S, P, D, ceil_mode):
-    out = (L + 2 * P - D * (K - 1) - 1 + (S - 1 if ceil_mode else 0)) // S + 1
-    if ceil_mode and (out - 1) * S >= L + P:
-        out -= 1
-    return out
-
-
 def _window_pool(m, x, dilation):
+    """Output shape and taps per window (KH * KW) of a max or average pooling."""
     lead, H, W = _spatial(m, x)
-    (KH, KW), (SH, SW), (PH, PW) = _pair(m.kernel_size), _pair(m.stride), _pair(m.padding)
-    DH, DW = _pair(dilation)
-    OH = _pool_size(H, KH, SH, PH, DH, m.ceil_mode)
-    OW = _pool_size(W, KW, SW, PW, DW, m.ceil_mode)
+    op = repr(m)
+    KH, KW = geometry.pair(m.kernel_size, "kernel_size", op)
+    SH, SW = geometry.pair(m.stride if m.stride is not None else m.kernel_size, "stride", op)
+    PH, PW = geometry.pair(m.padding, "padding", op)
+    DH, DW = geometry.pair(dilation, "dilation", op)
+    OH = geometry.pool_output_size(H, KH, SH, PH, DH, m.ceil_mode)
+    OW = geometry.pool_output_size(W, KW, SW, PW, DW, m.ceil_mode)
     if OH < 1 or OW < 1:
-        raise RuntimeError(f"{m!r}: input {x.shape} is too small (output {OH}x{OW})")
+        raise ShapeError(f"{m!r}: input {x.shape} is too small (output {OH}x{OW})")
     return lead + (OH, OW), KH * KW
 
 
@@ -226,20 +218,17 @@ def _avgpool_rule(m, x):
     return shape, 0, math.prod(shape) * k, 0
 
 
-def _adaptive_windows(L, O):
-    """Total length of the O adaptive windows over L: sum of ceil((i+1)L/O) - floor(iL/O)."""
-    return sum(-(-(i + 1) * L // O) - (i * L) // O for i in range(O))
+def _windows_length(L, O):
+    """Total length of the O adaptive windows over L (they may overlap)."""
+    starts, ends = geometry.adaptive_windows(L, O)
+    return int((ends - starts).sum())
 
 
 def _adaptive_rule(m, x, is_max):
     lead, H, W = _spatial(m, x)
-    oh, ow = (m.output_size, m.output_size) if not isinstance(
-        m.output_size, (tuple, list)) else m.output_size
-    OH, OW = H if oh is None else int(oh), W if ow is None else int(ow)
-    if OH < 1 or OW < 1:
-        raise ValueError(f"{m!r}: output_size must be at least 1 in each dim")
+    OH, OW = geometry.adaptive_output_size((H, W), m.output_size, repr(m))
     planes = math.prod(lead)
-    taps = _adaptive_windows(H, OH) * _adaptive_windows(W, OW) * planes
+    taps = _windows_length(H, OH) * _windows_length(W, OW) * planes
     flops = taps - planes * OH * OW if is_max else taps
     return lead + (OH, OW), 0, flops, 0
 
@@ -273,6 +262,7 @@ _RULES = {
     nn.AdaptiveAvgPool2d: lambda m, x: _adaptive_rule(m, x, False),
     nn.AdaptiveMaxPool2d: lambda m, x: _adaptive_rule(m, x, True),
     nn.ReLU: _elementwise(1),
+    nn.ReLU6: _elementwise(1),
     nn.LeakyReLU: _elementwise(1),
     nn.Tanh: _elementwise(1),
     nn.Sigmoid: _elementwise(1),
@@ -283,7 +273,6 @@ _RULES = {
     nn.Flatten: _flatten_rule,
     nn.Identity: lambda m, x: (x.shape, 0, 0, 0),
 }
-_LAZY_DONE = False
 
 
 def register_layer_rule(cls, rule):
@@ -293,11 +282,6 @@ def register_layer_rule(cls, rule):
 
 
 def _rule_for(module):
-    global _LAZY_DONE
-    if not _LAZY_DONE:  # layers defined above nn (models) register on first use
-        from .models.mobilenet import ReLU6
-        _RULES.setdefault(ReLU6, _elementwise(1))
-        _LAZY_DONE = True
     cls = type(module)
     for base in cls.__mro__:
         if base in _RULES:
@@ -338,6 +322,10 @@ def _tensors(obj):
 
 
 class _Recorder:
+    """Answers the model's module calls (through ``nn.intercept_calls``) and records a
+    ``LayerSummary`` row for each: a known leaf layer by its shape rule, any other module
+    (containers, unknown leaves) by running its real ``forward`` on the placeholders."""
+
     def __init__(self, model):
         self.rows = []
         self.stack = []
@@ -345,7 +333,20 @@ class _Recorder:
         self.uncounted = set()
         self.names = {id(m): n for n, m in model.named_modules()}
 
-    def pre(self, module, args):
+    def __call__(self, module, args, kwargs):
+        if id(module) not in self.names:  # a module outside the model: not ours to count
+            return NotImplemented
+        row = self.enter(module, args)
+        if row.is_leaf:
+            rule = _rule_for(module)
+            out = (self.apply_rule(module, rule, args, kwargs) if rule is not None
+                   else self.run_uncounted(module, args, kwargs))
+        else:
+            out = module.forward(*args, **kwargs)
+        self.leave(out)
+        return out
+
+    def enter(self, module, args):
         x = next(_tensors(args), None)
         leaf = not any(True for _ in module.children())
         if leaf:
@@ -356,7 +357,7 @@ class _Recorder:
         else:
             own = list(module.parameters())
         row = LayerSummary(
-            name=self.names.get(id(module), "?"), type=type(module).__name__,
+            name=self.names[id(module)], type=type(module).__name__,
             depth=len(self.stack), is_leaf=leaf,
             input_shape=None if x is None else x.shape,
             params=sum(p.numel() for p in own),
@@ -366,8 +367,9 @@ class _Recorder:
             self.stack[-1].children.append(row)
         self.rows.append(row)
         self.stack.append(row)
+        return row
 
-    def post(self, module, args, out):
+    def leave(self, out):
         row = self.stack.pop()
         row.output_shape = _shapes(out)
         if row.is_leaf:
@@ -381,29 +383,25 @@ class _Recorder:
                 elif parent.flops is not None:
                     parent.flops += row.flops
 
-    def leaf_forward(self, module, rule):
-        def forward(*args, **kwargs):
-            x = args[0] if args else next(iter(kwargs.values()))
-            if not isinstance(x, Tensor):
-                raise TypeError(f"{module!r}: expected a minidl Tensor as input, got "
-                                f"{type(x).__name__}")
-            shape, macs, flops, col = rule(module, x)
-            row = self.stack[-1]
-            row.macs, row.flops, row.im2col_bytes = int(macs), int(flops), int(col)
-            out = _placeholder(shape, x.dtype)
-            if getattr(module, "return_indices", False):
-                return out, _placeholder(shape, np.int64)
-            return out
-        return forward
+    def apply_rule(self, module, rule, args, kwargs):
+        """The layer's output as a placeholder of the shape its rule computes."""
+        x = args[0] if args else next(iter(kwargs.values()))
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{module!r}: expected a minidl Tensor as input, got "
+                            f"{type(x).__name__}")
+        shape, macs, flops, col = rule(module, x)
+        row = self.stack[-1]
+        row.macs, row.flops, row.im2col_bytes = int(macs), int(flops), int(col)
+        out = _placeholder(shape, x.dtype)
+        if getattr(module, "return_indices", False):
+            return out, _placeholder(shape, np.int64)
+        return out
 
-    def unknown_forward(self, module):
-        bound = type(module).forward.__get__(module)
-
-        def forward(*args, **kwargs):
-            self.uncounted.add(type(module).__name__)
-            self.stack[-1].flops = None
-            return bound(*args, **kwargs)
-        return forward
+    def run_uncounted(self, module, args, kwargs):
+        """A leaf layer without a rule: its real forward, its FLOPs unknown."""
+        self.uncounted.add(type(module).__name__)
+        self.stack[-1].flops = None
+        return module.forward(*args, **kwargs)
 
 
 def _input_shapes(input_size, batch_size):
@@ -459,30 +457,12 @@ def summary(model, input_size, batch_size=1, dtype=None, mode="eval", depth=None
 
     modes = {m: m.training for m in model.modules()}
     rec = _Recorder(model)
-    handles, patched = [], []
     try:
         if mode != "same":
             model.train(mode == "train")
-        for m in model.modules():
-            handles.append(m.register_forward_pre_hook(rec.pre))
-            handles.append(m.register_forward_hook(rec.post))
-            if any(True for _ in m.children()):
-                continue
-            rule = _rule_for(m)
-            previous = m.__dict__.get("forward")
-            patched.append((m, previous))
-            fwd = rec.leaf_forward(m, rule) if rule is not None else rec.unknown_forward(m)
-            object.__setattr__(m, "forward", fwd)
-        with no_grad():
+        with no_grad(), nn.intercept_calls(rec):
             model(*[_placeholder(s, dtype) for s in shapes])
     finally:
-        for h in handles:
-            h.remove()
-        for m, previous in patched:
-            if previous is None:
-                m.__dict__.pop("forward", None)
-            else:
-                object.__setattr__(m, "forward", previous)
         for m, training in modes.items():
             m.training = training
 

@@ -15,6 +15,7 @@ import minidl
 import minidl.optim
 from helpers import assert_close, distinct, rand_away_from, to_host, torch_device
 from minidl import nn
+from minidl.errors import ShapeError
 
 tnn = torch.nn
 
@@ -208,6 +209,70 @@ def test_forward_missing_and_hooks():
     assert np.any(lin(minidl.ones(3, 2)).numpy() != 0) and len(seen) == 1
 
 
+def test_intercept_calls_answers_in_place_of_forward():
+    """nn.intercept_calls: the hook sees every module call (after the pre-hooks), may
+    answer it, may return NotImplemented to run the real forward, and is gone afterwards."""
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    x = minidl.ones(4, 2)
+    want = net(x).numpy().copy()
+    seen = []
+
+    def spy(module, args, kwargs):
+        seen.append((type(module).__name__, args[0].shape))
+        return NotImplemented
+
+    with nn.intercept_calls(spy):
+        out = net(x)
+    np.testing.assert_array_equal(out.numpy(), want)  # every forward ran for real
+    assert seen == [("Sequential", (4, 2)), ("Linear", (4, 2)), ("ReLU", (4, 3)),
+                    ("Linear", (4, 3))]
+
+    def answer_relu(module, args, kwargs):
+        return minidl.zeros(*args[0].shape) if isinstance(module, nn.ReLU) else NotImplemented
+
+    scaled = []
+    net[1].register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+    net[1].register_forward_hook(lambda m, args, out: scaled.append(out.shape))
+    with nn.intercept_calls(answer_relu):
+        out = net(x)
+    # the ReLU's answer is zeros, so the output is the last bias; the hooks still ran
+    np.testing.assert_allclose(out.numpy(), np.broadcast_to(net[2].bias.numpy(), (4, 1)))
+    assert scaled == [(4, 3)]
+    # an inner block replaces the outer one, which comes back after it
+    with nn.intercept_calls(answer_relu):
+        with nn.intercept_calls(spy):
+            seen.clear()
+            net(x)
+        assert len(seen) == 4
+        np.testing.assert_allclose(net(x).numpy(), np.broadcast_to(net[2].bias.numpy(), (4, 1)))
+    # gone after the block, even when the block raised
+    with pytest.raises(ZeroDivisionError):
+        with nn.intercept_calls(lambda m, a, k: 1 / 0):
+            net(x)
+    assert net(x).shape == (4, 1) and np.any(net(x).numpy() != net[2].bias.numpy())
+    with pytest.raises(TypeError, match="intercept_calls: fn must be callable"):
+        with nn.intercept_calls(3):
+            pass
+
+
+def test_module_messages_name_the_module():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.plain = 1
+    n = Net()
+    with pytest.raises(KeyError, match=r"Net.register_buffer: attribute 'plain' already"):
+        n.register_buffer("plain", None)
+    with pytest.raises(KeyError, match=r"Net.add_module: module name can.*t contain"):
+        n.add_module("a.b", nn.ReLU())
+    with pytest.raises(TypeError, match=r"Net.register_parameter: parameter name should be"):
+        n.register_parameter(3, None)
+    with pytest.raises(TypeError, match=r"^Net.to: only floating point"):
+        n.to(minidl.int64)
+    with pytest.raises(ValueError, match=r"^Net.train: training mode"):
+        n.train("yes")
+
+
 # ----------------------------------------------------------------------------- state_dict
 
 
@@ -221,6 +286,16 @@ def test_state_dict_keys_match_torch(pair):
     for (k, a), (_, b) in zip(md.state_dict().items(), t.state_dict().items()):
         assert a.shape == tuple(b.shape), k
         assert a.dtype == b.numpy().dtype, k  # num_batches_tracked is int64 in both
+
+
+def test_state_dict_prefix_and_keep_vars():
+    b = Block()
+    assert list(b.state_dict(prefix="net.")) == ["net.scale", "net.count", "net.lin.weight",
+                                                "net.lin.bias"]
+    kept = b.state_dict(keep_vars=True)
+    assert kept["lin.weight"] is b.lin.weight and kept["count"] is b.count
+    dest = OrderedDict(other=1)
+    assert b.state_dict(destination=dest) is dest and list(dest)[:2] == ["other", "scale"]
 
 
 def test_state_dict_shares_memory_and_load_roundtrip():
@@ -567,6 +642,10 @@ def test_layer_input_errors():
         bn1(minidl.randn(2, 4, 3, 3))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         bn1(minidl.randn(1, 4))
+    # the policy's class for a wrong shape (a ValueError, as PyTorch's batch norm raises)
+    with pytest.raises(ShapeError, match=r"^BatchNorm1d\(4, "):
+        bn1(minidl.randn(2, 4, 3, 3))
+    assert bn1.input_ranks == (2, 3) and bn.expected_input_text() == "(N, 16, H, W)"
     bn1.eval()
     assert bn1(minidl.randn(1, 4)).shape == (1, 4)  # fine with running statistics
 
@@ -684,10 +763,12 @@ def test_batchnorm_float32(rng, device):
     ("ReLU", (), {}), ("ReLU", (), {"inplace": True}), ("LeakyReLU", (0.2,), {}),
     ("Tanh", (), {}), ("Sigmoid", (), {}), ("GELU", (), {}), ("GELU", ("tanh",), {}),
     ("Softmax", (1,), {}), ("LogSoftmax", (-1,), {}), ("Flatten", (), {}),
-    ("Flatten", (0, 1), {}), ("Identity", (), {}),
+    ("Flatten", (0, 1), {}), ("Identity", (), {}), ("ReLU6", (), {}),
+    ("ReLU6", (), {"inplace": True}),
 ])
 def test_activation_and_shape_layers_match_torch(name, args, kwargs, rng, device):
-    x = rand_away_from(rng, (3, 4, 5))
+    # away from the kinks (0 for the ReLUs, 6 for ReLU6), over a range that crosses 6
+    x = rand_away_from(rng, (3, 4, 5), avoid=(0.0, 6.0), low=-8.0, high=8.0)
     t_kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}  # torch: no in-place on leaves
     check_layer(getattr(nn, name)(*args, **kwargs), getattr(tnn, name)(*args, **t_kwargs), [x],
                 device=device)
@@ -818,7 +899,7 @@ def test_batchnorm_default_init():
 def test_functional_namespace():
     F = nn.functional
     for name in ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-                 "adaptive_max_pool2d", "relu", "leaky_relu", "tanh", "sigmoid", "gelu",
+                 "adaptive_max_pool2d", "relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu",
                  "softmax", "log_softmax", "cross_entropy", "nll_loss", "mse_loss",
                  "batch_norm", "dropout", "pad"]:
         assert callable(getattr(F, name)), name

@@ -80,7 +80,11 @@ def _gen(generator):
     return _random.generator() if generator is None else generator
 
 
-def _pair(size, what):
+def _image_size(size, what):
+    """A transform's ``size`` argument as (h, w): an int (a square) or a sequence of one
+    or two sizes, each made an int; a longer one is a ValueError naming ``what``, as in
+    torchvision. (Not ``geometry.pair``: that one refuses non-int elements and raises
+    TypeError for a wrong length, the rules of conv and pool arguments.)"""
     if isinstance(size, numbers.Integral):
         return int(size), int(size)
     size = tuple(int(s) for s in size)
@@ -362,7 +366,7 @@ def resize(x, size, interpolation="bilinear", antialias=True):
     """
     arr, was_tensor = _unwrap(x)
     mode = _interp_name(interpolation)
-    oh, ow = _pair(size, "resize")
+    oh, ow = _image_size(size, "resize")
     if arr.ndim < 2:
         raise ValueError(f"resize: expected [..., H, W], got shape {tuple(arr.shape)}")
     h, w = arr.shape[-2:]
@@ -391,7 +395,7 @@ class Resize(Transform):
         if isinstance(size, numbers.Integral):
             self.size = int(size)
         else:
-            self.size = _pair(size, "Resize")
+            self.size = _image_size(size, "Resize")
         self.interpolation = _interp_name(interpolation)
         self.max_size = max_size
         self.antialias = antialias
@@ -482,7 +486,7 @@ class CenterCrop(Transform):
     deterministic = True
 
     def __init__(self, size):
-        self.size = _pair(size, "CenterCrop")
+        self.size = _image_size(size, "CenterCrop")
 
     def _apply(self, arr):
         th, tw = self.size
@@ -531,7 +535,7 @@ class RandomCrop(Transform):
 
     def __init__(self, size, padding=None, pad_if_needed=False, fill=0,
                  padding_mode="constant", generator=None):
-        self.size = _pair(size, "RandomCrop")
+        self.size = _image_size(size, "RandomCrop")
         self.padding = None if padding is None else _padding(padding)
         self.pad_if_needed = pad_if_needed
         self.fill = fill

@@ -18,25 +18,13 @@ bottlenecks, ReLU6; same module names): 3,504,872 parameters, about 300 M multip
 from __future__ import annotations
 
 from .. import nn
-from ..ops.elementwise import clamp
 
 __all__ = ["DepthwiseSeparableConv2d", "MobileNetV1", "mobilenet_v1", "ReLU6",
            "Conv2dNormActivation", "InvertedResidual", "MobileNetV2", "mobilenet_v2"]
 
 
-class ReLU6(nn.Module):
-    """min(max(x, 0), 6), elementwise (MobileNetV2's activation). ``inplace`` is accepted
-    for PyTorch compatibility; minidl computes out of place."""
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
-    def forward(self, input):  # noqa: A002
-        return clamp(input, 0.0, 6.0)
-
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
+# MobileNetV2's activation is ``nn.ReLU6``; the name stays importable from here.
+ReLU6 = nn.ReLU6
 
 
 class DepthwiseSeparableConv2d(nn.Module):

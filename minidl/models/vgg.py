@@ -23,6 +23,7 @@ stretched to 7x7). minidl's additions, for quick experiments and tests: ``width_
 from __future__ import annotations
 
 from .. import nn
+from ..geometry import pair
 
 __all__ = ["VGG", "make_layers", "cfgs", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16",
            "vgg16_bn", "vgg19", "vgg19_bn"]
@@ -53,10 +54,6 @@ def make_layers(cfg, batch_norm=False, in_channels=3, width_mult=1.0):
     return nn.Sequential(*layers)
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 class VGG(nn.Module):
     """``VGG(features, num_classes=1000, init_weights=True, dropout=0.5)`` as torchvision's.
 
@@ -69,7 +66,7 @@ class VGG(nn.Module):
                  hidden_features=4096, pool_size=7):
         super().__init__()
         self.features = features
-        pool_size = _pair(pool_size)
+        pool_size = pair(pool_size, "pool_size", "VGG", minimum=1)
         self.avgpool = nn.AdaptiveAvgPool2d(pool_size)
         convs = [m for m in features.modules() if isinstance(m, nn.Conv2d)]
         last = convs[-1].out_channels if convs else 512

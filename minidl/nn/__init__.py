@@ -1,18 +1,22 @@
 """``minidl.nn``: modules (``Module``, ``Parameter``, containers), layers, ``functional``
-(``import minidl.nn.functional as F``) and ``init``, with PyTorch's names and defaults."""
+(``import minidl.nn.functional as F``) and ``init``, with PyTorch's names and defaults.
+
+``intercept_calls(fn)`` (minidl's own) lets a tool answer module calls in place of their
+``forward`` for the length of a ``with`` block; ``minidl.summary`` is built on it.
+"""
 from __future__ import annotations
 
 from . import functional, init
 from .containers import ModuleDict, ModuleList, Sequential
 from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d,
                      BatchNorm2d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Identity,
-                     LeakyReLU, Linear, LogSoftmax, MaxPool2d, MSELoss, NLLLoss, ReLU, Sigmoid,
-                     Softmax, Tanh)
-from .module import Module
+                     LeakyReLU, Linear, LogSoftmax, MaxPool2d, MSELoss, NLLLoss, ReLU, ReLU6,
+                     Sigmoid, Softmax, Tanh)
+from .module import Module, intercept_calls
 from .parameter import Parameter
 
 __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Linear",
            "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
-           "AdaptiveMaxPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "ReLU", "LeakyReLU",
-           "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax", "Flatten", "CrossEntropyLoss",
-           "NLLLoss", "MSELoss", "functional", "init"]
+           "AdaptiveMaxPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "ReLU", "ReLU6",
+           "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax", "Flatten",
+           "CrossEntropyLoss", "NLLLoss", "MSELoss", "functional", "init", "intercept_calls"]

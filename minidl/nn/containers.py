@@ -12,10 +12,13 @@ from itertools import islice
 from .module import Module, _addindent
 
 
-def _index(size, idx):
+def _index(owner, idx):
+    """``idx`` (negative counts from the end) as a position in container ``owner``."""
+    size = len(owner)
     idx = operator.index(idx)
     if not -size <= idx < size:
-        raise IndexError(f"index {idx} is out of range")
+        raise IndexError(f"{type(owner).__name__}: index {idx} is out of range "
+                         f"(length {size})")
     return idx % size
 
 
@@ -36,11 +39,11 @@ class Sequential(Module):
     def __getitem__(self, idx):
         if isinstance(idx, slice):
             return self.__class__(OrderedDict(list(self._modules.items())[idx]))
-        i = _index(len(self), idx)
+        i = _index(self, idx)
         return next(islice(self._modules.values(), i, None))
 
     def __setitem__(self, idx, module):
-        key = list(self._modules.keys())[_index(len(self), idx)]
+        key = list(self._modules.keys())[_index(self, idx)]
         setattr(self, key, module)
 
     def __delitem__(self, idx):
@@ -49,7 +52,7 @@ class Sequential(Module):
             for key in keys[idx]:
                 delattr(self, key)
         else:
-            delattr(self, keys[_index(len(self), idx)])
+            delattr(self, keys[_index(self, idx)])
         self.__dict__["_modules"] = OrderedDict(
             (str(i), m) for i, m in enumerate(self._modules.values()))
 
@@ -61,8 +64,8 @@ class Sequential(Module):
 
     def __add__(self, other):
         if not isinstance(other, Sequential):
-            raise ValueError("add operator supports only objects of Sequential class, but "
-                             f"{type(other)} is given.")
+            raise ValueError("Sequential: add operator supports only objects of Sequential "
+                             f"class, but {type(other)} is given.")
         ret = Sequential()
         for layer in list(self) + list(other):
             ret.append(layer)
@@ -79,10 +82,11 @@ class Sequential(Module):
 
     def insert(self, index, module):
         if not isinstance(module, Module):
-            raise TypeError(f"module should be of type Module, got {type(module).__name__}")
+            raise TypeError(f"{type(self).__name__}.insert: module should be of type Module, "
+                            f"got {type(module).__name__}")
         n = len(self._modules)
         if not -n <= index <= n:
-            raise IndexError(f"Index out of range: {index}")
+            raise IndexError(f"{type(self).__name__}.insert: index out of range: {index}")
         if index < 0:
             index += n
         for i in range(n, index, -1):
@@ -113,17 +117,17 @@ class ModuleList(Module):
     def __getitem__(self, idx):
         if isinstance(idx, slice):
             return self.__class__(list(self._modules.values())[idx])
-        return self._modules[str(_index(len(self), idx))]
+        return self._modules[str(_index(self, idx))]
 
     def __setitem__(self, idx, module):
-        setattr(self, str(_index(len(self), idx)), module)
+        setattr(self, str(_index(self, idx)), module)
 
     def __delitem__(self, idx):
         if isinstance(idx, slice):
             for k in range(len(self._modules))[idx]:
                 delattr(self, str(k))
         else:
-            delattr(self, str(_index(len(self), idx)))
+            delattr(self, str(_index(self, idx)))
         self.__dict__["_modules"] = OrderedDict(
             (str(i), m) for i, m in enumerate(self._modules.values()))
 

@@ -8,7 +8,8 @@ Shapes: N batch, C channels, H/W height/width, IN/OUT features.
   padding=0, dilation=1, groups=1) -> (N, OUT, OH, OW)``
 - ``max_pool2d``, ``avg_pool2d``, ``adaptive_avg_pool2d``, ``adaptive_max_pool2d``:
   (N, C, H, W) -> (N, C, OH, OW)
-- ``relu``, ``leaky_relu``, ``tanh``, ``sigmoid``, ``gelu``: elementwise, any shape
+- ``relu``, ``relu6``, ``leaky_relu``, ``tanh``, ``sigmoid``, ``gelu``: elementwise, any
+  shape
 - ``softmax(input, dim, temperature=1.0)``, ``log_softmax``: any shape, normalised over dim
 - ``cross_entropy(input (N, C) logits, target (N,) class indices)``, ``nll_loss``,
   ``mse_loss``
@@ -22,6 +23,7 @@ from __future__ import annotations
 from ..ops.activation import gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from ..ops.conv import conv2d
 from ..ops.dropout import dropout, dropout2d
+from ..ops.elementwise import clamp
 from ..ops.linalg import linear
 from ..ops.loss import cross_entropy, mse_loss, nll_loss
 from ..ops.norm import batch_norm
@@ -29,6 +31,14 @@ from ..ops.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max
 from ..ops.shape import pad
 
 __all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-           "adaptive_max_pool2d", "relu", "leaky_relu", "tanh", "sigmoid", "gelu", "softmax",
+           "adaptive_max_pool2d", "relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu", "softmax",
            "log_softmax", "cross_entropy", "nll_loss", "mse_loss", "batch_norm", "dropout",
            "pad", "dropout2d"]
+
+
+def relu6(input, inplace=False):  # noqa: A002 - PyTorch's names
+    """min(max(x, 0), 6), elementwise: ``clamp(x, 0, 6)``, whose gradient is 1 inside
+    (0, 6) and 0 outside. At the kinks x = 0 and x = 6 clamp passes the gradient (1)
+    where PyTorch's relu6 gives 0; they agree everywhere else. ``inplace`` is accepted
+    for PyTorch compatibility; minidl computes out of place."""
+    return clamp(input, 0.0, 6.0)

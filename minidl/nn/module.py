@@ -9,9 +9,15 @@ A Module owns three ordered registries, filled by plain attribute assignment:
 
 Names nest with dots, as in PyTorch: ``conv1.weight``, ``features.0.bias``,
 ``bn.running_mean``, ``bn.num_batches_tracked``.
+
+Calling a module (``net(x)``) runs its forward pre-hooks, ``forward``, then its forward
+hooks. A tool that must answer calls in place of ``forward`` (``minidl.summary`` answers
+each known layer with its output shape, running no convolution) does so through the public
+``intercept_calls`` context manager, never by replacing ``forward`` on instances.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import OrderedDict, namedtuple
 
@@ -64,13 +70,15 @@ def _addindent(s, num_spaces):
     return first + "\n" + "\n".join(lines)
 
 
-def _check_name(kind, name, owner):
+def _check_name(op, kind, name):
+    """A registry name must be a non-empty string without dots (dots join nested names).
+    op: who is registering (``Net.register_buffer``), the messages' prefix."""
     if not isinstance(name, str):
-        raise TypeError(f"{kind} name should be a string, got {type(name).__name__}")
+        raise TypeError(f"{op}: {kind} name should be a string, got {type(name).__name__}")
     if name == "":
-        raise KeyError(f'{kind} name can\'t be empty string ""')
+        raise KeyError(f'{op}: {kind} name can\'t be empty string ""')
     if "." in name:
-        raise KeyError(f'{kind} name can\'t contain ".", got: {name}')
+        raise KeyError(f'{op}: {kind} name can\'t contain ".", got: {name}')
 
 
 def _value_array(value, key):
@@ -83,6 +91,43 @@ def _value_array(value, key):
         return np.asarray(value)
     raise TypeError(f"load_state_dict: the value for key '{key}' is a {type(value).__name__}; "
                     "expected a Tensor or an array")
+
+
+# The interceptor installed by ``intercept_calls`` (None: calls run ``forward``). A
+# module-level variable, so the normal path of ``Module.__call__`` pays one ``is None`` check.
+_call_interceptor = None
+
+
+@contextlib.contextmanager
+def intercept_calls(fn):
+    """Within the ``with`` block, ``fn(module, args, kwargs)`` answers every module call.
+
+    ``fn`` is asked in place of ``module.forward(*args, **kwargs)``, after the module's
+    forward pre-hooks and before its forward hooks (which see the answer as the output).
+    It returns the output, or ``NotImplemented`` to let ``forward`` run as usual; it may
+    itself call ``module.forward(*args, **kwargs)`` to run the real forward around its own
+    bookkeeping (``minidl.summary`` does both: a known layer is answered by its shape rule,
+    a container runs its real ``forward``, whose inner calls come back to ``fn``).
+
+    It applies to every module in the process while the block runs (one interceptor at a
+    time: an inner ``intercept_calls`` replaces an outer one until it exits)::
+
+        calls = []
+        def count(module, args, kwargs):
+            calls.append(type(module).__name__)
+            return NotImplemented
+        with nn.intercept_calls(count):
+            net(x)
+    """
+    if not callable(fn):
+        raise TypeError(f"intercept_calls: fn must be callable, got {type(fn).__name__}")
+    global _call_interceptor
+    previous = _call_interceptor
+    _call_interceptor = fn
+    try:
+        yield fn
+    finally:
+        _call_interceptor = previous
 
 
 class Module:
@@ -114,7 +159,12 @@ class Module:
             result = hook(self, args)
             if result is not None:
                 args = result if isinstance(result, tuple) else (result,)
-        out = self.forward(*args, **kwargs)
+        if _call_interceptor is None:
+            out = self.forward(*args, **kwargs)
+        else:  # a tool answers calls (see intercept_calls), or passes with NotImplemented
+            out = _call_interceptor(self, args, kwargs)
+            if out is NotImplemented:
+                out = self.forward(*args, **kwargs)
         for hook in list(self._forward_hooks.values()):
             result = hook(self, args, out)
             if result is not None:
@@ -136,29 +186,32 @@ class Module:
     # ------------------------------------------------------------------ registration
     def register_parameter(self, name, param):
         """Add ``param`` (a Parameter, or None for an absent one like ``bias=False``)."""
+        op = f"{type(self).__name__}.register_parameter"
         if "_parameters" not in self.__dict__:
-            raise AttributeError("cannot assign parameter before Module.__init__() call")
-        _check_name("parameter", name, self)
+            raise AttributeError(f"{op}: cannot assign parameter before Module.__init__() "
+                                 "call")
+        _check_name(op, "parameter", name)
         if hasattr(self, name) and name not in self._parameters:
-            raise KeyError(f"attribute '{name}' already exists")
+            raise KeyError(f"{op}: attribute '{name}' already exists")
         if param is not None and not isinstance(param, Parameter):
-            raise TypeError(f"cannot assign '{type(param).__name__}' object to parameter "
+            raise TypeError(f"{op}: cannot assign '{type(param).__name__}' object to parameter "
                             f"'{name}' (minidl.nn.Parameter or None required)")
         if param is not None and not param.is_leaf:
-            raise ValueError(f"cannot assign non-leaf Tensor to parameter '{name}'; wrap a "
-                             "detached tensor: Parameter(t.detach())")
+            raise ValueError(f"{op}: cannot assign non-leaf Tensor to parameter '{name}'; wrap "
+                             "a detached tensor: Parameter(t.detach())")
         self._parameters[name] = param
 
     def register_buffer(self, name, tensor, persistent=True):
         """Add a non-learnable state Tensor (or None); ``persistent=False`` keeps it out of
         ``state_dict()``. Buffers move and cast with the module in ``to()``."""
+        op = f"{type(self).__name__}.register_buffer"
         if "_buffers" not in self.__dict__:
-            raise AttributeError("cannot assign buffer before Module.__init__() call")
-        _check_name("buffer", name, self)
+            raise AttributeError(f"{op}: cannot assign buffer before Module.__init__() call")
+        _check_name(op, "buffer", name)
         if hasattr(self, name) and name not in self._buffers:
-            raise KeyError(f"attribute '{name}' already exists")
+            raise KeyError(f"{op}: attribute '{name}' already exists")
         if tensor is not None and not isinstance(tensor, Tensor):
-            raise TypeError(f"cannot assign '{type(tensor).__name__}' object to buffer "
+            raise TypeError(f"{op}: cannot assign '{type(tensor).__name__}' object to buffer "
                             f"'{name}' (minidl Tensor or None required)")
         self._buffers[name] = tensor
         if persistent:
@@ -168,11 +221,12 @@ class Module:
 
     def add_module(self, name, module):
         """Register ``module`` as the child ``name`` (same as ``setattr(self, name, module)``)."""
+        op = f"{type(self).__name__}.add_module"
         if module is not None and not isinstance(module, Module):
-            raise TypeError(f"{type(module).__name__} is not a Module subclass")
-        _check_name("module", name, self)
+            raise TypeError(f"{op}: {type(module).__name__} is not a Module subclass")
+        _check_name(op, "module", name)
         if hasattr(self, name) and name not in self._modules:
-            raise KeyError(f"attribute '{name}' already exists")
+            raise KeyError(f"{op}: attribute '{name}' already exists")
         self._modules[name] = module
 
     register_module = add_module
@@ -186,34 +240,36 @@ class Module:
         params = self.__dict__.get("_parameters")
         if isinstance(value, Parameter):
             if params is None:
-                raise AttributeError("cannot assign parameters before Module.__init__() call")
+                raise AttributeError(f"{type(self).__name__}: cannot assign parameters before "
+                                     "Module.__init__() call")
             self._remove_from(name)
             self.register_parameter(name, value)
             return
         if params is not None and name in params:
             if value is not None:
-                raise TypeError(f"cannot assign '{type(value).__name__}' as parameter '{name}' "
-                                "(minidl.nn.Parameter or None expected)")
+                raise TypeError(f"{type(self).__name__}: cannot assign '{type(value).__name__}' "
+                                f"as parameter '{name}' (minidl.nn.Parameter or None expected)")
             params[name] = None
             return
         modules = self.__dict__.get("_modules")
         if isinstance(value, Module):
             if modules is None:
-                raise AttributeError("cannot assign module before Module.__init__() call")
+                raise AttributeError(f"{type(self).__name__}: cannot assign module before "
+                                     "Module.__init__() call")
             self._remove_from(name)
             modules[name] = value
             return
         if modules is not None and name in modules:
             if value is not None:
-                raise TypeError(f"cannot assign '{type(value).__name__}' as child module "
-                                f"'{name}' (minidl.nn.Module or None expected)")
+                raise TypeError(f"{type(self).__name__}: cannot assign '{type(value).__name__}' "
+                                f"as child module '{name}' (minidl.nn.Module or None expected)")
             modules[name] = None
             return
         buffers = self.__dict__.get("_buffers")
         if buffers is not None and name in buffers:
             if value is not None and not isinstance(value, Tensor):
-                raise TypeError(f"cannot assign '{type(value).__name__}' as buffer '{name}' "
-                                "(minidl Tensor or None expected)")
+                raise TypeError(f"{type(self).__name__}: cannot assign '{type(value).__name__}' "
+                                f"as buffer '{name}' (minidl Tensor or None expected)")
             buffers[name] = value
             return
         object.__setattr__(self, name, value)
@@ -328,7 +384,8 @@ class Module:
         """Set training mode (``mode=True``) or evaluation mode on this module and every
         descendant (Dropout and BatchNorm behave differently); returns self."""
         if not isinstance(mode, bool):
-            raise ValueError("training mode is expected to be boolean")
+            raise ValueError(f"{type(self).__name__}.train: training mode is expected to be "
+                             f"boolean, got {mode!r}")
         self.training = mode
         for module in self.children():
             module.train(mode)
@@ -380,7 +437,8 @@ class Module:
         """
         device, dtype = parse_to_args(args, kwargs)
         if dtype is not None and dtype.kind not in "fc":
-            raise TypeError(f"Module.to only accepts floating point dtypes, but got desired "
+            raise TypeError(f"{type(self).__name__}.to: only floating point dtypes are "
+                            f"accepted, but got desired "
                             f"dtype={dtype}")
 
         def convert(a):
@@ -408,36 +466,28 @@ class Module:
         return self.to(np.float16)
 
     # ------------------------------------------------------------------ state dict
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        for name, p in self._parameters.items():
-            if p is not None:
-                destination[prefix + name] = p if keep_vars else Tensor(p.data)
-        for name, b in self._buffers.items():
-            if b is not None and name not in self._non_persistent_buffers_set:
-                destination[prefix + name] = b if keep_vars else Tensor(b.data)
-
-    def state_dict(self, destination=None, prefix="", keep_vars=False):
-        """An ordered dict from dotted names to Tensors: every parameter and persistent
-        buffer. The Tensors share memory with the module (save or copy them to snapshot)."""
-        if destination is None:
-            destination = OrderedDict()
-        self._save_to_state_dict(destination, prefix, keep_vars)
-        for name, module in self._modules.items():
-            if module is not None:
-                module.state_dict(destination=destination, prefix=prefix + name + ".",
-                                  keep_vars=keep_vars)
-        return destination
-
     def _state_entries(self):
-        """``(key, tensor)`` for every entry that ``state_dict()`` would hold."""
-        for prefix, module in self.named_modules(remove_duplicate=False):
-            pre = prefix + "." if prefix else ""
+        """``(key, tensor)`` for every parameter and persistent buffer, dotted keys, in
+        ``state_dict()`` order: the one walk that ``state_dict`` and ``load_state_dict``
+        share. A module reached twice (shared) is listed under each of its names."""
+        for module_prefix, module in self.named_modules(remove_duplicate=False):
+            pre = module_prefix + "." if module_prefix else ""
             for name, p in module._parameters.items():
                 if p is not None:
                     yield pre + name, p
             for name, b in module._buffers.items():
                 if b is not None and name not in module._non_persistent_buffers_set:
                     yield pre + name, b
+
+    def state_dict(self, destination=None, prefix="", keep_vars=False):
+        """An ordered dict from dotted names to Tensors: every parameter and persistent
+        buffer. The Tensors share memory with the module (save or copy them to snapshot);
+        ``keep_vars=True`` returns the Parameter and buffer objects themselves."""
+        if destination is None:
+            destination = OrderedDict()
+        for key, t in self._state_entries():
+            destination[prefix + key] = t if keep_vars else Tensor(t.data)
+        return destination
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy values from ``state_dict`` into the parameters and buffers, in place.
@@ -449,7 +499,8 @@ class Module:
         moved to its device.
         """
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
-            raise TypeError("Expected state_dict to be dict-like, got "
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected state_dict to "
+                            "be dict-like, got "
                             f"{type(state_dict).__name__}.")
         entries = list(self._state_entries())
         expected = {k for k, _ in entries}

@@ -113,32 +113,32 @@ class NegFunction(Function):
 
 
 def add(a, b):
-    return AddFunction.apply(*_pair(a, b))
+    return AddFunction.apply(*_as_operands(a, b))
 
 
 def sub(a, b):
-    return SubFunction.apply(*_pair(a, b))
+    return SubFunction.apply(*_as_operands(a, b))
 
 
 def mul(a, b):
-    return MulFunction.apply(*_pair(a, b))
+    return MulFunction.apply(*_as_operands(a, b))
 
 
 def div(a, b):
-    return DivFunction.apply(*_pair(a, b))
+    return DivFunction.apply(*_as_operands(a, b))
 
 
 def pow(a, b):  # noqa: A001 - PyTorch's name
     if isinstance(b, (int, float)) and not isinstance(b, bool):
         return PowScalarFunction.apply(a, exponent=b)
-    return PowFunction.apply(*_pair(a, b))
+    return PowFunction.apply(*_as_operands(a, b))
 
 
 def neg(a):
     return NegFunction.apply(a)
 
 
-def _pair(a, b):
+def _as_operands(a, b):
     """Both operands as Tensors; an integer/bool operand meeting a float one takes its dtype
     (PyTorch's rule: int64 tensor * 0.5 is float32, where NumPy would give float64)."""
     if isinstance(a, Tensor):
@@ -304,11 +304,11 @@ class WhereFunction(Function):
 
 
 def maximum(a, b):
-    return MaximumFunction.apply(*_pair(a, b))
+    return MaximumFunction.apply(*_as_operands(a, b))
 
 
 def minimum(a, b):
-    return MinimumFunction.apply(*_pair(a, b))
+    return MinimumFunction.apply(*_as_operands(a, b))
 
 
 def where(condition, input, other):  # noqa: A002 - PyTorch's names

@@ -1,7 +1,7 @@
 """The layers, one module per family."""
 from __future__ import annotations
 
-from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Identity, Linear

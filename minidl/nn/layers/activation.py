@@ -26,6 +26,22 @@ class ReLU(Module):
         return "inplace=True" if self.inplace else ""
 
 
+class ReLU6(Module):
+    """min(max(x, 0), 6), elementwise (MobileNetV2's activation): a ReLU whose output is
+    capped, which keeps activations small enough for low-precision arithmetic."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, input):  # noqa: A002
+        check_tensor(self, input)
+        return F.relu6(input)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+
 class LeakyReLU(Module):
     """x if x >= 0 else negative_slope * x."""
 

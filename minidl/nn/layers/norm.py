@@ -13,6 +13,7 @@ import numpy as np
 
 from ... import creation
 from ...autograd import Tensor
+from ...errors import ShapeError
 from .. import functional as F
 from .. import init
 from ..module import Module
@@ -21,8 +22,17 @@ from ._checks import check_float
 
 
 class _BatchNorm(Module):
-    _ranks = ()          # accepted input ranks
-    _shape_text = ""     # e.g. (N, C, H, W), C replaced by num_features
+    """The shared body of ``BatchNorm1d`` and ``BatchNorm2d``; each subclass states the
+    inputs it accepts in two public class attributes, which ``forward``'s check and tools
+    such as ``minidl.summary`` read:
+
+    - ``input_ranks``: the accepted ``input.ndim`` values, e.g. ``(4,)``;
+    - ``input_shape_text``: those shapes in words, e.g. ``"(N, C, H, W)"``
+      (``expected_input_text()`` writes it with C = num_features).
+    """
+
+    input_ranks = ()
+    input_shape_text = ""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, device=None, dtype=None, *, bias=True):
@@ -66,14 +76,20 @@ class _BatchNorm(Module):
             if self.bias is not None:
                 init.zeros_(self.bias)
 
+    def expected_input_text(self):
+        """The accepted input shapes in words, C written as ``num_features``:
+        ``"(N, 16, H, W)"``."""
+        return self.input_shape_text.replace("C", str(self.num_features))
+
     def _check_input(self, x):
+        # ShapeError is a ValueError, the class PyTorch's batch norm raises for these
         check_float(self, x, self.weight if self.affine else self.running_mean)
-        expected = self._shape_text.replace("C", str(self.num_features))
-        if x.ndim not in self._ranks:
-            ranks = " or ".join(f"{r}D" for r in self._ranks)
-            raise ValueError(f"{self!r}: expected {ranks} input {expected}, got {x.shape}")
+        expected = self.expected_input_text()
+        if x.ndim not in self.input_ranks:
+            ranks = " or ".join(f"{r}D" for r in self.input_ranks)
+            raise ShapeError(f"{self!r}: expected {ranks} input {expected}, got {x.shape}")
         if x.shape[1] != self.num_features:
-            raise ValueError(f"{self!r}: expected input {expected} with {self.num_features} "
+            raise ShapeError(f"{self!r}: expected input {expected} with {self.num_features} "
                              f"channels, got {x.shape}")
 
     def forward(self, input):  # noqa: A002
@@ -88,7 +104,7 @@ class _BatchNorm(Module):
         if use_batch_stats:
             per_channel = input.numel() // input.shape[1]
             if per_channel <= 1:
-                raise ValueError(f"{self!r}: expected more than 1 value per channel when "
+                raise ShapeError(f"{self!r}: expected more than 1 value per channel when "
                                  f"training, got input size {input.shape}")
         track = not self.training or self.track_running_stats
         return F.batch_norm(input, self.running_mean if track else None,
@@ -104,12 +120,12 @@ class _BatchNorm(Module):
 class BatchNorm1d(_BatchNorm):
     """Batch norm over (N, C) or (N, C, L), statistics per channel C."""
 
-    _ranks = (2, 3)
-    _shape_text = "(N, C) or (N, C, L)"
+    input_ranks = (2, 3)
+    input_shape_text = "(N, C) or (N, C, L)"
 
 
 class BatchNorm2d(_BatchNorm):
     """Batch norm over (N, C, H, W), statistics per channel C over N, H and W."""
 
-    _ranks = (4,)
-    _shape_text = "(N, C, H, W)"
+    input_ranks = (4,)
+    input_shape_text = "(N, C, H, W)"
