@@ -18,7 +18,9 @@ import minidl
 from cuda_emulator import CXX, EmulatedElementwiseKernel
 from helpers import check_op, distinct
 from minidl import backend
+import minidl.kernels as K
 from minidl.kernels import batchnorm as KB
+from minidl.kernels import batchnorm_reference as KBR
 from minidl.kernels import conv_direct
 from minidl.kernels import cuda_kernels as CK
 from minidl.kernels import im2col as KI
@@ -174,18 +176,19 @@ def test_batch_norm_kernels_match_the_reference(where, rng, dtype, shape, affine
     C = shape[1]
     x = rng.standard_normal(shape).astype(dtype)
     gy = rng.standard_normal(shape).astype(dtype)
-    mean, var = KB.batch_stats_reference(x)
+    mean, var = KBR.batch_stats(x)
     inv_std = (1 / np.sqrt(var + 1e-5)).astype(dtype)
     weight = rng.uniform(0.5, 1.5, C).astype(dtype) if affine else None
     bias = rng.standard_normal(C).astype(dtype) if affine else None
     dev = (lambda v: None if v is None else where(v))
-    y = KB.normalize(where(x), dev(mean), dev(inv_std), dev(weight), dev(bias), impl="cuda")
-    close(y, KB.normalize_reference(x, mean, inv_std, weight, bias), dtype, "normalize")
-    gbias, gweight = KB.grad_sums_reference(gy, x, mean, inv_std)
+    cuda = KB.BATCH_NORM.impls["cuda"].code
+    y = cuda.normalize(where(x), dev(mean), dev(inv_std), dev(weight), dev(bias))
+    close(y, KBR.normalize(x, mean, inv_std, weight, bias), dtype, "normalize")
+    gbias, gweight = KBR.grad_sums(gy, x, mean, inv_std)
     for training in (True, False):
-        gx = KB.input_grad(where(gy), where(x), dev(mean), dev(inv_std), dev(weight),
-                           dev(gbias), dev(gweight), training, impl="cuda")
-        ref = KB.input_grad_reference(gy, x, mean, inv_std, weight, gbias, gweight, training)
+        gx = cuda.input_grad(where(gy), where(x), dev(mean), dev(inv_std), dev(weight),
+                             dev(gbias), dev(gweight), training)
+        ref = KBR.input_grad(gy, x, mean, inv_std, weight, gbias, gweight, training)
         close(gx, ref, dtype, f"input_grad training={training}")
 
 
@@ -226,7 +229,8 @@ def test_cross_entropy_backward_kernel(where, rng, dtype, reduction):
 @pytest.fixture
 def cuda_paths(emulated):
     """Every kernel family on its CUDA path (im2col convolution, not the direct CPU one)."""
-    with KI.force_impl("cuda"), KP.force_impl("cuda"), KB.force_impl("cuda"), \
+    with KI.force_impl("cuda"), KP.force_impl("cuda"), K.use_impl("cuda", family="batch_norm"), \
+            K.use_impl("cuda", family="cross_entropy"), K.use_impl("cuda", family="tanh"), \
             conv_direct.force_impl("im2col"):
         yield
 
