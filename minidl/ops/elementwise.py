@@ -6,8 +6,11 @@ no gradient.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .. import backend
 from ..autograd import Function, Tensor
+from ..errors import ShapeError
 from .utils import as_tensor, unbroadcast
 
 
@@ -113,38 +116,46 @@ class NegFunction(Function):
 
 
 def add(a, b):
-    return AddFunction.apply(*_as_operands(a, b))
+    return AddFunction.apply(*_as_operands(a, b, "add"))
 
 
 def sub(a, b):
-    return SubFunction.apply(*_as_operands(a, b))
+    return SubFunction.apply(*_as_operands(a, b, "sub"))
 
 
 def mul(a, b):
-    return MulFunction.apply(*_as_operands(a, b))
+    return MulFunction.apply(*_as_operands(a, b, "mul"))
 
 
 def div(a, b):
-    return DivFunction.apply(*_as_operands(a, b))
+    return DivFunction.apply(*_as_operands(a, b, "div"))
 
 
 def pow(a, b):  # noqa: A001 - PyTorch's name
     if isinstance(b, (int, float)) and not isinstance(b, bool):
         return PowScalarFunction.apply(a, exponent=b)
-    return PowFunction.apply(*_as_operands(a, b))
+    return PowFunction.apply(*_as_operands(a, b, "pow"))
 
 
 def neg(a):
     return NegFunction.apply(a)
 
 
-def _as_operands(a, b):
+def _as_operands(a, b, op):
     """Both operands as Tensors; an integer/bool operand meeting a float one takes its dtype
-    (PyTorch's rule: int64 tensor * 0.5 is float32, where NumPy would give float64)."""
+    (PyTorch's rule: int64 tensor * 0.5 is float32, where NumPy would give float64).
+    Shapes that do not broadcast are refused here, naming the op (NumPy's own message
+    names neither)."""
     if isinstance(a, Tensor):
         b = as_tensor(b, a)
     else:
         a = as_tensor(a, b)
+    if a.shape != b.shape:
+        try:
+            np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise ShapeError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast (each "
+                             f"dim, aligned from the right, must be equal or 1)") from None
     if a.dtype.kind in "iub" and b.dtype.kind == "f":
         a = a.to(b.dtype)
     elif b.dtype.kind in "iub" and a.dtype.kind == "f":
@@ -304,11 +315,11 @@ class WhereFunction(Function):
 
 
 def maximum(a, b):
-    return MaximumFunction.apply(*_as_operands(a, b))
+    return MaximumFunction.apply(*_as_operands(a, b, "maximum"))
 
 
 def minimum(a, b):
-    return MinimumFunction.apply(*_as_operands(a, b))
+    return MinimumFunction.apply(*_as_operands(a, b, "minimum"))
 
 
 def where(condition, input, other):  # noqa: A002 - PyTorch's names
