@@ -93,6 +93,8 @@ def numba_module(module_name):
 
 def _device_of(arrays):
     """'cuda' when any array is a CuPy array, else 'cpu'."""
+    if not backend.cupy_loaded():        # the common CPU case: no isinstance per array
+        return "cpu"
     return "cuda" if any(backend.is_cupy_array(a) for a in arrays) else "cpu"
 
 
@@ -101,8 +103,11 @@ def floats_on(device):
     want_cupy = device == "cuda"
 
     def supports(*arrays, **_facts):
-        return all(a.dtype in FAST_DTYPES and backend.is_cupy_array(a) == want_cupy
-                   for a in arrays)
+        if not all(a.dtype.char in "fd" for a in arrays):   # float32 / float64
+            return False
+        if not backend.cupy_loaded():
+            return not want_cupy
+        return all(backend.is_cupy_array(a) == want_cupy for a in arrays)
     return supports
 
 
@@ -154,6 +159,7 @@ class Family:
         self.doc = doc
         self.preference = tuple(preference)
         self.impls = {}
+        self._by_device = {}
 
     def register(self, name, load, *, device=None, supports=None, doc=""):
         """Register implementation ``name``. load() returns its functions (a module, or a
@@ -165,35 +171,45 @@ class Family:
         if supports is None:
             supports = floats_on(device) if device else (lambda *a, **k: True)
         self.impls[name] = Implementation(self, name, load, device, supports, doc)
+        self._by_device.clear()
         return self.impls[name]
 
     def choose(self, *arrays, **facts):
         """The ``Implementation`` that runs a call on ``arrays`` (the rule in the module
         docstring). ``facts`` are what else the implementations' ``supports`` tests need
         (sizes, strides, ...)."""
-        name = _forced.get(self.name)
-        if name is None and _forced.get(None) in self.impls:
-            name = _forced[None]          # forced for all; a family without it is unaffected
-        impl = self.impls.get(name) if name else None
-        if impl is not None and impl.supports(*arrays, **facts) and impl.loads():
-            return self._record(impl)
-        if name is None:
-            device = _device_of(arrays)
-            for candidate in self.preference:
-                impl = self.impls.get(candidate)
-                if impl is not None and impl.device == device \
-                        and impl.supports(*arrays, **facts) and impl.loads():
-                    return self._record(impl)
-        return self._record(self.impls[REFERENCE])
+        name = None
+        if _forced:
+            name = _forced.get(self.name)
+            if name is None and _forced.get(None) in self.impls:
+                name = _forced[None]      # forced for all; a family without it is unaffected
+        if name is not None:
+            impl = self.impls[name]
+            if not (impl.supports(*arrays, **facts) and impl.loads()):
+                impl = self.impls[REFERENCE]
+        else:
+            impl = self.impls[REFERENCE]
+            for candidate in self._automatic(_device_of(arrays)):
+                if candidate.supports(*arrays, **facts) and candidate.loads():
+                    impl = candidate
+                    break
+        if _log is not None:
+            _log.append((self.name, impl.name))
+        return impl
+
+    def _automatic(self, device):
+        """The implementations meant for ``device``, in order of preference (cached: this
+        runs on every kernel call)."""
+        found = self._by_device.get(device)
+        if found is None:
+            found = self._by_device[device] = [
+                self.impls[n] for n in self.preference
+                if n in self.impls and self.impls[n].device == device]
+        return found
 
     def code(self, *arrays, **facts):
         """The chosen implementation's functions: ``POOL.code(x).max_forward(x, win)``."""
         return self.choose(*arrays, **facts).code
-
-    def _record(self, impl):
-        if _log is not None:
-            _log.append((self.name, impl.name))
-        return impl
 
     def __repr__(self):
         return f"<kernel family {self.name}: {', '.join(self.impls)}>"
