@@ -1,9 +1,15 @@
 """Pooling: PyTorch parity (forward, indices, gradients) and gradcheck for max_pool2d,
 avg_pool2d, adaptive_avg_pool2d and adaptive_max_pool2d, on each device; the tie
-policies; the numba fast paths against the NumPy reference; every validation error.
+policies; the numba fast paths against the NumPy reference, directly and through the
+kernel registry; the registry's choices; every validation error.
 
-Inputs come from ``distinct`` (no ties) unless a test is about ties.
+Inputs come from ``distinct`` (no ties) unless a test is about ties. Implementations are
+chosen with ``minidl.kernels.use_impl`` only, and ``decisions()`` checks that the chosen
+one really ran.
 """
+import contextlib
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +18,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import minidl
+import minidl.kernels as K
 from helpers import check_op, distinct, to_host, torch_device
+from minidl import geometry as G
+from minidl.errors import ShapeError
 from minidl.kernels import pool as KP
+from minidl.kernels import pool_reference as KR
+from minidl.kernels import threads
 from minidl.ops.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 
 F64 = (np.float64,)
@@ -50,14 +61,28 @@ def _ids(cases):
 # Each op through the NumPy reference (written with the array API NumPy and CuPy share, so
 # it runs on either device) and through the device's fast path: the numba kernels on the
 # CPU, the CUDA kernels (kernels/cuda_kernels.py) on the GPU.
-IMPLS = ["numpy", "fast"]
+IMPLS = ["reference", "fast"]
 
 
 def _impl(impl, device):
-    """The ``force_impl`` argument that runs ``impl`` ('numpy' or 'fast') on ``device``."""
-    if impl == "numpy":
-        return "numpy"
+    """The pool implementation that runs ``impl`` ('reference' or 'fast') on ``device``."""
+    if impl == "reference":
+        return "reference"
     return "numba" if minidl.device(device).type == "cpu" else "cuda"
+
+
+@contextlib.contextmanager
+def through(impl, device):
+    """Run the block's pooling kernels through ``impl`` ('reference' or 'fast', see
+    ``_impl``) and check that every dispatched pooling call took it, and that there was
+    at least one."""
+    name = _impl(impl, device)
+    if name == "numba" and not K.numba_available():
+        pytest.skip("numba is not installed")
+    with K.use_impl(name, family="pool"), K.decisions() as log:
+        yield
+    taken = [i for family, i in log if family == "pool"]
+    assert taken and set(taken) == {name}, f"pooling calls took {taken}, expected {name}"
 
 
 @pytest.mark.parametrize("shape,kw", MAX_CASES, ids=_ids(MAX_CASES))
@@ -65,7 +90,7 @@ def _impl(impl, device):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_max_pool2d_matches_torch(shape, kw, tie, impl, rng, device):
     x = distinct(rng, shape)
-    with KP.force_impl(_impl(impl, device)):
+    with through(impl, device):
         check_op(lambda t: max_pool2d(t, **kw, tie=tie), lambda t: F.max_pool2d(t, **kw), [x],
                  gradcheck=tie == "first", device=device)
 
@@ -89,7 +114,7 @@ def test_max_pool2d_return_indices(shape, kw, rng, device):
 def test_non_contiguous_input_and_gradient(impl, rng, device):
     """A transposed input, and an upstream gradient that arrives transposed."""
     x = distinct(rng, (2, 3, 9, 8)).transpose(0, 1, 3, 2)
-    with KP.force_impl(_impl(impl, device)):
+    with through(impl, device):
         check_op(lambda t: max_pool2d(t, 3, 2, 1).transpose(2, 3),
                  lambda t: F.max_pool2d(t, 3, 2, 1).transpose(2, 3), [x], gradcheck=False,
                  device=device)
@@ -116,11 +141,12 @@ def test_max_pool2d_nan_and_inf_follow_torch():
     x[0, 0, 0, 0] = x[0, 0, 1, 0] = np.nan
     x[0, 0, 2, 3] = np.nan
     x[0, 1] = -np.inf
-    for impl in ("numpy", "numba"):
+    for impl in IMPLS:
         for k, s, p, ceil_mode in ((2, 2, 0, False), (2, 2, 1, False), (3, 2, 1, True)):
             kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode)
-            win = KP.make_window((4, 4), (k, k), (s, s), (p, p), (1, 1), ceil_mode)
-            y, arg = KP.max_pool2d_forward(x, win, impl=impl)
+            win = G.make_window((4, 4), (k, k), (s, s), (p, p), (1, 1), ceil_mode)
+            with through(impl, "cpu"):
+                y, arg = KP.max_pool2d_forward(x, win)
             ty, tidx = F.max_pool2d(torch.tensor(x), **kw, return_indices=True)
             np.testing.assert_array_equal(y, ty.numpy())  # NaN == NaN here
             np.testing.assert_array_equal(KP.max_pool2d_indices(arg, win), tidx.numpy())
@@ -146,12 +172,12 @@ def test_tie_first_matches_torch_exactly(kw, impl, device):
     for dtype in (np.float32, np.float64):
         xm = minidl.tensor(x.astype(dtype), requires_grad=True, device=device)
         xt = torch.tensor(x.astype(dtype), requires_grad=True, device=torch_device(device))
-        with KP.force_impl(_impl(impl, device)):
+        with through(impl, device):
             y, idx = max_pool2d(xm, **kw, return_indices=True)
         ty, tidx = F.max_pool2d(xt, **kw, return_indices=True)
         np.testing.assert_array_equal(to_host(idx), to_host(tidx))
         g = np.arange(1, y.numel() + 1, dtype=dtype).reshape(y.shape)
-        with KP.force_impl(_impl(impl, device)):
+        with through(impl, device):
             y.backward(minidl.tensor(g, device=device))
         ty.backward(torch.tensor(g, device=xt.device))
         np.testing.assert_array_equal(to_host(y), to_host(ty))
@@ -240,7 +266,7 @@ AVG_CASES = [
 @pytest.mark.parametrize("impl", IMPLS)
 def test_avg_pool2d_matches_torch(shape, kw, impl, rng, device):
     x = rng.standard_normal(shape)
-    with KP.force_impl(_impl(impl, device)):
+    with through(impl, device):
         check_op(lambda t: avg_pool2d(t, **kw), lambda t: F.avg_pool2d(t, **kw), [x],
                  device=device)
 
@@ -305,7 +331,7 @@ def _window_ok(L, k, s, p, d, ceil_mode):
     """PyTorch's constraints, plus: no window may fall entirely on padding."""
     if p > k // 2 or d * (k - 1) + 1 > L + 2 * p:
         return False
-    O = KP.pool_output_size(L, k, s, p, d, ceil_mode)
+    O = G.pool_output_size(L, k, s, p, d, ceil_mode)
     return all(any(0 <= o * s - p + i * d < L for i in range(k)) for o in range(O))
 
 
@@ -337,7 +363,7 @@ _PROPERTY = settings(max_examples=40, deadline=None,
 def test_max_pool2d_property(cfg, impl, seed, device):
     shape, kw = cfg
     x = distinct(np.random.default_rng(seed), shape)
-    with KP.force_impl(_impl(impl, device)):
+    with through(impl, device):
         check_op(lambda t: max_pool2d(t, **kw, return_indices=True),
                  lambda t: F.max_pool2d(t, **kw, return_indices=True), [x], dtypes=F64,
                  gradcheck=False, device=device)
@@ -349,7 +375,7 @@ def test_max_pool2d_property(cfg, impl, seed, device):
 def test_avg_pool2d_property(cfg, count_include_pad, impl, seed, device):
     shape, kw = cfg
     x = np.random.default_rng(seed).standard_normal(shape)
-    with KP.force_impl(_impl(impl, device)):
+    with through(impl, device):
         check_op(lambda t: avg_pool2d(t, **kw, count_include_pad=count_include_pad),
                  lambda t: F.avg_pool2d(t, **kw, count_include_pad=count_include_pad), [x],
                  dtypes=F64, gradcheck=False, device=device)
@@ -369,86 +395,169 @@ FAST_WINDOWS = [
 
 
 def _tap_windows():
-    return [KP.make_window(*w) for w in FAST_WINDOWS]
+    return [G.make_window(*w) for w in FAST_WINDOWS]
+
+
+@pytest.fixture
+def nb():
+    """The numba implementation's functions (``pool_numba``), called directly."""
+    if not K.numba_available():
+        pytest.skip("numba is not installed")
+    return KP.POOL.impls["numba"].code
 
 
 @pytest.mark.parametrize("win", _tap_windows(), ids=[str(w) for w in FAST_WINDOWS])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_max_pool_numba_equals_reference(win, dtype, rng):
+def test_max_pool_numba_equals_reference(win, dtype, rng, nb):
     # few distinct values: many ties; plus NaN and -inf
     x = rng.integers(-3, 3, (3, 2, win.H, win.W)).astype(dtype)
     x[0, 0, 0, :3] = np.nan
     x[1, 1] = -np.inf
-    y_ref, arg_ref = KP.max_pool2d_forward_reference(x, win)
-    y_nb, arg_nb = KP.max_pool2d_forward_numba(x, win)
+    y_ref, arg_ref = KR.max_pool2d_forward(x, win)
+    y_nb, arg_nb = nb.max_pool2d_forward(x, win)
     assert y_nb.dtype == dtype and arg_nb.dtype == np.uint8
     np.testing.assert_array_equal(y_nb, y_ref)
     np.testing.assert_array_equal(arg_nb, arg_ref)
     gy = rng.integers(-4, 5, y_ref.shape).astype(dtype)  # integer values: sums are exact
-    np.testing.assert_array_equal(KP.max_pool2d_backward_numba(gy, arg_ref, win),
-                                  KP.max_pool2d_backward_reference(gy, arg_ref, win))
+    np.testing.assert_array_equal(nb.max_pool2d_backward(gy, arg_ref, win),
+                                  KR.max_pool2d_backward(gy, arg_ref, win))
 
 
 @pytest.mark.parametrize("win", [w for w in _tap_windows() if w.DH == w.DW == 1],
                          ids=[str(w) for w in FAST_WINDOWS if w[4] == (1, 1)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("divisor", ["include", "exclude", 3])
-def test_avg_pool_numba_equals_reference(win, dtype, divisor, rng):
-    d = KP.avg_pool2d_divisor(win, divisor == "include",
+def test_avg_pool_numba_equals_reference(win, dtype, divisor, rng, nb):
+    d = KR.avg_pool2d_divisor(win, divisor == "include",
                               divisor if isinstance(divisor, int) else None)
     x = rng.standard_normal((3, 2, win.H, win.W)).astype(dtype)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-14)
-    y_ref = KP.avg_pool2d_forward_reference(x, win, d)
-    y_nb = KP.avg_pool2d_forward_numba(x, win, d)
+    y_ref = KR.avg_pool2d_forward(x, win, d)
+    y_nb = nb.avg_pool2d_forward(x, win, d)
     assert y_nb.dtype == dtype
     np.testing.assert_allclose(y_nb, y_ref, **tol)
     gy = rng.standard_normal(y_ref.shape).astype(dtype)
-    gx_nb = KP.avg_pool2d_backward_numba(gy, win, d)
+    gx_nb = nb.avg_pool2d_backward(gy, win, d)
     assert gx_nb.dtype == dtype
-    np.testing.assert_allclose(gx_nb, KP.avg_pool2d_backward_reference(gy, win, d), **tol)
+    np.testing.assert_allclose(gx_nb, KR.avg_pool2d_backward(gy, win, d), **tol)
 
 
-@pytest.mark.parametrize("win", [KP.make_window((33, 32), (2, 2), (2, 2), (0, 0)),
-                                 KP.make_window((33, 32), (3, 3), (2, 2), (1, 1), (1, 1), True)],
+def _all_four(x, win, gy, d):
+    """y, arg, gx of max pooling and y, gx of average pooling, through the registry."""
+    y, arg = KP.max_pool2d_forward(x, win)
+    return (y, arg, KP.max_pool2d_backward(gy, arg, win), KP.avg_pool2d_forward(x, win, d),
+            KP.avg_pool2d_backward(gy, win, d))
+
+
+@pytest.mark.parametrize("win", [w for w in _tap_windows() if w.DH == w.DW == 1],
+                         ids=[str(w) for w in FAST_WINDOWS if w[4] == (1, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_registry_numba_and_reference_agree(win, dtype, rng):
+    """The family's dispatch functions under use_impl('numba') and use_impl('reference'):
+    each ran the implementation asked for, and they agree (max exactly, avg to rounding)."""
+    x = rng.integers(-3, 3, (3, 2, win.H, win.W)).astype(dtype)   # ties
+    x[0, 0, 0, :3] = np.nan
+    gy = rng.integers(-4, 5, (3, 2, win.OH, win.OW)).astype(dtype)
+    d = KR.avg_pool2d_divisor(win, count_include_pad=False)
+    results = {}
+    for impl in ("reference", "fast"):
+        with through(impl, "cpu"):
+            results[impl] = _all_four(x, win, gy, d)
+    (y, arg, gx, ya, gxa), (y_nb, arg_nb, gx_nb, ya_nb, gxa_nb) = results.values()
+    np.testing.assert_array_equal(y_nb, y)
+    np.testing.assert_array_equal(arg_nb, arg)
+    np.testing.assert_array_equal(gx_nb, gx)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(ya_nb, ya, **tol)
+    np.testing.assert_allclose(gxa_nb, gxa, **tol)
+
+
+@pytest.mark.parametrize("win", [G.make_window((33, 32), (2, 2), (2, 2), (0, 0)),
+                                 G.make_window((33, 32), (3, 3), (2, 2), (1, 1), (1, 1), True)],
                          ids=["2x2", "3x3s2p1ceil"])
-def test_parallel_kernels_equal_reference(win, rng, monkeypatch):
-    """With MINIDL_NUMBA_PARALLEL on, inputs above PARALLEL_MIN_ELEMENTS run on all threads."""
-    monkeypatch.setattr(KP, "NUMBA_PARALLEL", True)
+def test_parallel_kernels_equal_reference(win, rng, nb):
+    """With parallel kernels allowed (MINIDL_NUMBA_PARALLEL=1), inputs above
+    PARALLEL_MIN_ELEMENTS run on numba's threads (the parallel build, compiled here)."""
     x = rng.integers(-20, 20, (4, 8, win.H, win.W)).astype(np.float32)
-    assert x.size >= KP.PARALLEL_MIN_ELEMENTS
-    y, arg = KP.max_pool2d_forward_numba(x, win)
-    y_ref, arg_ref = KP.max_pool2d_forward_reference(x, win)
+    gy = rng.integers(-4, 5, (4, 8, win.OH, win.OW)).astype(np.float32)
+    d = KR.avg_pool2d_divisor(win)
+    with threads.set_parallel(True):
+        assert x.size >= threads.PARALLEL_MIN_ELEMENTS and threads.parallel(x.size)
+        y, arg = nb.max_pool2d_forward(x, win)
+        gx = nb.max_pool2d_backward(gy, arg, win)
+        ya, gxa = nb.avg_pool2d_forward(x, win, d), nb.avg_pool2d_backward(gy, win, d)
+    y_ref, arg_ref = KR.max_pool2d_forward(x, win)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(arg, arg_ref)
-    gy = rng.integers(-4, 5, y.shape).astype(np.float32)
-    np.testing.assert_array_equal(KP.max_pool2d_backward_numba(gy, arg, win),
-                                  KP.max_pool2d_backward_reference(gy, arg, win))
-    d = KP.avg_pool2d_divisor(win)
-    np.testing.assert_allclose(KP.avg_pool2d_forward_numba(x, win, d),
-                               KP.avg_pool2d_forward_reference(x, win, d), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(KP.avg_pool2d_backward_numba(gy, win, d),
-                               KP.avg_pool2d_backward_reference(gy, win, d), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(gx, KR.max_pool2d_backward(gy, arg, win))
+    np.testing.assert_allclose(ya, KR.avg_pool2d_forward(x, win, d), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(gxa, KR.avg_pool2d_backward(gy, win, d), rtol=1e-6, atol=1e-6)
 
 
-def test_dispatch(rng):
-    win = KP.make_window((6, 6), (2, 2), (2, 2), (0, 0))
-    x = rng.standard_normal((1, 1, 6, 6))
-    with pytest.raises(ValueError, match="max_pool2d: impl must be one of auto, numpy, numba, cuda"):
-        KP.max_pool2d_forward(x, win, impl="fast")
-    if not minidl.cuda.is_available():   # the CUDA kernels need CuPy and a GPU, and say so
-        with pytest.raises(RuntimeError, match="needs CuPy"):
-            KP.max_pool2d_forward(x, win, impl="cuda")
-    with pytest.raises(ValueError, match="force_impl: impl must be"):
-        with KP.force_impl("fast"):
-            pass
-    with pytest.raises(TypeError, match="max_pool2d_forward_numba: expected float32/float64"):
-        KP.max_pool2d_forward_numba(x.astype(np.int64), win)
-    # int inputs and huge windows fall back to the reference under 'auto'
-    y, arg = KP.max_pool2d_forward(x.astype(np.int64), win)
+def test_registry_choice(rng):
+    """float32/float64 NumPy arrays take numba; other dtypes, windows of more than 256
+    taps and int32 tap numbers take the reference; a forced implementation that cannot
+    run a call leaves it to the reference."""
+    f64, f32 = np.zeros((1, 1, 6, 6)), np.zeros((1, 1, 6, 6), np.float32)
+    if K.numba_available():
+        assert K.which("pool", f64, taps=4) == "numba"
+        assert K.which("pool", f32, taps=256) == "numba"
+        assert K.which("pool", f32, arg_dtype=np.uint8) == "numba"
+    for arrays, facts in (((f64.astype(np.int64),), {}), ((f64.astype(np.float16),), {}),
+                          ((f64,), dict(taps=257)), ((f64,), dict(arg_dtype=np.int32))):
+        assert K.which("pool", *arrays, **facts) == "reference"
+    if not minidl.cuda.is_available():      # NumPy arrays never take the CUDA kernels
+        with K.use_impl("cuda", family="pool"):
+            assert K.which("pool", f64) == "reference"
+    with K.use_impl("reference", family="pool"):
+        assert K.which("pool", f64, taps=4) == "reference"
+    with pytest.raises(ValueError, match="use_impl: the pool family has no 'fast' "
+                                         "implementation|use_impl: impl must be one of"):
+        K.use_impl("fast", family="pool")
+    # int inputs and huge windows run (through the reference)
+    win = G.make_window((6, 6), (2, 2), (2, 2), (0, 0))
+    y, arg = KP.max_pool2d_forward(rng.integers(0, 9, (1, 1, 6, 6)), win)
     assert y.dtype == np.int64
-    big = KP.make_window((17, 17), (17, 17), (1, 1), (0, 0))
-    y, arg = KP.max_pool2d_forward(rng.standard_normal((1, 1, 17, 17)), big)
+    big = G.make_window((17, 17), (17, 17), (1, 1), (0, 0))
+    with K.decisions() as log:
+        y, arg = KP.max_pool2d_forward(rng.standard_normal((1, 1, 17, 17)), big)
+        KP.max_pool2d_backward(np.ones(y.shape), arg, big)
     assert arg.dtype == np.int32 and y.shape == (1, 1, 1, 1)
+    assert log == [("pool", "reference"), ("pool", "reference")]
+
+
+def test_ops_take_the_fast_path_by_default(rng):
+    """max_pool2d and avg_pool2d on float32 NumPy tensors run all four kernels on numba."""
+    if not K.numba_available():
+        pytest.skip("numba is not installed")
+    x = minidl.tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32), requires_grad=True)
+    with K.decisions() as log:
+        (max_pool2d(x, 2).sum() + avg_pool2d(x, 3, 2, 1).sum()).backward()
+    assert sorted(log) == [("pool", "numba")] * 4
+
+
+@pytest.mark.parametrize("scope", ["pool", None])
+def test_use_impl_reference_routes_every_pooling_call(scope, rng, use_impl):
+    """use_impl('reference', family='pool') (or for every family) sends each dispatched
+    pooling call, forward and backward, max and average, to the reference, and the
+    results are the reference functions' own."""
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    use_impl("reference", family=scope)
+    xm = minidl.tensor(x, requires_grad=True)
+    with K.decisions() as log:
+        y = max_pool2d(xm, 3, 2, 1)
+        z = avg_pool2d(xm, 2)
+        (y.sum() + z.sum()).backward()
+    assert [i for f, i in log if f == "pool"] == ["reference"] * 4
+    win = G.make_window((9, 8), (3, 3), (2, 2), (1, 1))
+    y_ref, arg = KR.max_pool2d_forward(x, win)
+    win2 = G.make_window((9, 8), (2, 2), (2, 2), (0, 0))
+    d = KR.avg_pool2d_divisor(win2)
+    gx_ref = (KR.max_pool2d_backward(np.ones_like(y_ref), arg, win)
+              + KR.avg_pool2d_backward(np.ones((2, 3, 4, 4), np.float32), win2, d))
+    np.testing.assert_array_equal(y.numpy(), y_ref)
+    np.testing.assert_array_equal(z.numpy(), KR.avg_pool2d_forward(x, win2, d))
+    np.testing.assert_array_equal(xm.grad.numpy(), gx_ref)
 
 
 def test_big_window_reference_path(rng, device):
@@ -461,7 +570,8 @@ def test_big_window_reference_path(rng, device):
 
 
 def test_pools_on_device(device, rng):
-    """The same ops on each device (CuPy runs the NumPy reference paths)."""
+    """The same ops on each device (on a GPU: the CUDA kernels, and the reference for the
+    split tie rule and adaptive pooling)."""
     x = distinct(rng, (2, 3, 7, 8))
     calls = [
         (lambda t: max_pool2d(t, 3, 2, 1, ceil_mode=True),
@@ -497,14 +607,17 @@ def _x(*shape, dtype=np.float32):
                                      (lambda t: adaptive_avg_pool2d(t, 2), "adaptive_avg_pool2d"),
                                      (lambda t: adaptive_max_pool2d(t, 2), "adaptive_max_pool2d")])
 def test_wrong_rank(fn, name):
-    with pytest.raises(ValueError, match=rf"{name}: expected input of shape \(N, C, H, W\) or "
+    """A ShapeError (a ValueError and a RuntimeError: either ``except`` still works)."""
+    with pytest.raises(ShapeError, match=rf"{name}: expected input of shape \(N, C, H, W\) or "
                                          r"\(C, H, W\), got shape \(5, 5\)"):
         fn(_x(5, 5))
-    with pytest.raises(ValueError, match=rf"{name}: expected input of shape .* got shape "
+    with pytest.raises(ShapeError, match=rf"{name}: expected input of shape .* got shape "
                                          r"\(1, 1, 1, 5, 5\)"):
         fn(_x(1, 1, 1, 5, 5))
-    with pytest.raises(ValueError, match=rf"{name}: expected input with non-zero C, H and W"):
+    with pytest.raises(ShapeError, match=rf"{name}: expected input with non-zero C, H and W"):
         fn(_x(1, 0, 5, 5))
+    with pytest.raises(TypeError, match=rf"{name}: expected a minidl Tensor, got ndarray"):
+        fn(np.zeros((1, 1, 5, 5)))
 
 
 def test_zero_batch_is_fine(device):
@@ -517,10 +630,10 @@ def test_zero_batch_is_fine(device):
 def test_window_errors(pool):
     name = pool.__name__
     x = _x(1, 1, 5, 5)
-    with pytest.raises(ValueError, match=rf"{name}: kernel_size=\(6, 6\) is larger than the "
+    with pytest.raises(ShapeError, match=rf"{name}: kernel_size=\(6, 6\) is larger than the "
                                          r"padded input \(5, 5\) \(input \(H, W\) = \(5, 5\)"):
         pool(x, 6)
-    with pytest.raises(ValueError, match=rf"{name}: kernel_size=\(3, 8\) is larger than the "
+    with pytest.raises(ShapeError, match=rf"{name}: kernel_size=\(3, 8\) is larger than the "
                                          r"padded input \(7, 7\)"):
         pool(x, (3, 8), padding=1)
     with pytest.raises(ValueError, match=rf"{name}: padding must be at most half the kernel "
@@ -530,23 +643,29 @@ def test_window_errors(pool):
     with pytest.raises(ValueError, match=rf"{name}: padding must be at most half"):
         pool(x, (3, 2), padding=(1, 2))
     for stride in (0, -1, (1, 0)):
-        with pytest.raises(ValueError, match=rf"{name}: stride must be positive, got"):
+        with pytest.raises(ValueError, match=rf"{name}: stride must be >= 1, got "
+                                             rf"{re.escape(repr(stride))}"):
             pool(x, 2, stride=stride)
-    with pytest.raises(ValueError, match=rf"{name}: kernel_size must be positive, got \(0, 2\)"):
+    with pytest.raises(ValueError, match=rf"{name}: kernel_size must be >= 1, got \(0, 2\)"):
         pool(x, (0, 2), stride=1)
-    with pytest.raises(ValueError, match=rf"{name}: padding must be non-negative, got \(-1, -1\)"):
+    with pytest.raises(ValueError, match=rf"{name}: padding must be >= 0, got -1"):
         pool(x, 2, padding=-1)
     with pytest.raises(TypeError, match=rf"{name}: kernel_size must be an int or a pair of ints"):
         pool(x, (2, 2, 2))
     with pytest.raises(TypeError, match=rf"{name}: stride must be an int or a pair of ints"):
         pool(x, 2, stride=1.5)
+    with pytest.raises(TypeError, match=rf"{name}: kernel_size must be an int or a pair of ints"):
+        pool(x, 2.0)
+    # PyTorch's accepted forms: an int, a 1- or 2-sequence; stride None or () is the kernel
+    for kernel, stride in ((2, None), ((2,), ()), ([2, 2], [2]), ((2, 2), 2)):
+        assert pool(x, kernel, stride).shape == (1, 1, 2, 2)
 
 
 def test_max_pool_only_errors():
     x = _x(1, 1, 5, 5)
-    with pytest.raises(ValueError, match=r"max_pool2d: dilation must be positive, got \(0, 0\)"):
+    with pytest.raises(ValueError, match=r"max_pool2d: dilation must be >= 1, got 0"):
         max_pool2d(x, 2, dilation=0)
-    with pytest.raises(ValueError, match=r"max_pool2d: kernel_size=\(3, 3\) \(spanning \(5, 5\) "
+    with pytest.raises(ShapeError, match=r"max_pool2d: kernel_size=\(3, 3\) \(spanning \(5, 5\) "
                                          r"with dilation=\(2, 2\)\) is larger than the padded "
                                          r"input \(3, 3\)"):
         max_pool2d(_x(1, 1, 3, 3), 3, dilation=2)

@@ -1,7 +1,8 @@
 """Pooling: max_pool2d, avg_pool2d, adaptive_avg_pool2d, adaptive_max_pool2d.
 
 Signatures, defaults and results are PyTorch's (``torch.nn.functional``); the array work
-lives in ``minidl.kernels.pool`` (a readable NumPy reference and numba fast paths).
+lives in the ``pool`` kernel family (``minidl.kernels.pool``: a readable NumPy reference,
+numba and CUDA fast paths, one chosen per call), the window geometry in ``minidl.geometry``.
 
 Shape letters::
 
@@ -31,11 +32,11 @@ the plane, and its backward then corrupts memory).
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from .. import geometry
 from ..autograd import Function, Tensor
+from ..errors import ShapeError
 from ..kernels import pool as K
 
 __all__ = ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
@@ -62,7 +63,7 @@ class MaxPool2dFunction(Function):
     """Max over each KH x KW window (dilated by DH, DW), padding counting as -inf.
 
     Shapes:
-        win      the geometry (``kernels.pool.Window2d``): kernel (KH, KW), stride
+        win      the geometry (``geometry.Window2d``): kernel (KH, KW), stride
                  (SH, SW), padding (PH, PW) on each side, dilation (DH, DW), input
                  (H, W) and output (OH, OW) sizes (formula in the module doc)
         x        (N, C, H, W) or (C, H, W)
@@ -88,28 +89,28 @@ class MaxPool2dFunction(Function):
 
     @staticmethod
     def forward(ctx, x, win, return_indices, tie):
-        xb, unbatched = _batched(x)
-        y, arg = K.max_pool2d_forward(xb, win)
+        xb, unbatched = _batched(x)                  # (N, C, H, W)
+        y, arg = K.max_pool2d_forward(xb, win)       # (N, C, OH, OW): max, tap kh*KW + kw
         ctx.win, ctx.tie, ctx.unbatched = win, tie, unbatched
         if tie == "split":
-            ctx.save_for_backward(xb, y)
+            ctx.save_for_backward(xb, y)             # the ties are found again from x and y
         else:
-            ctx.save_for_backward(arg)   # the tap number, a uint8 per output
+            ctx.save_for_backward(arg)               # the tap number, a uint8 per output
         y_out = _unbatched(y, unbatched)
-        if return_indices:
+        if return_indices:                           # (N, C, OH, OW) int64 ih*W + iw
             return y_out, _unbatched(K.max_pool2d_indices(arg, win), unbatched)
         return y_out
 
     @staticmethod
     def backward(ctx, gy, *_grad_indices):  # indices carry no gradient
-        gyb = gy[None] if ctx.unbatched else gy
+        gyb = gy[None] if ctx.unbatched else gy      # (N, C, OH, OW)
         if ctx.tie == "split":
             xb, y = ctx.saved_tensors
-            gx = K.max_pool2d_backward_split(gyb, xb, y, ctx.win)
+            gx = K.max_pool2d_backward_split(gyb, xb, y, ctx.win)   # gy/m to each of m maxima
         else:
             (arg,) = ctx.saved_tensors
-            gx = K.max_pool2d_backward(gyb, arg, ctx.win)
-        return _unbatched(gx, ctx.unbatched)
+            gx = K.max_pool2d_backward(gyb, arg, ctx.win)           # gx[tap arg] += gy
+        return _unbatched(gx, ctx.unbatched)         # (N, C, H, W)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -142,7 +143,7 @@ class AvgPool2dFunction(Function):
     """Average over each KH x KW window, padding counting as 0.
 
     Shapes:
-        win      the geometry (``kernels.pool.Window2d``): kernel (KH, KW), stride
+        win      the geometry (``geometry.Window2d``): kernel (KH, KW), stride
                  (SH, SW), padding (PH, PW) on each side, input (H, W) and output
                  (OH, OW) sizes (formula in the module doc; no dilation here)
         x        (N, C, H, W) or (C, H, W), floating point
@@ -161,15 +162,17 @@ class AvgPool2dFunction(Function):
 
     @staticmethod
     def forward(ctx, x, win, count_include_pad, divisor_override):
-        xb, unbatched = _batched(x)
-        divisor = K.avg_pool2d_divisor(win, count_include_pad, divisor_override)
-        ctx.win, ctx.divisor, ctx.unbatched = win, divisor, unbatched
-        return _unbatched(K.avg_pool2d_forward(xb, win, divisor), unbatched)
+        xb, unbatched = _batched(x)                                            # (N, C, H, W)
+        d = K.avg_pool2d_divisor(win, count_include_pad, divisor_override)     # (OH, OW)
+        ctx.win, ctx.divisor, ctx.unbatched = win, d, unbatched
+        y = K.avg_pool2d_forward(xb, win, d)              # (N, C, OH, OW) window sums / d
+        return _unbatched(y, unbatched)
 
     @staticmethod
     def backward(ctx, gy):
-        gyb = gy[None] if ctx.unbatched else gy
-        return _unbatched(K.avg_pool2d_backward(gyb, ctx.win, ctx.divisor), ctx.unbatched)
+        gyb = gy[None] if ctx.unbatched else gy           # (N, C, OH, OW)
+        gx = K.avg_pool2d_backward(gyb, ctx.win, ctx.divisor)   # every tap += gy / d
+        return _unbatched(gx, ctx.unbatched)              # (N, C, H, W)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -184,8 +187,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     if input.dtype.kind != "f":
         raise TypeError(f"{op}: expected a floating point input, got dtype {input.dtype}")
     if divisor_override is not None:
-        if isinstance(divisor_override, bool) or not isinstance(divisor_override,
-                                                                numbers.Integral):
+        if not geometry.is_int(divisor_override):
             raise TypeError(f"{op}: divisor_override must be an int, got {divisor_override!r}")
         if divisor_override == 0:
             raise ValueError(f"{op}: divisor_override must be non-zero, got 0")
@@ -216,14 +218,16 @@ class AdaptiveAvgPool2dFunction(Function):
 
     @staticmethod
     def forward(ctx, x, out_hw):
-        xb, unbatched = _batched(x)
+        xb, unbatched = _batched(x)                             # (N, C, H, W)
         ctx.in_hw, ctx.unbatched = xb.shape[-2:], unbatched
-        return _unbatched(K.adaptive_avg_pool2d_forward(xb, out_hw), unbatched)
+        y = K.adaptive_avg_pool2d_forward(xb, out_hw)           # (N, C, OH, OW) = Ah x Aw^T
+        return _unbatched(y, unbatched)
 
     @staticmethod
     def backward(ctx, gy):
-        gyb = gy[None] if ctx.unbatched else gy
-        return _unbatched(K.adaptive_avg_pool2d_backward(gyb, ctx.in_hw), ctx.unbatched)
+        gyb = gy[None] if ctx.unbatched else gy                 # (N, C, OH, OW)
+        gx = K.adaptive_avg_pool2d_backward(gyb, ctx.in_hw)     # (N, C, H, W) = Ah^T gy Aw
+        return _unbatched(gx, ctx.unbatched)
 
 
 class AdaptiveMaxPool2dFunction(Function):
@@ -243,8 +247,8 @@ class AdaptiveMaxPool2dFunction(Function):
 
     @staticmethod
     def forward(ctx, x, out_hw, return_indices):
-        xb, unbatched = _batched(x)
-        y, idx = K.adaptive_max_pool2d_forward(xb, out_hw)
+        xb, unbatched = _batched(x)                             # (N, C, H, W)
+        y, idx = K.adaptive_max_pool2d_forward(xb, out_hw)      # (N, C, OH, OW) each
         ctx.in_hw, ctx.unbatched = xb.shape[-2:], unbatched
         ctx.save_for_backward(idx)
         if return_indices:
@@ -254,9 +258,9 @@ class AdaptiveMaxPool2dFunction(Function):
     @staticmethod
     def backward(ctx, gy, *_grad_indices):
         (idx,) = ctx.saved_tensors
-        gyb = gy[None] if ctx.unbatched else gy
-        gx = K.adaptive_max_pool2d_backward(gyb, idx, ctx.in_hw)
-        return _unbatched(gx, ctx.unbatched)
+        gyb = gy[None] if ctx.unbatched else gy                 # (N, C, OH, OW)
+        gx = K.adaptive_max_pool2d_backward(gyb, idx, ctx.in_hw)   # gx[idx] += gy
+        return _unbatched(gx, ctx.unbatched)                    # (N, C, H, W)
 
 
 def adaptive_avg_pool2d(input, output_size):
@@ -266,7 +270,7 @@ def adaptive_avg_pool2d(input, output_size):
     _check_input(input, op)
     if input.dtype.kind != "f":
         raise TypeError(f"{op}: expected a floating point input, got dtype {input.dtype}")
-    out_hw = _adaptive_size(op, input, output_size)
+    out_hw = geometry.adaptive_output_size(input.shape[-2:], output_size, op)
     return AdaptiveAvgPool2dFunction.apply(input, out_hw=out_hw)
 
 
@@ -278,7 +282,7 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
     if input.dtype.kind not in "fiu":
         raise TypeError(f"{op}: expected a floating point or integer input, got dtype "
                         f"{input.dtype}")
-    out_hw = _adaptive_size(op, input, output_size)
+    out_hw = geometry.adaptive_output_size(input.shape[-2:], output_size, op)
     return AdaptiveMaxPool2dFunction.apply(input, out_hw=out_hw,
                                            return_indices=bool(return_indices))
 
@@ -286,70 +290,50 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
 # ----------------------------------------------------------------------------- validation
 
 
-def _is_int(v):
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _pair(op, name, value, allow_none=False):
-    """An int or a 1- or 2-sequence of ints as an (H, W) pair."""
-    if _is_int(value) or (allow_none and value is None):
-        return (value, value) if value is None else (int(value), int(value))
-    if isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(
-            _is_int(v) or (allow_none and v is None) for v in value):
-        vals = tuple(v if v is None else int(v) for v in value)
-        return vals * 2 if len(vals) == 1 else vals
-    raise TypeError(f"{op}: {name} must be an int or a pair of ints (H, W), got {value!r}")
-
-
 def _check_input(x, op):
+    """x must be a Tensor of shape (N, C, H, W) or (C, H, W) with C, H, W > 0."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: expected a minidl Tensor, got {type(x).__name__}")
     if x.ndim not in (3, 4):
-        raise ValueError(f"{op}: expected input of shape (N, C, H, W) or (C, H, W), "
+        raise ShapeError(f"{op}: expected input of shape (N, C, H, W) or (C, H, W), "
                          f"got shape {x.shape} ({x.ndim} dims)")
     if 0 in x.shape[-3:]:
-        raise ValueError(f"{op}: expected input with non-zero C, H and W (shape (N, C, H, W) "
+        raise ShapeError(f"{op}: expected input with non-zero C, H and W (shape (N, C, H, W) "
                          f"or (C, H, W)), got shape {x.shape}")
 
 
 def _window(op, x, kernel_size, stride, padding, dilation, ceil_mode):
-    """Validate the pooling parameters against the input and return a ``Window2d``."""
+    """Validate the pooling parameters against the input and return a ``geometry.Window2d``.
+
+    PyTorch's forms: an int or a 1- or 2-sequence of ints for each argument; ``stride``
+    None (or ``()``) means the kernel size.
+    """
     H, W = x.shape[-2:]
-    kernel = _pair(op, "kernel_size", kernel_size)
+    kernel = geometry.pair(kernel_size, "kernel_size", op, minimum=1)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         stride = kernel
-    stride = _pair(op, "stride", stride)
-    padding = _pair(op, "padding", padding)
-    dilation = _pair(op, "dilation", dilation)
-    if min(kernel) < 1:
-        raise ValueError(f"{op}: kernel_size must be positive, got {kernel}")
-    if min(stride) < 1:
-        raise ValueError(f"{op}: stride must be positive, got {stride}")
-    if min(dilation) < 1:
-        raise ValueError(f"{op}: dilation must be positive, got {dilation}")
-    if min(padding) < 0:
-        raise ValueError(f"{op}: padding must be non-negative, got {padding}")
+    stride = geometry.pair(stride, "stride", op, minimum=1)
+    padding = geometry.pair(padding, "padding", op, minimum=0)
+    dilation = geometry.pair(dilation, "dilation", op, minimum=1)
     half = (kernel[0] // 2, kernel[1] // 2)
     if padding[0] > half[0] or padding[1] > half[1]:
         raise ValueError(f"{op}: padding must be at most half the kernel size, got "
                          f"padding={padding} for kernel_size={kernel} (at most {half})")
-    span = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    span = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))   # (DH (KH-1) + 1, ...)
     padded = (H + 2 * padding[0], W + 2 * padding[1])
     if span[0] > padded[0] or span[1] > padded[1]:
         extent = f"kernel_size={kernel}" + (
             f" (spanning {span} with dilation={dilation})" if dilation != (1, 1) else "")
-        raise ValueError(f"{op}: {extent} is larger than the padded input {padded} "
+        raise ShapeError(f"{op}: {extent} is larger than the padded input {padded} "
                          f"(input (H, W) = {(H, W)}, padding={padding})")
-    win = K.make_window((H, W), kernel, stride, padding, dilation, bool(ceil_mode))
-    if win.OH < 1 or win.OW < 1:  # unreachable after the check above; kept as a guard
-        raise ValueError(f"{op}: output size {(win.OH, win.OW)} must be at least 1 "
-                         f"(input (H, W) = {(H, W)}, kernel_size={kernel})")
+    # The kernel fits the padded input, so OH, OW >= 1.
+    win = geometry.make_window((H, W), kernel, stride, padding, dilation, bool(ceil_mode))
     # With dilation a window can fall entirely on padding (kernel 2, dilation 3,
     # padding 1 on a 2-pixel input: taps at -1 and 2). PyTorch returns -inf and an
     # index outside the plane there (its backward then corrupts memory); refuse it.
     for axis, (O, S, P, D, L, Kk) in enumerate(((win.OH, win.SH, win.PH, win.DH, H, win.KH),
                                                 (win.OW, win.SW, win.PW, win.DW, W, win.KW))):
-        pos = (np.arange(O) * S - P)[:, None] + np.arange(Kk)[None, :] * D
+        pos = (np.arange(O) * S - P)[:, None] + np.arange(Kk)[None, :] * D   # (O, K) taps
         empty = ~((pos >= 0) & (pos < L)).any(axis=1)
         if empty.any():
             raise ValueError(
@@ -358,13 +342,3 @@ def _window(op, x, kernel_size, stride, padding, dilation, ceil_mode):
                 f"dilation={dilation}, padding={padding}, input (H, W) = {(H, W)}); "
                 "use less padding")
     return win
-
-
-def _adaptive_size(op, x, output_size):
-    H, W = x.shape[-2:]
-    oh, ow = _pair(op, "output_size", output_size, allow_none=True)
-    out = (H if oh is None else oh, W if ow is None else ow)
-    if min(out) < 1:
-        raise ValueError(f"{op}: output_size must be at least 1 in each dim, got {out} "
-                         f"(from output_size={output_size!r})")
-    return out

@@ -6,15 +6,19 @@ The adaptive ones produce ``output_size`` (OH, OW) whatever the input size.
 """
 from __future__ import annotations
 
+from ...errors import ShapeError
 from .. import functional as F
 from ..module import Module
 from ._checks import check_tensor, fmt_shape, shape_error
 
 
 def _check_pool_input(module, x):
+    """At the layer boundary, so that the message names the layer (``MaxPool2d(...)``);
+    the argument errors of ``F.*`` name the op (``max_pool2d: ...``)."""
     check_tensor(module, x)
     if x.ndim not in (3, 4):
-        raise shape_error(module, fmt_shape(("N", "C", "H", "W")) + " or (C, H, W)", x)
+        raise shape_error(module, fmt_shape(("N", "C", "H", "W")) + " or (C, H, W)", x,
+                          cls=ShapeError)
 
 
 class MaxPool2d(Module):

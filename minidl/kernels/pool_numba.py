@@ -1,0 +1,301 @@
+"""numba kernels of the pooling family (``kernels/pool.py`` holds the design, the shape
+letters and the registration; ``pool_reference.py`` the definitions these are tested
+against): max and average pooling, forward and backward, for float32/float64 NumPy arrays.
+
+    x, gx   (N, C, H, W), seen as C-contiguous (P, H, W) planes, P = N*C
+    y, gy   (N, C, OH, OW), as (P, OH, OW)
+    arg     (N, C, OH, OW) uint8 tap numbers k = kh*KW + kw (so K <= 256 here)
+
+* Each ``prange`` iteration owns whole planes: the backward scatter needs no atomics and
+  is deterministic, and no padded copy is made (the loops clip each window to the input).
+* A dedicated kernel for the 2x2 stride-2 window without padding (LeNet, VGG, most CNNs).
+  Its ``prange`` loop calls a serial per-plane function (``njit_helper``): written inline
+  in the parallel loop body, the same loops ran several times slower per thread, because
+  numba's parfor lowering kept LLVM from optimising them (benchmarks/RESULTS.md).
+* Max pooling is compiled WITHOUT fastmath: fastmath assumes no NaN and no inf, which
+  would break NaN propagation (``v != v``) and the all -inf windows. Average pooling uses
+  it.
+* Constants (zero, 1/4) are passed in the array's dtype: a float64 literal would turn a
+  float32 loop into float64 arithmetic.
+
+Compiled through ``threads.jit``: the serial build (cached on disk) runs unless the
+thread policy (``kernels/threads.py``) asks for the parallel one.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .threads import jit, njit_helper
+
+__all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
+           "avg_pool2d_backward"]
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@njit_helper(fastmath=False)
+def _max_forward_2x2_plane(x, y, arg):
+    """One (H, W) plane -> (OH, OW) maxima and their taps 0..3, for the 2x2/2 window."""
+    OH, OW = y.shape
+    for oh in range(OH):
+        r0 = x[2 * oh]
+        r1 = x[2 * oh + 1]
+        for ow in range(OW):
+            c = 2 * ow
+            best = r0[c]
+            k = 0
+            v = r0[c + 1]
+            if v > best or v != v:
+                best = v
+                k = 1
+            v = r1[c]
+            if v > best or v != v:
+                best = v
+                k = 2
+            v = r1[c + 1]
+            if v > best or v != v:
+                best = v
+                k = 3
+            y[oh, ow] = best
+            arg[oh, ow] = k
+
+
+@jit(fastmath=False)
+def _max_forward_2x2(x, y, arg):
+    for p in prange(x.shape[0]):
+        _max_forward_2x2_plane(x[p], y[p], arg[p])
+
+
+@njit_helper(fastmath=False)
+def _max_backward_2x2_plane(gy, arg, gx, zero):
+    """Write each window's gradient to its argmax tap and zero to the other three.
+
+    Branch-free: zero all four taps, then store at the address the tap number gives
+    (row 2*oh + k//2, column 2*ow + k%2). Four ``g if k == t else 0`` selects compile
+    to branches that random data mispredicts, several times slower (benchmarks/RESULTS.md)."""
+    OH, OW = gy.shape
+    H, W = gx.shape
+    for oh in range(OH):
+        r0 = gx[2 * oh]
+        r1 = gx[2 * oh + 1]
+        for ow in range(OW):
+            c = 2 * ow
+            r0[c] = zero
+            r0[c + 1] = zero
+            r1[c] = zero
+            r1[c + 1] = zero
+            k = arg[oh, ow]
+            gx[2 * oh + (k >> 1), c + (k & 1)] = gy[oh, ow]
+        for iw in range(2 * OW, W):  # an odd last column is in no window
+            r0[iw] = zero
+            r1[iw] = zero
+    for ih in range(2 * OH, H):      # nor is an odd last row
+        for iw in range(W):
+            gx[ih, iw] = zero
+
+
+@jit(fastmath=False)
+def _max_backward_2x2(gy, arg, gx, zero):
+    for p in prange(gy.shape[0]):
+        _max_backward_2x2_plane(gy[p], arg[p], gx[p], zero)
+
+
+@jit(fastmath=False)
+def _max_forward(x, y, arg, KH, KW, SH, SW, PH, PW, DH, DW):
+    # Every window must hold at least one input tap (the op layer checks it), so
+    # i0 < i1 and j0 < j1 below and the first read is in bounds.
+    P, H, W = x.shape
+    OH, OW = y.shape[1], y.shape[2]
+    for p in prange(P):
+        for oh in range(OH):
+            h0 = oh * SH - PH
+            i0 = 0 if h0 >= 0 else (-h0 + DH - 1) // DH       # first tap row inside
+            i1 = min(KH, (H - 1 - h0) // DH + 1)              # one past the last
+            for ow in range(OW):
+                w0 = ow * SW - PW
+                j0 = 0 if w0 >= 0 else (-w0 + DW - 1) // DW
+                j1 = min(KW, (W - 1 - w0) // DW + 1)
+                best = x[p, h0 + i0 * DH, w0 + j0 * DW]
+                k = i0 * KW + j0
+                for i in range(i0, i1):
+                    row = x[p, h0 + i * DH]
+                    for j in range(j0, j1):
+                        v = row[w0 + j * DW]
+                        if v > best or v != v:
+                            best = v
+                            k = i * KW + j
+                y[p, oh, ow] = best
+                arg[p, oh, ow] = k
+
+
+@jit(fastmath=False)
+def _max_backward(gy, arg, gx, KW, SH, SW, PH, PW, DH, DW):
+    P, OH, OW = gy.shape
+    H, W = gx.shape[1], gx.shape[2]
+    for p in prange(P):
+        for ih in range(H):
+            for iw in range(W):
+                gx[p, ih, iw] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                k = arg[p, oh, ow]
+                i = k // KW
+                j = k - i * KW
+                gx[p, oh * SH - PH + i * DH, ow * SW - PW + j * DW] += gy[p, oh, ow]
+
+
+@njit_helper(fastmath=True)
+def _avg_forward_2x2_plane(x, y, quarter):
+    OH, OW = y.shape
+    for oh in range(OH):
+        r0 = x[2 * oh]
+        r1 = x[2 * oh + 1]
+        out = y[oh]
+        for ow in range(OW):
+            c = 2 * ow
+            out[ow] = (r0[c] + r0[c + 1] + r1[c] + r1[c + 1]) * quarter
+
+
+@jit(fastmath=True)
+def _avg_forward_2x2(x, y, quarter):
+    for p in prange(x.shape[0]):
+        _avg_forward_2x2_plane(x[p], y[p], quarter)
+
+
+@njit_helper(fastmath=True)
+def _avg_backward_2x2_plane(gy, gx, quarter):
+    OH, OW = gy.shape
+    H, W = gx.shape
+    for oh in range(OH):
+        r0 = gx[2 * oh]
+        r1 = gx[2 * oh + 1]
+        g = gy[oh]
+        for ow in range(OW):
+            q = g[ow] * quarter
+            c = 2 * ow
+            r0[c] = q
+            r0[c + 1] = q
+            r1[c] = q
+            r1[c + 1] = q
+        for iw in range(2 * OW, W):
+            r0[iw] = 0
+            r1[iw] = 0
+    for ih in range(2 * OH, H):
+        for iw in range(W):
+            gx[ih, iw] = 0
+
+
+@jit(fastmath=True)
+def _avg_backward_2x2(gy, gx, quarter):
+    for p in prange(gy.shape[0]):
+        _avg_backward_2x2_plane(gy[p], gx[p], quarter)
+
+
+@jit(fastmath=True)
+def _avg_forward(x, y, rdiv, zero, KH, KW, SH, SW, PH, PW):
+    P, H, W = x.shape
+    OH, OW = y.shape[1], y.shape[2]
+    for p in prange(P):
+        for oh in range(OH):
+            h0 = oh * SH - PH
+            ha = max(h0, 0)
+            hb = min(h0 + KH, H)
+            for ow in range(OW):
+                w0 = ow * SW - PW
+                wa = max(w0, 0)
+                wb = min(w0 + KW, W)
+                s = zero  # x's dtype (a float32 sum for float32, as PyTorch)
+                for ih in range(ha, hb):
+                    for iw in range(wa, wb):
+                        s += x[p, ih, iw]
+                y[p, oh, ow] = s * rdiv[oh, ow]
+
+
+@jit(fastmath=True)
+def _avg_backward(gy, gx, rdiv, KH, KW, SH, SW, PH, PW):
+    P, OH, OW = gy.shape
+    H, W = gx.shape[1], gx.shape[2]
+    for p in prange(P):
+        for ih in range(H):
+            for iw in range(W):
+                gx[p, ih, iw] = 0
+        for oh in range(OH):
+            h0 = oh * SH - PH
+            ha = max(h0, 0)
+            hb = min(h0 + KH, H)
+            for ow in range(OW):
+                w0 = ow * SW - PW
+                wa = max(w0, 0)
+                wb = min(w0 + KW, W)
+                g = gy[p, oh, ow] * rdiv[oh, ow]
+                for ih in range(ha, hb):
+                    for iw in range(wa, wb):
+                        gx[p, ih, iw] += g
+
+
+# ----------------------------------------------------------------------------- the interface
+
+
+def _planes(a):
+    """(N, C, H, W) -> C-contiguous (N*C, H, W) view (or copy)."""
+    return np.ascontiguousarray(a).reshape((-1,) + a.shape[-2:])
+
+
+def max_pool2d_forward(x, win):
+    """(y, arg) for x (N, C, H, W): ``pool_reference.max_pool2d_forward``, compiled
+    (float32/float64, K <= 256: arg is uint8)."""
+    lead = x.shape[:-2]
+    xs = _planes(x)                                              # (P, H, W)
+    y = np.empty((xs.shape[0], win.OH, win.OW), dtype=x.dtype)  # (P, OH, OW)
+    arg = np.empty(y.shape, dtype=np.uint8)
+    if win.is_2x2_stride2():
+        _max_forward_2x2(xs, y, arg, size=xs.size)
+    else:
+        _max_forward(xs, y, arg, win.KH, win.KW, win.SH, win.SW, win.PH, win.PW, win.DH,
+                     win.DW, size=xs.size)
+    return y.reshape(lead + y.shape[1:]), arg.reshape(lead + y.shape[1:])
+
+
+def max_pool2d_backward(gy, arg, win):
+    """gx (N, C, H, W) from gy and uint8 arg (N, C, OH, OW):
+    ``pool_reference.max_pool2d_backward``, compiled."""
+    lead = gy.shape[:-2]
+    gys, args = _planes(gy), _planes(arg)                          # (P, OH, OW)
+    gx = np.empty((gys.shape[0], win.H, win.W), dtype=gy.dtype)   # (P, H, W)
+    if win.is_2x2_stride2():
+        _max_backward_2x2(gys, args, gx, gy.dtype.type(0), size=gx.size)
+    else:
+        _max_backward(gys, args, gx, win.KW, win.SH, win.SW, win.PH, win.PW, win.DH, win.DW,
+                      size=gx.size)
+    return gx.reshape(lead + (win.H, win.W))
+
+
+def avg_pool2d_forward(x, win, divisor):
+    """y (N, C, OH, OW) for x (N, C, H, W) and divisor (OH, OW):
+    ``pool_reference.avg_pool2d_forward``, compiled (multiplies by 1/divisor)."""
+    lead = x.shape[:-2]
+    xs = _planes(x)
+    y = np.empty((xs.shape[0], win.OH, win.OW), dtype=x.dtype)
+    if win.is_2x2_stride2() and bool(np.all(divisor == 4)):
+        _avg_forward_2x2(xs, y, x.dtype.type(0.25), size=xs.size)
+        return y.reshape(lead + y.shape[1:])
+    rdiv = (1.0 / np.asarray(divisor, dtype=np.float64)).astype(x.dtype)   # (OH, OW)
+    _avg_forward(xs, y, rdiv, x.dtype.type(0), win.KH, win.KW, win.SH, win.SW, win.PH, win.PW,
+                 size=xs.size)
+    return y.reshape(lead + y.shape[1:])
+
+
+def avg_pool2d_backward(gy, win, divisor):
+    """gx (N, C, H, W) from gy (N, C, OH, OW): ``pool_reference.avg_pool2d_backward``,
+    compiled."""
+    lead = gy.shape[:-2]
+    gys = _planes(gy)
+    gx = np.empty((gys.shape[0], win.H, win.W), dtype=gy.dtype)
+    if win.is_2x2_stride2() and bool(np.all(divisor == 4)):
+        _avg_backward_2x2(gys, gx, gy.dtype.type(0.25), size=gx.size)
+        return gx.reshape(lead + (win.H, win.W))
+    rdiv = (1.0 / np.asarray(divisor, dtype=np.float64)).astype(gy.dtype)
+    _avg_backward(gys, gx, rdiv, win.KH, win.KW, win.SH, win.SW, win.PH, win.PW, size=gx.size)
+    return gx.reshape(lead + (win.H, win.W))
