@@ -15,16 +15,17 @@ import torch
 import torch.nn.functional as F
 
 import minidl
+import minidl.kernels as K
 from cuda_emulator import CXX, EmulatedElementwiseKernel
 from helpers import check_op, distinct
-from minidl import backend
-import minidl.kernels as K
+from minidl import backend, geometry
 from minidl.kernels import batchnorm as KB
 from minidl.kernels import batchnorm_reference as KBR
 from minidl.kernels import conv_direct
 from minidl.kernels import cuda_kernels as CK
 from minidl.kernels import im2col as KI
 from minidl.kernels import pool as KP
+from minidl.kernels import pool_reference as KPR
 from minidl.ops import loss as loss_ops
 
 DTYPES = [np.float64, np.float32]
@@ -119,7 +120,12 @@ POOL_WINDOWS = [  # (N, C, H, W), kernel, stride, padding, dilation, ceil_mode
 
 
 def _window(shape, k, s, p, d, ceil):
-    return KP.make_window(shape[-2:], k, s, p, d, ceil)
+    return geometry.make_window(shape[-2:], k, s, p, d, ceil)
+
+
+def pool_cuda():
+    """The pool family's CUDA implementation (its functions, called directly)."""
+    return KP.POOL.impls["cuda"].code
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -127,14 +133,14 @@ def _window(shape, k, s, p, d, ceil):
 def test_max_pool_matches_the_reference(where, rng, dtype, shape, k, s, p, d, ceil):
     win = _window(shape, k, s, p, d, ceil)
     x = distinct(rng, shape).astype(dtype)
-    y_ref, arg_ref = KP.max_pool2d_forward_reference(x, win)
-    y, arg = KP.max_pool2d_forward(where(x), win, impl="cuda")
+    y_ref, arg_ref = KPR.max_pool2d_forward(x, win)
+    y, arg = pool_cuda().max_pool2d_forward(where(x), win)
     assert arg.dtype == arg_ref.dtype
     close(y, y_ref, dtype, "max")
     assert np.array_equal(host(arg), arg_ref), "argmax taps"
     gy = rng.standard_normal(y_ref.shape).astype(dtype)
-    gx = KP.max_pool2d_backward(where(gy), arg, win, impl="cuda")
-    close(gx, KP.max_pool2d_backward_reference(gy, arg_ref, win), dtype, "max backward")
+    gx = pool_cuda().max_pool2d_backward(where(gy), arg, win)
+    close(gx, KPR.max_pool2d_backward(gy, arg_ref, win), dtype, "max backward")
 
 
 def test_max_pool_ties_nan_and_minus_inf_follow_the_reference(where):
@@ -146,8 +152,8 @@ def test_max_pool_ties_nan_and_minus_inf_follow_the_reference(where):
                     [-np.inf, -np.inf, 3.0, 3.0]]]])
     for k, s, p in [((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 1), (1, 1)), ((2, 2), (1, 1), (1, 1))]:
         win = _window(x.shape, k, s, p, (1, 1), False)
-        y_ref, arg_ref = KP.max_pool2d_forward_reference(x, win)
-        y, arg = KP.max_pool2d_forward(where(x), win, impl="cuda")
+        y_ref, arg_ref = KPR.max_pool2d_forward(x, win)
+        y, arg = pool_cuda().max_pool2d_forward(where(x), win)
         np.testing.assert_array_equal(host(y), y_ref)
         np.testing.assert_array_equal(host(arg), arg_ref)
 
@@ -158,13 +164,13 @@ def test_max_pool_ties_nan_and_minus_inf_follow_the_reference(where):
 def test_avg_pool_matches_the_reference(where, rng, dtype, shape, k, s, p, d, ceil,
                                         count_include_pad):
     win = _window(shape, k, s, p, d, ceil)
-    divisor = KP.avg_pool2d_divisor(win, count_include_pad)
+    divisor = KPR.avg_pool2d_divisor(win, count_include_pad)
     x = rng.standard_normal(shape).astype(dtype)
-    y_ref = KP.avg_pool2d_forward_reference(x, win, divisor)
-    close(KP.avg_pool2d_forward(where(x), win, divisor, impl="cuda"), y_ref, dtype, "avg")
+    y_ref = KPR.avg_pool2d_forward(x, win, divisor)
+    close(pool_cuda().avg_pool2d_forward(where(x), win, divisor), y_ref, dtype, "avg")
     gy = rng.standard_normal(y_ref.shape).astype(dtype)
-    close(KP.avg_pool2d_backward(where(gy), win, divisor, impl="cuda"),
-          KP.avg_pool2d_backward_reference(gy, win, divisor), dtype, "avg backward")
+    close(pool_cuda().avg_pool2d_backward(where(gy), win, divisor),
+          KPR.avg_pool2d_backward(gy, win, divisor), dtype, "avg backward")
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -229,9 +235,7 @@ def test_cross_entropy_backward_kernel(where, rng, dtype, reduction):
 @pytest.fixture
 def cuda_paths(emulated):
     """Every kernel family on its CUDA path (im2col convolution, not the direct CPU one)."""
-    with KI.force_impl("cuda"), KP.force_impl("cuda"), K.use_impl("cuda", family="batch_norm"), \
-            K.use_impl("cuda", family="cross_entropy"), K.use_impl("cuda", family="tanh"), \
-            conv_direct.force_impl("im2col"):
+    with KI.force_impl("cuda"), K.use_impl("cuda"), conv_direct.force_impl("im2col"):
         yield
 
 
@@ -280,5 +284,5 @@ def test_the_kernels_are_not_used_for_numpy_arrays_outside_the_emulator(rng):
     """Without the emulator, NumPy arrays never take the CUDA path ('auto')."""
     x = rng.standard_normal((2, 2, 4, 4))
     assert not CK.available(x)
-    assert KP._switch.choose(x, None, "t") == "numba"
+    assert K.which("pool", x) == "numba"
     assert KI._switch.choose(x.astype(np.int64), None, "t") == "numpy"
