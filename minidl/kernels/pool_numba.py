@@ -19,7 +19,9 @@ against): max and average pooling, forward and backward, for float32/float64 Num
   float32 loop into float64 arithmetic.
 
 Compiled through ``threads.jit``: the serial build (cached on disk) runs unless the
-thread policy (``kernels/threads.py``) asks for the parallel one.
+thread policy (``kernels/threads.py``) asks for the parallel one. The 2x2 kernels are
+``one_build`` kernels: their parallel build, run on one thread, beat a serial build of
+the same loops (see ``threads.jit``).
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ def _max_forward_2x2_plane(x, y, arg):
             arg[oh, ow] = k
 
 
-@jit(fastmath=False)
+@jit(fastmath=False, one_build=True)
 def _max_forward_2x2(x, y, arg):
     for p in prange(x.shape[0]):
         _max_forward_2x2_plane(x[p], y[p], arg[p])
@@ -96,7 +98,7 @@ def _max_backward_2x2_plane(gy, arg, gx, zero):
             gx[ih, iw] = zero
 
 
-@jit(fastmath=False)
+@jit(fastmath=False, one_build=True)
 def _max_backward_2x2(gy, arg, gx, zero):
     for p in prange(gy.shape[0]):
         _max_backward_2x2_plane(gy[p], arg[p], gx[p], zero)
@@ -158,7 +160,7 @@ def _avg_forward_2x2_plane(x, y, quarter):
             out[ow] = (r0[c] + r0[c + 1] + r1[c] + r1[c + 1]) * quarter
 
 
-@jit(fastmath=True)
+@jit(fastmath=True, one_build=True)
 def _avg_forward_2x2(x, y, quarter):
     for p in prange(x.shape[0]):
         _avg_forward_2x2_plane(x[p], y[p], quarter)
@@ -187,7 +189,7 @@ def _avg_backward_2x2_plane(gy, gx, quarter):
             gx[ih, iw] = 0
 
 
-@jit(fastmath=True)
+@jit(fastmath=True, one_build=True)
 def _avg_backward_2x2(gy, gx, quarter):
     for p in prange(gy.shape[0]):
         _avg_backward_2x2_plane(gy[p], gx[p], quarter)

@@ -92,9 +92,11 @@ def njit_helper(fn=None, *, fastmath=True):
 
 
 class Kernel:
-    """A numba kernel with a serial (cached) and a parallel (on demand) build."""
+    """A numba kernel: a serial build (cached) and a parallel build (on demand), or with
+    ``one_build`` only the parallel build (cached), run on one numba thread unless the
+    policy asks for more."""
 
-    def __init__(self, fn, fastmath):
+    def __init__(self, fn, fastmath, one_build=False):
         import numba  # noqa: PLC0415
 
         self.__name__ = fn.__name__
@@ -102,8 +104,12 @@ class Kernel:
         self.py_func = fn
         self._numba = numba
         self._fastmath = fastmath
-        self.serial = numba.njit(parallel=False, cache=True, **_options(fastmath))(fn)
+        self.serial = None
         self._parallel = None
+        if one_build:
+            self._parallel = numba.njit(parallel=True, cache=True, **_options(fastmath))(fn)
+        else:
+            self.serial = numba.njit(parallel=False, cache=True, **_options(fastmath))(fn)
 
     @property
     def parallel_build(self):
@@ -117,15 +123,30 @@ class Kernel:
         parallel kernels are allowed at all)."""
         if parallel(size):
             return self.parallel_build(*args)
-        return self.serial(*args)
+        if self.serial is not None:
+            return self.serial(*args)
+        threads = self._numba.get_num_threads()   # thread-local in numba
+        if threads == 1:
+            return self._parallel(*args)
+        self._numba.set_num_threads(1)
+        try:
+            return self._parallel(*args)
+        finally:
+            self._numba.set_num_threads(threads)
 
 
-def jit(fn=None, *, fastmath=True):
+def jit(fn=None, *, fastmath=True, one_build=False):
     """Compile ``fn`` (written with ``numba.prange`` for its parallel loop) as a ``Kernel``.
-    ``fastmath``: True, False (max pooling: NaN and inf must keep their meaning) or a set
-    of LLVM flags."""
+
+    fastmath: True, False (max pooling: NaN and inf must keep their meaning) or a set of
+    LLVM flags. one_build: compile only the parallel build and run it on one thread by
+    default. For a ``prange`` loop that calls a per-plane helper this ran faster than the
+    serial build, even on one thread (numba outlines a parfor body into its own function,
+    which LLVM optimised better; benchmarks/RESULTS.md); elsewhere the serial build wins
+    by the parfor launch cost.
+    """
     def wrap(f):
-        return Kernel(f, fastmath)
+        return Kernel(f, fastmath, one_build)
     return wrap(fn) if fn is not None else wrap
 
 
