@@ -210,7 +210,7 @@ def conv2d_forward(x, w, b, geo, layout=None):
     return y, (layout, src)
 
 
-# ----------------------------------------------------------------------------- the family's entry points
+# ----------------------------------------------------------------------------- entry points
 
 def forward(x, w, b, geo, keep_for_backward=True):
     """y (N, OC, OH, OW) and what ``grad_weight`` needs: ``(layout, src)``, the padded input

@@ -1,5 +1,6 @@
-"""numba kernels behind ``conv_direct`` (imported only when used). Read ``conv_direct.py`` first:
-it defines the two layouts, the tap offsets and the shapes these kernels receive.
+"""numba kernels of the conv2d family's ``direct`` implementation (imported only when used).
+Read ``conv_direct.py`` first: it defines the two layouts, the tap offsets and the shapes
+these kernels receive.
 
 Every kernel sees a convolution as ``K = C*KH*KW`` *taps*: tap ``t = (c, kh, kw)`` is a
 weight column ``wm[:, t]`` (``wm = W.reshape(OC, K)``) and an offset ``off[t]`` into the
@@ -47,7 +48,6 @@ from numba import prange
 from .threads import jit, njit_helper
 
 _u = numba.types.uintp  # unsigned index: no negative-index wraparound check in the loops
-
 
 
 # ----------------------------------------------------------------------------- cores
