@@ -1,9 +1,7 @@
 """conv2d: forward against a brute-force loop convolution, forward and gradients against
 PyTorch (check_op: float64 tight, float32 loose, plus gradcheck), a hypothesis property test,
-and every input error."""
+the conv2d family's implementations against each other, and every input error."""
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import pytest
@@ -13,8 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import minidl
-import minidl.kernels.conv_direct as conv_direct
-import minidl.ops.conv as conv_mod
+import minidl.kernels as K
+import minidl.kernels.conv as conv_kernels
+import minidl.nn as nn
+from minidl.errors import ShapeError
 from minidl.ops.conv import Conv2dFunction, conv2d
 from helpers import check_op, to_host
 
@@ -99,16 +99,10 @@ CASES = [
 ]
 
 
-@contextlib.contextmanager
 def keep_col(keep):
     """Run with the forward's unfolded input kept for backward (True) or unfolded again in
     backward (False): small tests would otherwise only ever take the first path."""
-    old = conv_mod.KEEP_COL_BYTES
-    conv_mod.KEEP_COL_BYTES = 2**62 if keep else 0
-    try:
-        yield
-    finally:
-        conv_mod.KEEP_COL_BYTES = old
+    return conv_kernels.keep_col_bytes(2**62 if keep else 0)
 
 
 def _case_id(case):
@@ -153,17 +147,24 @@ def test_only_requested_gradients(grad, rng, device):
              gradcheck=False, device=device)
 
 
-def test_backward_skips_unneeded_work(monkeypatch, rng):
-    """With only the bias requiring grad, backward neither unfolds x nor folds back."""
+@pytest.mark.parametrize("impl", ["reference", "direct"])
+def test_backward_skips_unneeded_work(impl, rng, use_impl):
+    """With only the bias requiring grad, backward neither unfolds x nor folds back (no
+    im2col-family call), and keeps neither x nor the weight."""
+    use_impl(impl, family="conv2d")
     x = minidl.tensor(rng.standard_normal((2, 2, 5, 5)))
     w = minidl.tensor(rng.standard_normal((3, 2, 3, 3)))
     b = minidl.tensor(rng.standard_normal(3), requires_grad=True)
-    y = conv2d(x, w, b)
-    calls = []
-    monkeypatch.setattr(conv_mod, "im2col", lambda *a, **k: calls.append("im2col"))
-    monkeypatch.setattr(conv_mod, "col2im", lambda *a, **k: calls.append("col2im"))
-    y.sum().backward()
-    assert calls == []
+    if impl == "direct" and not K.numba_available():
+        pytest.skip("numba is not installed")
+    with K.decisions() as log:
+        y = conv2d(x, w, b)
+    assert log[0] == ("conv2d", impl)
+    saved, weight = y.grad_fn.saved_tensors
+    assert saved[1] is None and weight is None
+    with K.decisions() as log:
+        y.sum().backward()
+    assert log == []
     np.testing.assert_allclose(b.grad.numpy(), np.full(3, 2 * 3 * 3))
 
 
@@ -180,18 +181,18 @@ def test_float32_and_no_grad(rng, device):
     assert y.grad_fn is not None and y.grad_fn.name == "Conv2d"
 
 
-def test_scratch_buffer_reuse(monkeypatch, rng):
+def test_scratch_buffer_reuse(rng, use_impl):
     """Convolutions of different sizes share the scratch buffer; none of their results may
     live in it, and freeing it changes nothing."""
-    monkeypatch.setattr(conv_mod, "KEEP_COL_BYTES", 0)  # col in the scratch buffer too
-    monkeypatch.setattr(conv_direct, "_default_impl", "im2col")  # the scratch path, not direct
+    use_impl("reference", family="conv2d")        # the scratch path, not direct
     big = [rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3))]
     small = [rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((2, 2, 2, 2))]
     md = [[minidl.tensor(a, requires_grad=True) for a in arrs] for arrs in (big, small)]
-    ys = [conv2d(*md[0], padding=1), conv2d(*md[1])]     # both forwards before any backward
-    conv_mod.release_scratch()
-    (ys[0].sum() + ys[1].sum()).backward()
-    buf = conv_mod._SCRATCH.buffers[np.dtype(np.float64)]
+    with keep_col(False):                         # col in the scratch buffer too
+        ys = [conv2d(*md[0], padding=1), conv2d(*md[1])]  # both forwards before any backward
+        conv_kernels.release_scratch()
+        (ys[0].sum() + ys[1].sum()).backward()
+    buf = conv_kernels._SCRATCH.buffers[np.dtype(np.float64)]
     for arrs, tens, y, kw in zip((big, small), md, ys, (dict(padding=1), {})):
         tt = [torch.tensor(a, requires_grad=True) for a in arrs]
         ty = F.conv2d(*tt, **kw)
@@ -284,12 +285,12 @@ def _t(shape, dtype=np.float32):
 
 
 def test_error_input_rank():
-    with pytest.raises(RuntimeError, match=r"conv2d: expected a 4-D input .* got input of "
+    with pytest.raises(ShapeError, match=r"conv2d: expected a 4-D input .* got input of "
                                            r"shape \(8, 28, 28, 1, 1\)"):
         conv2d(_t((8, 28, 28, 1, 1)), _t((16, 3, 5, 5)))
-    with pytest.raises(RuntimeError, match=r"got input of shape \(28, 28\)"):
+    with pytest.raises(ShapeError, match=r"got input of shape \(28, 28\)"):
         conv2d(_t((28, 28)), _t((16, 3, 5, 5)))
-    with pytest.raises(RuntimeError, match=r"expected a 4-D weight .* got weight of shape "
+    with pytest.raises(ShapeError, match=r"expected a 4-D weight .* got weight of shape "
                                            r"\(16, 3, 5\)"):
         conv2d(_t((8, 3, 28, 28)), _t((16, 3, 5)))
 
@@ -297,19 +298,19 @@ def test_error_input_rank():
 def test_error_channel_mismatch():
     msg = (r"conv2d: expected input with 3 channels \(weight \(16, 3, 5, 5\), groups=1\), "
            r"got input of shape \(8, 1, 28, 28\)")
-    with pytest.raises(RuntimeError, match=msg):
+    with pytest.raises(ShapeError, match=msg):
         conv2d(_t((8, 1, 28, 28)), _t((16, 3, 5, 5)))
-    with pytest.raises(RuntimeError, match=r"expected input with 4 channels \(weight "
+    with pytest.raises(ShapeError, match=r"expected input with 4 channels \(weight "
                                            r"\(6, 2, 3, 3\), groups=2\), got input of shape "
                                            r"\(2, 6, 5, 5\)"):
         conv2d(_t((2, 6, 5, 5)), _t((6, 2, 3, 3)), groups=2)
-    with pytest.raises(RuntimeError, match=r"expected input with 3 channels .* got input of "
+    with pytest.raises(ShapeError, match=r"expected input with 3 channels .* got input of "
                                            r"shape \(2, 5, 5\)"):
         conv2d(_t((2, 5, 5)), _t((4, 3, 3, 3)))  # unbatched
 
 
 def test_error_bias_shape():
-    with pytest.raises(RuntimeError, match=r"expected bias of shape \(4,\) .* got bias of "
+    with pytest.raises(ShapeError, match=r"expected bias of shape \(4,\) .* got bias of "
                                            r"shape \(3,\)"):
         conv2d(_t((1, 3, 5, 5)), _t((4, 3, 3, 3)), _t((3,)))
 
@@ -339,12 +340,14 @@ def test_error_groups():
 
 
 def test_error_kernel_larger_than_input():
-    with pytest.raises(RuntimeError, match=r"conv2d: kernel size \(5, 5\) \(dilated \(5, 5\)\) "
-                                           r"is larger than the padded input \(4, 6\)"):
+    with pytest.raises(ShapeError, match=r"conv2d: input \(1, 1, 4, 4\) is too small: its "
+                                         r"padded height \(4\) is smaller than the \(dilated\) "
+                                         r"kernel \(5\); kernel size \(5, 5\)"):
         conv2d(_t((1, 1, 4, 4)), _t((1, 1, 5, 5)), padding=(0, 1))
-    with pytest.raises(RuntimeError, match=r"kernel size \(3, 3\) \(dilated \(5, 5\)\) is "
-                                           r"larger than the padded input \(4, 4\)"):
-        conv2d(_t((1, 1, 4, 4)), _t((1, 1, 3, 3)), dilation=2)
+    with pytest.raises(ShapeError, match=r"conv2d: input \(1, 1, 6, 4\) is too small: its "
+                                         r"padded width \(4\) is smaller than the \(dilated\) "
+                                         r"kernel \(5\); kernel size \(3, 3\), dilation \(2, 2\)"):
+        conv2d(_t((1, 1, 6, 4)), _t((1, 1, 3, 3)), dilation=2)
 
 
 def test_error_stride_dilation_padding():
@@ -353,11 +356,16 @@ def test_error_stride_dilation_padding():
         conv2d(x, w, stride=(0, 1))
     with pytest.raises(ValueError, match=r"conv2d: dilation must be >= 1, got \(1, -1\)"):
         conv2d(x, w, dilation=(1, -1))
-    with pytest.raises(ValueError, match="conv2d: padding must be non-negative"):
+    with pytest.raises(ValueError, match="conv2d: padding must be >= 0, got -1"):
         conv2d(x, w, padding=-1)
-    with pytest.raises(ValueError, match="conv2d: stride must be an int or a pair of ints, "
-                                         r"got \(1, 2, 3\)"):
+    with pytest.raises(TypeError, match="conv2d: stride must be an int or a pair of ints, "
+                                        r"got \(1, 2, 3\)"):
         conv2d(x, w, stride=(1, 2, 3))
+    with pytest.raises(TypeError, match="conv2d: dilation must be an int or a pair of ints, "
+                                        "got 1.5"):
+        conv2d(x, w, dilation=1.5)
+    with pytest.raises(TypeError, match="conv2d: groups must be an int, got 1.0"):
+        conv2d(x, w, groups=1.0)
     with pytest.raises(ValueError, match="padding must be 'same', 'valid', an int or a pair"):
         conv2d(x, w, padding="full")
 
@@ -372,3 +380,139 @@ def test_function_docstring_lists_shapes():
     doc = Conv2dFunction.__doc__
     for part in ("(N, C, H, W)", "(OC, Cg, KH, KW)", "(N, OC, OH, OW)", "col2im"):
         assert part in doc
+
+
+def test_shape_errors_are_runtime_and_value_errors():
+    """ShapeError: code catching PyTorch's RuntimeError (or a ValueError) keeps working."""
+    with pytest.raises(RuntimeError):
+        conv2d(_t((28, 28)), _t((16, 3, 5, 5)))
+    with pytest.raises(ValueError):
+        conv2d(_t((28, 28)), _t((16, 3, 5, 5)))
+
+
+# ----------------------------------------------------------------------------- the layer's errors
+
+LAYER = "Conv2d(3, 4, kernel_size=(3, 3), stride=(1, 1))"
+
+
+def test_layer_errors_start_with_its_repr():
+    """Conv2d's own checks and those of F.conv2d, re-raised with the layer's repr in place
+    of ``conv2d: ``, keeping the class."""
+    conv = nn.Conv2d(3, 4, 3)
+    assert repr(conv) == LAYER
+    cases = [
+        (_t((1, 3, 2, 5)), ShapeError, "input (1, 3, 2, 5) is too small: its padded height (2) "
+                                       "is smaller than the (dilated) kernel (3)"),
+        (_t((8, 1, 28, 28)), ShapeError, "expected input (N, 3, H, W), got (8, 1, 28, 28)"),
+        (_t((8, 3, 28)), ShapeError, "expected input (N, 3, H, W), got (8, 3, 28)"),
+        (_t((1, 3, 5, 5), np.float64), TypeError, "input dtype float64 does not match"),
+        (np.zeros((1, 3, 5, 5), np.float32), TypeError, "expected a minidl Tensor"),
+    ]
+    for x, cls, text in cases:
+        with pytest.raises(cls) as e:
+            conv(x)
+        assert type(e.value) is cls
+        assert str(e.value).startswith(f"{LAYER}: "), str(e.value)
+        assert text in str(e.value)
+    conv.bias = minidl.nn.Parameter(_t((3,)))                  # a wrong bias: F.conv2d's check
+    with pytest.raises(ShapeError) as e:
+        conv(_t((1, 3, 5, 5)))
+    assert str(e.value).startswith(f"{LAYER}: expected bias of shape (4,)")
+
+
+@pytest.mark.parametrize("kwargs,cls,text", [
+    (dict(groups=0), ValueError, "Conv2d: groups must be a positive integer, got 0"),
+    (dict(groups=2), ValueError, "Conv2d: in_channels (3) must be divisible by groups (2)"),
+    (dict(groups=1.5), TypeError, "Conv2d: groups must be an int, got 1.5"),
+    (dict(stride=0), ValueError, "Conv2d: stride must be >= 1, got 0"),
+    (dict(stride=(1, 2, 3)), TypeError, "Conv2d: stride must be an int or a pair of ints"),
+    (dict(dilation=-1), ValueError, "Conv2d: dilation must be >= 1, got -1"),
+    (dict(padding=-1), ValueError, "Conv2d: padding must be >= 0, got -1"),
+    (dict(padding="full"), ValueError, "Conv2d: invalid padding string 'full'"),
+    (dict(padding="same", stride=2), ValueError, "Conv2d: padding='same' is not supported "
+                                                 "for strided convolutions"),
+    (dict(padding_mode="mirror"), ValueError, "Conv2d: padding_mode must be one of"),
+    (dict(padding_mode="reflect"), NotImplementedError, "Conv2d: padding_mode='reflect' is "
+                                                        "not supported"),
+])
+def test_layer_constructor_errors(kwargs, cls, text):
+    with pytest.raises(cls) as e:
+        nn.Conv2d(3, 4, 3, **kwargs)
+    assert type(e.value) is cls and str(e.value).startswith(text), str(e.value)
+
+
+def test_layer_constructor_errors_more():
+    with pytest.raises(ValueError, match=r"Conv2d: out_channels \(5\) must be divisible by "
+                                         r"groups \(2\)"):
+        nn.Conv2d(4, 5, 3, groups=2)
+    with pytest.raises(ValueError, match="Conv2d: kernel_size must be >= 1"):
+        nn.Conv2d(4, 5, 0)
+
+
+def test_layer_has_no_dead_attributes():
+    conv = nn.Conv2d(3, 4, (3, 2), padding="same")
+    for name in ("output_padding", "transposed", "_explicit_padding"):
+        assert not hasattr(conv, name)
+    assert conv.kernel_size == (3, 2) and conv.padding == "same"
+    assert nn.Conv2d(3, 4, 3, padding=(1,)).padding == (1, 1)
+
+
+# ----------------------------------------------------------------------------- implementations
+
+# Every way of computing a convolution: (conv2d implementation, im2col implementation)
+PATHS = [("reference", "reference"), ("reference", "numba"), ("direct", None)]
+IMPL_CASES = [
+    ((3, 6, 14, 14), (16, 6, 5, 5), {}),                          # LeNet's conv2
+    ((2, 3, 9, 13), (5, 3, 2, 4), dict(padding=(1, 2))),
+    ((2, 3, 6, 7), (4, 3, 4, 2), dict(padding="same")),
+    ((3, 8, 9), (5, 3, 3, 3), dict(padding=1)),                   # unbatched
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", range(len(IMPL_CASES)))
+def test_implementations_agree(case, dtype, rng):
+    """y, gx, gw, gb by the reference (im2col through its NumPy reference or its numba
+    kernels) and by the direct kernels: the same to rounding, and the registry records
+    that each path ran."""
+    if not K.numba_available():
+        pytest.skip("numba is not installed")
+    xs, ws, kw = IMPL_CASES[case]
+    x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    gy = None
+    results = []
+    for conv_impl, im2col_impl in PATHS:
+        X, Wt, B = (minidl.tensor(a, requires_grad=True) for a in (x, w, b))
+        with K.use_impl(conv_impl, family="conv2d"), K.decisions() as log:
+            if im2col_impl:
+                K.use_impl(im2col_impl, family="im2col")
+            y = conv2d(X, Wt, B, **kw)
+            gy = rng.standard_normal(y.shape).astype(dtype) if gy is None else gy
+            (y * minidl.tensor(gy)).sum().backward()
+        expected = {("conv2d", conv_impl)} | ({("im2col", im2col_impl)} if im2col_impl else set())
+        assert set(log) == expected
+        results.append([y.numpy(), X.grad.numpy(), Wt.grad.numpy(), B.grad.numpy()])
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-5)
+    for other in results[1:]:
+        for got, ref, name in zip(other, results[0], ("y", "gx", "gw", "gb")):
+            assert got.dtype == dtype and got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, err_msg=name, **tol)
+
+
+def test_reference_im2col_and_numba_im2col_are_bit_identical(rng):
+    """The conv2d reference through either im2col implementation: im2col is a copy, so y
+    and gw are bit for bit the same."""
+    if not K.numba_available():
+        pytest.skip("numba is not installed")
+    x, w = rng.standard_normal((2, 4, 9, 8)), rng.standard_normal((6, 2, 3, 3))
+    kw = dict(groups=2, stride=2, padding=1)
+    out = []
+    for impl in ("reference", "numba"):
+        X, Wt = minidl.tensor(x), minidl.tensor(w, requires_grad=True)
+        with K.use_impl(impl, family="im2col"):
+            y = conv2d(X, Wt, **kw)
+            y.sum().backward()
+        out.append((y.numpy(), Wt.grad.numpy()))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)

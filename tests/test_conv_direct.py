@@ -1,10 +1,11 @@
 """Direct convolution kernels (minidl/kernels/conv_direct.py) against the im2col reference.
 
 The kernels in both layouts ('planar', 'batch_last') against conv2d through the im2col
-path (``force_impl('im2col')``): outputs and every gradient, float64 tight and float32
-loose, on LeNet's shapes, non-square inputs and kernels, batch 1, paddings that are
-asymmetric or larger than the kernel, unbatched inputs, and subsets of the gradients.
-Then the dispatch: which convolutions take the direct kernels, both ways.
+path (``use_impl('reference', family='conv2d')``): outputs and every gradient, float64
+tight and float32 loose, on LeNet's shapes, non-square inputs and kernels, batch 1,
+paddings that are asymmetric or larger than the kernel, unbatched inputs, and subsets of
+the gradients. Then the registry's choice: which convolutions take the direct kernels,
+both ways (``K.decisions()``).
 
 CPU only, so not parametrised over devices: the direct kernels take NumPy arrays (on a GPU
 conv2d always runs im2col + GEMM, which test_conv.py covers on each device).
@@ -17,14 +18,18 @@ import torch
 import torch.nn.functional as F
 
 import minidl
-from minidl.kernels import conv_direct
+import minidl.kernels as K
+from minidl import geometry
+from minidl.kernels import threads
+from minidl.kernels.conv import CONV2D
 from minidl.ops.conv import conv2d
 from helpers import check_op
 
 pytestmark = [
-    pytest.mark.skipif(not conv_direct.numba_available(), reason="numba is not installed"),
+    pytest.mark.skipif(not K.numba_available(), reason="numba is not installed"),
     pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel"),
 ]
+conv_direct = CONV2D.impls["direct"].code if K.numba_available() else None
 
 TOL = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-5)}
 
@@ -41,19 +46,19 @@ CASES = {
 }
 
 
-def _pads(padding, kernel):
-    """conv2d's padding argument as ((top, bottom), (left, right))."""
-    from minidl.ops.conv import _padding  # noqa: PLC0415
-    return _padding(padding, kernel, (1, 1), (1, 1))
+def _geo(x_shape, w_shape, padding):
+    """The ConvGeometry of conv2d(x, w, padding=padding), stride 1."""
+    pads = geometry.conv_padding(padding, w_shape[2:], (1, 1), (1, 1))
+    return geometry.ConvGeometry.of(x_shape, w_shape, (1, 1), pads, (1, 1))
 
 
 def _reference(x, w, b, gy, padding):
     """y, gx, gw, gb through conv2d's im2col path."""
     X, Wt, B = (minidl.tensor(a, requires_grad=True) for a in (x, w, b))
-    with conv_direct.force_impl("im2col"):
+    with K.use_impl("reference", family="conv2d"), K.decisions() as log:
         y = conv2d(X, Wt, B, padding=padding)
-    assert not y.grad_fn.direct
-    (y * minidl.tensor(gy)).sum().backward()
+        (y * minidl.tensor(gy)).sum().backward()
+    assert ("conv2d", "reference") in log and ("conv2d", "direct") not in log
     return y.numpy(), X.grad.numpy(), Wt.grad.numpy(), B.grad.numpy()
 
 
@@ -68,13 +73,13 @@ def test_kernels_match_im2col(case, layout, dtype, rng):
     xs, ws, padding = CASES[case]
     x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
     b = rng.standard_normal(ws[0]).astype(dtype)
-    pads = _pads(padding, ws[2:])
-    y, saved = conv_direct.conv2d_forward(x, w, b, pads, layout)
+    geo = _geo(xs, ws, padding)
+    y, saved = conv_direct.conv2d_forward(x, w, b, geo, layout)
     gy = rng.standard_normal(y.shape).astype(dtype)
     ry, rgx, rgw, rgb = _reference(x, w, b, gy, padding)
     assert y.dtype == dtype and y.shape == ry.shape and saved[0] == layout
     _close(y, ry, dtype, "y")
-    gx, gw, gb = conv_direct.conv2d_backward(saved, w, gy, pads, xs[2:])
+    gx, gw, gb = conv_direct.conv2d_backward(saved, w, gy, geo)
     for got, ref, name in ((gx, rgx, "gx"), (gw, rgw, "gw"), (gb, rgb, "gb")):
         assert got.dtype == dtype and got.shape == ref.shape, name
         _close(got, ref, dtype, name)
@@ -87,10 +92,10 @@ def test_lenet_batch_float32(layout, rng):
         x = rng.standard_normal(xs).astype(np.float32)
         w = (rng.standard_normal(ws) * 0.2).astype(np.float32)
         b = rng.standard_normal(ws[0]).astype(np.float32)
-        pads = ((0, 0), (0, 0))
-        y, saved = conv_direct.conv2d_forward(x, w, b, pads, layout)
+        geo = _geo(xs, ws, 0)
+        y, saved = conv_direct.conv2d_forward(x, w, b, geo, layout)
         gy = rng.standard_normal(y.shape).astype(np.float32)
-        gx, gw, gb = conv_direct.conv2d_backward(saved, w, gy, pads, xs[2:])
+        gx, gw, gb = conv_direct.conv2d_backward(saved, w, gy, geo)
         X, Wt, B = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
         ty = F.conv2d(X, Wt, B)
         ty.backward(torch.tensor(gy))
@@ -107,13 +112,13 @@ def test_lenet_batch_float32(layout, rng):
 def test_only_requested_gradients(layout, need, rng):
     x, w = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 2))
     b = rng.standard_normal(4)
-    pads = ((1, 1), (0, 1))
-    y, saved = conv_direct.conv2d_forward(x, w, b, pads, layout)
+    geo = geometry.ConvGeometry.of(x.shape, w.shape, padding=((1, 1), (0, 1)))
+    y, saved = conv_direct.conv2d_forward(x, w, b, geo, layout)
     gy = rng.standard_normal(y.shape)
-    full = conv_direct.conv2d_backward(saved, w, gy, pads, (7, 6))
+    full = conv_direct.conv2d_backward(saved, w, gy, geo)
     if not need[1]:
-        saved = (layout, None)           # what Conv2dFunction keeps without a weight grad
-    part = conv_direct.conv2d_backward(saved, w, gy, pads, (7, 6), *need)
+        saved = (layout, None)           # what forward keeps without a weight grad
+    part = conv_direct.conv2d_backward(saved, w, gy, geo, *need)
     for wanted, got, ref in zip(need, part, full):
         if wanted:
             np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-13)
@@ -129,26 +134,31 @@ def test_op_against_torch(case, rng):
     xs, ws, padding = CASES[case]
     xs = (2,) + xs[1:]
     arrays = [rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])]
-    with conv_direct.force_impl("direct"):
+    with K.use_impl("direct", family="conv2d"), K.decisions() as log:
         check_op(lambda *a: conv2d(*a, padding=padding), lambda *a: F.conv2d(*a, padding=padding),
                  arrays)
+    assert ("conv2d", "direct") in log and ("conv2d", "reference") not in log
 
 
-def test_op_unbatched_and_no_bias(rng):
+def test_op_unbatched_and_no_bias(rng, use_impl):
     x, w = rng.standard_normal((3, 8, 9)), rng.standard_normal((5, 3, 3, 3))
-    with conv_direct.force_impl("direct"):
-        check_op(lambda x, w: conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1),
-                 [x, w])
+    use_impl("direct", family="conv2d")
+    check_op(lambda x, w: conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1),
+             [x, w])
+    with K.decisions() as log:
         y = conv2d(minidl.tensor(x, requires_grad=True), minidl.tensor(w))
-    assert y.grad_fn.direct and y.shape == (5, 6, 7)
+    assert log == [("conv2d", "direct")] and y.shape == (5, 6, 7)
 
 
 def test_op_input_grad_only(rng):
     """No weight gradient wanted: the forward keeps no input copy; gx still right."""
     x, w = rng.standard_normal((2, 6, 14, 14)), rng.standard_normal((16, 6, 5, 5))
     X = minidl.tensor(x, requires_grad=True)
-    y = conv2d(X, minidl.tensor(w))
-    assert y.grad_fn.direct and y.grad_fn.saved_tensors[0][1] is None
+    with K.decisions() as log:
+        y = conv2d(X, minidl.tensor(w))
+    assert log == [("conv2d", "direct")]
+    saved, weight = y.grad_fn.saved_tensors
+    assert saved[1] is None and weight is not None
     gy = rng.standard_normal(y.shape)
     (y * minidl.tensor(gy)).sum().backward()
     T = torch.tensor(x, requires_grad=True)
@@ -159,9 +169,11 @@ def test_op_input_grad_only(rng):
 # ----------------------------------------------------------------------------- dispatch
 
 def _takes_direct(xs, ws, dtype=np.float32, **kw):
-    y = conv2d(minidl.tensor(np.zeros(xs, dtype), requires_grad=True),
+    with K.decisions() as log:
+        conv2d(minidl.tensor(np.zeros(xs, dtype), requires_grad=True),
                minidl.tensor(np.zeros(ws, dtype)), **kw)
-    return y.grad_fn.direct
+    [(family, impl)] = [d for d in log if d[0] == "conv2d"]
+    return impl == "direct"
 
 
 def test_dispatch_auto():
@@ -173,46 +185,74 @@ def test_dispatch_auto():
     assert not _takes_direct((2, 4, 8, 8), (6, 2, 3, 3), groups=2)
     assert not _takes_direct((2, 64, 8, 8), (16, 64, 3, 3))             # K = 576 > 400
     assert not _takes_direct((2, 3, 8, 8), (64, 3, 3, 3))               # OC = 64 > 32
+    x, w = np.zeros((2, 1, 32, 32), np.float32), np.zeros((6, 1, 5, 5), np.float32)
+    geo = geometry.ConvGeometry.of(x.shape, w.shape)
+    assert K.which("conv2d", x, w, geo=geo) == "direct"
+    assert K.which("conv2d", x.astype(np.float16), w.astype(np.float16), geo=geo) == "reference"
+    assert K.which("conv2d", x, w.astype(np.float64), geo=geo) == "reference"
 
 
-def test_dispatch_forced():
-    with conv_direct.force_impl("im2col"):
+def test_dispatch_forced(use_impl):
+    with K.use_impl("reference", family="conv2d"):
         assert not _takes_direct((2, 1, 32, 32), (6, 1, 5, 5))
-    with conv_direct.force_impl("direct"):
-        assert _takes_direct((2, 64, 8, 8), (16, 64, 3, 3))
+    with K.use_impl("reference"):                                       # every family
+        assert not _takes_direct((2, 1, 32, 32), (6, 1, 5, 5))
+    with K.use_impl("direct", family="conv2d"):
+        assert _takes_direct((2, 64, 8, 8), (16, 64, 3, 3))              # any size when forced
         assert not _takes_direct((2, 3, 8, 8), (6, 3, 3, 3), stride=2)   # cannot run it
     assert _takes_direct((2, 1, 32, 32), (6, 1, 5, 5))                  # restored
-    with pytest.raises(ValueError, match="impl must be"):
-        with conv_direct.force_impl("numba"):
-            pass
+    use_impl("direct")                                                  # every family that has it
+    assert _takes_direct((2, 64, 8, 8), (16, 64, 3, 3))
+    with pytest.raises(ValueError, match="the conv2d family has no 'numba' implementation"):
+        K.use_impl("numba", family="conv2d")
 
 
 def test_choose_layout():
     assert conv_direct.choose_layout(28) == "planar"          # LeNet conv1: 28x28 output
     assert conv_direct.choose_layout(10) == "batch_last"      # LeNet conv2: 10x10
     with pytest.raises(ValueError, match="layout must be"):
-        conv_direct.conv2d_forward(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 2, 2)), None,
-                                   ((0, 0), (0, 0)), "nchw")
+        x, w = np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 2, 2))
+        conv_direct.conv2d_forward(x, w, None, geometry.ConvGeometry.of(x.shape, w.shape),
+                                   "nchw")
 
 
 @pytest.mark.parametrize("layout", ["planar", "batch_last"])
 def test_split_over_threads(layout, rng):
-    """set_threads(n) cuts each kernel into n pieces on n threads; the same results (the
-    planar weight gradient adds per-piece partial sums, so only to rounding)."""
+    """threads.set_python_threads(n) cuts each kernel into n pieces on n threads; the same
+    results (the planar weight gradient adds per-piece partial sums, so only to rounding)."""
     x, w = rng.standard_normal((5, 3, 9, 8)), rng.standard_normal((6, 3, 3, 2))
     b = rng.standard_normal(6)
-    pads = ((1, 0), (2, 1))
-    y, saved = conv_direct.conv2d_forward(x, w, b, pads, layout)
+    geo = geometry.ConvGeometry.of(x.shape, w.shape, padding=((1, 0), (2, 1)))
+    y, saved = conv_direct.conv2d_forward(x, w, b, geo, layout)
     gy = rng.standard_normal(y.shape)
-    grads = conv_direct.conv2d_backward(saved, w, gy, pads, (9, 8))
-    try:
-        for n in (2, 3, 8):
-            conv_direct.set_threads(n)
-            y2, saved2 = conv_direct.conv2d_forward(x, w, b, pads, layout)
+    grads = conv_direct.conv2d_backward(saved, w, gy, geo)
+    for n in (2, 3, 8):
+        with threads.python_threads_set(n):
+            assert threads.python_threads() == n
+            y2, saved2 = conv_direct.conv2d_forward(x, w, b, geo, layout)
             np.testing.assert_array_equal(y2, y)
-            for got, ref in zip(conv_direct.conv2d_backward(saved2, w, gy, pads, (9, 8)), grads):
+            for got, ref in zip(conv_direct.conv2d_backward(saved2, w, gy, geo), grads):
                 np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-13)
-    finally:
-        conv_direct.set_threads(1)
+    assert threads.python_threads() == 1
     with pytest.raises(ValueError, match="must be >= 1"):
-        conv_direct.set_threads(0)
+        threads.set_python_threads(0)
+
+
+@pytest.mark.parametrize("layout", ["planar", "batch_last"])
+def test_numba_parallel_build(layout, rng):
+    """The parallel builds (``threads.set_parallel(True)``, inputs above the size threshold)
+    give the results of the serial ones (the planar weight gradient: per-chunk partial
+    sums, so to rounding)."""
+    x, w = rng.standard_normal((8, 3, 40, 40)), rng.standard_normal((6, 3, 3, 3))
+    b = rng.standard_normal(6)
+    geo = geometry.ConvGeometry.of(x.shape, w.shape, padding=((1, 1), (1, 1)))
+    y, saved = conv_direct.conv2d_forward(x, w, b, geo, layout)
+    gy = rng.standard_normal(y.shape)
+    grads = conv_direct.conv2d_backward(saved, w, gy, geo)
+    with threads.set_parallel(True):
+        assert threads.parallel(y.size)
+        y2, saved2 = conv_direct.conv2d_forward(x, w, b, geo, layout)
+        grads2 = conv_direct.conv2d_backward(saved2, w, gy, geo)
+    np.testing.assert_allclose(y2, y, rtol=1e-13, atol=1e-13)
+    for got, ref in zip(grads2, grads):
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)

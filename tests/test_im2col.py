@@ -1,5 +1,6 @@
 """im2col / col2im: the NumPy reference against a brute-force loop, the numba fast path against
-the reference (float32 and float64, many geometries), and col2im as the adjoint of im2col."""
+the reference (float32 and float64, many geometries), col2im as the adjoint of im2col, and
+the registry's choice of implementation."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,11 +8,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import minidl.kernels.im2col  # noqa: F401 - the module, whose name the function shadows
-from minidl.kernels.im2col import (col2im, col2im_numba, col2im_reference, conv_output_size,
-                                   im2col, im2col_numba, im2col_reference, numba_available)
+import minidl.kernels as K
+from minidl.errors import ShapeError
+from minidl.geometry import ConvGeometry
+from minidl.kernels.im2col import IM2COL, col2im, col2im_reference, im2col, im2col_reference
 
-needs_numba = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+needs_numba = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
+
+
+def im2col_numba(x, geo, out=None):
+    return IM2COL.impls["numba"].code.im2col(x, geo, out=out)
+
+
+def col2im_numba(col, geo):
+    return IM2COL.impls["numba"].code.col2im(col, geo)
+
+
+def geometry(shape, KH, KW, SH=1, SW=1, PH=0, PW=0, DH=1, DW=1):
+    """The ConvGeometry of unfolding an input of ``shape`` (PH/PW: int or (before, after))."""
+    pads = tuple(p if isinstance(p, tuple) else (p, p) for p in (PH, PW))
+    return ConvGeometry.of(shape, (1, shape[1], KH, KW), (SH, SW), pads, (DH, DW))
 
 # (N, C, H, W), KH, KW, SH, SW, PH, PW, DH, DW; PH/PW may be (before, after) pairs.
 GEOMETRIES = [
@@ -51,20 +67,23 @@ def _x(rng, shape, dtype):
 def test_reference_matches_brute_force(geo, rng):
     shape, *params = geo
     x = _x(rng, shape, np.float64)
-    np.testing.assert_array_equal(im2col_reference(x, *params), brute_im2col(x, *params))
+    np.testing.assert_array_equal(im2col_reference(x, geometry(shape, *params)),
+                                  brute_im2col(x, *params))
 
 
 @pytest.mark.parametrize("geo", GEOMETRIES, ids=str)
 def test_col2im_is_adjoint(geo, rng):
     """<im2col(x), c> == <x, col2im(c)> for both implementations."""
     shape, *params = geo
-    H, W = shape[2:]
+    g = geometry(shape, *params)
     x = _x(rng, shape, np.float64)
-    impls = ["numpy"] + (["numba"] if numba_available() else [])
+    impls = ["reference"] + (["numba"] if K.numba_available() else [])
     for impl in impls:
-        col = im2col(x, *params, impl=impl)
-        c = rng.standard_normal(col.shape)
-        back = col2im(c, H, W, *params[2:], impl=impl)
+        with K.use_impl(impl, family="im2col"), K.decisions() as log:
+            col = im2col(x, g)
+            c = rng.standard_normal(col.shape)
+            back = col2im(c, g)
+        assert log == [("im2col", impl)] * 2
         assert back.shape == x.shape
         np.testing.assert_allclose(np.vdot(col, c), np.vdot(x, back), rtol=1e-12)
 
@@ -74,16 +93,16 @@ def test_col2im_is_adjoint(geo, rng):
 @pytest.mark.parametrize("geo", GEOMETRIES, ids=str)
 def test_numba_matches_reference(geo, dtype, rng):
     shape, *params = geo
-    H, W = shape[2:]
+    g = geometry(shape, *params)
     x = _x(rng, shape, dtype)
-    col = im2col_numba(x, *params)
+    col = im2col_numba(x, g)
     assert col.dtype == dtype
-    np.testing.assert_array_equal(col, im2col_reference(x, *params))  # a copy: exact
+    np.testing.assert_array_equal(col, im2col_reference(x, g))  # a copy: exact
     c = _x(rng, col.shape, dtype)
-    img = col2im_numba(c, H, W, *params[2:])
+    img = col2im_numba(c, g)
     assert img.dtype == dtype and img.flags.c_contiguous
     tol = 1e-6 if dtype == np.float32 else 1e-14
-    np.testing.assert_allclose(img, col2im_reference(c, H, W, *params[2:]), rtol=tol, atol=tol)
+    np.testing.assert_allclose(img, col2im_reference(c, g), rtol=tol, atol=tol)
 
 
 @st.composite
@@ -105,72 +124,79 @@ def geometries(draw):
 @given(geo=geometries(), dtype=st.sampled_from([np.float32, np.float64]))
 def test_numba_matches_reference_property(geo, dtype):
     shape, *params = geo
+    g = geometry(shape, *params)
     rng = np.random.default_rng(0)
     x = _x(rng, shape, dtype)
-    col = im2col_numba(x, *params)
-    np.testing.assert_array_equal(col, im2col_reference(x, *params))
+    col = im2col_numba(x, g)
+    np.testing.assert_array_equal(col, im2col_reference(x, g))
     c = _x(rng, col.shape, dtype)
     tol = 1e-6 if dtype == np.float32 else 1e-14
-    np.testing.assert_allclose(col2im_numba(c, *shape[2:], *params[2:]),
-                               col2im_reference(c, *shape[2:], *params[2:]), rtol=tol, atol=tol)
+    np.testing.assert_allclose(col2im_numba(c, g), col2im_reference(c, g), rtol=tol, atol=tol)
 
 
 @needs_numba
 def test_numba_accepts_non_contiguous_input(rng):
     x = _x(rng, (3, 2, 6, 5), np.float32).transpose(1, 0, 2, 3)  # (2, 3, 6, 5), strided
-    params = (3, 2, 2, 1, 1, 0, 1, 1)
-    np.testing.assert_array_equal(im2col_numba(x, *params), im2col_reference(x, *params))
-    col = im2col_reference(x, *params)
+    g = geometry(x.shape, 3, 2, 2, 1, 1, 0, 1, 1)
+    np.testing.assert_array_equal(im2col_numba(x, g), im2col_reference(x, g))
+    col = im2col_reference(x, g)
     c = _x(rng, col.shape[::-1], np.float32).T  # a non-contiguous col of the right shape
-    np.testing.assert_allclose(col2im_numba(c, 6, 5, *params[2:]),
-                               col2im_reference(c, 6, 5, *params[2:]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(col2im_numba(c, g), col2im_reference(c, g), rtol=1e-6, atol=1e-6)
 
 
-def test_auto_dispatch(rng):
-    mod = minidl.kernels.im2col
+def test_registry_choice(rng, use_impl):
+    """numba for float32/float64 NumPy arrays, the reference for anything else (float16
+    here), and ``use_impl`` forcing the reference."""
     x32 = _x(rng, (1, 1, 4, 4), np.float32)
-    choose = mod._switch.choose
-    assert choose(x32, "auto", "im2col") == ("numba" if numba_available() else "numpy")
-    assert choose(x32, "numpy", "im2col") == "numpy"
-    assert choose(x32.astype(np.float16), "auto", "im2col") == "numpy"  # the reference
-    col = im2col(x32.astype(np.float16), 2, 2)
+    fast = "numba" if K.numba_available() else "reference"
+    assert K.which("im2col", x32) == fast
+    assert K.which("im2col", x32.astype(np.float64)) == fast
+    assert K.which("im2col", x32.astype(np.float16)) == "reference"
+    g = geometry(x32.shape, 2, 2)
+    with K.decisions() as log:
+        col = im2col(x32.astype(np.float16), g)
+    assert log == [("im2col", "reference")]
     assert col.dtype == np.float16 and col.shape == (1, 2, 2, 1, 3, 3)
-    with pytest.raises(ValueError, match="impl must be"):
-        im2col(x32, 2, 2, impl="fortran")
+    use_impl("reference", family="im2col")
+    assert K.which("im2col", x32) == "reference"
+    use_impl("reference")
+    assert K.which("im2col", x32) == "reference"
 
 
-@pytest.mark.parametrize("impl", ["numpy", "numba"])
-def test_out_argument(impl, rng):
-    if impl == "numba" and not numba_available():
+@pytest.mark.parametrize("impl", ["reference", "numba"])
+def test_out_argument(impl, rng, use_impl):
+    if impl == "numba" and not K.numba_available():
         pytest.skip("numba is not installed")
+    use_impl(impl, family="im2col")
     x = _x(rng, (2, 3, 5, 4), np.float32)
-    params = (3, 2, 1, 2, 1, (0, 1), 1, 1)
-    expected = im2col_reference(x, *params)
+    g = geometry(x.shape, 3, 2, 1, 2, 1, (0, 1), 1, 1)
+    expected = im2col_reference(x, g)
     out = np.full(expected.shape, np.nan, np.float32)
-    assert im2col(x, *params, impl=impl, out=out) is out
+    with K.decisions() as log:
+        assert im2col(x, g, out=out) is out
+    assert log == [("im2col", impl)]
     np.testing.assert_array_equal(out, expected)
     with pytest.raises(ValueError, match="out must be a C-contiguous float32 array of shape"):
-        im2col(x, *params, impl=impl, out=np.empty(expected.shape, np.float64))
+        im2col(x, g, out=np.empty(expected.shape, np.float64))
     with pytest.raises(ValueError, match="out must be"):
-        im2col(x, *params, impl=impl, out=np.empty(expected.shape[::-1], np.float32).T)
+        im2col(x, g, out=np.empty(expected.shape[::-1], np.float32).T)
 
 
-def test_shapes_and_output_size():
-    assert conv_output_size(32, 5) == 28
-    assert conv_output_size(7, 3, s=2, p=1) == 4
-    assert conv_output_size(7, 3, s=2, p=(1, 0)) == 3
-    assert conv_output_size(10, 3, d=2) == 6
+def test_shapes():
     x = np.zeros((2, 3, 7, 9), np.float32)
-    assert im2col(x, 3, 2, 2, 1, 1, 0, 1, 2).shape == (3, 3, 2, 2, 4, 7)
+    g = geometry(x.shape, 3, 2, 2, 1, 1, 0, 1, 2)
+    assert (g.OH, g.OW) == (4, 7)
+    assert im2col(x, g).shape == g.col_shape == (3, 3, 2, 2, 4, 7)
 
 
 def test_errors():
     x = np.zeros((1, 1, 4, 4))
-    with pytest.raises(ValueError, match="does not fit"):
-        im2col(x, 5, 5)
-    with pytest.raises(ValueError, match="does not fit"):
-        im2col(x, 3, 3, DH=2, DW=2)
-    with pytest.raises(ValueError, match=">= 1"):
-        im2col(x, 2, 2, SH=0)
-    with pytest.raises(ValueError, match="non-negative"):
-        im2col(x, 2, 2, PH=-1)
+    with pytest.raises(ShapeError, match="im2col: the dilated kernel .* does not fit"):
+        im2col(x, geometry(x.shape, 5, 5))
+    with pytest.raises(ShapeError, match="does not fit"):
+        im2col(x, geometry(x.shape, 3, 3, DH=2, DW=2))
+    with pytest.raises(ShapeError, match=r"im2col: expected an array of shape \(1, 1, 5, 5\)"):
+        im2col(x, geometry((1, 1, 5, 5), 2, 2))
+    col = im2col(x, geometry(x.shape, 2, 2))
+    with pytest.raises(ShapeError, match="col2im: expected an array of shape"):
+        col2im(col, geometry(x.shape, 3, 3))

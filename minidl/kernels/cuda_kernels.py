@@ -315,21 +315,20 @@ def _run(name, *args):
     _kernel(name)(*(a if isinstance(a, (int, float, np.number)) else _flat(a) for a in args))
 
 
-def im2col(x, KH, KW, SH, SW, PH0, PW0, OH, OW, DH, DW, out=None):
-    """x (N, C, H, W) -> col (C, KH, KW, N, OH, OW); PH0/PW0: top/left padding (the
-    caller has checked the geometry, derived OH, OW and checked ``out``, a C-contiguous
-    array to fill)."""
-    N, C, H, W = x.shape
-    col = _xp(x).empty((C, KH, KW, N, OH, OW), dtype=x.dtype) if out is None else out
-    _run("im2col", x, N, C, H, W, KH, KW, OH, OW, SH, SW, PH0, PW0, DH, DW, col)
+def im2col(x, geo, out=None):
+    """x (N, C, H, W) -> col (C, KH, KW, N, OH, OW) for the ``ConvGeometry`` geo (the
+    caller has checked the shapes and ``out``, a C-contiguous array to fill, or None)."""
+    col = _xp(x).empty(geo.col_shape, dtype=x.dtype) if out is None else out
+    _run("im2col", x, geo.N, geo.C, geo.H, geo.W, geo.KH, geo.KW, geo.OH, geo.OW,
+         geo.SH, geo.SW, geo.PH0, geo.PW0, geo.DH, geo.DW, col)
     return col
 
 
-def col2im(col, H, W, SH, SW, PH0, PW0, DH, DW):
+def col2im(col, geo):
     """col (C, KH, KW, N, OH, OW) -> img (N, C, H, W), the adjoint of ``im2col``."""
-    C, KH, KW, N, OH, OW = col.shape
-    img = _xp(col).empty((N, C, H, W), dtype=col.dtype)
-    _run("col2im", col, N, C, H, W, KH, KW, OH, OW, SH, SW, PH0, PW0, DH, DW, img)
+    img = _xp(col).empty((geo.N, geo.C, geo.H, geo.W), dtype=col.dtype)
+    _run("col2im", col, geo.N, geo.C, geo.H, geo.W, geo.KH, geo.KW, geo.OH, geo.OW,
+         geo.SH, geo.SW, geo.PH0, geo.PW0, geo.DH, geo.DW, img)
     return img
 
 

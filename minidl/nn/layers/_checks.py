@@ -1,4 +1,4 @@
-"""Argument normalisation and input validation shared by the layers.
+"""Input validation shared by the layers (argument normalisation: ``minidl.geometry``).
 
 Errors name the layer by its repr (``Conv2d(3, 16, kernel_size=(3, 3), stride=(1, 1))``),
 say what was expected and what came.
@@ -6,15 +6,7 @@ say what was expected and what came.
 from __future__ import annotations
 
 from ...autograd import Tensor
-
-
-def pair(value, name="argument"):
-    """``3 -> (3, 3)``; a tuple/list of two ints stays as a tuple."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        return tuple(int(v) for v in value)
-    return (int(value), int(value))
+from ...errors import ShapeError
 
 
 def check_tensor(module, x, name="input"):
@@ -42,7 +34,19 @@ def fmt_shape(dims):
     return "(" + ", ".join(str(d) for d in dims) + ")"
 
 
-def shape_error(module, expected, x, cls=RuntimeError):
-    """The exception to raise for an input of the wrong shape (RuntimeError, as PyTorch's
-    conv/linear; BatchNorm's rank errors are ValueError, as PyTorch's)."""
+def shape_error(module, expected, x, cls=ShapeError):
+    """The exception to raise for an input of the wrong shape (``ShapeError``: a
+    RuntimeError as PyTorch's conv/linear raise, and a ValueError as its BatchNorm)."""
     return cls(f"{module!r}: expected input {expected}, got {x.shape}")
+
+
+def as_layer_error(exc, module, op):
+    """``exc``, raised by the functional ``op`` (``'conv2d'``) for a layer's call, as the
+    same class of exception with the message starting with the layer's repr instead of
+    ``op: `` (``Conv2d(3, 16, ...): input ... is too small ...``). Another message is
+    returned unchanged."""
+    prefix = f"{op}: "
+    message = str(exc)
+    if not message.startswith(prefix):
+        return exc
+    return type(exc)(f"{module!r}: {message[len(prefix):]}")

@@ -2,7 +2,8 @@
 
 Shapes: input (N, C_in, H, W) or unbatched (C_in, H, W); weight (C_out, C_in/groups, KH, KW);
 bias (C_out,); output (N, C_out, OH, OW) with
-OH = floor((H + 2*PH - DH*(KH - 1) - 1) / SH) + 1, and likewise OW.
+OH = floor((H + PH0 + PH1 - DH*(KH - 1) - 1) / SH) + 1, and likewise OW
+(``minidl.geometry``; PH0 = PH1 = PH except for ``padding='same'`` with an even kernel).
 """
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import math
 
 import numpy as np
 
-from ... import creation
+from ... import creation, geometry
 from .. import functional as F
 from .. import init
 from ..module import Module
 from ..parameter import Parameter
-from ._checks import check_float, fmt_shape, pair, shape_error
+from ._checks import as_layer_error, check_float, fmt_shape, shape_error
 
 
 class Conv2d(Module):
@@ -32,35 +33,38 @@ class Conv2d(Module):
                  dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
                  dtype=None):
         super().__init__()
+        if not geometry.is_int(groups):
+            raise TypeError(f"Conv2d: groups must be an int, got {groups!r}")
         if groups <= 0:
-            raise ValueError("groups must be a positive integer")
+            raise ValueError(f"Conv2d: groups must be a positive integer, got {groups}")
         if in_channels % groups != 0:
-            raise ValueError("in_channels must be divisible by groups")
+            raise ValueError(f"Conv2d: in_channels ({in_channels}) must be divisible by "
+                             f"groups ({groups})")
         if out_channels % groups != 0:
-            raise ValueError("out_channels must be divisible by groups")
+            raise ValueError(f"Conv2d: out_channels ({out_channels}) must be divisible by "
+                             f"groups ({groups})")
         if padding_mode != "zeros":
             valid = {"zeros", "reflect", "replicate", "circular"}
             if padding_mode not in valid:
-                raise ValueError(f"padding_mode must be one of {sorted(valid)}, but got "
-                                 f"padding_mode='{padding_mode}'")
+                raise ValueError(f"Conv2d: padding_mode must be one of {sorted(valid)}, but "
+                                 f"got padding_mode='{padding_mode}'")
             raise NotImplementedError(f"Conv2d: padding_mode='{padding_mode}' is not "
                                       "supported by minidl (only 'zeros')")
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride, "stride")
-        self.dilation = pair(dilation, "dilation")
+        self.kernel_size = geometry.pair(kernel_size, "kernel_size", "Conv2d", minimum=1)
+        self.stride = geometry.pair(stride, "stride", "Conv2d", minimum=1)
+        self.dilation = geometry.pair(dilation, "dilation", "Conv2d", minimum=1)
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
-                raise ValueError(f"Invalid padding string {padding!r}, should be one of "
-                                 "{'valid', 'same'}")
-            if padding == "same" and any(s != 1 for s in self.stride):
-                raise ValueError("padding='same' is not supported for strided convolutions")
+                raise ValueError(f"Conv2d: invalid padding string {padding!r}, should be one "
+                                 "of {'valid', 'same'}")
+            # raises for 'same' with a stride (PyTorch's rule), in the layer's name
+            geometry.conv_padding(padding, self.kernel_size, self.stride, self.dilation,
+                                  op="Conv2d")
             self.padding = padding
         else:
-            self.padding = pair(padding, "padding")
-        self.output_padding = (0, 0)
-        self.transposed = False
+            self.padding = geometry.pair(padding, "padding", "Conv2d", minimum=0)
         self.groups = int(groups)
         self.padding_mode = padding_mode
         dtype = np.dtype(dtype or np.float32)
@@ -83,33 +87,21 @@ class Conv2d(Module):
                 bound = 1 / math.sqrt(fan_in)
                 init.uniform_(self.bias, -bound, bound)
 
-    def _explicit_padding(self):
-        """((top, bottom), (left, right)) zero padding for the current ``padding``."""
-        if self.padding == "valid":
-            return ((0, 0), (0, 0))
-        if self.padding == "same":
-            out = []
-            for d, k in zip(self.dilation, self.kernel_size):
-                total = d * (k - 1)
-                out.append((total // 2, total - total // 2))
-            return tuple(out)
-        return tuple((p, p) for p in self.padding)
-
     def forward(self, input):  # noqa: A002
-        """input (N, C_in, H, W) or (C_in, H, W) -> (N, C_out, OH, OW) or (C_out, OH, OW)."""
+        """input (N, C_in, H, W) or (C_in, H, W) -> (N, C_out, OH, OW) or (C_out, OH, OW).
+
+        Checked here in the layer's own words: what only the layer knows (its parameters'
+        dtype, its in_channels). ``F.conv2d`` checks the rest; its errors are re-raised
+        with the layer's repr in place of ``conv2d: ``.
+        """
         check_float(self, input, self.weight)
         if input.ndim not in (3, 4) or input.shape[-3] != self.in_channels:
             raise shape_error(self, fmt_shape(("N", self.in_channels, "H", "W")), input)
-        for i, (lo, hi) in enumerate(self._explicit_padding()):
-            size = input.shape[-2 + i] + lo + hi
-            reach = self.dilation[i] * (self.kernel_size[i] - 1) + 1
-            if size < reach:
-                raise RuntimeError(
-                    f"{self!r}: input {input.shape} is too small: its padded "
-                    f"{'height' if i == 0 else 'width'} ({size}) is smaller than the "
-                    f"(dilated) kernel ({reach})")
-        return F.conv2d(input, self.weight, self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        try:
+            return F.conv2d(input, self.weight, self.bias, self.stride, self.padding,
+                            self.dilation, self.groups)
+        except (TypeError, ValueError) as exc:            # ShapeError is a ValueError
+            raise as_layer_error(exc, self, "conv2d") from None
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -1,5 +1,6 @@
-"""numba kernels behind ``conv_direct`` (imported only when used). Read ``conv_direct.py`` first:
-it defines the two layouts, the tap offsets and the shapes these kernels receive.
+"""numba kernels of the conv2d family's ``direct`` implementation (imported only when used).
+Read ``conv_direct.py`` first: it defines the two layouts, the tap offsets and the shapes
+these kernels receive.
 
 Every kernel sees a convolution as ``K = C*KH*KW`` *taps*: tap ``t = (c, kh, kw)`` is a
 weight column ``wm[:, t]`` (``wm = W.reshape(OC, K)``) and an offset ``off[t]`` into the
@@ -17,27 +18,26 @@ channels) and ``_dot4x4`` / ``_dot2x4`` / ``_dot1x4`` (the second, 4, 2 or 1 cha
 taps; ``_grad_weight_block`` picks one). The drivers below (``planar_*``, ``batchlast_*``)
 only compute offsets and loop over images or rows.
 
-Speed notes (2-core AMD EPYC Zen 4, one thread, float32, LeNet's shapes):
+How the loops are written, and why (``benchmarks/RESULTS.md`` has the measurements):
 
 * Register blocking. ``_axpy4`` reads 4 source runs once and updates 4 output runs with
   16 multiply-adds per element: the output runs stay in L1 and cost one load and one
-  store per 4 taps instead of per tap. LeNet's conv2 forward (batch-last): 4 channels x 4
-  taps per pass 0.65 ms, 1 channel x 4 taps 0.89, 1 channel x 1 tap 1.50. ``_dot4x4``
-  keeps 16 independent sums, which LLVM turns into 16 vector accumulators: 8 loads per
-  16 multiply-adds. At 0.65 ms the conv2 forward runs 37 G multiply-adds/s, near the 16
-  float32 FMAs per cycle a Zen 4 core issues.
+  store per 4 taps instead of per tap (4 channels x 4 taps per pass beat 1 x 4 and 1 x 1
+  clearly). ``_dot4x4`` keeps 16 independent sums, which LLVM turns into 16 vector
+  accumulators: 8 loads per 16 multiply-adds. The forward then runs near the core's peak
+  of float32 multiply-adds.
 * float32 stays float32: sums start from ``zero`` (an argument in the arrays' dtype);
-  ``gb[0] * 0`` is float64 in numba and turned the whole reduction into float64 (weight
-  gradient 2.5x slower). Unsigned flat indices (``_u``) and ``error_model='numpy'`` keep
-  the loops free of wraparound and division checks, ``fastmath=True`` lets LLVM
+  ``gb[0] * 0`` is float64 in numba and turned the whole reduction into float64 (a much
+  slower weight gradient). Unsigned flat indices (``_u``) and ``error_model='numpy'``
+  keep the loops free of wraparound and division checks, ``fastmath=True`` lets LLVM
   reassociate the sums into vector accumulators.
 * Threads: the loops over image chunks (planar), output rows and tap blocks
-  (batch-last) are ``prange`` loops compiled with ``parallel=NUMBA_PARALLEL`` (see
-  ``minidl/kernels/__init__.py``): serial, and cached on disk, by default. Each
-  iteration writes its own outputs (the planar weight gradient: one partial sum per
-  chunk, added by the caller), so the results do not depend on the schedule. The row
-  and tap-block ranges (r0, r1, b0, b1) also let ``conv_direct.set_threads`` run pieces
-  of one call on several Python threads (``nogil=True``).
+  (batch-last) are ``prange`` loops compiled through ``threads.jit``: serial, and cached
+  on disk, unless the threading policy (``kernels/threads.py``) asks for the parallel
+  build. Each iteration writes its own outputs (the planar weight gradient: one partial
+  sum per chunk, added by the caller), so the results do not depend on the schedule.
+  The row and tap-block ranges (r0, r1, b0, b1) also let ``conv_direct`` run pieces of
+  one call on several Python threads (``threads.set_python_threads``; ``nogil=True``).
 """
 from __future__ import annotations
 
@@ -45,18 +45,14 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import NUMBA_PARALLEL as PARALLEL
+from .threads import jit, njit_helper
 
 _u = numba.types.uintp  # unsigned index: no negative-index wraparound check in the loops
-
-_JIT = dict(parallel=PARALLEL, cache=not PARALLEL, fastmath=True, error_model="numpy",
-            nogil=True)
-_CORE = dict(cache=not PARALLEL, fastmath=True, error_model="numpy", nogil=True)
 
 
 # ----------------------------------------------------------------------------- cores
 
-@numba.njit(**_CORE)
+@njit_helper
 def _axpy4(acc, a, stride, src, base, off, wm, o, t0, t1, L):
     """acc[a + i*stride + p] += sum_t wm[o+i, t] * src[base + off[t] + p], i = 0..3, p < L,
     over the taps t0 <= t < t1."""
@@ -96,7 +92,7 @@ def _axpy4(acc, a, stride, src, base, off, wm, o, t0, t1, L):
         t += 1
 
 
-@numba.njit(**_CORE)
+@njit_helper
 def _axpy2(acc, a, stride, src, base, off, wm, o, t0, t1, L):
     """``_axpy4`` for 2 output channels."""
     a0 = a
@@ -127,7 +123,7 @@ def _axpy2(acc, a, stride, src, base, off, wm, o, t0, t1, L):
         t += 1
 
 
-@numba.njit(**_CORE)
+@njit_helper
 def _axpy1(acc, a, src, base, off, wm, o, t0, t1, L):
     """acc[a + p] += sum_t wm[o, t] * src[base + off[t] + p], p < L, t0 <= t < t1 (one
     output channel)."""
@@ -150,7 +146,7 @@ def _axpy1(acc, a, src, base, off, wm, o, t0, t1, L):
         t += 1
 
 
-@numba.njit(**_CORE)
+@njit_helper
 def _axpy_channels(acc, a, stride, src, base, off, wm, t0, t1, L):
     """``_axpy4`` over all rows of ``wm`` (the output channels): 4 at a time, then 2, 1."""
     OC = wm.shape[0]
@@ -165,7 +161,7 @@ def _axpy_channels(acc, a, stride, src, base, off, wm, t0, t1, L):
         _axpy1(acc, a + o * stride, src, base, off, wm, o, t0, t1, L)
 
 
-@numba.njit(**_CORE)
+@njit_helper
 def _dot4x4(g, a, stride, src, sa, sb, sc, sd, L, zero):
     """The 16 sums  sum_p g[a + i*stride + p] * src[s_j + p]  (i = 0..3, j = a..d, p < L)."""
     a0 = a
@@ -205,7 +201,7 @@ def _dot4x4(g, a, stride, src, sa, sb, sc, sd, L, zero):
             s2a, s2b, s2c, s2d, s3a, s3b, s3c, s3d)
 
 
-@numba.njit(**_CORE)
+@njit_helper
 def _dot2x4(g, a, stride, src, sa, sb, sc, sd, L, zero):
     """``_dot4x4`` for 2 channels: 8 sums."""
     a1 = a + stride
@@ -229,7 +225,7 @@ def _dot2x4(g, a, stride, src, sa, sb, sc, sd, L, zero):
     return s0a, s0b, s0c, s0d, s1a, s1b, s1c, s1d
 
 
-@numba.njit(**_CORE)
+@njit_helper
 def _dot1x4(g, a, src, sa, sb, sc, sd, L, zero):
     """The 4 sums  sum_p g[a + p] * src[s_j + p]  (j = a..d, p < L)."""
     s0 = s1 = s2 = s3 = zero
@@ -242,7 +238,7 @@ def _dot1x4(g, a, src, sa, sb, sc, sd, L, zero):
     return s0, s1, s2, s3
 
 
-@numba.njit(**_CORE)
+@njit_helper
 def _add_dots(gw, o, t, s, channels):
     """gw[o + i, t + j] += s[4*i + j] for i < channels and the taps t + j < K."""
     K = gw.shape[1]
@@ -252,7 +248,7 @@ def _add_dots(gw, o, t, s, channels):
                 gw[o + i, t + j] += s[4 * i + j]
 
 
-@numba.njit(**_CORE)
+@njit_helper
 def _grad_weight_block(g, a, stride, src, base, off, gw, o, t, L, zero):
     """gw[o + i, t + j] += sum_p g[a + i*stride + p] * src[base + off[t + j] + p], p < L, for
     4 taps (fewer at the end of the K taps) and 4 channels, or the 2 or 1 left at the end of
@@ -278,7 +274,7 @@ def _grad_weight_block(g, a, stride, src, base, off, gw, o, t, L, zero):
 # of which the columns ow >= OW are garbage (dropped when copied out) and cost
 # (W - OW) / OW extra work.
 
-@numba.njit(**_CORE)
+@njit_helper
 def _planar_forward_images(x, wm, b, y, off, n0, n1):
     N, C, H, W = x.shape
     OC, K = wm.shape
@@ -302,7 +298,7 @@ def _planar_forward_images(x, wm, b, y, off, n0, n1):
                     yf[_u(d + ow)] = acc[_u(s + ow)]
 
 
-@numba.njit(**_JIT)
+@jit
 def planar_forward(x, wm, b, y, off, chunks):
     """y (N, OC, OH, OW) = conv(x (N, C, H, W), wm (OC, K)) + b, images split in ``chunks``."""
     N = x.shape[0]
@@ -310,7 +306,7 @@ def planar_forward(x, wm, b, y, off, chunks):
         _planar_forward_images(x, wm, b, y, off, i * N // chunks, (i + 1) * N // chunks)
 
 
-@numba.njit(**_CORE)
+@njit_helper
 def _planar_grad_weight_images(x, gy, gw, gb, off, n0, n1, zero):
     N, C, H, W = x.shape
     OC, K = gw.shape
@@ -340,7 +336,7 @@ def _planar_grad_weight_images(x, gy, gw, gb, off, n0, n1, zero):
             o += done
 
 
-@numba.njit(**_JIT)
+@jit
 def planar_grad_weight(x, gy, gw, gb, off, zero):
     """gw (chunks, OC, K) and gb (chunks, OC): partial weight and bias gradients, one per
     chunk of images (the caller sums them; ``chunks`` = 1 when serial)."""
@@ -357,7 +353,7 @@ def planar_grad_weight(x, gy, gw, gb, off, zero):
 # xT (C, H, W, N): the batch is the innermost axis, so a row segment (w .. w+OW-1, all n)
 # is contiguous, M = OW*N long, and the same for every tap: no wasted columns, long loops.
 
-@numba.njit(**_JIT)
+@jit
 def batchlast_forward(xT, wm, b, yT, off, r0, r1):
     """yT (OC, OH, OW, N) = conv(xT (C, H, W, N), wm (OC, K)) + b, output rows r0 <= oh < r1,
     one at a time: row oh is a run of M = OW*N outputs per channel reading xT at
@@ -377,7 +373,7 @@ def batchlast_forward(xT, wm, b, yT, off, r0, r1):
         _axpy_channels(yf, oh * M, OH * M, xf, oh * W * N, off, wm, 0, K, M)
 
 
-@numba.njit(**_JIT)
+@jit
 def batchlast_grad_input(gyT, wm, gxT, off, KH, KW, PH0, PW0, r0, r1):
     """gxT (C, H, W, N) rows r0 <= i < r1 from gyT (OC, OH, OW, N): the forward's adjoint,
     as a gather.
@@ -412,7 +408,7 @@ def batchlast_grad_input(gyT, wm, gxT, off, KH, KW, PH0, PW0, r0, r1):
                            (kw * KH + kh_lo) * OC, (kw * KH + kh_hi) * OC, (ow1 - ow0) * N)
 
 
-@numba.njit(**_JIT)
+@jit
 def batchlast_grad_weight(xT, gyT, gw, gb, off, zero, b0, b1):
     """gw (OC, K) from xT (C, H, W, N) and gyT (OC, OH, OW, N): the columns of the tap
     blocks b0 <= tb < b1 (taps 4*tb .. 4*tb + 3), and gb (OC,) when b0 == 0."""

@@ -1,53 +1,45 @@
-"""numba kernels behind ``im2col`` / ``col2im`` (imported only when used: numba stays optional
-for everything outside ``minidl.kernels``).
+"""numba kernels of the im2col family (``kernels/im2col.py`` holds the reference, the
+column layout and the registration): ``im2col`` and ``col2im`` for float32/float64 NumPy
+arrays, compiled through ``threads.jit`` (imported only when used: numba stays optional).
 
-Shapes as in ``im2col.py``: x (N, C, H, W), col (C, KH, KW, N, OH, OW). The padding
-arguments are the top/left paddings PH0, PW0; bottom/right padding needs no argument
-(positions past the input read as zero, and OH, OW come from ``col``'s shape).
+Shapes as in ``im2col.py``: x (N, C, H, W), col (C, KH, KW, N, OH, OW), the geometry a
+``ConvGeometry``. The kernels take only the top/left paddings PH0, PW0: bottom/right
+padding needs no argument (positions past the input read as zero, and OH, OW come from
+``col``'s shape).
 
 Compilation: one specialisation per dtype (float32, float64) and kernel, C-contiguous
-arrays only (the callers guarantee it), cached on disk (``cache=True``): about 5 s cold
-for all four, well under a second for a later process.
+arrays only (the wrappers below guarantee it), cached on disk.
 
-Speed notes (measured on the 2-core EPYC dev machine, numbers in ms):
+How the loops are written, and why (``benchmarks/RESULTS.md`` has the measurements):
 
 * Flat indexing with unsigned indices. Views made inside the loops (``col[c, kh, kw, n]``)
   and signed indices (numba adds a negative-index wraparound check to each access, which
-  stops vectorisation) made the first version 5-10x slower than the NumPy reference;
-  with flat ``uintp`` indices im2col runs at 0.2 (LeNet conv1, 2 MB) to 18 (ResNet
-  64x56x56, 231 MB) against the reference's 0.5 to 44, and col2im at 0.3 to 18 against
-  1.2 to 60.
+  stops vectorisation) made a first version several times slower than the NumPy
+  reference.
 * The inner loop over ``ow`` is split into the part that reads the input and the parts
   that fall into the padding: a branch-free copy LLVM vectorises.
-* Serial by default. The loops are written with ``prange`` over the (channel, image)
-  planes (each iteration writes its own rows of ``col``, or its own image plane in
-  col2im: no atomics, deterministic), but compiled with ``parallel=False``. Alone, two
-  threads gained little (these kernels are memory-bound: 7.8 vs 9.4 on ResNet
-  256x28x28); next to the GEMMs they lost badly. OpenBLAS's worker thread spins for a
-  while after every product, and numba's OpenMP threads after every kernel, so each
-  library found one core taken by the other's spinning threads. conv2d forward+backward
-  with two BLAS threads, serial -> parallel kernels: LeNet conv1 2.3 -> 4.3, conv2
-  2.9 -> 5.5, ResNet 64x56x56 220 -> 240, 256x28x28 253 -> 269 (and worse, up to 4x,
-  when another process wants a core). Serial kernels leave both cores to BLAS for the
-  products, which is where the time goes.
-  ``MINIDL_NUMBA_PARALLEL=1`` (read at import) compiles them parallel instead, for
-  machines where that pays; those builds are not cached (numba's cache key ignores the
-  ``parallel`` flag, so the two builds would overwrite each other).
-* ``error_model='numpy'`` and ``fastmath=True`` drop checks that stop vectorisation.
+* The loops over the (channel, image) planes are ``prange`` loops: each iteration writes
+  its own rows of ``col`` (or its own image plane in col2im: no atomics, deterministic).
+  They run serially unless the threading policy (``kernels/threads.py``) asks for the
+  parallel build: these kernels are memory-bound, and next to the GEMMs parallel builds
+  lost (OpenBLAS's and numba's spinning threads took each other's cores).
+* ``error_model='numpy'`` and ``fastmath=True`` (``threads.jit``) drop checks that stop
+  vectorisation.
 """
 from __future__ import annotations
 
 import numba
+import numpy as np
 from numba import prange
+
+from .threads import jit
+
+__all__ = ["im2col", "col2im"]
 
 _u = numba.types.uintp  # an unsigned index: numba then skips the negative-index wraparound check
 
-# Serial by default, parallel prange loops with MINIDL_NUMBA_PARALLEL=1 (module docstring).
-from . import NUMBA_PARALLEL as PARALLEL  # noqa: E402
-_JIT = dict(parallel=PARALLEL, cache=not PARALLEL, fastmath=True, error_model="numpy",
-            nogil=True)
 
-
+# inline='always' (numba's own inliner, not LLVM's): the caller's loops see the bounds.
 @numba.njit(inline="always")
 def _valid_range(O, S, offset, L):
     """First and one-past-last ``o`` in [0, O) with ``0 <= o*S + offset < L``."""
@@ -64,8 +56,8 @@ def _valid_range(O, S, offset, L):
     return lo, hi
 
 
-@numba.njit(**_JIT)
-def im2col_kernel(x, col, SH, SW, PH0, PW0, DH, DW):
+@jit
+def _im2col_kernel(x, col, SH, SW, PH0, PW0, DH, DW):
     """col[c, kh, kw, n, oh, ow] = x[n, c, oh*SH + kh*DH - PH0, ow*SW + kw*DW - PW0] (0 outside)."""
     N, C, H, W = x.shape
     KH, KW, OH, OW = col.shape[1], col.shape[2], col.shape[4], col.shape[5]
@@ -101,8 +93,8 @@ def im2col_kernel(x, col, SH, SW, PH0, PW0, DH, DW):
                     cf[_u(i)] = 0
 
 
-@numba.njit(**_JIT)
-def col2im_kernel(col, img, SH, SW, PH0, PW0, DH, DW):
+@jit
+def _col2im_kernel(col, img, SH, SW, PH0, PW0, DH, DW):
     """img[n, c, ih, iw] = sum of col[c, kh, kw, n, oh, ow] over the windows that read (ih, iw)."""
     N, C, H, W = img.shape
     KH, KW, OH, OW = col.shape[1], col.shape[2], col.shape[4], col.shape[5]
@@ -130,3 +122,20 @@ def col2im_kernel(col, img, SH, SW, PH0, PW0, DH, DW):
                     else:
                         for ow in range(ow_lo, ow_hi):
                             xf[_u(d + ow * SW)] += cf[_u(s + ow)]
+
+
+def im2col(x, geo, out=None):
+    """x (N, C, H, W) -> col (C, KH, KW, N, OH, OW), into ``out`` when given (a checked,
+    C-contiguous array of x's dtype: ``im2col.im2col`` checks it)."""
+    x = np.ascontiguousarray(x)
+    col = np.empty(geo.col_shape, dtype=x.dtype) if out is None else out
+    _im2col_kernel(x, col, geo.SH, geo.SW, geo.PH0, geo.PW0, geo.DH, geo.DW, size=col.size)
+    return col
+
+
+def col2im(col, geo):
+    """col (C, KH, KW, N, OH, OW) -> img (N, C, H, W), the adjoint of ``im2col``."""
+    col = np.ascontiguousarray(col)
+    img = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=col.dtype)
+    _col2im_kernel(col, img, geo.SH, geo.SW, geo.PH0, geo.PW0, geo.DH, geo.DW, size=col.size)
+    return img

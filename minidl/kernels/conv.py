@@ -1,0 +1,232 @@
+"""The conv2d kernel family: the forward pass and the gradients of a 2-D convolution, and the
+CPU memory policy around them. ``ops/conv.py`` holds the formulas; this module computes them.
+
+Shape letters (``minidl/geometry.py``'s ``ConvGeometry`` holds them)::
+
+    N   batch size            C   input channels         OC  output channels
+    H, W    input size        KH, KW  kernel size        G   groups
+    OH, OW  output size       Cg = C / G,  OCg = OC / G,  K = Cg * KH * KW (one window)
+    L = N * OH * OW           (one column of the unfolded input per output position)
+
+Entry points (every implementation has them, with the same arguments)::
+
+    forward(x, w, b, geo, keep_for_backward)  -> y (N, OC, OH, OW), saved
+    grad_output(gy, geo, products)            -> g: gy as the gradient kernels read it
+    grad_weight(g, saved, geo, need_b)        -> gw (OC, Cg, KH, KW), gb (OC,) or None
+    grad_input(g, w, geo)                     -> gx (N, C, H, W)
+    grad_bias(g, geo)                         -> gb (OC,)  (when no weight gradient is wanted)
+
+``saved`` is what the weight gradient needs, or None inside when ``keep_for_backward`` is
+False; ``products`` says whether grad_weight or grad_input will run.
+
+Implementations (``minidl.kernels.registry`` chooses; ``use_impl`` forces one):
+
+* ``reference``: im2col -> GEMM -> col2im, the formulas of ``ops/conv.py``'s
+  ``Conv2dFunction`` (the im2col calls go through the im2col family: numba or CUDA kernels
+  where they apply). Any device, dtype and geometry.
+* ``direct`` (``conv_direct.py``): direct-convolution numba kernels, for small channel
+  counts on the CPU: NumPy float32/float64, stride 1, dilation 1, groups 1, and (unless
+  forced with ``use_impl('direct', family='conv2d')``) ``C*KH*KW <= DIRECT_MAX_K`` and
+  ``OC <= DIRECT_MAX_OC``: LeNet's layers. There im2col + GEMM spends its time copying
+  KH*KW shifted copies of the input and in products too thin for BLAS.
+
+CPU memory policy (the reference's): ``col`` is KH*KW times the size of x. Forward keeps it
+for the weight gradient only when it is at most ``KEEP_COL_BYTES`` (16 MiB: the LeNet
+layers, sparing backward one im2col); larger ones are unfolded again in backward (KH*KW
+copies of every layer's input would not fit in memory). A ``col`` that is not kept, and
+``dL/dcol``, live in a reused per-thread scratch buffer (``_Scratch``).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..backend import get_array_module
+from . import registry
+from .im2col import col2im, im2col
+
+__all__ = ["CONV2D", "KEEP_COL_BYTES", "keep_col_bytes", "release_scratch", "direct_can_run",
+           "direct_pays", "DIRECT_MAX_K", "DIRECT_MAX_OC"]
+
+
+# ----------------------------------------------------------------------------- scratch
+
+class _Scratch(threading.local):
+    """Per-thread reusable buffers (one per dtype) for the unfolded matrices.
+
+    ``col`` and its gradient live only inside one forward or backward call and are KH*KW
+    times the size of the input. A fresh NumPy array that large comes straight from the
+    kernel, and its page faults on first touch cost about as much as filling it, so the
+    CPU path reuses one buffer, grown to the largest size seen. On the GPU, CuPy's memory
+    pool already reuses blocks.
+    """
+
+    def __init__(self):
+        self.buffers = {}
+
+
+_SCRATCH = _Scratch()
+
+
+def _scratch(xp, shape, dtype):
+    """An uninitialised C-contiguous array of ``shape``; on the CPU a view of the scratch
+    buffer, valid until the next call (never let it escape the kernel)."""
+    if xp is not np:
+        return xp.empty(shape, dtype=dtype)
+    n = math.prod(shape)
+    buf = _SCRATCH.buffers.get(dtype)
+    if buf is None or buf.size < n:
+        _SCRATCH.buffers.pop(dtype, None)  # free the old buffer before allocating the new
+        buf = _SCRATCH.buffers[dtype] = np.empty(n, dtype=dtype)
+    return buf[:n].reshape(shape)
+
+
+def release_scratch():
+    """Free this thread's scratch buffers (they otherwise stay as large as the largest
+    unfolded input seen)."""
+    _SCRATCH.buffers.clear()
+
+
+# Unfolded inputs up to this size are kept from forward for the weight gradient (sparing
+# backward one im2col); larger ones are unfolded again in backward.
+KEEP_COL_BYTES = 16 * 2**20
+
+
+class keep_col_bytes:  # noqa: N801 - used like a function, as torch.set_grad_enabled
+    """Set ``KEEP_COL_BYTES`` (0: always unfold again in backward; a huge value: always
+    keep ``col``); undone at the end of a ``with`` block when used as one. Tests use it
+    to run both paths on small inputs."""
+
+    def __init__(self, limit):
+        global KEEP_COL_BYTES
+        self._previous = KEEP_COL_BYTES
+        KEEP_COL_BYTES = int(limit)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        global KEEP_COL_BYTES
+        KEEP_COL_BYTES = self._previous
+        return False
+
+
+# ----------------------------------------------------------------------------- reference
+
+def forward(x, w, b, geo, keep_for_backward=True):
+    """y (N, OC, OH, OW) = conv2d(x, w) + b as im2col -> one GEMM per group; and ``saved``:
+    ``('col', col)`` when the unfolded input is kept for the weight gradient (small),
+    ``('x', x)`` when backward must unfold x again, ``('x', None)`` when no weight
+    gradient is wanted (``keep_for_backward`` False).
+
+        col = im2col(x)                      (C, KH, KW, N, OH, OW) -> (G, K, L)
+        Y   = Wm @ col                       (G, OCg, L) == (OC, N, OH*OW)
+        y   = Y.transpose(1, 0, 2) + b       (N, OC, OH*OW), one pass
+    """
+    xp = get_array_module(x, w)
+    G, OC, N, OH, OW = geo.G, geo.OC, geo.N, geo.OH, geo.OW
+    OCg, K, L = OC // G, (geo.C // G) * geo.KH * geo.KW, N * OH * OW
+    keep_col = keep_for_backward and math.prod(geo.col_shape) * x.dtype.itemsize <= KEEP_COL_BYTES
+    col = im2col(x, geo, out=None if keep_col else _scratch(xp, geo.col_shape, x.dtype))
+    Y = xp.matmul(w.reshape(G, OCg, K), col.reshape(G, K, L))    # (G, OCg, L)
+    Yt = Y.reshape(OC, N, OH * OW).transpose(1, 0, 2)            # (N, OC, OH*OW), a view
+    y = xp.empty((N, OC, OH * OW), dtype=Y.dtype)
+    if b is not None:
+        xp.add(Yt, b.reshape(OC, 1), out=y)                      # transpose and bias in one pass
+    else:
+        y[...] = Yt
+    if keep_col:
+        return y.reshape(N, OC, OH, OW), ("col", col)
+    return y.reshape(N, OC, OH, OW), ("x", x if keep_for_backward else None)
+
+
+def grad_output(gy, geo, products=True):
+    """gy (N, OC, OH, OW) and, when ``products`` (a weight or input gradient will be
+    computed), gY = dL/dY in the product's layout (G, OCg, L): one transposed copy, shared."""
+    gY = None
+    if products:
+        xp = get_array_module(gy)
+        gY = xp.ascontiguousarray(gy.reshape(geo.N, geo.OC, geo.OH * geo.OW).transpose(1, 0, 2))
+        gY = gY.reshape(geo.G, geo.OC // geo.G, geo.N * geo.OH * geo.OW)
+    return SimpleNamespace(gy=gy, gY=gY)
+
+
+def grad_weight(g, saved, geo, need_b=True):
+    """gw (OC, Cg, KH, KW) = gY @ col^T per group, and gb (OC,) = gY summed over L (None
+    unless ``need_b``).
+
+    Computed as (col @ gY^T)^T: the same product, but BLAS is faster with the long L axis
+    as the inner dimension of the left operand (``benchmarks/RESULTS.md``).
+    """
+    xp = get_array_module(g.gY)
+    G, OC = geo.G, geo.OC
+    Cg, K, L = geo.C // G, (geo.C // G) * geo.KH * geo.KW, geo.N * geo.OH * geo.OW
+    kind, kept = saved
+    if kind == "col":
+        col = kept
+    else:                                                         # unfold again
+        col = im2col(kept, geo, out=_scratch(xp, geo.col_shape, kept.dtype))
+    gwT = xp.matmul(col.reshape(G, K, L), g.gY.transpose(0, 2, 1))       # (G, K, OCg)
+    gw = gwT.transpose(0, 2, 1).reshape(OC, Cg, geo.KH, geo.KW)         # small copy
+    return gw, (grad_bias(g, geo) if need_b else None)
+
+
+def grad_input(g, w, geo):
+    """gx (N, C, H, W) = col2im(dcol), dcol = Wm^T @ gY (G, K, L), in the scratch buffer."""
+    xp = get_array_module(g.gY)
+    G, OC = geo.G, geo.OC
+    K, L = (geo.C // G) * geo.KH * geo.KW, geo.N * geo.OH * geo.OW
+    wm = w.reshape(G, OC // G, K)
+    gcol = xp.matmul(wm.transpose(0, 2, 1), g.gY, out=_scratch(xp, (G, K, L), g.gY.dtype))
+    return col2im(gcol.reshape(geo.col_shape), geo)
+
+
+def grad_bias(g, geo):
+    """gb (OC,): the sum of dL/dy over (N, OH, OW), from gY when it was made."""
+    if g.gY is not None:
+        return g.gY.sum(axis=2).reshape(geo.OC)
+    return g.gy.sum(axis=(0, 2, 3))
+
+
+# ----------------------------------------------------------------------------- direct
+
+# The direct kernels beat im2col + GEMM below these sizes (``benchmarks/RESULTS.md``:
+# forward + backward, direct time / im2col time over a dozen shapes); above them the
+# products have enough rows for BLAS.
+DIRECT_MAX_K = 400          # C * KH * KW, the length of one window
+DIRECT_MAX_OC = 32          # output channels
+
+
+def direct_can_run(x, w, geo):
+    """Whether the direct kernels can compute this convolution at all: NumPy arrays of one
+    float dtype (float32/float64), stride 1, dilation 1, groups 1."""
+    return (geo.G == 1 and geo.stride == (1, 1) and geo.dilation == (1, 1)
+            and type(x) is np.ndarray and type(w) is np.ndarray
+            and x.dtype in registry.FAST_DTYPES and w.dtype == x.dtype)
+
+
+def direct_pays(geo):
+    """Whether the direct kernels are faster than im2col + GEMM here: small channel counts,
+    C*KH*KW <= DIRECT_MAX_K (400) and OC <= DIRECT_MAX_OC (32). With more output channels
+    the GEMM has enough rows for BLAS."""
+    return geo.C * geo.KH * geo.KW <= DIRECT_MAX_K and geo.OC <= DIRECT_MAX_OC
+
+
+def _direct_supports(x, w, *, geo, **_facts):
+    """``direct`` takes a call it can run, when it pays, or at any size when it is forced
+    (``use_impl('direct')``: for comparisons and tests)."""
+    if not direct_can_run(x, w, geo):
+        return False
+    forced = registry.forced()
+    return direct_pays(geo) or "direct" in (forced.get("conv2d"), forced.get(None))
+
+
+CONV2D = registry.family("conv2d", __doc__, preference=("direct",))
+CONV2D.register("reference", lambda: SimpleNamespace(
+    forward=forward, grad_output=grad_output, grad_weight=grad_weight, grad_input=grad_input,
+    grad_bias=grad_bias))
+CONV2D.register("direct", registry.numba_module("minidl.kernels.conv_direct"), device="cpu",
+                supports=_direct_supports)
