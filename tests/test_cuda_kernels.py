@@ -21,7 +21,7 @@ from helpers import check_op, distinct
 from minidl import backend, geometry
 from minidl.kernels import batchnorm as KB
 from minidl.kernels import batchnorm_reference as KBR
-from minidl.kernels import conv_direct
+from minidl.geometry import ConvGeometry
 from minidl.kernels import cuda_kernels as CK
 from minidl.kernels import im2col as KI
 from minidl.kernels import pool as KP
@@ -74,35 +74,49 @@ CONV_GEOMETRIES = [  # (N, C, H, W), (KH, KW), (SH, SW), (PH, PW), (DH, DW)
 ]
 
 
+def _geo(shape, k, s=(1, 1), p=(0, 0), d=(1, 1)):
+    """The ConvGeometry of im2col on ``shape`` (one output channel: im2col ignores OC)."""
+    pads = tuple(q if isinstance(q, tuple) else (q, q) for q in p)
+    return ConvGeometry.of(shape, (1, shape[1], *k), s, pads, d)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,k,s,p,d", CONV_GEOMETRIES)
-def test_im2col_and_col2im_match_the_reference(where, rng, dtype, shape, k, s, p, d):
+def test_im2col_and_col2im_match_the_reference(where, rng, dtype, shape, k, s, p, d, use_impl):
+    g = _geo(shape, k, s, p, d)
     x = rng.standard_normal(shape).astype(dtype)
-    ref = KI.im2col_reference(x, *k, *s, *p, *d)
-    col = KI.im2col(where(x), *k, *s, *p, *d, impl="cuda")
+    ref = KI.im2col_reference(x, g)
+    use_impl("cuda", family="im2col")
+    with K.decisions() as log:
+        col = KI.im2col(where(x), g)
+    assert log == [("im2col", "cuda")]
     assert col.shape == ref.shape and col.dtype == ref.dtype
     close(col, ref, dtype, "im2col")
     c = rng.standard_normal(ref.shape).astype(dtype)
-    img_ref = KI.col2im_reference(c, shape[2], shape[3], *s, *p, *d)
-    img = KI.col2im(where(c), shape[2], shape[3], *s, *p, *d, impl="cuda")
+    img_ref = KI.col2im_reference(c, g)
+    img = KI.col2im(where(c), g)
     assert img.shape == shape
     close(img, img_ref, dtype, "col2im")
 
 
-def test_im2col_fills_a_given_buffer(where, rng):
+def test_im2col_fills_a_given_buffer(where, rng, use_impl):
     x = rng.standard_normal((2, 3, 6, 5))
+    g = _geo(x.shape, (3, 3))
     out = where(np.full((3, 3, 3, 2, 4, 3), np.nan))
-    col = KI.im2col(where(x), 3, 3, out=out, impl="cuda")
+    use_impl("cuda", family="im2col")
+    col = KI.im2col(where(x), g, out=out)
     assert col is out
-    close(out, KI.im2col_reference(x, 3, 3), np.float64)
+    close(out, KI.im2col_reference(x, g), np.float64)
 
 
-def test_col2im_is_deterministic(where, rng):
+def test_col2im_is_deterministic(where, rng, use_impl):
     """Gather, no atomics: the same bits every run (overlapping 3x3 windows)."""
+    g = _geo((2, 4, 8, 8), (3, 3), p=(1, 1))
     c = where(rng.standard_normal((4, 3, 3, 2, 8, 8)).astype(np.float32))
-    first = host(KI.col2im(c, 8, 8, 1, 1, 1, 1, impl="cuda"))
+    use_impl("cuda", family="im2col")
+    first = host(KI.col2im(c, g))
     for _ in range(3):
-        assert np.array_equal(host(KI.col2im(c, 8, 8, 1, 1, 1, 1, impl="cuda")), first)
+        assert np.array_equal(host(KI.col2im(c, g)), first)
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -226,8 +240,8 @@ def test_cross_entropy_backward_kernel(where, rng, dtype, reduction):
 
 
 # ----------------------------------------------------------------------------- whole ops
-# The ops routed through the emulated CUDA kernels (force_impl('cuda') for the families
-# with a switch; tanh and cross-entropy take them whenever they apply), forward and
+# The ops routed through the emulated CUDA kernels (``use_impl('cuda')`` for every family
+# that has them, the im2col path for conv2d), forward and
 # backward against PyTorch in float64/float32 and gradcheck, as the op tests do: this
 # checks how the ops call the kernels. On a GPU the op tests themselves run on 'cuda'
 # (their ``device`` parametrisation) and take these kernels by default.
@@ -235,7 +249,7 @@ def test_cross_entropy_backward_kernel(where, rng, dtype, reduction):
 @pytest.fixture
 def cuda_paths(emulated):
     """Every kernel family on its CUDA path (im2col convolution, not the direct CPU one)."""
-    with KI.force_impl("cuda"), K.use_impl("cuda"), conv_direct.force_impl("im2col"):
+    with K.use_impl("cuda"), K.use_impl("reference", family="conv2d"):
         yield
 
 
@@ -285,4 +299,5 @@ def test_the_kernels_are_not_used_for_numpy_arrays_outside_the_emulator(rng):
     x = rng.standard_normal((2, 2, 4, 4))
     assert not CK.available(x)
     assert K.which("pool", x) == "numba"
-    assert KI._switch.choose(x.astype(np.int64), None, "t") == "numpy"
+    assert K.which("im2col", x.astype(np.int64)) == "reference"
+    assert K.which("im2col", x) == "numba"

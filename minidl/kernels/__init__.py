@@ -21,15 +21,10 @@ __all__ = ["use_impl", "which", "families", "forced", "decisions", "numba_availa
 
 # The modules that register a family (imported by ``families()`` / ``use_impl``; the ops
 # import the ones they use anyway).
-FAMILY_MODULES = ("activation", "batchnorm", "loss", "pool")
+FAMILY_MODULES = ("activation", "batchnorm", "conv", "im2col", "loss", "pool")
 
 
 def _load_all():
     for name in FAMILY_MODULES:
         importlib.import_module(f"{__name__}.{name}")
 
-
-# Transitional: the families not yet moved to ``threads`` read this (to be removed).
-from .threads import parallel as _parallel  # noqa: E402
-
-NUMBA_PARALLEL = _parallel()
