@@ -86,6 +86,15 @@ def test_unavailable_implementation_is_skipped_then_explained(toy):
         toy.impls["fast"].code
 
 
+def test_pays_rules_the_automatic_choice_only(toy):
+    f32 = np.zeros(2, np.float32)
+    toy.impls["fast"].pays = lambda a, big=False: a.size > 1
+    assert toy.choose(f32).name == "fast"
+    assert toy.choose(np.zeros(1, np.float32)).name == "reference"   # runs, does not pay
+    with K.use_impl("fast", family="toy"):                            # forced: can run
+        assert toy.choose(np.zeros(1, np.float32)).name == "fast"
+
+
 def test_errors_name_the_choices(toy):
     with pytest.raises(ValueError, match="use_impl: impl must be one of .*reference"):
         K.use_impl("fastest")

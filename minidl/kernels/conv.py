@@ -215,18 +215,10 @@ def direct_pays(geo):
     return geo.C * geo.KH * geo.KW <= DIRECT_MAX_K and geo.OC <= DIRECT_MAX_OC
 
 
-def _direct_supports(x, w, *, geo, **_facts):
-    """``direct`` takes a call it can run, when it pays, or at any size when it is forced
-    (``use_impl('direct')``: for comparisons and tests)."""
-    if not direct_can_run(x, w, geo):
-        return False
-    forced = registry.forced()
-    return direct_pays(geo) or "direct" in (forced.get("conv2d"), forced.get(None))
-
-
 CONV2D = registry.family("conv2d", __doc__, preference=("direct",))
 CONV2D.register("reference", lambda: SimpleNamespace(
     forward=forward, grad_output=grad_output, grad_weight=grad_weight, grad_input=grad_input,
     grad_bias=grad_bias))
 CONV2D.register("direct", registry.numba_module("minidl.kernels.conv_direct"), device="cpu",
-                supports=_direct_supports)
+                supports=lambda x, w, *, geo, **_: direct_can_run(x, w, geo),
+                pays=lambda x, w, *, geo, **_: direct_pays(geo))

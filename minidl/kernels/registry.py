@@ -17,7 +17,8 @@ How a call is decided (``Family.choose``)::
        if the family has it and it can run this call;
     2. otherwise the first implementation, in the family's order of preference, that is
        meant for the arrays' device ('cpu' or 'cuda'), that can run this call (its
-       ``supports`` test: dtype, sizes, ...) and whose code loads (numba imports);
+       ``supports`` test: dtype, sizes, ...), that pays here (its ``pays`` test, e.g. the
+       direct convolution only for small channel counts) and whose code loads;
     3. the reference, which runs everything.
 
 A forced implementation that cannot run a call (numba on a GPU array, float16, a window
@@ -115,12 +116,13 @@ class Implementation:
     """One named implementation of a family: where its code comes from, which device it is
     meant for, and which calls it can run."""
 
-    def __init__(self, family, name, load, device, supports, doc):
+    def __init__(self, family, name, load, device, supports, pays, doc):
         self.family = family
         self.name = name
         self._load = load
         self.device = device            # 'cpu', 'cuda' or None (any: the reference)
-        self.supports = supports        # supports(*arrays, **facts) -> bool
+        self.supports = supports        # supports(*arrays, **facts) -> bool: can it run?
+        self.pays = pays                # pays(*arrays, **facts) -> bool: automatic choice?
         self.doc = doc
         self._code = None
         self._error = None
@@ -161,16 +163,19 @@ class Family:
         self.impls = {}
         self._by_device = {}
 
-    def register(self, name, load, *, device=None, supports=None, doc=""):
+    def register(self, name, load, *, device=None, supports=None, pays=None, doc=""):
         """Register implementation ``name``. load() returns its functions (a module, or a
         namespace); device: 'cpu', 'cuda' or None (any); supports(*arrays, **facts):
-        whether it can run a call (default: float32/float64 arrays on ``device``)."""
+        whether it can run a call (default: float32/float64 arrays on ``device``);
+        pays(*arrays, **facts): whether the automatic choice should take it for a call it
+        can run (default: always). ``use_impl`` asks ``supports`` only."""
         if name in self.impls:
             raise ValueError(f"kernel registry: {self.name} already has an implementation "
                              f"named {name!r}")
         if supports is None:
             supports = floats_on(device) if device else (lambda *a, **k: True)
-        self.impls[name] = Implementation(self, name, load, device, supports, doc)
+        self.impls[name] = Implementation(self, name, load, device, supports,
+                                          pays or (lambda *a, **k: True), doc)
         self._by_device.clear()
         return self.impls[name]
 
@@ -190,7 +195,8 @@ class Family:
         else:
             impl = self.impls[REFERENCE]
             for candidate in self._automatic(_device_of(arrays)):
-                if candidate.supports(*arrays, **facts) and candidate.loads():
+                if candidate.supports(*arrays, **facts) and candidate.pays(*arrays, **facts) \
+                        and candidate.loads():
                     impl = candidate
                     break
         if _log is not None:
