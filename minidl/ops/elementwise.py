@@ -6,12 +6,9 @@ no gradient.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .. import backend
 from ..autograd import Function, Tensor
-from ..errors import ShapeError
-from .utils import as_tensor, unbroadcast
+from .utils import as_tensor, check_broadcast, unbroadcast
 
 
 # --- binary arithmetic ------------------------------------------------------------------
@@ -150,12 +147,8 @@ def _as_operands(a, b, op):
         b = as_tensor(b, a)
     else:
         a = as_tensor(a, b)
-    if a.shape != b.shape:
-        try:
-            np.broadcast_shapes(a.shape, b.shape)
-        except ValueError:
-            raise ShapeError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast (each "
-                             f"dim, aligned from the right, must be equal or 1)") from None
+    check_broadcast(a.shape, b.shape, f"{op}: shapes {a.shape} and {b.shape} do not broadcast "
+                    f"(each dim, aligned from the right, must be equal or 1)")
     if a.dtype.kind in "iub" and b.dtype.kind == "f":
         a = a.to(b.dtype)
     elif b.dtype.kind in "iub" and a.dtype.kind == "f":

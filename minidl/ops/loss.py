@@ -43,7 +43,7 @@ from ..autograd import Function, Tensor, is_grad_enabled
 from ..errors import ShapeError
 from ..kernels.loss import CROSS_ENTROPY
 from .shape import reshape
-from .utils import unbroadcast
+from .utils import check_broadcast, unbroadcast
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -415,11 +415,8 @@ def mse_loss(input, target, reduction="mean"):  # noqa: A002
         raise TypeError(f"{name}: input and target dtypes differ ({input.dtype} and "
                         f"{target.dtype}); convert one with .float() or .double()")
     if input.shape != target.shape:
-        try:
-            np.broadcast_shapes(input.shape, target.shape)
-        except ValueError:
-            raise ShapeError(f"{name}: input of shape {input.shape} and target of shape "
-                             f"{target.shape} do not broadcast") from None
+        check_broadcast(input.shape, target.shape, f"{name}: input of shape {input.shape} and "
+                        f"target of shape {target.shape} do not broadcast")
         warnings.warn(f"{name}: target of shape {target.shape} differs from input of shape "
                       f"{input.shape}; they are broadcast, which is likely wrong",
                       UserWarning, stacklevel=2)

@@ -5,6 +5,17 @@ import numpy as np
 
 from .. import backend
 from ..autograd import DEFAULT_FLOAT, Tensor
+from ..errors import ShapeError
+
+
+def check_broadcast(shape_a, shape_b, message):
+    """Raise ``ShapeError(message)`` unless the two shapes broadcast (each dim, aligned from
+    the right, equal or 1). NumPy's own error names neither the op nor the arguments."""
+    if shape_a != shape_b:
+        try:
+            np.broadcast_shapes(shape_a, shape_b)
+        except ValueError:
+            raise ShapeError(message) from None
 
 
 def unbroadcast(grad, shape):
