@@ -115,3 +115,15 @@ def test_kaiming_errors():
         init.kaiming_uniform_(minidl.zeros(3, 3), mode="fan_avg")
     with pytest.warns(UserWarning, match="zero-element"):
         init.kaiming_uniform_(minidl.zeros(0, 3))
+
+
+def test_skip_random_fills_leaves_tensors_alone():
+    w = minidl.zeros(4, 5)
+    with init.skip_random_fills():
+        init.kaiming_uniform_(w)
+        init.normal_(w)
+        init.trunc_normal_(w)
+        init.constant_(w[0:0], 1.0)        # deterministic fills still run
+    assert (w.numpy() == 0).all()
+    init.normal_(w)                         # and random ones run again after the block
+    assert (w.numpy() != 0).any()

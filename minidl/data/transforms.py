@@ -437,8 +437,8 @@ def _padding(padding):
     return p
 
 
-_PAD_MODES = {"constant": "constant", "edge": "edge", "reflect": "reflect",
-              "symmetric": "symmetric"}
+# torchvision's names, which are also the array libraries' np.pad modes
+_PAD_MODES = ("constant", "edge", "reflect", "symmetric")
 
 
 def pad(x, padding, fill=0, padding_mode="constant"):
@@ -457,7 +457,7 @@ def pad(x, padding, fill=0, padding_mode="constant"):
         out[..., top:top + h, left:left + w] = arr
     else:
         width = [(0, 0)] * (arr.ndim - 2) + [(top, bottom), (left, right)]
-        out = xp.pad(arr, width, mode=_PAD_MODES[padding_mode])
+        out = xp.pad(arr, width, mode=padding_mode)
     return _wrap(out, was_tensor)
 
 

@@ -14,7 +14,7 @@ tanh in float32 is a rational function of x (Eigen's ``generic_fast_tanh_float``
 Its relative error is below 3e-7 (4.8 float32 ulp; measured against float64 tanh on 2e7
 points in [-12, 12] and 1e6 log-spaced down to 1e-30), against 1.1e-7 for NumPy's.
 Written as plain arithmetic it vectorises; ``np.tanh`` inside numba calls libm's tanhf
-one element at a time (57x slower) and NumPy's own SIMD tanh is 1.3x slower. NaN stays
+one element at a time, and NumPy's own SIMD tanh is slower too (RESULTS.md). NaN stays
 NaN (the clamp is two comparisons that a NaN fails, and ``fastmath`` here leaves out the
 no-NaN/no-inf assumptions).
 

@@ -320,7 +320,7 @@ def _planar_grad_weight_images(x, gy, gw, gb, off, n0, n1, zero):
         for o in range(OC):
             a = (n * OC + o) * OH * OW             # the plane gy[n, o]
             s = zero
-            for i in range(OH * OW):               # (a separate loop: 1.5x faster than
+            for i in range(OH * OW):               # (a separate loop: faster than
                 s += gyf[_u(a + i)]                # summing inside the copy below)
             gb[o] += s
             for oh in range(OH):

@@ -29,6 +29,7 @@ from .mobilenet import (Conv2dNormActivation, DepthwiseSeparableConv2d, Inverted
                         MobileNetV1, MobileNetV2, ReLU6, mobilenet_v1, mobilenet_v2)
 from .resnet import (BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101,
                      resnet152)
+from ..nn import init
 from .vgg import (VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn)
 
 __all__ = ["LeNet5", "lenet5", "AlexNet", "alexnet", "VGG", "vgg11", "vgg11_bn", "vgg13",
@@ -47,19 +48,9 @@ def uninitialized():
     ``summary`` needs: building VGG-19 normally draws 143 M random numbers (seconds).
     Not for training: load a ``state_dict`` into such a model, or re-initialise it.
 
-    It replaces the random fills of ``minidl.nn.init`` (every ``*_uniform_``,
-    ``*_normal_`` and ``trunc_normal_``) by no-ops while the block runs; not thread-safe.
+    The random fills of ``minidl.nn.init`` (every ``*_uniform_``, ``*_normal_`` and
+    ``trunc_normal_``) do nothing while the block runs (``init.skip_random_fills``); not
+    thread-safe.
     """
-    from ..nn import init
-
-    def skip(tensor, *args, **kwargs):
-        return tensor
-
-    saved = {name: getattr(init, name) for name in ("_fill", "trunc_normal_")}
-    try:
-        init._fill = skip
-        init.trunc_normal_ = skip
+    with init.skip_random_fills():
         yield
-    finally:
-        for name, fn in saved.items():
-            setattr(init, name, fn)

@@ -7,6 +7,7 @@ Fans: for a weight of shape (OUT, IN, *kernel), ``fan_in = IN * prod(kernel)`` a
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -67,10 +68,29 @@ def _calculate_correct_fan(tensor, mode):
     return fan_in if mode == "fan_in" else fan_out
 
 
+_skip_random = False   # set by skip_random_fills()
+
+
+@contextlib.contextmanager
+def skip_random_fills():
+    """``with skip_random_fills():`` every random fill of this module (``*_uniform_``,
+    ``*_normal_``, ``trunc_normal_``) leaves its tensor as it is: building a large model
+    only to count its parameters need not draw millions of numbers
+    (``minidl.models.uninitialized`` uses it). Not thread-safe."""
+    global _skip_random
+    previous, _skip_random = _skip_random, True
+    try:
+        yield
+    finally:
+        _skip_random = previous
+
+
 def _fill(tensor, kind, **kw):
     """Write fresh samples into ``tensor``'s array in place (drawn on the host, moved)."""
     if not isinstance(tensor, Tensor):
         raise TypeError(f"init: expected a minidl Tensor, got {type(tensor).__name__}")
+    if _skip_random:
+        return tensor
     with no_grad():
         arr = random.random_array(kind, tensor.shape, tensor.dtype, device=tensor.device, **kw)
         tensor.data[...] = arr
@@ -89,6 +109,8 @@ def normal_(tensor, mean=0.0, std=1.0):
 
 def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
     """Fill with N(mean, std^2) samples redrawn until they fall in [a, b]."""
+    if _skip_random:
+        return tensor
     g = random.generator()
     n = tensor.numel()
     out = np.empty(0)
