@@ -196,6 +196,13 @@ class ConvGeometry(NamedTuple):
         """(H + PH0 + PH1, W + PW0 + PW1)."""
         return self.H + self.PH0 + self.PH1, self.W + self.PW0 + self.PW1
 
+    @property
+    def canvas_hw(self):
+        """(HP, WP): the input with its top/left padding, extended at the bottom/right to
+        every position a window touches (col2im adds into it, then crops the input out)."""
+        return (max(self.PH0 + self.H, self.SH * (self.OH - 1) + self.reach[0]),
+                max(self.PW0 + self.W, self.SW * (self.OW - 1) + self.reach[1]))
+
     def fits(self):
         """Whether the dilated kernel fits the padded input (OH, OW >= 1)."""
         return self.OH >= 1 and self.OW >= 1
@@ -224,11 +231,16 @@ class Window2d(NamedTuple):
         return self.KH * self.KW
 
     @property
+    def reach(self):
+        """(height, width) the dilated window spans: D*(K-1) + 1."""
+        return self.DH * (self.KH - 1) + 1, self.DW * (self.KW - 1) + 1
+
+    @property
     def padded_hw(self):
         """(HP, WP): the input plus padding, extended at the bottom/right when a ceil_mode
         window runs past the padded edge, so every tap of every window is inside."""
-        HP = max(self.H + 2 * self.PH, (self.OH - 1) * self.SH + (self.KH - 1) * self.DH + 1)
-        WP = max(self.W + 2 * self.PW, (self.OW - 1) * self.SW + (self.KW - 1) * self.DW + 1)
+        HP = max(self.H + 2 * self.PH, (self.OH - 1) * self.SH + self.reach[0])
+        WP = max(self.W + 2 * self.PW, (self.OW - 1) * self.SW + self.reach[1])
         return HP, WP
 
     def needs_padding(self):

@@ -95,9 +95,7 @@ def col2im_reference(col, geo):
     xp = get_array_module(col)
     C, KH, KW, N, OH, OW = geo.col_shape
     H, W, SH, SW, DH, DW, PH0, PW0 = geo.H, geo.W, geo.SH, geo.SW, geo.DH, geo.DW, geo.PH0, geo.PW0
-    # The padded canvas must hold the input and every position a window touches.
-    Hp = max(PH0 + H, SH * (OH - 1) + DH * (KH - 1) + 1)
-    Wp = max(PW0 + W, SW * (OW - 1) + DW * (KW - 1) + 1)
+    Hp, Wp = geo.canvas_hw        # the padded input and every position a window touches
     img = xp.zeros((N, C, Hp, Wp), dtype=col.dtype)
     for kh in range(KH):
         h0 = kh * DH

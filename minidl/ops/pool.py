@@ -319,7 +319,8 @@ def _window(op, x, kernel_size, stride, padding, dilation, ceil_mode):
     if padding[0] > half[0] or padding[1] > half[1]:
         raise ValueError(f"{op}: padding must be at most half the kernel size, got "
                          f"padding={padding} for kernel_size={kernel} (at most {half})")
-    span = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))   # (DH (KH-1) + 1, ...)
+    win = geometry.make_window((H, W), kernel, stride, padding, dilation, bool(ceil_mode))
+    span = win.reach                                                  # (DH (KH-1) + 1, ...)
     padded = (H + 2 * padding[0], W + 2 * padding[1])
     if span[0] > padded[0] or span[1] > padded[1]:
         extent = f"kernel_size={kernel}" + (
@@ -327,7 +328,6 @@ def _window(op, x, kernel_size, stride, padding, dilation, ceil_mode):
         raise ShapeError(f"{op}: {extent} is larger than the padded input {padded} "
                          f"(input (H, W) = {(H, W)}, padding={padding})")
     # The kernel fits the padded input, so OH, OW >= 1.
-    win = geometry.make_window((H, W), kernel, stride, padding, dilation, bool(ceil_mode))
     # With dilation a window can fall entirely on padding (kernel 2, dilation 3,
     # padding 1 on a 2-pixel input: taps at -1 and 2). PyTorch returns -inf and an
     # index outside the plane there (its backward then corrupts memory); refuse it.
