@@ -72,10 +72,10 @@ from __future__ import annotations
 
 import collections
 import os
-import tempfile
 import weakref
 
 from .autograd import Tensor
+from .serialization import atomic_write
 
 __all__ = ["Graph", "Node", "Trace", "graph", "trace"]
 
@@ -395,19 +395,10 @@ class Graph:
 
 
 def _write_atomic(path, data):
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so
-    a reader never sees half a file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".viz-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``data`` to ``path`` all or nothing (``serialization.atomic_write``: a temporary
+    file in the same folder, then ``os.replace``), so a reader never sees half a file."""
+    with atomic_write(path) as fh:
+        fh.write(data)
 
 
 def walk(outputs):
