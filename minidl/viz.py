@@ -77,7 +77,7 @@ import weakref
 from .autograd import Tensor
 from .serialization import atomic_write
 
-__all__ = ["Graph", "Node", "Trace", "graph", "trace"]
+__all__ = ["Graph", "Node", "Trace", "graph", "trace", "walk"]
 
 RENDER_HINT = ("minidl.viz: rendering needs Graphviz: pip install graphviz and apt-get install "
                "graphviz; the DOT text is in graph.source")
@@ -99,22 +99,38 @@ def _output_meta(node):
     return node._out_meta
 
 
-def _saved_bytes(node):
-    """Bytes of the arrays ``node`` saved for backward, or ``None`` when ``backward()`` has
-    freed them. An op may save a tuple holding arrays (conv2d saves ``('x', x)`` or
-    ``('col', col)``); each array is counted once."""
+def _saved_arrays(node):
+    """The arrays ``node`` saved for backward (each once), or ``None`` when ``backward()``
+    has freed them. An op may save a tuple holding arrays (conv2d saves ``('x', x)`` or
+    ``('col', col)``): those are found inside it."""
     try:
         saved = node.saved_tensors
     except RuntimeError:  # released by a backward pass without retain_graph
         return None
-    seen, total, stack = set(), 0, list(saved)
+    found, seen, stack = [], set(), list(saved)
     while stack:
         s = stack.pop()
         if isinstance(s, (tuple, list)):
             stack.extend(s)
         elif hasattr(s, "nbytes") and id(s) not in seen:
             seen.add(id(s))
-            total += int(s.nbytes)
+            found.append(s)
+    return found
+
+
+def _bytes_of(ops):
+    """Bytes saved for backward by ``ops`` together (an array two ops keep, such as the
+    output of a tanh that the next linear layer keeps as its input, is counted once), or
+    ``None`` when backward has freed them."""
+    seen, total = set(), 0
+    for op in ops:
+        arrays = _saved_arrays(op)
+        if arrays is None:
+            return None
+        for a in arrays:
+            if id(a) not in seen:
+                seen.add(id(a))
+                total += int(a.nbytes)
     return total
 
 
@@ -406,19 +422,16 @@ def walk(outputs):
     before consumers: an iterative depth-first post-order from the outputs, following each
     op's inputs in order (so the order is the same every time)."""
     roots = [t.grad_fn if t.grad_fn is not None else t for t in outputs]
-    order, done, expanded = [], set(), set()
+    order, expanded = [], set()
     stack = [(r, False) for r in reversed(roots)]
     while stack:
-        item, children_done = stack.pop()
-        key = id(item)
-        if children_done:
-            if key not in done:
-                done.add(key)
-                order.append(item)
+        item, inputs_done = stack.pop()
+        if inputs_done:  # every input of item is in order: item follows them
+            order.append(item)
             continue
-        if key in expanded:
+        if id(item) in expanded:
             continue
-        expanded.add(key)
+        expanded.add(id(item))
         stack.append((item, True))
         for _, producer, _ in reversed(_inputs(item)):
             if id(producer) not in expanded:
@@ -466,25 +479,7 @@ def graph(output, params=None, depth=None, show_saved=True, trace=None):
     items = walk(outputs)
     output_items = {id(t.grad_fn if t.grad_fn is not None else t) for t in outputs}
 
-    # Which drawn node each item goes into: itself, or its module call's node.
-    group_of = {}
-    if depth is not None:
-        for item in items:
-            if _is_node(item):
-                call = trace.owner(item)
-                if call is not None:
-                    call = call.at_depth(depth)
-                    if call.depth > 0 or depth == 0:
-                        group_of[id(item)] = call
-        consumers = collections.defaultdict(set)
-        for item in items:
-            for _, producer, _ in _inputs(item):
-                consumers[id(producer)].add(group_of.get(id(item)))
-        for item in items:  # a parameter used only inside one module call goes into it
-            if not _is_node(item) and id(item) in names:
-                homes = consumers[id(item)]
-                if len(homes) == 1 and None not in homes:
-                    group_of[id(item)] = next(iter(homes))
+    group_of = _groups(items, names, trace, depth) if depth is not None else {}
 
     # Node ids in walk order; a module call's node takes the place of its first member.
     ids, members, order = {}, collections.defaultdict(list), []
@@ -500,19 +495,17 @@ def graph(output, params=None, depth=None, show_saved=True, trace=None):
 
     nodes, styles = [], {}
     unnamed = [id(t) for t in items if not _is_node(t) and id(t) not in names]
-    total_saved = 0
     for entry in order:
         nid = ids[id(entry)]
         if isinstance(entry, ModuleCall):
-            node, style, saved = _module_node(nid, entry, members[id(entry)], names,
-                                              show_saved)
+            node, style = _module_node(nid, entry, members[id(entry)], show_saved)
         elif _is_node(entry):
-            node, style, saved = _op_node(nid, entry, show_saved)
+            node, style = _op_node(nid, entry, show_saved)
         else:
-            node, style, saved = _leaf_node(nid, entry, names, unnamed), None, 0
+            node = _leaf_node(nid, entry, names, unnamed)
+            style = _STYLE["param" if id(entry) in names else "input"]
         nodes.append(node)
-        styles[nid] = style or _STYLE["param" if id(entry) in names else "input"]
-        total_saved = None if saved is None or total_saved is None else total_saved + saved
+        styles[nid] = style
 
     edges, seen = [], set()
     for item in items:
@@ -525,20 +518,54 @@ def graph(output, params=None, depth=None, show_saved=True, trace=None):
                     continue
                 seen.add((a, b))
             edges.append((a, b))
-    return Graph(nodes, edges, styles, {ids[k] for k in output_items}, total_saved)
+    saved = _bytes_of([i for i in items if _is_node(i)])
+    return Graph(nodes, edges, styles, {ids[k] for k in output_items}, saved)
+
+
+def _groups(items, names, trace, depth):
+    """{id(item): ModuleCall} for the items drawn inside a module call's node at ``depth``.
+
+    An op goes into the call at ``depth`` that contains the call that made it (or into that
+    call itself when it is shallower); ops of the model's own ``forward`` (depth 0) and ops
+    made outside the model stay single, unless ``depth`` is 0. A named parameter goes into
+    a call's node when every op that uses it is in there.
+    """
+    group_of = {}
+    for item in items:
+        if _is_node(item):
+            call = trace.owner(item)
+            if call is not None:
+                call = call.at_depth(depth)
+                if call.depth > 0 or depth == 0:
+                    group_of[id(item)] = call
+    homes = collections.defaultdict(set)  # leaf -> the groups (None: no group) of its users
+    for item in items:
+        for _, producer, _ in _inputs(item):
+            homes[id(producer)].add(group_of.get(id(item)))
+    for item in items:
+        if not _is_node(item) and id(item) in names:
+            users = homes[id(item)]
+            if len(users) == 1 and None not in users:
+                group_of[id(item)] = next(iter(users))
+    return group_of
+
+
+def _saved_line(ops):
+    """The label line for the bytes ``ops`` saved: ``saved 1.2 MB``, ``saved: freed`` or
+    none (an op that keeps nothing, such as an addition or a reshape)."""
+    saved = _bytes_of(ops)
+    if saved is None:
+        return ["saved: freed"]
+    return [f"saved {format_bytes(saved)}"] if saved else []
 
 
 def _op_node(nid, node, show_saved):
-    """(Node, style, saved bytes) of one op."""
+    """(Node, style) of one op."""
     meta = _output_meta(node)
     lines = [node.name, ", ".join(_shape_text(s, d) for s, d in meta)]
-    saved = _saved_bytes(node)
     if show_saved:
-        if saved is None:
-            lines.append("saved: freed")
-        elif saved:
-            lines.append(f"saved {format_bytes(saved)}")
-    return Node(nid, "op", node.name, "\n".join(lines)), _STYLE["op"], saved
+        lines += _saved_line([node])
+    return Node(nid, "op", node.name, "\n".join(lines)), _STYLE["op"]
 
 
 def _leaf_node(nid, tensor, names, unnamed):
@@ -550,8 +577,8 @@ def _leaf_node(nid, tensor, names, unnamed):
     return Node(nid, "leaf", name, f"{name} {_shape_text(tensor.shape, tensor.dtype)}")
 
 
-def _module_node(nid, call, items, names, show_saved):
-    """(Node, style, saved bytes) of one module call drawn as one node."""
+def _module_node(nid, call, items, show_saved):
+    """(Node, style) of one module call drawn as one node."""
     ops = [i for i in items if _is_node(i)]
     params = [i for i in items if not _is_node(i)]
     lines = [call.label if call.label == call.module_type
@@ -564,13 +591,6 @@ def _module_node(nid, call, items, names, show_saved):
         counts += (f", {len(params)} parameter tensor" + ("s" if len(params) != 1 else "")
                    + f" ({n:,} values)")
     lines.append(counts)
-    saved = 0
-    for op in ops:
-        b = _saved_bytes(op)
-        saved = None if b is None or saved is None else saved + b
     if show_saved:
-        if saved is None:
-            lines.append("saved: freed")
-        elif saved:
-            lines.append(f"saved {format_bytes(saved)}")
-    return Node(nid, "module", call.label, "\n".join(lines)), _STYLE["module"], saved
+        lines += _saved_line(ops)
+    return Node(nid, "module", call.label, "\n".join(lines)), _STYLE["module"]
