@@ -265,7 +265,9 @@ class Trace:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._stack = []  # a forward that raised leaves calls open
+        for call in self._stack:  # a forward that raised leaves calls open
+            call.input_nodes = set()
+        self._stack = []
         return False
 
     def _pre_hook(self, name):
@@ -284,6 +286,7 @@ class Trace:
             outputs = _tensors_in(output)
             call.output_shapes = [(t.shape, t.dtype) for t in outputs]
             self._claim(call, [t.grad_fn for t in outputs if t.grad_fn is not None])
+            call.input_nodes = set()  # done: hold no graph alive
         return hook
 
     def _claim(self, call, roots):

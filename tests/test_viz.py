@@ -454,3 +454,52 @@ def test_render_without_the_dot_program_says_what_to_install(tmp_path, monkeypat
     g = viz.graph(lenet_loss()[1])
     with pytest.raises(RuntimeError, match="`dot` program is not on PATH"):
         g.render(tmp_path / "g.svg")
+
+
+# ----------------------------------------------------------------------------- trace details
+
+
+class Tied(minidl.nn.Module):
+    """Two linear layers sharing one weight, a shared activation module called twice and a
+    functional op in the model's own forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = minidl.nn.Linear(4, 4)
+        self.b = minidl.nn.Sequential(minidl.nn.Linear(4, 4), minidl.nn.Tanh())
+        self.b[0].weight = self.a.weight
+        self.act = minidl.nn.Tanh()
+
+    def forward(self, x):
+        h = self.act(self.a(x))
+        return self.act(self.b(h) * 2.0)
+
+
+def test_trace_shared_modules_and_parameters():
+    net = Tied()
+    with viz.trace(net) as t:
+        out = net(minidl.randn(3, 4)).sum()
+    assert [c.label for c in t.calls] == ["Tied", "a", "act", "b", "b.0", "b.1", "act#2"]
+    g = t.graph(out, depth=1)
+    names = [n.name for n in g.nodes]
+    # the tied weight is used in a and in b: it stays a leaf; each bias goes inside
+    assert names == ["a.weight", "a", "act", "b", "Mul", "act#2", "Sum"]
+    assert ("n0", "n1") in g.edges and ("n0", "n3") in g.edges
+    assert t.graph(out, depth=2).nodes[3].name == "b.0"
+    assert t.owner(out.grad_fn) is None  # the sum ran outside the model
+
+
+def test_a_trace_does_not_keep_the_graph_alive():
+    import gc
+    import weakref
+    net = models.lenet5()
+    with viz.trace(net) as t:
+        out = net(minidl.randn(1, 1, 32, 32))
+    node = weakref.ref(out.grad_fn)
+    del out
+    gc.collect()
+    assert node() is None and len(t.calls) == 8
+    with t:  # the hooks went away on exit and come back on the next entry
+        net(minidl.randn(1, 1, 32, 32))
+    net(minidl.randn(1, 1, 32, 32))
+    assert len(t.calls) == 16
