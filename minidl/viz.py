@@ -20,6 +20,9 @@ What the picture shows
 - **op nodes** (rounded boxes): one per ``Function`` call recorded by autograd, labelled with
   the op's name, its output shape (and dtype when it is not float32) and the bytes it saved
   for backward (``saved 1.2 MB``; ``saved: freed`` once ``backward()`` has released them).
+  The bytes are those of every array the op keeps, whether a new one (tanh's output, a
+  ReLU's mask) or one that lives on anyway (a linear layer keeps its weight); a module node
+  and ``Graph.saved_bytes`` count an array kept by two ops once.
   The op that produced an output tensor is drawn with a thick border.
 - **leaf nodes** (filled boxes): the tensors the graph starts from that require a gradient.
   Parameters are named from ``params`` (``conv1.weight (6, 1, 5, 5)``); any other leaf is an
