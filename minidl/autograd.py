@@ -384,6 +384,17 @@ class Context:
         name = self.fn.__name__
         return name[:-len("Function")] if name.endswith("Function") and name != "Function" else name
 
+    @property
+    def next_functions(self):
+        """Per input: ``(producer Context, output_nr)``, ``(leaf Tensor, None)``, or ``None``
+        for an input that needs no gradient (PyTorch's name; tools walk the graph with it)."""
+        return self._edges
+
+    @property
+    def output_meta(self):
+        """Per output: ``(shape, dtype)``."""
+        return self._out_meta
+
     def save_for_backward(self, *arrays):
         self._saved = arrays
 

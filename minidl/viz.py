@@ -87,19 +87,19 @@ RENDER_HINT = ("minidl.viz: rendering needs Graphviz: pip install graphviz and a
 
 # ----------------------------------------------------------------------------- the autograd graph
 # Everything viz knows about autograd's nodes (``Tensor.grad_fn``, a Context) goes through
-# these three functions. ``name`` and ``saved_tensors`` are public; a node's inputs and output
-# shapes are not, so the first two read private attributes, here and nowhere else.
+# these three functions, and only through its public properties (``name``, ``next_functions``,
+# ``output_meta``, ``saved_tensors``).
 
 
 def _producers(node):
     """Per input of ``node``: ``(producer, output_nr)``, where the producer is a graph node,
     ``(leaf Tensor, None)``, or ``None`` for an input that needs no gradient."""
-    return node._edges
+    return node.next_functions
 
 
 def _output_meta(node):
     """Per output of ``node``: ``(shape, dtype)``."""
-    return node._out_meta
+    return node.output_meta
 
 
 def _saved_arrays(node):

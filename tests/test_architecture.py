@@ -32,7 +32,8 @@ Read with ``ast`` (nothing is imported or run). Two rules:
    not place fails the test: add it to ``LAYERS``. Imports spelled as strings
    (``importlib.import_module``) are not seen.
 
-2. **No private names** in ``minidl/summary.py`` and ``examples/*.py`` (they are what a
+2. **No private names** in the tools ``minidl/summary.py``, ``minidl/viz.py``,
+   ``minidl/explain/*.py`` and in ``examples/*.py`` (they are what a
    learner copies, and a tool that reaches into a layer breaks when the layer changes):
    no import of an underscore name or module of minidl (``from minidl.x import _y``,
    ``from minidl._x import y``), and no read of an underscore attribute (``obj._attr``;
@@ -201,7 +202,8 @@ def test_every_module_is_placed_and_no_import_points_up():
 
 
 def test_summary_and_examples_use_public_names_only():
-    files = [PACKAGE / "summary.py"] + sorted((ROOT / "examples").glob("*.py"))
+    files = [PACKAGE / "summary.py", PACKAGE / "viz.py"] + sorted(
+        (PACKAGE / "explain").glob("*.py")) + sorted((ROOT / "examples").glob("*.py"))
     problems = []
     for path in files:
         rel = path.relative_to(ROOT).as_posix()
