@@ -1,0 +1,203 @@
+"""``explain.chain``: conv2d -> relu -> max_pool2d, the chain rule carrying dP back to dX.
+
+Shape letters as in ``conv.py``, plus::
+
+    PK   pooling window (PKH, PKW), stride the same (non-overlapping windows)
+    PH, PW   pooled height and width: floor(OH / PKH), floor(OW / PKW)
+
+    y = conv2d(x, w, b)     (N, OC, OH, OW)
+    z = relu(y) = max(y, 0) (N, OC, OH, OW)
+    p = max_pool2d(z, PK)   (N, OC, PH, PW)
+
+    dZ[n, o, r, s] = dP[n, o, i, j] where (r, s) is the argmax of window (i, j), else 0
+    dY = dZ * [y > 0]       the ReLU passes the gradient where its input was positive
+    dW, db, dX              from dY exactly as in ``explain.conv2d``
+
+Drawn values avoid the two places where a derivative is a choice: a window whose positive
+maximum is attained twice (which element gets the gradient?) and a conv output exactly 0
+(the ReLU's kink). When a draw has either, the values are drawn again from the same seeded
+generator (up to 500 times), so the same seed always gives the same numbers. A window whose
+maximum is 0 (every conv output below 0) is allowed: its gradient goes to the first element
+and dies at the ReLU, whichever element it picks. Given arrays are used as they are (minidl
+breaks ties towards the first maximum, and the ReLU's derivative at 0 is 0).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import geometry
+from ..creation import tensor
+from ..nn import functional as F
+from .conv import (HIGH, autograd_conv, check_sizes, compute, conv_geometry, conv_steps,
+                   header, integral, is_shape, max_abs_diff, resolve, shape_of, summary_steps)
+from .core import Explanation, Matrix, Step, as_array, draw, planes
+
+__all__ = ["chain"]
+
+
+def autograd_chain(x, w, b, dp, stride, padding, dilation, groups, pool):
+    """(y, z, p, dX, dW, db) from minidl's ops and autograd (dp None: forward only)."""
+    xt, wt = tensor(x, requires_grad=True), tensor(w, requires_grad=True)
+    bt = None if b is None else tensor(b, requires_grad=True)
+    y = F.conv2d(xt, wt, bt, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    z = F.relu(y)
+    p = F.max_pool2d(z, pool)
+    if dp is None:
+        return y.numpy(), z.numpy(), p.numpy(), None, None, None
+    p.backward(tensor(dp))
+    return (y.numpy(), z.numpy(), p.numpy(), xt.grad.numpy(), wt.grad.numpy(),
+            None if b is None else bt.grad.numpy())
+
+
+def windows(z, pk):
+    """[(n, o, i, j, r, s, value, ties)]: for every pooling window (i, j) of z
+    (N, OC, OH, OW), the position (r, s) of its first maximum, the maximum and how many
+    elements equal it. Windows are PKH x PKW with stride (PKH, PKW)."""
+    N, OC, OH, OW = z.shape
+    PKH, PKW = pk
+    out = []
+    for n in range(N):
+        for o in range(OC):
+            for i in range(OH // PKH):
+                for j in range(OW // PKW):
+                    win = z[n, o, i * PKH:(i + 1) * PKH, j * PKW:(j + 1) * PKW]
+                    k = int(np.argmax(win))            # the first maximum, row by row
+                    r, s = i * PKH + k // PKW, j * PKW + k % PKW
+                    out.append((n, o, i, j, r, s, float(win.max()),
+                                int(np.sum(win == win.max()))))
+    return out
+
+
+def ambiguous(y, pk):
+    """True when y has an exact 0 or a window of relu(y) has a positive maximum twice."""
+    z = np.maximum(y, 0)
+    return bool(np.any(y == 0)) or any(m > 0 and t > 1 for *_, m, t in windows(z, pk))
+
+
+def chain(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, pool=2, dp=None, *,
+          values=None, seed=0, summary=False):
+    """Explain ``max_pool2d(relu(conv2d(x, w, b, ...)), pool)`` and its backward pass.
+
+    x, w, b, stride, padding, dilation, groups: as ``explain.conv2d``; pool: the pooling
+    window, an int or a (PKH, PKW) pair, stride the same; dp: the upstream gradient of
+    the pooled output (N, OC, PH, PW), or None to draw one. values, seed, summary: as
+    ``explain.conv2d``; drawn values are re-drawn to avoid ties and zeros (module doc).
+    Returns an ``Explanation`` checked against autograd end to end.
+    """
+    op = "chain"
+    values = "int" if values is None else values
+    if values not in ("int", "float"):
+        raise ValueError(f"explain.{op}: values must be 'int' or 'float', got {values!r}")
+    pk = geometry.pair(pool, "pool", f"explain.{op}", minimum=1)
+    xs, ws = shape_of(x), shape_of(w)
+    has_bias = b is not None and b is not False
+    args = (stride, padding, dilation, groups)
+    if summary:
+        with_summary = summary_steps(conv_geometry(xs, ws, *args), has_bias, prefix="conv.")
+        geo = conv_geometry(xs, ws, *args)
+        # validate the whole chain on zeros
+        autograd_chain(np.zeros(xs), np.zeros(ws), None, None, *args, pk)
+        pooled = (geo.N, geo.OC, geo.OH // pk[0], geo.OW // pk[1])
+        S = Matrix.shape_only
+        steps = ([s for s in with_summary if s.phase == "forward"]
+                 + [Step("relu", "forward", "z = relu(y)", "", [S("z", geo.out_shape)]),
+                    Step("pool", "forward", "p = max_pool2d(z)", "", [S("p", pooled)]),
+                    Step("dP", "backward", "the upstream gradient dP", "", [S("dP", pooled)]),
+                    Step("pool_back", "backward", "dZ: to each window's maximum", "",
+                         [S("dZ", geo.out_shape)]),
+                    Step("relu_back", "backward", "dY = dZ * [y > 0]", "",
+                         [S("dY", geo.out_shape)])]
+                 + [s for s in with_summary if s.phase == "backward" and s.key != "conv.dY"])
+        return Explanation(op, header(geo, has_bias, padding), steps, None, summary=True)
+
+    check_sizes(op, xs, ws)
+    rng = np.random.default_rng(seed)
+    drawn = is_shape(x) or is_shape(w)
+    redraws = 0
+    while True:
+        xa = resolve(x, "x", rng, values, op)
+        wa = resolve(w, "w", rng, values, op)
+        ba = None if not has_bias else resolve((ws[0],) if b is True else b, "b", rng, values,
+                                               op)
+        y = autograd_chain(xa, wa, ba, None, *args, pk)[0]     # validates the geometry
+        if not drawn or not ambiguous(y, pk):
+            break
+        redraws += 1
+        if redraws == 500:
+            raise ValueError(f"explain.{op}: 500 draws all had a tie in a pooling window or "
+                             f"a conv output of exactly 0; try another seed or "
+                             f"values='float'")
+    x, w, b = xa, wa, ba
+    geo = conv_geometry(x.shape, w.shape, *args)
+    check_sizes(op, x.shape, w.shape, geo)
+    y, z, p = autograd_chain(x, w, b, None, *args, pk)[:3]
+    if dp is None:
+        dp = draw(p.shape, rng, values, HIGH["dy"])
+        dp_note = f"drawn with seed {seed}"
+    else:
+        dp = as_array(dp, "dp", op) if not is_shape(dp) else draw(dp, rng, values, HIGH["dy"])
+        dp_note = "given"
+        if dp.shape != p.shape:
+            raise ValueError(f"explain.{op}: dp must have the pooled output's shape "
+                             f"{p.shape}, got {dp.shape}")
+
+    # forward, by the formulas: y from the conv steps below, then
+    z_mine = np.maximum(y, 0.0)                              # relu
+    wins = windows(z_mine, pk)
+    p_mine = np.zeros(p.shape)
+    for n, o, i, j, r, s, m, _ in wins:                      # max over each window
+        p_mine[n, o, i, j] = m
+    # backward: dP -> dZ (to the argmax) -> dY (the ReLU's mask) -> the conv
+    dZ = np.zeros(y.shape)
+    for n, o, i, j, r, s, _, _ in wins:
+        dZ[n, o, r, s] += dp[n, o, i, j]
+    mask = (y > 0).astype(np.float64)
+    dY = dZ * mask
+    a = compute(x, w, b, dY, geo)
+
+    _, _, _, dX_ref, dW_ref, db_ref = autograd_chain(x, w, b, dp, *args, pk)
+    conv_ref = autograd_conv(x, w, b, dY, *args)
+    diff = max_abs_diff([("y", a["y"], y), ("z", z_mine, z), ("p", p_mine, p),
+                         ("dX", a["dX"], dX_ref), ("dW", a["dW"], dW_ref),
+                         ("db", a["db"] if b is not None else None, db_ref),
+                         ("dX (flipped kernel)", a["dX_flip"], dX_ref),
+                         ("dX (conv alone)", a["dX"], conv_ref[1])], op)
+    ex = Explanation(op, [f"conv2d -> relu -> max_pool2d (window {pk}, stride {pk})"]
+                     + header(geo, b is not None, padding)
+                     + [f"p (N, OC, PH, PW) = {p.shape}"]
+                     + ([f"values drawn again {redraws} time(s) to avoid a tie in a pooling "
+                         f"window or a conv output of exactly 0"] if redraws else []),
+                     [], diff, 0 if integral(x, w, b, dp) else 3)
+    f = ex.number
+    conv = conv_steps(a, geo, f, dy_note="from the ReLU step", prefix="conv.")
+    for s in conv:       # dY's planes were just shown by the relu step: keep its matrix form
+        if s.key == "conv.dY":
+            s.matrices = [m for m in s.matrices if m.name.startswith("dY (matrix)")]
+    pl = dict(letters=("n", "o"), row_title="oh", col_title="ow")
+    relu = Step("relu", "forward", "relu: z = max(y, 0)",
+                "z[n, o, oh, ow] = y[n, o, oh, ow] if y > 0 else 0", planes("z", z_mine, **pl))
+    pool_lines = [f"p[{n},{o},{i},{j}] = max of z[{n},{o},{i * pk[0]}:{(i + 1) * pk[0]},"
+                  f"{j * pk[1]}:{(j + 1) * pk[1]}] = {f(m)}, at z[{n},{o},{r},{s}]"
+                  + (f"   ({t} equal maxima: the first)" if t > 1 else "")
+                  for n, o, i, j, r, s, m, t in wins]
+    pool = Step("pool", "forward", f"max_pool2d: the largest value of each {pk[0]}x{pk[1]} "
+                "window", "p[n, o, i, j] = max over the window (i, j) of z",
+                planes("p", p_mine, letters=("n", "o"), row_title="i", col_title="j"),
+                pool_lines)
+    dps = Step("dP", "backward", "the upstream gradient dP = dL/dp", f"dP   ({dp_note})",
+               planes("dP", dp, letters=("n", "o"), row_title="i", col_title="j"))
+    pool_back = Step("pool_back", "backward", "back through the pool: each dP to its window's "
+                     "maximum", "dZ[n, o, r, s] = dP[n, o, i, j] where (r, s) is the argmax of "
+                     "window (i, j); 0 elsewhere", planes("dZ", dZ, **pl),
+                     [f"dP[{n},{o},{i},{j}] = {f(dp[n, o, i, j])} goes to dZ[{n},{o},{r},{s}]"
+                      for n, o, i, j, r, s, _, _ in wins])
+    relu_back = Step("relu_back", "backward", "back through the relu: dY = dZ where y > 0",
+                     "dY[n, o, oh, ow] = dZ[n, o, oh, ow] * [y[n, o, oh, ow] > 0]",
+                     planes("[y > 0]", mask, **pl) + planes("dY", dY, **pl))
+    ex.steps = ([s for s in conv if s.phase == "forward"] + [relu, pool, dps, pool_back,
+                                                              relu_back]
+                + [s for s in conv if s.phase == "backward"])
+    ex.arrays = {k: v for k, v in a.items() if k != "scatter"}
+    ex.arrays.update(z=z_mine, p=p_mine, dp=dp, dZ=dZ, relu_mask=mask, dY_conv=dY)
+    ex.geometry = geo
+    return ex
