@@ -15,11 +15,15 @@ Shape letters as in ``conv.py``, plus::
 
 Drawn values avoid the two places where a derivative is a choice: a window whose positive
 maximum is attained twice (which element gets the gradient?) and a conv output exactly 0
-(the ReLU's kink). When a draw has either, the values are drawn again from the same seeded
-generator (up to 500 times), so the same seed always gives the same numbers. A window whose
-maximum is 0 (every conv output below 0) is allowed: its gradient goes to the first element
-and dies at the ReLU, whichever element it picks. Given arrays are used as they are (minidl
-breaks ties towards the first maximum, and the ReLU's derivative at 0 is 0).
+(the ReLU's kink). Drawing everything again until neither happens would almost never end
+(a few dozen integer outputs, each 0 with a chance of a few percent), so when x is drawn
+(given as a shape) the explainer draws again, from the same seeded generator, one value
+of x (or of the bias) in the receptive field of the first offending output, and repeats
+until none is left (``redraw_ambiguities``): the same seed always gives the same numbers,
+and the header says how many values were drawn again. A window whose maximum is 0 (every
+conv output in it below 0) is allowed: its gradient goes to the first element and dies at
+the ReLU, whichever element it picks. Given arrays are used as they are (minidl breaks
+ties towards the first maximum, and the ReLU's derivative at 0 is 0).
 """
 from __future__ import annotations
 
@@ -68,10 +72,60 @@ def windows(z, pk):
     return out
 
 
-def ambiguous(y, pk):
-    """True when y has an exact 0 or a window of relu(y) has a positive maximum twice."""
+def first_ambiguity(y, pk):
+    """(n, o, r, s): a conv output that is exactly 0, or the second of two equal positive
+    maxima of a pooling window of relu(y); None when there is neither."""
+    zeros = np.argwhere(y == 0)
+    if len(zeros):
+        return tuple(int(v) for v in zeros[0])
+    PKH, PKW = pk
     z = np.maximum(y, 0)
-    return bool(np.any(y == 0)) or any(m > 0 and t > 1 for *_, m, t in windows(z, pk))
+    for n, o, i, j, r, s, m, ties in windows(z, pk):
+        if m > 0 and ties > 1:
+            win = z[n, o, i * PKH:(i + 1) * PKH, j * PKW:(j + 1) * PKW]
+            k = np.flatnonzero(win.ravel() == m)[1]
+            return n, o, i * PKH + k // PKW, j * PKW + k % PKW
+    return None
+
+
+def receptive_field(geo, n, o, i, j):
+    """The positions (n, c, p, q) of x that conv output y[n, o, i, j] reads (padding left
+    out): c in o's group, p = i*SH + kh*DH - PH0, q = j*SW + kw*DW - PW0."""
+    Cg, OCg = geo.C // geo.G, geo.OC // geo.G
+    g = o // OCg
+    return [(n, c, p, q) for c in range(g * Cg, (g + 1) * Cg)
+            for p in (i * geo.SH + kh * geo.DH - geo.PH0 for kh in range(geo.KH))
+            for q in (j * geo.SW + kw * geo.DW - geo.PW0 for kw in range(geo.KW))
+            if 0 <= p < geo.H and 0 <= q < geo.W]
+
+
+def redraw_ambiguities(x, w, b, args, pk, rng, values, op, tries=2000):
+    """Draw again, one value at a time, the inputs behind every ambiguity (module doc).
+
+    While some conv output is 0 or some window has a positive maximum twice, one value of
+    x in that output's receptive field (or its bias) is drawn again from ``rng``. Returns
+    (x, b, the number of values drawn again). A ValueError when ``tries`` are not enough
+    (an output that reads only padding, with no bias, is 0 whatever x is)."""
+    geo = None
+    for count in range(tries + 1):
+        y = autograd_conv(x, w, b, None, *args)[0]       # F.conv2d validates the geometry
+        where = first_ambiguity(y, pk)
+        if where is None:
+            return x, b, count
+        if geo is None:
+            geo = conv_geometry(x.shape, w.shape, *args)
+        n, o, r, s = where
+        candidates = receptive_field(geo, n, o, r, s) + ([("b", o)] if b is not None else [])
+        if not candidates:
+            break
+        pick = candidates[int(rng.integers(len(candidates)))]
+        if pick[0] == "b":
+            b[o] = draw((), rng, values, HIGH["b"])
+        else:
+            x[pick] = draw((), rng, values, HIGH["x"])
+    raise ValueError(f"explain.{op}: could not draw values without a tie in a pooling window "
+                     f"or a conv output of exactly 0 (y[{n}, {o}, {r}, {s}]); try another "
+                     f"seed, a bias, less padding or values='float'")
 
 
 def chain(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, pool=2, dp=None, *,
@@ -112,22 +166,14 @@ def chain(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, pool=2, dp=No
 
     check_sizes(op, xs, ws)
     rng = np.random.default_rng(seed)
-    drawn = is_shape(x) or is_shape(w)
+    x_drawn = is_shape(x)
+    x = resolve(x, "x", rng, values, op)
+    w = resolve(w, "w", rng, values, op)
+    b = None if not has_bias else resolve((ws[0],) if b is True else b, "b", rng, values, op)
+    autograd_chain(x, w, b, None, *args, pk)             # validates the whole chain
     redraws = 0
-    while True:
-        xa = resolve(x, "x", rng, values, op)
-        wa = resolve(w, "w", rng, values, op)
-        ba = None if not has_bias else resolve((ws[0],) if b is True else b, "b", rng, values,
-                                               op)
-        y = autograd_chain(xa, wa, ba, None, *args, pk)[0]     # validates the geometry
-        if not drawn or not ambiguous(y, pk):
-            break
-        redraws += 1
-        if redraws == 500:
-            raise ValueError(f"explain.{op}: 500 draws all had a tie in a pooling window or "
-                             f"a conv output of exactly 0; try another seed or "
-                             f"values='float'")
-    x, w, b = xa, wa, ba
+    if x_drawn:
+        x, b, redraws = redraw_ambiguities(x, w, b, args, pk, rng, values, op)
     geo = conv_geometry(x.shape, w.shape, *args)
     check_sizes(op, x.shape, w.shape, geo)
     y, z, p = autograd_chain(x, w, b, None, *args, pk)[:3]
@@ -165,8 +211,8 @@ def chain(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, pool=2, dp=No
     ex = Explanation(op, [f"conv2d -> relu -> max_pool2d (window {pk}, stride {pk})"]
                      + header(geo, b is not None, padding)
                      + [f"p (N, OC, PH, PW) = {p.shape}"]
-                     + ([f"values drawn again {redraws} time(s) to avoid a tie in a pooling "
-                         f"window or a conv output of exactly 0"] if redraws else []),
+                     + ([f"{redraws} value(s) of x or b drawn again to avoid a tie in a "
+                         f"pooling window or a conv output of exactly 0"] if redraws else []),
                      [], diff, 0 if integral(x, w, b, dp) else 3)
     f = ex.number
     conv = conv_steps(a, geo, f, dy_note="from the ReLU step", prefix="conv.")

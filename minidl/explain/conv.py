@@ -232,7 +232,7 @@ def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups):
 
 def check_sizes(op, x_shape, w_shape, geo=None):
     """ValueError when too large to print (module docstring: ``LIMITS``). Before the
-    geometry is known (geo None) only the input and kernel sizes are checked."""
+    geometry is known (geo None) only the sizes that cost memory to draw are checked."""
     sizes = []
     if len(x_shape) == 4:
         N, C, H, W = x_shape
@@ -240,8 +240,11 @@ def check_sizes(op, x_shape, w_shape, geo=None):
                   ("input height H", H, LIMITS["H"]), ("input width W", W, LIMITS["W"])]
     if len(w_shape) == 4:
         OC, _, KH, KW = w_shape
-        sizes += [("output channels OC", OC, LIMITS["OC"]),
-                  ("kernel height KH", KH, LIMITS["KH"]), ("kernel width KW", KW, LIMITS["KW"])]
+        sizes.append(("output channels OC", OC, LIMITS["OC"]))
+        # before F.conv2d has seen the geometry only an absurd kernel is refused here, so
+        # that a kernel larger than the input gets F.conv2d's own error first
+        kmax = (LIMITS["KH"], LIMITS["KW"]) if geo is not None else (64, 64)
+        sizes += [("kernel height KH", KH, kmax[0]), ("kernel width KW", KW, kmax[1])]
     if geo is not None:
         sizes += [("output height OH", geo.OH, LIMITS["OH"]),
                   ("output width OW", geo.OW, LIMITS["OW"]),
