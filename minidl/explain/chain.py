@@ -147,10 +147,10 @@ def chain(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, pool=2, dp=No
     has_bias = b is not None and b is not False
     args = (stride, padding, dilation, groups)
     if summary:
-        with_summary = summary_steps(conv_geometry(xs, ws, *args), has_bias, prefix="conv.")
+        # minidl's ops validate the whole chain on one zero image (any size is fine here)
+        autograd_chain(np.zeros((1,) + tuple(xs[1:])), np.zeros(ws), None, None, *args, pk)
         geo = conv_geometry(xs, ws, *args)
-        # validate the whole chain on zeros
-        autograd_chain(np.zeros(xs), np.zeros(ws), None, None, *args, pk)
+        with_summary = summary_steps(geo, has_bias, prefix="conv.")
         pooled = (geo.N, geo.OC, geo.OH // pk[0], geo.OW // pk[1])
         S = Matrix.shape_only
         steps = ([s for s in with_summary if s.phase == "forward"]

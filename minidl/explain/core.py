@@ -157,11 +157,16 @@ class Explanation:
     decimals: digits after the point when printing (0 for integer values);
     arrays: {name: array} of every step (``explanation['dW']`` reads one);
     summary: True when only shapes were computed.
+    geometry: the op's geometry where it has one (a ``ConvGeometry`` for conv2d and chain);
+    scatter: conv2d's col2im contributions, ``{(n, c, i, j): [(row label, column label,
+    value), ...]}`` (None for other ops).
     """
 
     def __init__(self, op, header, steps, max_abs_diff, decimals=0, arrays=None,
-                 summary=False):
+                 summary=False, geometry=None, scatter=None):
         self.op = op
+        self.geometry = geometry
+        self.scatter = scatter
         self.header = list(header)
         self.steps = list(steps)
         self.max_abs_diff = max_abs_diff
