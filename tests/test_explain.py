@@ -395,6 +395,9 @@ def test_cli_issue_example_and_out_file(tmp_path):
     assert r.stdout.strip() == f"wrote {out}"
     assert out.read_text().rstrip().endswith("*checked against autograd: max |diff| = 0*")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conv.md"]   # no temp file left
+    r = run_cli("linear", "--input", "2x3", "--weight", "4x3", "--out",
+                str(tmp_path / "missing" / "x.txt"))
+    assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_in_process(capsys):

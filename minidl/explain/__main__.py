@@ -154,7 +154,10 @@ def main(argv=None):
     except (ValueError, TypeError, RuntimeError) as e:   # ShapeError is both of the first
         parser.exit(2, f"{parser.prog} {args.op}: error: {e}\n")
     if args.out:
-        write_atomically(args.out, text)
+        try:
+            write_atomically(args.out, text)
+        except OSError as e:
+            parser.exit(2, f"{parser.prog} {args.op}: error: cannot write {args.out}: {e}\n")
         print(f"wrote {args.out}")
     else:
         sys.stdout.write(text)
