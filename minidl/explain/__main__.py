@@ -1,0 +1,168 @@
+"""``python -m minidl.explain``: worked numbers for an op, on the command line.
+
+    python -m minidl.explain conv2d --input 1x2x5x4 --kernel 3x2x3x3 --stride 2 --padding 1
+    python -m minidl.explain conv2d --input 1x1x5x5 --kernel 1x1x3x3 --stride 2,1 --padding 1,0
+    python -m minidl.explain linear --input 2x3 --weight 4x3
+    python -m minidl.explain chain --input 1x1x6x6 --kernel 2x1x3x3 --pool 2
+
+Shapes are written with an ``x`` between the sizes (``1x2x5x4`` is N=1, C=2, H=5, W=4);
+values are drawn with ``--seed``. ``--out FILE`` writes the result atomically (a temporary
+file in the same folder, then ``os.replace``), so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+from . import chain, conv2d, linear
+
+SHAPES_HELP = """shapes: sizes joined by 'x', no spaces:
+  --input  N x C x H x W   like 1x2x5x4 (conv2d, chain) or N x IN like 2x3 (linear)
+  --kernel OC x C/G x KH x KW like 3x2x3x3  (C/G: the input channels of one group)
+  --weight OUT x IN        like 4x3 (linear)
+pairs: --stride 2 or --stride 2,1 (height, width); likewise --padding, --dilation, --pool;
+  --padding same / valid as in PyTorch ('same': stride 1 only).
+values: small integers by default (--values int: x in [-3, 3], w, b, dY in [-2, 2], exact,
+  so the arithmetic can be redone by hand), or --values float (normal, 3 decimals).
+Every number is checked against minidl's autograd before printing; the output ends with
+  'checked against autograd: max |diff| = ...'.
+Too large to print (conv: N > 4, C or OC > 6, H or W > 16, KH or KW > 5, OH or OW > 12,
+  an im2col matrix over 64 x 64; linear: any size > 12): an error; --summary prints
+  the shape of every step instead."""
+
+
+def shape_arg(expected, example, rank):
+    """An argparse type: '1x2x5x4' -> (1, 2, 5, 4), a clear error otherwise."""
+    def parse(text):
+        parts = text.lower().split("x")
+        try:
+            shape = tuple(int(p) for p in parts)
+        except ValueError:
+            shape = None
+        if shape is None or len(shape) != rank or min(shape) < 1:
+            raise argparse.ArgumentTypeError(f"expected {expected} like {example}, got "
+                                             f"{text!r}")
+        return shape
+    return parse
+
+
+def pair_arg(allow_words=()):
+    """An argparse type: '2' -> 2, '2,1' -> (2, 1); words such as 'same' pass through."""
+    def parse(text):
+        if text in allow_words:
+            return text
+        try:
+            vals = tuple(int(p) for p in text.split(","))
+        except ValueError:
+            vals = ()
+        if len(vals) not in (1, 2):
+            words = "".join(f" or '{w}'" for w in allow_words)
+            raise argparse.ArgumentTypeError(f"expected an int or a pair like 2,1{words}, got "
+                                             f"{text!r}")
+        return vals[0] if len(vals) == 1 else vals
+    return parse
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m minidl.explain",
+        description="Every step of an op's forward and backward pass, in numbers, computed "
+                    "with minidl's own kernels and checked against autograd.",
+        epilog=SHAPES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="op", required=True, metavar="{conv2d,linear,chain}")
+
+    def common(q):
+        q.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True,
+                       help="add a bias (default: yes; --no-bias for none)")
+        q.add_argument("--seed", type=int, default=0, help="seed of the drawn values (0)")
+        q.add_argument("--values", choices=("int", "float"), default="int",
+                       help="small integers (default) or normal floats")
+        q.add_argument("--format", choices=("text", "markdown", "latex"), default="text")
+        q.add_argument("--step", choices=("forward", "backward", "all"), default="all",
+                       help="print only the forward or the backward steps")
+        q.add_argument("--summary", action="store_true",
+                       help="the shape of every step, no numbers (any size)")
+        q.add_argument("--out", metavar="FILE", help="write to FILE (atomically) instead of "
+                                                     "printing")
+
+    def conv_args(q):
+        q.add_argument("--input", required=True,
+                       type=shape_arg("N x C x H x W", "1x2x5x4", 4), help="N x C x H x W")
+        q.add_argument("--kernel", required=True,
+                       type=shape_arg("OC x C/G x KH x KW", "3x2x3x3", 4),
+                       help="OC x C/groups x KH x KW")
+        q.add_argument("--stride", type=pair_arg(), default=1, help="S or SH,SW (1)")
+        q.add_argument("--padding", type=pair_arg(("same", "valid")), default=0,
+                       help="P, PH,PW, same or valid (0)")
+        q.add_argument("--dilation", type=pair_arg(), default=1, help="D or DH,DW (1)")
+        q.add_argument("--groups", type=int, default=1, help="groups (1)")
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    c = sub.add_parser("conv2d", help="a 2-D convolution: im2col, GEMM, col2im, flipped "
+                                      "kernel", epilog=SHAPES_HELP, formatter_class=fmt)
+    conv_args(c)
+    common(c)
+    lin = sub.add_parser("linear", help="y = x W^T + b and its gradients", epilog=SHAPES_HELP,
+                         formatter_class=fmt)
+    lin.add_argument("--input", required=True, type=shape_arg("N x IN", "2x3", 2),
+                     help="N x IN")
+    lin.add_argument("--weight", required=True, type=shape_arg("OUT x IN", "4x3", 2),
+                     help="OUT x IN")
+    common(lin)
+    ch = sub.add_parser("chain", help="conv2d -> relu -> max_pool2d, the chain rule",
+                        epilog=SHAPES_HELP, formatter_class=fmt)
+    conv_args(ch)
+    ch.add_argument("--pool", type=pair_arg(), default=2, help="pooling window = stride (2)")
+    common(ch)
+    return p
+
+
+def explain(args):
+    """The Explanation for parsed arguments."""
+    kw = dict(values=args.values, seed=args.seed, summary=args.summary)
+    if args.op == "linear":
+        return linear(args.input, args.weight, b=True if args.bias else None, **kw)
+    geo = dict(stride=args.stride, padding=args.padding, dilation=args.dilation,
+               groups=args.groups)
+    b = True if args.bias else None
+    if args.op == "chain":
+        return chain(args.input, args.kernel, b, pool=args.pool, **geo, **kw)
+    return conv2d(args.input, args.kernel, b, **geo, **kw)
+
+
+def write_atomically(path, text):
+    """Write text to path through a temporary file in the same folder and os.replace."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".explain-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        text = explain(args).render(args.format, step=args.step)
+    except (ValueError, TypeError, RuntimeError) as e:   # ShapeError is both of the first
+        parser.exit(2, f"{parser.prog} {args.op}: error: {e}\n")
+    if args.out:
+        try:
+            write_atomically(args.out, text)
+        except OSError as e:
+            parser.exit(2, f"{parser.prog} {args.op}: error: cannot write {args.out}: {e}\n")
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
