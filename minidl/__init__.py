@@ -32,6 +32,7 @@ from .serialization import load, save
 from . import nn, optim  # noqa: E402 - above ops, imported last
 from . import data, metrics, models  # noqa: E402
 from .summary import summary  # noqa: E402
+from . import explain, viz  # noqa: E402 - the teaching tools, on top of everything
 
 float32 = _np.dtype(_np.float32)
 float64 = _np.dtype(_np.float64)
