@@ -1,0 +1,2 @@
+"""minidl.explain: the teaching tools (placeholder in this branch; the explain branch
+provides the real package face)."""
