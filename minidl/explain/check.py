@@ -806,7 +806,8 @@ class BackwardReport:
         lines = [head, "=" * min(len(head), 78)]
         if self.not_implemented:
             lines.append(f"NOT IMPLEMENTED YET: {self.function} raises NotImplementedError.")
-            lines.append("Write your code where the exercise says, then run the check again.")
+            lines.append("Replace its `raise NotImplementedError(...)` with your code, then run "
+                         "the check again.")
             return "\n".join(lines)
         for r in self._results:
             if r.error is not None:
