@@ -306,6 +306,11 @@ CONV_HYPOTHESES = [
                 "dw[oc, c, kh, kw] = sum over n, oh, ow of "
                 "dout[n, oc, oh, ow] * x_padded[n, c, oh*SH + kh, ow*SW + kw].",
                 lambda c: _rot180(c.p["dw"])),
+    _Hypothesis("kernel_transposed", "dw",
+                "dw is the right answer with its KH and KW axes swapped: dw[oc, c, kh, kw] "
+                "pairs dout with the input shifted kh rows down and kw columns across "
+                "(dw has the shape of w, (OC, C, KH, KW)).",
+                lambda c: c.p["dw"].transpose(0, 1, 3, 2)),
     _Hypothesis("dw_not_summed_over_batch", "dw",
                 "dw is not summed over the batch: it matches the gradient of the first image "
                 "only, of the last image only (a loop that assigns `dw = ...` instead of "
@@ -864,6 +869,9 @@ class BackwardReport:
                 idx = ", ".join(str(int(k)) for k in j)
                 lines.append(f"    {name}[{idx}]: yours {mine[j]:+.6e}, expected "
                              f"{exp[j]:+.6e}, |diff| {err[j]:.1e}")
+        shape_notes = [f"  case {r.case.index}: {r.notes[name]}" for r in failing[1:]
+                       if r.status[name] in ("SHAPE", "MISSING")]
+        lines += shape_notes[:3]
         for d in self.diagnoses:
             if d.grad == name:
                 lines.append(f"  DIAGNOSIS ({d.key}): {d.text}")
