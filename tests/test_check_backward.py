@@ -257,6 +257,7 @@ def test_an_exception_shows_the_learners_traceback_not_the_checkers():
     assert "Traceback" in report.exception and "SH, SW = stride" in report.exception
     assert "check.py" not in report.exception
     assert "case 3" in text and "dx ok, dw ok, db ok" in text  # pair-stride cases still run
+    assert text.splitlines()[-1].endswith("your function raised an exception (above)")
 
 
 def test_a_function_with_the_wrong_arguments_is_told_the_signature():
@@ -340,3 +341,15 @@ def test_cli_one_function_by_name_and_errors(tmp_path, capsys):
     broken.write_text("def conv_backward(:\n")
     assert main([str(broken)]) == 2
     assert "could not import" in capsys.readouterr().err
+
+
+def test_an_unknown_mistake_gets_maps_but_no_made_up_diagnosis():
+    def conv_backward(dout, x, w, b, stride, padding):
+        dx, dw, db = S.conv_backward(dout, x, w, b, stride, padding)
+        return 1.5 * dx, dw, db
+    report = check_backward(conv_backward, op="conv2d")
+    text = str(report)
+    assert not report.ok and report.diagnoses == []
+    assert "dx[n=0, c=0] (5 x 5): '.' right, 'X' wrong" in text
+    assert text.splitlines()[-1] == ("FAILED: 6 of 6 cases wrong; no known mistake reproduces "
+                                     "your output: read the error maps")

@@ -828,7 +828,7 @@ class BackwardReport:
                       "shown; the checker's own frames are left out):", self.exception]
         for r in self._results:
             if r.problem is not None:
-                lines += ["", f"PROBLEM in case {r.case.index}: {self.function} {r.problem}."]
+                lines += ["", f"PROBLEM in case {r.case.index}: {self.function} {r.problem}"]
                 break
         for name in op.outputs:
             lines += self._output_section(op, name)
@@ -839,9 +839,18 @@ class BackwardReport:
         else:
             n_bad = sum(1 for r in self._results if r.error or r.problem or
                         any(s != "ok" for s in r.status.values()))
-            lines.append(f"FAILED: {n_bad} of {len(self._results)} cases wrong"
-                         + (f"; diagnosis: {', '.join(sorted(self.diagnosis_keys))}"
-                            if self.diagnoses else "; no known mistake matches exactly"))
+            if self.diagnoses:
+                why = f"diagnosis: {', '.join(sorted(self.diagnosis_keys))}"
+            elif self.exception is not None:
+                why = "your function raised an exception (above)"
+            elif any(r.problem for r in self._results):
+                why = "see the PROBLEM above"
+            elif any(r.status.get(n) in ("SHAPE", "MISSING") for r in self._results
+                     for n in op.outputs):
+                why = "wrong shapes (above)"
+            else:
+                why = "no known mistake reproduces your output: read the error maps"
+            lines.append(f"FAILED: {n_bad} of {len(self._results)} cases wrong; {why}")
         return "\n".join(lines)
 
     def _output_section(self, op, name):
