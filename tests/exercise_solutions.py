@@ -176,26 +176,35 @@ def max_pool_backward(dout, x, kernel_size, stride, mistake=None):
 
 
 def batchnorm_backward(dout, x, gamma, beta, eps, mistake=None):
-    """(dx (N, D), dgamma (D,), dbeta (D,)) of y = gamma * xhat + beta, training mode,
-    xhat = (x - mean) / sqrt(var + eps), statistics over the batch axis.
+    """(dx, dgamma (D,), dbeta (D,)) of y = gamma * xhat + beta, training mode,
+    xhat = (x - mean) / sqrt(var + eps), for x (N, D) (statistics over the batch axis) or
+    x (N, C, H, W) with D = C (statistics over N, H and W, per channel).
 
     With g = dout * gamma: dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps).
     """
-    mu = x.mean(axis=0)
-    std = np.sqrt(x.var(axis=0) + eps)
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)       # gamma broadcast over x
+    mu = x.mean(axis=axes, keepdims=True)
+    std = np.sqrt(x.var(axis=axes, keepdims=True) + eps)
     xhat = (x - mu) / std
-    dbeta = dout.sum(axis=0)
-    dgamma = (dout * xhat).sum(axis=0)
-    g = dout * gamma
+    dbeta = dout.sum(axis=axes)
+    dgamma = (dout * xhat).sum(axis=axes)
+    g = dout * gamma.reshape(shape)
     if mistake == "missing_mean_terms":
         dx = g / std
     else:
-        dx = (g - g.mean(axis=0) - xhat * (g * xhat).mean(axis=0)) / std
+        dx = (g - g.mean(axis=axes, keepdims=True)
+              - xhat * (g * xhat).mean(axis=axes, keepdims=True)) / std
     if mistake == "dgamma_not_summed":
         dgamma = dout * xhat
     elif mistake == "swapped":
         dgamma, dbeta = dbeta, dgamma
     return dx, dgamma, dbeta
+
+
+def spatial_batchnorm_backward(dout, x, gamma, beta, eps, mistake=None):
+    """The same, for images: x (N, C, H, W) (checked with op="batch_norm2d")."""
+    return batchnorm_backward(dout, x, gamma, beta, eps, mistake)
 
 
 # ----------------------------------------------------------------------------- softmax-CE

@@ -25,6 +25,7 @@ REFERENCE = {
     "conv2d_forward": S.conv_forward,
     "max_pool2d": S.max_pool_backward,
     "batch_norm": S.batchnorm_backward,
+    "batch_norm2d": S.spatial_batchnorm_backward,
     "softmax_cross_entropy": S.softmax_cross_entropy_backward,
 }
 
@@ -101,6 +102,8 @@ PLANTED = [
     ("batch_norm", "missing_mean_terms", "dx", "bn_missing_mean_terms"),
     ("batch_norm", "dgamma_not_summed", "dgamma", "not_summed_over_batch"),
     ("batch_norm", "swapped", "dgamma", "dgamma_dbeta_swapped"),
+    ("batch_norm2d", "missing_mean_terms", "dx", "bn_missing_mean_terms"),
+    ("batch_norm2d", "dgamma_not_summed", "dgamma", "not_summed_over_batch"),
     ("softmax_cross_entropy", "not_divided", "dlogits", "ce_not_divided_by_n"),
     ("softmax_cross_entropy", "sign_flipped", "dlogits", "ce_sign_flipped"),
 ]

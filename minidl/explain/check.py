@@ -39,6 +39,8 @@ op                         the learner's function
 ``"batch_norm"``           ``fn(dout, x, gamma, beta, eps) -> (dx, dgamma, dbeta)``, training
                            mode, x (N, D) normalised over the batch axis per feature,
                            gamma and beta (D,), biased variance (divide by N)
+``"batch_norm2d"``         the same function for images: x (N, C, H, W) normalised per
+                           channel over (N, H, W), gamma and beta (C,)
 ``"softmax_cross_entropy"``  ``fn(logits, targets) -> dlogits``: logits (N, K), targets
                            (N,) class indices; the loss is the MEAN over the batch
 =========================  ===============================================================
@@ -475,11 +477,17 @@ POOL_HYPOTHESES = [
 
 # ----------------------------------------------------------------------------- batch_norm
 
-# (N, D), the features' means and scales, eps
+# x's shape, its features' mean and scale, eps. (N, D) for "batch_norm": statistics over
+# the batch axis; (N, C, H, W) for "batch_norm2d": over the batch and the image, per channel.
 BN_GEOMETRIES = [
-    (4, 3, 0.0, 1.0, 1e-5),
-    (8, 5, 2.0, 3.0, 1e-5),
-    (5, 7, -1.0, 0.5, 1e-3),
+    ((4, 3), 0.0, 1.0, 1e-5),
+    ((8, 5), 2.0, 3.0, 1e-5),
+    ((5, 7), -1.0, 0.5, 1e-3),
+]
+BN2D_GEOMETRIES = [
+    ((2, 3, 4, 4), 0.0, 1.0, 1e-5),
+    ((3, 2, 3, 5), 2.0, 3.0, 1e-5),
+    ((4, 4, 2, 3), -1.0, 0.5, 1e-3),
 ]
 
 
@@ -490,34 +498,54 @@ def _bn_grads(dout, x, gamma, beta, eps):
     return {"dx": g["x"], "dgamma": g["gamma"], "dbeta": g["beta"]}
 
 
-def _bn_cases():
+def _bn_cases(geometries):
     cases = []
-    for i, (N, D, mean, scale, eps) in enumerate(BN_GEOMETRIES, start=1):
-        rng = np.random.default_rng(300 + i)
-        x = mean + scale * rng.standard_normal((N, D))
+    for i, (xs, mean, scale, eps) in enumerate(geometries, start=1):
+        rng = np.random.default_rng(300 + 10 * len(xs) + i)
+        D = xs[1]
+        x = mean + scale * rng.standard_normal(xs)
         gamma = rng.uniform(0.5, 1.5, D)
         beta = rng.standard_normal(D)
-        dout = rng.standard_normal((N, D))
+        dout = rng.standard_normal(xs)
         exp = _bn_grads(dout, x, gamma, beta, eps)
-        mu = x.mean(axis=0)
-        std = np.sqrt(x.var(axis=0) + eps)
-        p = dict(x=x, gamma=gamma, beta=beta, dout=dout, eps=eps, N=N, mu=mu, std=std,
-                 xhat=(x - mu) / std, **exp)
-        text = f"x {_shape((N, D))}, gamma ({D},), beta ({D},), eps {eps}"
+        axes = (0,) if len(xs) == 2 else (0, 2, 3)      # the axes the statistics run over
+        bshape = (1, D) if len(xs) == 2 else (1, D, 1, 1)  # a (D,) vector, broadcastable
+        mu = x.mean(axis=axes, keepdims=True)
+        std = np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+        p = dict(x=x, gamma=gamma, beta=beta, dout=dout, eps=eps, axes=axes, bshape=bshape,
+                 M=x.size // D, mu=mu, std=std, xhat=(x - mu) / std, **exp)
+        text = f"x {_shape(xs)}, gamma ({D},), beta ({D},), eps {eps}"
         cases.append(_Case(i, text, (dout, x, gamma, beta, eps), exp, p))
     return cases
 
 
+def _bn_mean(p, a):
+    return a.mean(axis=p["axes"], keepdims=True)
+
+
+def _bn_sum(p, a):
+    return a.sum(axis=p["axes"])
+
+
 def _bn_dx(p, mean_term=True, var_term=True, use_gamma=True):
     """dx = (g - mean(g) - xhat * mean(g * xhat)) / std, g = dout * gamma, with terms off."""
-    g = p["dout"] * (p["gamma"] if use_gamma else 1.0)
+    g = p["dout"] * (p["gamma"].reshape(p["bshape"]) if use_gamma else 1.0)
     xhat = p["xhat"]
     dx = g.copy()
     if mean_term:
-        dx -= g.mean(axis=0)
+        dx -= _bn_mean(p, g)
     if var_term:
-        dx -= xhat * (g * xhat).mean(axis=0)
+        dx -= xhat * _bn_mean(p, g * xhat)
     return dx / p["std"]
+
+
+def _bn_unsummed(p, per_element, grad):
+    """dgamma or dbeta left per element, averaged instead of summed, or (images) summed
+    over the batch only."""
+    out = [per_element, p[grad] / p["M"]]
+    if per_element.ndim == 4:
+        out.append(per_element.sum(axis=0))
+    return out
 
 
 BN_HYPOTHESES = [
@@ -540,12 +568,15 @@ BN_HYPOTHESES = [
                 "xhat + beta, so the gradient reaching xhat is dout * gamma.",
                 lambda c: _bn_dx(c.p, use_gamma=False)),
     _Hypothesis("not_summed_over_batch", "dgamma",
-                "dgamma is not summed over the batch: dgamma = (dout * xhat).sum(axis=0), "
-                "shape (D,).",
-                lambda c: [c.p["dout"] * c.p["xhat"], c.p["dgamma"] / c.p["N"]]),
+                "dgamma is not summed over the batch (and, for images, over H and W): "
+                "dgamma = (dout * xhat).sum(axis=0), shape (D,) (axis=(0, 2, 3) for "
+                "(N, C, H, W)), a sum, not a mean.",
+                lambda c: _bn_unsummed(c.p, c.p["dout"] * c.p["xhat"], "dgamma")),
     _Hypothesis("not_summed_over_batch", "dbeta",
-                "dbeta is not summed over the batch: dbeta = dout.sum(axis=0), shape (D,).",
-                lambda c: [c.p["dout"], c.p["dbeta"] / c.p["N"]]),
+                "dbeta is not summed over the batch (and, for images, over H and W): "
+                "dbeta = dout.sum(axis=0), shape (D,) (axis=(0, 2, 3) for (N, C, H, W)), "
+                "a sum, not a mean.",
+                lambda c: _bn_unsummed(c.p, c.p["dout"], "dbeta")),
     _Hypothesis("dgamma_dbeta_swapped", "dgamma",
                 "dgamma is what dbeta should be: dgamma = (dout * xhat).sum(axis=0) and "
                 "dbeta = dout.sum(axis=0).",
@@ -557,7 +588,7 @@ BN_HYPOTHESES = [
     _Hypothesis("dgamma_uses_x", "dgamma",
                 "dgamma = sum(dout * x): it is the NORMALISED input that gamma multiplies, "
                 "dgamma = (dout * xhat).sum(axis=0).",
-                lambda c: (c.p["dout"] * c.p["x"]).sum(axis=0)),
+                lambda c: _bn_sum(c.p, c.p["dout"] * c.p["x"])),
 ]
 
 
@@ -619,7 +650,14 @@ OPS = {
         "batch_norm", "fn(dout, x, gamma, beta, eps) -> (dx, dgamma, dbeta)",
         ("dx", "dgamma", "dbeta"),
         {"dx": "x.shape", "dgamma": "gamma.shape", "dbeta": "beta.shape"},
-        {"dx": ("n", "d"), "dgamma": ("d",), "dbeta": ("d",)}, _bn_cases, BN_HYPOTHESES),
+        {"dx": ("n", "d"), "dgamma": ("d",), "dbeta": ("d",)},
+        lambda: _bn_cases(BN_GEOMETRIES), BN_HYPOTHESES),
+    "batch_norm2d": _Op(
+        "batch_norm2d", "fn(dout, x, gamma, beta, eps) -> (dx, dgamma, dbeta)",
+        ("dx", "dgamma", "dbeta"),
+        {"dx": "x.shape", "dgamma": "gamma.shape", "dbeta": "beta.shape"},
+        {"dx": ("n", "c", "h", "w"), "dgamma": ("c",), "dbeta": ("c",)},
+        lambda: _bn_cases(BN2D_GEOMETRIES), BN_HYPOTHESES),
     "softmax_cross_entropy": _Op(
         "softmax_cross_entropy", "fn(logits, targets) -> dlogits", ("dlogits",),
         {"dlogits": "logits.shape"}, {"dlogits": ("n", "k")}, _ce_cases, CE_HYPOTHESES),
@@ -631,6 +669,7 @@ EXERCISE_FUNCTIONS = {
     "conv_backward": "conv2d",
     "max_pool_backward": "max_pool2d",
     "batchnorm_backward": "batch_norm",
+    "spatial_batchnorm_backward": "batch_norm2d",
     "softmax_cross_entropy_backward": "softmax_cross_entropy",
 }
 
@@ -895,7 +934,7 @@ def check_backward(fn, op="conv2d"):
         ``"conv2d_forward"``: ``fn(x, w, b, stride, padding) -> out``;
         ``"max_pool2d"``: ``fn(dout, x, kernel_size, stride) -> dx``;
         ``"batch_norm"``: ``fn(dout, x, gamma, beta, eps) -> (dx, dgamma, dbeta)``,
-        x (N, D), training mode;
+        x (N, D), training mode; ``"batch_norm2d"``: the same with x (N, C, H, W);
         ``"softmax_cross_entropy"``: ``fn(logits, targets) -> dlogits``, mean loss.
     op: one of ``OPS``.
 
@@ -959,7 +998,7 @@ def main(argv=None):
 
     Imports FILE and checks each exercise function it defines (``EXERCISE_FUNCTIONS``:
     ``conv_forward``, ``conv_backward``, ``max_pool_backward``, ``batchnorm_backward``,
-    ``softmax_cross_entropy_backward``), or the one named by ``--function`` with ``--op``.
+    ``spatial_batchnorm_backward``, ``softmax_cross_entropy_backward``), or the one named by ``--function`` with ``--op``.
     Prints one report each. Exit status: 0 all pass, 1 something fails or is not
     implemented yet, 2 the file or function could not be found.
     """
