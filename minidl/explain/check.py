@@ -10,7 +10,8 @@ or, from a shell, ``python -m minidl.explain.check my_file.py`` (see ``main``).
 
 The checker calls the function on a fixed set of small geometries (square and non-square,
 stride 1 and 2, padding 0 and more, batch > 1), computes the expected answer with minidl's
-autograd (``minidl.nn.functional`` + ``.backward(dout)``), all in float64, and compares
+autograd (``minidl.nn.functional`` + ``.backward(dout)``, on the kernels' NumPy
+references), all in float64, and compares
 element by element (``|yours - expected| <= ATOL + RTOL * |expected|``). The report lists
 every case with pass/fail per gradient, then for each wrong gradient:
 
@@ -26,24 +27,24 @@ every case with pass/fail per gradient, then for each wrong gradient:
 The ops and the function each expects (all arrays NumPy, float64; ``stride``,
 ``padding`` and ``kernel_size`` are ints or (h, w) pairs, passed as the case lists them):
 
-=========================  ===============================================================
-op                         the learner's function
-=========================  ===============================================================
-``"conv2d"``               ``fn(dout, x, w, b, stride, padding) -> (dx, dw, db)``
-                           x (N, C, H, W), w (OC, C, KH, KW), b (OC,),
-                           dout (N, OC, OH, OW)
-``"conv2d_forward"``       ``fn(x, w, b, stride, padding) -> out`` (N, OC, OH, OW): the
-                           forward pass (a cross-correlation, as ``F.conv2d``)
-``"max_pool2d"``           ``fn(dout, x, kernel_size, stride) -> dx``, x (N, C, H, W),
-                           no padding; every window's values are distinct (no ties)
-``"batch_norm"``           ``fn(dout, x, gamma, beta, eps) -> (dx, dgamma, dbeta)``, training
-                           mode, x (N, D) normalised over the batch axis per feature,
-                           gamma and beta (D,), biased variance (divide by N)
-``"batch_norm2d"``         the same function for images: x (N, C, H, W) normalised per
-                           channel over (N, H, W), gamma and beta (C,)
-``"softmax_cross_entropy"``  ``fn(logits, targets) -> dlogits``: logits (N, K), targets
-                           (N,) class indices; the loss is the MEAN over the batch
-=========================  ===============================================================
+=============================  =============================================================
+op                             the learner's function
+=============================  =============================================================
+``"conv2d"``                   ``fn(dout, x, w, b, stride, padding) -> (dx, dw, db)``,
+                               x (N, C, H, W), w (OC, C, KH, KW), b (OC,),
+                               dout (N, OC, OH, OW)
+``"conv2d_forward"``           ``fn(x, w, b, stride, padding) -> out`` (N, OC, OH, OW): the
+                               forward pass (a cross-correlation, as ``F.conv2d``)
+``"max_pool2d"``               ``fn(dout, x, kernel_size, stride) -> dx``, x (N, C, H, W),
+                               no padding; every window's values are distinct (no ties)
+``"batch_norm"``               ``fn(dout, x, gamma, beta, eps) -> (dx, dgamma, dbeta)``,
+                               training mode, x (N, D) normalised per feature over the
+                               batch axis, gamma and beta (D,), biased variance (/ N)
+``"batch_norm2d"``             the same function for images: x (N, C, H, W) normalised per
+                               channel over (N, H, W), gamma and beta (C,)
+``"softmax_cross_entropy"``    ``fn(logits, targets) -> dlogits``: logits (N, K), targets
+                               (N,) class indices; the loss is the MEAN over the batch
+=============================  =============================================================
 
 The function is called with copies of the arrays, so changing them in place harms nothing.
 If it raises, the report shows the exception with the traceback of *your* code (the
@@ -998,8 +999,8 @@ def main(argv=None):
 
     Imports FILE and checks each exercise function it defines (``EXERCISE_FUNCTIONS``:
     ``conv_forward``, ``conv_backward``, ``max_pool_backward``, ``batchnorm_backward``,
-    ``spatial_batchnorm_backward``, ``softmax_cross_entropy_backward``), or the one named by ``--function`` with ``--op``.
-    Prints one report each. Exit status: 0 all pass, 1 something fails or is not
+    ``spatial_batchnorm_backward``, ``softmax_cross_entropy_backward``), or the one named
+    by ``--function`` with ``--op``. Prints one report each. Exit status: 0 all pass, 1 something fails or is not
     implemented yet, 2 the file or function could not be found.
     """
     parser = argparse.ArgumentParser(
