@@ -134,7 +134,7 @@ def test_a_planted_mistake_gets_no_other_diagnosis(op, mistake, grad, key):
 def test_kernel_flipped_twice_reads_as_not_flipped():
     report = report_for("conv2d", "flipped_twice")
     assert report.diagnosis_keys == {"kernel_not_flipped"}
-    assert "flipped twice" in str(report)
+    assert "flipped twice" in " ".join(str(report).split())
 
 
 def test_only_the_broken_gradient_is_reported_wrong():
@@ -223,7 +223,7 @@ def test_wrong_shape_names_the_argument_and_the_expected_shape():
 def test_padded_dx_says_so():
     text = str(report_for("conv2d", "padding_not_cropped"))
     assert "dx has shape (2, 3, 7, 7), expected (2, 3, 5, 5) = x.shape" in text
-    assert "PADDED shape" in text
+    assert "PADDED shape" in " ".join(text.split())
 
 
 @pytest.mark.parametrize("returned,message", [

@@ -58,6 +58,7 @@ import argparse
 import importlib.util
 import pathlib
 import sys
+import textwrap
 import traceback
 
 import numpy as np
@@ -284,7 +285,7 @@ CONV_HYPOTHESES = [
                 "not flipped (or was flipped twice). Written as a convolution, dx is the "
                 "'full' cross-correlation of the (stride-dilated, padded) dout with the "
                 "ROTATED kernel w[:, :, ::-1, ::-1], summed over OC; written as a scatter "
-                "(dcol = W^T . dout, then col2im) it needs no flip at all.",
+                "(dcol = W^T @ dout, then col2im) it needs no flip at all.",
                 lambda c: _conv_grads(c.p["x"], _rot180(c.p["w"]), c.p["b"], c.p["stride"],
                                       c.p["padding"], c.p["dout"])["dx"]),
     _Hypothesis("kernel_transposed", "dx",
@@ -923,7 +924,9 @@ class BackwardReport:
         lines += shape_notes[:3]
         for d in self.diagnoses:
             if d.grad == name:
-                lines.append(f"  DIAGNOSIS ({d.key}): {d.text}")
+                lines.append(textwrap.fill(d.text, width=90,
+                                           initial_indent=f"  DIAGNOSIS ({d.key}): ",
+                                           subsequent_indent="    "))
         return lines
 
 
