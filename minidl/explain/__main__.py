@@ -79,7 +79,8 @@ def build_parser():
         q.add_argument("--seed", type=int, default=0, help="seed of the drawn values (0)")
         q.add_argument("--values", choices=("int", "float"), default="int",
                        help="small integers (default) or normal floats")
-        q.add_argument("--format", choices=("text", "markdown", "latex"), default="text")
+        q.add_argument("--format", choices=("text", "markdown", "latex", "html"),
+                       default="text", help="html: the interactive page (one file)")
         q.add_argument("--step", choices=("forward", "backward", "all"), default="all",
                        help="print only the forward or the backward steps")
         q.add_argument("--summary", action="store_true",

@@ -24,7 +24,8 @@ A 4-D array (N, C, H, W) is shown as one Matrix per (n, c) plane (``planes``).
 
 Renderers: ``to_text()`` (aligned columns, wide matrices wrapped into column blocks),
 ``to_markdown()`` (a table per matrix), ``to_latex()`` (a ``bmatrix`` per matrix, the labels
-listed under it), ``_repr_html_()`` (plain HTML tables; the interactive page comes later).
+listed under it), ``to_html()`` and ``_repr_html_()`` (the interactive page of ``html.py``;
+``to_html_tables()`` keeps the plain tables).
 Each takes ``step='forward' | 'backward' | 'all'``.
 """
 from __future__ import annotations
@@ -316,7 +317,7 @@ class Explanation:
         out.append(r"\paragraph{}" + tex(self.check_line))
         return "\n".join(out) + "\n"
 
-    # --- html (plain tables; the interactive page is a later step)
+    # --- html (plain tables; the interactive page is html.py's)
     def to_html_tables(self, step="all"):
         """A simple HTML fragment: a heading, formula and table per step (no script)."""
         e = html.escape
@@ -345,13 +346,20 @@ class Explanation:
         out.append(f"<p><i>{e(self.check_line)}</i></p></div>")
         return "\n".join(out)
 
+    def to_html(self, step="all", title=None):
+        """The interactive page (``html.py``): one self-contained HTML document."""
+        from .html import page
+        return page(self, title=title, step=step)
+
     def _repr_html_(self):
-        return self.to_html_tables()
+        """The interactive page as one ``<div>`` (style and script inside), for notebooks."""
+        from .html import page
+        return page(self, fragment=True)
 
     def render(self, format="text", step="all"):  # noqa: A002 - the CLI's word
-        """The explanation as a string in ``format``: 'text', 'markdown' or 'latex'."""
+        """The explanation as a string in ``format``: 'text', 'markdown', 'latex' or 'html'."""
         renderers = {"text": self.to_text, "markdown": self.to_markdown,
-                     "latex": self.to_latex}
+                     "latex": self.to_latex, "html": self.to_html}
         if format not in renderers:
             raise ValueError(f"format must be one of {sorted(renderers)}, got {format!r}")
         return renderers[format](step=step)
