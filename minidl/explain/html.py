@@ -217,10 +217,11 @@ def figure(caption, inner):
     return f"<figure><figcaption>{caption}</figcaption>{inner}</figure>"
 
 
-def explorer(e):
-    """The interactive part: forward and backward panels with an id on every cell."""
+def explorer(e, cells):
+    """The interactive part: forward and backward panels with an id on every cell; cells:
+    ``highlights(e)``."""
     geo, a = e.geometry, e.arrays
-    Cg, OCg, KK, L = sizes(geo)
+    Cg, OCg, KK, _ = sizes(geo)
     cols = [f"({n},{oh},{ow})" for n in range(geo.N) for oh in range(geo.OH)
             for ow in range(geo.OW)]
 
@@ -250,6 +251,9 @@ def explorer(e):
 
     def olabels(g):
         return [str(g * OCg + o) for o in range(OCg)]
+
+    def unread(n, c, h, w):      # a dX cell no window reads: its gradient is always 0
+        return "" if cells[f"dx-n{n}-c{c}-h{h}-w{w}"]["hl"]["dcol"] else "unread"
 
     def padded(n, c, h, w):
         inside = geo.PH0 <= h < geo.PH0 + geo.H and geo.PW0 <= w < geo.PW0 + geo.W
@@ -285,7 +289,8 @@ def explorer(e):
         block(8, "dX = col2im(dcol) &mdash; click a cell", "dX[n, c, i, j] = sum of dcol["
               f"(c,kh,kw), (n,oh,ow)] over oh*{geo.SH} + kh*{geo.DH} - {geo.PH0} = i, "
               f"ow*{geo.SW} + kw*{geo.DW} - {geo.PW0} = j",
-              plane_tables("dX", a["dX"], "nc", "dx-n{0}-c{1}-h{2}-w{3}", interactive=True)),
+              plane_tables("dX", a["dX"], "nc", "dx-n{0}-c{1}-h{2}-w{3}", unread,
+                           interactive=True)),
         block(6, "kernel w", "w[o, c, kh, kw] (c counted within o's group)",
               plane_tables("w", a["w"], "oc", "w-o{0}-c{1}-kh{2}-kw{3}")),
         block(7, "dcol = Wm<sup>T</sup> . dY", "dcol[(c,kh,kw), (n,oh,ow)] = sum over o of "
@@ -300,7 +305,9 @@ def explorer(e):
                                               "(every channel of the group)"),
             ("hl-col", "its column of col"), ("hl-wm", "row o of Wm"),
             ("hl-dy", "dY entries that reach dX"), ("hl-w", "kernel weights they meet"),
-            ("hl-dcol", "dcol entries col2im adds"), ("pad", "zero padding")])
+            ("hl-dcol", "dcol entries col2im adds"), ("pad", "zero padding")]
+        + ([("unread", "x never read: dX = 0")]
+           if any(unread(*ix) for ix in np.ndindex(a["dX"].shape)) else []))
     return (
         "<section class='mx-explorer'><h2>explore: point at an output cell y or click a cell "
         "of dX</h2>"
@@ -381,6 +388,7 @@ CSS = """
 .minidl-page table.mx td { border: 1px solid #ced4da; padding: 2px 5px; text-align: right;
   min-width: 18px; background: #fff; }
 .minidl-page td.pad, .minidl-page .mx-sw.pad { background: #f1f3f5; color: #adb5bd; }
+.minidl-page td.unread, .minidl-page .mx-sw.unread { color: #adb5bd; border-style: dashed; }
 .minidl-page td[data-x] { cursor: pointer; }
 .minidl-page td[data-x]:hover { outline: 2px solid #868e96; }
 .minidl-page .sel { background: #ffe066 !important; color: #000; font-weight: 700;
@@ -397,7 +405,7 @@ CSS = """
   border: 1px solid #fab005; border-radius: 6px; padding: 6px 10px;
   height: 11.5em; overflow-y: auto; }   /* fixed: pointing at a cell never moves the page */
 .minidl-page .mx-step { border: 1px solid #dee2e6; border-radius: 6px; padding: 4px 10px;
-  margin: 8px 0; }
+  margin: 8px 0; overflow-x: auto; }
 .minidl-page .mx-forward { border-left: 4px solid #f08c00; }
 .minidl-page .mx-backward { border-left: 4px solid #1c7ed6; }
 .minidl-page .mx-n { display: inline-block; min-width: 20px; text-align: center;
@@ -433,7 +441,11 @@ JS = """
       });
       lit = [];
       var d = id && data.cells[id];
-      if (!d) { if (info) { info.textContent = hint; } root.removeAttribute('data-selected'); return; }
+      if (!d) {                           // nothing chosen: the hint again
+        if (info) { info.textContent = hint; }
+        root.removeAttribute('data-selected');
+        return;
+      }
       cells[id].classList.add('sel');
       lit.push(cells[id]);
       Object.keys(d.hl).forEach(function (role) {   // win, col, wm or dy, w, dcol
@@ -494,7 +506,7 @@ def page(explanation, title=None, step="all", fragment=False):
              f"<pre class='mx-header'>{esc(chr(10).join(e.header))}</pre>",
              f"<p><span class='mx-check'>{esc(e.check_line)}</span></p>"]
     if cells:
-        parts.append(explorer(e))
+        parts.append(explorer(e, cells))
     parts.append(step_cards(e, step))
     if cells:
         data = {"roles": list(ROLES), "cells": cells}
