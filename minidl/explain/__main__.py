@@ -34,6 +34,8 @@ pairs: --stride 2 or --stride 2,1 (height, width); likewise --padding, --dilatio
   --padding same / valid as in PyTorch ('same': stride 1 only).
 values: small integers by default (--values int: x in [-3, 3], w, b, dY in [-2, 2], exact,
   so the arithmetic can be redone by hand), or --values float (normal, 3 decimals).
+  max_pool2d draws distinct values in each plane, or (--tie split) values that tie;
+  batch_norm and softmax_cross_entropy print 4 decimals (whole numbers as integers).
 Every number is checked against minidl's autograd before printing; the output ends with
   'checked against autograd: max |diff| = ...'.
 Too large to print (conv: N > 4, C or OC > 6, H or W > 16, KH or KW > 5, OH or OW > 12,

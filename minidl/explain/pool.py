@@ -108,17 +108,20 @@ def header(op, win, ceil_mode, extra=()):
     for L, K, S, P, D, O, name in ((win.H, win.KH, win.SH, win.PH, win.DH, win.OH, "OH"),
                                    (win.W, win.KW, win.SW, win.PW, win.DW, win.OW, "OW")):
         span = L + 2 * P - D * (K - 1) - 1
+        # avg_pool2d has no dilation: its formula is written with K - 1
+        reach, nums = (("D*(K-1)", f"{D}*{K - 1}") if op == "max_pool2d" else
+                       ("(K-1)", f"{K - 1}"))
         if ceil_mode:
             out = (span + S - 1) // S + 1
-            text = (f"{name} = floor((L + 2P - D*(K-1) - 1 + S-1) / S) + 1 (ceil_mode) = "
-                    f"floor(({L} + {2 * P} - {D}*{K - 1} - 1 + {S - 1}) / {S}) + 1 = {out}")
+            text = (f"{name} = floor((L + 2P - {reach} - 1 + S-1) / S) + 1 (ceil_mode) = "
+                    f"floor(({L} + {2 * P} - {nums} - 1 + {S - 1}) / {S}) + 1 = {out}")
             if out != O:
                 text += (f", minus 1 because the last window would start at "
                          f"{(out - 1) * S} >= L + P = {L + P} (past the input and its "
                          f"padding): {O}")
         else:
-            text = (f"{name} = floor((L + 2P - D*(K-1) - 1) / S) + 1 = "
-                    f"floor(({L} + {2 * P} - {D}*{K - 1} - 1) / {S}) + 1 = {O}")
+            text = (f"{name} = floor((L + 2P - {reach} - 1) / S) + 1 = "
+                    f"floor(({L} + {2 * P} - {nums} - 1) / {S}) + 1 = {O}")
         lines.append(text)
     return [line for line in lines if line]
 
