@@ -7,6 +7,10 @@ autograd before anything is printed.
     print(e)                     # or e.to_markdown(), e.to_latex(); e.step('col').matrices
     ex.linear((2, 3), (4, 3), b=True)
     ex.chain((1, 1, 6, 6), (2, 1, 3, 3), pool=2)     # conv2d -> relu -> max_pool2d
+    ex.max_pool2d((1, 1, 4, 4), 2, tie="split")      # where each gradient goes, on ties
+    ex.avg_pool2d((1, 1, 5, 5), 3, stride=2, padding=1, count_include_pad=False)
+    ex.batch_norm((4, 3))                            # dX's three terms
+    ex.softmax_cross_entropy((3, 4), [0, 2, 1], label_smoothing=0.1)
 
 The command line: ``python -m minidl.explain conv2d --input 1x2x5x4 --kernel 3x2x3x3
 --stride 2 --padding 1`` (``--help`` for the rest).
@@ -22,8 +26,12 @@ from .chain import chain
 from .conv import conv2d
 from .core import Explanation, Matrix, Step
 from .linear import linear
+from .loss import softmax_cross_entropy
+from .norm import batch_norm
+from .pool import avg_pool2d, max_pool2d
 
-__all__ = ["conv2d", "linear", "chain", "check_backward", "Explanation", "Step", "Matrix"]
+__all__ = ["conv2d", "linear", "chain", "max_pool2d", "avg_pool2d", "batch_norm",
+           "softmax_cross_entropy", "check_backward", "Explanation", "Step", "Matrix"]
 
 
 def check_backward(*args, **kwargs):
