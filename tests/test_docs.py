@@ -13,8 +13,7 @@ How a Markdown file is run (the convention the docs are written to)
   block with no such ``text`` block may print anything; it must only not raise.
   (No ``>>>`` doctest prompts: a block reads like the code a learner types into a file.)
 * ``<!-- needs: minidl.explain.max_pool2d -->`` on the line before a Python block: the
-  block uses that name. While the name does not exist the block is skipped, with the
-  reason, by ``skip_if_unmerged`` below (the one escape hatch; see there).
+  block uses that name (documentation only: every block runs).
 * A ``text`` block between ``<!-- explain: ... -->`` and ``<!-- /explain -->`` is an output
   of ``minidl.explain``, written by ``docs/regenerate.py``; ``test_explain_block_is_fresh``
   regenerates it in memory and fails, naming the block and the command to run, when it
@@ -53,20 +52,6 @@ def _load_regenerate():
 
 
 regenerate = _load_regenerate()
-
-
-# ----------------------------------------------------------------------------- the escape hatch
-
-def skip_if_unmerged(needs, what):
-    """THE ESCAPE HATCH, in one place: skip (with the reason) a block that needs an explainer
-    written on another branch (``minidl.explain.max_pool2d``, ``avg_pool2d``, ``batch_norm``,
-    ``softmax_cross_entropy``) while it is not merged.
-
-    Once those explainers are merged, delete this function and its two calls: a missing
-    name must then fail the test, not skip it."""
-    missing = [name for name in needs if not _exists(name)]
-    if missing:
-        pytest.skip(f"{what} needs {', '.join(missing)}, not merged on this branch yet")
 
 
 def _exists(dotted):
@@ -205,7 +190,6 @@ PY_BLOCKS = [b for p in NOTEBOOK_FILES for b in python_blocks(p)]
 @pytest.mark.parametrize("block", PY_BLOCKS, ids=[b.id() for b in PY_BLOCKS])
 def test_python_block(block):
     """The block runs (after every block above it in its file) and prints its output."""
-    skip_if_unmerged(block.needs, f"the block at {block.id()}")
     status, got = notebook(block.path).result(block)
     if status == "skip":
         pytest.fail(f"{block.id()}: a block above it was skipped for {got}, so this one "
@@ -227,7 +211,6 @@ EXPLAIN_BLOCKS = [b for p in regenerate.FILES for b in regenerate.blocks(p)]
                                                        for b in EXPLAIN_BLOCKS])
 def test_explain_block_is_fresh(block):
     """The explain output in the docs is exactly what the explainer prints now."""
-    skip_if_unmerged([f"minidl.explain.{block.op}"], f"the explain block at {block.where()}")
     new = regenerate.render(block.spec)
     if block.current != new:
         diff = "\n".join(difflib.unified_diff(block.current, new, "in the docs", "now",
