@@ -16,12 +16,11 @@ file in the same folder, then ``os.replace``), so a reader never sees half a fil
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 
 from . import (avg_pool2d, batch_norm, chain, conv2d, linear, max_pool2d,
                softmax_cross_entropy)
+from ..serialization import atomic_write
 
 SHAPES_HELP = """shapes: sizes joined by 'x', no spaces:
   --input  N x C x H x W   like 1x2x5x4 (conv2d, chain) or N x IN like 2x3 (linear)
@@ -245,20 +244,6 @@ def explain(args):
     return conv2d(args.input, args.kernel, b, **geo, **kw)
 
 
-def write_atomically(path, text):
-    """Write text to path through a temporary file in the same folder and os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".explain-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -268,7 +253,8 @@ def main(argv=None):
         parser.exit(2, f"{parser.prog} {args.op}: error: {e}\n")
     if args.out:
         try:
-            write_atomically(args.out, text)
+            with atomic_write(args.out, "w") as f:     # all or nothing, mode per the umask
+                f.write(text)
         except OSError as e:
             parser.exit(2, f"{parser.prog} {args.op}: error: cannot write {args.out}: {e}\n")
         print(f"wrote {args.out}")
