@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["is_int", "pair", "conv_padding", "conv_output_size", "pool_output_size",
+__all__ = ["is_int", "pair", "pool_args", "conv_padding", "conv_output_size", "pool_output_size",
            "adaptive_windows", "adaptive_output_size", "ConvGeometry", "Window2d",
            "make_window"]
 
@@ -57,6 +57,16 @@ def pair(value, name, op, *, minimum=None, allow_none=False):
     if minimum is not None and any(v is not None and v < minimum for v in result):
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
     return result
+
+
+def pool_args(kernel_size, stride, padding, dilation, op):
+    """Pooling's arguments as PyTorch reads them: (kernel, stride, padding, dilation)
+    pairs; ``stride`` None (or ``()``) means the kernel size. Errors name ``op``."""
+    kernel = pair(kernel_size, "kernel_size", op, minimum=1)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        stride = kernel
+    return (kernel, pair(stride, "stride", op, minimum=1),
+            pair(padding, "padding", op, minimum=0), pair(dilation, "dilation", op, minimum=1))
 
 
 def conv_padding(padding, kernel, stride, dilation, op="conv2d"):

@@ -76,12 +76,8 @@ class WorkedExplanation(Explanation):
 def pool_window(op, x_shape, kernel_size, stride, padding, dilation, ceil_mode):
     """The ``geometry.Window2d``, resolved as ``F.max_pool2d`` resolves it (call after the
     op has validated the arguments)."""
-    kernel = geometry.pair(kernel_size, "kernel_size", op, minimum=1)
-    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
-        stride = kernel
-    stride = geometry.pair(stride, "stride", op, minimum=1)
-    padding = geometry.pair(padding, "padding", op, minimum=0)
-    dilation = geometry.pair(dilation, "dilation", op, minimum=1)
+    kernel, stride, padding, dilation = geometry.pool_args(kernel_size, stride, padding,
+                                                           dilation, op)
     return geometry.make_window(tuple(x_shape[-2:]), kernel, stride, padding, dilation,
                                 bool(ceil_mode))
 

@@ -309,12 +309,8 @@ def _window(op, x, kernel_size, stride, padding, dilation, ceil_mode):
     None (or ``()``) means the kernel size.
     """
     H, W = x.shape[-2:]
-    kernel = geometry.pair(kernel_size, "kernel_size", op, minimum=1)
-    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
-        stride = kernel
-    stride = geometry.pair(stride, "stride", op, minimum=1)
-    padding = geometry.pair(padding, "padding", op, minimum=0)
-    dilation = geometry.pair(dilation, "dilation", op, minimum=1)
+    kernel, stride, padding, dilation = geometry.pool_args(kernel_size, stride, padding,
+                                                           dilation, op)
     half = (kernel[0] // 2, kernel[1] // 2)
     if padding[0] > half[0] or padding[1] > half[1]:
         raise ValueError(f"{op}: padding must be at most half the kernel size, got "
