@@ -132,6 +132,18 @@ def parse_to_args(args, kwargs):
 
 
 
+class _VersionCounter:
+    """How many in-place changes a tensor's memory has had: one object shared by a tensor
+    and its views (and ``detach()``), bumped by every in-place op (``add_``, ``t[i] = v``,
+    an optimiser step, ``load_state_dict``...). ``saved_tensors`` compares it with the
+    version recorded at forward time."""
+
+    __slots__ = ("v",)
+
+    def __init__(self):
+        self.v = 0
+
+
 class Tensor:
     """An n-dimensional array that can record the operations applied to it.
 
@@ -150,6 +162,8 @@ class Tensor:
         self._output_nr = 0      # which output of grad_fn this tensor is
         self._retains_grad = False
         self._requires_grad = False
+        self._vc = _VersionCounter()  # shared with views; see _VersionCounter
+        self._is_view = False
         self.requires_grad = requires_grad
 
     # --- basic properties -------------------------------------------------------------
@@ -272,8 +286,21 @@ class Tensor:
 
     # --- graph handling ---------------------------------------------------------------------
     def detach(self):
-        """A new leaf tensor sharing the same array, outside the graph."""
-        return Tensor(self.data)
+        """A new leaf tensor sharing the same array (and version counter), outside the graph."""
+        t = Tensor(self.data)
+        t._vc = self._vc
+        t._is_view = True
+        return t
+
+    @property
+    def _version(self):
+        """The number of in-place changes made to this tensor's memory (PyTorch's ``_version``)."""
+        return self._vc.v
+
+    def _bump_version(self):
+        """Record an in-place change of ``data`` made outside the in-place ops (optimisers,
+        ``load_state_dict``, ``nn.init``): graphs that saved this array will refuse backward."""
+        self._vc.v += 1
 
     def retain_grad(self):
         """Keep ``.grad`` on this non-leaf tensor after backward (leaves always keep it)."""
@@ -295,32 +322,6 @@ class Tensor:
         freed afterwards unless ``retain_graph=True``.
         """
         run_backward(self, gradient, retain_graph)
-
-    # --- in-place helpers (optimisers, init): no graph is recorded ---------------------------
-    def _check_inplace(self, name):
-        if self.requires_grad and is_grad_enabled() and self.is_leaf:
-            raise RuntimeError(
-                f"{name}(): a leaf tensor that requires grad cannot be modified in place while "
-                "grad mode is on; wrap the update in `with minidl.no_grad():`")
-
-    def zero_(self):
-        self._check_inplace("zero_")
-        self.data[...] = 0
-        return self
-
-    def fill_(self, value):
-        self._check_inplace("fill_")
-        self.data[...] = value
-        return self
-
-    def copy_(self, src):
-        """Copy ``src``'s values into this tensor (shapes must broadcast)."""
-        self._check_inplace("copy_")
-        src = src.data if isinstance(src, Tensor) else src
-        xp = backend.get_array_module(self.data)
-        self.data[...] = xp.asarray(backend.to_device(src, self.device) if xp is not np
-                                    else backend.to_numpy(src))
-        return self
 
     # --- devices and dtypes ---------------------------------------------------------------
     def to(self, *args, **kwargs):
@@ -378,6 +379,7 @@ class Context:
         self._edges = ()          # per input: (leaf Tensor, None) | (Context, output_nr) | None
         self._out_meta = ()       # per output: (shape, dtype) to materialise missing grads
         self._retained = {}       # output_nr -> weakref to a tensor that called retain_grad()
+        self._checks = ()         # (version counter, version, shape) of saved inputs/outputs
 
     @property
     def name(self):
@@ -405,6 +407,14 @@ class Context:
                 f"{self.name}: trying to backward through the graph a second time; its saved "
                 "values were freed after the first backward. Pass retain_graph=True to the "
                 "first backward() if you need to call it again.")
+        for vc, version, shape in self._checks:
+            if vc.v != version:
+                raise RuntimeError(
+                    f"{self.name}: one of the tensors needed for its gradient, of shape "
+                    f"{shape}, has been modified by an in-place operation: it is at version "
+                    f"{vc.v}, expected version {version}. Hint: make the in-place change after "
+                    "backward(), or use an out-of-place op instead (x = x * 0 rather than "
+                    "x.zero_(), x = x + y rather than x += y), or change a .clone() of it.")
         return self._saved
 
     def _release(self):
@@ -415,6 +425,34 @@ class Context:
         return f"<{self.name}Backward>"
 
 
+def _saved_checks(saved, tensors):
+    """The version checks for a node: ``(counter, version, shape)`` of each input or output
+    Tensor whose array the forward saved.
+
+    Forwards save raw arrays, so which Tensor an array belongs to is found by identity: a
+    saved array ``s`` stands for Tensor ``t`` when ``s`` is ``t.data``, or when ``s`` and
+    ``t.data`` are the same memory's views (one is the other's ``.base``, or both share a
+    ``.base``). Arrays the forward computed (``x > 0``, im2col columns, ``x - mean``) belong
+    to no tensor and are never checked: changing the input afterwards cannot change them.
+    Identity, not ``shares_memory``: a few set lookups per recorded node.
+    """
+    ids = set()
+    for s in saved:
+        if s is not None:
+            ids.add(id(s))
+            b = getattr(s, "base", None)
+            if b is not None:
+                ids.add(id(b))
+    checks = []
+    for t in tensors:
+        if isinstance(t, Tensor):
+            d = t.data
+            b = getattr(d, "base", None)
+            if id(d) in ids or (b is not None and id(b) in ids):
+                checks.append((t._vc, t._vc.v, t.shape))
+    return tuple(checks)
+
+
 class Function:
     """Base class of differentiable primitives; subclasses define ``forward``/``backward``.
 
@@ -423,6 +461,8 @@ class Function:
     ``backward(ctx, *grads)`` receives one gradient per output and returns one gradient
     (or ``None``) per positional input.
     """
+
+    _view = False  # True for ops whose output may be a view of input 0 (reshape, getitem...)
 
     @staticmethod
     def forward(ctx, *args, **kwargs):
@@ -458,6 +498,15 @@ class Function:
         multi = isinstance(result, tuple)
         outs = result if multi else (result,)
         tensors = tuple(Tensor(o) for o in outs)
+        if cls._view:  # a view shares its base's version counter (as in PyTorch)
+            src = inputs[0].data
+            base = getattr(src, "base", None)
+            for t in tensors:
+                o = t.data
+                ob = getattr(o, "base", None)
+                if o is src or (ob is not None and (ob is src or ob is base)):
+                    t._vc = inputs[0]._vc
+                    t._is_view = True
         if record:
             edges = []
             for t, need in zip(inputs, needs):
@@ -469,6 +518,8 @@ class Function:
                     edges.append((t.grad_fn, t._output_nr))
             ctx._edges = tuple(edges)
             ctx._out_meta = tuple((o.shape, o.dtype) for o in outs)
+            if ctx._saved:
+                ctx._checks = _saved_checks(ctx._saved, inputs + tensors)
             for i, t in enumerate(tensors):
                 if t.dtype.kind in "fc":
                     t._requires_grad = True

@@ -9,12 +9,28 @@ before anything uses a tensor; every method below is the op function itself (``x
 runs ``ops.exp(x)``), so there is one implementation of each.
 
 Tensor's own class body keeps what needs no op: shape and dtype queries, ``item``,
-``numpy``, ``backward``, ``to``/``cuda``/``cpu``, in-place fills, and ``__hash__``.
+``numpy``, ``backward``, ``to``/``cuda``/``cpu``, and ``__hash__``.
+
+In-place ops (``add_``, ``zero_``, ``t[i] = v``, ``a += b``...) are here too. Each one
+bumps the tensor's version counter (shared with its views), so a graph that saved the
+old values refuses backward instead of giving a wrong gradient (``Context.saved_tensors``).
+Three cases, as in PyTorch:
+
+- a leaf that requires grad, with grad mode on: refused (change it under ``no_grad()``);
+- in a graph (grad mode on and the tensor or an operand requires grad): differentiable.
+  The op runs out of place on a copy of the old values, the result is written into the
+  tensor's array (so every alias sees it) and the tensor takes the result's ``grad_fn``.
+  Not on a view (``x[0].add_(1)`` with ``x`` in a graph): refused, use ``.clone()``;
+- otherwise: the array is changed in place, no graph.
 """
 from __future__ import annotations
 
-from . import ops
-from .autograd import Tensor
+import numpy as np
+
+from . import backend, ops, random
+from .autograd import Tensor, is_grad_enabled
+from .errors import ShapeError
+from .ops.shape import CopyFunction, FillFunction, SetItemFunction
 from .ops.utils import as_tensor
 
 __all__ = ["attach", "METHODS"]
@@ -33,6 +49,187 @@ def _reflected(fn):
     return lambda self, other: fn(as_tensor(other, self), self)
 
 
+# ----------------------------------------------------------------------------- in-place ops
+
+
+def _in_graph(t, name, operands=()):
+    """Whether the in-place op ``name`` on ``t`` must be recorded; refuses the cases PyTorch
+    refuses (a leaf that requires grad) or minidl cannot record (a view in a graph)."""
+    if not is_grad_enabled():
+        return False
+    if t.requires_grad and t.is_leaf:
+        raise RuntimeError(f"{name}: a leaf Variable that requires grad is being used in an "
+                           "in-place operation. Change it inside `with minidl.no_grad():` "
+                           "(as an optimiser does), or work on a .clone() of it.")
+    if not (t.requires_grad or any(isinstance(o, Tensor) and o.requires_grad
+                                   for o in operands)):
+        return False
+    if t._is_view:
+        raise RuntimeError(f"{name}: in-place change of a view (or detach()) of a tensor, "
+                           "recorded for backward, is not supported by minidl; apply it to "
+                           ".clone() of the view, or use the out-of-place op")
+    return True
+
+
+def _record(t, name, out_of_place):
+    """The graph case: ``out_of_place(old)`` on a copy of ``t``'s values (so nodes that save
+    them keep the old ones), written back into ``t.data``; ``t`` takes the result's node."""
+    old = Tensor(t.data.copy())
+    old._requires_grad, old.grad_fn, old._output_nr = t.requires_grad, t.grad_fn, t._output_nr
+    out = out_of_place(old)
+    if out.shape != t.shape:
+        raise ShapeError(f"{name}: the result has shape {out.shape}, which cannot be written "
+                         f"into the tensor of shape {t.shape}")
+    t.data[...] = out.data
+    t._bump_version()
+    if out.grad_fn is not None:
+        t.grad_fn, t._output_nr, t._requires_grad = out.grad_fn, out._output_nr, True
+    return t
+
+
+def _raw(value):
+    return value.data if isinstance(value, Tensor) else value
+
+
+def _write(t, name, fn):
+    """The plain case: ``fn(array)`` changes the array in place; shape errors name the op."""
+    try:
+        fn(t.data)
+    except ValueError as e:
+        if "broadcast" in str(e):
+            raise ShapeError(f"{name}: the operand cannot be broadcast to the tensor's shape "
+                             f"{t.shape} ({e})") from None
+        raise
+    t._bump_version()
+    return t
+
+
+def _arith(name, op, ufunc):
+    def method(self, other, *, alpha=None):
+        if alpha is not None:
+            other = other * alpha
+        if _in_graph(self, name, (other,)):
+            return _record(self, name, lambda old: op(old, as_tensor(other, self)))
+        o = _raw(other)
+        return _write(self, name, lambda a: ufunc(a, o, out=a))
+    method.__name__ = name
+    method.__doc__ = f"In place: ``x.{name}(y)`` is ``x = x.{name[:-1]}(y)`` written into x."
+    return method
+
+
+def _np(name):
+    return lambda a, o, out: getattr(backend.get_array_module(a), name)(a, o, out=out)
+
+
+add_ = _arith("add_", ops.add, _np("add"))
+sub_ = _arith("sub_", ops.sub, _np("subtract"))
+mul_ = _arith("mul_", ops.mul, _np("multiply"))
+div_ = _arith("div_", ops.div, _np("true_divide"))
+
+
+def clamp_(self, min=None, max=None):
+    """In place: ``x.clamp_(min, max)``."""
+    if _in_graph(self, "clamp_"):
+        return _record(self, "clamp_", lambda old: ops.clamp(old, min, max))
+    lo, hi = _raw(min), _raw(max)
+    xp = backend.get_array_module(self.data)
+    return _write(self, "clamp_", lambda a: (
+        xp.maximum(a, lo, out=a) if lo is not None else a,
+        xp.minimum(a, hi, out=a) if hi is not None else a))
+
+
+clip_ = clamp_
+
+
+def fill_(self, value):
+    """In place: every element becomes ``value``."""
+    value = value.item() if isinstance(value, Tensor) else value
+    if _in_graph(self, "fill_"):
+        return _record(self, "fill_", lambda old: FillFunction.apply(old, value=value))
+    return _write(self, "fill_", lambda a: a.fill(value))
+
+
+def zero_(self):
+    """In place: every element becomes 0."""
+    if _in_graph(self, "zero_"):
+        return _record(self, "zero_", lambda old: FillFunction.apply(old, value=0))
+    return _write(self, "zero_", lambda a: a.fill(0))
+
+
+def copy_(self, src):
+    """In place: ``src``'s values (broadcast to this shape, cast to this dtype, moved to
+    this device) written into this tensor."""
+    if _in_graph(self, "copy_", (src,)):
+        s = src.to(self.device) if isinstance(src, Tensor) else Tensor(
+            backend.to_device(backend.to_numpy(src) if not hasattr(src, "shape")
+                              else src, self.device))
+        return _record(self, "copy_", lambda old: CopyFunction.apply(old, s))
+    arr = src.data if isinstance(src, Tensor) else src
+    xp = backend.get_array_module(self.data)
+    arr = backend.to_device(arr, self.device) if xp is not np \
+        else backend.to_numpy(arr)
+
+    def write(a):
+        a[...] = arr
+    return _write(self, "copy_", write)
+
+
+def _random_(name, kind, **kw):
+    def method(self, *args, **kwargs):
+        names = list(kw)
+        params = dict(kw)
+        params.update(zip(names, args))
+        params.update(kwargs)
+        arr = random.random_array(kind, self.shape, self.dtype, device=self.device,
+                                  **{k: float(v) for k, v in params.items()})
+        if _in_graph(self, name):
+            return _record(self, name, lambda old: CopyFunction.apply(old, Tensor(arr)))
+
+        def write(a):
+            a[...] = arr
+        return _write(self, name, write)
+    method.__name__ = name
+    return method
+
+
+# Tensor.normal_(mean=0, std=1), uniform_(from=0, to=1) (PyTorch's ``from``/``to``: a, b here).
+normal_ = _random_("normal_", "normal", mean=0.0, std=1.0)
+_uniform_ = _random_("uniform_", "uniform", low=0.0, high=1.0)
+
+
+def uniform_(self, a=0.0, b=1.0, **kwargs):
+    """In place: samples of U(a, b) (also ``from``/``to`` as keywords, as in PyTorch)."""
+    a = kwargs.pop("from", a)
+    b = kwargs.pop("to", b)
+    return _uniform_(self, a, b)
+
+
+def setitem(self, key, value):
+    """``x[key] = value``: in place, differentiable in a graph (``SetItemFunction``)."""
+    if isinstance(key, tuple):
+        key = tuple(k.data if isinstance(k, Tensor) else k for k in key)
+    elif isinstance(key, Tensor):
+        key = key.data
+    elif isinstance(key, list):
+        key = backend.get_array_module(self.data).asarray(key)
+    if _in_graph(self, "__setitem__", (value,)):
+        v = as_tensor(value, self)
+        return _record(self, "__setitem__", lambda old: SetItemFunction.apply(old, v, key=key))
+    v = _raw(value)
+    if hasattr(v, "shape") and backend.device_of(v) != self.device:
+        v = backend.to_device(v, self.device)
+
+    def write(a):
+        a[key] = v
+    _write(self, "__setitem__", write)
+
+
+INPLACE = {"add_": add_, "sub_": sub_, "mul_": mul_, "div_": div_, "clamp_": clamp_,
+           "clip_": clip_, "fill_": fill_, "zero_": zero_, "copy_": copy_,
+           "normal_": normal_, "uniform_": uniform_, "__setitem__": setitem,
+           "__iadd__": add_, "__isub__": sub_, "__imul__": mul_, "__itruediv__": div_}
+
+
 def attach(T=Tensor):
     """Attach the operators and methods to the Tensor class ``T`` (idempotent)."""
     # Arithmetic operators and their reflected forms (number OP tensor).
@@ -49,6 +246,8 @@ def attach(T=Tensor):
     T.__eq__, T.__ne__ = ops.eq, ops.ne
     T.__lt__, T.__le__, T.__gt__, T.__ge__ = ops.lt, ops.le, ops.gt, ops.ge
     T.__getitem__ = ops.getitem
+    for name, fn in INPLACE.items():
+        setattr(T, name, fn)
 
     for name in METHODS:
         setattr(T, name, getattr(ops, name))

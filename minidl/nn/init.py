@@ -94,6 +94,7 @@ def _fill(tensor, kind, **kw):
     with no_grad():
         arr = random.random_array(kind, tensor.shape, tensor.dtype, device=tensor.device, **kw)
         tensor.data[...] = arr
+        tensor._bump_version()
     return tensor
 
 
@@ -126,6 +127,7 @@ def constant_(tensor, val):
     """Fill with ``val``."""
     with no_grad():
         tensor.data[...] = val
+        tensor._bump_version()
     return tensor
 
 
@@ -145,6 +147,7 @@ def eye_(tensor):
         tensor.data[...] = 0
         n = min(tensor.shape)
         tensor.data[range(n), range(n)] = 1
+        tensor._bump_version()
     return tensor
 
 

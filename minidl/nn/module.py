@@ -533,6 +533,7 @@ class Module:
             for target, arr in plan:
                 arr = backend.to_device(arr, target.device)
                 target.data[...] = arr.astype(target.dtype, copy=False)
+                target._bump_version()
         return _IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------------------ repr

@@ -14,6 +14,8 @@ from .utils import normalize_dim, unbroadcast
 
 
 class ReshapeFunction(Function):
+    _view = True  # its output may share the input's memory, so it shares its version
+
     @staticmethod
     def forward(ctx, x, shape):
         ctx.in_shape = x.shape
@@ -25,6 +27,8 @@ class ReshapeFunction(Function):
 
 
 class PermuteFunction(Function):
+    _view = True  # its output may share the input's memory, so it shares its version
+
     @staticmethod
     def forward(ctx, x, dims):
         ctx.dims = dims
@@ -39,6 +43,8 @@ class PermuteFunction(Function):
 
 
 class ExpandFunction(Function):
+    _view = True  # its output may share the input's memory, so it shares its version
+
     @staticmethod
     def forward(ctx, x, shape):
         ctx.in_shape = x.shape
@@ -57,6 +63,8 @@ def _is_basic_index(key):
 
 
 class GetItemFunction(Function):
+    _view = True  # its output may share the input's memory, so it shares its version
+
     @staticmethod
     def forward(ctx, x, key):
         ctx.meta = (x.shape, x.dtype, key)
@@ -72,6 +80,61 @@ class GetItemFunction(Function):
         else:  # advanced indexing may pick an element several times: add, do not assign
             xp.add.at(gx, key, gy)
         return gx
+
+
+class SetItemFunction(Function):
+    """``x[key] = v`` out of place (a copy of ``x`` with ``v`` written in): the graph node
+    of ``__setitem__`` on a tensor in a graph. ``x`` gets the gradient except where it was
+    overwritten; ``v`` gets the gradient of the places it went to (summed over broadcast)."""
+
+    @staticmethod
+    def forward(ctx, x, v, key):
+        ctx.meta = (key, v.shape, v.dtype)
+        out = x.copy()
+        out[key] = v
+        return out
+
+    @staticmethod
+    def backward(ctx, gy):
+        key, v_shape, v_dtype = ctx.meta
+        gx = gv = None
+        if ctx.needs_input_grad[0]:
+            gx = gy.copy()
+            gx[key] = 0
+        if ctx.needs_input_grad[1]:
+            gv = unbroadcast(gy[key], v_shape).reshape(v_shape).astype(v_dtype, copy=False)
+        return gx, gv
+
+
+class FillFunction(Function):
+    """``x.fill_(value)`` out of place: a constant, so no gradient reaches ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, value):
+        return backend.get_array_module(x).full_like(x, value)
+
+    @staticmethod
+    def backward(ctx, gy):
+        return backend.get_array_module(gy).zeros_like(gy)
+
+
+class CopyFunction(Function):
+    """``x.copy_(src)`` out of place: ``src`` broadcast to ``x``'s shape and dtype; the
+    gradient goes to ``src`` (summed over broadcast), none to ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, src):
+        ctx.meta = (src.shape, src.dtype)
+        xp = backend.get_array_module(x)
+        return xp.broadcast_to(src, x.shape).astype(x.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        shape, dtype = ctx.meta
+        gx = backend.get_array_module(gy).zeros_like(gy) if ctx.needs_input_grad[0] else None
+        gs = unbroadcast(gy, shape).reshape(shape).astype(dtype, copy=False) \
+            if ctx.needs_input_grad[1] else None
+        return gx, gs
 
 
 class CatFunction(Function):

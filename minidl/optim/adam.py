@@ -90,6 +90,7 @@ class Adam(Optimizer):
                 else:
                     denom = xp.sqrt(v) / bias_correction2_sqrt + eps
                 p.data += (-step_size * m) / denom       # addcdiv_ order
+                p._bump_version()
         return loss
 
 

@@ -58,4 +58,5 @@ class SGD(Optimizer):
                         b += (1 - dampening) * g
                     g = g + momentum * buf.data if group["nesterov"] else buf.data
                 p.data -= lr * g
+                p._bump_version()
         return loss
