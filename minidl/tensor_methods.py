@@ -30,7 +30,7 @@ import numpy as np
 from . import backend, ops, random
 from .autograd import Tensor, is_grad_enabled
 from .errors import ShapeError
-from .ops.shape import CopyFunction, FillFunction, SetItemFunction
+from .ops.shape import CopyFunction, FillFunction, SetItemFunction, index_key
 from .ops.utils import as_tensor
 
 __all__ = ["attach", "METHODS"]
@@ -89,6 +89,15 @@ def _record(t, name, out_of_place):
 
 def _raw(value):
     return value.data if isinstance(value, Tensor) else value
+
+
+def _on_device_of(t, value):
+    """``value`` (a Tensor, an array of either device, or a nested list) as an array on
+    ``t``'s device."""
+    arr = _raw(value)
+    if not hasattr(arr, "shape"):
+        arr = np.asarray(arr)
+    return backend.to_device(arr, t.device)
 
 
 def _write(t, name, fn):
@@ -160,14 +169,9 @@ def copy_(self, src):
     """In place: ``src``'s values (broadcast to this shape, cast to this dtype, moved to
     this device) written into this tensor."""
     if _in_graph(self, "copy_", (src,)):
-        s = src.to(self.device) if isinstance(src, Tensor) else Tensor(
-            backend.to_device(backend.to_numpy(src) if not hasattr(src, "shape")
-                              else src, self.device))
+        s = src.to(self.device) if isinstance(src, Tensor) else Tensor(_on_device_of(self, src))
         return _record(self, "copy_", lambda old: CopyFunction.apply(old, s))
-    arr = src.data if isinstance(src, Tensor) else src
-    xp = backend.get_array_module(self.data)
-    arr = backend.to_device(arr, self.device) if xp is not np \
-        else backend.to_numpy(arr)
+    arr = _on_device_of(self, src)
 
     def write(a):
         a[...] = arr
@@ -206,18 +210,11 @@ def uniform_(self, a=0.0, b=1.0, **kwargs):
 
 def setitem(self, key, value):
     """``x[key] = value``: in place, differentiable in a graph (``SetItemFunction``)."""
-    if isinstance(key, tuple):
-        key = tuple(k.data if isinstance(k, Tensor) else k for k in key)
-    elif isinstance(key, Tensor):
-        key = key.data
-    elif isinstance(key, list):
-        key = backend.get_array_module(self.data).asarray(key)
+    key = index_key(key, self)
     if _in_graph(self, "__setitem__", (value,)):
         v = as_tensor(value, self)
         return _record(self, "__setitem__", lambda old: SetItemFunction.apply(old, v, key=key))
-    v = _raw(value)
-    if hasattr(v, "shape") and backend.device_of(v) != self.device:
-        v = backend.to_device(v, self.device)
+    v = _on_device_of(self, value) if hasattr(_raw(value), "shape") else value
 
     def write(a):
         a[key] = v

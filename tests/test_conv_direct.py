@@ -227,7 +227,7 @@ def test_split_over_threads(layout, rng):
     gy = rng.standard_normal(y.shape)
     grads = conv_direct.conv2d_backward(saved, w, gy, geo)
     for n in (2, 3, 8):
-        with threads.python_threads_set(n):
+        with threads.set_python_threads(n):
             assert threads.python_threads() == n
             y2, saved2 = conv_direct.conv2d_forward(x, w, b, geo, layout)
             np.testing.assert_array_equal(y2, y)

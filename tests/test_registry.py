@@ -138,7 +138,7 @@ def test_parallel_policy_switch():
 
 def test_python_threads_setting():
     assert threads.python_threads() == 1
-    with threads.python_threads_set(3):
+    with threads.set_python_threads(3):
         assert threads.python_threads() == 3
     assert threads.python_threads() == 1
     with pytest.raises(ValueError, match="set_python_threads: n must be >= 1"):

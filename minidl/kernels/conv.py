@@ -45,7 +45,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..backend import get_array_module
-from . import registry
+from . import registry, threads
 from .im2col import col2im, im2col
 
 __all__ = ["CONV2D", "KEEP_COL_BYTES", "keep_col_bytes", "release_scratch", "direct_can_run",
@@ -95,23 +95,14 @@ def release_scratch():
 KEEP_COL_BYTES = 16 * 2**20
 
 
-class keep_col_bytes:  # noqa: N801 - used like a function, as torch.set_grad_enabled
-    """Set ``KEEP_COL_BYTES`` (0: always unfold again in backward; a huge value: always
-    keep ``col``); undone at the end of a ``with`` block when used as one. Tests use it
-    to run both paths on small inputs."""
+_KEEP_COL = threads.Setting(KEEP_COL_BYTES)
 
-    def __init__(self, limit):
-        global KEEP_COL_BYTES
-        self._previous = KEEP_COL_BYTES
-        KEEP_COL_BYTES = int(limit)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        global KEEP_COL_BYTES
-        KEEP_COL_BYTES = self._previous
-        return False
+def keep_col_bytes(limit):
+    """Keep ``col`` up to ``limit`` bytes instead of ``KEEP_COL_BYTES`` (0: always unfold
+    again in backward; a huge value: always keep it); undone at the end of a ``with``
+    block when used as one. Tests use it to run both paths on small inputs."""
+    return _KEEP_COL.set(int(limit))
 
 
 # ----------------------------------------------------------------------------- reference
@@ -129,7 +120,7 @@ def forward(x, w, b, geo, keep_for_backward=True):
     xp = get_array_module(x, w)
     G, OC, N, OH, OW = geo.G, geo.OC, geo.N, geo.OH, geo.OW
     OCg, K, L = OC // G, (geo.C // G) * geo.KH * geo.KW, N * OH * OW
-    keep_col = keep_for_backward and math.prod(geo.col_shape) * x.dtype.itemsize <= KEEP_COL_BYTES
+    keep_col = keep_for_backward and math.prod(geo.col_shape) * x.dtype.itemsize <= _KEEP_COL.value
     col = im2col(x, geo, out=None if keep_col else _scratch(xp, geo.col_shape, x.dtype))
     Y = xp.matmul(w.reshape(G, OCg, K), col.reshape(G, K, L))    # (G, OCg, L)
     Yt = Y.reshape(OC, N, OH * OW).transpose(1, 0, 2)            # (N, OC, OH*OW), a view

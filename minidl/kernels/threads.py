@@ -21,15 +21,38 @@ chooses for an input of n elements.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
-__all__ = ["PARALLEL_MIN_ELEMENTS", "parallel", "set_parallel", "python_threads",
+__all__ = ["Setting", "PARALLEL_MIN_ELEMENTS", "parallel", "set_parallel", "python_threads",
            "set_python_threads", "jit", "njit_helper"]
 
+class Setting:
+    """A kernel setting that a call changes at once and, used with ``with``, undoes when the
+    block ends (``set_parallel``, ``set_python_threads``, ``conv.keep_col_bytes``)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def set(self, value):
+        return _Restore(self, value)
+
+
+class _Restore:
+    def __init__(self, setting, value):
+        self._setting, self._previous = setting, setting.value
+        setting.value = value
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._setting.value = self._previous
+        return False
+
+
 # Read once, here: the only place minidl looks at the environment for threads.
-_parallel = os.environ.get("MINIDL_NUMBA_PARALLEL", "0") == "1"
-_python_threads = 1
+_PARALLEL = Setting(os.environ.get("MINIDL_NUMBA_PARALLEL", "0") == "1")
+_PYTHON_THREADS = Setting(1)
 
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
@@ -37,41 +60,29 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 def parallel(size=None):
     """Whether a kernel over ``size`` elements runs on numba's threads (policy above).
     ``size=None``: whether parallel kernels are allowed at all."""
-    if not _parallel:
+    if not _PARALLEL.value:
         return False
     return size is None or size >= PARALLEL_MIN_ELEMENTS
 
 
-class set_parallel:  # noqa: N801 - used like a function, as torch.set_grad_enabled
+def set_parallel(flag):
     """Allow (True) or forbid (False) parallel numba kernels; undone at the end of a
     ``with`` block when used as one."""
-
-    def __init__(self, flag):
-        global _parallel
-        self._previous = _parallel
-        _parallel = bool(flag)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        global _parallel
-        _parallel = self._previous
-        return False
+    return _PARALLEL.set(bool(flag))
 
 
 def python_threads():
     """How many Python threads the direct-convolution kernels split each call over."""
-    return _python_threads
+    return _PYTHON_THREADS.value
 
 
 def set_python_threads(n):
-    """Run each direct-convolution kernel call as ``n`` pieces on ``n`` threads (1: inline)."""
-    global _python_threads
+    """Run each direct-convolution kernel call as ``n`` pieces on ``n`` threads (1: inline);
+    undone at the end of a ``with`` block when used as one."""
     n = int(n)
     if n < 1:
         raise ValueError(f"set_python_threads: n must be >= 1, got {n}")
-    _python_threads = n
+    return _PYTHON_THREADS.set(n)
 
 
 # ----------------------------------------------------------------------------- compiling
@@ -148,14 +159,3 @@ def jit(fn=None, *, fastmath=True, one_build=False):
     def wrap(f):
         return Kernel(f, fastmath, one_build)
     return wrap(fn) if fn is not None else wrap
-
-
-@contextlib.contextmanager
-def python_threads_set(n):
-    """``with python_threads_set(2):`` for a block (tests, benchmarks)."""
-    previous = _python_threads
-    set_python_threads(n)
-    try:
-        yield
-    finally:
-        set_python_threads(previous)

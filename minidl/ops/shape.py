@@ -259,15 +259,22 @@ def expand(x, *sizes):
     return ExpandFunction.apply(x, shape=tuple(shape))
 
 
+def index_key(key, x):
+    """An indexing key for ``x``'s array: index Tensors become their arrays, a list an array
+    on x's device (ints, slices, None and ``...`` pass through). ``x[key]`` and
+    ``x[key] = v`` both use it."""
+    if isinstance(key, tuple):
+        return tuple(k.data if isinstance(k, Tensor) else k for k in key)
+    if isinstance(key, Tensor):
+        return key.data
+    if isinstance(key, list):
+        return backend.get_array_module(x.data).asarray(key)
+    return key
+
+
 def getitem(x, key):
     """``x[key]`` with a gradient; ``key`` may hold ints, slices, None, ``...``, index tensors."""
-    if isinstance(key, tuple):
-        key = tuple(k.data if isinstance(k, Tensor) else k for k in key)
-    elif isinstance(key, Tensor):
-        key = key.data
-    elif isinstance(key, list):
-        key = backend.get_array_module(x.data).asarray(key)
-    return GetItemFunction.apply(x, key=key)
+    return GetItemFunction.apply(x, key=index_key(key, x))
 
 
 def cat(tensors, dim=0):
