@@ -21,7 +21,7 @@ from .backend import Device as device
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like,
                        linspace, ones, ones_like, rand, rand_like, randint, randn, randn_like,
                        randperm, tensor, zeros, zeros_like)
-from .gradcheck import GradcheckError, gradcheck
+from .gradcheck import GradcheckError, gradcheck, gradgradcheck
 from .ops import (abs, add, all, amax, any, argmax, argmin, cat, clamp, clip, concatenate, div,
                   eq, exp, expand, flatten, ge, gt, le, log, lt, matmul, max, maximum, mean, min,
                   minimum, mul, ne, neg, pad, permute, pow, reshape, sqrt, squeeze, stack, std,

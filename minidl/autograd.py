@@ -22,6 +22,16 @@ gradient (and grad mode is on), records a graph node: the ``ctx`` object itself.
 (iteratively: a deep ResNet must not hit Python's recursion limit), so a node runs
 only after every consumer of its outputs has passed its gradient back.
 
+Higher-order gradients: ``backward(create_graph=True)`` and ``autograd.grad(...,
+create_graph=True)`` run each node's ``differentiable_backward`` instead: the same
+gradient written in minidl ops on Tensors, so the backward pass is itself recorded and
+can be differentiated again (a gradient penalty, a Hessian-vector product). There
+``ctx.saved_tensors`` gives Tensors: the input or output Tensor an array came from, or a
+constant Tensor for an array the forward computed (a mask, pooling indices). A Function
+whose ``backward`` only uses operations that Tensors share with arrays (``gy * y``,
+``unbroadcast``) says ``differentiable_backward = backward``. Without ``create_graph``
+the raw-array ``backward`` runs, unchanged: the fast path pays nothing.
+
 Tensor methods and operators (``+``, ``@``, ``.sum()``, ``.reshape()`` ...) are the ops'
 functions, attached to the class in one place, ``minidl/tensor_methods.py`` (called from
 ``minidl/__init__.py``): the ops sit above this module, so the class body cannot name them.
@@ -315,13 +325,15 @@ class Tensor:
     def retains_grad(self):
         return self._retains_grad
 
-    def backward(self, gradient=None, retain_graph=False):
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
         """Accumulate d(self)/d(leaf) * gradient into the ``.grad`` of every leaf that needs it.
 
         ``gradient`` defaults to 1 for a one-element tensor. The graph's saved arrays are
-        freed afterwards unless ``retain_graph=True``.
+        freed afterwards unless ``retain_graph=True`` (which defaults to ``create_graph``).
+        ``create_graph=True`` records the backward itself, so the ``.grad`` it leaves can be
+        differentiated again. ``inputs``: accumulate only into these tensors' ``.grad``.
         """
-        run_backward(self, gradient, retain_graph)
+        run_backward(self, gradient, retain_graph, create_graph, inputs)
 
     # --- devices and dtypes ---------------------------------------------------------------
     def to(self, *args, **kwargs):
@@ -380,6 +392,8 @@ class Context:
         self._out_meta = ()       # per output: (shape, dtype) to materialise missing grads
         self._retained = {}       # output_nr -> weakref to a tensor that called retain_grad()
         self._checks = ()         # (version counter, version, shape) of saved inputs/outputs
+        self._sources = ()        # per saved array: its input Tensor, its output's index, or None
+        self._as_tensors = False  # True while differentiable_backward runs (create_graph)
 
     @property
     def name(self):
@@ -415,7 +429,20 @@ class Context:
                     f"{vc.v}, expected version {version}. Hint: make the in-place change after "
                     "backward(), or use an out-of-place op instead (x = x * 0 rather than "
                     "x.zero_(), x = x + y rather than x += y), or change a .clone() of it.")
+        if self._as_tensors:
+            return tuple(self._saved_as_tensor(a, src) for a, src in zip(self._saved, self._sources))
         return self._saved
+
+    def _saved_as_tensor(self, array, source):
+        """A saved array as the Tensor a recorded backward differentiates through: the input
+        Tensor it is, a Tensor for the output it is (attached to this node, as the output
+        was), or a constant for an array the forward computed."""
+        if array is None or isinstance(source, Tensor):
+            return source if array is not None else None
+        t = Tensor(array)
+        if source is not None:
+            t._requires_grad, t.grad_fn, t._output_nr = True, self, source
+        return t
 
     def _release(self):
         self._saved = ()
@@ -425,16 +452,21 @@ class Context:
         return f"<{self.name}Backward>"
 
 
-def _saved_checks(saved, tensors):
-    """The version checks for a node: ``(counter, version, shape)`` of each input or output
-    Tensor whose array the forward saved.
+def _saved_checks(saved, inputs, outputs):
+    """The version checks and sources of a node's saved arrays.
+
+    Returns ``(checks, sources)``: ``checks`` holds ``(counter, version, shape)`` of each
+    input or output Tensor whose array the forward saved; ``sources[k]`` says where saved
+    array ``k`` came from: the input Tensor it is, the index of the output it is, or
+    ``None`` (a recorded backward needs the Tensors themselves, see ``saved_tensors``).
 
     Forwards save raw arrays, so which Tensor an array belongs to is found by identity: a
     saved array ``s`` stands for Tensor ``t`` when ``s`` is ``t.data``, or when ``s`` and
     ``t.data`` are the same memory's views (one is the other's ``.base``, or both share a
-    ``.base``). Arrays the forward computed (``x > 0``, im2col columns, ``x - mean``) belong
-    to no tensor and are never checked: changing the input afterwards cannot change them.
-    Identity, not ``shares_memory``: a few set lookups per recorded node.
+    ``.base``); only ``s is t.data`` makes ``t`` its source. Arrays the forward computed
+    (``x > 0``, im2col columns, ``x - mean``) belong to no tensor and are never checked:
+    changing the input afterwards cannot change them. Identity, not ``shares_memory``: a
+    few set lookups per recorded node.
     """
     ids = set()
     for s in saved:
@@ -444,13 +476,16 @@ def _saved_checks(saved, tensors):
             if b is not None:
                 ids.add(id(b))
     checks = []
-    for t in tensors:
+    owner = {}
+    for k, t in enumerate(inputs + outputs):
         if isinstance(t, Tensor):
             d = t.data
             b = getattr(d, "base", None)
             if id(d) in ids or (b is not None and id(b) in ids):
                 checks.append((t._vc, t._vc.v, t.shape))
-    return tuple(checks)
+                owner.setdefault(id(d), t if k < len(inputs) else k - len(inputs))
+    sources = tuple(None if s is None else owner.get(id(s)) for s in saved)
+    return tuple(checks), sources
 
 
 class Function:
@@ -463,6 +498,10 @@ class Function:
     """
 
     _view = False  # True for ops whose output may be a view of input 0 (reshape, getitem...)
+
+    # The gradient in minidl ops on Tensors, run (and recorded) when create_graph=True;
+    # None: this op has no higher-order gradient and says so.
+    differentiable_backward = None
 
     @staticmethod
     def forward(ctx, *args, **kwargs):
@@ -519,7 +558,7 @@ class Function:
             ctx._edges = tuple(edges)
             ctx._out_meta = tuple((o.shape, o.dtype) for o in outs)
             if ctx._saved:
-                ctx._checks = _saved_checks(ctx._saved, inputs + tensors)
+                ctx._checks, ctx._sources = _saved_checks(ctx._saved, inputs, tensors)
             for i, t in enumerate(tensors):
                 if t.dtype.kind in "fc":
                     t._requires_grad = True
@@ -529,6 +568,8 @@ class Function:
 
 
 # ----------------------------------------------------------------------------- backward pass
+# Gradients flow as raw arrays; with create_graph=True as Tensors, each node's
+# differentiable_backward recording the ops of its gradient (a graph of the backward).
 
 
 def _accumulate(buf, i, g):
@@ -536,29 +577,34 @@ def _accumulate(buf, i, g):
     buf[i] = g if buf[i] is None else buf[i] + g
 
 
-def _accumulate_leaf(t, g, handed_out):
-    """Add ``g`` into leaf ``t``'s ``.grad`` (out of place).
-
-    The first gradient is stored without a copy when this backward pass owns it alone.
-    It is copied when it is a view (of another gradient, or a broadcast) or when the same
-    array was already handed out (``x + y`` gives both inputs one array): a user scaling
-    one ``.grad`` in place must never change another.
-    """
-    if g.dtype != t.dtype:
-        g = g.astype(t.dtype)
-    if t.grad is not None:
-        t.grad = Tensor(t.grad.data + g)
-        return
+def _owned(g, handed_out):
+    """``g`` for the caller to keep: copied when it is a view (of another gradient, or a
+    broadcast) or was handed out already (``x + y`` gives both inputs one array), so a
+    user scaling one ``.grad`` in place never changes another."""
     if g.base is not None or id(g) in handed_out:
         g = g.copy()
     handed_out.add(id(g))
-    t.grad = Tensor(g)
+    return g
 
 
-def _topological_order(root):
-    """Graph nodes reachable from ``root``, each after every node that consumes its outputs."""
+def _accumulate_leaf(t, g, handed_out):
+    """Add ``g`` into leaf ``t``'s ``.grad`` (out of place). A raw ``g`` is stored without
+    a copy when this backward pass owns it alone; a Tensor ``g`` (create_graph) is stored
+    as it is, graph and all, so the gradient can be differentiated again."""
+    if g.dtype != t.dtype:
+        g = g.to(t.dtype) if isinstance(g, Tensor) else g.astype(t.dtype)
+    if isinstance(g, Tensor):
+        t.grad = g if t.grad is None else t.grad + g
+    elif t.grad is not None:
+        t.grad = Tensor(t.grad.data + g)
+    else:
+        t.grad = Tensor(_owned(g, handed_out))
+
+
+def _topological_order(roots):
+    """Graph nodes reachable from ``roots``, each after every node that consumes its outputs."""
     order, expanded = [], set()
-    stack = [(root, False)]
+    stack = [(root, False) for root in roots]
     while stack:
         node, done = stack.pop()
         if done:
@@ -575,11 +621,22 @@ def _topological_order(root):
     return order
 
 
-def run_backward(root, gradient=None, retain_graph=False):
-    if not root.requires_grad:
-        raise RuntimeError("backward(): this tensor does not require grad and has no grad_fn "
-                           "(did you compute it inside no_grad(), or from tensors that do not "
-                           "require grad?)")
+def _leading_to(order, targets):
+    """The nodes of ``order`` from which a gradient can reach one of ``targets`` (leaves
+    by identity, non-leaves through their ``grad_fn``): only these need to run."""
+    leaf_ids = {id(t) for t in targets if t.grad_fn is None}
+    needed = set()
+    for node in reversed(order):  # producers first
+        for edge in node._edges:
+            if edge is not None and (id(edge[0]) in leaf_ids or edge[0] in needed):
+                needed.add(node)
+                break
+    return needed
+
+
+def _seed(root, gradient, create_graph):
+    """The gradient backward starts from at ``root``: ``gradient`` (checked against the
+    root's shape), or 1 for a one-element root; a Tensor when create_graph."""
     xp = backend.get_array_module(root.data)
     if gradient is None:
         if root.data.size != 1:
@@ -592,34 +649,105 @@ def run_backward(root, gradient=None, retain_graph=False):
         if tuple(g.shape) != root.shape:
             raise RuntimeError(f"backward(): gradient has shape {tuple(g.shape)}, "
                                f"expected the tensor's shape {root.shape}")
+        if create_graph and isinstance(gradient, Tensor):  # it may be in a graph itself
+            return gradient if gradient.dtype == root.dtype else gradient.to(root.dtype)
         g = g.astype(root.dtype, copy=False)
+    return Tensor(g) if create_graph else g
 
-    handed_out = {id(gradient.data if isinstance(gradient, Tensor) else gradient)}
-    if root.grad_fn is None:  # backward on a leaf: its gradient is the seed itself
-        _accumulate_leaf(root, g, handed_out)
-        return
 
-    grads = {root.grad_fn: [None] * len(root.grad_fn._out_meta)}
-    grads[root.grad_fn][root._output_nr] = g
-    for node in _topological_order(root.grad_fn):
+def _run_node(node, out_grads, create_graph):
+    """One node's input gradients from its output gradients (arrays, or Tensors when
+    create_graph: then its differentiable_backward runs with recording on)."""
+    if not create_graph:
+        in_grads = node.fn.backward(node, *out_grads)
+    else:
+        backward = node.fn.differentiable_backward
+        if backward is None:
+            raise RuntimeError(f"{node.name}: this op has no higher-order gradient, so "
+                               "create_graph=True cannot record its backward")
+        node._as_tensors = True
+        try:
+            with enable_grad():
+                in_grads = backward(node, *out_grads)
+        finally:
+            node._as_tensors = False
+    if not isinstance(in_grads, tuple):
+        in_grads = (in_grads,)
+    if len(in_grads) != len(node._edges):
+        raise RuntimeError(f"{node.name}.backward returned {len(in_grads)} gradients, "
+                           f"expected {len(node._edges)} (one per input)")
+    if create_graph:  # a formula may return a computed constant as an array
+        in_grads = tuple(Tensor(g) if g is not None and not isinstance(g, Tensor) else g
+                         for g in in_grads)
+    return in_grads
+
+
+def _backward_pass(roots, seeds, retain_graph, create_graph, targets=None):
+    """Propagate ``seeds`` (one gradient per root) back through the graph.
+
+    targets None (``backward()``): accumulate into the ``.grad`` of every leaf reached and
+    of every tensor that called ``retain_grad()``.
+    targets, a list of Tensors (``autograd.grad``, ``backward(inputs=...)``): return the
+    gradient reaching each of them (``None`` where none does), touching no ``.grad``;
+    only the nodes that lead to a target run.
+    """
+    handed_out = {id(g) for g in seeds}
+    captured = slots = None
+    if targets is not None:
+        captured = [None] * len(targets)
+        slots = {}  # id(leaf) or (node, output_nr) -> indices into targets
+        for k, t in enumerate(targets):
+            key = id(t) if t.grad_fn is None else (t.grad_fn, t._output_nr)
+            slots.setdefault(key, []).append(k)
+
+    def deliver_leaf(t, g):
+        if targets is None:
+            _accumulate_leaf(t, g, handed_out)
+        else:
+            for k in slots.get(id(t), ()):
+                _accumulate(captured, k, g)
+
+    grads, starts = {}, []
+    for root, g in zip(roots, seeds):
+        if root.grad_fn is None:  # backward on a leaf: its gradient is the seed itself
+            deliver_leaf(root, g)
+            continue
+        buf = grads.get(root.grad_fn)
+        if buf is None:
+            buf = grads[root.grad_fn] = [None] * len(root.grad_fn._out_meta)
+            starts.append(root.grad_fn)
+        _accumulate(buf, root._output_nr, g)
+
+    order = _topological_order(starts)
+    needed = _leading_to(order, targets) if targets is not None else None
+    xp = backend.get_array_module(roots[0].data)
+    for node in order:
         out_grads = grads.pop(node, None)
         if out_grads is None:  # no gradient flows through this node
             continue
         if node._released:
             node.saved_tensors  # raises the explanatory error
-        for i, ref in node._retained.items():
-            t = ref()
-            if t is not None and out_grads[i] is not None:
-                t.grad = Tensor(out_grads[i]) if t.grad is None else Tensor(t.grad.data + out_grads[i])
+        if targets is None:
+            for i, ref in node._retained.items():
+                t = ref()
+                if t is not None and out_grads[i] is not None:
+                    g = out_grads[i]
+                    if not create_graph:
+                        g = Tensor(g) if t.grad is None else Tensor(t.grad.data + g)
+                    elif t.grad is not None:
+                        g = t.grad + g
+                    t.grad = g
+        else:
+            for i, g in enumerate(out_grads):
+                for k in slots.get((node, i), ()):
+                    _accumulate(captured, k, g)
+            if node not in needed:
+                continue
         for i, (shape, dtype) in enumerate(node._out_meta):
             if out_grads[i] is None and dtype.kind in "fc":  # integer outputs get None
-                out_grads[i] = xp.zeros(shape, dtype)
-        in_grads = node.fn.backward(node, *out_grads)
-        if not isinstance(in_grads, tuple):
-            in_grads = (in_grads,)
-        if len(in_grads) != len(node._edges):
-            raise RuntimeError(f"{node.name}.backward returned {len(in_grads)} gradients, "
-                               f"expected {len(node._edges)} (one per input)")
+                z = xp.zeros(shape, dtype)
+                out_grads[i] = Tensor(z) if create_graph else z
+        in_grads = _run_node(node, out_grads, create_graph)
         if not retain_graph:
             node._release()
         for edge, gi in zip(node._edges, in_grads):
@@ -630,12 +758,91 @@ def run_backward(root, gradient=None, retain_graph=False):
                 if tuple(gi.shape) != target.shape:
                     raise RuntimeError(f"{node.name}.backward: gradient of shape "
                                        f"{tuple(gi.shape)} for an input of shape {target.shape}")
-                _accumulate_leaf(target, gi, handed_out)
+                deliver_leaf(target, gi)
             else:
                 buf = grads.get(target)
                 if buf is None:
                     buf = grads[target] = [None] * len(target._out_meta)
                 _accumulate(buf, nr, gi)
+    if targets is None:
+        return None
+    out = []
+    for t, g in zip(targets, captured):
+        if g is not None and not isinstance(g, Tensor):
+            g = Tensor(_owned(g.astype(t.dtype, copy=False), handed_out))
+        elif g is not None and g.dtype != t.dtype:
+            g = g.to(t.dtype)
+        out.append(g)
+    return out
+
+
+def run_backward(root, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+    """``root.backward(...)``: see ``Tensor.backward``."""
+    if not root.requires_grad:
+        raise RuntimeError("backward(): this tensor does not require grad and has no grad_fn "
+                           "(did you compute it inside no_grad(), or from tensors that do not "
+                           "require grad?)")
+    if retain_graph is None:
+        retain_graph = create_graph
+    seed = _seed(root, gradient, create_graph)
+    if inputs is None:
+        _backward_pass([root], [seed], retain_graph, create_graph)
+        return
+    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    if not inputs:
+        raise RuntimeError("backward(): inputs= was given but is empty")
+    for t, g in zip(inputs, _backward_pass([root], [seed], retain_graph, create_graph, inputs)):
+        if g is not None:  # backward(inputs=...) accumulates into .grad, leaf or not
+            if t.grad is not None:
+                g = t.grad + g if create_graph else Tensor(t.grad.data + g.data)
+            t.grad = g
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
+         allow_unused=False, materialize_grads=False):
+    """The gradients of ``outputs`` with respect to ``inputs``, returned, not accumulated.
+
+    outputs: a Tensor or a sequence of them; inputs: likewise (leaves or not).
+    grad_outputs: the upstream gradient per output (``None``: 1 for one-element outputs);
+        the result is ``sum_k grad_outputs[k] . d outputs[k] / d inputs[i]``.
+    retain_graph: keep the graph's saved values (defaults to ``create_graph``).
+    create_graph: record the backward too, so the gradients can be differentiated again
+        (``grad(grad(y, x, create_graph=True)[0].sum(), x)`` is a second derivative).
+    allow_unused: return ``None`` for an input no output depends on, instead of raising;
+        ``materialize_grads=True`` returns zeros there instead.
+    Returns a tuple with one gradient per input. No ``.grad`` is touched (PyTorch's
+    ``torch.autograd.grad``).
+    """
+    outputs = (outputs,) if isinstance(outputs, Tensor) else tuple(outputs)
+    inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+    if grad_outputs is None or isinstance(grad_outputs, Tensor):
+        grad_outputs = (grad_outputs,) * len(outputs) if grad_outputs is None else (grad_outputs,)
+    grad_outputs = tuple(grad_outputs)
+    if len(grad_outputs) != len(outputs):
+        raise RuntimeError(f"grad(): {len(grad_outputs)} grad_outputs for {len(outputs)} "
+                           "outputs; give one per output (None for a one-element output)")
+    for k, y in enumerate(outputs):
+        if not y.requires_grad:
+            raise RuntimeError(f"grad(): output {k} (shape {y.shape}) does not require grad "
+                               "and has no grad_fn: nothing connects it to the inputs")
+    for i, x in enumerate(inputs):
+        if not x.requires_grad:
+            raise RuntimeError(f"grad(): input {i} (shape {x.shape}) does not require grad; "
+                               "create it with requires_grad=True")
+    if retain_graph is None:
+        retain_graph = create_graph
+    seeds = [_seed(y, g, create_graph) for y, g in zip(outputs, grad_outputs)]
+    result = _backward_pass(list(outputs), seeds, retain_graph, create_graph, list(inputs))
+    for i, (x, g) in enumerate(zip(inputs, result)):
+        if g is None:
+            if materialize_grads:
+                result[i] = Tensor(backend.get_array_module(x.data).zeros_like(x.data))
+            elif not allow_unused:
+                raise RuntimeError(
+                    f"grad(): input {i} (shape {x.shape}) was not used to compute the "
+                    "outputs, so it has no gradient; pass allow_unused=True to get None "
+                    "(or materialize_grads=True to get zeros)")
+    return tuple(result)
 
 
 # ----------------------------------------------------------------------------- casts and moves
@@ -653,6 +860,10 @@ class CastFunction(Function):
     def backward(ctx, gy):
         return gy.astype(ctx.in_dtype)
 
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        return _cast(gy, ctx.in_dtype)
+
 
 class MoveFunction(Function):
     @staticmethod
@@ -663,6 +874,10 @@ class MoveFunction(Function):
     @staticmethod
     def backward(ctx, gy):
         return backend.to_device(gy, ctx.in_device)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        return _move(gy, ctx.in_device)
 
 
 def _cast(x, dtype):

@@ -211,3 +211,45 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exceptio
     if report:
         print("\n".join(lines))
     return False
+
+
+def gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exception=True):
+    """Check ``fn``'s second derivatives: ``gradcheck`` of its recorded first derivatives.
+
+    The function checked is ``(inputs, v) -> d(v . fn(inputs)) / d(inputs)``, computed
+    with ``autograd.grad(..., create_graph=True)`` for random upstream gradients ``v``
+    that are themselves inputs (float64, requiring grad), so both the gradient's
+    dependence on the inputs (the Hessian part) and on ``v`` (the backward being linear
+    in its upstream gradient) are compared with central differences.
+    Arguments and result as ``gradcheck``'s.
+    """
+    from . import autograd  # the module, for autograd.grad
+
+    inputs = list(inputs)
+    targets = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
+    if not targets:
+        raise ValueError("gradgradcheck: no input requires grad; create them with "
+                         "requires_grad=True")
+    rng = np.random.default_rng(seed + 1)
+    with autograd.enable_grad():
+        outputs = [y for y in _outputs(fn, inputs) if y.requires_grad]
+    if not outputs:
+        raise ValueError("gradgradcheck: no output of fn requires grad")
+    vs = []
+    for y in outputs:
+        xp = backend.get_array_module(y.data)
+        vs.append(Tensor(xp.asarray(rng.standard_normal(y.shape), dtype=y.dtype),
+                         requires_grad=True))
+    n = len(inputs)
+
+    def first_derivatives(*args):
+        ins, v = list(args[:n]), args[n:]
+        with autograd.enable_grad():  # gradcheck's numeric half runs under no_grad
+            outs = [y for y in _outputs(fn, ins) if y.requires_grad]
+            grads = autograd.grad(outs, [ins[i] for i in targets], v, create_graph=True,
+                                  materialize_grads=True)
+        return tuple(grads)
+
+    first_derivatives.__name__ = f"gradients of {getattr(fn, '__name__', fn)}"
+    return gradcheck(first_derivatives, inputs + vs, eps=eps, atol=atol, rtol=rtol,
+                     seed=seed, raise_exception=raise_exception)

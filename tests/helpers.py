@@ -128,6 +128,72 @@ def check_op(md_fn, torch_fn, arrays, grad=None, dtypes=(np.float64, np.float32)
         minidl.gradcheck(md_fn, md_in, **(gradcheck_tol or {}))
 
 
+def check_double_backward(md_fn, torch_fn, arrays, grad=None, seed=0, tol=None,
+                          gradgradcheck=True, gradgradcheck_tol=None, device="cpu"):
+    """Second derivatives of ``md_fn`` against PyTorch's double backward, in float64.
+
+    With random upstream gradients ``v`` (one per float output) and ``u`` (one per
+    differentiated input), both frameworks compute the first derivatives
+    ``g = d(v . f(x))/dx`` with ``create_graph=True``, then ``d(u . g)/d(x, v)``: the
+    Hessian-vector part (through ``x``) and the backward's own linearity (through ``v``).
+    First and second derivatives must agree to float64's tolerance (``tol`` overrides).
+    With ``gradgradcheck`` minidl's ``gradgradcheck`` also compares them with central
+    differences (``gradgradcheck_tol``: its atol/rtol/eps).
+    Arguments as ``check_op``'s. Second derivatives that PyTorch leaves unconnected (a
+    function linear in an input) must be zero (or None) in minidl.
+    """
+    dtype = np.float64
+    tol = tol or TOL[dtype]
+    t_dev = torch_device(device)
+    md_in, t_in = _make_inputs(arrays, dtype, grad, device)
+    md_x = [m for m in md_in if isinstance(m, minidl.Tensor) and m.requires_grad]
+    t_x = [t for t in t_in if isinstance(t, torch.Tensor) and t.requires_grad]
+    md_out = [o for o in _as_tuple(md_fn(*md_in))]
+    t_out = [o for o in _as_tuple(torch_fn(*t_in))]
+    rng = np.random.default_rng(seed)
+    md_y, t_y, md_v, t_v = [], [], [], []
+    for m, t in zip(md_out, t_out):
+        if t.requires_grad and t.dtype.is_floating_point:
+            v = rng.standard_normal(tuple(t.shape))
+            md_y.append(m)
+            t_y.append(t)
+            md_v.append(minidl.tensor(v, requires_grad=True, device=device))
+            t_v.append(torch.tensor(v, requires_grad=True, device=t_dev))
+    md_g = minidl.autograd.grad(md_y, md_x, md_v, create_graph=True, allow_unused=True)
+    t_g = torch.autograd.grad(t_y, t_x, t_v, create_graph=True, allow_unused=True)
+    md_u, t_u = [], []
+    md_second, t_second = None, None
+    for i, (m, t) in enumerate(zip(md_g, t_g)):
+        if t is None:
+            assert m is None or np.all(to_host(m) == 0), f"first derivative {i}: PyTorch has none"
+            continue
+        assert_close(m, t, dtype, f"first derivative of input {i}", tol)
+        u = rng.standard_normal(tuple(t.shape))
+        if t.requires_grad:
+            tt = (t * torch.tensor(u, device=t_dev)).sum()
+            t_second = tt if t_second is None else t_second + tt
+        if m is not None and m.requires_grad:
+            mt = (m * minidl.tensor(u, device=device)).sum()
+            md_second = mt if md_second is None else md_second + mt
+    wrt_md, wrt_t = md_x + md_v, t_x + t_v
+    if t_second is None:  # every first derivative is a constant: no second derivative
+        assert md_second is None, "minidl's first derivatives depend on something; PyTorch's do not"
+        return
+    t_h = torch.autograd.grad(t_second, wrt_t, allow_unused=True)
+    assert md_second is not None, "minidl's first derivatives are constants; PyTorch's are not"
+    md_h = minidl.autograd.grad(md_second, wrt_md, allow_unused=True)
+    names = [f"input {i}" for i in range(len(md_x))] + [f"upstream {k}" for k in range(len(md_v))]
+    for name, m, t in zip(names, md_h, t_h):
+        expected = np.zeros(m.shape if m is not None else ()) if t is None else to_host(t)
+        if m is None:
+            assert not np.any(expected), f"second derivative w.r.t. {name}: minidl has none"
+            continue
+        assert_close(m, expected, dtype, f"second derivative w.r.t. {name}", tol)
+    if gradgradcheck:
+        md_in, _ = _make_inputs(arrays, dtype, grad, device)
+        minidl.gradgradcheck(md_fn, md_in, **(gradgradcheck_tol or {}))
+
+
 def rand_away_from(rng, shape, avoid=(0.0,), margin=0.05, low=-2.0, high=2.0):
     """Uniform values in [low, high] kept at least ``margin`` from each point in ``avoid``
     (use it for inputs to ReLU, abs, clamp: finite differences fail at kinks)."""

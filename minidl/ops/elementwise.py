@@ -3,6 +3,11 @@
 Binary ops broadcast their inputs; their backward sums each gradient back to the
 shape of its input (``unbroadcast``). Comparisons return boolean tensors and carry
 no gradient.
+
+Most backwards here use only ``*``, ``/``, ``-`` and ``unbroadcast``, which Tensors
+share with arrays, so the same formula is the recorded one (``differentiable_backward
+= backward``); the others write it again with Tensors, a mask or a sign kept constant
+(its derivative is zero almost everywhere).
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ class AddFunction(Function):
         sa, sb = ctx.shapes
         return unbroadcast(gy, sa), unbroadcast(gy, sb)
 
+    differentiable_backward = backward
+
 
 class SubFunction(Function):
     @staticmethod
@@ -36,6 +43,8 @@ class SubFunction(Function):
         sa, sb = ctx.shapes
         gb = unbroadcast(-gy, sb) if ctx.needs_input_grad[1] else None
         return unbroadcast(gy, sa), gb
+
+    differentiable_backward = backward
 
 
 class MulFunction(Function):
@@ -51,6 +60,8 @@ class MulFunction(Function):
         gb = unbroadcast(gy * a, b.shape) if ctx.needs_input_grad[1] else None
         return ga, gb
 
+    differentiable_backward = backward
+
 
 class DivFunction(Function):
     @staticmethod
@@ -64,6 +75,8 @@ class DivFunction(Function):
         ga = unbroadcast(gy / b, a.shape) if ctx.needs_input_grad[0] else None
         gb = unbroadcast(-gy * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
         return ga, gb
+
+    differentiable_backward = backward
 
 
 class PowFunction(Function):
@@ -87,6 +100,16 @@ class PowFunction(Function):
             gb = unbroadcast(gy * y * xp.log(safe), b.shape)
         return ga, gb
 
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        a, b, y = ctx.saved_tensors
+        ga = unbroadcast(gy * b * a ** (b - 1), a.shape) if ctx.needs_input_grad[0] else None
+        gb = None
+        if ctx.needs_input_grad[1]:
+            safe = where(a > 0, a, 1.0)
+            gb = unbroadcast(gy * y * log(safe), b.shape)
+        return ga, gb
+
 
 class PowScalarFunction(Function):
     @staticmethod
@@ -101,6 +124,12 @@ class PowScalarFunction(Function):
         p = ctx.exponent
         return gy * (p * a ** (p - 1)).astype(a.dtype, copy=False)
 
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        (a,) = ctx.saved_tensors
+        p = ctx.exponent
+        return gy * (p * a ** (p - 1))
+
 
 class NegFunction(Function):
     @staticmethod
@@ -110,6 +139,8 @@ class NegFunction(Function):
     @staticmethod
     def backward(ctx, gy):
         return -gy
+
+    differentiable_backward = backward
 
 
 def add(a, b):
@@ -170,6 +201,8 @@ class ExpFunction(Function):
         (y,) = ctx.saved_tensors
         return gy * y
 
+    differentiable_backward = backward
+
 
 class LogFunction(Function):
     @staticmethod
@@ -181,6 +214,8 @@ class LogFunction(Function):
     def backward(ctx, gy):  # d log(x)/dx = 1/x
         (x,) = ctx.saved_tensors
         return gy / x
+
+    differentiable_backward = backward
 
 
 class SqrtFunction(Function):
@@ -195,6 +230,8 @@ class SqrtFunction(Function):
         (y,) = ctx.saved_tensors
         return gy / (2 * y)
 
+    differentiable_backward = backward
+
 
 class AbsFunction(Function):
     @staticmethod
@@ -207,6 +244,21 @@ class AbsFunction(Function):
     def backward(ctx, gy):  # d|x|/dx = sign(x), 0 at x = 0 (as in PyTorch)
         (x,) = ctx.saved_tensors
         return gy * backend.get_array_module(x).sign(x)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        (x,) = ctx.saved_tensors
+        return gy * Tensor(backend.get_array_module(x.data).sign(x.data))
+
+
+def _inside(x, lo, hi):
+    """Where ``x`` lies inside ``[lo, hi]``, bounds included (either may be None)."""
+    mask = backend.get_array_module(x).ones(x.shape, dtype=bool)
+    if lo is not None:
+        mask &= x >= lo
+    if hi is not None:
+        mask &= x <= hi
+    return mask
 
 
 class ClampFunction(Function):
@@ -222,13 +274,12 @@ class ClampFunction(Function):
         # Gradient passes where the input lies inside [min, max] (bounds included, as in
         # PyTorch), and is zero where the clamp replaced the value.
         (x,) = ctx.saved_tensors
-        lo, hi = ctx.bounds
-        mask = backend.get_array_module(x).ones(x.shape, dtype=bool)
-        if lo is not None:
-            mask &= x >= lo
-        if hi is not None:
-            mask &= x <= hi
-        return gy * mask
+        return gy * _inside(x, *ctx.bounds)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        (x,) = ctx.saved_tensors
+        return gy * Tensor(_inside(x.data, *ctx.bounds).astype(gy.dtype))
 
 
 def exp(x):
@@ -259,6 +310,13 @@ clip = clamp
 
 # --- selections -------------------------------------------------------------------------
 
+def _split(gy, wa, shape_a, shape_b):
+    """``gy`` shared between two inputs: ``wa`` (1, 0 or 0.5 at a tie; a constant) to the
+    first, ``1 - wa`` to the second."""
+    wa = wa.astype(gy.dtype) if not isinstance(wa, Tensor) else wa.to(gy.dtype)
+    return unbroadcast(gy * wa, shape_a), unbroadcast(gy * (1 - wa), shape_b)
+
+
 class MaximumFunction(Function):
     @staticmethod
     def forward(ctx, a, b):
@@ -269,9 +327,12 @@ class MaximumFunction(Function):
     def backward(ctx, gy):
         # Ties split the gradient evenly between the two inputs, as PyTorch does.
         a, b = ctx.saved_tensors
-        wa = (a > b) + 0.5 * (a == b)
-        return (unbroadcast(gy * wa.astype(gy.dtype), a.shape),
-                unbroadcast(gy * (1 - wa).astype(gy.dtype), b.shape))
+        return _split(gy, (a > b) + 0.5 * (a == b), a.shape, b.shape)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        a, b = ctx.saved_tensors
+        return _split(gy, Tensor((a.data > b.data) + 0.5 * (a.data == b.data)), a.shape, b.shape)
 
 
 class MinimumFunction(Function):
@@ -283,9 +344,12 @@ class MinimumFunction(Function):
     @staticmethod
     def backward(ctx, gy):
         a, b = ctx.saved_tensors
-        wa = (a < b) + 0.5 * (a == b)
-        return (unbroadcast(gy * wa.astype(gy.dtype), a.shape),
-                unbroadcast(gy * (1 - wa).astype(gy.dtype), b.shape))
+        return _split(gy, (a < b) + 0.5 * (a == b), a.shape, b.shape)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        a, b = ctx.saved_tensors
+        return _split(gy, Tensor((a.data < b.data) + 0.5 * (a.data == b.data)), a.shape, b.shape)
 
 
 class WhereFunction(Function):
@@ -304,6 +368,14 @@ class WhereFunction(Function):
         sa, sb = ctx.shapes
         ga = unbroadcast(xp.where(cond, gy, zero), sa) if ctx.needs_input_grad[1] else None
         gb = unbroadcast(xp.where(cond, zero, gy), sb) if ctx.needs_input_grad[2] else None
+        return None, ga, gb
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        (cond,) = ctx.saved_tensors
+        sa, sb = ctx.shapes
+        ga = unbroadcast(where(cond, gy, 0.0), sa) if ctx.needs_input_grad[1] else None
+        gb = unbroadcast(where(cond, 0.0, gy), sb) if ctx.needs_input_grad[2] else None
         return None, ga, gb
 
 

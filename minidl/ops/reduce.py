@@ -37,6 +37,11 @@ class SumFunction(Function):
         xp = backend.get_array_module(gy)
         return xp.broadcast_to(_expand_back(gy, shape, axes, keepdim), shape)
 
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        shape, axes, keepdim = ctx.meta
+        return _expand_back(gy, shape, axes, keepdim).expand(shape)
+
 
 class MeanFunction(Function):
     @staticmethod

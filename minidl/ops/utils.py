@@ -23,16 +23,23 @@ def unbroadcast(grad, shape):
 
     Broadcasting copied the input along the added leading axes and along the axes where
     the input had size 1, so each copy's gradient is added back into the one original.
+    ``grad`` may be an array or a Tensor (a recorded backward, create_graph=True).
     """
     shape = tuple(shape)
     if tuple(grad.shape) == shape:
         return grad
+    if isinstance(grad, Tensor):
+        def total(g, axes, keep):
+            return g.sum(dim=axes, keepdim=keep)
+    else:
+        def total(g, axes, keep):
+            return g.sum(axis=axes, keepdims=keep)
     extra = grad.ndim - len(shape)
     if extra:
-        grad = grad.sum(axis=tuple(range(extra)))
+        grad = total(grad, tuple(range(extra)), False)
     axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
     if axes:
-        grad = grad.sum(axis=axes, keepdims=True)
+        grad = total(grad, axes, True)
     return grad
 
 
