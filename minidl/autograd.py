@@ -436,9 +436,11 @@ class Context:
     def _saved_as_tensor(self, array, source):
         """A saved array as the Tensor a recorded backward differentiates through: the input
         Tensor it is, a Tensor for the output it is (attached to this node, as the output
-        was), or a constant for an array the forward computed."""
-        if array is None or isinstance(source, Tensor):
-            return source if array is not None else None
+        was), a constant for an array the forward computed; anything else as it is."""
+        if isinstance(source, Tensor):
+            return source
+        if not hasattr(array, "dtype"):  # None, or a tuple a kernel keeps for itself
+            return array
         t = Tensor(array)
         if source is not None:
             t._requires_grad, t.grad_fn, t._output_nr = True, self, source
