@@ -627,10 +627,12 @@ def _leading_to(order, targets):
     """The nodes of ``order`` from which a gradient can reach one of ``targets`` (leaves
     by identity, non-leaves through their ``grad_fn``): only these need to run."""
     leaf_ids = {id(t) for t in targets if t.grad_fn is None}
+    producers = {t.grad_fn for t in targets if t.grad_fn is not None}
     needed = set()
     for node in reversed(order):  # producers first
         for edge in node._edges:
-            if edge is not None and (id(edge[0]) in leaf_ids or edge[0] in needed):
+            if edge is not None and (id(edge[0]) in leaf_ids or edge[0] in needed
+                                     or edge[0] in producers):
                 needed.add(node)
                 break
     return needed
