@@ -38,8 +38,8 @@ functions, attached to the class in one place, ``minidl/tensor_methods.py`` (cal
 """
 from __future__ import annotations
 
-import contextlib
 import functools
+import inspect
 import threading
 import weakref
 
@@ -48,44 +48,132 @@ import numpy as np
 from . import backend
 
 # ----------------------------------------------------------------------------- grad mode
+# Grad mode is a per-thread flag, as in PyTorch: a data-loading or serving thread inside
+# ``no_grad()`` must not stop the main thread's training from recording, and every new
+# thread starts with recording on (``is_grad_enabled`` defaults to True).
 
 _state = threading.local()
 
 
 def is_grad_enabled():
-    """Whether operations are recorded for backward (True unless inside ``no_grad()``)."""
+    """Whether operations are recorded for backward in this thread (True unless inside
+    ``no_grad()`` or after ``set_grad_enabled(False)``)."""
     return getattr(_state, "grad_enabled", True)
 
 
-def set_grad_enabled(mode):
-    _state.grad_enabled = bool(mode)
+def _set_mode(mode):
+    _state.grad_enabled = mode
 
 
-class _GradMode(contextlib.ContextDecorator):
-    """Context manager (and decorator) that sets grad mode and restores it on exit."""
+class _GradMode:
+    """Base of ``no_grad``, ``enable_grad`` and ``set_grad_enabled``: a context manager
+    that is also a decorator.
 
-    mode = True
+    As a decorator it enters a *fresh* context (``clone()``) on every call, never the
+    decorating instance itself: one shared instance would keep one remembered previous
+    mode for every call, and a recursive call (or the same function running in two
+    threads) would overwrite it, leaving grad mode wrong after the outer call returns.
+    A decorated generator function runs each of its steps inside the context, and the
+    caller's own code between two ``next()`` calls outside it (PyTorch's rule).
+    """
 
-    def __enter__(self):
-        self._prev = is_grad_enabled()
-        set_grad_enabled(self.mode)
-        return self
+    def clone(self):
+        return self.__class__()
 
-    def __exit__(self, *exc):
-        set_grad_enabled(self._prev)
-        return False
+    def __call__(self, func):
+        if inspect.isgeneratorfunction(func):
+            return self._wrap_generator(func)
+
+        @functools.wraps(func)
+        def decorated(*args, **kwargs):
+            with self.clone():
+                return func(*args, **kwargs)
+        return decorated
+
+    def _wrap_generator(self, func):
+        @functools.wraps(func)
+        def decorated(*args, **kwargs):
+            gen = func(*args, **kwargs)
+            sent, thrown = None, None        # what the caller passed in at the last yield
+            while True:
+                with self.clone():           # one step of the generator, in grad mode
+                    try:
+                        value = gen.throw(thrown) if thrown is not None else gen.send(sent)
+                    except StopIteration as stop:
+                        return stop.value
+                try:
+                    sent, thrown = (yield value), None
+                except GeneratorExit:        # the caller closed us: close the inner one too
+                    with self.clone():
+                        gen.close()
+                    raise
+                except BaseException as exc:  # gen.throw(...) from the caller: pass it in
+                    sent, thrown = None, exc
+        return decorated
 
 
 class no_grad(_GradMode):
-    """``with minidl.no_grad():`` runs operations without recording a graph."""
+    """``with minidl.no_grad():`` (or ``@minidl.no_grad()``) runs operations without
+    recording a graph, and restores the previous mode on exit, also after an exception."""
 
-    mode = False
+    def __enter__(self):
+        self._prev = is_grad_enabled()
+        _set_mode(False)
+
+    def __exit__(self, *exc):
+        _set_mode(self._prev)
+        return False
 
 
 class enable_grad(_GradMode):
-    """``with minidl.enable_grad():`` re-enables recording inside ``no_grad()``."""
+    """``with minidl.enable_grad():`` (or ``@minidl.enable_grad()``) records again inside
+    ``no_grad()``, and restores the previous mode on exit."""
 
-    mode = True
+    def __enter__(self):
+        self._prev = is_grad_enabled()
+        _set_mode(True)
+
+    def __exit__(self, *exc):
+        _set_mode(self._prev)
+        return False
+
+
+class set_grad_enabled(_GradMode):  # noqa: N801 - PyTorch's name: a call as much as a class
+    """Turn recording on or off, three ways, as ``torch.set_grad_enabled``::
+
+        minidl.set_grad_enabled(False)          # a plain call: off from now on
+        with minidl.set_grad_enabled(False):    # off inside, the previous mode after
+            ...
+        @minidl.set_grad_enabled(False)         # off while the function runs
+        def evaluate(model, x): ...
+
+    The mode is set by the constructor itself (that is what makes the plain call work);
+    ``__exit__`` restores the mode that was in force before. Used as a decorator, making
+    the object must not change the mode for the code that follows the ``def``, so
+    ``__call__`` puts the previous mode back at once.
+    """
+
+    def __init__(self, mode):
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"set_grad_enabled(): mode must be a bool, got "
+                            f"{type(mode).__name__} {mode!r}")
+        self.mode = bool(mode)
+        self._prev = is_grad_enabled()
+        _set_mode(self.mode)
+
+    def clone(self):
+        return set_grad_enabled(self.mode)
+
+    def __call__(self, func):
+        _set_mode(self._prev)
+        return super().__call__(func)
+
+    def __enter__(self):
+        pass
+
+    def __exit__(self, *exc):
+        _set_mode(self._prev)
+        return False
 
 
 # ----------------------------------------------------------------------------- dtypes
@@ -736,8 +824,8 @@ def _backward_pass(roots, seeds, retain_graph, create_graph, targets=None):
                 t = ref()
                 if t is not None and out_grads[i] is not None:
                     g = out_grads[i]
-                    if not create_graph:
-                        g = Tensor(g) if t.grad is None else Tensor(t.grad.data + g)
+                    if not create_graph:  # a copy: the array flows on to other nodes
+                        g = Tensor(g.copy()) if t.grad is None else Tensor(t.grad.data + g)
                     elif t.grad is not None:
                         g = t.grad + g
                     t.grad = g

@@ -16,9 +16,26 @@ if os.environ.get("MINIDL_FAKE_CUPY") == "1":   # before anything imports cupy
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import minidl
 from helpers import gpu_skip_reason as _gpu_skip_reason
+
+# Hypothesis, reproducibly: the property tests draw the same examples on every run and
+# every machine (``derandomize``: the examples follow from each test's source), so a red CI
+# run is red again on a laptop and a green run means the same cases passed. ``database=None``
+# keeps no ``.hypothesis/`` directory of past failures: a failure found once must become an
+# ``@example(...)`` on its test, where everyone runs it, rather than a local file. Loaded
+# always (not only under ``CI``): the suite must not depend on where it runs. The test
+# modules' own ``@settings(max_examples=..., deadline=...)`` refine this profile: it is the
+# default when they are imported, after this file.
+# (Hypothesis still caches the literals it reads from the source in ``.hypothesis/constants``:
+# a pure cache, the same for the same source, and git-ignored.)
+# ``MINIDL_HYPOTHESIS_PROFILE=explore`` draws fresh random examples instead, to hunt for
+# new failures (then keep what it finds as ``@example``s).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+settings.load_profile(os.environ.get("MINIDL_HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

@@ -269,3 +269,10 @@ def test_in_place_change_is_caught_under_create_graph_too():
     c.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an in-place operation"):
         autograd.grad(y, x, create_graph=True)
+
+
+def test_gradgradcheck_fast_mode_at_a_realistic_size():
+    x = minidl.tensor(np.random.default_rng(0).standard_normal((40, 30)), requires_grad=True)
+    assert minidl.gradgradcheck(Cube.apply, [x], fast_mode=True)
+    assert not minidl.gradgradcheck(CubeWrongSecond.apply, [x], fast_mode=True,
+                                    raise_exception=False)
