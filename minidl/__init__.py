@@ -22,10 +22,10 @@ from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, fu
                        linspace, ones, ones_like, rand, rand_like, randint, randn, randn_like,
                        randperm, tensor, zeros, zeros_like)
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck
-from .ops import (abs, add, all, amax, any, argmax, argmin, cat, clamp, clip, concatenate, div,
-                  eq, exp, expand, flatten, ge, gt, le, log, lt, matmul, max, maximum, mean, min,
-                  minimum, mul, ne, neg, pad, permute, pow, reshape, sqrt, squeeze, stack, std,
-                  sub, sum, transpose, unsqueeze, var, where)
+from .ops import (abs, add, all, amax, any, argmax, argmin, cat, clamp, clip, clone,
+                  concatenate, div, eq, exp, expand, flatten, ge, gt, le, log, lt, matmul, max,
+                  maximum, mean, min, minimum, mul, ne, neg, pad, permute, pow, reshape, sqrt,
+                  squeeze, stack, std, sub, sum, transpose, unsqueeze, var, where)
 from .ops.activation import log_softmax, relu, sigmoid, softmax, tanh
 from .random import initial_seed, manual_seed
 from .serialization import load, save

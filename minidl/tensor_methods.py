@@ -39,7 +39,7 @@ __all__ = ["attach", "METHODS"]
 METHODS = ("exp", "log", "sqrt", "abs", "clamp", "clip", "maximum", "minimum", "matmul",
            "sum", "mean", "max", "min", "amax", "var", "std", "argmax", "argmin", "all", "any",
            "reshape", "view", "flatten", "permute", "transpose", "squeeze", "unsqueeze",
-           "expand", "contiguous", "t", "pow", "add", "sub", "mul", "div", "neg",
+           "expand", "contiguous", "clone", "t", "pow", "add", "sub", "mul", "div", "neg",
            "eq", "ne", "lt", "le", "gt", "ge", "relu", "tanh", "sigmoid", "softmax",
            "log_softmax")
 

@@ -13,6 +13,6 @@ from .elementwise import (abs, add, clamp, clip, div, eq, exp, ge, gt, le, log, 
                           minimum, mul, ne, neg, pow, sqrt, sub, where)
 from .linalg import linear, matmul
 from .reduce import all, amax, any, argmax, argmin, max, mean, min, std, sum, var
-from .shape import (cat, concatenate, contiguous, expand, flatten, getitem, pad, permute,
+from .shape import (cat, clone, concatenate, contiguous, expand, flatten, getitem, pad, permute,
                     reshape, squeeze, stack, t, transpose, unsqueeze, view)
 

@@ -1,4 +1,11 @@
-"""Matrix products: ``matmul`` (the ``@`` operator) and ``linear`` (a fully connected layer)."""
+"""Matrix products: ``matmul`` (the ``@`` operator) and ``linear`` (a fully connected layer).
+
+Shapes: M, K, P the matrix dims of ``(M, K) @ (K, P) -> (M, P)``, ``...`` leading
+(batch) dims that broadcast; IN, OUT a linear layer's features. gy is dL/dy (like y).
+
+Both gradients are products again, so the recorded backwards (``create_graph=True``)
+are the same formulas on Tensors: each term is linear in gy and in the other operand.
+"""
 from __future__ import annotations
 
 from ..autograd import Function
@@ -20,6 +27,13 @@ class MatMulFunction(Function):
         a, b = ctx.saved_tensors
         ga = unbroadcast(gy @ b.swapaxes(-1, -2), a.shape) if ctx.needs_input_grad[0] else None
         gb = unbroadcast(a.swapaxes(-1, -2) @ gy, b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):  # the same, with Tensor.transpose(dim0, dim1)
+        a, b = ctx.saved_tensors
+        ga = unbroadcast(gy @ b.transpose(-1, -2), a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(a.transpose(-1, -2) @ gy, b.shape) if ctx.needs_input_grad[1] else None
         return ga, gb
 
 
@@ -61,8 +75,12 @@ class LinearFunction(Function):
         gx = gy @ weight if need_x else None                        # (..., IN)
         g2 = gy.reshape(-1, gy.shape[-1])                           # (M, OUT), M = prod(...)
         gw = g2.T @ x.reshape(-1, x.shape[-1]) if need_w else None  # (OUT, IN)
-        gb = g2.sum(axis=0) if need_b else None                     # (OUT,)
+        gb = g2.sum(0) if need_b else None                          # (OUT,)
         return gx, gw, gb
+
+    # Every operation above (@, .T, .reshape, .sum(0)) reads the same on arrays and on
+    # Tensors, so the recorded backward is this very formula.
+    differentiable_backward = backward
 
 
 def linear(input, weight, bias=None):  # noqa: A002 - PyTorch's name

@@ -2,6 +2,13 @@
 
 Backward of a reduction puts the reduced axes back (size 1) and broadcasts the
 upstream gradient over them.
+
+Shapes: x is the input (any shape, ``shape``); y the result, with the reduced ``axes``
+removed (or kept as size 1 with ``keepdim``); gy (like y) is dL/dy, gx (like x) dL/dx.
+
+Recorded backwards (``create_graph=True``) write the same formulas with Tensors; where
+the raw one uses an array the forward computed from x (``x - mean``), they compute it
+again from the input Tensor, and the selection of max/min is a constant mask.
 """
 from __future__ import annotations
 
@@ -58,6 +65,14 @@ class MeanFunction(Function):
         xp = backend.get_array_module(gy)
         return xp.broadcast_to(_expand_back(gy, shape, axes, keepdim) / n, shape).astype(gy.dtype)
 
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        shape, axes, keepdim = ctx.meta
+        n = 1
+        for a in axes:
+            n *= shape[a]
+        return (_expand_back(gy, shape, axes, keepdim) / n).expand(shape)
+
 
 class VarFunction(Function):
     """Variance with ``correction`` (1: unbiased, divides by n - 1; 0: biased, by n)."""
@@ -70,16 +85,26 @@ class VarFunction(Function):
         for a in axes:
             n *= x.shape[a]
         denom = builtins.max(n - correction, 0)
-        ctx.save_for_backward(centered)
+        # x itself too: a recorded backward differentiates through x - mean, so it needs
+        # the input Tensor (a saved ``centered`` would be a constant there).
+        ctx.save_for_backward(centered, x)
         ctx.meta = (x.shape, axes, keepdim, denom)
         return (centered * centered).sum(axis=axes, keepdims=keepdim) / denom
 
     @staticmethod
     def backward(ctx, gy):  # d var / dx_i = 2 (x_i - mean) / denom
-        (centered,) = ctx.saved_tensors
+        centered, _ = ctx.saved_tensors
         shape, axes, keepdim, denom = ctx.meta
         scale = 2.0 / denom if denom > 0 else float("nan")  # one sample, unbiased: nan as PyTorch
         return (_expand_back(gy, shape, axes, keepdim) * scale * centered).astype(gy.dtype)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        _, x = ctx.saved_tensors
+        shape, axes, keepdim, denom = ctx.meta
+        scale = 2.0 / denom if denom > 0 else float("nan")
+        centered = x - x.mean(dim=axes, keepdim=True)  # x - mean depends on x: recomputed
+        return _expand_back(gy, shape, axes, keepdim) * scale * centered
 
 
 class MaxMinAllFunction(Function):
@@ -96,6 +121,12 @@ class MaxMinAllFunction(Function):
         x, y = ctx.saved_tensors
         mask = x == y
         return (gy * mask / mask.sum()).astype(gy.dtype)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        x, y = ctx.saved_tensors
+        mask = x.data == y.data  # which elements are selected: constant almost everywhere
+        return gy * Tensor((mask / mask.sum()).astype(gy.dtype))
 
 
 class MaxMinDimFunction(Function):
@@ -123,6 +154,17 @@ class MaxMinDimFunction(Function):
             gy = xp.expand_dims(gy, dim)
         xp.put_along_axis(gx, idx_k, gy, axis=dim)
         return gx
+
+    @staticmethod
+    def differentiable_backward(ctx, gy, _g_indices):
+        # The same scatter as a product: a constant one-hot mask of the selected elements
+        # times gy broadcast along dim (whose own backward sums along dim: a gather).
+        (idx_k,) = ctx.saved_tensors
+        shape, dim, keepdim = ctx.meta
+        xp = backend.get_array_module(idx_k.data)
+        onehot = xp.zeros(shape, gy.dtype)
+        xp.put_along_axis(onehot, idx_k.data, 1, axis=dim)
+        return _expand_back(gy, shape, (dim,), keepdim) * Tensor(onehot)
 
 
 def sum(x, dim=None, keepdim=False):  # noqa: A001 - PyTorch's name

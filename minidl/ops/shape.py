@@ -1,7 +1,15 @@
-"""Shape ops: reshape, transpose/permute, (un)squeeze, expand, indexing, cat, stack, pad.
+"""Shape ops: reshape, transpose/permute, (un)squeeze, expand, indexing, cat, stack, pad, clone.
 
 Each moves values around without changing them, so each backward moves the
 gradient back the opposite way.
+
+Shapes: x is the input, y the output, gy (like y) dL/dy, gx (like x) dL/dx; v (setitem,
+copy's src) the values written in, gv (like v) their gradient.
+
+Each backward is linear in gy and uses no value of x, so a recorded backward
+(``create_graph=True``) is the same move written with these ops on Tensors: reshape's
+is a reshape, getitem's a scatter into zeros (``IndexAddFunction``), whose own backward
+is getitem again.
 """
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ class ReshapeFunction(Function):
     def backward(ctx, gy):
         return gy.reshape(ctx.in_shape)
 
+    differentiable_backward = backward  # Tensor.reshape is reshape
+
 
 class PermuteFunction(Function):
     _view = True  # its output may share the input's memory, so it shares its version
@@ -36,10 +46,19 @@ class PermuteFunction(Function):
 
     @staticmethod
     def backward(ctx, gy):
-        inverse = [0] * len(ctx.dims)
-        for i, d in enumerate(ctx.dims):
-            inverse[d] = i
-        return gy.transpose(inverse)
+        return gy.transpose(_inverse_permutation(ctx.dims))
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):  # Tensor.transpose swaps two dims: permute
+        return PermuteFunction.apply(gy, dims=_inverse_permutation(ctx.dims))
+
+
+def _inverse_permutation(dims):
+    """The dims that undo ``dims``: ``y = x.permute(dims)`` gives ``x = y.permute(inverse)``."""
+    inverse = [0] * len(dims)
+    for i, d in enumerate(dims):
+        inverse[d] = i
+    return tuple(inverse)
 
 
 class ExpandFunction(Function):
@@ -53,6 +72,8 @@ class ExpandFunction(Function):
     @staticmethod
     def backward(ctx, gy):
         return unbroadcast(gy, ctx.in_shape)
+
+    differentiable_backward = backward  # unbroadcast sums Tensors too
 
 
 def _is_basic_index(key):
@@ -73,13 +94,46 @@ class GetItemFunction(Function):
     @staticmethod
     def backward(ctx, gy):
         shape, dtype, key = ctx.meta
-        xp = backend.get_array_module(gy)
-        gx = xp.zeros(shape, gy.dtype)
-        if _is_basic_index(key):
-            gx[key] = gy
-        else:  # advanced indexing may pick an element several times: add, do not assign
-            xp.add.at(gx, key, gy)
-        return gx
+        return _index_add_into_zeros(gy, shape, key)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        shape, dtype, key = ctx.meta
+        return IndexAddFunction.apply(gy, shape=shape, key=key)
+
+
+def _index_add_into_zeros(v, shape, key):
+    """Zeros of ``shape`` with ``v`` added at ``x[key]``: the adjoint of ``x[key]``.
+
+    v: like ``x[key]``, returns: (shape). Each element ``x[key]`` picked receives its
+    part of v; an element picked several times (advanced indexing) receives their sum.
+    """
+    xp = backend.get_array_module(v)
+    out = xp.zeros(shape, v.dtype)
+    if _is_basic_index(key):
+        out[key] = v
+    else:  # advanced indexing may pick an element several times: add, do not assign
+        xp.add.at(out, key, v)
+    return out
+
+
+class IndexAddFunction(Function):
+    """``zeros(shape)`` with ``v`` added at ``[key]``: getitem's backward as an op, so a
+    recorded backward can be differentiated again. Its own backward reads the places
+    back: ``gy[key]``, a getitem (and getitem's backward is this op)."""
+
+    @staticmethod
+    def forward(ctx, v, shape, key):
+        ctx.key = key
+        return _index_add_into_zeros(v, shape, key)
+
+    @staticmethod
+    def backward(ctx, gy):
+        return gy[ctx.key]
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        return GetItemFunction.apply(gy, key=ctx.key)
 
 
 class SetItemFunction(Function):
@@ -105,6 +159,17 @@ class SetItemFunction(Function):
             gv = unbroadcast(gy[key], v_shape).reshape(v_shape).astype(v_dtype, copy=False)
         return gx, gv
 
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        key, v_shape, v_dtype = ctx.meta
+        gx = gv = None
+        if ctx.needs_input_grad[0]:  # gy with zeros written at [key]: a setitem itself
+            zero = Tensor(backend.get_array_module(gy.data).zeros((), gy.dtype))
+            gx = SetItemFunction.apply(gy, zero, key=key)
+        if ctx.needs_input_grad[1]:
+            gv = unbroadcast(gy[key], v_shape).reshape(v_shape).to(v_dtype)
+        return gx, gv
+
 
 class FillFunction(Function):
     """``x.fill_(value)`` out of place: a constant, so no gradient reaches ``x``."""
@@ -116,6 +181,10 @@ class FillFunction(Function):
     @staticmethod
     def backward(ctx, gy):
         return backend.get_array_module(gy).zeros_like(gy)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):  # a constant zero: nothing to differentiate
+        return Tensor(backend.get_array_module(gy.data).zeros_like(gy.data))
 
 
 class CopyFunction(Function):
@@ -136,6 +205,14 @@ class CopyFunction(Function):
             if ctx.needs_input_grad[1] else None
         return gx, gs
 
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        shape, dtype = ctx.meta
+        gx = Tensor(backend.get_array_module(gy.data).zeros_like(gy.data)) \
+            if ctx.needs_input_grad[0] else None  # a constant zero
+        gs = unbroadcast(gy, shape).reshape(shape).to(dtype) if ctx.needs_input_grad[1] else None
+        return gx, gs
+
 
 class CatFunction(Function):
     @staticmethod
@@ -154,6 +231,8 @@ class CatFunction(Function):
             start += n
         return tuple(grads)
 
+    differentiable_backward = backward  # slicing a Tensor is getitem
+
 
 class PadFunction(Function):
     @staticmethod
@@ -166,6 +245,22 @@ class PadFunction(Function):
     def backward(ctx, gy):  # the gradient of the padding is dropped
         index = tuple(slice(lo, gy.shape[i] - hi) for i, (lo, hi) in enumerate(ctx.widths))
         return gy[index]
+
+    differentiable_backward = backward  # slicing a Tensor is getitem
+
+
+class CloneFunction(Function):
+    """A copy of x in new memory, still in the graph: the gradient passes through."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.copy()
+
+    @staticmethod
+    def backward(ctx, gy):
+        return gy
+
+    differentiable_backward = backward
 
 
 # --- wrappers -------------------------------------------------------------------------
@@ -332,3 +427,10 @@ def pad(x, pad, mode="constant", value=0.0):
 
 def contiguous(x):
     return x
+
+
+def clone(x, *, memory_format=None):
+    """A copy of ``x`` with its own memory that stays in the graph (gradient passes through):
+    change the copy in place without touching ``x``. ``memory_format`` is accepted for
+    PyTorch's signature and ignored (minidl has one layout)."""
+    return CloneFunction.apply(x)
