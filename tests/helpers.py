@@ -46,7 +46,8 @@ def to_host(x):
     array), copied from the GPU when it lives there. ``Tensor.numpy()`` refuses GPU
     tensors and ``np.asarray`` refuses CuPy arrays, so every comparison goes through here."""
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        # force=True: also a ZeroTensor (PyTorch's all-zero second derivative, e.g. of abs)
+        return x.detach().cpu().numpy(force=True)
     if isinstance(x, minidl.Tensor):
         x = x.data
     return backend.to_numpy(x)
