@@ -50,8 +50,11 @@ Implementations (``minidl.kernels.registry`` chooses; ``use_impl`` forces one):
 
 Not dispatched (the reference runs on either device): the ``tie='split'`` backward
 (``max_pool2d_backward_split``), PyTorch's flat indices (``max_pool2d_indices``), the
-average-pooling divisors (``avg_pool2d_divisor``) and adaptive pooling, whose windows
-``start = floor(i*H/OH)``, ``end = ceil((i+1)*H/OH)`` vary in size and may overlap.
+average-pooling divisors (``avg_pool2d_divisor``), the gathers that are the max-pooling
+backwards' adjoints (``max_pool2d_gather``, ``max_pool2d_gather_split``,
+``adaptive_max_pool2d_gather``: only recorded backwards, create_graph=True, use them) and
+adaptive pooling, whose windows ``start = floor(i*H/OH)``, ``end = ceil((i+1)*H/OH)``
+vary in size and may overlap.
 """
 from __future__ import annotations
 
@@ -65,8 +68,11 @@ from .pool_reference import (  # noqa: F401 - reference-only functions, part of 
     adaptive_avg_pool2d_forward,
     adaptive_max_pool2d_backward,
     adaptive_max_pool2d_forward,
+    adaptive_max_pool2d_gather,
     avg_pool2d_divisor,
     max_pool2d_backward_split,
+    max_pool2d_gather,
+    max_pool2d_gather_split,
     max_pool2d_indices,
 )
 
@@ -76,6 +82,7 @@ __all__ = [
     "max_pool2d_backward_split", "max_pool2d_indices", "avg_pool2d_divisor",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
     "adaptive_max_pool2d_forward", "adaptive_max_pool2d_backward",
+    "max_pool2d_gather", "max_pool2d_gather_split", "adaptive_max_pool2d_gather",
 ]
 
 # The numba kernels store the tap number of a maximum as a uint8.

@@ -22,10 +22,10 @@ from ..geometry import adaptive_windows
 
 __all__ = [
     "max_pool2d_forward", "max_pool2d_backward", "max_pool2d_backward_split",
-    "max_pool2d_indices", "tap_dtype",
+    "max_pool2d_gather", "max_pool2d_gather_split", "max_pool2d_indices", "tap_dtype",
     "avg_pool2d_divisor", "avg_pool2d_forward", "avg_pool2d_backward",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
-    "adaptive_max_pool2d_forward", "adaptive_max_pool2d_backward",
+    "adaptive_max_pool2d_forward", "adaptive_max_pool2d_backward", "adaptive_max_pool2d_gather",
 ]
 
 
@@ -133,15 +133,11 @@ def max_pool2d_backward(gy, arg, win):
     return _crop(gxpad, win)
 
 
-def max_pool2d_backward_split(gy, x, y, win):
-    """tie='split': share each window's gradient evenly among the taps equal to its max.
-
-    gy, y: (N, C, OH, OW); x: (N, C, H, W). Returns gx (N, C, H, W). A window with m
-    equal maxima gives gy/m to each; the total (sum of gx) equals the total of gy.
-    Padding taps never count, even when the maximum is -inf. A NaN maximum is shared
-    among the window's NaN taps. (Reference path only: ties are not the hot path.)
-    """
-    xp = get_array_module(gy)
+def _split_ties(x, y, win):
+    """The tie='split' bookkeeping: ``is_max(kh, kw, sl)`` (N, C, OH, OW), whether tap
+    (kh, kw) of each window is one of its maxima (never a padding tap; NaN maxima count
+    NaN taps), and ``count`` (N, C, OH, OW), how many taps of each window are."""
+    xp = get_array_module(x)
     xpad = _pad(x, win, _lowest(x.dtype))
     _, valid_h = _axis_taps(xp, win.OH, win.SH, win.PH, win.DH, win.H, win.KH)
     _, valid_w = _axis_taps(xp, win.OW, win.SW, win.PW, win.DW, win.W, win.KW)
@@ -156,15 +152,57 @@ def max_pool2d_backward_split(gy, x, y, win):
             eq |= xp.isnan(v) & nan_y
         return eq & valid_h[kh][:, None] & valid_w[kw][None, :]
 
-    count = xp.zeros(y.shape, dtype=gy.dtype)
+    count = xp.zeros(y.shape, dtype=x.dtype if x.dtype.kind == "f" else xp.float64)
     for _k, kh, kw, sl in win.tap_slices():
         count += is_max(kh, kw, sl)
-    share = gy / count
+    return is_max, count
+
+
+def max_pool2d_backward_split(gy, x, y, win):
+    """tie='split': share each window's gradient evenly among the taps equal to its max.
+
+    gy, y: (N, C, OH, OW); x: (N, C, H, W). Returns gx (N, C, H, W). A window with m
+    equal maxima gives gy/m to each; the total (sum of gx) equals the total of gy.
+    Padding taps never count, even when the maximum is -inf. A NaN maximum is shared
+    among the window's NaN taps. (Reference path only: ties are not the hot path.)
+    """
+    xp = get_array_module(gy)
+    is_max, count = _split_ties(x, y, win)
+    share = gy / count.astype(gy.dtype, copy=False)
     HP, WP = win.padded_hw
     gxpad = xp.zeros(gy.shape[:-2] + (HP, WP), dtype=gy.dtype)
     for _k, kh, kw, sl in win.tap_slices():
         gxpad[sl] += share * is_max(kh, kw, sl)
     return _crop(gxpad, win)
+
+
+# The gathers below are the adjoints (transposes) of the max-pooling backwards, which are
+# linear in gy: gy -> gx routes each window's gradient to fixed taps, so gx -> gy' reads
+# those same taps back. A recorded backward (create_graph=True) differentiates a scatter
+# with a gather and a gather with a scatter (``ops.pool.PoolScatterFunction``).
+
+
+def max_pool2d_gather(gx, arg, win):
+    """The adjoint of ``max_pool2d_backward``: gx (N, C, H, W) -> (N, C, OH, OW), each
+    window's value of gx at the tap ``arg`` names (its maximum). Never a padding tap."""
+    xp = get_array_module(gx)
+    gxpad = _pad(gx, win, 0)
+    out = xp.zeros(arg.shape, dtype=gx.dtype)
+    for k, _kh, _kw, sl in win.tap_slices():
+        out += gxpad[sl] * (arg == k)
+    return out
+
+
+def max_pool2d_gather_split(gx, x, y, win):
+    """The adjoint of ``max_pool2d_backward_split``: gx (N, C, H, W) -> (N, C, OH, OW),
+    each window's mean of gx over its m tied maxima (x, y: the forward's input and output)."""
+    xp = get_array_module(gx)
+    is_max, count = _split_ties(x, y, win)
+    gxpad = _pad(gx, win, 0)
+    total = xp.zeros(y.shape, dtype=gx.dtype)
+    for _k, kh, kw, sl in win.tap_slices():
+        total += gxpad[sl] * is_max(kh, kw, sl)
+    return total / count.astype(gx.dtype, copy=False)
 
 
 def max_pool2d_indices(arg, win):
@@ -334,3 +372,13 @@ def adaptive_max_pool2d_backward(gy, indices, in_hw):
     flat = (plane_ids * (H * W) + indices).ravel()
     gx = xp.bincount(flat, weights=gy.ravel().astype(xp.float64), minlength=planes * H * W)
     return gx.astype(gy.dtype).reshape(lead + (H, W))
+
+
+def adaptive_max_pool2d_gather(gx, indices):
+    """The adjoint of ``adaptive_max_pool2d_backward``: gx (N, C, H, W) -> (N, C, OH, OW),
+    each window's value of gx at the flat index ``ih*W + iw`` of its maximum."""
+    xp = get_array_module(gx)
+    lead = gx.shape[:-2]
+    planes = gx.reshape(lead + (-1,))                                   # (N, C, H*W)
+    picked = xp.take_along_axis(planes, indices.reshape(lead + (-1,)), axis=-1)
+    return picked.reshape(indices.shape)

@@ -9,6 +9,13 @@ Each backward is written with the forward's *output* where that is cheaper
 (``tanh' = 1 - y^2``, ``sigmoid' = y (1 - y)``, ``softmax: gx = y (gy - sum(gy y))``),
 so the input need not be kept.
 
+Higher-order gradients (create_graph=True): each Function's ``differentiable_backward``
+is its formula again on Tensors. The output ``y`` it uses is the output Tensor itself
+(differentiating through it reaches x); masks are constants; anything else the forward
+computed from x (GELU's tanh and normal CDF) is recomputed with recorded ops. For that,
+softmax and log_softmax with a temperature Tensor also keep their input x (the recorded
+gradient of T needs z = x / T as a function of x and T).
+
 Dtypes: float32 stays float32. Python floats are "weak" scalars in NumPy 2 and CuPy
 (``float32_array * 0.5`` is float32), so the constants below are plain Python floats;
 never multiply by a NumPy float64 scalar or 0-d float64 array, which would upcast.
@@ -22,6 +29,7 @@ import numpy as np
 from .. import backend
 from ..autograd import Function, Tensor
 from ..kernels.activation import TANH
+from .elementwise import exp, where
 from .utils import normalize_dim, unbroadcast
 
 
@@ -51,6 +59,8 @@ class ReLUFunction(Function):
         (positive,) = ctx.saved_tensors
         return gy * positive                   # bool * float keeps gy's dtype
 
+    differentiable_backward = backward         # the mask is a constant Tensor there
+
 
 class LeakyReLUFunction(Function):
     """y = x where x > 0, else negative_slope * x.    x, y, gy, gx: (*)
@@ -71,6 +81,11 @@ class LeakyReLUFunction(Function):
         (positive,) = ctx.saved_tensors
         xp = backend.get_array_module(gy)
         return xp.where(positive, gy, gy * ctx.negative_slope)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        (positive,) = ctx.saved_tensors        # a constant boolean Tensor
+        return where(positive, gy, gy * ctx.negative_slope)
 
 
 def relu(input):  # noqa: A002 - PyTorch's name
@@ -111,6 +126,11 @@ class TanhFunction(Function):
         (y,) = ctx.saved_tensors
         return TANH.code(gy, y).tanh_backward(gy, y)
 
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        (y,) = ctx.saved_tensors               # the output Tensor: d/dx reaches x through it
+        return gy * (1 - y * y)
+
 
 class SigmoidFunction(Function):
     """y = 1 / (1 + exp(-x)).    x, y, gy, gx: (*)
@@ -136,6 +156,8 @@ class SigmoidFunction(Function):
     def backward(ctx, gy):
         (y,) = ctx.saved_tensors
         return gy * y * (1 - y)
+
+    differentiable_backward = backward         # y: the output Tensor there
 
 
 def tanh(input):  # noqa: A002
@@ -198,6 +220,29 @@ def _normal_cdf(x):
     return xp.where(x >= 0, 1 - erfc_z / 2, erfc_z / 2)
 
 
+def _normal_pdf(x):
+    """phi(x) = exp(-x^2 / 2) / sqrt(2 pi), on arrays or (recorded) Tensors."""
+    e = exp(-x * x / 2) if isinstance(x, Tensor) else backend.get_array_module(x).exp(-x * x / 2)
+    return _INV_SQRT_2PI * e
+
+
+class NormalCDFFunction(Function):
+    """Phi(x), the standard normal CDF (``_normal_cdf``), as a differentiable op: GELU's
+    recorded backward needs Phi(x) as a function of x, since Phi' = phi.    x, y: (*)"""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return _normal_cdf(x)
+
+    @staticmethod
+    def backward(ctx, gy):                     # dPhi/dx = phi(x)
+        (x,) = ctx.saved_tensors
+        return gy * _normal_pdf(x)
+
+    differentiable_backward = backward         # x: the input Tensor there, phi recorded
+
+
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
 
@@ -235,6 +280,17 @@ class GELUFunction(Function):
         pdf = _INV_SQRT_2PI * xp.exp(-x * x / 2)
         return gy * (cdf + x * pdf)
 
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        # The saved t and cdf are constants here: both are recomputed from the input
+        # Tensor x, so d/dx of this formula is GELU's second derivative.
+        x, _ = ctx.saved_tensors
+        if ctx.approximate == "tanh":
+            t = tanh(_GELU_C * (x + _GELU_A * x * x * x))
+            du = _GELU_C * (1 + 3 * _GELU_A * x * x)
+            return gy * ((1 + t) / 2 + x * (1 - t * t) / 2 * du)
+        return gy * (NormalCDFFunction.apply(x) + x * _normal_pdf(x))
+
 
 def gelu(input, approximate="none"):  # noqa: A002
     """x * Phi(x) (exact, with the normal CDF) or its tanh approximation."""
@@ -271,15 +327,21 @@ class SoftmaxFunction(Function):
         xp = backend.get_array_module(x)
         e = xp.exp(z - z.max(axis=axis, keepdims=True))
         y = e / e.sum(axis=axis, keepdims=True)
-        ctx.save_for_backward(y, z, T)
+        ctx.save_for_backward(y, z, T, _input_for_t(x, t))
         ctx.axis = axis
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        y, z, T = ctx.saved_tensors
+        y, z, T, _ = ctx.saved_tensors
         gz = y * (gy - (gy * y).sum(axis=ctx.axis, keepdims=True))
         return _unscale(ctx, gz, z, T)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        y, _, T, x = ctx.saved_tensors         # y: the output Tensor, so gz is recorded in x
+        gz = y * (gy - (gy * y).sum(dim=ctx.axis, keepdim=True))
+        return _unscale_recorded(ctx, gz, T, x)
 
 
 class LogSoftmaxFunction(Function):
@@ -299,16 +361,22 @@ class LogSoftmaxFunction(Function):
         xp = backend.get_array_module(x)
         s = z - z.max(axis=axis, keepdims=True)
         y = s - xp.log(xp.exp(s).sum(axis=axis, keepdims=True))
-        ctx.save_for_backward(y, z, T)
+        ctx.save_for_backward(y, z, T, _input_for_t(x, t))
         ctx.axis = axis
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        y, z, T = ctx.saved_tensors
+        y, z, T, _ = ctx.saved_tensors
         xp = backend.get_array_module(gy)
         gz = gy - xp.exp(y) * gy.sum(axis=ctx.axis, keepdims=True)
         return _unscale(ctx, gz, z, T)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        y, _, T, x = ctx.saved_tensors         # y: the output Tensor, exp(y) recorded in x
+        gz = gy - exp(y) * gy.sum(dim=ctx.axis, keepdim=True)
+        return _unscale_recorded(ctx, gz, T, x)
 
 
 def _scale(ctx, x, t, temperature):
@@ -329,6 +397,26 @@ def _unscale(ctx, gz, z, T):
     if ctx.t_meta is not None and ctx.needs_input_grad[1]:
         shape, dtype = ctx.t_meta
         gt = unbroadcast(-gz * z / T, shape).astype(dtype, copy=False)
+    return gx, gt
+
+
+def _input_for_t(x, t):
+    """The input, kept only with a temperature Tensor t: the recorded backward of gT needs
+    z = x / T as a function of x and t (the saved z is a constant there)."""
+    return None if t is None else x
+
+
+def _unscale_recorded(ctx, gz, T, x):
+    """``_unscale`` on Tensors (create_graph=True): gx = gz / T, gT = sum(-gz * z) / T with
+    z = x / T recomputed, T the temperature Tensor (or a number, or 1: z is x itself)."""
+    gx = None
+    if ctx.needs_input_grad[0]:
+        gx = gz if (ctx.t_meta is None and T == 1) else gz / T
+    gt = None
+    if ctx.t_meta is not None and ctx.needs_input_grad[1]:
+        shape, dtype = ctx.t_meta
+        gt = unbroadcast(-gz * (x / T) / T, shape)
+        gt = gt if gt.dtype == dtype else gt.to(dtype)
     return gx, gt
 
 

@@ -39,7 +39,8 @@ class DropoutFunction(Function):
     shape for dropout, (N, C, 1, ...) for dropout2d).
 
     Backward: y is linear in x with the mask as coefficient, so gx = gy * mask, summed
-    over nothing: the mask broadcasts, the input does not.
+    over nothing: the mask broadcasts, the input does not. The same line is the recorded
+    backward (create_graph=True), the mask a constant: d gx / dx = 0, d gx / d gy = mask.
     """
 
     @staticmethod
@@ -52,6 +53,8 @@ class DropoutFunction(Function):
     def backward(ctx, gy):
         (mask,) = ctx.saved_tensors
         return gy * mask
+
+    differentiable_backward = backward  # the mask is a constant Tensor there: gx is linear in gy
 
 
 def _dropout(input, p, training, inplace, mask_shape, name):  # noqa: A002

@@ -30,6 +30,12 @@ A = w * ((1 - eps) onehot(y) + eps / C), zero rows for ignored elements, or A = 
                                                           count, also with label smoothing)
     D = N * prod(S)                                      (probability targets: the count)
 so with class weights the mean is a weighted average, not sum / N.
+
+Higher-order gradients (create_graph=True): each Function's ``differentiable_backward``
+repeats its gradient formula with minidl ops on Tensors. What depends smoothly on the
+inputs is recomputed from the input Tensors (softmax(x) from the logits, x - t for the
+squared error): the forwards keep those inputs for that. Targets given as class indices,
+class weights and the weighted-target matrix A are constants.
 """
 from __future__ import annotations
 
@@ -42,6 +48,8 @@ from .. import backend
 from ..autograd import Function, Tensor, is_grad_enabled
 from ..errors import ShapeError
 from ..kernels.loss import CROSS_ENTROPY
+from .activation import log_softmax, softmax
+from .elementwise import exp
 from .shape import reshape
 from .utils import check_broadcast, unbroadcast
 
@@ -126,6 +134,16 @@ def _upstream(gy, reduction, denom):
         return gy / denom                    # (): every element gets gy / D
 
 
+def _upstream_recorded(gy, reduction, denom):
+    """``_upstream`` on Tensors (create_graph=True); ``denom`` a constant (Tensor or number)."""
+    if reduction == "none":
+        return gy.reshape(gy.shape[:1] + (1,) + gy.shape[1:])      # (N, 1, *S)
+    if reduction == "sum":
+        return gy
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return gy / denom
+
+
 # --- the Functions ----------------------------------------------------------------------
 
 class CrossEntropyFunction(Function):
@@ -153,13 +171,14 @@ class CrossEntropyFunction(Function):
             weight = weight.astype(x.dtype, copy=False)
         logp = _log_softmax(x)
         losses, denom = _class_index_losses(logp, target, weight, ignore_index, label_smoothing)
-        ctx.save_for_backward(logp, target, weight, denom)
+        # x only for the recorded backward, which needs p = softmax(x) as a function of x
+        ctx.save_for_backward(logp, target, weight, denom, x)
         ctx.params = (ignore_index, reduction, label_smoothing)
         return _reduce(losses, reduction, denom)
 
     @staticmethod
     def backward(ctx, gy):
-        logp, target, weight, denom = ctx.saved_tensors
+        logp, target, weight, denom, _ = ctx.saved_tensors
         ignore_index, reduction, label_smoothing = ctx.params
         xp = backend.get_array_module(logp)
         G = _upstream(gy, reduction, denom)
@@ -171,6 +190,18 @@ class CrossEntropyFunction(Function):
         A = _weighted_targets(target, logp.shape[1], weight, ignore_index, label_smoothing,
                               logp.dtype)                                  # (N, C, *S)
         gx = (xp.exp(logp) * A.sum(axis=1, keepdims=True) - A) * G        # (N, C, *S)
+        return gx, None, None
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        # gx = G * (p * sum_c(A) - A) with p = softmax(x) recomputed from the logits Tensor
+        # (the saved logp is a constant here); A, its sum and the denominator are constants.
+        _, target, weight, denom, x = ctx.saved_tensors
+        ignore_index, reduction, label_smoothing = ctx.params
+        A = _weighted_targets(target.data, x.shape[1], None if weight is None else weight.data,
+                              ignore_index, label_smoothing, x.dtype)       # (N, C, *S)
+        G = _upstream_recorded(gy, reduction, denom)
+        gx = (softmax(x, dim=1) * Tensor(A.sum(axis=1, keepdims=True)) - Tensor(A)) * G
         return gx, None, None
 
 
@@ -191,6 +222,7 @@ class CrossEntropyProbsFunction(Function):
     def forward(ctx, x, t, weight, reduction, label_smoothing):
         C = x.shape[1]
         ctx.dtypes = (t.dtype, None if weight is None else weight.dtype)
+        inputs = (x, t, weight)              # for the recorded backward (create_graph=True)
         t = t.astype(x.dtype, copy=False)
         q = t if not label_smoothing else (1 - label_smoothing) * t + label_smoothing / C
         w = None if weight is None else weight.astype(x.dtype, copy=False).reshape(
@@ -199,13 +231,13 @@ class CrossEntropyProbsFunction(Function):
         A = q if w is None else q * w
         losses = -(A * logp).sum(axis=1)                               # (N, *S)
         denom = losses.size                                            # N * prod(S)
-        ctx.save_for_backward(logp, q, w)
+        ctx.save_for_backward(logp, q, w, *inputs)
         ctx.params = (reduction, label_smoothing, denom)
         return _reduce(losses, reduction, denom)
 
     @staticmethod
     def backward(ctx, gy):
-        logp, q, w = ctx.saved_tensors
+        logp, q, w, *_ = ctx.saved_tensors
         reduction, label_smoothing, denom = ctx.params
         xp = backend.get_array_module(logp)
         G = _upstream(gy, reduction, denom)
@@ -219,6 +251,33 @@ class CrossEntropyProbsFunction(Function):
         if ctx.needs_input_grad[2]:
             axes = (0,) + tuple(range(2, logp.ndim))
             gw = (-(q * logp * G).sum(axis=axes)).astype(ctx.dtypes[1], copy=False)
+        return gx, gt, gw
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        # The same formulas, with logp, q and w recomputed from the input Tensors x, t and
+        # weight (the saved arrays are constants here).
+        *_, x, t, weight = ctx.saved_tensors
+        reduction, label_smoothing, denom = ctx.params
+        C = x.shape[1]
+        logp = log_softmax(x, dim=1)                                   # (N, C, *S)
+        t = t if t.dtype == x.dtype else t.to(x.dtype)
+        q = t if not label_smoothing else (1 - label_smoothing) * t + label_smoothing / C
+        w = None
+        if weight is not None:
+            w = (weight if weight.dtype == x.dtype else weight.to(x.dtype)).reshape(
+                _class_shape(x.ndim, C))                               # (1, C, 1, ...)
+        G = _upstream_recorded(gy, reduction, denom)
+        A = q if w is None else q * w
+        gx = gt = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = (exp(logp) * A.sum(dim=1, keepdim=True) - A) * G
+        if ctx.needs_input_grad[1]:
+            gt = -(1 - label_smoothing) * logp * G
+            gt = _as_dtype(gt if w is None else gt * w, ctx.dtypes[0])
+        if ctx.needs_input_grad[2]:
+            axes = (0,) + tuple(range(2, x.ndim))
+            gw = _as_dtype(-(q * logp * G).sum(dim=axes), ctx.dtypes[1])
         return gx, gt, gw
 
 
@@ -250,6 +309,15 @@ class NLLLossFunction(Function):
         A = _weighted_targets(target, C, weight, ignore_index, 0.0, dtype)
         return -_upstream(gy, reduction, denom) * A, None, None
 
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        # linear in logp: the same line, with A (targets, weights) a constant
+        target, weight, denom = ctx.saved_tensors
+        C, dtype, ignore_index, reduction = ctx.params
+        A = _weighted_targets(target.data, C, None if weight is None else weight.data,
+                              ignore_index, 0.0, dtype)
+        return -_upstream_recorded(gy, reduction, denom) * Tensor(A), None, None
+
 
 class MSELossFunction(Function):
     """Mean squared error: loss = (x - t)^2, reduced.
@@ -263,19 +331,34 @@ class MSELossFunction(Function):
     @staticmethod
     def forward(ctx, x, t, reduction):
         d = x - t
-        ctx.save_for_backward(d)
+        ctx.save_for_backward(d, x, t)       # x, t: for the recorded backward's x - t
         ctx.meta = (x.shape, t.shape, reduction)
         sq = d * d
         return _reduce(sq, reduction, sq.size)
 
     @staticmethod
     def backward(ctx, gy):
-        (d,) = ctx.saved_tensors
+        d, _, _ = ctx.saved_tensors
         x_shape, t_shape, reduction = ctx.meta
         g = 2 * d * (gy / d.size if reduction == "mean" else gy)
         gx = unbroadcast(g, x_shape) if ctx.needs_input_grad[0] else None
         gt = unbroadcast(-g, t_shape) if ctx.needs_input_grad[1] else None
         return gx, gt
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        _, x, t = ctx.saved_tensors
+        x_shape, t_shape, reduction = ctx.meta
+        d = x - t                            # recomputed: the saved d is a constant here
+        g = 2 * d * (gy / d.numel() if reduction == "mean" else gy)
+        gx = unbroadcast(g, x_shape) if ctx.needs_input_grad[0] else None
+        gt = unbroadcast(-g, t_shape) if ctx.needs_input_grad[1] else None
+        return gx, gt
+
+
+def _as_dtype(t, dtype):
+    """Tensor ``t`` cast to ``dtype`` when it differs (recorded)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 # --- argument checks and the wrappers ---------------------------------------------------

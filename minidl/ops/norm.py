@@ -27,6 +27,12 @@ exactly as PyTorch does::
 
 Evaluation mode uses the running statistics instead of the batch's:
     y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta.
+
+Higher-order gradients (create_graph=True): ``BatchNormFunction.differentiable_backward``
+writes the backward's formulas again with minidl ops on the input Tensors. In training
+mode mean, var, inv_std and xhat are recomputed from x (they depend on it smoothly, so the
+saved arrays, constants there, would lose their derivatives); in evaluation mode the
+running statistics are constants anyway.
 """
 from __future__ import annotations
 
@@ -97,7 +103,7 @@ class BatchNormFunction(Function):
         # xhat is not kept: backward recomputes it from x (the input, alive anyway).
         y = kernels.normalize(x, mean, inv_std, weight, bias)
         ctx.save_for_backward(x, mean, inv_std, weight)
-        ctx.training = training
+        ctx.training, ctx.eps = training, eps
         return y
 
     @staticmethod
@@ -117,6 +123,40 @@ class BatchNormFunction(Function):
         return (gx,
                 gweight if need_w else None,
                 gbias if need_b else None)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        # The same formulas on Tensors: x (and weight, when it has x's dtype) are the input
+        # Tensors; mean and inv_std are constants here, right for the running statistics
+        # (evaluation) but recomputed from x in training mode.
+        x, mean, inv_std, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        C = x.shape[1]
+        axes = (0,) + tuple(range(2, x.ndim))               # every dim but the channel's
+        per_channel = (1, C) + (1,) * (x.ndim - 2)          # (C,) broadcast along N and *S
+        m = x.numel() // C
+        if ctx.training:
+            mean = x.sum(dim=axes, keepdim=True) / m                       # (1, C, 1, ...)
+            d = x - mean                                                    # (N, C, *S)
+            inv_std = ((d * d).sum(dim=axes, keepdim=True) / m + ctx.eps) ** -0.5
+        else:
+            mean = Tensor(mean.data.reshape(per_channel))
+            inv_std = Tensor(inv_std.data.reshape(per_channel))
+            d = x - mean
+        xhat = d * inv_std                                                  # (N, C, *S)
+        gbias = gweight = gx = None
+        if ctx.training or need_w or need_b:
+            gbias = gy.sum(dim=axes, keepdim=True)                          # (1, C, 1, ...)
+            gweight = (gy * xhat).sum(dim=axes, keepdim=True)               # (1, C, 1, ...)
+        if need_x:
+            scale = inv_std if weight is None else weight.reshape(per_channel) * inv_std
+            if ctx.training:
+                gx = scale / m * (m * gy - gbias - xhat * gweight)
+            else:
+                gx = scale * gy
+        return (gx,
+                gweight.reshape((C,)) if need_w else None,
+                gbias.reshape((C,)) if need_b else None)
 
 
 def _check_vector(v, what, C, input):  # noqa: A002

@@ -24,6 +24,12 @@ kind. Pooling acts on each (n, c) plane separately.
 minidl's addition: ``max_pool2d(..., tie='first' | 'split')`` chooses where the gradient
 of a window goes when several taps share its maximum (see ``MaxPool2dFunction``).
 
+Higher-order gradients: every pooling backward is linear in gy, with coefficients the
+forward fixed (the argmax taps, the divisors, the windows): gx = R gy. So a recorded
+backward (create_graph=True) is ``PoolScatterFunction`` applying R, whose own gradient
+is R's transpose, ``PoolGatherFunction``, and vice versa; R holds no trace of x, so the
+second derivative through x is zero (almost everywhere, for max pooling), as in PyTorch.
+
 Where minidl refuses what PyTorch 2.13 accepts (each with an error naming the op):
 average pooling of integer tensors (PyTorch averages them on the CPU with integer
 division), an adaptive output size of 0 (PyTorch returns an empty tensor), and a dilated
@@ -41,7 +47,7 @@ from ..kernels import pool as K
 
 __all__ = ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
            "MaxPool2dFunction", "AvgPool2dFunction", "AdaptiveAvgPool2dFunction",
-           "AdaptiveMaxPool2dFunction"]
+           "AdaptiveMaxPool2dFunction", "PoolScatterFunction", "PoolGatherFunction"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -54,6 +60,69 @@ def _batched(x):
 
 def _unbatched(a, was_unbatched):
     return a[0] if was_unbatched else a
+
+
+# ----------------------------------------------------------------------------- recorded backwards
+
+
+class _Route:
+    """Where each window's gradient goes: the linear map R of a pooling backward, gx = R gy,
+    fixed by the forward. ``scatter`` applies R, ``gather`` its transpose R^T, both on raw
+    arrays (N, C, ., .) through the kernel family; single images get their N axis here."""
+
+    def __init__(self, scatter, gather, unbatched):
+        self._scatter, self._gather, self._unbatched = scatter, gather, unbatched
+
+    def _batched_call(self, fn, a):
+        return _unbatched(fn(a[None] if self._unbatched else a), self._unbatched)
+
+    def scatter(self, gy):       # (N, C, OH, OW) -> (N, C, H, W)
+        return self._batched_call(self._scatter, gy)
+
+    def gather(self, gx):        # (N, C, H, W) -> (N, C, OH, OW)
+        return self._batched_call(self._gather, gx)
+
+
+class PoolScatterFunction(Function):
+    """gx = R gy: a pooling backward as a differentiable op of gy (create_graph=True).
+
+    gy (N, C, OH, OW) -> gx (N, C, H, W) (single images: no N); ``route`` holds R (see
+    ``_Route``): the argmax taps, divisors or windows of the pooling forward, constants.
+
+    Gradient: R is linear and fixed, so d(gx)/d(gy) is R itself and the upstream gradient
+    ggx comes back as R^T ggx, a gather at the same taps (``PoolGatherFunction``).
+    """
+
+    @staticmethod
+    def forward(ctx, gy, route):
+        ctx.route = route
+        return route.scatter(gy)
+
+    @staticmethod
+    def backward(ctx, ggx):
+        return ctx.route.gather(ggx)
+
+    @staticmethod
+    def differentiable_backward(ctx, ggx):
+        return PoolGatherFunction.apply(ggx, route=ctx.route)
+
+
+class PoolGatherFunction(Function):
+    """gy' = R^T gx, the transpose of ``PoolScatterFunction``: (N, C, H, W) -> (N, C, OH, OW).
+    Its gradient is the scatter R."""
+
+    @staticmethod
+    def forward(ctx, gx, route):
+        ctx.route = route
+        return route.gather(gx)
+
+    @staticmethod
+    def backward(ctx, ggy):
+        return ctx.route.scatter(ggy)
+
+    @staticmethod
+    def differentiable_backward(ctx, ggy):
+        return PoolScatterFunction.apply(ggy, route=ctx.route)
 
 
 # ----------------------------------------------------------------------------- max pooling
@@ -111,6 +180,21 @@ class MaxPool2dFunction(Function):
             (arg,) = ctx.saved_tensors
             gx = K.max_pool2d_backward(gyb, arg, ctx.win)           # gx[tap arg] += gy
         return _unbatched(gx, ctx.unbatched)         # (N, C, H, W)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy, *_grad_indices):
+        # gx = R gy, R the routing to the maxima: taps (or ties) are piecewise constant
+        # in x, so their arrays are constants here and d gx / dx = 0.
+        win = ctx.win
+        if ctx.tie == "split":
+            xb, y = (t.data for t in ctx.saved_tensors)
+            route = _Route(lambda g: K.max_pool2d_backward_split(g, xb, y, win),
+                           lambda g: K.max_pool2d_gather_split(g, xb, y, win), ctx.unbatched)
+        else:
+            (arg,) = (t.data for t in ctx.saved_tensors)
+            route = _Route(lambda g: K.max_pool2d_backward(g, arg, win),
+                           lambda g: K.max_pool2d_gather(g, arg, win), ctx.unbatched)
+        return PoolScatterFunction.apply(gy, route=route)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -174,6 +258,14 @@ class AvgPool2dFunction(Function):
         gx = K.avg_pool2d_backward(gyb, ctx.win, ctx.divisor)   # every tap += gy / d
         return _unbatched(gx, ctx.unbatched)              # (N, C, H, W)
 
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        # gx = R gy with R the transpose of the pooling itself, so R^T is avg pooling again
+        win, d = ctx.win, ctx.divisor
+        route = _Route(lambda g: K.avg_pool2d_backward(g, win, d),
+                       lambda g: K.avg_pool2d_forward(g, win, d), ctx.unbatched)
+        return PoolScatterFunction.apply(gy, route=route)
+
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, divisor_override=None):
@@ -229,6 +321,14 @@ class AdaptiveAvgPool2dFunction(Function):
         gx = K.adaptive_avg_pool2d_backward(gyb, ctx.in_hw)     # (N, C, H, W) = Ah^T gy Aw
         return _unbatched(gx, ctx.unbatched)
 
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        # gx = Ah^T gy Aw, whose transpose is the pooling again: Ah gx Aw^T
+        in_hw, out_hw = ctx.in_hw, tuple(gy.shape[-2:])
+        route = _Route(lambda g: K.adaptive_avg_pool2d_backward(g, in_hw),
+                       lambda g: K.adaptive_avg_pool2d_forward(g, out_hw), ctx.unbatched)
+        return PoolScatterFunction.apply(gy, route=route)
+
 
 class AdaptiveMaxPool2dFunction(Function):
     """Max pooling to a fixed output size (OH, OW), whatever the input size.
@@ -261,6 +361,15 @@ class AdaptiveMaxPool2dFunction(Function):
         gyb = gy[None] if ctx.unbatched else gy                 # (N, C, OH, OW)
         gx = K.adaptive_max_pool2d_backward(gyb, idx, ctx.in_hw)   # gx[idx] += gy
         return _unbatched(gx, ctx.unbatched)                    # (N, C, H, W)
+
+    @staticmethod
+    def differentiable_backward(ctx, gy, *_grad_indices):
+        # gx = R gy, R the scatter to the maxima's indices (constants): gather is R^T
+        (idx,) = (t.data for t in ctx.saved_tensors)           # (N, C, OH, OW)
+        in_hw = ctx.in_hw
+        route = _Route(lambda g: K.adaptive_max_pool2d_backward(g, idx, in_hw),
+                       lambda g: K.adaptive_max_pool2d_gather(g, idx), ctx.unbatched)
+        return PoolScatterFunction.apply(gy, route=route)
 
 
 def adaptive_avg_pool2d(input, output_size):
