@@ -530,7 +530,7 @@ class Context:
         if not hasattr(array, "dtype"):  # None, or a tuple a kernel keeps for itself
             return array
         t = Tensor(array)
-        if source is not None:
+        if source is not None and array.dtype.kind in "fc":  # integer outputs: no gradient
             t._requires_grad, t.grad_fn, t._output_nr = True, self, source
         return t
 
