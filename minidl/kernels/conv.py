@@ -15,9 +15,12 @@ Entry points (every implementation has them, with the same arguments)::
     grad_weight(g, saved, geo, need_b)        -> gw (OC, Cg, KH, KW), gb (OC,) or None
     grad_input(g, w, geo)                     -> gx (N, C, H, W)
     grad_bias(g, geo)                         -> gb (OC,)  (when no weight gradient is wanted)
+    weight_source(x, geo)                     -> saved, made from x without a forward
 
 ``saved`` is what the weight gradient needs, or None inside when ``keep_for_backward`` is
-False; ``products`` says whether grad_weight or grad_input will run.
+False; ``products`` says whether grad_weight or grad_input will run. ``weight_source`` is
+for a weight gradient asked for on its own (``ops/conv.py``'s ``Conv2dWeightGradFunction``,
+used by higher-order gradients), where no forward kept anything.
 
 Implementations (``minidl.kernels.registry`` chooses; ``use_impl`` forces one):
 
@@ -182,6 +185,12 @@ def grad_bias(g, geo):
     return g.gy.sum(axis=(0, 2, 3))
 
 
+def weight_source(x, geo):
+    """``saved`` for ``grad_weight`` from x (N, C, H, W) alone: ``('x', x)``, unfolded by
+    grad_weight into the scratch buffer (a one-off weight gradient keeps nothing)."""
+    return "x", x
+
+
 # ----------------------------------------------------------------------------- direct
 
 # The direct kernels beat im2col + GEMM below these sizes (``benchmarks/RESULTS.md``:
@@ -209,7 +218,7 @@ def direct_pays(geo):
 CONV2D = registry.family("conv2d", __doc__, preference=("direct",))
 CONV2D.register("reference", lambda: SimpleNamespace(
     forward=forward, grad_output=grad_output, grad_weight=grad_weight, grad_input=grad_input,
-    grad_bias=grad_bias))
+    grad_bias=grad_bias, weight_source=weight_source))
 CONV2D.register("direct", registry.numba_module("minidl.kernels.conv_direct"), device="cpu",
                 supports=lambda x, w, *, geo, **_: direct_can_run(x, w, geo),
                 pays=lambda x, w, *, geo, **_: direct_pays(geo))

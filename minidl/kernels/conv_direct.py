@@ -55,8 +55,9 @@ n Python threads; the kernels release the GIL, and idle workers sleep rather tha
 so another process taking a core costs only that core's share.
 
 The family's entry points (the same names as the reference in ``kernels/conv.py``):
-``forward``, ``grad_output``, ``grad_weight``, ``grad_input``, ``grad_bias``. Below them,
-``conv2d_forward`` / ``conv2d_backward`` take an explicit layout (the tests run both).
+``forward``, ``grad_output``, ``grad_weight``, ``grad_input``, ``grad_bias``,
+``weight_source``. Below them, ``conv2d_forward`` / ``conv2d_backward`` take an explicit
+layout (the tests run both).
 """
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ from . import conv_direct_numba as nb
 from . import threads
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
-           "choose_layout", "conv2d_forward", "conv2d_backward", "BATCH_LAST_MAX_OW"]
+           "weight_source", "choose_layout", "conv2d_forward", "conv2d_backward",
+           "BATCH_LAST_MAX_OW"]
 
 # batch_last when the output rows are shorter than this (see choose_layout)
 BATCH_LAST_MAX_OW = 16
@@ -300,6 +302,14 @@ def grad_input(g, w, geo):
 def grad_bias(g, geo):
     """gb (OC,): gy summed over (N, OH, OW), when no weight gradient computes it anyway."""
     return g.gy.sum(axis=(0, 2, 3))
+
+
+def weight_source(x, geo):
+    """``saved`` for ``grad_weight`` from x (N, C, H, W) alone, without a forward: the
+    padded input in the layout ``grad_output`` will pick (the same rule as forward)."""
+    layout = choose_layout(geo.OW)
+    src = _pad_planar(x, geo) if layout == "planar" else _to_batch_last(x, geo)
+    return layout, src
 
 
 def conv2d_backward(saved, w, gy, geo, need_x=True, need_w=True, need_b=True):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import functional, init
 from .containers import ModuleDict, ModuleList, Sequential
+from .layers.conv import ConvTranspose2d
 from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d,
                      BatchNorm2d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Identity,
                      LeakyReLU, Linear, LogSoftmax, MaxPool2d, MSELoss, NLLLoss, ReLU, ReLU6,
@@ -19,4 +20,5 @@ __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Lin
            "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
            "AdaptiveMaxPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "ReLU", "ReLU6",
            "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax", "Flatten",
-           "CrossEntropyLoss", "NLLLoss", "MSELoss", "functional", "init", "intercept_calls"]
+           "CrossEntropyLoss", "NLLLoss", "MSELoss", "functional", "init", "intercept_calls",
+           "ConvTranspose2d"]

@@ -6,6 +6,8 @@ Shapes: N batch, C channels, H/W height/width, IN/OUT features.
 - ``linear(input (..., IN), weight (OUT, IN), bias (OUT,)=None) -> (..., OUT)``
 - ``conv2d(input (N, C, H, W), weight (OUT, C/groups, KH, KW), bias=None, stride=1,
   padding=0, dilation=1, groups=1) -> (N, OUT, OH, OW)``
+- ``conv_transpose2d(input (N, C, H, W), weight (C, OUT/groups, KH, KW), bias=None,
+  stride=1, padding=0, output_padding=0, groups=1, dilation=1) -> (N, OUT, OH, OW)``
 - ``max_pool2d``, ``avg_pool2d``, ``adaptive_avg_pool2d``, ``adaptive_max_pool2d``:
   (N, C, H, W) -> (N, C, OH, OW)
 - ``relu``, ``relu6``, ``leaky_relu``, ``tanh``, ``sigmoid``, ``gelu``: elementwise, any
@@ -21,7 +23,7 @@ Shapes: N batch, C channels, H/W height/width, IN/OUT features.
 from __future__ import annotations
 
 from ..ops.activation import gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
-from ..ops.conv import conv2d
+from ..ops.conv import conv2d, conv_transpose2d
 from ..ops.dropout import dropout, dropout2d
 from ..ops.elementwise import clamp
 from ..ops.linalg import linear
@@ -33,7 +35,7 @@ from ..ops.shape import pad
 __all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
            "adaptive_max_pool2d", "relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu", "softmax",
            "log_softmax", "cross_entropy", "nll_loss", "mse_loss", "batch_norm", "dropout",
-           "pad", "dropout2d"]
+           "pad", "dropout2d", "conv_transpose2d"]
 
 
 def relu6(input, inplace=False):  # noqa: A002 - PyTorch's names
