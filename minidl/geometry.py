@@ -105,6 +105,13 @@ def conv_output_size(L, K, S=1, P=(0, 0), D=1):
     return (L + p0 + p1 - D * (K - 1) - 1) // S + 1
 
 
+def conv_transpose_output_size(L, K, S=1, P=0, D=1, output_padding=0):
+    """Output length of a transposed convolution along one axis (L input positions, kernel
+    K, stride S, padding P each side, dilation D): the input length of the convolution it
+    is the adjoint of, ``(L - 1) S - 2 P + D (K - 1) + output_padding + 1``."""
+    return (L - 1) * S - 2 * P + D * (K - 1) + output_padding + 1
+
+
 def pool_output_size(L, K, S, P, D=1, ceil_mode=False):
     """Output length of a pooling along one axis, PyTorch's rule (module docstring)."""
     span = L + 2 * P - D * (K - 1) - 1

@@ -23,8 +23,9 @@ output shape is exact but their FLOPs are shown as ``?`` and left out of the tot
 Counting conventions (also printed in the table's header)
 ---------------------------------------------------------
 - **MACs** (multiply-accumulates) are the products of a layer's weights with its inputs,
-  counted for ``Conv2d`` and ``Linear`` only:
-  conv: ``N * OC * OH * OW * (C / groups) * KH * KW``; linear: ``rows * IN * OUT``.
+  counted for ``Conv2d``, ``ConvTranspose2d`` and ``Linear`` only:
+  conv: ``N * OC * OH * OW * (C / groups) * KH * KW``; transposed conv:
+  ``N * C * H * W * (OC / groups) * KH * KW``; linear: ``rows * IN * OUT``.
   This is what papers usually call "FLOPs" (ResNet's 1.8 x 10^9 ... 11.3 x 10^9 are MACs).
 - **FLOPs**: **1 MAC = 2 FLOPs** (one multiply, one add), **plus one FLOP per bias add**
   (``N * OC * OH * OW`` for a conv, ``rows * OUT`` for a linear): the lecture's
@@ -178,6 +179,24 @@ def _conv_rule(m, x):
     return lead[:-1] + (m.out_channels, OH, OW), macs, flops, col
 
 
+def _conv_transpose_rule(m, x):
+    """A transposed conv multiplies every input pixel by a (OC/groups, KH, KW) slice of the
+    weight: MACs = N * C * H * W * (OC / groups) * KH * KW; its columns are the adjoint
+    conv's, (OC/groups * KH * KW) rows by N * H * W per group."""
+    if x.ndim not in (3, 4) or x.shape[-3] != m.in_channels:
+        raise _bad_input(m, f"(N, {m.in_channels}, H, W)", x)
+    lead, H, W = _spatial(m, x)
+    OH, OW = (geometry.conv_transpose_output_size(L, K, S, P, D, OP) for L, K, S, P, D, OP in
+              zip((H, W), m.kernel_size, m.stride, m.padding, m.dilation, m.output_padding))
+    N = math.prod(lead[:-1])
+    KH, KW = m.kernel_size
+    in_positions = N * m.in_channels * H * W
+    macs = in_positions * (m.out_channels // m.groups) * KH * KW
+    flops = 2 * macs + (N * m.out_channels * OH * OW if m.bias is not None else 0)
+    col = m.out_channels * KH * KW * N * H * W * x.dtype.itemsize
+    return lead[:-1] + (m.out_channels, OH, OW), macs, flops, col
+
+
 def _linear_rule(m, x):
     if x.ndim == 0 or x.shape[-1] != m.in_features:
         raise _bad_input(m, f"(..., {m.in_features})", x)
@@ -254,6 +273,7 @@ def _flatten_rule(m, x):
 
 _RULES = {
     nn.Conv2d: _conv_rule,
+    nn.ConvTranspose2d: _conv_transpose_rule,
     nn.Linear: _linear_rule,
     nn.BatchNorm1d: _batchnorm_rule,
     nn.BatchNorm2d: _batchnorm_rule,

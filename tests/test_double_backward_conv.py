@@ -19,7 +19,6 @@ import minidl
 import minidl.kernels as K
 import minidl.nn.functional as F
 from minidl import geometry
-from minidl.ops.activation import TanhFunction
 from minidl.ops.conv import Conv2dFunction, Conv2dWeightGradFunction, conv2d
 from helpers import check_double_backward
 
@@ -158,8 +157,6 @@ ACTIVATIONS = {
 def test_conv_activation_conv(act, impl, rng, use_impl):
     """conv -> activation -> conv, the whole chain differentiated twice: the activation's
     second derivative meets conv's recorded backward (weights, biases and the input)."""
-    if act == "tanh" and TanhFunction.differentiable_backward is None:
-        pytest.skip("tanh has no recorded backward (differentiable_backward) yet")
     _force(use_impl, impl)
     md_act, t_act = ACTIVATIONS[act]
 

@@ -421,3 +421,16 @@ def test_called_twice_counts_params_once():
     s = quiet(net, (4,))
     assert [r.params for r in s.layers] == [20, 0, 0] and s.total_params == 20
     assert s.total_macs == 32
+
+
+def test_conv_transpose_macs_and_shape_match_a_real_forward():
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1),
+                        nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 3), padding=(1, 0),
+                                           output_padding=(1, 2), groups=2))
+    s = minidl.summary(net, (2, 7, 5), batch_size=3)
+    row = s.rows[-1]
+    y = net(minidl.randn(3, 2, 7, 5))
+    assert tuple(row.output_shape) == y.shape
+    assert row.macs == 3 * 4 * 7 * 5 * (6 // 2) * 3 * 2
+    assert row.flops == 2 * row.macs + y.numel()
+    assert not s.uncounted

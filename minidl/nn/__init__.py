@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from . import functional, init
 from .containers import ModuleDict, ModuleList, Sequential
-from .layers.conv import ConvTranspose2d
 from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d,
-                     BatchNorm2d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Identity,
+                     BatchNorm2d, Conv2d, ConvTranspose2d, CrossEntropyLoss, Dropout, Flatten,
+                     Identity,
                      LeakyReLU, Linear, LogSoftmax, MaxPool2d, MSELoss, NLLLoss, ReLU, ReLU6,
                      Sigmoid, Softmax, Tanh)
 from .module import Module, intercept_calls

@@ -371,13 +371,6 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return Conv2dFunction.apply(input, weight, bias, geo=geo)
 
 
-def conv_transpose_output_size(L, K, S=1, P=0, D=1, output_padding=0):
-    """Output length of a transposed convolution along one axis (L input positions, kernel
-    K, stride S, padding P each side, dilation D): the input length of the convolution it
-    is the adjoint of, ``(L - 1) S - 2 P + D (K - 1) + output_padding + 1``."""
-    return (L - 1) * S - 2 * P + D * (K - 1) + output_padding + 1
-
-
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0,  # noqa: A002
                      groups=1, dilation=1):
     """2-D transposed convolution ("deconvolution"), like ``torch.nn.functional.conv_transpose2d``.
@@ -432,7 +425,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                          f"dilation along each axis, got output_padding={output_padding}, "
                          f"stride={stride}, dilation={dilation}")
     H, W = input.shape[-2:]
-    out_hw = tuple(conv_transpose_output_size(L, K, S, P, D, OP) for L, K, S, P, D, OP in
+    out_hw = tuple(geometry.conv_transpose_output_size(L, K, S, P, D, OP) for L, K, S, P, D, OP in
                    zip((H, W), (KH, KW), stride, padding, dilation, output_padding))
     if min(out_hw) < 1:
         raise ShapeError(f"{op}: the output would be {out_hw}, too small, for input "

@@ -20,7 +20,6 @@ import math
 import numpy as np
 
 from ... import creation, geometry
-from ...ops.conv import conv_transpose_output_size
 from .. import functional as F
 from .. import init
 from ..module import Module
@@ -214,7 +213,7 @@ class ConvTranspose2d(_Conv2dBase):
         if len(sizes) != 2 or not all(geometry.is_int(s) for s in sizes):
             raise ValueError(f"{self!r}: for a {input.ndim}-D input, output_size must be 2 "
                              f"or {input.ndim} ints, got {output_size!r}")
-        smallest = tuple(conv_transpose_output_size(L, K, S, P, D) for L, K, S, P, D in
+        smallest = tuple(geometry.conv_transpose_output_size(L, K, S, P, D) for L, K, S, P, D in
                          zip(input.shape[-2:], self.kernel_size, self.stride, self.padding,
                              self.dilation))
         largest = tuple(m + s - 1 for m, s in zip(smallest, self.stride))
