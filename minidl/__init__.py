@@ -28,7 +28,7 @@ from .ops import (abs, add, all, amax, any, argmax, argmin, cat, clamp, clip, cl
                   squeeze, stack, std, sub, sum, transpose, unsqueeze, var, where)
 from .ops.activation import log_softmax, relu, sigmoid, softmax, tanh
 from .random import initial_seed, manual_seed
-from .serialization import load, save
+from .serialization import CheckpointError, load, save
 from . import nn, optim  # noqa: E402 - above ops, imported last
 from . import data, metrics, models  # noqa: E402
 from .summary import summary  # noqa: E402

@@ -31,11 +31,16 @@ import numpy as np
 from . import backend
 from .autograd import Tensor
 
-__all__ = ["save", "load", "atomic_write"]
+__all__ = ["save", "load", "atomic_write", "CheckpointError"]
 
 FORMAT = "minidl-checkpoint"
 VERSION = 1
 MANIFEST = "__minidl__"
+
+
+class CheckpointError(ValueError):
+    """A file ``load`` cannot read as a minidl checkpoint (not one, damaged, or hostile);
+    the message names the file and the cause."""
 
 
 # ----------------------------------------------------------------------------- encoding
