@@ -21,6 +21,7 @@ from .backend import Device as device
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like,
                        linspace, ones, ones_like, rand, rand_like, randint, randn, randn_like,
                        randperm, tensor, zeros, zeros_like)
+from .kernels.threads import get_num_threads, set_num_threads
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck
 from .ops import (abs, add, all, amax, any, argmax, argmin, cat, clamp, clip, clone,
                   concatenate, div, eq, exp, expand, flatten, ge, gt, le, log, lt, matmul, max,

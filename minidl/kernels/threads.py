@@ -12,6 +12,9 @@ The policy, read once here and nowhere else:
 * ``set_python_threads(n)`` (opt-in, default 1) cuts the direct-convolution kernels into
   n pieces run on n Python threads; the kernels release the GIL and idle workers sleep
   instead of spinning.
+* ``minidl.set_num_threads(n)`` / ``minidl.get_num_threads()`` (PyTorch's names): at most
+  n threads for numba's parallel kernels and for the BLAS library NumPy calls (through
+  ``threadpoolctl``); the count defaults to the physical cores this process may use.
 
 Every numba kernel is built by ``jit``: a serial build cached on disk (what runs by
 default), and a parallel build compiled on first use when the policy asks for one (not
@@ -24,7 +27,8 @@ from __future__ import annotations
 import os
 
 __all__ = ["Setting", "PARALLEL_MIN_ELEMENTS", "parallel", "set_parallel", "python_threads",
-           "set_python_threads", "jit", "njit_helper"]
+           "set_python_threads", "physical_cores", "get_num_threads", "set_num_threads", "jit",
+           "njit_helper"]
 
 class Setting:
     """A kernel setting that a call changes at once and, used with ``with``, undoes when the
@@ -83,6 +87,53 @@ def set_python_threads(n):
     if n < 1:
         raise ValueError(f"set_python_threads: n must be >= 1, got {n}")
     return _PYTHON_THREADS.set(n)
+
+
+# ----------------------------------------------------------------------------- thread count
+
+_NUM_THREADS = Setting(None)  # None: never set, physical_cores()
+
+
+def physical_cores():
+    """The physical cores this process may run on (PyTorch's default thread count): the CPUs
+    of its affinity mask, hyperthread siblings counted once (Linux ``sysfs`` topology), or
+    the logical CPU count where that is not readable. A second hyperthread of a busy core
+    adds little to a vectorised kernel and makes the two threads wait for each other."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        try:
+            topo = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+            with open(topo + "physical_package_id") as f1, open(topo + "core_id") as f2:
+                cores.add((f1.read().strip(), f2.read().strip()))
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+def get_num_threads():
+    """The most threads minidl's CPU work uses (``set_num_threads``; default the physical
+    cores)."""
+    n = _NUM_THREADS.value
+    return physical_cores() if n is None else n
+
+
+def set_num_threads(n):
+    """Use at most ``n`` threads: numba's parallel kernels (where the policy above lets them
+    run in parallel at all) and the BLAS library of NumPy's matrix products. PyTorch's
+    ``torch.set_num_threads``; applies to the calling thread's numba kernels and to BLAS
+    process-wide (a PyTorch in the same process keeps its own setting)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    import numba  # noqa: PLC0415 - the thread count is numba's and BLAS's business only
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    threadpool_limits(limits=n, user_api="blas")
+    _NUM_THREADS.value = n
 
 
 # ----------------------------------------------------------------------------- compiling
