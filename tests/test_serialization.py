@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import zipfile
 from collections import OrderedDict
 
@@ -14,7 +15,7 @@ import torch
 import minidl
 import minidl.optim
 from minidl import nn, serialization
-from minidl.serialization import load, save
+from minidl.serialization import CheckpointError, load, save
 
 
 def small_net():
@@ -81,7 +82,7 @@ def test_file_objects():
     buf.seek(0)
     got = load(buf)
     assert got["step"] == 5 and np.all(got["w"].numpy() == 1)
-    with pytest.raises(ValueError, match="not a minidl checkpoint"):
+    with pytest.raises(CheckpointError, match="not a minidl checkpoint"):
         load(io.BytesIO(b"junk"))
 
 
@@ -169,7 +170,7 @@ def test_pickled_member_is_refused(tmp_path):
     path = tmp_path / "evil.npz"
     _write_npz(path, {"a0": np.array([{"boom": 1}], dtype=object),
                       "__minidl__": np.frombuffer(json.dumps(manifest).encode(), np.uint8)})
-    with pytest.raises(ValueError, match="pickled"):
+    with pytest.raises(CheckpointError, match="pickled"):
         load(path)
 
 
@@ -180,31 +181,32 @@ def test_not_a_minidl_file(tmp_path):
         load(tmp_path)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    with pytest.raises(ValueError, match="not a minidl checkpoint"):
+    with pytest.raises(CheckpointError, match="not a minidl checkpoint"):
         load(text)
     plain = tmp_path / "plain.npz"
     _write_npz(plain, {"x": np.arange(3)})
-    with pytest.raises(ValueError, match="no '__minidl__' manifest"):
+    with pytest.raises(CheckpointError, match="no '__minidl__' manifest"):
         load(plain)
     torch_file = tmp_path / "torch.pt"
     torch.save({"w": torch.ones(2)}, torch_file)  # a zip too, but not ours
-    with pytest.raises(ValueError, match="not a minidl checkpoint"):
+    with pytest.raises(CheckpointError, match="not a minidl checkpoint"):
         load(torch_file)
     bad_manifest = tmp_path / "bad.npz"
     _write_npz(bad_manifest, {"__minidl__": np.frombuffer(b"{not json", np.uint8)})
-    with pytest.raises(ValueError, match="corrupt manifest"):
+    with pytest.raises(CheckpointError, match="corrupt manifest"):
         load(bad_manifest)
     newer = tmp_path / "newer.npz"
     _write_npz(newer, {"__minidl__": np.frombuffer(json.dumps(
         {"format": "minidl-checkpoint", "version": 99, "root": {"t": "v", "v": 1}}).encode(),
         np.uint8)})
-    with pytest.raises(ValueError, match="newer minidl"):
+    with pytest.raises(CheckpointError, match="newer minidl"):
         load(newer)
     truncated = tmp_path / "trunc"
     save({"w": minidl.ones(100)}, truncated)
     data = truncated.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError):
+    named = re.escape(f"load: {str(truncated)!r}: ")
+    with pytest.raises(CheckpointError, match=named + ".*cut short"):
         load(truncated)
 
 
