@@ -708,3 +708,11 @@ def test_new_checkpoints_record_dtype_and_shape(tmp_path):
         node = json.loads(npz["__minidl__"].tobytes())["root"]["items"][0][1]
     assert node["dtype"] == "<f4" and node["shape"] == [2, 3]
     assert serialization.load(tmp_path / "c")["w"].shape == (2, 3)
+
+
+def test_load_state_dict_refuses_string_arrays_from_anywhere():
+    net = minidl.nn.Linear(2, 1)
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    state["bias"] = np.array(["1e5"])
+    with pytest.raises(TypeError, match="'bias' has dtype <U3; expected numbers"):
+        net.load_state_dict(state)

@@ -88,7 +88,11 @@ def _value_array(value, key):
     if backend.is_cupy_array(value):
         return value
     if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
-        return np.asarray(value)
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biufc":  # "1e5" strings must not become weights
+            raise TypeError(f"load_state_dict: the value for key '{key}' has dtype "
+                            f"{arr.dtype}; expected numbers (a numeric or bool array)")
+        return arr
     raise TypeError(f"load_state_dict: the value for key '{key}' is a {type(value).__name__}; "
                     "expected a Tensor or an array")
 
