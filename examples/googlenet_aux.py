@@ -1,8 +1,17 @@
 """GoogLeNet (Inception v1) trained with its two auxiliary classifiers, on MNIST.
 
-    python examples/googlenet_aux.py --limit 2000 --epochs 2   # a CPU demo
+    python examples/googlenet_aux.py --limit 2000 --test-limit 1000 --batch-size 32 \
+        --lr 0.02 --epochs 2 --no-tsne                        # a quick CPU demo
     python examples/googlenet_aux.py --aux-weight 0            # the main head alone
     python examples/googlenet_aux.py --synthetic --limit 64 --epochs 1 --no-tsne  # smoke run
+
+Run times on a CPU (2 cores; on a busy machine several times longer): the quick demo takes
+about 3 minutes and ends near 65 % test accuracy (measured: 3.2 min, 65.7 %, on two cores
+shared with other work); the full run (3 epochs of 60,000 images) takes hours: train it
+on a GPU (--device cuda). The quick demo uses batches of 32 (126 steps, enough for the
+batch-norm running statistics that eval mode uses to settle) and a lower peak learning
+rate, 0.02 (0.05 in so few steps left the main head near chance: 17 %); --test-limit 1000
+evaluates 1,000 of the 10,000 test images.
 
 The model is ``minidl.models.googlenet(num_classes=10, in_channels=1)``: the paper's
 network (5x5 third branches, batch norm after every convolution as in torchvision) with
@@ -23,7 +32,7 @@ maps adaptively to 4x4. SGD with Nesterov momentum 0.9, weight decay 5e-4 (not o
 and batch-norm parameters), lr 0.05 warmed up over the first epoch (at most a fifth of
 the run) then annealed on a cosine, batches of 64. The network has 10.3 M parameters (6.0 M
 without its auxiliary heads) and no width option, so a CPU epoch of all of MNIST is slow:
-use --limit N for a demo.
+use --limit N (and --test-limit N) for a demo.
 
 Outputs (in --out, default runs/googlenet_aux/): metrics.json, curves.png, confusion.png,
 tsne.png (the 1024-d features before the main fc), best.npz, final.npz. The training loop,

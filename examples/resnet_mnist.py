@@ -1,8 +1,19 @@
 """ResNet-18 with the small (CIFAR-style) stem on MNIST padded to 32x32.
 
     python examples/resnet_mnist.py                         # 5 epochs on all of MNIST
-    python examples/resnet_mnist.py --limit 2000 --epochs 1 # a quick CPU demo
+    python examples/resnet_mnist.py --limit 2000 --test-limit 1000 --batch-size 32 \
+        --epochs 1 --no-tsne                                # a quick CPU demo
     python examples/resnet_mnist.py --synthetic --limit 64 --epochs 1 --no-tsne  # smoke run
+
+Run times on a CPU (2 cores; on a busy machine several times longer): the quick demo takes
+about 3 to 4 minutes and ends near 84 % test accuracy (measured: 3.5 min, 84.1 %, on two
+cores shared with other work); the full run, 5 epochs of 60,000 images, takes hours (an
+epoch of MNIST is about an hour): train it on a GPU (--device cuda). The quick demo uses
+batches of 32, not 128: its 2,000 images then make 63 steps instead of 16, enough for
+the batch-norm layers' running statistics (what eval mode uses, momentum 0.1) to follow
+the trained weights; with 16 steps they still mix in their initial values and the test
+accuracy stays near chance. --test-limit 1000 evaluates 1,000 test images instead of all
+10,000 (evaluating took more than half of the demo's time).
 
 The model is ``minidl.models.resnet18(num_classes=10, small_input=True, in_channels=1)``:
 a 3x3/1 first convolution and no max pool (the ImageNet stem's 7x7/2 + 3x3/2 pool would
@@ -19,7 +30,7 @@ Outputs (in --out, default runs/resnet_mnist/): metrics.json, curves.png, confus
 tsne.png (penultimate layer: the 512-d pooled features), best.npz, final.npz. The training
 loop, checkpoints and plots are shared with the other examples (examples/_common.py).
 ResNet-18 has 11.2 M parameters: on a CPU, an epoch of all 60,000 images takes a while;
---limit N trains on the first N images.
+--limit N trains on the first N images, --test-limit N evaluates the first N test images.
 """
 from __future__ import annotations
 

@@ -56,9 +56,19 @@ def empty(*size, dtype=None, device=None, requires_grad=False):
 
 
 def randn(*size, dtype=None, device=None, requires_grad=False):
-    """Standard normal samples from minidl's seeded generator."""
-    a = random.random_array("normal", _shape(size), dtype or DEFAULT_FLOAT)
-    return _finish(a, device, requires_grad)
+    """Standard normal samples from minidl's seeded generator (``minidl.manual_seed``).
+
+    float32 and float64 are drawn directly in their dtype (NumPy's ``standard_normal``
+    takes a dtype): drawing float64 and converting would hold a float64 array and its
+    float32 copy at once, three times the tensor's size at the peak. Other float dtypes
+    (float16) are drawn in float32 and converted."""
+    dtype = np.dtype(dtype or DEFAULT_FLOAT)
+    if dtype.kind != "f":
+        raise TypeError(f"randn: expected a floating point dtype, got {dtype}; draw floats "
+                        f"and convert them, or use randint for integers")
+    draw = dtype if dtype in (np.float32, np.float64) else np.float32
+    a = random.generator().standard_normal(_shape(size), dtype=draw)
+    return _finish(a.astype(dtype, copy=False), device, requires_grad)
 
 
 def rand(*size, dtype=None, device=None, requires_grad=False):

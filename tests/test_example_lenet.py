@@ -6,6 +6,7 @@ extra (tqdm, matplotlib, scikit-learn).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -251,7 +252,7 @@ def test_missing_data_and_no_download(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     # pip cannot reach any index: the download fails, and says so
-    proc = run_script("--data-dir", str(empty), "--out", str(tmp_path / "o"),
+    proc = run_script("--out", str(tmp_path / "o"),
                       env={"MINIDL_DATA": str(empty), "PIP_NO_INDEX": "1",
                            "PIP_FIND_LINKS": ""})
     assert_clean_failure(proc, "MNIST", "could not find", "Downloading it failed")
@@ -466,3 +467,203 @@ def test_example_runs_on_the_device(device, tmp_path, capsys):
     for name in _common.OUTPUT_FILES:
         assert (tmp_path / name).is_file(), name
     assert np.array(metrics["final"]["confusion"]).sum() == 1000
+
+
+# ------------------------------------------------------------------ nothing lost, nothing hangs
+
+
+def test_second_run_into_the_same_out_is_refused(tmp_path, capsys):
+    """A finished run is never replaced silently: refused (naming --overwrite, another
+    --out, --resume), replaced with --overwrite, continued in place with --resume."""
+    out = tmp_path / "run"
+    run(out, "--no-plots", epochs=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    status = _common.cli(lenet_mnist.main, [*SMALL, "--epochs", "1", "--no-plots",
+                                            "--seed", "3", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert f"the output folder {out} already holds a run" in err
+    for hint in ("--overwrite", "another --out", f"--resume {out / 'final.npz'}"):
+        assert hint in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before      # untouched
+    # continued in place: allowed, the same run grows
+    more = run(out, "--no-plots", "--resume", str(out / "final.npz"), epochs=2)
+    assert [e["epoch"] for e in more["epochs"]] == [1, 2]
+    # replaced when asked: the old outputs go, even those the new run does not write
+    (out / "tsne.png").write_bytes(b"old figure")
+    replaced = run(out, "--no-plots", "--overwrite", "--seed", "3", epochs=1)
+    assert [e["epoch"] for e in replaced["epochs"]] == [1] and replaced["seed"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "final.npz", "metrics.json"]
+
+
+def tiny_idx_folder(folder, n_train=60, n_test=30):
+    folder.mkdir(parents=True)
+    for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        imgs, labels = _common.synthetic_digits(n, seed)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", imgs)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
+    return folder
+
+
+def test_wrong_data_dir_fails_and_names_the_folders(tmp_path, monkeypatch, capsys):
+    """A missing or empty --data-dir is an error even when minidl's cache holds MNIST (it
+    used to train on the cache silently); no empty --out folder is left behind."""
+    monkeypatch.setenv("MINIDL_DATA", str(tmp_path / "cache"))
+    tiny_idx_folder(tmp_path / "cache" / "MNIST")                  # a cached "MNIST"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "runs" / "o"
+    for data_dir, words in ((tmp_path / "missing", ["does not exist"]),
+                            (empty, ["does not hold the training set of MNIST",
+                                     f"  - {empty / 'MNIST' / 'raw'}", f"  - {empty}",
+                                     str(tmp_path / "cache" / "MNIST")])):
+        status = _common.cli(lenet_mnist.main, ["--data-dir", str(data_dir), "--no-progress",
+                                                "--out", str(out)])
+        err = capsys.readouterr().err
+        assert status == 1 and "Traceback" not in err, err
+        assert err.startswith(f"example: error: --data-dir {data_dir} ")
+        for word in words:
+            assert word in err, err
+        assert not (tmp_path / "runs").exists()     # the failed start left no folder
+
+
+def test_not_found_names_the_option_typed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINIDL_DATA", str(tmp_path / "cache"))
+    status = _common.cli(lenet_mnist.main, ["--no-download", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 1 and "could not find the training set" in err
+    assert "--no-download, so minidl did not try to download it" in err
+    assert "download=False" not in err and "download=True" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def interrupt_at_epoch(monkeypatch, epoch):
+    """Make ``train_epoch`` raise KeyboardInterrupt (Ctrl-C) when epoch ``epoch`` starts."""
+    real = _common.train_epoch
+    calls = []
+
+    def train_epoch(*args, **kw):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_common, "train_epoch", train_epoch)
+
+
+def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(tmp_path, monkeypatch, capsys):
+    interrupt_at_epoch(monkeypatch, 1)
+    out = tmp_path / "o"
+    status = _common.cli(lenet_mnist.main, [*SMALL, "--no-plots", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 130
+    assert "interrupted; no epoch had finished, so nothing was saved" in err
+    assert "final.npz" not in err and "--resume" not in err
+    assert not out.exists()                      # nothing written: no folder either
+
+
+def test_ctrl_c_later_names_the_saved_epoch(tmp_path, monkeypatch, capsys):
+    interrupt_at_epoch(monkeypatch, 2)
+    out = tmp_path / "o"
+    status = _common.cli(lenet_mnist.main, [*SMALL, "--no-plots", "--epochs", "3",
+                                            "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 130
+    assert (f"the last finished epoch, 1, is saved in {out / 'final.npz'}: continue with "
+            f"--resume {out / 'final.npz'}") in err
+    assert minidl.load(out / "final.npz")["epoch"] == 1
+
+
+def resume_error(tmp_path, capsys, checkpoint, *extra):
+    status = _common.cli(lenet_mnist.main, [*SMALL, "--no-plots", "--epochs", "3",
+                                            "--resume", str(checkpoint), *extra,
+                                            "--out", str(tmp_path / "resumed")])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err, err
+    assert err.startswith(f"example: error: cannot resume from {checkpoint}: "), err
+    assert not (tmp_path / "resumed").exists()
+    return err
+
+
+def test_resume_on_other_data_is_refused(tmp_path, monkeypatch, capsys):
+    """The checkpoint records its data (sizes, fingerprints): real-MNIST-like IDX files
+    into --synthetic, or another --limit, are refused instead of mixing two histories."""
+    data = tiny_idx_folder(tmp_path / "data")
+    run_dir = tmp_path / "idx-run"
+    lenet_mnist.main(["--data-dir", str(data), "--epochs", "1", "--no-plots", "--no-progress",
+                      "--batch-size", "20", "--out", str(run_dir)])
+    ckpt = minidl.load(run_dir / "final.npz")
+    assert ckpt["data"]["name"] == "MNIST" and ckpt["data"]["train"]["size"] == 60
+    err = resume_error(tmp_path, capsys, run_dir / "final.npz")          # into --synthetic
+    assert "it was trained on other data" in err and "checkpoint: MNIST: 60 train" in err
+    assert "this run:   synthetic digits: 300 train" in err
+    syn = tmp_path / "syn"
+    run(syn, "--no-plots", epochs=1)
+    err = resume_error(tmp_path, capsys, syn / "final.npz", "--limit", "200")
+    assert "other data" in err
+    # the same data again is fine, and the histories continue
+    again = run(tmp_path / "ok", "--no-plots", "--resume", str(syn / "final.npz"), epochs=2)
+    assert [e["epoch"] for e in again["epochs"]] == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def one_epoch_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one-epoch")
+    run(out, "--no-plots", epochs=1)
+    return minidl.load(out / "final.npz")
+
+
+def _edited(ckpt, edit):
+    ckpt = copy.deepcopy(ckpt)
+    edit(ckpt)
+    return ckpt
+
+
+DAMAGED = {
+    "missing member": (lambda c: c.pop("history"), "the checkpoint lacks history"),
+    "bad history": (lambda c: c["history"][0].update(train_loss="0.5"),
+                    "epoch 1 of its history has train_loss = '0.5', expected a number"),
+    "short history": (lambda c: c.update(history=[]), "its history holds 0 records"),
+    "bad best": (lambda c: c["best"].update(epoch=7), "its best epoch is"),
+    "no best": (lambda c: c.update(best=None), "its best epoch is None"),
+    "bad epoch": (lambda c: c.update(epoch="1"), "its epoch is '1', expected an integer"),
+    "string lr": (lambda c: c["optimizer"]["param_groups"][0].update(lr="0.01"),
+                  "optimizer['param_groups'][0]['lr'] is '0.01', expected a finite number"),
+    "negative lr": (lambda c: c["optimizer"]["param_groups"][0].update(lr=-1.0),
+                    "param group 0 has lr = -1.0, expected >= 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_resume_validates_everything_it_restores(one_epoch_checkpoint, tmp_path, capsys, case):
+    edit, words = DAMAGED[case]
+    path = tmp_path / "edited.npz"
+    minidl.save(_edited(one_epoch_checkpoint, edit), path)
+    err = resume_error(tmp_path, capsys, path)
+    assert words in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_test_limit_evaluates_the_first_n_test_images(tmp_path):
+    metrics = run(tmp_path, "--no-tsne", "--test-limit", "120", epochs=1)
+    assert metrics["sizes"]["test"] == 120
+    assert np.array(metrics["final"]["confusion"]).sum() == 120
+    ckpt = minidl.load(tmp_path / "final.npz")
+    assert ckpt["data"]["test"]["size"] == 120
+
+
+def test_plain_progress_lines_when_output_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    """Piped or logged output (here: captured) gets plain lines on stdout, as often as
+    PROGRESS_SECONDS allows (0 here: after every batch); --no-progress none."""
+    assert _common.progress_mode(False) == "lines"          # capsys: not a terminal
+    assert _common.progress_mode(True) is None
+    monkeypatch.setattr(_common, "PROGRESS_SECONDS", 0.0)
+    lenet_mnist.main(["--synthetic", "--limit", "300", "--batch-size", "50", "--epochs", "1",
+                      "--no-plots", "--out", str(tmp_path / "a")])
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("  epoch 1/1: batch ")]
+    assert [ln.split(",")[0] for ln in lines] == [f"  epoch 1/1: batch {i}/6"
+                                                    for i in range(1, 6)]
+    assert "  testing: batch 1/10" in out
+    run(tmp_path / "b", "--no-plots", epochs=1)                  # SMALL has --no-progress
+    assert "batch 1/" not in capsys.readouterr().out

@@ -94,3 +94,13 @@ def test_help(script):
         assert option in proc.stdout
     if script == "googlenet_aux.py":
         assert "--aux-weight" in proc.stdout and "0.3 L_aux1" in proc.stdout
+    # the quick demo evaluates a test subset, and the help says how long runs take
+    assert "--test-limit 1000" in proc.stdout and "quick CPU demo" in proc.stdout
+    assert "Run times on a CPU" in proc.stdout and "minutes" in proc.stdout
+
+
+def test_test_limit_for_the_big_models(tmp_path, small_synthetic):
+    metrics = resnet_mnist.main([*TINY, "--test-limit", "24", "--no-plots",
+                                 "--out", str(tmp_path)])
+    assert metrics["sizes"]["test"] == 24
+    assert sum(map(sum, metrics["final"]["confusion"])) == 24

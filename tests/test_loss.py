@@ -90,16 +90,58 @@ def test_cross_entropy_one_hot_gradient_is_softmax_minus_onehot(rng, device):
     np.testing.assert_allclose(to_host(m.grad), p - np.eye(3)[t], rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("fn,t_fn", [(cross_entropy, F.cross_entropy), (nll_loss, F.nll_loss)])
+ALL_IGNORED_CASES = [(cross_entropy, F.cross_entropy, {}),
+                     (cross_entropy, F.cross_entropy, {"label_smoothing": 0.2}),
+                     (nll_loss, F.nll_loss, {})]
+
+
+@pytest.mark.parametrize("fn,t_fn,kw", ALL_IGNORED_CASES)
 @pytest.mark.parametrize("use_weight", [False, True])
-def test_every_target_ignored_gives_nan_mean_as_pytorch(fn, t_fn, use_weight, device):
-    x = np.zeros((3, 4))
-    t = np.full(3, -100)
-    w = np.ones(4) if use_weight else None
-    md = fn(minidl.tensor(x, device=device), minidl.tensor(t, device=device),
-            weight=None if w is None else minidl.tensor(w, device=device))
-    tt = t_fn(torch.tensor(x), torch.tensor(t), weight=None if w is None else torch.tensor(w))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_target_ignored_nan_mean_zero_gradient_as_pytorch(rng, fn, t_fn, kw, use_weight,
+                                                                 shape, device):
+    """Every target ignored, reduction='mean': the loss is 0 / 0 = nan (as PyTorch's), but
+    the gradient is PyTorch's: 0 everywhere, not nan -- an optimiser step must not turn
+    every weight into nan. With class weights and label smoothing too."""
+    x = rng.standard_normal(shape)
+    t = np.full(shape[:1] + shape[2:], -100)
+    w = rng.uniform(0.5, 2.0, shape[1]) if use_weight else None
+    mx = minidl.tensor(x, requires_grad=True, device=device)
+    md = fn(mx, minidl.tensor(t, device=device),
+            weight=None if w is None else minidl.tensor(w, device=device), **kw)
+    md.backward()
+    tx = torch.tensor(x, requires_grad=True)
+    tt = t_fn(tx, torch.tensor(t), weight=None if w is None else torch.tensor(w), **kw)
+    tt.backward()
     assert np.isnan(md.item()) and np.isnan(tt.item())
+    assert not tx.grad.isnan().any() and (tx.grad == 0).all()      # what PyTorch gives
+    np.testing.assert_array_equal(to_host(mx.grad), tx.grad.numpy())
+
+
+@pytest.mark.parametrize("fn,t_fn,kw", ALL_IGNORED_CASES)
+def test_every_target_ignored_second_order_gradient_is_zero(rng, fn, t_fn, kw):
+    """The recorded backward (create_graph=True) follows the same rule."""
+    x = minidl.tensor(rng.standard_normal((4, 3)), requires_grad=True)
+    loss = fn(x, minidl.tensor(np.full(4, -100)), **kw)
+    (gx,) = minidl.autograd.grad(loss, [x], create_graph=True)
+    np.testing.assert_array_equal(gx.numpy(), np.zeros((4, 3)))
+
+
+def test_sgd_step_on_an_all_ignored_batch_keeps_the_weights(rng):
+    """The failure the zero gradient prevents: one step on a batch whose targets are all
+    ignore_index used to make every weight nan (PyTorch leaves them unchanged)."""
+    minidl.manual_seed(0)
+    layer = minidl.nn.Linear(6, 4)
+    before = [p.numpy().copy() for p in layer.parameters()]
+    opt = minidl.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    x = minidl.tensor(rng.standard_normal((5, 6)).astype(np.float32))
+    for smoothing in (0.0, 0.1):
+        opt.zero_grad()
+        cross_entropy(layer(x), minidl.tensor(np.full(5, -100)),
+                      label_smoothing=smoothing).backward()
+        opt.step()
+    for p, b in zip(layer.parameters(), before):
+        np.testing.assert_array_equal(p.numpy(), b)
 
 
 def test_cross_entropy_is_stable_for_large_logits(device):

@@ -51,6 +51,9 @@ same geometry throughout).
 """
 from __future__ import annotations
 
+import math
+import sys
+
 from .. import geometry
 from ..autograd import Function, Tensor
 from ..errors import ShapeError
@@ -315,6 +318,45 @@ def _check_dtypes(op, input, weight, bias):  # noqa: A002
                         f"{input.dtype}")
 
 
+def _check_kernel(op, weight, layout):
+    """A kernel of at least 1x1: an empty one would give a silent all-zero (or bias-only)
+    output where PyTorch refuses."""
+    KH, KW = weight.shape[2:]
+    if KH < 1 or KW < 1:
+        raise ShapeError(f"{op}: expected a kernel of at least 1x1, got weight of shape "
+                         f"{weight.shape} ({layout}: KH={KH}, KW={KW}); give the weight a "
+                         f"positive kernel height and width")
+
+
+# the most bytes one array can hold: NumPy's limit is its index type's maximum, which is
+# Python's sys.maxsize (both are the platform's signed size type)
+_MAX_ARRAY_BYTES = sys.maxsize
+
+
+def _check_array_sizes(op, itemsize, arrays, hint):
+    """Refuse, naming the op, a geometry whose arrays no machine could hold (NumPy would
+    say "array is too big" without saying which op or argument caused it).
+
+    arrays: {what: shape} of the arrays the op allocates; hint: how to fix it.
+    """
+    for what, shape in arrays.items():
+        count = math.prod(int(d) for d in shape)
+        if count * itemsize > _MAX_ARRAY_BYTES:
+            raise ValueError(f"{op}: the {what} would have shape {tuple(shape)} "
+                             f"({count:.3g} elements of {itemsize} bytes), more than any "
+                             f"array can hold; {hint}")
+
+
+def _apply_reporting_memory(op, function, *args, describe, **params):
+    """``function.apply(...)``, with an out-of-memory error that names the op and the
+    shapes (NumPy's MemoryError names only the array it failed to allocate)."""
+    try:
+        return function.apply(*args, **params)
+    except MemoryError as exc:
+        raise MemoryError(f"{op}: not enough memory for {describe} ({exc}); use a smaller "
+                          f"batch, padding or image size") from None
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
     """2-D convolution over a batch of images, like ``torch.nn.functional.conv2d``.
 
@@ -340,6 +382,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                          f"of shape {weight.shape}")
     OC, Cg, KH, KW = weight.shape
     C = input.shape[-3]
+    _check_kernel("conv2d", weight, "(OC, C/groups, KH, KW)")
     _check_groups("conv2d", groups)
     if OC % groups:
         raise ValueError(f"conv2d: out_channels (weight.shape[0] = {OC}) must be divisible by "
@@ -367,8 +410,14 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                              f"({size}) is smaller than the (dilated) kernel ({reach}); "
                              f"kernel size {(KH, KW)}, dilation {dilation}, padding "
                              f"{pads[0]}, {pads[1]}")
-
-    return Conv2dFunction.apply(input, weight, bias, geo=geo)
+    _check_array_sizes("conv2d", input.dtype.itemsize,
+                       {"padded input": (geo.N, geo.C) + tuple(geo.padded_hw),
+                        "output": geo.out_shape},
+                       f"padding {pads[0]}, {pads[1]} or stride {stride} is far too large "
+                       f"for input {input.shape}")
+    return _apply_reporting_memory("conv2d", Conv2dFunction, input, weight, bias, geo=geo,
+                                   describe=f"input {input.shape}, weight {weight.shape}, "
+                                            f"padding {pads[0]}, {pads[1]}")
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0,  # noqa: A002
@@ -402,6 +451,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         raise ShapeError(f"{op}: expected a 4-D weight (C_in, C_out/groups, KH, KW), got "
                          f"weight of shape {weight.shape}")
     C_in, OCg, KH, KW = weight.shape
+    _check_kernel(op, weight, "(C_in, C_out/groups, KH, KW)")
     _check_groups(op, groups)
     if C_in % groups:
         raise ValueError(f"{op}: in_channels (weight.shape[0] = {C_in}) must be divisible by "
@@ -440,4 +490,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         # output_padding >= stride (allowed below the dilation) adds rows that no window
         # reaches; the convolution keeps the first H x W windows, those of the input
         geo = geo._replace(OH=H, OW=W)
-    return ConvTranspose2dFunction.apply(input, weight, bias, geo=geo)
+    _check_array_sizes(op, input.dtype.itemsize, {"output": (N, C_out) + out_hw},
+                       f"stride {stride}, dilation {dilation} or output_padding "
+                       f"{output_padding} is far too large for input {input.shape}")
+    return _apply_reporting_memory(op, ConvTranspose2dFunction, input, weight, bias, geo=geo,
+                                   describe=f"input {input.shape}, weight {weight.shape}, "
+                                            f"output {(N, C_out) + out_hw}")

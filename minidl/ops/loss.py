@@ -123,6 +123,24 @@ def _reduce(losses, reduction, denom):
         return total / denom
 
 
+def _mean_factors(denom):
+    """(D', keep) for the mean's gradient G = gy / D' * keep: D' = D and keep = 1 when
+    D > 0; D' = 1 and keep = 0 when D = 0.
+
+    D = 0 when every class-index target is ignored (or has weight 0): the loss is 0 / 0 =
+    nan, as in PyTorch, but a gradient gy / D would be inf and the zero rows of A would
+    turn it into nan (0 * inf) everywhere -- one optimiser step would make every weight
+    nan. PyTorch's gradient is 0 there (the ignored elements contribute nothing), and so
+    is this one. D is an array on the device (a weighted count): no host round trip.
+    A Python int D (probability targets: the element count) is returned as it is.
+    """
+    if isinstance(denom, int):
+        return denom, 1
+    xp = backend.get_array_module(denom)
+    nonzero = denom != 0
+    return xp.where(nonzero, denom, xp.ones((), denom.dtype)), nonzero.astype(denom.dtype)
+
+
 def _upstream(gy, reduction, denom):
     """G = dL/dloss_i, shaped to broadcast against (N, C, *S)."""
     xp = backend.get_array_module(gy)
@@ -130,8 +148,8 @@ def _upstream(gy, reduction, denom):
         return xp.expand_dims(gy, 1)        # (N, 1, *S)
     if reduction == "sum":
         return gy                            # (): every element gets gy
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return gy / denom                    # (): every element gets gy / D
+    safe_denom, keep = _mean_factors(denom)
+    return gy / safe_denom * keep            # (): every element gets gy / D (0 if D = 0)
 
 
 def _upstream_recorded(gy, reduction, denom):
@@ -140,8 +158,10 @@ def _upstream_recorded(gy, reduction, denom):
         return gy.reshape(gy.shape[:1] + (1,) + gy.shape[1:])      # (N, 1, *S)
     if reduction == "sum":
         return gy
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return gy / denom
+    safe_denom, keep = _mean_factors(denom.data if isinstance(denom, Tensor) else denom)
+    if isinstance(denom, int):
+        return gy / safe_denom
+    return gy / Tensor(safe_denom) * Tensor(keep)     # constants: no gradient flows to D
 
 
 # --- the Functions ----------------------------------------------------------------------
