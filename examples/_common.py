@@ -595,7 +595,7 @@ def read_checkpoint(path, recipe):
     to ``recipe``'s model."""
     try:
         ckpt = minidl.load(path, map_location="cpu")
-    except (OSError, ValueError) as exc:          # minidl.CheckpointError is a ValueError
+    except (OSError, minidl.CheckpointError) as exc:   # missing/unreadable, or not a checkpoint
         raise ExampleError(f"cannot resume from {path}: {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ExampleError(f"cannot resume from {path}: it is a minidl file but not a "
@@ -1103,7 +1103,7 @@ def _best_weights(path, best):
     """The model state in the checkpoint ``path`` if it is the best epoch's, else None."""
     try:
         ckpt = minidl.load(path, map_location="cpu")
-    except (OSError, ValueError):
+    except (OSError, minidl.CheckpointError):
         return None
     if isinstance(ckpt, dict) and best is not None and ckpt.get("epoch") == best["epoch"]:
         return ckpt
