@@ -28,6 +28,10 @@ from .ops import (abs, add, all, amax, any, argmax, argmin, cat, clamp, clip, cl
                   maximum, mean, min, minimum, mul, ne, neg, pad, permute, pow, reshape, sqrt,
                   squeeze, stack, std, sub, sum, transpose, unsqueeze, var, where)
 from .ops.activation import log_softmax, relu, sigmoid, softmax, tanh
+from .ops import (allclose, argsort, bincount, bmm, chunk, cos, cumsum, einsum, gather, isclose,
+                  lerp, masked_fill, nonzero, norm, scatter, scatter_add, sin, sort, split,
+                  topk, unique)
+from . import linalg  # minidl.linalg.vector_norm etc. (torch.linalg's names)
 from .random import initial_seed, manual_seed
 from .serialization import CheckpointError, load, save
 from . import nn, optim  # noqa: E402 - above ops, imported last

@@ -35,8 +35,16 @@ def as_tensor(data, dtype=None, device=None):
     return _finish(_as_array(data, dtype), device, False)
 
 
-def from_numpy(array):
-    return Tensor(np.asarray(array))
+def from_numpy(ndarray):
+    """A CPU tensor that *shares memory* with the NumPy array ``ndarray``, as in PyTorch: a
+    write through either one is seen by the other, and the dtype is the array's own
+    (float64 stays float64). ``tensor(a)`` copies instead. Only numeric and bool arrays."""
+    if not isinstance(ndarray, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(ndarray).__name__}")
+    if ndarray.dtype.kind not in "biufc":
+        raise TypeError(f"from_numpy: arrays of dtype {ndarray.dtype} cannot become a tensor "
+                        "(expected a numeric or bool dtype)")
+    return Tensor(ndarray)
 
 
 def zeros(*size, dtype=None, device=None, requires_grad=False):

@@ -42,6 +42,10 @@ METHODS = ("exp", "log", "sqrt", "abs", "clamp", "clip", "maximum", "minimum", "
            "expand", "contiguous", "clone", "t", "pow", "add", "sub", "mul", "div", "neg",
            "eq", "ne", "lt", "le", "gt", "ge", "relu", "tanh", "sigmoid", "softmax",
            "log_softmax")
+# Tensor functions of issue 15 (indexing, sorting, math): also ops under the same name.
+METHODS += ("topk", "sort", "argsort", "gather", "scatter", "scatter_add", "masked_fill",
+            "chunk", "split", "cumsum", "norm", "sin", "cos", "lerp", "bmm", "allclose",
+            "isclose", "unique", "bincount", "nonzero")
 
 
 def _reflected(fn):
@@ -221,10 +225,37 @@ def setitem(self, key, value):
     _write(self, "__setitem__", write)
 
 
+def masked_fill_(self, mask, value):
+    """In place: ``value`` written where ``mask`` (broadcast to this shape) is True."""
+    if _in_graph(self, "masked_fill_", (value,)):
+        return _record(self, "masked_fill_", lambda old: ops.masked_fill(old, mask, value))
+    out = ops.masked_fill(self.detach(), mask, value)
+    return _write(self, "masked_fill_", lambda a: a.__setitem__(Ellipsis, out.data))
+
+
+def scatter_(self, dim, index, src=None, *, value=None, reduce=None):
+    """In place: ``x.scatter(dim, index, src | value)`` written into x."""
+    if _in_graph(self, "scatter_", (src,)):
+        return _record(self, "scatter_", lambda old: ops.scatter(old, dim, index, src,
+                                                                 value=value, reduce=reduce))
+    out = ops.scatter(self.detach(), dim, index, src, value=value, reduce=reduce)
+    return _write(self, "scatter_", lambda a: a.__setitem__(Ellipsis, out.data))
+
+
+def scatter_add_(self, dim, index, src):
+    """In place: ``x.scatter_add(dim, index, src)`` written into x."""
+    if _in_graph(self, "scatter_add_", (src,)):
+        return _record(self, "scatter_add_", lambda old: ops.scatter_add(old, dim, index, src))
+    out = ops.scatter_add(self.detach(), dim, index, src)
+    return _write(self, "scatter_add_", lambda a: a.__setitem__(Ellipsis, out.data))
+
+
 INPLACE = {"add_": add_, "sub_": sub_, "mul_": mul_, "div_": div_, "clamp_": clamp_,
            "clip_": clip_, "fill_": fill_, "zero_": zero_, "copy_": copy_,
            "normal_": normal_, "uniform_": uniform_, "__setitem__": setitem,
            "__iadd__": add_, "__isub__": sub_, "__imul__": mul_, "__itruediv__": div_}
+INPLACE.update({"masked_fill_": masked_fill_, "scatter_": scatter_,
+                "scatter_add_": scatter_add_})
 
 
 def attach(T=Tensor):
@@ -254,4 +285,6 @@ def attach(T=Tensor):
     T.expand_as = lambda self, other: ops.expand(self, other.shape)
     T.view_as = lambda self, other: ops.reshape(self, other.shape)
     T.reshape_as = T.view_as
+    # x.where(condition, y) is where(condition, x, y): the tensor is the second argument.
+    T.where = lambda self, condition, y: ops.where(condition, self, y)
     return T

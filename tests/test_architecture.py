@@ -14,7 +14,8 @@ Read with ``ast`` (nothing is imported or run). Two rules:
    2     autograd  ``autograd`` (Tensor, Function, backward), ``random`` (the seeded
                    generators), ``creation`` (tensor factories), ``serialization``
                    (save/load of tensors; ``data.idx`` reads files with it)
-   3     ops       ``ops/*``, ``tensor_methods`` (attaches the ops to Tensor)
+   3     ops       ``ops/*``, ``tensor_methods`` (attaches the ops to Tensor),
+                   ``linalg`` (``torch.linalg``'s names for ops' norms)
    4     nn        ``nn/*``
    5     optim     ``optim/*``
    6     data      ``data/*``
@@ -64,6 +65,7 @@ LAYERS = {
     "distributed": 8,
     "": 9,  # minidl/__init__.py
 }
+LAYERS["linalg"] = 3  # minidl.linalg: the norms of ops/math.py under torch.linalg's names
 LAYER_NAMES = {0: "base", 1: "kernels", 2: "autograd", 3: "ops", 4: "nn", 5: "optim",
                6: "data", 7: "models", 8: "tools", 9: "face"}
 

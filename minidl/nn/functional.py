@@ -19,6 +19,7 @@ Shapes: N batch, C channels, H/W height/width, IN/OUT features.
   training, momentum, eps)``
 - ``dropout(input, p=0.5, training=True)``
 - ``pad(input, pad, mode='constant', value=0.0)``
+- ``one_hot(tensor (*) int64, num_classes=-1) -> (*, num_classes) int64``
 """
 from __future__ import annotations
 
@@ -31,11 +32,13 @@ from ..ops.loss import cross_entropy, mse_loss, nll_loss
 from ..ops.norm import batch_norm
 from ..ops.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from ..ops.shape import pad
+from ..ops.indexing import one_hot
 
 __all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
            "adaptive_max_pool2d", "relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu", "softmax",
            "log_softmax", "cross_entropy", "nll_loss", "mse_loss", "batch_norm", "dropout",
            "pad", "dropout2d", "conv_transpose2d"]
+__all__ += ["one_hot"]
 
 
 def relu6(input, inplace=False):  # noqa: A002 - PyTorch's names

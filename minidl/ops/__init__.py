@@ -16,3 +16,9 @@ from .reduce import all, amax, any, argmax, argmin, max, mean, min, std, sum, va
 from .shape import (cat, clone, concatenate, contiguous, expand, flatten, getitem, pad, permute,
                     reshape, squeeze, stack, t, transpose, unsqueeze, view)
 
+from . import indexing, math
+from .indexing import (argsort, bincount, gather, masked_fill, nonzero, one_hot, scatter,
+                       scatter_add, sort, topk, unique)
+from .math import (allclose, bmm, cos, cumsum, einsum, isclose, lerp, matrix_norm, norm, sin,
+                   vector_norm)
+from .shape import chunk, split

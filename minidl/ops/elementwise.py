@@ -387,8 +387,14 @@ def minimum(a, b):
     return MinimumFunction.apply(*_as_operands(a, b, "minimum"))
 
 
-def where(condition, input, other):  # noqa: A002 - PyTorch's names
-    """``input`` where ``condition`` holds, else ``other`` (all three broadcast)."""
+def where(condition, input=None, other=None):  # noqa: A002 - PyTorch's names
+    """``input`` where ``condition`` holds, else ``other`` (all three broadcast).
+    ``where(condition)`` alone: the indices where it holds, one int64 tensor per dim
+    (``nonzero(condition, as_tuple=True)``), as PyTorch."""
+    if input is None and other is None:
+        xp = backend.get_array_module(condition.data)
+        c = condition.data if condition.ndim else condition.data.reshape(1)
+        return tuple(Tensor(i.astype(xp.int64, copy=False)) for i in xp.nonzero(c))
     like = input if isinstance(input, Tensor) else other
     if not isinstance(like, Tensor):
         raise TypeError("where: at least one of input and other must be a Tensor")

@@ -10,6 +10,9 @@ Each backward is linear in gy and uses no value of x, so a recorded backward
 (``create_graph=True``) is the same move written with these ops on Tensors: reshape's
 is a reshape, getitem's a scatter into zeros (``IndexAddFunction``), whose own backward
 is getitem again.
+
+``split`` and ``chunk`` cut a tensor into pieces that are getitem slices (views), so they
+need no Function of their own.
 """
 from __future__ import annotations
 
@@ -434,3 +437,48 @@ def clone(x, *, memory_format=None):
     change the copy in place without touching ``x``. ``memory_format`` is accepted for
     PyTorch's signature and ignored (minidl has one layout)."""
     return CloneFunction.apply(x)
+
+
+def _split_sizes(n, split_size_or_sections, name):
+    """The sizes of the pieces ``split`` cuts a dim of size n into: a list as given (it
+    must sum to n), an int s as many pieces of s as fit, then the rest."""
+    s = split_size_or_sections
+    if isinstance(s, (list, tuple)):
+        sizes = [int(k) for k in s]
+        if builtins.any(k < 0 for k in sizes) or builtins.sum(sizes) != n:
+            raise ValueError(f"{name}: split sizes {sizes} must be non-negative and sum to "
+                             f"the size of the dim ({n})")
+        return sizes
+    if isinstance(s, builtins.bool) or not isinstance(s, int):
+        raise TypeError(f"{name}: split_size_or_sections must be an int or a list of ints, "
+                        f"got {type(s).__name__}")
+    if n == 0:
+        return [0]
+    if s <= 0:
+        raise ValueError(f"{name}: split_size must be positive, got {s}")
+    return [s] * (n // s) + ([n % s] if n % s else [])
+
+
+def split(tensor, split_size_or_sections, dim=0):
+    """Cut ``tensor`` along ``dim`` into pieces: an int gives pieces of that size (the last
+    one smaller when it does not divide), a list the size of each piece. A tuple of views
+    (getitem slices), each in the graph: a piece's gradient lands in its place."""
+    (d,) = normalize_dim(dim, tensor.ndim, "split")
+    sizes = _split_sizes(tensor.shape[d], split_size_or_sections, "split")
+    pieces, start = [], 0
+    for n in sizes:
+        key = (slice(None),) * d + (slice(start, start + n),)
+        pieces.append(getitem(tensor, key))
+        start += n
+    return tuple(pieces)
+
+
+def chunk(input, chunks, dim=0):  # noqa: A002 - PyTorch's names
+    """Cut ``input`` along ``dim`` into at most ``chunks`` pieces of equal size
+    ``ceil(size / chunks)`` (the last one smaller; fewer pieces when the size runs out,
+    as PyTorch: 6 elements in 4 chunks give 3 pieces of 2)."""
+    if isinstance(chunks, builtins.bool) or not isinstance(chunks, int) or chunks <= 0:
+        raise ValueError(f"chunk: chunks must be a positive int, got {chunks!r}")
+    (d,) = normalize_dim(dim, input.ndim, "chunk")
+    n = input.shape[d]
+    return split(input, builtins.max(-(-n // chunks), 1), d)
