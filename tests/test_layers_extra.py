@@ -507,3 +507,13 @@ def test_parameter_dict_registers_like_pytorch():
     assert list(md.keys()) == ["a", "b", "c"] and len(md) == 3
     md.pop("a")
     assert list(md) == ["b", "c"] and len(list(md.parameters())) == 2
+
+
+def test_summary_knows_the_new_activations_and_runs_the_other_layers():
+    model = nn.Sequential(nn.Conv1d(3, 4, 3), nn.SiLU(), nn.PReLU(4), nn.ELU(), nn.Hardswish(),
+                          nn.LayerNorm(6), nn.Unflatten(2, (2, 3)))
+    info = minidl.summary(model, (3, 8), verbose=False)
+    text = str(info)
+    for name in ("SiLU", "PReLU", "ELU", "Hardswish", "LayerNorm", "Unflatten"):
+        assert name in text
+    assert tuple(model(minidl.randn(2, 3, 8)).shape) == (2, 4, 2, 3)
