@@ -294,6 +294,11 @@ _RULES = {
     nn.Identity: lambda m, x: (x.shape, 0, 0, 0),
 }
 
+# issue 15's elementwise activations: one op per element, like the ones above (PReLU's
+# weight is per channel, so its rule needs nothing but the input's shape either)
+_RULES.update({nn.SiLU: _elementwise(1), nn.Hardswish: _elementwise(1),
+               nn.ELU: _elementwise(1), nn.PReLU: _elementwise(1)})
+
 
 def register_layer_rule(cls, rule):
     """Teach ``summary`` a leaf layer: ``rule(module, x) -> (output_shape, macs, flops,

@@ -22,3 +22,15 @@ __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Lin
            "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax", "Flatten",
            "CrossEntropyLoss", "NLLLoss", "MSELoss", "functional", "init", "intercept_calls",
            "ConvTranspose2d"]
+
+# issue 15: more layers, losses and the parameter containers
+from .containers import ParameterDict, ParameterList  # noqa: E402
+from .layers import (ELU, BCELoss, BCEWithLogitsLoss, Conv1d, Dropout2d, Embedding,  # noqa: E402
+                     GroupNorm, Hardswish, InstanceNorm1d, InstanceNorm2d, KLDivLoss, L1Loss,
+                     LayerNorm, MaxPool1d, PReLU, SiLU, SmoothL1Loss, Unflatten, Upsample,
+                     ZeroPad2d)
+
+__all__ += ["ParameterList", "ParameterDict", "LayerNorm", "GroupNorm", "InstanceNorm1d",
+            "InstanceNorm2d", "SiLU", "Hardswish", "ELU", "PReLU", "Dropout2d", "Upsample",
+            "ZeroPad2d", "Unflatten", "Conv1d", "MaxPool1d", "Embedding", "BCEWithLogitsLoss",
+            "BCELoss", "L1Loss", "SmoothL1Loss", "KLDivLoss"]

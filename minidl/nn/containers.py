@@ -235,3 +235,118 @@ class ModuleDict(Module):
         items = modules.items() if hasattr(modules, "items") else modules
         for key, module in items:
             self[key] = module
+
+
+# --- parameter containers -------------------------------------------------------------------
+
+from ..autograd import Tensor  # noqa: E402
+from .parameter import Parameter  # noqa: E402
+
+
+def _as_parameter(value):
+    """A Parameter as it is; another Tensor wrapped in one (PyTorch's rule), sharing it."""
+    if isinstance(value, Parameter) or not isinstance(value, Tensor):
+        return value
+    return Parameter(value)
+
+
+def _parameter_line(p):
+    """``Parameter containing: [float32 of size 2x3]``, PyTorch's short form."""
+    kind = f"{p.dtype}" + ("" if p.device == "cpu" else f" ({p.device})")
+    size = "x".join(str(s) for s in p.shape)
+    return f"Parameter containing: [{kind} of size {size}]"
+
+
+class ParameterList(Module):
+    """A list of Parameters, registered under '0', '1', ... (so ``parameters()``,
+    ``state_dict()`` and the optimisers find them). A plain Tensor appended becomes a
+    Parameter."""
+
+    def __init__(self, values=None):
+        super().__init__()
+        if values is not None:
+            self.extend(values)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return self.__class__(list(self)[idx])
+        return self._parameters[str(_index(self, idx))]
+
+    def __setitem__(self, idx, param):
+        self.register_parameter(str(_index(self, idx)), _as_parameter(param))
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters.values())
+
+    def __iadd__(self, parameters):
+        return self.extend(parameters)
+
+    def append(self, value):
+        self.register_parameter(str(len(self)), _as_parameter(value))
+        return self
+
+    def extend(self, values):
+        for value in values:
+            self.append(value)
+        return self
+
+    def extra_repr(self):
+        return "\n".join(f"({i}): {_parameter_line(p)}" for i, p in enumerate(self))
+
+
+class ParameterDict(Module):
+    """An ordered dict of Parameters, registered under their (string) keys."""
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        if parameters is not None:
+            self.update(parameters)
+
+    def __getitem__(self, key):
+        return self._parameters[key]
+
+    def __setitem__(self, key, value):
+        self.register_parameter(key, _as_parameter(value))
+
+    def __delitem__(self, key):
+        del self._parameters[key]
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters)
+
+    def __contains__(self, key):
+        return key in self._parameters
+
+    def keys(self):
+        return self._parameters.keys()
+
+    def items(self):
+        return self._parameters.items()
+
+    def values(self):
+        return self._parameters.values()
+
+    def get(self, key, default=None):
+        return self._parameters.get(key, default)
+
+    def pop(self, key):
+        value = self[key]
+        del self[key]
+        return value
+
+    def clear(self):
+        self._parameters.clear()
+
+    def update(self, parameters):
+        items = parameters.items() if hasattr(parameters, "items") else parameters
+        for key, value in items:
+            self[key] = value
+
+    def extra_repr(self):
+        return "\n".join(f"({k}): {_parameter_line(p)}" for k, p in self.items())

@@ -47,3 +47,25 @@ def relu6(input, inplace=False):  # noqa: A002 - PyTorch's names
     where PyTorch's relu6 gives 0; they agree everywhere else. ``inplace`` is accepted
     for PyTorch compatibility; minidl computes out of place."""
     return clamp(input, 0.0, 6.0)
+
+# --- issue 15: more layers' functional forms --------------------------------------------
+# - ``layer_norm(input (*, *D), normalized_shape D, weight, bias, eps)``, ``group_norm(input
+#   (N, C, *), num_groups, ...)``, ``instance_norm(input (N, C, *S), running_mean, ...)``
+# - ``silu``, ``hardswish``, ``elu``, ``prelu(input, weight (C,) or (1,))``: elementwise
+# - ``interpolate(input (N, C, L) or (N, C, H, W), size, scale_factor, mode, align_corners)``
+# - ``embedding(input (*) indices, weight (V, D)) -> (*, D)``
+# - ``conv1d(input (N, C, L), weight (OC, C/groups, K), ...)``, ``max_pool1d``
+# - ``binary_cross_entropy_with_logits``, ``binary_cross_entropy``, ``l1_loss``,
+#   ``smooth_l1_loss``, ``kl_div``: elementwise losses, input and target (*)
+from ..ops.activation import elu, hardswish, prelu, silu  # noqa: E402
+from ..ops.conv1d import conv1d, max_pool1d  # noqa: E402
+from ..ops.embedding import embedding  # noqa: E402
+from ..ops.loss import (binary_cross_entropy, binary_cross_entropy_with_logits,  # noqa: E402
+                        kl_div, l1_loss, smooth_l1_loss)
+from ..ops.norm_extra import group_norm, instance_norm, layer_norm  # noqa: E402
+from ..ops.resize import interpolate  # noqa: E402
+
+__all__ += ["layer_norm", "group_norm", "instance_norm", "silu", "hardswish", "elu", "prelu",
+            "interpolate", "embedding", "conv1d", "max_pool1d",
+            "binary_cross_entropy_with_logits", "binary_cross_entropy", "l1_loss",
+            "smooth_l1_loss", "kl_div"]

@@ -472,3 +472,186 @@ def log_softmax(input, dim=None, temperature=1.0, *, dtype=None):  # noqa: A002
     """log(softmax(x / T)) along ``dim``, computed stably; arguments as in ``softmax``."""
     x, t, axis, temp = _softmax_args(input, dim, temperature, dtype, "log_softmax")
     return LogSoftmaxFunction.apply(x, t, axis=axis, temperature=temp)
+
+
+# --- silu, hardswish, elu, prelu -----------------------------------------------------------
+
+from ..errors import ShapeError  # noqa: E402 - kept with the functions that raise it
+
+
+def _sigmoid_array(x):
+    """sigmoid(x) on an array, stably (exp of -|x| only, as SigmoidFunction)."""
+    xp = backend.get_array_module(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+class SiLUFunction(Function):
+    """y = x * sigmoid(x) (the "swish").    x, y, gy, gx: (*)
+
+    With s = sigmoid(x) and s' = s (1 - s)::
+
+        dy/dx = s + x s (1 - s) = s (1 + x (1 - s))
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        s = _sigmoid_array(x)
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, s = ctx.saved_tensors
+        return gy * s * (1 + x * (1 - s))
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        x, _ = ctx.saved_tensors                   # s is a constant: recompute it from x
+        s = sigmoid(x)
+        return gy * s * (1 + x * (1 - s))
+
+
+def silu(input, inplace=False):  # noqa: A002
+    """x * sigmoid(x), elementwise. ``inplace`` is accepted for PyTorch's signature;
+    minidl computes out of place."""
+    _require_float(input, "silu")
+    return SiLUFunction.apply(input)
+
+
+class HardswishFunction(Function):
+    """y = x * relu6(x + 3) / 6 (MobileNetV3).    x, y, gy, gx: (*)
+
+    Piecewise::
+
+        x <= -3:      y = 0                dy/dx = 0       (PyTorch: 0 for x < -3)
+        -3 < x < 3:   y = x (x + 3) / 6    dy/dx = x / 3 + 1/2
+        x >= 3:       y = x                dy/dx = 1
+
+    At the kinks PyTorch's backward uses x/3 + 1/2 for -3 <= x <= 3: so does this one.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        xp = backend.get_array_module(x)
+        middle = (x >= -3) & (x <= 3)              # the quadratic part, kinks included
+        upper = x > 3
+        ctx.save_for_backward(x, middle, upper)
+        return x * xp.clip(x + 3, 0, 6) / 6
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, middle, upper = ctx.saved_tensors
+        return gy * (middle * (x / 3 + 0.5) + upper)
+
+    differentiable_backward = backward             # x: the input Tensor, masks constants
+
+
+def hardswish(input, inplace=False):  # noqa: A002
+    """x * relu6(x + 3) / 6, elementwise; ``inplace`` as in ``silu``."""
+    _require_float(input, "hardswish")
+    return HardswishFunction.apply(input)
+
+
+class ELUFunction(Function):
+    """y = x where x > 0, else alpha * (exp(x) - 1).    x, y, gy, gx: (*)
+
+    dy/dx = 1 where x > 0, else alpha * exp(x) = y + alpha: only the output is needed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha):
+        xp = backend.get_array_module(x)
+        positive = x > 0
+        # expm1 is exact for small |x|; min(x, 0) keeps exp from overflowing where unused
+        y = xp.where(positive, x, alpha * xp.expm1(xp.minimum(x, 0)))
+        ctx.save_for_backward(y, positive)
+        ctx.alpha = alpha
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        y, positive = ctx.saved_tensors
+        xp = backend.get_array_module(gy)
+        return xp.where(positive, gy, gy * (y + ctx.alpha))
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        y, positive = ctx.saved_tensors           # y: the output Tensor, recorded in x
+        return where(positive, gy, gy * (y + ctx.alpha))
+
+
+def elu(input, alpha=1.0, inplace=False):  # noqa: A002
+    """x where x > 0, else alpha * (exp(x) - 1); ``inplace`` as in ``silu``."""
+    _require_float(input, "elu")
+    return ELUFunction.apply(input, alpha=float(alpha))
+
+
+class PReLUFunction(Function):
+    """y = x where x > 0, else w * x, with a learnt slope w per channel (or one for all).
+
+    x, y, gy, gx: (N, C, *S) (or any shape when w has one element); w, gw: (C,) or (1,),
+    broadcast as wb: (1, C, 1, ...) along the other dims (``_prelu_shape``)::
+
+        gx = gy where x > 0, else w * gy
+        gw = sum over every dim but the channel's of (gy * x where x <= 0, else 0)
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, wb_shape):
+        xp = backend.get_array_module(x)
+        positive = x > 0
+        wb = w.reshape(wb_shape)
+        ctx.save_for_backward(x, w, positive)
+        ctx.wb_shape = wb_shape
+        return xp.where(positive, x, wb * x)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w, positive = ctx.saved_tensors
+        xp = backend.get_array_module(gy)
+        need_x, need_w = ctx.needs_input_grad
+        gx = gw = None
+        if need_x:
+            gx = xp.where(positive, gy, w.reshape(ctx.wb_shape) * gy)
+        if need_w:
+            zero = xp.zeros((), gy.dtype)
+            gw = unbroadcast(xp.where(positive, zero, gy * x), ctx.wb_shape).reshape(w.shape)
+        return gx, gw
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        x, w, positive = ctx.saved_tensors        # x, w: the input Tensors, the mask constant
+        need_x, need_w = ctx.needs_input_grad
+        gx = gw = None
+        if need_x:
+            gx = where(positive, gy, w.reshape(ctx.wb_shape) * gy)
+        if need_w:
+            gw = unbroadcast(where(positive, 0.0, gy * x), ctx.wb_shape).reshape(w.shape)
+        return gx, gw
+
+
+def _prelu_shape(x, w):
+    """The shape w (C,) broadcasts as: (1, C, 1, ...) for an (N, C, *S) input; a
+    one-element w applies everywhere (also the only choice below 2 dims: no channel dim)."""
+    if w.numel() == 1:
+        return (1,) * x.ndim
+    return (1, w.shape[0]) + (1,) * (x.ndim - 2)
+
+
+def prelu(input, weight):  # noqa: A002
+    """x where x > 0, else weight * x; weight (C,) per channel (dim 1 of input) or (1,)
+    shared, as ``F.prelu`` (an input of fewer than 2 dims has one channel)."""
+    _require_float(input, "prelu")
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"prelu: expected weight to be a Tensor, got {type(weight).__name__}")
+    if weight.ndim > 1:
+        raise ShapeError(f"prelu: expected weight of shape (C,) or (1,), got {weight.shape}")
+    channels = input.shape[1] if input.ndim >= 2 else 1
+    if weight.numel() not in (1, channels):
+        raise ShapeError(f"prelu: expected weight of shape (1,) or ({channels},) (the "
+                         f"input's channels, dim 1) for input {input.shape}, got "
+                         f"{weight.shape}")
+    if weight.dtype != input.dtype:
+        raise TypeError(f"prelu: weight dtype {weight.dtype} does not match input dtype "
+                        f"{input.dtype}")
+    return PReLUFunction.apply(input, weight, wb_shape=_prelu_shape(input, weight))

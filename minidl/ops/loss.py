@@ -525,3 +525,268 @@ def mse_loss(input, target, reduction="mean"):  # noqa: A002
                       UserWarning, stacklevel=2)
     return MSELossFunction.apply(input, target, reduction=reduction)
 
+
+
+# --- binary cross-entropy, l1, smooth l1, kl divergence -----------------------------------
+#
+# Elementwise losses: input x, target t and the per-element loss l all have one shape (*)
+# (x and t broadcast, with a warning, where PyTorch allows it); weight broadcasts to (*).
+# Each is its per-element formula followed by the reduction: 'none' keeps l (*), 'sum'
+# adds it up, 'mean' divides the sum by the number of elements (kl_div's 'batchmean' by
+# the batch size N = x.shape[0]). Most are composites of existing differentiable ops
+# (their gradients, and gradients of gradients, come from those ops); two formulas get a
+# Function of their own, for numerical reasons: softplus (stable for large |x|) and
+# binary_cross_entropy (finite gradients at x = 0 and x = 1, where log is -inf).
+
+from .activation import sigmoid  # noqa: E402 - kept with the losses that use it
+from .elementwise import abs as _abs, clamp, log, where  # noqa: E402
+
+
+class SoftplusFunction(Function):
+    """y = log(1 + exp(x)), computed as log1p(exp(-|x|)) + max(x, 0) (exp never
+    overflows).    x, y, gy, gx: (*);    dy/dx = sigmoid(x)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        xp = backend.get_array_module(x)
+        ctx.save_for_backward(x)
+        return xp.log1p(xp.exp(-xp.abs(x))) + xp.maximum(x, 0)
+
+    @staticmethod
+    def backward(ctx, gy):
+        (x,) = ctx.saved_tensors
+        xp = backend.get_array_module(x)
+        e = xp.exp(-xp.abs(x))                                  # sigmoid, stably
+        return gy * xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        (x,) = ctx.saved_tensors                                # the input Tensor
+        return gy * sigmoid(x)
+
+
+_BCE_LOG_MIN = -100.0   # PyTorch clamps log(x) and log(1 - x) here: a finite loss at 0 and 1
+_BCE_EPS = 1e-12        # ... and the gradient's denominator x (1 - x) from below
+
+
+class BinaryCrossEntropyFunction(Function):
+    """l = -(t * log(x) + (1 - t) * log(1 - x)), each log clamped at -100.
+
+    x (probabilities in [0, 1]), t, l, gy, gx, gt: (*)::
+
+        gx = gy * (x - t) / max(x (1 - x), 1e-12)
+        gt = gy * (log(1 - x) - log(x))                   (the clamped logs)
+
+    The clamps are PyTorch's: a saturated sigmoid gives x = 1.0 exactly in float32, and the
+    loss and its gradient stay finite there.
+    """
+
+    @staticmethod
+    def forward(ctx, x, t):
+        xp = backend.get_array_module(x)
+        with np.errstate(divide="ignore"):                      # log(0) = -inf, then clamped
+            log_x = xp.maximum(xp.log(x), _BCE_LOG_MIN)
+            log_1mx = xp.maximum(xp.log(1 - x), _BCE_LOG_MIN)
+        ctx.save_for_backward(x, t, log_x, log_1mx)
+        return -(t * log_x + (1 - t) * log_1mx)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, t, log_x, log_1mx = ctx.saved_tensors
+        xp = backend.get_array_module(gy)
+        gx = gt = None
+        if ctx.needs_input_grad[0]:
+            gx = gy * (x - t) / xp.maximum(x * (1 - x), _BCE_EPS)
+        if ctx.needs_input_grad[1]:
+            gt = gy * (log_1mx - log_x)
+        return gx, gt
+
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        x, t, _, _ = ctx.saved_tensors                          # the input Tensors
+        gx = gt = None
+        if ctx.needs_input_grad[0]:
+            gx = gy * (x - t) / clamp(x * (1 - x), min=_BCE_EPS)
+        if ctx.needs_input_grad[1]:
+            with np.errstate(divide="ignore"):
+                gt = gy * (clamp(log(1 - x), min=_BCE_LOG_MIN) - clamp(log(x), min=_BCE_LOG_MIN))
+        return gx, gt
+
+
+def _legacy_reduction(size_average, reduce, reduction):
+    """PyTorch's mapping of the deprecated ``size_average``/``reduce`` flags."""
+    if size_average is None and reduce is None:
+        return reduction
+    warnings.warn("size_average and reduce args will be deprecated, please use reduction "
+                  "instead.", stacklevel=3)
+    if reduce is False:
+        return "none"
+    return "sum" if size_average is False else "mean"
+
+
+def _reduce_elementwise(losses, reduction):
+    """(*) losses -> 'none': (*), 'sum': (), 'mean': () (the sum / the number of elements)."""
+    if reduction == "none":
+        return losses
+    return losses.sum() if reduction == "sum" else losses.mean()
+
+
+def _check_float_pair(input, target, name):  # noqa: A002
+    """input and target: floating point Tensors of one dtype."""
+    for what, a in (("input", input), ("target", target)):
+        if not isinstance(a, Tensor) or a.dtype.kind != "f":
+            raise TypeError(f"{name}: expected {what} to be a floating point Tensor, got "
+                            f"{getattr(a, 'dtype', type(a).__name__)}")
+    if input.dtype != target.dtype:
+        raise TypeError(f"{name}: input and target dtypes differ ({input.dtype} and "
+                        f"{target.dtype}); convert one with .float() or .double()")
+
+
+def _check_same_shape(input, target, name):  # noqa: A002
+    """The binary cross-entropies want equal shapes (PyTorch's ValueError; ShapeError is one)."""
+    if input.shape != target.shape:
+        raise ShapeError(f"{name}: expected target of the input's shape {input.shape}, got "
+                         f"target of shape {target.shape}")
+
+
+def _check_broadcast_target(input, target, name):  # noqa: A002
+    """Regression losses: different shapes broadcast with a warning, as mse_loss's."""
+    if input.shape != target.shape:
+        check_broadcast(input.shape, target.shape, f"{name}: input of shape {input.shape} and "
+                        f"target of shape {target.shape} do not broadcast")
+        warnings.warn(f"{name}: target of shape {target.shape} differs from input of shape "
+                      f"{input.shape}; they are broadcast, which is likely wrong",
+                      UserWarning, stacklevel=3)
+
+
+def _check_elementwise_weight(weight, input, name, what="weight"):  # noqa: A002
+    if weight is None:
+        return
+    if not isinstance(weight, Tensor) or weight.dtype.kind != "f":
+        raise TypeError(f"{name}: expected {what} to be a floating point Tensor or None, got "
+                        f"{getattr(weight, 'dtype', type(weight).__name__)}")
+    check_broadcast(input.shape, weight.shape, f"{name}: {what} of shape {weight.shape} does "
+                    f"not broadcast to the input's shape {input.shape}")
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None,  # noqa: A002
+                                     reduce=None, reduction="mean", pos_weight=None):
+    """Sigmoid + binary cross-entropy in one stable formula, as
+    ``F.binary_cross_entropy_with_logits``. input: logits x (*); target t (*) in [0, 1].
+
+        l = (1 - t) * x + (1 + (pos_weight - 1) * t) * softplus(-x)        (*)
+
+    which is -(pos_weight * t * log(sigmoid(x)) + (1 - t) * log(1 - sigmoid(x))), since
+    log(sigmoid(x)) = -softplus(-x) and log(1 - sigmoid(x)) = -x - softplus(-x).
+    weight: broadcasts to (*), multiplies l; pos_weight: the positives' weight per class,
+    broadcast along the last dim ((C,) for (N, C) logits): > 1 raises recall.
+    """
+    name = "binary_cross_entropy_with_logits"
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction, name)
+    _check_float_pair(input, target, name)
+    _check_same_shape(input, target, name)
+    _check_elementwise_weight(weight, input, name)
+    _check_elementwise_weight(pos_weight, input, name, "pos_weight")
+    softplus_neg = SoftplusFunction.apply(-input)                           # (*)
+    if pos_weight is None:
+        losses = (1 - target) * input + softplus_neg
+    else:
+        losses = (1 - target) * input + (1 + (pos_weight - 1) * target) * softplus_neg
+    if weight is not None:
+        losses = losses * weight
+    return _reduce_elementwise(losses, reduction)
+
+
+def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,  # noqa: A002
+                         reduction="mean"):
+    """-(t log(x) + (1 - t) log(1 - x)) for probabilities x (*) in [0, 1] and targets t
+    (*), as ``F.binary_cross_entropy`` (logs clamped at -100); weight broadcasts to (*).
+    Prefer ``binary_cross_entropy_with_logits`` on logits: it is stabler."""
+    name = "binary_cross_entropy"
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction, name)
+    _check_float_pair(input, target, name)
+    _check_same_shape(input, target, name)
+    _check_elementwise_weight(weight, input, name)
+    x = input.data
+    if x.size and not bool(((x >= 0) & (x <= 1)).all()):
+        raise RuntimeError(f"{name}: all elements of input should be between 0 and 1 (they "
+                           "are probabilities; for logits use "
+                           "binary_cross_entropy_with_logits)")
+    losses = BinaryCrossEntropyFunction.apply(input, target)
+    if weight is not None:
+        losses = losses * weight
+    return _reduce_elementwise(losses, reduction)
+
+
+def l1_loss(input, target, size_average=None, reduce=None, reduction="mean"):  # noqa: A002
+    """|input - target|, reduced, as ``F.l1_loss`` (gradient sign(x - t), 0 where equal)."""
+    name = "l1_loss"
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction, name)
+    _check_float_pair(input, target, name)
+    _check_broadcast_target(input, target, name)
+    return _reduce_elementwise(_abs(input - target), reduction)
+
+
+def smooth_l1_loss(input, target, size_average=None, reduce=None,  # noqa: A002
+                   reduction="mean", beta=1.0):
+    """Huber-like loss, as ``F.smooth_l1_loss``; with d = input - target::
+
+        l = 0.5 d^2 / beta    where |d| < beta     (quadratic near 0: smooth gradient)
+            |d| - 0.5 beta    elsewhere            (linear: robust to outliers)
+
+    beta = 0 is the l1 loss.
+    """
+    name = "smooth_l1_loss"
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction, name)
+    _check_float_pair(input, target, name)
+    if not isinstance(beta, numbers.Real) or beta < 0:
+        raise ValueError(f"{name}: beta must be a number >= 0, got {beta!r}")
+    _check_broadcast_target(input, target, name)
+    d = input - target
+    ad = _abs(d)
+    if beta == 0:
+        return _reduce_elementwise(ad, reduction)
+    beta = float(beta)
+    return _reduce_elementwise(where(ad < beta, 0.5 * d * d / beta, ad - 0.5 * beta),
+                               reduction)
+
+
+_KL_REDUCTIONS = ("none", "batchmean", "sum", "mean")
+
+
+def kl_div(input, target, size_average=None, reduce=None, reduction="mean",  # noqa: A002
+           log_target=False):
+    """KL divergence KL(target || model), as ``F.kl_div``: input holds log-probabilities
+    log q; target holds probabilities p (or log p with ``log_target=True``)::
+
+        l = p * (log p - log q)     (0 where p = 0: 0 log 0 = 0)        (*)
+
+    reduction: 'batchmean' (sum / N, the mathematical KL per sample: use it), 'sum',
+    'none', or 'mean' (sum / number of elements, PyTorch's default, with its warning).
+    """
+    name = "kl_div"
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if reduction not in _KL_REDUCTIONS:
+        raise ValueError(f"{name}: unknown reduction {reduction!r} (expected one of "
+                         f"{', '.join(repr(r) for r in _KL_REDUCTIONS)})")
+    _check_float_pair(input, target, name)
+    _check_broadcast_target(input, target, name)
+    if reduction == "mean":
+        warnings.warn(f"{name}: reduction='mean' divides the total loss by both the batch size "
+                      "and the support size; 'batchmean' divides by the batch size only, "
+                      "which is the KL divergence's definition", UserWarning, stacklevel=2)
+    if log_target:
+        losses = exp(target) * (target - input)
+    else:
+        positive = target > 0
+        # where(p > 0, p, 1) inside the log keeps log(0) (and its infinite gradient) out
+        safe = where(positive, target, 1.0)
+        losses = where(positive, target * log(safe), 0.0) - target * input
+    if reduction == "batchmean":
+        batch = input.shape[0] if input.ndim else 1
+        return losses.sum() / batch
+    return _reduce_elementwise(losses, reduction)

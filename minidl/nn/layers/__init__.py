@@ -9,3 +9,11 @@ from .loss import CrossEntropyLoss, MSELoss, NLLLoss
 from .misc import Flatten
 from .norm import BatchNorm1d, BatchNorm2d
 from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
+from .activation import ELU, Hardswish, PReLU, SiLU
+from .conv1d import Conv1d, MaxPool1d
+from .dropout2d import Dropout2d
+from .embedding import Embedding
+from .loss_extra import BCELoss, BCEWithLogitsLoss, KLDivLoss, L1Loss, SmoothL1Loss
+from .norm import GroupNorm, InstanceNorm1d, InstanceNorm2d, LayerNorm
+from .resize import Upsample
+from .shape import Unflatten, ZeroPad2d

@@ -117,3 +117,83 @@ class LogSoftmax(_SoftmaxBase):
     def forward(self, input):  # noqa: A002
         check_tensor(self, input)
         return F.log_softmax(input, self.dim, temperature=self.temperature)
+
+
+# --- SiLU, Hardswish, ELU, PReLU ------------------------------------------------------------
+
+import numpy as _np  # noqa: E402
+
+from ... import creation as _creation  # noqa: E402
+from ..parameter import Parameter as _Parameter  # noqa: E402
+from ._checks import as_layer_error, check_float as _check_float  # noqa: E402
+
+
+class SiLU(Module):
+    """x * sigmoid(x) (the "swish": EfficientNet's, YOLO's activation)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, input):  # noqa: A002
+        check_tensor(self, input)
+        return F.silu(input)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+
+class Hardswish(Module):
+    """x * relu6(x + 3) / 6 (MobileNetV3's): SiLU's shape from cheap pieces."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, input):  # noqa: A002
+        check_tensor(self, input)
+        return F.hardswish(input)
+
+
+class ELU(Module):
+    """x if x > 0 else alpha * (exp(x) - 1): smooth below 0, saturating at -alpha."""
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        self.alpha = alpha
+        self.inplace = inplace
+
+    def forward(self, input):  # noqa: A002
+        check_tensor(self, input)
+        return F.elu(input, self.alpha)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+
+
+class PReLU(Module):
+    """``PReLU(num_parameters=1, init=0.25)``: x if x > 0 else a * x with a learnt slope a,
+    one shared (num_parameters=1) or one per channel (dim 1 of the input:
+    num_parameters=C). weight: (num_parameters,), every element ``init``."""
+
+    def __init__(self, num_parameters=1, init=0.25, device=None, dtype=None):
+        super().__init__()
+        self.num_parameters = int(num_parameters)
+        self.init = init
+        self.weight = _Parameter(_creation.full((self.num_parameters,), float(init),
+                                                dtype=_np.dtype(dtype or _np.float32)))
+        if device is not None:
+            self.to(device)
+
+    def reset_parameters(self):
+        self.weight.data[...] = self.init
+
+    def forward(self, input):  # noqa: A002
+        _check_float(self, input, self.weight)
+        try:
+            return F.prelu(input, self.weight)
+        except ValueError as exc:                      # ShapeError is a ValueError
+            raise as_layer_error(exc, self, "prelu") from None
+
+    def extra_repr(self):
+        return f"num_parameters={self.num_parameters}"
