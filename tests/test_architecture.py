@@ -62,6 +62,7 @@ LAYERS = {
     "models": 7,
     "summary": 8, "gradcheck": 8, "metrics": 8, "cuda": 8, "explain": 8, "viz": 8,
     "distributed": 8,
+    "utils": 6, "vision": 7, "backends": 8,  # torch.utils.data's / torchvision's paths; flags
     "": 9,  # minidl/__init__.py
 }
 LAYER_NAMES = {0: "base", 1: "kernels", 2: "autograd", 3: "ops", 4: "nn", 5: "optim",
