@@ -326,7 +326,9 @@ class Size(tuple):
         return Size(out) if isinstance(key, slice) else out
 
     def __add__(self, other):
-        return Size(tuple.__add__(self, tuple(other)))
+        if not isinstance(other, tuple):
+            return NotImplemented        # a tuple's rule: (2, 3) + [4] is a TypeError
+        return Size(tuple.__add__(self, other))
 
     def __repr__(self):
         return f"minidl.Size({list(self)})"

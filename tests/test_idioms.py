@@ -93,6 +93,8 @@ def test_shape_and_size_are_a_size_tuple():
     assert isinstance(s[1:], minidl.Size) and s[1:] == (3, 4)
     assert type(s[0]) is int and s[-1] == 4
     assert isinstance(s + (5,), minidl.Size) and s + (5,) == (2, 3, 4, 5)
+    with pytest.raises(TypeError):
+        s + [5]
     assert repr(s) == "minidl.Size([2, 3, 4])"
     assert str(s) == "(2, 3, 4)"                             # error messages keep tuples
     assert hash(s) == hash((2, 3, 4)) and {s: 1}[(2, 3, 4)] == 1
