@@ -37,6 +37,10 @@ from .serialization import CheckpointError, load, save
 from . import nn, optim  # noqa: E402 - above ops, imported last
 from . import data, metrics, models  # noqa: E402
 from .summary import summary  # noqa: E402
+from .autograd import (Size, get_default_dtype, inference_mode,  # noqa: E402
+                       is_inference_mode_enabled, set_default_dtype)
+from .random import Generator, default_generator, seed  # noqa: E402
+from . import backends, utils  # noqa: E402 - torch.backends' flags, torch.utils.data's path
 from . import explain, viz  # noqa: E402 - the teaching tools, on top of everything
 
 float32 = _np.dtype(_np.float32)

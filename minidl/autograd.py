@@ -125,6 +125,51 @@ class no_grad(_GradMode):
         return False
 
 
+def is_inference_mode_enabled():
+    """Whether this thread is inside ``inference_mode()`` (PyTorch's name)."""
+    return getattr(_state, "inference", False)
+
+
+class inference_mode(_GradMode):  # noqa: N801 - PyTorch's name
+    """``with minidl.inference_mode():``, ``@minidl.inference_mode()`` or a bare
+    ``@minidl.inference_mode``: run without recording, like ``no_grad()``, for evaluation
+    and serving code written for PyTorch.
+
+    Tensors made inside are plain tensors that do not require grad. PyTorch also marks
+    them "inference tensors" (faster to make, refused by autograd afterwards); minidl has
+    no such kind of tensor, so here this is exactly ``no_grad()`` plus the flag that
+    ``is_inference_mode_enabled()`` reads. ``inference_mode(False)`` turns it off inside an
+    enclosing one: recording is on again (as in PyTorch, where the mode sets grad mode to
+    ``not mode``).
+    """
+
+    def __new__(cls, mode=True):
+        if callable(mode) and not isinstance(mode, (bool, np.bool_)):  # a bare decorator
+            context = super().__new__(cls)
+            context.__init__(True)
+            return context(mode)         # the decorated function, not a context
+        return super().__new__(cls)
+
+    def __init__(self, mode=True):
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"inference_mode(): mode must be a bool, got "
+                            f"{type(mode).__name__} {mode!r}")
+        self.mode = bool(mode)
+
+    def clone(self):
+        return inference_mode(self.mode)
+
+    def __enter__(self):
+        self._prev = (is_grad_enabled(), is_inference_mode_enabled())
+        _set_mode(not self.mode)
+        _state.inference = self.mode
+
+    def __exit__(self, *exc):
+        _set_mode(self._prev[0])
+        _state.inference = self._prev[1]
+        return False
+
+
 class enable_grad(_GradMode):
     """``with minidl.enable_grad():`` (or ``@minidl.enable_grad()``) records again inside
     ``no_grad()``, and restores the previous mode on exit."""
@@ -178,18 +223,46 @@ class set_grad_enabled(_GradMode):  # noqa: N801 - PyTorch's name: a call as muc
 
 # ----------------------------------------------------------------------------- dtypes
 
+# The default floating dtype: what Python floats, factories (zeros, randn...) and layers'
+# parameters get when no dtype is asked for. ``DEFAULT_FLOAT`` is its initial value, kept
+# for code that imported the name; read the current one with ``get_default_dtype()``
+# (a name imported with ``from .autograd import DEFAULT_FLOAT`` would not follow a change).
 DEFAULT_FLOAT = np.dtype(np.float32)
+_default_float = DEFAULT_FLOAT
+
+
+def get_default_dtype():
+    """The current default floating dtype (float32 unless ``set_default_dtype`` changed it)."""
+    return _default_float
+
+
+def set_default_dtype(d):
+    """Make ``d`` (``minidl.float32`` or ``minidl.float64``) the dtype of new floating
+    tensors: Python floats, factories and layer parameters made from now on (process-wide,
+    as in PyTorch). ``set_default_dtype(minidl.float64)`` is how a script is compared with
+    PyTorch tightly, or gradchecked."""
+    global _default_float
+    try:
+        dt = np.dtype(d)
+    except TypeError:
+        raise TypeError(f"set_default_dtype(): expected a dtype such as minidl.float64, got "
+                        f"{d!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"set_default_dtype(): only floating-point types are supported as the "
+                        f"default type (minidl.float32 or minidl.float64), got {dt}")
+    _default_float = dt
 
 
 def _as_array(data, dtype=None):
-    """A NumPy/CuPy array from array-likes; Python floats become float32 as in PyTorch."""
+    """A NumPy/CuPy array from array-likes; Python floats become the default dtype
+    (float32 unless changed), as in PyTorch."""
     if isinstance(data, Tensor):
         data = data.data
     xp = backend.get_array_module(data)
     if xp is np and not isinstance(data, np.ndarray):
         arr = np.asarray(data)
         if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.generic):
-            arr = arr.astype(DEFAULT_FLOAT)  # Python floats and lists of them
+            arr = arr.astype(_default_float)  # Python floats and lists of them
     else:
         arr = data
     if dtype is not None and arr.dtype != np.dtype(dtype):
@@ -228,6 +301,43 @@ def parse_to_args(args, kwargs):
             raise TypeError(f"to(): {dtype!r} is neither a device nor a dtype") from None
     return device, dtype
 
+
+
+class Size(tuple):
+    """A tensor's shape: a tuple of ints (``x.shape == (2, 3)`` holds) that also knows its
+    ``numel()``, as ``torch.Size``. Slicing and ``+`` give a Size again.
+
+    ``repr`` is ``minidl.Size([2, 3])``; ``str`` (and so ``f"{x.shape}"``) stays the
+    plain tuple ``(2, 3)``: error messages throughout minidl print shapes that way, and
+    they read better so. (PyTorch prints ``torch.Size([2, 3])`` for both.)
+    """
+
+    __slots__ = ()
+
+    def numel(self):
+        """The number of elements of a tensor of this shape (1 for ``()``)."""
+        n = 1
+        for d in self:
+            n *= d
+        return n
+
+    def __getitem__(self, key):
+        out = tuple.__getitem__(self, key)
+        return Size(out) if isinstance(key, slice) else out
+
+    def __add__(self, other):
+        if not isinstance(other, tuple):
+            return NotImplemented        # a tuple's rule: (2, 3) + [4] is a TypeError
+        return Size(tuple.__add__(self, other))
+
+    def __repr__(self):
+        return f"minidl.Size({list(self)})"
+
+    def __str__(self):
+        return tuple.__repr__(self)
+
+    def __reduce__(self):  # pickles (and deep-copies) as a Size, without the repr
+        return (Size, (tuple(self),))
 
 
 class _VersionCounter:
@@ -290,7 +400,8 @@ class Tensor:
 
     @property
     def shape(self):
-        return tuple(self.data.shape)
+        """The shape, a ``Size`` (a tuple: ``x.shape == (N, C)``)."""
+        return Size(self.data.shape)
 
     @property
     def dtype(self):
@@ -368,13 +479,21 @@ class Tensor:
             raise TypeError("only integer tensors of a single element can be used as an index")
         return int(self.item())
 
+    def __format__(self, format_spec):
+        """``f"{loss:.4f}"``: a 0-d tensor formats as its Python number. Any other tensor
+        formats only with an empty spec (``f"{x}"`` is ``str(x)``); a spec such as ``.4f``
+        raises TypeError, as in PyTorch (format ``x.item()``, or ``x.tolist()``)."""
+        if self.ndim == 0:
+            return format(self.item(), format_spec)
+        return object.__format__(self, format_spec)
+
     def __repr__(self):
         body = np.array2string(backend.to_numpy(self.data), separator=", ", precision=4,
                                prefix="tensor(")
         extras = []
         if self.is_cuda:
             extras.append(f"device='{self.device}'")
-        if self.dtype not in (np.float32, np.int64, np.bool_):
+        if self.dtype not in (_default_float, np.int64, np.bool_):
             extras.append(f"dtype=minidl.{self.dtype.name}")
         if self.grad_fn is not None:
             extras.append(f"grad_fn=<{self.grad_fn.name}Backward>")

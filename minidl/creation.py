@@ -1,11 +1,12 @@
 """Tensor factories: ``tensor``, ``zeros``, ``ones``, ``full``, ``randn``, ``rand``, ``arange``,
-and their ``*_like`` forms. ``dtype`` defaults to float32 (int64 for integer data)."""
+and their ``*_like`` forms. ``dtype`` defaults to the default dtype (float32 unless
+``set_default_dtype`` changed it; int64 for integer data)."""
 from __future__ import annotations
 
 import numpy as np
 
 from . import backend, random
-from .autograd import DEFAULT_FLOAT, Tensor, _as_array
+from .autograd import Tensor, _as_array, get_default_dtype
 
 
 def _shape(size):
@@ -48,15 +49,16 @@ def from_numpy(ndarray):
 
 
 def zeros(*size, dtype=None, device=None, requires_grad=False):
-    return _finish(np.zeros(_shape(size), dtype or DEFAULT_FLOAT), device, requires_grad)
+    return _finish(np.zeros(_shape(size), dtype or get_default_dtype()), device, requires_grad)
 
 
 def ones(*size, dtype=None, device=None, requires_grad=False):
-    return _finish(np.ones(_shape(size), dtype or DEFAULT_FLOAT), device, requires_grad)
+    return _finish(np.ones(_shape(size), dtype or get_default_dtype()), device, requires_grad)
 
 
 def full(size, fill_value, dtype=None, device=None, requires_grad=False):
-    return _finish(np.full(tuple(size), fill_value, dtype or DEFAULT_FLOAT), device, requires_grad)
+    return _finish(np.full(tuple(size), fill_value, dtype or get_default_dtype()), device,
+                   requires_grad)
 
 
 def empty(*size, dtype=None, device=None, requires_grad=False):
@@ -70,7 +72,7 @@ def randn(*size, dtype=None, device=None, requires_grad=False):
     takes a dtype): drawing float64 and converting would hold a float64 array and its
     float32 copy at once, three times the tensor's size at the peak. Other float dtypes
     (float16) are drawn in float32 and converted."""
-    dtype = np.dtype(dtype or DEFAULT_FLOAT)
+    dtype = np.dtype(dtype or get_default_dtype())
     if dtype.kind != "f":
         raise TypeError(f"randn: expected a floating point dtype, got {dtype}; draw floats "
                         f"and convert them, or use randint for integers")
@@ -81,7 +83,7 @@ def randn(*size, dtype=None, device=None, requires_grad=False):
 
 def rand(*size, dtype=None, device=None, requires_grad=False):
     """Uniform samples in [0, 1) from minidl's seeded generator."""
-    a = random.random_array("uniform", _shape(size), dtype or DEFAULT_FLOAT)
+    a = random.random_array("uniform", _shape(size), dtype or get_default_dtype())
     return _finish(a, device, requires_grad)
 
 
@@ -102,16 +104,17 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
         start, end = 0, start
     if dtype is None:
         ints = all(isinstance(v, (int, np.integer)) for v in (start, end, step))
-        dtype = np.int64 if ints else DEFAULT_FLOAT
+        dtype = np.int64 if ints else get_default_dtype()
     return _finish(np.arange(start, end, step, dtype=dtype), device, requires_grad)
 
 
 def linspace(start, end, steps, dtype=None, device=None):
-    return _finish(np.linspace(start, end, steps, dtype=dtype or DEFAULT_FLOAT), device, False)
+    return _finish(np.linspace(start, end, steps, dtype=dtype or get_default_dtype()), device,
+                   False)
 
 
 def eye(n, m=None, dtype=None, device=None):
-    return _finish(np.eye(n, m, dtype=dtype or DEFAULT_FLOAT), device, False)
+    return _finish(np.eye(n, m, dtype=dtype or get_default_dtype()), device, False)
 
 
 def _like(factory):

@@ -250,10 +250,32 @@ def scatter_add_(self, dim, index, src):
     return _write(self, "scatter_add_", lambda a: a.__setitem__(Ellipsis, out.data))
 
 
+def apply_inplace(t, name, out_of_place, in_place=None):
+    """The in-place form of an elementwise op (``F.relu(x, inplace=True)``, ``x.relu_()``):
+    ``out_of_place(t)`` written into ``t``, under the three cases above. ``in_place(array)``,
+    when given, changes the raw array itself in the plain case (no temporary array);
+    otherwise the out-of-place result is copied in. Returns ``t``."""
+    if _in_graph(t, name):
+        return _record(t, name, out_of_place)
+    if in_place is not None:
+        return _write(t, name, in_place)
+    result = out_of_place(t).data
+
+    def write(a):
+        a[...] = result
+    return _write(t, name, write)
+
+
+def relu_(self):
+    """In place: ``x.relu_()`` is ``x = x.relu()`` written into x."""
+    return ops.relu(self, inplace=True)
+
+
 INPLACE = {"add_": add_, "sub_": sub_, "mul_": mul_, "div_": div_, "clamp_": clamp_,
            "clip_": clip_, "fill_": fill_, "zero_": zero_, "copy_": copy_,
            "normal_": normal_, "uniform_": uniform_, "__setitem__": setitem,
-           "__iadd__": add_, "__isub__": sub_, "__imul__": mul_, "__itruediv__": div_}
+           "__iadd__": add_, "__isub__": sub_, "__imul__": mul_, "__itruediv__": div_,
+           "relu_": relu_}
 INPLACE.update({"masked_fill_": masked_fill_, "scatter_": scatter_,
                 "scatter_add_": scatter_add_})
 

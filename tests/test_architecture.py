@@ -63,6 +63,7 @@ LAYERS = {
     "models": 7,
     "summary": 8, "gradcheck": 8, "metrics": 8, "cuda": 8, "explain": 8, "viz": 8,
     "distributed": 8,
+    "utils": 6, "vision": 7, "backends": 8,  # torch.utils.data's / torchvision's paths; flags
     "": 9,  # minidl/__init__.py
 }
 LAYERS["linalg"] = 3  # minidl.linalg: the norms of ops/math.py under torch.linalg's names

@@ -15,13 +15,15 @@ from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Batc
                      Sigmoid, Softmax, Tanh)
 from .module import Module, intercept_calls
 from .parameter import Parameter
+from . import utils  # noqa: E402 - nn.utils.clip_grad_norm_ & co.
 
 __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Linear",
            "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
            "AdaptiveMaxPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "ReLU", "ReLU6",
            "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax", "Flatten",
            "CrossEntropyLoss", "NLLLoss", "MSELoss", "functional", "init", "intercept_calls",
-           "ConvTranspose2d"]
+           "ConvTranspose2d",
+           "utils"]
 
 # issue 15: more layers, losses and the parameter containers
 from .containers import ParameterDict, ParameterList  # noqa: E402

@@ -33,6 +33,7 @@ from ..ops.norm import batch_norm
 from ..ops.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from ..ops.shape import pad
 from ..ops.indexing import one_hot
+from ..tensor_methods import apply_inplace
 
 __all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
            "adaptive_max_pool2d", "relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu", "softmax",
@@ -44,8 +45,10 @@ __all__ += ["one_hot"]
 def relu6(input, inplace=False):  # noqa: A002 - PyTorch's names
     """min(max(x, 0), 6), elementwise: ``clamp(x, 0, 6)``, whose gradient is 1 inside
     (0, 6) and 0 outside. At the kinks x = 0 and x = 6 clamp passes the gradient (1)
-    where PyTorch's relu6 gives 0; they agree everywhere else. ``inplace`` is accepted
-    for PyTorch compatibility; minidl computes out of place."""
+    where PyTorch's relu6 gives 0; they agree everywhere else. ``inplace=True`` writes
+    the result into ``input``."""
+    if inplace:
+        return apply_inplace(input, "relu6(inplace=True)", lambda x: clamp(x, 0.0, 6.0))
     return clamp(input, 0.0, 6.0)
 
 # --- issue 15: more layers' functional forms --------------------------------------------

@@ -88,17 +88,35 @@ class LeakyReLUFunction(Function):
         return where(positive, gy, gy * ctx.negative_slope)
 
 
-def relu(input):  # noqa: A002 - PyTorch's name
-    """max(input, 0), elementwise."""
+def _inplace(input, name, out_of_place, in_place=None):  # noqa: A002
+    """``inplace=True``: the result written into ``input`` (which is returned), tracked by
+    its version counter like every in-place op; a leaf that requires grad is refused, as
+    in PyTorch. The machinery lives with the other in-place ops, in tensor_methods (same
+    layer; imported here, lazily, because tensor_methods imports the ops)."""
+    from ..tensor_methods import apply_inplace
+    return apply_inplace(input, name, out_of_place, in_place)
+
+
+def relu(input, inplace=False):  # noqa: A002 - PyTorch's name
+    """max(input, 0), elementwise. ``inplace=True`` writes the result into ``input``."""
     if not isinstance(input, Tensor):
         raise TypeError(f"relu: expected a Tensor, got {type(input).__name__}")
+    if inplace:
+        xp = backend.get_array_module(input.data)
+        return _inplace(input, "relu(inplace=True)", ReLUFunction.apply,
+                        lambda a: xp.maximum(a, 0, out=a))
     return ReLUFunction.apply(input)
 
 
-def leaky_relu(input, negative_slope=0.01):  # noqa: A002
-    """input where input > 0, else negative_slope * input."""
+def leaky_relu(input, negative_slope=0.01, inplace=False):  # noqa: A002
+    """input where input > 0, else negative_slope * input. ``inplace=True`` writes the
+    result into ``input``."""
     _require_float(input, "leaky_relu")
-    return LeakyReLUFunction.apply(input, negative_slope=float(negative_slope))
+    slope = float(negative_slope)
+    if inplace:
+        return _inplace(input, "leaky_relu(inplace=True)",
+                        lambda x: LeakyReLUFunction.apply(x, negative_slope=slope))
+    return LeakyReLUFunction.apply(input, negative_slope=slope)
 
 
 # --- tanh and sigmoid ------------------------------------------------------------------

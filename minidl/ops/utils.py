@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..autograd import DEFAULT_FLOAT, Tensor
+from ..autograd import Tensor, get_default_dtype
 from ..errors import ShapeError
 
 
@@ -58,7 +58,7 @@ def as_tensor(value, like):
                 (kind == "b" and isinstance(value, bool)):
             dtype = like.dtype
         elif isinstance(value, float):
-            dtype = DEFAULT_FLOAT
+            dtype = get_default_dtype()
         else:
             dtype = np.int64
         return Tensor(xp.asarray(value, dtype=dtype))

@@ -124,6 +124,7 @@ class LogSoftmax(_SoftmaxBase):
 import numpy as _np  # noqa: E402
 
 from ... import creation as _creation  # noqa: E402
+from ...autograd import get_default_dtype  # noqa: E402
 from ..parameter import Parameter as _Parameter  # noqa: E402
 from ._checks import as_layer_error, check_float as _check_float  # noqa: E402
 
@@ -181,7 +182,7 @@ class PReLU(Module):
         self.num_parameters = int(num_parameters)
         self.init = init
         self.weight = _Parameter(_creation.full((self.num_parameters,), float(init),
-                                                dtype=_np.dtype(dtype or _np.float32)))
+                                                dtype=_np.dtype(dtype or get_default_dtype())))
         if device is not None:
             self.to(device)
 

@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from ... import creation, geometry
+from ...autograd import get_default_dtype
 from .. import functional as F
 from .. import init
 from ..module import Module
@@ -57,7 +58,7 @@ class _Conv2dBase(Module):
         self.padding_mode = padding_mode
 
     def _make_parameters(self, bias, dtype):
-        dtype = np.dtype(dtype or np.float32)
+        dtype = np.dtype(dtype or get_default_dtype())
         self.weight = Parameter(creation.empty(*self.weight_shape(), dtype=dtype))
         if bias:
             self.bias = Parameter(creation.empty(self.out_channels, dtype=dtype))

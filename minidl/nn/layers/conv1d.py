@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from ... import creation, geometry
+from ...autograd import get_default_dtype
 from .. import functional as F
 from .. import init
 from ..module import Module
@@ -67,7 +68,7 @@ class Conv1d(Module):
             self.padding = padding
         else:
             self.padding = _single(padding, "padding", name, 0)
-        dtype = np.dtype(dtype or np.float32)
+        dtype = np.dtype(dtype or get_default_dtype())
         self.weight = Parameter(creation.empty(self.out_channels, self.in_channels // groups,
                                                self.kernel_size[0], dtype=dtype))
         if bias:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import creation
-from ...autograd import no_grad
+from ...autograd import get_default_dtype, no_grad
 from ...errors import ShapeError
 from .. import functional as F
 from .. import init
@@ -48,7 +48,7 @@ class Embedding(Module):
         self.sparse = sparse
         if _weight is None:
             self.weight = Parameter(creation.empty(self.num_embeddings, self.embedding_dim,
-                                                   dtype=np.dtype(dtype or np.float32)),
+                                                   dtype=np.dtype(dtype or get_default_dtype())),
                                     requires_grad=not _freeze)
             self.reset_parameters()
         else:

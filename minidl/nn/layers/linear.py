@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from ... import creation
+from ...autograd import get_default_dtype
 from .. import functional as F
 from .. import init
 from ..module import Module
@@ -36,7 +37,7 @@ class Linear(Module):
         super().__init__()
         self.in_features = int(in_features)
         self.out_features = int(out_features)
-        dtype = np.dtype(dtype or np.float32)
+        dtype = np.dtype(dtype or get_default_dtype())
         self.weight = Parameter(creation.empty(out_features, in_features, dtype=dtype))
         if bias:
             self.bias = Parameter(creation.empty(out_features, dtype=dtype))

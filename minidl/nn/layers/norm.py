@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import creation
-from ...autograd import Tensor
+from ...autograd import Tensor, get_default_dtype
 from ...errors import ShapeError
 from .. import functional as F
 from .. import init
@@ -42,7 +42,7 @@ class _BatchNorm(Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        dtype = np.dtype(dtype or np.float32)
+        dtype = np.dtype(dtype or get_default_dtype())
         if affine:
             self.weight = Parameter(creation.ones(num_features, dtype=dtype))
             if bias:
@@ -141,7 +141,7 @@ from ._checks import fmt_shape as _fmt_shape  # noqa: E402
 
 def _make_affine(module, shape, affine, bias, dtype):
     """weight = ones(shape), bias = zeros(shape) (PyTorch's init), or None for each."""
-    dtype = np.dtype(dtype or np.float32)
+    dtype = np.dtype(dtype or get_default_dtype())
     if affine:
         module.weight = Parameter(creation.ones(*shape, dtype=dtype))
         if bias:
