@@ -37,6 +37,8 @@ Counting conventions (also printed in the table's header)
   element; max pooling KH*KW - 1 comparisons per output; average pooling KH*KW per
   output (adds and one division; adaptive pools: the window sizes); Dropout 1 per element
   in training, 0 in eval; Flatten / Identity 0.
+  LayerNorm / LayerNorm2d / GroupNorm 5 per element (statistics and normalisation, at
+  inference too) + 2 with an affine; Hardsigmoid 1; StochasticDepth as Dropout; Permute 0.
 - **Output bytes**: the layer's output, ``numel * itemsize``.
 - **im2col bytes** (convolutions): the unfolded input matrix minidl's conv builds,
   ``C * KH * KW * N * OH * OW * itemsize`` (``(C/groups * KH * KW) x (N * OH * OW)`` per
@@ -577,3 +579,46 @@ def _format(s):
             f"{_mb(s.input_bytes + s.params_bytes + s.activation_bytes)}",
             "=" * width]
     return "\n".join(out)
+
+
+# issue 15: the layers of MobileNetV3, EfficientNet and ConvNeXt.
+# LayerNorm / GroupNorm compute their statistics at inference too, per element: mean
+# 1 add, variance 3 (subtract, square, add), normalise 1 (multiply by 1/std), plus 2 for
+# the affine (multiply, add) when the layer has one. Hardsigmoid 1 per element (like
+# ReLU6); StochasticDepth as Dropout (1 per element in training, 0 in eval); Permute 0.
+
+
+def _layernorm_rule(m, x):
+    D = tuple(m.normalized_shape)
+    if x.ndim < len(D) or tuple(x.shape[x.ndim - len(D):]) != D:
+        raise _bad_input(m, "(*, " + ", ".join(str(d) for d in D) + ")", x)
+    return x.shape, 0, (7 if m.weight is not None else 5) * math.prod(x.shape), 0
+
+
+def _layernorm2d_rule(m, x):
+    (C,) = m.normalized_shape
+    if x.ndim != 4 or x.shape[1] != C:
+        raise _bad_input(m, f"(N, {C}, H, W)", x)
+    return x.shape, 0, (7 if m.weight is not None else 5) * math.prod(x.shape), 0
+
+
+def _groupnorm_rule(m, x):
+    if x.ndim < 2 or x.shape[1] != m.num_channels:
+        raise _bad_input(m, f"(N, {m.num_channels}, *)", x)
+    return x.shape, 0, (7 if m.weight is not None else 5) * math.prod(x.shape), 0
+
+
+def _stochastic_depth_rule(m, x):
+    active = m.training and m.p > 0
+    return x.shape, 0, math.prod(x.shape) if active else 0, 0
+
+
+def _permute_rule(m, x):
+    if x.ndim != len(m.dims):
+        raise _bad_input(m, f"{len(m.dims)} dims", x)
+    return tuple(x.shape[d] for d in m.dims), 0, 0, 0
+
+
+_RULES.update({nn.LayerNorm: _layernorm_rule, nn.LayerNorm2d: _layernorm2d_rule,
+               nn.GroupNorm: _groupnorm_rule, nn.Hardsigmoid: _elementwise(1),
+               nn.StochasticDepth: _stochastic_depth_rule, nn.Permute: _permute_rule})

@@ -10,10 +10,14 @@ builder                network                                     params (defau
 ``mobilenet_v1()``     13 depthwise separable blocks               4,231,976
 ``mobilenet_v2()``     torchvision's MobileNetV2                   3,504,872
 ``resnet18 .. 152``    torchvision's ResNets (+ paper layout)      11.7 M .. 60.2 M
+mobilenet_v3_small()   MobileNetV3-Small: SE, hard swish           2,542,856
+``efficientnet_b0()``  EfficientNet-B0: MBConv, SiLU               5,288,548
+``convnext_tiny()``    ConvNeXt-T: LayerNorm, GELU, 7x7            28,589,128
 =====================  ==========================================  ==================
 
 Building blocks: ``Inception``, ``InceptionAux``, ``BasicConv2d``,
 ``DepthwiseSeparableConv2d``, ``InvertedResidual``, ``BasicBlock``, ``Bottleneck``.
+Issue 15's: ``SqueezeExcitation``, ``InvertedResidualV3``, ``MBConv``, ``CNBlock``.
 ``googlenet_loss`` is the lecture's ``L_out + 0.3 L_aux1 + 0.3 L_aux2``.
 ``uninitialized()`` builds models without drawing initial weights (to count them).
 """
@@ -31,6 +35,12 @@ from .resnet import (BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet5
                      resnet152)
 from ..nn import init
 from .vgg import (VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn)
+# issue 15: the models of the newer layers (SE + hard swish, SiLU + stochastic depth,
+# LayerNorm + GELU + depthwise 7x7)
+from .convnext import CNBlock, CNBlockConfig, ConvNeXt, convnext_tiny
+from .efficientnet import EfficientNet, MBConv, MBConvConfig, efficientnet_b0
+from .mobilenet_v3 import (InvertedResidualConfig, InvertedResidualV3, MobileNetV3,
+                           SqueezeExcitation, mobilenet_v3_small)
 
 __all__ = ["LeNet5", "lenet5", "AlexNet", "alexnet", "VGG", "vgg11", "vgg11_bn", "vgg13",
            "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "GoogLeNet", "GoogLeNetOutputs",
@@ -39,6 +49,9 @@ __all__ = ["LeNet5", "lenet5", "AlexNet", "alexnet", "VGG", "vgg11", "vgg11_bn",
            "MobileNetV2", "mobilenet_v2", "InvertedResidual", "Conv2dNormActivation", "ReLU6",
            "ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50",
            "resnet101", "resnet152", "uninitialized"]
+__all__ += ["MobileNetV3", "mobilenet_v3_small", "InvertedResidualConfig",
+            "InvertedResidualV3", "SqueezeExcitation", "EfficientNet", "efficientnet_b0",
+            "MBConv", "MBConvConfig", "ConvNeXt", "convnext_tiny", "CNBlock", "CNBlockConfig"]
 
 
 @contextlib.contextmanager

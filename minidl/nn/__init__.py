@@ -36,3 +36,8 @@ __all__ += ["ParameterList", "ParameterDict", "LayerNorm", "GroupNorm", "Instanc
             "InstanceNorm2d", "SiLU", "Hardswish", "ELU", "PReLU", "Dropout2d", "Upsample",
             "ZeroPad2d", "Unflatten", "Conv1d", "MaxPool1d", "Embedding", "BCEWithLogitsLoss",
             "BCELoss", "L1Loss", "SmoothL1Loss", "KLDivLoss"]
+
+# issue 15: the small layers of MobileNetV3, EfficientNet and ConvNeXt
+from .layers import Hardsigmoid, LayerNorm2d, Permute, StochasticDepth  # noqa: E402
+
+__all__ += ["Hardsigmoid", "LayerNorm2d", "Permute", "StochasticDepth"]

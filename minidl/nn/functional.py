@@ -72,3 +72,11 @@ __all__ += ["layer_norm", "group_norm", "instance_norm", "silu", "hardswish", "e
             "interpolate", "embedding", "conv1d", "max_pool1d",
             "binary_cross_entropy_with_logits", "binary_cross_entropy", "l1_loss",
             "smooth_l1_loss", "kl_div"]
+
+# --- issue 15: MobileNetV3's gate and the residual-branch dropout of EfficientNet/ConvNeXt
+# - ``hardsigmoid(input)``: relu6(x + 3) / 6, elementwise
+# - ``stochastic_depth(input (N, *), p, mode, training=True)``: torchvision.ops' function
+from ..ops.activation import hardsigmoid  # noqa: E402
+from ..ops.stochastic_depth import stochastic_depth  # noqa: E402
+
+__all__ += ["hardsigmoid", "stochastic_depth"]

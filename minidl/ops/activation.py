@@ -673,3 +673,36 @@ def prelu(input, weight):  # noqa: A002
         raise TypeError(f"prelu: weight dtype {weight.dtype} does not match input dtype "
                         f"{input.dtype}")
     return PReLUFunction.apply(input, weight, wb_shape=_prelu_shape(input, weight))
+
+
+class HardsigmoidFunction(Function):
+    """y = relu6(x + 3) / 6 (MobileNetV3's squeeze-and-excitation gate).    x, y, gy, gx: (*)
+
+    Piecewise linear, sigmoid's shape from cheap pieces::
+
+        x <= -3:      y = 0                dy/dx = 0
+        -3 < x < 3:   y = x / 6 + 1/2      dy/dx = 1/6
+        x >= 3:       y = 1                dy/dx = 0
+
+    At the kinks x = -3 and x = 3 the slope is taken as 0, as in PyTorch's backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        xp = backend.get_array_module(x)
+        ctx.save_for_backward((x > -3) & (x < 3))  # the sloped part, kinks excluded
+        return xp.clip(x + 3, 0, 6) / 6
+
+    @staticmethod
+    def backward(ctx, gy):
+        (inside,) = ctx.saved_tensors
+        return gy * inside / 6                     # bool mask: gy's dtype is kept
+
+    # gx is linear in gy with a constant mask (its derivative in x is 0 almost everywhere)
+    differentiable_backward = backward
+
+
+def hardsigmoid(input, inplace=False):  # noqa: A002
+    """relu6(x + 3) / 6, elementwise; ``inplace`` as in ``silu``."""
+    _require_float(input, "hardsigmoid")
+    return HardsigmoidFunction.apply(input)

@@ -17,3 +17,6 @@ from .loss_extra import BCELoss, BCEWithLogitsLoss, KLDivLoss, L1Loss, SmoothL1L
 from .norm import GroupNorm, InstanceNorm1d, InstanceNorm2d, LayerNorm
 from .resize import Upsample
 from .shape import Unflatten, ZeroPad2d
+from .activation import Hardsigmoid
+from .channels_last import LayerNorm2d, Permute
+from .stochastic_depth import StochasticDepth

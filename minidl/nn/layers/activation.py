@@ -198,3 +198,18 @@ class PReLU(Module):
 
     def extra_repr(self):
         return f"num_parameters={self.num_parameters}"
+
+
+class Hardsigmoid(Module):
+    """relu6(x + 3) / 6 (MobileNetV3's gate): sigmoid's S shape, piecewise linear."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, input):  # noqa: A002
+        check_tensor(self, input)
+        return F.hardsigmoid(input)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
