@@ -7,37 +7,25 @@
 from __future__ import annotations
 
 from . import functional, init
-from .containers import ModuleDict, ModuleList, Sequential
-from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d,
-                     BatchNorm2d, Conv2d, ConvTranspose2d, CrossEntropyLoss, Dropout, Flatten,
-                     Identity,
-                     LeakyReLU, Linear, LogSoftmax, MaxPool2d, MSELoss, NLLLoss, ReLU, ReLU6,
-                     Sigmoid, Softmax, Tanh)
+from .containers import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
+from .layers import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d,
+                     BCELoss, BCEWithLogitsLoss, Conv1d, Conv2d, ConvTranspose2d, CrossEntropyLoss,
+                     Dropout, Dropout2d, ELU, Embedding, Flatten, GELU, GroupNorm, Hardsigmoid,
+                     Hardswish, Identity, InstanceNorm1d, InstanceNorm2d, KLDivLoss, L1Loss,
+                     LayerNorm, LayerNorm2d, LeakyReLU, Linear, LogSoftmax, MaxPool1d, MaxPool2d,
+                     MSELoss, NLLLoss, Permute, PReLU, ReLU, ReLU6, Sigmoid, SiLU, SmoothL1Loss,
+                     Softmax, StochasticDepth, Tanh, Unflatten, Upsample, ZeroPad2d)
 from .module import Module, intercept_calls
 from .parameter import Parameter
-from . import utils  # noqa: E402 - nn.utils.clip_grad_norm_ & co.
+from . import utils  # nn.utils.clip_grad_norm_ & co. (imports the layers above)
 
-__all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Linear",
-           "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
-           "AdaptiveMaxPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "ReLU", "ReLU6",
-           "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax", "Flatten",
-           "CrossEntropyLoss", "NLLLoss", "MSELoss", "functional", "init", "intercept_calls",
-           "ConvTranspose2d",
+__all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "ParameterList",
+           "ParameterDict", "Linear", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d",
+           "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
+           "ReLU", "ReLU6", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax",
+           "Flatten", "CrossEntropyLoss", "NLLLoss", "MSELoss", "ConvTranspose2d", "LayerNorm",
+           "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "SiLU", "Hardswish", "ELU", "PReLU",
+           "Dropout2d", "Upsample", "ZeroPad2d", "Unflatten", "Conv1d", "MaxPool1d", "Embedding",
+           "BCEWithLogitsLoss", "BCELoss", "L1Loss", "SmoothL1Loss", "KLDivLoss", "Hardsigmoid",
+           "LayerNorm2d", "Permute", "StochasticDepth", "functional", "init", "intercept_calls",
            "utils"]
-
-# issue 15: more layers, losses and the parameter containers
-from .containers import ParameterDict, ParameterList  # noqa: E402
-from .layers import (ELU, BCELoss, BCEWithLogitsLoss, Conv1d, Dropout2d, Embedding,  # noqa: E402
-                     GroupNorm, Hardswish, InstanceNorm1d, InstanceNorm2d, KLDivLoss, L1Loss,
-                     LayerNorm, MaxPool1d, PReLU, SiLU, SmoothL1Loss, Unflatten, Upsample,
-                     ZeroPad2d)
-
-__all__ += ["ParameterList", "ParameterDict", "LayerNorm", "GroupNorm", "InstanceNorm1d",
-            "InstanceNorm2d", "SiLU", "Hardswish", "ELU", "PReLU", "Dropout2d", "Upsample",
-            "ZeroPad2d", "Unflatten", "Conv1d", "MaxPool1d", "Embedding", "BCEWithLogitsLoss",
-            "BCELoss", "L1Loss", "SmoothL1Loss", "KLDivLoss"]
-
-# issue 15: the small layers of MobileNetV3, EfficientNet and ConvNeXt
-from .layers import Hardsigmoid, LayerNorm2d, Permute, StochasticDepth  # noqa: E402
-
-__all__ += ["Hardsigmoid", "LayerNorm2d", "Permute", "StochasticDepth"]

@@ -9,7 +9,9 @@ import operator
 from collections import OrderedDict
 from itertools import islice
 
+from ..autograd import Tensor
 from .module import Module, _addindent
+from .parameter import Parameter
 
 
 def _index(owner, idx):
@@ -238,9 +240,6 @@ class ModuleDict(Module):
 
 
 # --- parameter containers -------------------------------------------------------------------
-
-from ..autograd import Tensor  # noqa: E402
-from .parameter import Parameter  # noqa: E402
 
 
 def _as_parameter(value):

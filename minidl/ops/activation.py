@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd import Function, Tensor
+from ..errors import ShapeError
 from ..kernels.activation import TANH
 from .elementwise import exp, where
 from .utils import normalize_dim, unbroadcast
@@ -493,8 +494,6 @@ def log_softmax(input, dim=None, temperature=1.0, *, dtype=None):  # noqa: A002
 
 
 # --- silu, hardswish, elu, prelu -----------------------------------------------------------
-
-from ..errors import ShapeError  # noqa: E402 - kept with the functions that raise it
 
 
 def _sigmoid_array(x):

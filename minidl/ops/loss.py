@@ -48,8 +48,8 @@ from .. import backend
 from ..autograd import Function, Tensor, is_grad_enabled
 from ..errors import ShapeError
 from ..kernels.loss import CROSS_ENTROPY
-from .activation import log_softmax, softmax
-from .elementwise import exp
+from .activation import log_softmax, sigmoid, softmax
+from .elementwise import abs as _abs, clamp, exp, log, where
 from .shape import reshape
 from .utils import check_broadcast, unbroadcast
 
@@ -526,7 +526,6 @@ def mse_loss(input, target, reduction="mean"):  # noqa: A002
     return MSELossFunction.apply(input, target, reduction=reduction)
 
 
-
 # --- binary cross-entropy, l1, smooth l1, kl divergence -----------------------------------
 #
 # Elementwise losses: input x, target t and the per-element loss l all have one shape (*)
@@ -537,9 +536,6 @@ def mse_loss(input, target, reduction="mean"):  # noqa: A002
 # (their gradients, and gradients of gradients, come from those ops); two formulas get a
 # Function of their own, for numerical reasons: softplus (stable for large |x|) and
 # binary_cross_entropy (finite gradients at x = 0 and x = 1, where log is -inf).
-
-from .activation import sigmoid  # noqa: E402 - kept with the losses that use it
-from .elementwise import abs as _abs, clamp, log, where  # noqa: E402
 
 
 class SoftplusFunction(Function):

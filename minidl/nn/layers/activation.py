@@ -6,9 +6,14 @@ the result is the same, only memory use differs.
 """
 from __future__ import annotations
 
+import numpy as _np
+
+from ... import creation as _creation
+from ...autograd import get_default_dtype
 from .. import functional as F
 from ..module import Module
-from ._checks import check_tensor
+from ..parameter import Parameter as _Parameter
+from ._checks import as_layer_error, check_float as _check_float, check_tensor
 
 
 class ReLU(Module):
@@ -120,13 +125,6 @@ class LogSoftmax(_SoftmaxBase):
 
 
 # --- SiLU, Hardswish, ELU, PReLU ------------------------------------------------------------
-
-import numpy as _np  # noqa: E402
-
-from ... import creation as _creation  # noqa: E402
-from ...autograd import get_default_dtype  # noqa: E402
-from ..parameter import Parameter as _Parameter  # noqa: E402
-from ._checks import as_layer_error, check_float as _check_float  # noqa: E402
 
 
 class SiLU(Module):

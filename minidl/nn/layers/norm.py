@@ -19,6 +19,7 @@ from .. import init
 from ..module import Module
 from ..parameter import Parameter
 from ._checks import check_float
+from ._checks import fmt_shape as _fmt_shape
 
 
 class _BatchNorm(Module):
@@ -135,8 +136,6 @@ class BatchNorm2d(_BatchNorm):
 # Statistics of each sample's own values (``minidl/ops/norm_extra.py``): nothing depends on
 # the batch, so training and evaluation agree (InstanceNorm with track_running_stats=True
 # is the exception, as in PyTorch).
-
-from ._checks import fmt_shape as _fmt_shape  # noqa: E402
 
 
 def _make_affine(module, shape, affine, bias, dtype):
