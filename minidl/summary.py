@@ -49,6 +49,40 @@ Counting conventions (also printed in the table's header)
   the backward pass (what is computed between layers, such as ``cat`` or ``+``, is not
   included).
 
+Receptive fields
+----------------
+Every row also carries the receptive field of its output, per axis (height, width): its
+**size** (input pixels one output unit sees), its **jump** (the input-pixel distance
+between two neighbouring outputs) and its **start** (the centre of the first output's
+field, in input pixel coordinates: pixel ``i`` has its centre at ``i``). A layer with
+kernel ``k``, stride ``s``, padding ``p`` (the top/left one) and dilation ``d`` maps the
+field of its input to::
+
+    jump_out  = jump_in * s
+    size_out  = size_in + d * (k - 1) * jump_in
+    start_out = start_in + (d * (k - 1) / 2 - p) * jump_in
+
+(convolutions, max and average pooling; an adaptive pooling uses its largest window and
+its mean stride, so a global pooling sees the whole field of its input). Layers that
+keep the spatial shape (BatchNorm, activations, Dropout...) keep the field.
+
+What happens *between* modules (a residual ``out + identity``, the ``cat`` of Inception
+branches, ``F.relu``) has no rule, so the field is found from the autograd graph: the
+placeholders require grad and the propagation records, so a tensor that no rule made
+has a ``grad_fn`` whose ``next_functions`` lead back to the placeholders the rules made
+(each is in a side table, placeholder id -> field). Its field is the largest of its
+inputs' fields, per axis: a sum or a concatenation sees what each of its inputs sees,
+and the larger field contains the smaller one (for Inception: the largest branch; for a
+residual block: the longer path). An op between modules that changes the height or
+width (``F.adaptive_avg_pool2d``, ``flatten``) gives no field. A leaf layer without a
+rule runs for real, so the same graph walk gives it its input's field when it keeps the
+spatial shape (right for an activation, not for a layer that mixes pixels), none
+otherwise. ``ConvTranspose2d`` gives no field (a fractional jump).
+
+``ModelSummary.receptive_field`` is the field size of the last module call that ends
+with a spatial field, not counting global poolings (those see the whole input by
+definition): for ResNet, its last block; for VGG, its last pooling.
+
 The table lists every module call in call order, indented by depth (a module called
 twice, like the lecture's LeNet ``max_pool``, has two rows; its parameters count once).
 Container rows show ``--``, or, at the ``depth`` cut-off, the totals of their layers.
@@ -58,14 +92,16 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from . import geometry, nn
-from .autograd import Tensor, no_grad
+from .autograd import Tensor, enable_grad
 from .errors import ShapeError
 
-__all__ = ["summary", "ModelSummary", "LayerSummary", "register_layer_rule"]
+__all__ = ["summary", "ModelSummary", "LayerSummary", "ReceptiveField",
+           "register_layer_rule"]
 
 
 # ----------------------------------------------------------------------------- results
@@ -78,7 +114,9 @@ class LayerSummary:
     ``params`` are the module's own parameters for a leaf layer (0 on a second call of
     the same module), or all its parameters for a container; ``macs``, ``flops``,
     ``output_bytes`` and ``im2col_bytes`` of a container are the sums over its layers in
-    this call. ``flops`` is None for a leaf layer whose cost is not known."""
+    this call. ``flops`` is None for a leaf layer whose cost is not known.
+    ``receptive_field``, ``rf_jump``, ``rf_start``: the field of the output as (height,
+    width) pairs (see the module docstring), or None for a non-spatial output."""
 
     name: str
     type: str
@@ -92,18 +130,33 @@ class LayerSummary:
     flops: int | None = 0
     output_bytes: int = 0
     im2col_bytes: int = 0
+    rf: object = None            # the output's ReceptiveField, or None
     children: list = field(default_factory=list, repr=False)
+
+    @property
+    def receptive_field(self):
+        return None if self.rf is None else self.rf.size
+
+    @property
+    def rf_jump(self):
+        return None if self.rf is None else self.rf.jump
+
+    @property
+    def rf_start(self):
+        return None if self.rf is None else self.rf.start
 
 
 class ModelSummary:
     """What ``summary`` returns: ``rows`` (every module call, ``LayerSummary``), ``layers``
     (the leaf rows), the totals (``total_params``, ``trainable_params``,
     ``non_trainable_params``, ``total_macs``, ``total_flops``, ``activation_bytes``,
-    ``input_bytes``, ``params_bytes``, ``im2col_max_bytes``) and ``str()``: the table.
+    ``input_bytes``, ``params_bytes``, ``im2col_max_bytes``), ``receptive_field`` (the
+    (height, width) field size of the last spatial call before any global pooling, or
+    None) and ``str()``: the table.
     ``summary["features.0"]`` is the first row of that module."""
 
     def __init__(self, model_name, rows, input_shapes, dtype, total_params, trainable_params,
-                 params_bytes, uncounted, depth):
+                 params_bytes, uncounted, depth, receptive_field=None):
         self.model_name = model_name
         self.rows = rows
         self.input_shapes = input_shapes
@@ -114,6 +167,7 @@ class ModelSummary:
         self.params_bytes = params_bytes
         self.uncounted = uncounted
         self.depth = depth
+        self.receptive_field = receptive_field
         leaves = self.layers
         self.total_macs = sum(r.macs for r in leaves)
         self.total_flops = sum(r.flops for r in leaves if r.flops is not None)
@@ -317,12 +371,168 @@ def _rule_for(module):
     return None
 
 
+# ----------------------------------------------------------------------------- receptive fields
+
+
+class ReceptiveField(NamedTuple):
+    """The receptive field of a layer's outputs, as (height, width) pairs: ``size`` (input
+    pixels one output sees), ``jump`` (input pixels between neighbouring outputs),
+    ``start`` (centre of the first output's field; input pixel ``i`` is centred at ``i``).
+    ``global_pool``: the field comes through a global pooling (it sees everything)."""
+
+    size: tuple
+    jump: tuple
+    start: tuple
+    global_pool: bool = False
+
+    @classmethod
+    def of_input(cls):
+        """An input pixel sees itself: size 1, jump 1, start 0."""
+        return cls((1, 1), (1, 1), (0, 0))
+
+    def through_window(self, kernel, stride, pad_before, dilation, global_pool=False):
+        """The field after a sliding window (conv or pooling), per axis:
+        jump_out = jump * s, size_out = size + d (k - 1) jump,
+        start_out = start + (d (k - 1) / 2 - p) jump (p: the padding before)."""
+        sizes, jumps, starts = [], [], []
+        for size, jump, start, k, s, p, d in zip(self.size, self.jump, self.start, kernel,
+                                                  stride, pad_before, dilation):
+            reach = d * (k - 1)                 # the dilated kernel's extent minus one
+            sizes.append(_tidy(size + reach * jump))
+            jumps.append(_tidy(jump * s))
+            starts.append(_tidy(start + (reach / 2 - p) * jump))
+        return ReceptiveField(tuple(sizes), tuple(jumps), tuple(starts),
+                              self.global_pool or global_pool)
+
+
+def _tidy(v):
+    """An integral float as an int (3.0 -> 3), so the table reads 212, not 212.0."""
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def _largest(fields):
+    """The field of a sum or concatenation of tensors: per axis, the largest of theirs
+    (it contains the others: a residual's longer path, Inception's widest branch)."""
+    fields = [f for f in fields if f is not None]
+    if not fields:
+        return None
+    axes = []
+    for axis in (0, 1):
+        best = max(fields, key=lambda f: f.size[axis])
+        axes.append((best.size[axis], best.jump[axis], best.start[axis]))
+    size, jump, start = zip(*axes)
+    return ReceptiveField(size, jump, start, any(f.global_pool for f in fields))
+
+
+def _is_spatial(shape):
+    return shape is not None and len(shape) in (3, 4)
+
+
+def _same_plane(shape_a, shape_b):
+    """Both spatial, with the same height and width."""
+    return _is_spatial(shape_a) and _is_spatial(shape_b) and shape_a[-2:] == shape_b[-2:]
+
+
+def _conv_field(m, rf, x, out_shape):
+    pad_h, pad_w = geometry.conv_padding(m.padding, m.kernel_size, m.stride, m.dilation,
+                                         op=repr(m))
+    return rf.through_window(m.kernel_size, m.stride, (pad_h[0], pad_w[0]), m.dilation)
+
+
+def _pool_field(m, rf, x, out_shape):
+    op = repr(m)
+    kernel = geometry.pair(m.kernel_size, "kernel_size", op)
+    stride = geometry.pair(m.stride if m.stride is not None else m.kernel_size, "stride", op)
+    padding = geometry.pair(m.padding, "padding", op)
+    dilation = geometry.pair(getattr(m, "dilation", 1), "dilation", op)
+    return rf.through_window(kernel, stride, padding, dilation)
+
+
+def _adaptive_field(m, rf, x, out_shape):
+    """An adaptive pooling's windows differ by at most one pixel: its largest window is the
+    kernel, its mean stride L / O the stride, the first window's centre gives the start;
+    an output of 1 is a global pooling (the whole input)."""
+    kernels, strides, pads = [], [], []
+    for L, O in zip(x.shape[-2:], out_shape[-2:]):
+        starts, ends = geometry.adaptive_windows(L, O)
+        kernels.append(int((ends - starts).max()))
+        strides.append(L / O)
+        pads.append((kernels[-1] - int(ends[0])) / 2)   # first window [0, end): centred left
+    whole = tuple(out_shape[-2:]) == (1, 1)
+    return rf.through_window(kernels, strides, pads, (1, 1), global_pool=whole)
+
+
+# field rules: rule(module, input field, x, output shape) -> the output's field
+_FIELD_RULES = {
+    nn.Conv2d: _conv_field,
+    nn.MaxPool2d: _pool_field,
+    nn.AvgPool2d: _pool_field,
+    nn.AdaptiveAvgPool2d: _adaptive_field,
+    nn.AdaptiveMaxPool2d: _adaptive_field,
+}
+
+
+def _field_rule_for(module):
+    for base in type(module).__mro__:
+        if base in _FIELD_RULES:
+            return _FIELD_RULES[base]
+    return None
+
+
+class _FieldTable:
+    """The receptive field of every placeholder the propagation made (id -> (tensor,
+    field); the tensor is kept so its id is not reused), and of anything computed from
+    them between modules, found by walking the autograd graph back to them."""
+
+    def __init__(self):
+        self.known = {}
+
+    def set(self, tensor, rf):
+        self.known[id(tensor)] = (tensor, rf)
+
+    def of(self, tensor):
+        """The field of ``tensor``: from the table, else from the ops that made it."""
+        if id(tensor) in self.known:
+            return self.known[id(tensor)][1]
+        if tensor.grad_fn is None:          # a constant, or a parameter: no field
+            return None
+        return self._of_node(tensor.grad_fn, 0, {})
+
+    def _of_node(self, node, output_nr, memo):
+        """The field of output ``output_nr`` of graph node ``node``: the largest field of
+        its inputs, or None when the op changes the height or width (or drops them)."""
+        key = id(node)
+        if key not in memo:
+            memo[key] = None                # guards against revisiting while in progress
+            inputs = []                     # (field, shape) per input that has a producer
+            for edge in node.next_functions:
+                if edge is None:
+                    continue
+                producer, nr = edge
+                if isinstance(producer, Tensor):
+                    inputs.append((self.of(producer), producer.shape))
+                else:
+                    inputs.append((self._of_node(producer, nr, memo),
+                                   producer.output_meta[nr][0]))
+            memo[key] = inputs
+        out_shape = node.output_meta[output_nr][0]
+        fields = [rf for rf, shape in memo[key] or ()
+                  if rf is not None and _same_plane(shape, out_shape)]
+        if len(fields) < len([rf for rf, _ in memo[key] or () if rf is not None]):
+            return None                     # an input's plane was resized: unknown
+        return _largest(fields)
+
+
+
 # ----------------------------------------------------------------------------- propagation
 
 
 def _placeholder(shape, dtype):
-    """A Tensor of ``shape`` holding one zero broadcast over it (no memory per element)."""
-    return Tensor(np.broadcast_to(np.zeros((), dtype=dtype), tuple(shape)))
+    """A Tensor of ``shape`` holding one zero broadcast over it (no memory per element).
+    A floating one requires grad, so the ops run on it between modules are recorded and
+    the receptive-field walk can follow them back (nothing is ever backpropagated)."""
+    data = np.broadcast_to(np.zeros((), dtype=dtype), tuple(shape))
+    return Tensor(data, requires_grad=np.dtype(dtype).kind == "f")
 
 
 def _shapes(obj):
@@ -359,6 +569,8 @@ class _Recorder:
         self.seen = set()            # ids of modules whose own parameters were counted
         self.uncounted = set()
         self.names = {id(m): n for n, m in model.named_modules()}
+        self.fields = _FieldTable()
+        self.last_field = None       # of the last call that ended with a spatial field
 
     def __call__(self, module, args, kwargs):
         if id(module) not in self.names:  # a module outside the model: not ours to count
@@ -399,6 +611,11 @@ class _Recorder:
     def leave(self, out):
         row = self.stack.pop()
         row.output_shape = _shapes(out)
+        first = next(_tensors(out), None)
+        if first is not None and _is_spatial(first.shape):
+            row.rf = self.fields.of(first)
+            if row.rf is not None and not row.rf.global_pool:
+                self.last_field = row.rf
         if row.is_leaf:
             row.output_bytes = sum(t.numel() * t.dtype.itemsize for t in _tensors(out))
             for parent in self.stack:
@@ -420,9 +637,21 @@ class _Recorder:
         row = self.stack[-1]
         row.macs, row.flops, row.im2col_bytes = int(macs), int(flops), int(col)
         out = _placeholder(shape, x.dtype)
+        self.fields.set(out, self.field_after(module, x, shape))
         if getattr(module, "return_indices", False):
             return out, _placeholder(shape, np.int64)
         return out
+
+    def field_after(self, module, x, out_shape):
+        """The receptive field of the layer's output: its field rule's, the input's for a
+        layer that keeps the height and width, else none."""
+        rf = self.fields.of(x) if _is_spatial(x.shape) else None
+        if rf is None or not _is_spatial(out_shape):
+            return None
+        rule = _field_rule_for(module)
+        if rule is not None:
+            return rule(module, rf, x, out_shape)
+        return rf if _same_plane(x.shape, out_shape) else None
 
     def run_uncounted(self, module, args, kwargs):
         """A leaf layer without a rule: its real forward, its FLOPs unknown."""
@@ -487,8 +716,12 @@ def summary(model, input_size, batch_size=1, dtype=None, mode="eval", depth=None
     try:
         if mode != "same":
             model.train(mode == "train")
-        with no_grad(), nn.intercept_calls(rec):
-            model(*[_placeholder(s, dtype) for s in shapes])
+        inputs = [_placeholder(s, dtype) for s in shapes]
+        for x in inputs:
+            if _is_spatial(x.shape):
+                rec.fields.set(x, ReceptiveField.of_input())
+        with enable_grad(), nn.intercept_calls(rec):   # recorded: see _FieldTable
+            model(*inputs)
     finally:
         for m, training in modes.items():
             m.training = training
@@ -497,7 +730,8 @@ def summary(model, input_size, batch_size=1, dtype=None, mode="eval", depth=None
     trainable = sum(p.numel() for p in params if p.requires_grad)
     params_bytes = sum(p.numel() * p.dtype.itemsize for p in params)
     result = ModelSummary(type(model).__name__, rec.rows, shapes, dtype, total, trainable,
-                          params_bytes, sorted(rec.uncounted), depth)
+                          params_bytes, sorted(rec.uncounted), depth,
+                          None if rec.last_field is None else rec.last_field.size)
     if verbose:
         print(result, file=file if file is not None else sys.stdout)
     return result
@@ -512,6 +746,21 @@ def _shape_text(shape):
     if isinstance(shape, list):
         return ", ".join(_shape_text(s) for s in shape)
     return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _pair_text(pair):
+    """(5, 5) -> '5', (5, 3) -> '5x3' (height x width); 2.5 -> '2.5'."""
+    h, w = (f"{v:g}" for v in pair)
+    return h if h == w else f"{h}x{w}"
+
+
+def _field_text(rf):
+    """The receptive-field cell: 'size / jump' ('435 / 32', '5x3 / 1x2'), '-' for none.
+    One combined column keeps the already wide table readable; the start is on the rows
+    (``rf_start``) rather than in the table: it only matters to align fields to pixels."""
+    if rf is None:
+        return "-"
+    return f"{_pair_text(rf.size)} / {_pair_text(rf.jump)}"
 
 
 def _num(v):
@@ -530,7 +779,7 @@ def _mb(nbytes):
 
 
 def _format(s):
-    headers = ["Layer (type)", "Output Shape", "Param #", "MACs", "FLOPs", "Output bytes",
+    headers = ["Layer (type)", "Output Shape", "RF / jump", "Param #", "MACs", "FLOPs", "Output bytes",
                "im2col bytes"]
     table = []
     for r in s.rows:
@@ -546,7 +795,7 @@ def _format(s):
                 cells[1] = "--" if r.macs == 0 else cells[1]
         else:
             cells = ["--"] * 5
-        table.append([label, _shape_text(r.output_shape)] + cells)
+        table.append([label, _shape_text(r.output_shape), _field_text(r.rf)] + cells)
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h)
               for i, h in enumerate(headers)]
 
@@ -561,6 +810,8 @@ def _format(s):
            f"{s.dtype.name}",
            "MACs: multiply-accumulates of Conv2d/Linear.  FLOPs: 1 MAC = 2 FLOPs, + 1 FLOP "
            "per bias add, + elementwise ops of other layers.",
+           "RF / jump: receptive field (input pixels one output sees) / input pixels "
+           "between neighbouring outputs; HxW when they differ.",
            "=" * width, line(headers), "-" * width]
     out += [line(row) for row in table]
     out += ["=" * width,
@@ -570,6 +821,9 @@ def _format(s):
             f"Total MACs: {s.total_macs:,} ({_human(s.total_macs)})",
             f"Total FLOPs: {s.total_flops:,} ({_human(s.total_flops)})"
             + (f"  (not counted: {', '.join(s.uncounted)})" if s.uncounted else ""),
+            f"Receptive field: "
+            f"{'-' if s.receptive_field is None else _pair_text(s.receptive_field)}"
+            " (the last spatial layer before global pooling)",
             "-" * width,
             f"Input size: {_mb(s.input_bytes)}",
             f"Params size: {_mb(s.params_bytes)}",
