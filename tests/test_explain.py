@@ -452,3 +452,15 @@ def test_check_line_hides_float64_rounding():
     assert e.check_line.endswith("max |diff| < 1e-12 (float64 rounding)")
     e.max_abs_diff = 0.0
     assert e.check_line.endswith("max |diff| = 0")
+
+
+def test_cli_receptive_field_growth(capsys):
+    """``receptive-field --model resnet18`` prints the field layer by layer, ending at 435."""
+    assert cli_main(["receptive-field", "--model", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    conv1 = next(line for line in lines if line.startswith("conv1 "))
+    assert conv1.split()[-3:] == ["7", "2", "0"]                 # size, jump, start
+    assert any(line.split()[:1] == ["layer4"] and line.split()[-3:] == ["435", "32", "0"]
+               for line in lines)
+    assert lines[-1].endswith(": 435")

@@ -8,6 +8,7 @@
     python -m minidl.explain avg_pool2d --input 1x1x5x5 --kernel-size 3 --stride 2 --padding 1
     python -m minidl.explain batch_norm --input 4x3
     python -m minidl.explain softmax_cross_entropy --input 3x4 --target 0,2,1
+    python -m minidl.explain receptive-field --model resnet18
 
 Shapes are written with an ``x`` between the sizes (``1x2x5x4`` is N=1, C=2, H=5, W=4);
 values are drawn with ``--seed``. ``--out FILE`` writes the result atomically (a temporary
@@ -21,6 +22,7 @@ import sys
 from . import (avg_pool2d, batch_norm, chain, conv2d, linear, max_pool2d,
                softmax_cross_entropy)
 from ..serialization import atomic_write
+from .receptive_field import MODEL_NAMES, growth
 
 SHAPES_HELP = """shapes: sizes joined by 'x', no spaces:
   --input  N x C x H x W   like 1x2x5x4 (conv2d, chain) or N x IN like 2x3 (linear)
@@ -134,7 +136,7 @@ def build_parser():
 
 
 OPS = ("conv2d", "linear", "chain", "max_pool2d", "avg_pool2d", "batch_norm",
-       "softmax_cross_entropy")
+       "softmax_cross_entropy", "receptive-field")
 
 
 def int_list(text):
@@ -205,6 +207,11 @@ def pool_subcommands(sub, common, fmt):
                     help="class indices like 0,2,1 (default: drawn)")
     ce.add_argument("--label-smoothing", type=float, default=0.0, help="eps in [0, 1] (0)")
     common(ce, bias=False)
+    rf = sub.add_parser("receptive-field", help="how a model's receptive field grows, layer "
+                        "by layer (size, jump, start), from minidl.summary")
+    rf.add_argument("--model", required=True, choices=MODEL_NAMES, help="the model")
+    rf.add_argument("--input", type=shape_arg("C x H x W", "3x224x224", 3), default=None,
+                    help="C x H x W (default 3x224x224; lenet5: 1x32x32)")
 
 
 def explain_op(args, kw):
@@ -247,6 +254,9 @@ def explain(args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.op == "receptive-field":
+        sys.stdout.write(growth(args.model, args.input))
+        return 0
     try:
         text = explain(args).render(args.format, step=args.step)
     except (ValueError, TypeError, RuntimeError) as e:   # ShapeError is both of the first
