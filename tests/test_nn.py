@@ -906,3 +906,12 @@ def test_functional_namespace():
     x = minidl.tensor(np.arange(6.0).reshape(1, 1, 2, 3))
     assert F.pad(x, (1, 1, 0, 2)).shape == tuple(torch.nn.functional.pad(
         torch.zeros(1, 1, 2, 3), (1, 1, 0, 2)).shape)
+
+
+def test_assigning_a_child_again_keeps_its_place_as_in_pytorch():
+    seq = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    setattr(seq, "1", nn.Tanh())
+    assert [type(m).__name__ for m in seq] == ["Linear", "Tanh", "Linear"]
+    lin = nn.Linear(2, 2)
+    lin.weight = minidl.nn.Parameter(minidl.zeros(2, 2))
+    assert list(dict(lin.named_parameters())) == ["weight", "bias"]

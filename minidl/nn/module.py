@@ -235,9 +235,12 @@ class Module:
 
     register_module = add_module
 
-    def _remove_from(self, name):
+    def _remove_from(self, name, keep=None):
+        """Forget ``name`` everywhere but in ``keep``: a child or parameter assigned again
+        under its own name keeps its place in that dict (a Sequential's order), as in PyTorch."""
         for d in (self.__dict__, self._parameters, self._buffers, self._modules):
-            d.pop(name, None)
+            if d is not keep:
+                d.pop(name, None)
         self._non_persistent_buffers_set.discard(name)
 
     def __setattr__(self, name, value):
@@ -246,7 +249,7 @@ class Module:
             if params is None:
                 raise AttributeError(f"{type(self).__name__}: cannot assign parameters before "
                                      "Module.__init__() call")
-            self._remove_from(name)
+            self._remove_from(name, keep=params)
             self.register_parameter(name, value)
             return
         if params is not None and name in params:
@@ -260,7 +263,7 @@ class Module:
             if modules is None:
                 raise AttributeError(f"{type(self).__name__}: cannot assign module before "
                                      "Module.__init__() call")
-            self._remove_from(name)
+            self._remove_from(name, keep=modules)
             modules[name] = value
             return
         if modules is not None and name in modules:
