@@ -33,8 +33,8 @@ Read with ``ast`` (nothing is imported or run). Two rules:
    not place fails the test: add it to ``LAYERS``. Imports spelled as strings
    (``importlib.import_module``) are not seen.
 
-2. **No private names** in the tools ``minidl/summary.py``, ``minidl/viz.py`` (and ``minidl/cnn_maps.py``),
-   ``minidl/explain/*.py`` and in ``examples/*.py`` (they are what a
+2. **No private names** in the tools ``minidl/summary.py``, ``minidl/viz.py``,
+   ``minidl/cnn_maps.py``, ``minidl/explain/*.py`` and in ``examples/*.py`` (they are what a
    learner copies, and a tool that reaches into a layer breaks when the layer changes):
    no import of an underscore name or module of minidl (``from minidl.x import _y``,
    ``from minidl._x import y``), and no read of an underscore attribute (``obj._attr``;
