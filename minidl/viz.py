@@ -80,7 +80,10 @@ import weakref
 from .autograd import Tensor
 from .serialization import atomic_write
 
-__all__ = ["Graph", "Node", "Trace", "graph", "trace", "walk"]
+__all__ = ["Graph", "Node", "Trace", "graph", "trace", "walk",
+           # what a CNN looks at (minidl/cnn_maps.py)
+           "FeatureMaps", "Filters", "Saliency", "Occlusion", "feature_maps", "filters",
+           "saliency", "occlusion"]
 
 RENDER_HINT = ("minidl.viz: rendering needs Graphviz: pip install graphviz and apt-get install "
                "graphviz; the DOT text is in graph.source")
@@ -600,3 +603,7 @@ def _module_node(nid, call, items, show_saved):
     if show_saved:
         lines += _saved_line(ops)
     return Node(nid, "module", call.label, "\n".join(lines)), _STYLE["module"]
+
+
+from .cnn_maps import (FeatureMaps, Filters, Occlusion, Saliency,  # noqa: E402,F401
+                       feature_maps, filters, occlusion, saliency)

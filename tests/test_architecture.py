@@ -21,7 +21,7 @@ Read with ``ast`` (nothing is imported or run). Two rules:
    6     data      ``data/*``
    7     models    ``models/*``
    8     tools     ``summary``, ``gradcheck``, ``metrics``, ``cuda``, ``explain/*``,
-                   ``viz``, ``distributed/*``
+                   ``viz``, ``cnn_maps``, ``distributed/*``
    9     face      ``minidl/__init__.py`` (the public face: imports everything)
    ====  ========  ======================================================================
 
@@ -34,7 +34,7 @@ Read with ``ast`` (nothing is imported or run). Two rules:
    (``importlib.import_module``) are not seen.
 
 2. **No private names** in the tools ``minidl/summary.py``, ``minidl/viz.py``,
-   ``minidl/explain/*.py`` and in ``examples/*.py`` (they are what a
+   ``minidl/cnn_maps.py``, ``minidl/explain/*.py`` and in ``examples/*.py`` (they are what a
    learner copies, and a tool that reaches into a layer breaks when the layer changes):
    no import of an underscore name or module of minidl (``from minidl.x import _y``,
    ``from minidl._x import y``), and no read of an underscore attribute (``obj._attr``;
@@ -62,6 +62,7 @@ LAYERS = {
     "data": 6,
     "models": 7,
     "summary": 8, "gradcheck": 8, "metrics": 8, "cuda": 8, "explain": 8, "viz": 8,
+    "cnn_maps": 8,  # viz's CNN pictures (feature maps, filters, saliency, occlusion)
     "distributed": 8,
     "utils": 6, "vision": 7, "backends": 8,  # torch.utils.data's / torchvision's paths; flags
     "": 9,  # minidl/__init__.py
@@ -205,7 +206,7 @@ def test_every_module_is_placed_and_no_import_points_up():
 
 
 def test_summary_and_examples_use_public_names_only():
-    files = [PACKAGE / "summary.py", PACKAGE / "viz.py"] + sorted(
+    files = [PACKAGE / "summary.py", PACKAGE / "viz.py", PACKAGE / "cnn_maps.py"] + sorted(
         (PACKAGE / "explain").glob("*.py")) + sorted((ROOT / "examples").glob("*.py"))
     problems = []
     for path in files:
