@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -182,20 +181,22 @@ def test_occlusion_equals_a_brute_force_loop(patch, stride, fill, batch_size):
     assert result.score == pytest.approx(float(scores(model, x[None])[0, 1]), rel=1e-5)
 
 
-def test_occlusion_of_lenet_is_fast():
-    """The issue: a 32x32 map of LeNet well under a second (7x7 positions: one batch)."""
+def test_occlusion_of_lenet_runs_in_one_batch():
+    """The issue wants a 32x32 LeNet map well under a second (measured, not asserted:
+    about 20 ms on the 2-core dev machine); what makes it fast is testable: the 7x7
+    occluded copies go through the model as one batch, not 49 calls."""
     net = models.lenet5()
-    x = image((1, 32, 32))
-    viz.occlusion(net, x, 3)           # warm-up (first calls pick kernels)
-    best = min(_timed(lambda: viz.occlusion(net, x, 3)) for _ in range(3))
-    assert viz.occlusion(net, x, 3).array.shape == (7, 7)
-    assert best < 1.0, f"occlusion of a 32x32 LeNet input took {best:.2f} s"
+    batches = []
+    forward = net.forward
 
+    def counting_forward(inp):
+        batches.append(inp.shape[0])
+        return forward(inp)
 
-def _timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    net.forward = counting_forward
+    result = viz.occlusion(net, image((1, 32, 32)), 3)
+    assert result.array.shape == (7, 7)
+    assert sorted(batches) == [1, 49], batches   # the unoccluded score, then one batch
 
 
 # ----------------------------------------------------------------------------- pictures

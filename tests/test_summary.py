@@ -7,7 +7,6 @@ shape propagation only, so this file runs no large forward pass.
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pytest
@@ -175,11 +174,13 @@ def test_resnet50_layouts_report_both():
     assert round(tv.total_macs / 1e9, 1) == 4.1
 
 
-def test_resnet152_summary_is_fast():
-    t0 = time.perf_counter()
+def test_resnet152_summary_runs_no_kernel():
+    """Shape propagation only (a fraction of a second; speed is measured, not asserted):
+    the 155 convolutions are answered by their rules, no conv kernel runs."""
     net = build(models.resnet152)
-    s = quiet(net, (3, 224, 224))
-    assert time.perf_counter() - t0 < 5.0
+    with minidl.kernels.decisions() as log:
+        s = quiet(net, (3, 224, 224))
+    assert log == []
     assert len([r for r in s.layers if r.type == "Conv2d"]) == 155
 
 
