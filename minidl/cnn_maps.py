@@ -122,7 +122,7 @@ class FeatureMaps(_Result):
         maps = self.array.reshape(-1, *self.array.shape[-2:])    # (C, H, W)
         rows, cols = _grid(len(maps))
         fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1, 1.6 * rows + 0.6),
-                                 squeeze=False)
+                                 squeeze=False, layout="constrained")
         # one colour scale for all channels, so panels compare (a dead channel looks dead)
         lo, hi = float(maps.min()), float(maps.max())
         for c, ax in enumerate(axes.flat):
@@ -145,8 +145,9 @@ class Filters(_Result):
     def draw(self, plt):
         oc, c = self.array.shape[:2]
         m = float(np.abs(self.array).max()) or 1.0       # shared symmetric scale [-m, m]
-        fig, axes = plt.subplots(oc, c, figsize=(1.0 * c + 1.2, 1.0 * oc + 0.6),
-                                 squeeze=False)
+        # constrained layout: the colour bar gets its own room (a 1-column grid is narrow)
+        fig, axes = plt.subplots(oc, c, figsize=(1.0 * c + 1.8, 1.0 * oc + 0.6),
+                                 squeeze=False, layout="constrained")
         for o in range(oc):
             for i in range(c):
                 ax = axes[o, i]
