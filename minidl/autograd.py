@@ -893,7 +893,39 @@ def _run_node(node, out_grads, create_graph):
     return in_grads
 
 
+# Final callbacks: one list per backward pass in progress (a pass may start another, e.g.
+# a hook calling autograd.grad, hence a stack). PyTorch's name for the same service is
+# ``Variable._execution_engine.queue_callback``; DistributedDataParallel uses it to average
+# gradients once every parameter's ``.grad`` is final, i.e. after the whole pass.
+_final_callbacks = []
+
+
+def queue_callback(fn):
+    """Run ``fn()`` once the backward pass now running has finished.
+
+    Valid only during a backward pass (call it from a Function's ``backward``); the
+    callbacks run in the order queued, after every gradient has been accumulated.
+    """
+    if not _final_callbacks:
+        raise RuntimeError("queue_callback: expected to be called during a backward pass "
+                           "(from a Function's backward), but no backward pass is running")
+    _final_callbacks[-1].append(fn)
+
+
 def _backward_pass(roots, seeds, retain_graph, create_graph, targets=None):
+    """``_propagate`` the seeds, then run the callbacks queued meanwhile (``queue_callback``)."""
+    _final_callbacks.append([])
+    try:
+        out = _propagate(roots, seeds, retain_graph, create_graph, targets)
+        queue = _final_callbacks[-1]
+        while queue:  # a callback may queue another one
+            queue.pop(0)()
+        return out
+    finally:
+        _final_callbacks.pop()
+
+
+def _propagate(roots, seeds, retain_graph, create_graph, targets=None):
     """Propagate ``seeds`` (one gradient per root) back through the graph.
 
     targets None (``backward()``): accumulate into the ``.grad`` of every leaf reached and

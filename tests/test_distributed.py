@@ -1,0 +1,154 @@
+"""minidl.distributed: collectives and DDP under ``mpiexec -n 2``, the sampler in-process.
+
+The MPI tests launch scripts from ``tests/distributed_scripts/`` (each rank is a process)
+and are skipped, with the reason, when mpi4py or mpiexec is missing.
+"""
+import importlib.util
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minidl
+import minidl.distributed as dist
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "tests" / "distributed_scripts"
+
+
+def _run_mpi(script, *args, n=2):
+    """Run ``mpiexec -n n python script args`` with the repo on PYTHONPATH (60 s limit)."""
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip('mpi4py is not installed (pip install "minidl[distributed]")')
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("mpiexec is not on PATH (install an MPI library, e.g. the mpich wheel)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run([mpiexec, "-n", str(n), sys.executable, str(SCRIPTS / script),
+                           *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_collectives_under_mpiexec(tmp_path):
+    out = tmp_path / "ok.txt"
+    _run_mpi("collectives.py", out)
+    assert out.read_text() == "ok"
+
+
+def test_ddp_two_ranks_match_one_process_with_the_whole_batch(tmp_path):
+    """2 ranks x batch 50 (DDP, different initial weights on rank 1) == 1 x batch 100."""
+    out = tmp_path / "weights.npz"
+    _run_mpi("train_ddp.py", out)
+    script = _load_script("train_ddp")
+    single = script.train_single()
+    start = script.make_model().state_dict()
+    with np.load(out) as ddp:
+        assert sorted(ddp.files) == sorted(single)
+        for k, w in single.items():
+            np.testing.assert_allclose(ddp[k], w, rtol=0, atol=1e-10, err_msg=k)
+            assert np.abs(w - start[k].numpy()).max() > 1e-3  # training did move it
+
+
+@pytest.mark.parametrize("call", [
+    lambda: dist.get_rank(), lambda: dist.get_world_size(), lambda: dist.barrier(),
+    lambda: dist.all_reduce(minidl.tensor([1.0])), lambda: dist.broadcast(minidl.tensor([1.0])),
+    lambda: dist.all_gather([minidl.tensor([1.0])], minidl.tensor([1.0])),
+    lambda: dist.DistributedDataParallel(minidl.nn.Linear(2, 2)),
+    lambda: dist.DistributedSampler(range(4)),
+])
+def test_calls_before_init_name_the_call(call):
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match=r"\w+\(\): the default process group has not "
+                                           r"been initialized; call .*init_process_group"):
+        call()
+
+
+def test_queue_callback_outside_backward_is_an_error():
+    with pytest.raises(RuntimeError, match="queue_callback: .*no backward pass is running"):
+        minidl.autograd.queue_callback(lambda: None)
+
+
+def test_queue_callback_runs_after_the_whole_backward_pass():
+    seen = []
+
+    class Probe(minidl.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.copy()
+
+        @staticmethod
+        def backward(ctx, gy):
+            minidl.autograd.queue_callback(lambda: seen.append(w.grad.numpy().copy()))
+            return gy
+
+    w = minidl.tensor([1.0, 2.0], requires_grad=True)
+    (Probe.apply(w * 3.0) * w).sum().backward()  # w's grad has two contributions
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0], [2 * 3.0 * 1.0, 2 * 3.0 * 2.0])
+
+
+@pytest.mark.parametrize("n,replicas,drop_last", [(10, 3, False), (10, 3, True), (2, 3, False),
+                                                   (12, 4, False), (12, 4, True), (7, 2, True)])
+def test_sampler_matches_pytorch_without_shuffle(n, replicas, drop_last):
+    torch_dist = pytest.importorskip("torch.utils.data.distributed")
+    for rank in range(replicas):
+        ours = dist.DistributedSampler(range(n), num_replicas=replicas, rank=rank,
+                                       shuffle=False, drop_last=drop_last)
+        theirs = torch_dist.DistributedSampler(range(n), num_replicas=replicas, rank=rank,
+                                               shuffle=False, drop_last=drop_last)
+        assert list(ours) == list(theirs)
+        assert len(ours) == len(theirs)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sampler_shards_are_disjoint_cover_and_reshuffle_per_epoch(drop_last):
+    n, replicas = 11, 3
+    samplers = [dist.DistributedSampler(range(n), num_replicas=replicas, rank=r, seed=5,
+                                        drop_last=drop_last) for r in range(replicas)]
+    orders = []
+    for epoch in (0, 1):
+        for s in samplers:
+            s.set_epoch(epoch)
+        shards = [list(s) for s in samplers]
+        assert all(len(sh) == len(samplers[0]) for sh in shards)
+        flat = [i for sh in shards for i in sh]
+        if drop_last:  # 11 -> 9 distinct samples, none twice
+            assert len(flat) == 9 and len(set(flat)) == 9
+        else:  # 11 -> 12: every sample, one of them twice
+            assert len(flat) == 12 and set(flat) == set(range(n))
+        orders.append(flat)
+    assert orders[0] != orders[1]  # set_epoch reshuffles...
+    samplers[0].set_epoch(0)
+    assert list(samplers[0]) == list(dist.DistributedSampler(  # ...reproducibly
+        range(n), num_replicas=replicas, rank=0, seed=5, drop_last=drop_last))
+
+
+def test_sampler_rejects_a_bad_rank():
+    with pytest.raises(ValueError, match=r"DistributedSampler: expected rank in \[0, 2\), "
+                                         r"got 2"):
+        dist.DistributedSampler(range(4), num_replicas=2, rank=2)
+
+
+def test_init_process_group_rejects_other_backends():
+    with pytest.raises(ValueError, match="init_process_group: expected backend='mpi'.*'nccl'"):
+        dist.init_process_group(backend="nccl")
+
+
+def test_missing_mpi4py_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # makes the import fail
+    with pytest.raises(ImportError, match=r'pip install "minidl\[distributed\]"'):
+        dist.init_process_group(backend="mpi")
+    assert not dist.is_initialized()
