@@ -152,3 +152,20 @@ def test_missing_mpi4py_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r'pip install "minidl\[distributed\]"'):
         dist.init_process_group(backend="mpi")
     assert not dist.is_initialized()
+
+
+def test_dataloader_takes_a_distributed_sampler_as_pytorch():
+    """DataLoader(sampler=...) visits the sampler's indices, afresh every epoch; it excludes
+    shuffle=True, as PyTorch's does."""
+    ds = minidl.data.TensorDataset(minidl.arange(10))
+    sampler = dist.DistributedSampler(ds, num_replicas=2, rank=1, shuffle=False)
+    loader = minidl.data.DataLoader(ds, batch_size=2, sampler=sampler)
+    assert len(loader) == 3
+    assert [b[0].tolist() for b in loader] == [[1, 3], [5, 7], [9]]
+    shuffled = dist.DistributedSampler(ds, num_replicas=2, rank=0, shuffle=True, seed=3)
+    loader = minidl.data.DataLoader(ds, batch_size=5, sampler=shuffled)
+    assert next(iter(loader))[0].tolist() == list(shuffled)
+    shuffled.set_epoch(1)                              # the loader reads the new order
+    assert next(iter(loader))[0].tolist() == list(shuffled)
+    with pytest.raises(ValueError, match="sampler option is mutually exclusive with shuffle"):
+        minidl.data.DataLoader(ds, sampler=sampler, shuffle=True)

@@ -1,7 +1,7 @@
 """``DataLoader``: batches of a dataset, shuffled from a seeded generator, as Tensors.
 
 ``DataLoader(dataset, batch_size=1, shuffle=False, drop_last=False, collate_fn=None,
-seed=None, generator=None)`` yields batches in the dataset's field structure, stacked into
+seed=None, generator=None, sampler=None)`` yields batches in the dataset's field structure, stacked into
 ``minidl.Tensor`` s: ``for x, y in loader`` with ``x`` (B, ...) and ``y`` (B,).
 
 The fast path: when the dataset offers ``get_batch(indices)`` (MNIST, TensorDataset, and
@@ -12,7 +12,9 @@ every index and ``collate_fn`` (``default_collate``) stacks the samples.
 Order: ``shuffle=True`` draws a new permutation at the start of every epoch (every
 ``iter(loader)``) from ``generator`` (a ``numpy.random.Generator``), or from a generator
 made once from ``seed``, or by default from minidl's generator, so that
-``minidl.manual_seed(s)`` gives the same order run after run.
+``minidl.manual_seed(s)`` gives the same order run after run. A ``sampler`` (any iterable
+of indices with a length, e.g. ``minidl.distributed.DistributedSampler``) gives the order
+instead, read afresh every epoch.
 """
 from __future__ import annotations
 
@@ -84,19 +86,25 @@ class DataLoader:
     shuffle: a new random order every epoch; drop_last: skip a last, smaller batch;
     collate_fn: turns a list of samples into a batch (default: ``default_collate``);
     seed / generator: the source of the shuffling (default: minidl's seeded generator).
+    sampler: the indices to visit, in order, instead of ``shuffle`` (PyTorch's rule: the two
+    exclude each other).
     ``num_workers`` and ``pin_memory`` are accepted for PyTorch compatibility and ignored:
     batches are made in the main process (vectorised, which is what makes them fast).
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False,
                  collate_fn=None, seed=None, generator=None, num_workers=0,
-                 pin_memory=False):
+                 pin_memory=False, sampler=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
                 or batch_size <= 0:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got "
                              f"{batch_size!r}")
         if generator is not None and seed is not None:
             raise ValueError("DataLoader: pass either seed or generator, not both")
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle "
+                             "(the sampler decides the order; shuffle it there)")
+        self.sampler = sampler
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -115,12 +123,14 @@ class DataLoader:
         return self.collate_fn is None and has_batch_access(self.dataset)
 
     def __len__(self):
-        n = len(self.dataset)
+        n = len(self.sampler) if self.sampler is not None else len(self.dataset)
         if self.drop_last:
             return n // self.batch_size
         return -(-n // self.batch_size)
 
     def _order(self):
+        if self.sampler is not None:
+            return np.fromiter((int(i) for i in self.sampler), dtype=np.int64)
         n = len(self.dataset)
         if not self.shuffle:
             return np.arange(n, dtype=np.int64)
