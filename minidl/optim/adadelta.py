@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .. import backend
 from ..autograd import Tensor, no_grad
-from .optimizer import Optimizer, _check_grad, _state_array
+from .optimizer import Optimizer, _state_array, check_nonnegative
 
 
 class Adadelta(Optimizer):
@@ -22,14 +22,10 @@ class Adadelta(Optimizer):
     state per parameter: ``step``, ``square_avg`` (v), ``acc_delta`` (u)."""
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, *, maximize=False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_nonnegative(lr=lr)
         if not 0.0 <= rho <= 1.0:
             raise ValueError(f"Invalid rho value: {rho}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_nonnegative(eps=eps, weight_decay=weight_decay)
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults)
 
@@ -39,12 +35,7 @@ class Adadelta(Optimizer):
         loss = self._closure_loss(closure)
         for group in self.param_groups:
             lr, rho, eps, wd = group["lr"], group["rho"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = _check_grad(p)
-                if group["maximize"]:
-                    g = -g
+            for p, g in self._gradients(group):
                 xp = backend.get_array_module(p.data)
                 state = self.state[p]
                 if not state:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .. import backend
 from ..autograd import Tensor, no_grad
-from .optimizer import Optimizer, _check_grad, _state_array
+from .optimizer import Optimizer, _state_array, check_nonnegative
 
 
 class Adagrad(Optimizer):
@@ -26,17 +26,8 @@ class Adagrad(Optimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
                  eps=1e-10, *, maximize=False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if lr_decay < 0.0:
-            raise ValueError(f"Invalid lr_decay value: {lr_decay}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if initial_accumulator_value < 0.0:
-            raise ValueError(f"Invalid initial_accumulator_value value: "
-                             f"{initial_accumulator_value}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
+        check_nonnegative(
+            lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, initial_accumulator_value=initial_accumulator_value, eps=eps)
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, maximize=maximize)
         super().__init__(params, defaults)
@@ -57,12 +48,7 @@ class Adagrad(Optimizer):
         for group in self.param_groups:
             lr, lr_decay = group["lr"], group["lr_decay"]
             eps, wd = group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = _check_grad(p)
-                if group["maximize"]:
-                    g = -g
+            for p, g in self._gradients(group):
                 xp = backend.get_array_module(p.data)
                 state = self.state[p]
                 if not state:

@@ -98,6 +98,16 @@ class Optimizer:
     def step(self, closure=None):
         raise NotImplementedError
 
+    @staticmethod
+    def _gradients(group):
+        """``(p, g)`` for each parameter of ``group`` that has a gradient: ``g`` its gradient
+        array (checked, never to be modified in place), negated when the group maximizes."""
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = _check_grad(p)
+            yield p, (-g if group["maximize"] else g)
+
     def _closure_loss(self, closure):
         if closure is None:
             return None
@@ -177,6 +187,24 @@ def _state_array(t, p):
         a = backend.to_device(a.astype(p.data.dtype, copy=False), p.device)
         t.data = a
     return a
+
+
+_OPTION_NAMES = {"lr": "learning rate", "eps": "epsilon value"}
+
+
+def check_nonnegative(**options):
+    """Refuse a negative hyper-parameter with PyTorch's message ("Invalid learning rate: -1",
+    "Invalid weight_decay value: -0.1"), checked in the order given."""
+    for name, value in options.items():
+        if value < 0.0:
+            raise ValueError(f"Invalid {_OPTION_NAMES.get(name, name + ' value')}: {value}")
+
+
+def check_betas(betas):
+    """Each beta in [0, 1), PyTorch's message naming its index."""
+    for i, beta in enumerate(betas):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
 
 
 def _check_grad(p):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Tensor, no_grad
 from .adam import _lerp_
-from .optimizer import Optimizer, _check_grad, _state_array
+from .optimizer import Optimizer, _state_array, check_betas, check_nonnegative
 
 
 class RAdam(Optimizer):
@@ -28,16 +28,9 @@ class RAdam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  decoupled_weight_decay=False, *, maximize=False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_nonnegative(lr=lr, eps=eps)
+        check_betas(betas)
+        check_nonnegative(weight_decay=weight_decay)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         super().__init__(params, defaults)
@@ -49,12 +42,7 @@ class RAdam(Optimizer):
         for group in self.param_groups:
             lr, (beta1, beta2) = group["lr"], group["betas"]
             eps, wd = group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = _check_grad(p)
-                if group["maximize"]:
-                    g = -g
+            for p, g in self._gradients(group):
                 xp = backend.get_array_module(p.data)
                 state = self.state[p]
                 if not state:

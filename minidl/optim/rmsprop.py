@@ -17,7 +17,7 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Tensor, no_grad
 from .adam import _lerp_
-from .optimizer import Optimizer, _check_grad, _state_array
+from .optimizer import Optimizer, _state_array, check_nonnegative
 
 
 class RMSprop(Optimizer):
@@ -27,16 +27,8 @@ class RMSprop(Optimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, *, maximize=False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if alpha < 0.0:
-            raise ValueError(f"Invalid alpha value: {alpha}")
+        check_nonnegative(
+            lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay, alpha=alpha)
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                         weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults)
@@ -48,12 +40,7 @@ class RMSprop(Optimizer):
         for group in self.param_groups:
             lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
             wd, momentum, centered = group["weight_decay"], group["momentum"], group["centered"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = _check_grad(p)
-                if group["maximize"]:
-                    g = -g
+            for p, g in self._gradients(group):
                 xp = backend.get_array_module(p.data)
                 state = self.state[p]
                 if not state:

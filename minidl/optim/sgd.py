@@ -11,7 +11,7 @@ PyTorch's update, for each parameter p with gradient g (maximize: g = -g):
 from __future__ import annotations
 
 from ..autograd import Tensor, no_grad
-from .optimizer import Optimizer, _check_grad, _state_array
+from .optimizer import Optimizer, _state_array, check_nonnegative
 
 
 class SGD(Optimizer):
@@ -20,12 +20,7 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
                  nesterov=False, maximize=False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_nonnegative(lr=lr, momentum=momentum, weight_decay=weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
@@ -39,12 +34,7 @@ class SGD(Optimizer):
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
             dampening, wd = group["dampening"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = _check_grad(p)
-                if group["maximize"]:
-                    g = -g
+            for p, g in self._gradients(group):
                 if wd != 0:
                     g = g + wd * p.data
                 if momentum != 0:
