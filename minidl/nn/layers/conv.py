@@ -28,7 +28,35 @@ from ..parameter import Parameter
 from ._checks import as_layer_error, check_float, fmt_shape, shape_error
 
 
-class _Conv2dBase(Module):
+class _ConvBase(Module):
+    """What every convolution layer shares (Conv1d, Conv2d, ConvTranspose2d): its weight, of
+    the subclass's ``weight_shape()``, and bias, made and initialised as PyTorch's."""
+
+    def weight_shape(self):
+        raise NotImplementedError
+
+    def _make_parameters(self, bias, dtype):
+        dtype = np.dtype(dtype or get_default_dtype())
+        self.weight = Parameter(creation.empty(*self.weight_shape(), dtype=dtype))
+        if bias:
+            self.bias = Parameter(creation.empty(self.out_channels, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """PyTorch's default: weight ~ kaiming_uniform(a=sqrt(5)), that is
+        U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+        fan_in = weight.shape[1] * KH * KW."""
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            if fan_in != 0:
+                bound = 1 / math.sqrt(fan_in)
+                init.uniform_(self.bias, -bound, bound)
+
+
+class _Conv2dBase(_ConvBase):
     """What the two layers share: argument checks, the parameters and PyTorch's init,
     the input check and the repr. ``weight_shape()`` is each layer's own."""
 
@@ -56,26 +84,6 @@ class _Conv2dBase(Module):
         self.dilation = geometry.pair(dilation, "dilation", name, minimum=1)
         self.groups = int(groups)
         self.padding_mode = padding_mode
-
-    def _make_parameters(self, bias, dtype):
-        dtype = np.dtype(dtype or get_default_dtype())
-        self.weight = Parameter(creation.empty(*self.weight_shape(), dtype=dtype))
-        if bias:
-            self.bias = Parameter(creation.empty(self.out_channels, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        """PyTorch's default: weight ~ kaiming_uniform(a=sqrt(5)), that is
-        U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-        fan_in = weight.shape[1] * KH * KW."""
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
-            if fan_in != 0:
-                bound = 1 / math.sqrt(fan_in)
-                init.uniform_(self.bias, -bound, bound)
 
     def _check_input(self, input):  # noqa: A002
         """What only the layer knows: its parameters' dtype and its in_channels."""

@@ -12,17 +12,11 @@ Both run the 2-D ops on a height-1 view (``minidl/ops/conv1d.py`` says why that 
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
-from ... import creation, geometry
-from ...autograd import get_default_dtype
+from ... import geometry
 from .. import functional as F
-from .. import init
 from ..module import Module
-from ..parameter import Parameter
 from ._checks import as_layer_error, check_float, check_tensor, fmt_shape, shape_error
+from .conv import _ConvBase
 
 
 def _single(value, name, layer, minimum):
@@ -32,7 +26,7 @@ def _single(value, name, layer, minimum):
     return (geometry.pair(value, name, layer, minimum=minimum)[0],)
 
 
-class Conv1d(Module):
+class Conv1d(_ConvBase):
     """``Conv1d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
     groups=1, bias=True, padding_mode='zeros')`` with PyTorch's default init (as Conv2d's):
     weight ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)), bias likewise,
@@ -68,24 +62,12 @@ class Conv1d(Module):
             self.padding = padding
         else:
             self.padding = _single(padding, "padding", name, 0)
-        dtype = np.dtype(dtype or get_default_dtype())
-        self.weight = Parameter(creation.empty(self.out_channels, self.in_channels // groups,
-                                               self.kernel_size[0], dtype=dtype))
-        if bias:
-            self.bias = Parameter(creation.empty(self.out_channels, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        self._make_parameters(bias, dtype)
         if device is not None:
             self.to(device)
 
-    def reset_parameters(self):
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
-            if fan_in != 0:
-                bound = 1 / math.sqrt(fan_in)
-                init.uniform_(self.bias, -bound, bound)
+    def weight_shape(self):
+        return (self.out_channels, self.in_channels // self.groups, self.kernel_size[0])
 
     def forward(self, input):  # noqa: A002
         """input (N, C_in, L) or (C_in, L) -> (N, C_out, OL) or (C_out, OL)."""
