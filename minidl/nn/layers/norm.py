@@ -152,7 +152,18 @@ def _make_affine(module, shape, affine, bias, dtype):
         module.register_parameter("bias", None)
 
 
-class LayerNorm(Module):
+class _AffineNorm(Module):
+    """A per-sample normalisation with an optional affine weight and bias (``_make_affine``):
+    LayerNorm and GroupNorm."""
+
+    def reset_parameters(self):
+        if self.weight is not None:
+            init.ones_(self.weight)
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+
+class LayerNorm(_AffineNorm):
     """``LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True)``:
     input (*, *D) normalised over its trailing dims D = normalized_shape, per position of
     (*) (each token of a transformer, each sample of an MLP); weight, bias: (*D), init 1, 0."""
@@ -169,12 +180,6 @@ class LayerNorm(Module):
         if device is not None:
             self.to(device)
 
-    def reset_parameters(self):
-        if self.weight is not None:
-            init.ones_(self.weight)
-        if self.bias is not None:
-            init.zeros_(self.bias)
-
     def forward(self, input):  # noqa: A002
         check_float(self, input, self.weight)
         D = self.normalized_shape
@@ -188,7 +193,7 @@ class LayerNorm(Module):
                 f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
 
 
-class GroupNorm(Module):
+class GroupNorm(_AffineNorm):
     """``GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, bias=True)``: input
     (N, C, *) normalised per sample over each group of C / num_groups channels; weight,
     bias: (C,) per channel, init 1, 0. num_groups=1 normalises all channels together,
@@ -207,12 +212,6 @@ class GroupNorm(Module):
         _make_affine(self, (self.num_channels,), affine, bias, dtype)
         if device is not None:
             self.to(device)
-
-    def reset_parameters(self):
-        if self.weight is not None:
-            init.ones_(self.weight)
-        if self.bias is not None:
-            init.zeros_(self.bias)
 
     def forward(self, input):  # noqa: A002
         check_float(self, input, self.weight)
