@@ -510,13 +510,7 @@ def mse_loss(input, target, reduction="mean"):  # noqa: A002
     """
     name = "mse_loss"
     _check_reduction(reduction, name)
-    for what, a in (("input", input), ("target", target)):
-        if not isinstance(a, Tensor) or a.dtype.kind != "f":
-            raise TypeError(f"{name}: expected {what} to be a floating point Tensor, got "
-                            f"{getattr(a, 'dtype', type(a).__name__)}")
-    if input.dtype != target.dtype:
-        raise TypeError(f"{name}: input and target dtypes differ ({input.dtype} and "
-                        f"{target.dtype}); convert one with .float() or .double()")
+    _check_float_pair(input, target, name)
     if input.shape != target.shape:
         check_broadcast(input.shape, target.shape, f"{name}: input of shape {input.shape} and "
                         f"target of shape {target.shape} do not broadcast")
