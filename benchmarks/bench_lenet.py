@@ -1,16 +1,28 @@
-"""The lecture's LeNet-5 training step, minidl next to PyTorch (CPU), one process.
+"""The lecture's LeNet-5, minidl next to PyTorch (CPU), one process: a step, or an epoch.
 
     python benchmarks/bench_lenet.py [--threads 2] [--steps 30] [--batch-size 100]
+    python benchmarks/bench_lenet.py --epoch [--repeats 3] [--limit 60000]
 
 One step = forward, cross-entropy, backward, SGD update on a (batch, 1, 32, 32) float32
 batch, tanh and 2x2 max pooling as in the lecture. Both sides start from the same
 weights and run interleaved blocks of steps; medians in ms per step and the ratio
 minidl / PyTorch (below 1.0: minidl is faster). PyTorch is timed twice: as a user writes
 it, and with the channels_last memory format (often faster on the CPU).
+
+``--epoch``: the seed recipe's epoch as a user runs it, on real MNIST (minidl's cache, or
+fetched once: ``minidl.data.MNIST``). minidl: ``MNIST(transform=Compose([ToTensor(),
+Resize((32, 32))]))`` through a shuffling ``DataLoader`` (batch 100), the training loop
+of ``examples/lenet_mnist.py`` (loss and top-1 kept per batch), then the evaluation of the
+10,000 test images under ``no_grad``. PyTorch: a plain loop over the same images as
+tensors (``TensorDataset`` + ``DataLoader``), each batch resized with
+``F.interpolate(bilinear)``, the same model, loss and SGD; the same evaluation. Epochs
+alternate between the two sides ``--repeats`` times; printed: seconds per training epoch
+and per evaluation (median, min-max) and their ratios.
 """
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import time
 
@@ -19,7 +31,7 @@ import torch
 
 import minidl
 
-from bench_ops import set_threads, thread_report  # noqa: E402 - same folder
+from bench_ops import blas_kernel, set_threads, thread_report  # noqa: E402 - same folder
 
 
 def lenet(lib):
@@ -68,14 +80,133 @@ def make(lib, batch, weights, channels_last=False):
     return net, step
 
 
+def minidl_epoch(batch, limit):
+    """(train_epoch, evaluate) closures for minidl as the example runs them."""
+    from minidl.data import DataLoader, MNIST, Subset
+    from minidl.data.transforms import Compose, Resize, ToTensor
+    transform = Compose([ToTensor(), Resize((32, 32))])
+    train_set = MNIST(train=True, transform=transform)
+    test_set = MNIST(train=False, transform=transform)
+    if limit < len(train_set):
+        train_set = Subset(train_set, np.arange(limit))
+    train_loader = DataLoader(train_set, batch_size=batch, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=batch)
+    net = lenet(minidl)
+    opt = minidl.optim.SGD(net.parameters(), lr=0.01)
+    loss_fn = minidl.nn.CrossEntropyLoss()
+
+    def train():
+        net.train()
+        losses, accs = [], []
+        for x, y in train_loader:
+            opt.zero_grad()
+            out = net(x)
+            loss = loss_fn(out, y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.data)
+            accs.append((out.data.argmax(1) == y.data).mean())
+        return float(np.mean(losses)), 100 * float(np.mean(accs))
+
+    def evaluate():
+        net.eval()
+        correct = 0
+        with minidl.no_grad():
+            for x, y in test_loader:
+                correct += int((net(x).data.argmax(1) == y.data).sum())
+        return 100 * correct / len(test_set)
+    return train, evaluate, (train_set, test_set)
+
+
+def torch_epoch(batch, datasets):
+    """The same for a plain PyTorch loop over the same images (uint8 -> float, resized per
+    batch)."""
+    import torch.nn.functional as TF
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def tensors(ds):
+        base = getattr(ds, "dataset", ds)
+        idx = getattr(ds, "indices", np.arange(len(base)))
+        return (torch.tensor(np.asarray(base.data)[idx]).unsqueeze(1),
+                torch.tensor(np.asarray(base.targets)[idx]).long())
+    train_loader = DataLoader(TensorDataset(*tensors(datasets[0])), batch_size=batch,
+                              shuffle=True)
+    test_loader = DataLoader(TensorDataset(*tensors(datasets[1])), batch_size=batch)
+    net = lenet(torch)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def prep(x):
+        return TF.interpolate(x.float() / 255, size=(32, 32), mode="bilinear",
+                              align_corners=False)
+
+    def train():
+        net.train()
+        losses, accs = [], []
+        for x, y in train_loader:
+            opt.zero_grad()
+            out = net(prep(x))
+            loss = loss_fn(out, y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+            accs.append((out.detach().argmax(1) == y).float().mean())
+        return float(torch.stack(losses).mean()), 100 * float(torch.stack(accs).mean())
+
+    def evaluate():
+        net.eval()
+        correct = 0
+        with torch.no_grad():
+            for x, y in test_loader:
+                correct += int((net(prep(x)).argmax(1) == y).sum())
+        return 100 * correct / len(datasets[1])
+    return train, evaluate
+
+
+def run_epochs(args):
+    m_train, m_eval, datasets = minidl_epoch(args.batch_size, args.limit)
+    t_train, t_eval = torch_epoch(args.batch_size, datasets)
+    sides = {"minidl": (m_train, m_eval), "torch": (t_train, t_eval)}
+    times = {k: {"train": [], "eval": []} for k in sides}
+    for r in range(args.repeats):
+        for name, (train, evaluate) in sides.items():
+            t0 = time.perf_counter()
+            loss, top1 = train()
+            t1 = time.perf_counter()
+            acc = evaluate()
+            t2 = time.perf_counter()
+            times[name]["train"].append(t1 - t0)
+            times[name]["eval"].append(t2 - t1)
+            print(f"  epoch {r + 1} {name:7s} train {t1 - t0:6.2f} s (loss {loss:.4f}, top-1 "
+                  f"{top1:.2f}%)  eval {t2 - t1:5.2f} s (top-1 {acc:.2f}%)", flush=True)
+    print(f"LeNet-5 seed recipe, {len(datasets[0])} training images, batch "
+          f"{args.batch_size}; the first minidl epoch includes numba's JIT/cache load")
+    for part in ("train", "eval"):
+        med = {k: statistics.median(v[part]) for k, v in times.items()}
+        spread = {k: f"{min(v[part]):.2f}-{max(v[part]):.2f}" for k, v in times.items()}
+        print(f"  {part:5s}  minidl {med['minidl']:6.2f} s ({spread['minidl']})   torch "
+              f"{med['torch']:6.2f} s ({spread['torch']})   ratio "
+              f"{med['minidl'] / med['torch']:5.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epoch", action="store_true",
+                    help="time whole epochs on real MNIST instead of steps")
+    ap.add_argument("--repeats", type=int, default=3, help="--epoch: epochs per side")
+    ap.add_argument("--limit", type=int, default=60000, help="--epoch: training images")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--steps", type=int, default=30, help="steps per timed block")
     ap.add_argument("--blocks", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=100)
     args = ap.parse_args()
     set_threads(args.threads)
+    print(f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}, "
+          f"torch {torch.__version__}, numpy {np.__version__}; BLAS: {blas_kernel()}")
+    if args.epoch:
+        run_epochs(args)
+        print("threads used:", thread_report())
+        return
 
     tnet, tstep = make(torch, args.batch_size, None)
     weights = {k: v.detach().numpy().copy() for k, v in tnet.state_dict().items()}

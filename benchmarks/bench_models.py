@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 from test_models import TBasicBlock, TGoogLeNet, TMobileNetV2, TResNet  # noqa: E402
 
-from bench_ops import set_threads, thread_report  # noqa: E402 - same folder
+from bench_ops import blas_kernel, set_threads, thread_report  # noqa: E402 - same folder
 
 
 # ----------------------------------------------------------------------------- models
@@ -190,12 +190,6 @@ def cpu_description():
         pass
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     return f"{model}, {isa}, {len(os.sched_getaffinity(0))} CPUs"
-
-
-def blas_kernel():
-    from threadpoolctl import threadpool_info
-    return "; ".join(f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
-                     for i in threadpool_info() if i["user_api"] == "blas")
 
 
 def main(argv=None):

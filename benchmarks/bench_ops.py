@@ -63,11 +63,56 @@ def bn_case(n, c, h, w):
     return make
 
 
+def linear_case(n, i, o):
+    def make(lib):
+        rng = np.random.default_rng(0)
+        arrays = (rng.standard_normal((n, i)).astype(np.float32),
+                  (rng.standard_normal((o, i)) * 0.05).astype(np.float32),
+                  rng.standard_normal(o).astype(np.float32))
+        if lib == "torch":
+            xs = [torch.tensor(a, requires_grad=True) for a in arrays]
+            return xs, lambda: TF.linear(*xs)
+        xs = [minidl.tensor(a, requires_grad=True) for a in arrays]
+        return xs, lambda: F.linear(*xs)
+    return make
+
+
+def cross_entropy_case(n, classes):
+    """Mean cross-entropy of (n, classes) logits; backward from a scalar upstream gradient."""
+    def make(lib):
+        rng = np.random.default_rng(0)
+        logits = rng.standard_normal((n, classes)).astype(np.float32)
+        target = rng.integers(0, classes, n)
+        if lib == "torch":
+            x, t = torch.tensor(logits, requires_grad=True), torch.tensor(target)
+            return [x], lambda: TF.cross_entropy(x, t)
+        x, t = minidl.tensor(logits, requires_grad=True), minidl.tensor(target)
+        return [x], lambda: F.cross_entropy(x, t)
+    return make
+
+
 CASES = {
     "conv LeNet c1 (100,1,32,32) 1->6 5x5": conv_case(100, 1, 6, 32, 32, 5),
     "conv LeNet c2 (100,6,14,14) 6->16 5x5": conv_case(100, 6, 16, 14, 14, 5),
     "conv ResNet (32,64,56,56) 64->64 3x3 p1": conv_case(32, 64, 64, 56, 56, 3, 1, 1),
     "conv ResNet (32,256,28,28) 256->512 3x3 s2 p1": conv_case(32, 256, 512, 28, 28, 3, 2, 1),
+    # ResNet-18 with the small-input stem (3x3, no max pool) on 3x32x32, batch 32: every
+    # distinct convolution of benchmarks/bench_models.py's model, and its head.
+    "conv R18s stem (32,3,32,32) 3->64 3x3 p1": conv_case(32, 3, 64, 32, 32, 3, 1, 1),
+    "conv R18s (32,64,32,32) 64->64 3x3 p1": conv_case(32, 64, 64, 32, 32, 3, 1, 1),
+    "conv R18s (32,64,32,32) 64->128 3x3 s2 p1": conv_case(32, 64, 128, 32, 32, 3, 2, 1),
+    "conv R18s (32,64,32,32) 64->128 1x1 s2": conv_case(32, 64, 128, 32, 32, 1, 2, 0),
+    "conv R18s (32,128,16,16) 128->128 3x3 p1": conv_case(32, 128, 128, 16, 16, 3, 1, 1),
+    "conv R18s (32,128,16,16) 128->256 3x3 s2 p1": conv_case(32, 128, 256, 16, 16, 3, 2, 1),
+    "conv R18s (32,128,16,16) 128->256 1x1 s2": conv_case(32, 128, 256, 16, 16, 1, 2, 0),
+    "conv R18s (32,256,8,8) 256->256 3x3 p1": conv_case(32, 256, 256, 8, 8, 3, 1, 1),
+    "conv R18s (32,256,8,8) 256->512 3x3 s2 p1": conv_case(32, 256, 512, 8, 8, 3, 2, 1),
+    "conv R18s (32,256,8,8) 256->512 1x1 s2": conv_case(32, 256, 512, 8, 8, 1, 2, 0),
+    "conv R18s (32,512,4,4) 512->512 3x3 p1": conv_case(32, 512, 512, 4, 4, 3, 1, 1),
+    "batchnorm R18s (32,64,32,32) train": bn_case(32, 64, 32, 32),
+    "linear R18s (32,512) 512->10": linear_case(32, 512, 10),
+    "cross-entropy (32,10)": cross_entropy_case(32, 10),
+    "cross-entropy (100,10)": cross_entropy_case(100, 10),
     "maxpool LeNet (100,6,28,28) 2x2/2": pool_case(100, 6, 28, 28, 2, 2),
     "maxpool LeNet (100,16,10,10) 2x2/2": pool_case(100, 16, 10, 10, 2, 2),
     "maxpool ResNet (32,64,112,112) 3x3/2 p1": pool_case(32, 64, 112, 112, 3, 2, 1),
@@ -100,6 +145,21 @@ def time_case(make, repeats):
             step(lib, *runs[lib])
             times[lib].append(time.perf_counter() - t0)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def blas_kernel():
+    """The BLAS library NumPy runs, its version and compute kernel (threadpoolctl), and a
+    warning when the environment forces OpenBLAS's kernel (some machines here set
+    OPENBLAS_CORETYPE for old OpenBLAS builds; a current NumPy then runs slower products:
+    unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for the benchmark command alone)."""
+    import os
+    from threadpoolctl import threadpool_info
+    text = "; ".join(f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
+                     for i in threadpool_info() if i["user_api"] == "blas")
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    if forced:
+        text += f" [kernel forced by OPENBLAS_CORETYPE={forced}]"
+    return text
 
 
 def thread_report():
@@ -153,7 +213,7 @@ def main():
     args = ap.parse_args()
     set_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}, "
-          f"torch {torch.__version__}, numpy {np.__version__}")
+          f"torch {torch.__version__}, numpy {np.__version__}; BLAS: {blas_kernel()}")
     results = []
     for name, make in CASES.items():
         if args.only and args.only not in name:

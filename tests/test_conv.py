@@ -192,7 +192,7 @@ def test_scratch_buffer_reuse(rng, use_impl):
         ys = [conv2d(*md[0], padding=1), conv2d(*md[1])]  # both forwards before any backward
         conv_kernels.release_scratch()
         (ys[0].sum() + ys[1].sum()).backward()
-    buf = conv_kernels._SCRATCH.buffers[np.dtype(np.float64)]
+    buf = conv_kernels._SCRATCH.buffers[(np.dtype(np.float64), 0)]
     for arrs, tens, y, kw in zip((big, small), md, ys, (dict(padding=1), {})):
         tt = [torch.tensor(a, requires_grad=True) for a in arrs]
         ty = F.conv2d(*tt, **kw)

@@ -27,6 +27,9 @@ Implementations (``minidl.kernels.registry`` chooses; ``use_impl`` forces one):
 * ``reference``: im2col -> GEMM -> col2im, the formulas of ``ops/conv.py``'s
   ``Conv2dFunction`` (the im2col calls go through the im2col family: numba or CUDA kernels
   where they apply). Any device, dtype and geometry.
+* ``blocked`` (``conv_blocked.py``): the reference's three lines one block of images at a
+  time, each block's ``col`` in cache, the blocks on ``minidl.get_num_threads()`` threads
+  with one BLAS thread each: NumPy float32/float64 with a large ``col`` (ResNet's layers).
 * ``direct`` (``conv_direct.py``): direct-convolution numba kernels, for small channel
   counts on the CPU: NumPy float32/float64, stride 1, dilation 1, groups 1, and (unless
   forced with ``use_impl('direct', family='conv2d')``) ``C*KH*KW <= DIRECT_MAX_K`` and
@@ -74,16 +77,18 @@ class _Scratch(threading.local):
 _SCRATCH = _Scratch()
 
 
-def _scratch(xp, shape, dtype):
-    """An uninitialised C-contiguous array of ``shape``; on the CPU a view of the scratch
-    buffer, valid until the next call (never let it escape the kernel)."""
+def _scratch(xp, shape, dtype, slot=0):
+    """An uninitialised C-contiguous array of ``shape``; on the CPU a view of this thread's
+    scratch buffer number ``slot`` (a kernel needing two at once uses slots 0 and 1),
+    valid until the next call (never let it escape the kernel)."""
     if xp is not np:
         return xp.empty(shape, dtype=dtype)
     n = math.prod(shape)
-    buf = _SCRATCH.buffers.get(dtype)
+    key = (np.dtype(dtype), slot)
+    buf = _SCRATCH.buffers.get(key)
     if buf is None or buf.size < n:
-        _SCRATCH.buffers.pop(dtype, None)  # free the old buffer before allocating the new
-        buf = _SCRATCH.buffers[dtype] = np.empty(n, dtype=dtype)
+        _SCRATCH.buffers.pop(key, None)  # free the old buffer before allocating the new
+        buf = _SCRATCH.buffers[key] = np.empty(n, dtype=dtype)
     return buf[:n].reshape(shape)
 
 
@@ -222,3 +227,10 @@ CONV2D.register("reference", lambda: SimpleNamespace(
 CONV2D.register("direct", registry.numba_module("minidl.kernels.conv_direct"), device="cpu",
                 supports=lambda x, w, *, geo, **_: direct_can_run(x, w, geo),
                 pays=lambda x, w, *, geo, **_: direct_pays(geo))
+
+# The blocked implementation builds on this module's reference (hence imported last).
+from . import conv_blocked  # noqa: E402
+
+CONV2D.register("blocked", lambda: conv_blocked, device="cpu",
+                supports=lambda x, w, *, geo, **_: conv_blocked.blocked_can_run(x, w, geo),
+                pays=lambda x, w, *, geo, **_: conv_blocked.blocked_pays(x, geo))

@@ -324,9 +324,10 @@ def im2col(x, geo, out=None):
     return col
 
 
-def col2im(col, geo):
-    """col (C, KH, KW, N, OH, OW) -> img (N, C, H, W), the adjoint of ``im2col``."""
-    img = _xp(col).empty((geo.N, geo.C, geo.H, geo.W), dtype=col.dtype)
+def col2im(col, geo, out=None):
+    """col (C, KH, KW, N, OH, OW) -> img (N, C, H, W), the adjoint of ``im2col``, into
+    ``out`` when given (checked by the caller: C-contiguous, col's dtype)."""
+    img = _xp(col).empty((geo.N, geo.C, geo.H, geo.W), dtype=col.dtype) if out is None else out
     _run("col2im", col, geo.N, geo.C, geo.H, geo.W, geo.KH, geo.KW, geo.OH, geo.OW,
          geo.SH, geo.SW, geo.PH0, geo.PW0, geo.DH, geo.DW, img)
     return img

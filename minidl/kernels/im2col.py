@@ -86,8 +86,9 @@ def im2col_reference(x, geo, out=None):
     return col
 
 
-def col2im_reference(col, geo):
-    """Fold ``col`` (C, KH, KW, N, OH, OW) back into an image (N, C, H, W), adding overlaps.
+def col2im_reference(col, geo, out=None):
+    """Fold ``col`` (C, KH, KW, N, OH, OW) back into an image (N, C, H, W), adding overlaps;
+    into ``out`` (N, C, H, W) when given.
 
     The adjoint of ``im2col_reference``: the same strided slices, added into instead of
     read from, then the padding cropped away (only the top/left padding matters here).
@@ -104,6 +105,9 @@ def col2im_reference(col, geo):
             w0 = kw * DW
             w1 = w0 + SW * (OW - 1) + 1
             img[:, :, h0:h1:SH, w0:w1:SW] += col[:, kh, kw].transpose(1, 0, 2, 3)
+    if out is not None:
+        out[...] = img[:, :, PH0:PH0 + H, PW0:PW0 + W]
+        return out
     return xp.ascontiguousarray(img[:, :, PH0:PH0 + H, PW0:PW0 + W])
 
 
@@ -143,8 +147,15 @@ def im2col(x, geo, out=None):
     return IM2COL.code(x).im2col(x, geo, out=out)
 
 
-def col2im(col, geo):
+def col2im(col, geo, out=None):
     """Fold ``col`` (C, KH, KW, N, OH, OW) into (N, C, H, W), summing overlapping windows:
-    the adjoint of ``im2col`` with the same geometry."""
+    the adjoint of ``im2col`` with the same geometry. out: optional C-contiguous
+    (N, C, H, W) array of col's dtype to overwrite and return (a block of a larger
+    gradient, in ``conv_blocked.py``)."""
     _check("col2im", col, geo.col_shape, geo)
-    return IM2COL.code(col).col2im(col, geo)
+    shape = (geo.N, geo.C, geo.H, geo.W)
+    if out is not None and (tuple(out.shape) != shape or out.dtype != col.dtype
+                            or not out.flags.c_contiguous):
+        raise ValueError(f"col2im: out must be a C-contiguous {col.dtype} array of shape "
+                         f"{shape}, got {out.dtype} {tuple(out.shape)}")
+    return IM2COL.code(col).col2im(col, geo, out=out)

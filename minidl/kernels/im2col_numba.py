@@ -133,9 +133,10 @@ def im2col(x, geo, out=None):
     return col
 
 
-def col2im(col, geo):
-    """col (C, KH, KW, N, OH, OW) -> img (N, C, H, W), the adjoint of ``im2col``."""
+def col2im(col, geo, out=None):
+    """col (C, KH, KW, N, OH, OW) -> img (N, C, H, W), the adjoint of ``im2col``, into
+    ``out`` when given (checked by ``im2col.col2im``); every entry is written."""
     col = np.ascontiguousarray(col)
-    img = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=col.dtype)
+    img = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=col.dtype) if out is None else out
     _col2im_kernel(col, img, geo.SH, geo.SW, geo.PH0, geo.PW0, geo.DH, geo.DW, size=col.size)
     return img

@@ -47,7 +47,7 @@ import numpy as np
 from .. import backend
 from ..autograd import Function, Tensor, is_grad_enabled
 from ..errors import ShapeError
-from ..kernels.loss import CROSS_ENTROPY
+from ..kernels.loss import CROSS_ENTROPY, log_softmax_axis1
 from .activation import log_softmax, sigmoid, softmax
 from .elementwise import abs as _abs, clamp, exp, log, where
 from .shape import reshape
@@ -57,13 +57,6 @@ _REDUCTIONS = ("none", "mean", "sum")
 
 
 # --- shared pieces ----------------------------------------------------------------------
-
-def _log_softmax(x):
-    """log_softmax along axis 1, stably: s = x - max(x), logp = s - log(sum(exp(s)))."""
-    xp = backend.get_array_module(x)
-    s = x - x.max(axis=1, keepdims=True)
-    return s - xp.log(xp.exp(s).sum(axis=1, keepdims=True))
-
 
 def _class_shape(ndim, C):
     """(1, C, 1, ...): a per-class vector (C,) reshaped to broadcast against (N, C, *S)."""
@@ -187,10 +180,16 @@ class CrossEntropyFunction(Function):
 
     @staticmethod
     def forward(ctx, x, target, weight, ignore_index, reduction, label_smoothing):
-        if weight is not None:
-            weight = weight.astype(x.dtype, copy=False)
-        logp = _log_softmax(x)
-        losses, denom = _class_index_losses(logp, target, weight, ignore_index, label_smoothing)
+        if weight is None and not label_smoothing and x.ndim == 2:
+            # the plain case, one fused kernel on the CPU (the cross-entropy kernel family)
+            logp, losses, denom = CROSS_ENTROPY.code(x).cross_entropy_forward(
+                x, target, ignore_index)
+        else:
+            if weight is not None:
+                weight = weight.astype(x.dtype, copy=False)
+            logp = log_softmax_axis1(x)
+            losses, denom = _class_index_losses(logp, target, weight, ignore_index,
+                                                label_smoothing)
         # x only for the recorded backward, which needs p = softmax(x) as a function of x
         ctx.save_for_backward(logp, target, weight, denom, x)
         ctx.params = (ignore_index, reduction, label_smoothing)
@@ -247,7 +246,7 @@ class CrossEntropyProbsFunction(Function):
         q = t if not label_smoothing else (1 - label_smoothing) * t + label_smoothing / C
         w = None if weight is None else weight.astype(x.dtype, copy=False).reshape(
             _class_shape(x.ndim, C))
-        logp = _log_softmax(x)
+        logp = log_softmax_axis1(x)
         A = q if w is None else q * w
         losses = -(A * logp).sum(axis=1)                               # (N, *S)
         denom = losses.size                                            # N * prod(S)

@@ -1,0 +1,242 @@
+"""conv2d by blocks of images: im2col -> GEMM one block at a time, the blocks on threads.
+
+The reference (``conv.py``) unfolds the whole batch at once. For ResNet-18's first stage
+at batch 32 (64 channels, 32x32, 3x3) ``col`` is 576 x 32768 floats, 75 MB: im2col writes
+it out to memory and the GEMM reads it back, and im2col/col2im (serial numba kernels)
+run on one core while the other waits. Here the batch is cut into blocks of whole images
+whose unfolded input is about ``BLOCK_COL_BYTES``, and each block goes through the same
+three lines as the reference::
+
+    col_b = im2col(x[n0:n1])              (C, KH, KW, nb, OH, OW), in this thread's scratch
+    Y_b   = Wm @ col_b                    (G, OCg, nb*OH*OW), read while col_b is in cache
+    y[n0:n1] = Y_b^T + b                  (nb, OC, OH*OW)
+
+and in backward, per block, ``dWm += gY_b @ col_b^T`` (col_b unfolded again, in cache)
+and ``dx[n0:n1] = col2im(Wm^T @ gY_b)``. With more than one thread
+(``minidl.get_num_threads()``) the blocks are dealt out to that many Python threads, each
+running its blocks with ONE BLAS thread: the numba kernels release the GIL, so im2col and
+col2im now use every core, and no BLAS worker thread spins against a numba one. Each
+thread sums its own weight-gradient blocks and the partial sums are added in thread
+order: results are deterministic, equal to the reference up to float rounding (the
+blocks add the weight gradient in another order).
+
+Used for NumPy float32/float64 arrays whose whole ``col`` is at least
+``BLOCKED_MIN_COL_BYTES`` (below it one product over the batch is as fast). A forward
+that keeps ``col`` for the weight gradient (at most ``conv.KEEP_COL_BYTES``) runs as the
+reference does, and so does that gradient.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import conv as reference
+from . import registry, threads
+from .conv import _scratch
+from .im2col import col2im, im2col
+
+__all__ = ["BLOCK_COL_BYTES", "BLOCKED_MIN_COL_BYTES", "block_col_bytes", "blocked_can_run",
+           "blocked_pays", "image_blocks"]
+
+BLOCK_COL_BYTES = 4 * 2**20        # the unfolded input of one block: fits in the caches
+BLOCKED_MIN_COL_BYTES = 4 * 2**20  # smaller convolutions: one product over the batch
+
+_BLOCK_COL = threads.Setting(BLOCK_COL_BYTES)
+
+
+def block_col_bytes(limit):
+    """Cut batches into blocks of about ``limit`` bytes of ``col`` instead of
+    ``BLOCK_COL_BYTES`` (1: one image per block); undone at the end of a ``with`` block
+    when used as one. Tests use it to run many blocks on small inputs."""
+    return _BLOCK_COL.set(max(1, int(limit)))
+
+
+def col_bytes(geo, dtype):
+    """Bytes of the whole batch's ``col`` (C*KH*KW x N*OH*OW)."""
+    return math.prod(geo.col_shape) * np.dtype(dtype).itemsize
+
+
+def blocked_can_run(x, w, geo):
+    """NumPy arrays of one float dtype (float32/float64); any stride, padding, dilation,
+    groups."""
+    return (type(x) is np.ndarray and type(w) is np.ndarray
+            and x.dtype in registry.FAST_DTYPES and w.dtype == x.dtype)
+
+
+def blocked_pays(x, geo):
+    """Whether the batch's ``col`` is large enough (``BLOCKED_MIN_COL_BYTES``) for blocks
+    and threads to beat one product over the batch."""
+    return geo.N > 1 and col_bytes(geo, x.dtype) >= BLOCKED_MIN_COL_BYTES
+
+
+def image_blocks(geo, dtype, n_threads):
+    """[(n0, n1), ...]: the batch cut into blocks of about ``BLOCK_COL_BYTES`` of ``col``,
+    their count a multiple of ``n_threads`` (when the batch allows) so that every thread
+    gets the same work, sizes differing by at most one image."""
+    per_image = col_bytes(geo, dtype) // geo.N
+    count = math.ceil(geo.N / max(1, _BLOCK_COL.value // per_image))
+    count = min(geo.N, math.ceil(count / n_threads) * n_threads)
+    base, extra = divmod(geo.N, count)
+    bounds, n0 = [], 0
+    for k in range(count):
+        n1 = n0 + base + (k < extra)
+        bounds.append((n0, n1))
+        n0 = n1
+    return bounds
+
+
+# ----------------------------------------------------------------------------- threads
+
+class _Pool:
+    """The worker threads (``get_num_threads() - 1`` of them; the caller is the last)."""
+    lock = threading.Lock()
+    executor = None
+    size = 0
+    blas = None     # threadpoolctl's handle on NumPy's BLAS, to run it on one thread
+
+
+def _workers(n):
+    with _Pool.lock:
+        if _Pool.size != n:
+            if _Pool.executor is not None:
+                _Pool.executor.shutdown(wait=True)
+            _Pool.executor = ThreadPoolExecutor(n, thread_name_prefix="minidl-conv")
+            _Pool.size = n
+        if _Pool.blas is None:
+            from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - a core dependency
+            _Pool.blas = ThreadpoolController().select(user_api="blas")
+        return _Pool.executor
+
+
+def _run_threads(n_threads, job):
+    """Run ``job(t)`` for t = 0 .. n_threads-1, t = 0 on the calling thread, the others on
+    the pool, BLAS limited to one thread meanwhile; returns the results in order. An
+    exception in any job is raised here once all have finished."""
+    if n_threads == 1 or threading.current_thread().name.startswith("minidl-conv"):
+        return [job(t) for t in range(n_threads)]   # nested: no pool inside the pool
+    pool = _workers(n_threads - 1)
+    with _Pool.blas.limit(limits=1):
+        futures = [pool.submit(job, t) for t in range(1, n_threads)]
+        try:
+            first = job(0)
+        finally:
+            rest = [f.exception() for f in futures]  # wait for all before re-raising
+        for exc in rest:
+            if exc is not None:
+                raise exc
+        return [first] + [f.result() for f in futures]
+
+
+def _for_blocks(geo, dtype, body):
+    """Call ``body(n0, n1)`` for every image block, the blocks dealt out round-robin to
+    the threads; returns, per thread, the list of what its calls returned."""
+    n_threads = max(1, min(threads.get_num_threads(), geo.N))
+    blocks = image_blocks(geo, dtype, n_threads)
+    n_threads = min(n_threads, len(blocks))
+    return _run_threads(n_threads, lambda t: [body(n0, n1) for n0, n1 in blocks[t::n_threads]])
+
+
+def _block_geo(geo, n0, n1):
+    return geo._replace(N=n1 - n0)
+
+
+def _gY_block(gy, geo, n0, n1):
+    """dL/dY of images n0..n1 in the product's layout (G, OCg, nb*OH*OW): a transposed
+    copy of gy[n0:n1] (nb, OC, OH, OW), in this thread's scratch slot 1."""
+    nb, HW = n1 - n0, geo.OH * geo.OW
+    gY = _scratch(np, (geo.OC, nb, HW), gy.dtype, slot=1)
+    gY[...] = gy[n0:n1].reshape(nb, geo.OC, HW).transpose(1, 0, 2)
+    return gY.reshape(geo.G, geo.OC // geo.G, nb * HW)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def forward(x, w, b, geo, keep_for_backward=True):
+    """y (N, OC, OH, OW) and ``saved`` as ``conv.forward``; block by block unless ``col``
+    is small enough to keep for the weight gradient (then exactly the reference)."""
+    if keep_for_backward and col_bytes(geo, x.dtype) <= reference._KEEP_COL.value:
+        return reference.forward(x, w, b, geo, keep_for_backward)
+    G, OC, HW = geo.G, geo.OC, geo.OH * geo.OW
+    K = (geo.C // G) * geo.KH * geo.KW
+    wm = w.reshape(G, OC // G, K)
+    x = np.ascontiguousarray(x)
+    y = np.empty((geo.N, OC, HW), dtype=np.result_type(x, w))
+
+    def block(n0, n1):
+        gb = _block_geo(geo, n0, n1)
+        col = im2col(x[n0:n1], gb, out=_scratch(np, gb.col_shape, x.dtype))
+        Lb = (n1 - n0) * HW
+        Y = np.matmul(wm, col.reshape(G, K, Lb), out=_scratch(np, (G, OC // G, Lb), y.dtype, 1))
+        Yt = Y.reshape(OC, n1 - n0, HW).transpose(1, 0, 2)          # (nb, OC, OH*OW)
+        if b is not None:
+            np.add(Yt, b.reshape(OC, 1), out=y[n0:n1])
+        else:
+            y[n0:n1] = Yt
+
+    _for_blocks(geo, x.dtype, block)
+    return y.reshape(geo.N, OC, geo.OH, geo.OW), ("x", x if keep_for_backward else None)
+
+
+def grad_output(gy, geo, products=True):
+    """gy itself: each block transposes its own part (``_gY_block``)."""
+    return SimpleNamespace(gy=np.ascontiguousarray(gy), gY=None)
+
+
+def grad_weight(g, saved, geo, need_b=True):
+    """gw (OC, Cg, KH, KW) = sum over blocks of gY_b @ col_b^T, and gb (OC,) when
+    ``need_b``; a kept ``col`` goes to the reference (one product)."""
+    kind, kept = saved
+    if kind == "col":
+        return reference.grad_weight(reference.grad_output(g.gy, geo), saved, geo, need_b)
+    G, OC = geo.G, geo.OC
+    Cg = geo.C // G
+    K = Cg * geo.KH * geo.KW
+    x = np.ascontiguousarray(kept)
+
+    def block(n0, n1):
+        gb_geo = _block_geo(geo, n0, n1)
+        col = im2col(x[n0:n1], gb_geo, out=_scratch(np, gb_geo.col_shape, x.dtype))
+        gY = _gY_block(g.gy, geo, n0, n1)                         # (G, OCg, Lb)
+        gwT = np.matmul(col.reshape(G, K, -1), gY.transpose(0, 2, 1))   # (G, K, OCg)
+        return gwT, (gY.sum(axis=2) if need_b else None)         # (G, OCg)
+
+    per_thread = _for_blocks(geo, x.dtype, block)
+    gwT, gb = None, None
+    for results in per_thread:                                    # fixed order: deterministic
+        for part, bpart in results:
+            gwT = part if gwT is None else gwT + part
+            if need_b:
+                gb = bpart if gb is None else gb + bpart
+    gw = gwT.transpose(0, 2, 1).reshape(OC, Cg, geo.KH, geo.KW)
+    return np.ascontiguousarray(gw), (gb.reshape(OC) if need_b else None)
+
+
+def grad_input(g, w, geo):
+    """gx (N, C, H, W): per block, gx[n0:n1] = col2im(Wm^T @ gY_b)."""
+    G, OC = geo.G, geo.OC
+    K = (geo.C // G) * geo.KH * geo.KW
+    wmT = w.reshape(G, OC // G, K).transpose(0, 2, 1)             # (G, K, OCg)
+    gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
+
+    def block(n0, n1):
+        gb = _block_geo(geo, n0, n1)
+        gY = _gY_block(g.gy, geo, n0, n1)
+        gcol = np.matmul(wmT, gY, out=_scratch(np, (G, K, gY.shape[2]), gx.dtype))
+        col2im(gcol.reshape(gb.col_shape), gb, out=gx[n0:n1])
+
+    _for_blocks(geo, gx.dtype, block)
+    return gx
+
+
+def grad_bias(g, geo):
+    """gb (OC,): the sum of dL/dy over (N, OH, OW)."""
+    return g.gy.sum(axis=(0, 2, 3))
+
+
+def weight_source(x, geo):
+    """``('x', x)``: grad_weight unfolds it block by block."""
+    return "x", x

@@ -1,0 +1,187 @@
+"""The blocked conv2d (minidl/kernels/conv_blocked.py) against the im2col reference.
+
+Forced with ``use_impl('blocked', family='conv2d')``, with blocks of one or a few images
+(``block_col_bytes``) and ``col`` never kept (``keep_col_bytes(0)``) so that every line
+runs block by block, on 1, 2 and 3 threads: outputs and every gradient equal to the
+reference (float64 tight, float32 loose) over strides, paddings, dilations, groups and
+1x1 kernels; the blocks' partition; determinism across runs; an error inside a worker
+thread reaching the caller; the registry's automatic choice. CPU only (NumPy arrays).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minidl
+import minidl.kernels as K
+from minidl import geometry
+from minidl.kernels import conv as conv_kernels
+from minidl.kernels import conv_blocked
+from minidl.kernels.im2col import col2im, col2im_reference, im2col
+from minidl.ops.conv import conv2d
+
+pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
+
+TOL = {np.float64: dict(rtol=1e-11, atol=1e-11), np.float32: dict(rtol=1e-4, atol=1e-4)}
+
+# (x shape, weight shape, conv2d keyword arguments)
+CASES = {
+    "3x3 p1": ((5, 6, 9, 8), (7, 6, 3, 3), dict(padding=1)),
+    "3x3 s2 p1": ((4, 5, 11, 10), (6, 5, 3, 3), dict(stride=2, padding=1)),
+    "1x1 s2": ((5, 8, 8, 8), (4, 8, 1, 1), dict(stride=2)),
+    "dilated, uneven": ((3, 3, 12, 9), (5, 3, 3, 2), dict(dilation=(2, 1), padding=(2, 0))),
+    "groups": ((4, 6, 7, 7), (9, 2, 3, 3), dict(groups=3, padding=1)),
+    "batch 1": ((1, 4, 6, 6), (3, 4, 3, 3), dict(padding=1)),
+}
+
+
+@pytest.fixture
+def num_threads():
+    """Set minidl's thread count for one test, restored after it."""
+    old = minidl.get_num_threads()
+    yield minidl.set_num_threads
+    minidl.set_num_threads(old)
+
+
+def _run(impl, x, w, b, gy, kwargs):
+    X, Wt, B = (minidl.tensor(a, requires_grad=True) for a in (x, w, b))
+    with K.use_impl(impl, family="conv2d"), K.decisions() as log:
+        y = conv2d(X, Wt, B, **kwargs)
+        y.backward(minidl.tensor(gy))
+    assert {i for f, i in log if f == "conv2d"} == {impl}
+    return [y.numpy(), X.grad.numpy(), Wt.grad.numpy(), B.grad.numpy()]
+
+
+def _arrays(rng, x_shape, w_shape, dtype, kwargs):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    y_shape = conv2d(minidl.tensor(x), minidl.tensor(w), **kwargs).shape
+    return x, w, b, rng.standard_normal(y_shape).astype(dtype)
+
+
+@pytest.mark.parametrize("threads_", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", list(CASES))
+def test_blocked_equals_reference(case, dtype, threads_, rng, num_threads):
+    x_shape, w_shape, kwargs = CASES[case]
+    arrays = _arrays(rng, x_shape, w_shape, dtype, kwargs)
+    want = _run("reference", *arrays, kwargs)
+    num_threads(threads_)
+    per_image = x_shape[1] * w_shape[2] * w_shape[3] * 8       # bytes of col per row of pixels
+    for block_bytes in (1, per_image * 40):                    # one image per block; a few
+        with conv_blocked.block_col_bytes(block_bytes), conv_kernels.keep_col_bytes(0):
+            got = _run("blocked", *arrays, kwargs)
+        for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
+            assert g.dtype == r.dtype and g.shape == r.shape, name
+            np.testing.assert_allclose(g, r, err_msg=f"{name}, blocks of {block_bytes} B",
+                                       **TOL[dtype])
+
+
+def test_kept_col_runs_as_the_reference(rng):
+    """A forward whose col is kept (small) is the reference's forward and weight gradient;
+    the input gradient still runs by blocks."""
+    x_shape, w_shape, kwargs = CASES["3x3 p1"]
+    arrays = _arrays(rng, x_shape, w_shape, np.float64, kwargs)
+    want = _run("reference", *arrays, kwargs)
+    with conv_blocked.block_col_bytes(1):
+        got = _run("blocked", *arrays, kwargs)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, **TOL[np.float64])
+
+
+def test_without_weight_gradient_and_unbatched(rng):
+    """Inference (no weight gradient: nothing kept) and an unbatched (C, H, W) input."""
+    x = rng.standard_normal((6, 9, 9))
+    w = rng.standard_normal((4, 6, 3, 3))
+    with K.use_impl("reference", family="conv2d"):
+        want = conv2d(minidl.tensor(x), minidl.tensor(w), padding=1).numpy()
+    with K.use_impl("blocked", family="conv2d"), conv_blocked.block_col_bytes(1):
+        with minidl.no_grad():
+            got = conv2d(minidl.tensor(x), minidl.tensor(w), padding=1).numpy()
+    np.testing.assert_allclose(got, want, **TOL[np.float64])
+
+
+@pytest.mark.parametrize("n, threads_", [(1, 2), (5, 1), (5, 2), (7, 3), (32, 2), (3, 8)])
+@pytest.mark.parametrize("block_bytes", [1, 10_000, 10**9])
+def test_image_blocks_partition_the_batch(n, threads_, block_bytes):
+    geo = geometry.ConvGeometry.of((n, 4, 10, 10), (8, 4, 3, 3), (1, 1), ((1, 1), (1, 1)),
+                                   (1, 1))
+    with conv_blocked.block_col_bytes(block_bytes):
+        blocks = conv_blocked.image_blocks(geo, np.float32, threads_)
+    assert blocks[0][0] == 0 and blocks[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    sizes = [b - a for a, b in blocks]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    # every thread the same number of blocks, unless that needs more blocks than images
+    assert len(blocks) % threads_ == 0 or len(blocks) == n
+    per_image = 4 * 9 * 100 * 4
+    if block_bytes >= 2 * per_image and len(blocks) > threads_:
+        assert max(sizes) * per_image <= 2 * block_bytes
+
+
+def test_threads_are_deterministic(rng, num_threads):
+    """Fixed blocks per thread, partial sums added in thread order: runs agree bit for bit."""
+    x_shape, w_shape, kwargs = CASES["3x3 p1"]
+    arrays = _arrays(rng, x_shape, w_shape, np.float32, kwargs)
+    num_threads(2)
+    with conv_blocked.block_col_bytes(1), conv_kernels.keep_col_bytes(0):
+        runs = [_run("blocked", *arrays, kwargs) for _ in range(3)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert np.array_equal(a, b)
+
+
+def test_an_error_in_a_worker_thread_reaches_the_caller(rng, num_threads, monkeypatch):
+    """The block on the second thread fails: the caller raises that error, after every
+    thread has stopped, and the next call works."""
+    x_shape, w_shape, kwargs = CASES["3x3 p1"]
+    arrays = _arrays(rng, x_shape, w_shape, np.float64, kwargs)
+    num_threads(2)
+    real = conv_blocked.im2col
+
+    def failing(x, geo, out=None):
+        import threading
+        if threading.current_thread().name.startswith("minidl-conv"):
+            raise MemoryError("block on a worker thread")
+        return real(x, geo, out=out)
+
+    monkeypatch.setattr(conv_blocked, "im2col", failing)
+    with conv_blocked.block_col_bytes(1), conv_kernels.keep_col_bytes(0):
+        with pytest.raises(MemoryError, match="block on a worker thread"):
+            _run("blocked", *arrays, kwargs)
+    monkeypatch.setattr(conv_blocked, "im2col", real)
+    want = _run("reference", *arrays, kwargs)
+    with conv_blocked.block_col_bytes(1), conv_kernels.keep_col_bytes(0):
+        got = _run("blocked", *arrays, kwargs)
+    np.testing.assert_allclose(got[0], want[0], **TOL[np.float64])
+
+
+def test_blocked_pays_for_large_unfolded_inputs():
+    """Blocks pay for ResNet-sized layers (col of at least BLOCKED_MIN_COL_BYTES) with more
+    than one image, not for small ones."""
+    def pays(x_shape, w_shape):
+        geo = geometry.ConvGeometry.of(x_shape, w_shape, (1, 1), ((1, 1), (1, 1)), (1, 1))
+        return conv_blocked.blocked_pays(np.zeros(1, np.float32), geo)
+
+    assert pays((8, 64, 32, 32), (64, 64, 3, 3))          # col 18 MB
+    assert not pays((2, 16, 8, 8), (64, 16, 3, 3))        # col 74 KB
+    assert not pays((1, 512, 64, 64), (64, 512, 3, 3))    # one image: nothing to cut
+
+
+@pytest.mark.parametrize("impl", ["reference", "numba"])
+def test_col2im_into_out(impl, rng, use_impl):
+    """col2im(..., out=) overwrites every entry of a block of a larger array."""
+    geo = geometry.ConvGeometry.of((2, 3, 6, 5), (4, 3, 3, 2), (2, 1), ((1, 0), (1, 1)),
+                                   (1, 1))
+    col = rng.standard_normal(geo.col_shape)
+    use_impl(impl, family="im2col")
+    big = np.full((5, 3, 6, 5), np.nan)
+    out = col2im(col, geo, out=big[1:3])
+    assert out.base is big or np.shares_memory(out, big)
+    np.testing.assert_allclose(big[1:3], col2im_reference(col, geo), rtol=1e-13, atol=1e-13)
+    assert np.isnan(big[0]).all() and np.isnan(big[3:]).all()
+    with pytest.raises(ValueError, match=r"col2im: out must be a C-contiguous float64 array "
+                                         r"of shape \(2, 3, 6, 5\), got float32"):
+        col2im(col, geo, out=np.empty((2, 3, 6, 5), np.float32))
+    assert np.array_equal(im2col(np.zeros((2, 3, 6, 5)), geo), np.zeros(geo.col_shape))
