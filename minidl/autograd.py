@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import threading
 import weakref
 
@@ -532,6 +533,38 @@ class Tensor:
     def retains_grad(self):
         return self._retains_grad
 
+    _post_accumulate_hooks = None  # {id: hook}, made by the first registration (leaves only)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(self)`` once per backward pass, after this leaf's ``.grad`` is final
+        for the pass (every node with an edge to it has run), as PyTorch's hook of the same
+        name. The hook may read and change ``self`` and ``self.grad``; it runs in
+        ``no_grad()`` unless the pass has ``create_graph=True``.
+
+        It fires for every hooked leaf the pass reaches, even when no gradient arrived
+        (``.grad`` is then unchanged, possibly ``None``), as in PyTorch; ``backward(inputs=
+        ...)`` fires it for the leaves among ``inputs`` only, once their ``.grad`` is
+        written; ``autograd.grad`` never fires it (no ``.grad`` changes). Returns a handle:
+        ``handle.remove()`` unregisters the hook. ``DistributedDataParallel`` uses it to
+        start reducing a bucket of gradients while backward goes on.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("register_post_accumulate_grad_hook(): expected a tensor that "
+                               "requires grad, got one that does not (a hook on it would never "
+                               "run)")
+        if self.grad_fn is not None:
+            raise RuntimeError(
+                f"register_post_accumulate_grad_hook(): expected a leaf tensor (a parameter, "
+                f"or a tensor made with requires_grad=True), got the output of "
+                f"{self.grad_fn.name}: only leaves accumulate into .grad (use retain_grad() "
+                f"to keep a non-leaf's gradient)")
+        if not callable(hook):
+            raise TypeError(f"register_post_accumulate_grad_hook(): expected a callable "
+                            f"hook(tensor), got {type(hook).__name__}")
+        if self._post_accumulate_hooks is None:
+            self._post_accumulate_hooks = {}
+        return _PostAccumulateHookHandle(self, hook)
+
     def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
         """Accumulate d(self)/d(leaf) * gradient into the ``.grad`` of every leaf that needs it.
 
@@ -912,11 +945,90 @@ def queue_callback(fn):
     _final_callbacks[-1].append(fn)
 
 
-def _backward_pass(roots, seeds, retain_graph, create_graph, targets=None):
+# Post-accumulate-grad hooks (``Tensor.register_post_accumulate_grad_hook``). The leaves
+# that have some, by id; weak, so a dropped parameter leaves no trace. While it is empty
+# (the usual case) ``_propagate`` does no hook bookkeeping at all: a plain training step
+# pays one dict test per backward pass.
+_hooked_leaves = {}  # id(leaf) -> weakref.ref(leaf)
+_hook_ids = itertools.count()
+
+
+class _PostAccumulateHookHandle:
+    """What ``register_post_accumulate_grad_hook`` returns: ``remove()`` unregisters the
+    hook (a second call does nothing); usable as a context manager, as the module hooks'
+    handle (``with t.register_post_accumulate_grad_hook(h): ...``)."""
+
+    def __init__(self, tensor, hook):
+        self.id = next(_hook_ids)
+        self._tensor = weakref.ref(tensor)
+        tensor._post_accumulate_hooks[self.id] = hook
+        key = id(tensor)
+        if key not in _hooked_leaves:
+            def forget(ref, key=key):  # the tensor died: its id may be reused
+                if _hooked_leaves.get(key) is ref:
+                    del _hooked_leaves[key]
+            _hooked_leaves[key] = weakref.ref(tensor, forget)
+
+    def remove(self):
+        tensor = self._tensor()
+        if tensor is None or tensor._post_accumulate_hooks is None:
+            return
+        tensor._post_accumulate_hooks.pop(self.id, None)
+        if not tensor._post_accumulate_hooks:
+            _hooked_leaves.pop(id(tensor), None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def _fire_post_accumulate_hooks(leaf, create_graph):
+    """Run ``leaf``'s post-accumulate hooks (in registration order), recording only when
+    the pass itself records (create_graph), as PyTorch."""
+    with (enable_grad() if create_graph else no_grad()):
+        for hook in list(leaf._post_accumulate_hooks.values()):
+            hook(leaf)
+
+
+def _with_post_accumulate_hooks(order, roots, create_graph):
+    """Yield the nodes of ``order`` one by one; once the backward loop is done with a node
+    (run, or skipped because no gradient flows through it or it leads to no target), fire
+    the hooks of every hooked leaf that this node was the last one to reach.
+
+    A generator, so the backward loop itself is the same with hooks or without: its next
+    ``next()`` comes after the node's gradients have been delivered. Each hooked leaf is
+    counted once per edge from a node of the pass; skipped nodes count down too, so every
+    leaf reached fires exactly once and never before its ``.grad`` is final.
+    """
+    pending = {}  # id(leaf) -> [leaf, edges from nodes still to come]
+    for node in order:
+        for edge in node._edges:
+            if edge is not None and edge[1] is None and id(edge[0]) in _hooked_leaves:
+                entry = pending.get(id(edge[0]))
+                if entry is None:
+                    entry = pending[id(edge[0])] = [edge[0], 0]
+                entry[1] += 1
+    for root in roots:  # backward() on a hooked leaf: the seed is its whole gradient
+        if root.grad_fn is None and id(root) in _hooked_leaves and id(root) not in pending:
+            _fire_post_accumulate_hooks(root, create_graph)
+    for node in order:
+        yield node
+        for edge in node._edges:
+            if edge is not None and edge[1] is None:
+                entry = pending.get(id(edge[0]))
+                if entry is not None:
+                    entry[1] -= 1
+                    if entry[1] == 0:
+                        _fire_post_accumulate_hooks(entry[0], create_graph)
+
+
+def _backward_pass(roots, seeds, retain_graph, create_graph, targets=None, into_grad=False):
     """``_propagate`` the seeds, then run the callbacks queued meanwhile (``queue_callback``)."""
     _final_callbacks.append([])
     try:
-        out = _propagate(roots, seeds, retain_graph, create_graph, targets)
+        out = _propagate(roots, seeds, retain_graph, create_graph, targets, into_grad)
         queue = _final_callbacks[-1]
         while queue:  # a callback may queue another one
             queue.pop(0)()
@@ -925,14 +1037,16 @@ def _backward_pass(roots, seeds, retain_graph, create_graph, targets=None):
         _final_callbacks.pop()
 
 
-def _propagate(roots, seeds, retain_graph, create_graph, targets=None):
+def _propagate(roots, seeds, retain_graph, create_graph, targets=None, into_grad=False):
     """Propagate ``seeds`` (one gradient per root) back through the graph.
 
     targets None (``backward()``): accumulate into the ``.grad`` of every leaf reached and
-    of every tensor that called ``retain_grad()``.
+    of every tensor that called ``retain_grad()``, firing the leaves' post-accumulate hooks.
     targets, a list of Tensors (``autograd.grad``, ``backward(inputs=...)``): return the
     gradient reaching each of them (``None`` where none does), touching no ``.grad``;
-    only the nodes that lead to a target run.
+    only the nodes that lead to a target run. With ``into_grad`` (``backward(inputs=...)``)
+    add those gradients into the targets' ``.grad`` instead (then fire the hooks of the
+    leaf targets reached), before the final callbacks run, and return None.
     """
     handed_out = {id(g) for g in seeds}
     captured = slots = None
@@ -963,6 +1077,8 @@ def _propagate(roots, seeds, retain_graph, create_graph, targets=None):
 
     order = _topological_order(starts)
     needed = _leading_to(order, targets) if targets is not None else None
+    if _hooked_leaves and targets is None:  # no hooks anywhere: not one more step per node
+        order = _with_post_accumulate_hooks(order, roots, create_graph)
     xp = backend.get_array_module(roots[0].data)
     for node in order:
         out_grads = grads.pop(node, None)
@@ -1016,7 +1132,32 @@ def _propagate(roots, seeds, retain_graph, create_graph, targets=None):
         elif g is not None and g.dtype != t.dtype:
             g = g.to(t.dtype)
         out.append(g)
+    if into_grad:
+        _add_into_grad(targets, out, create_graph, needed, roots)
+        return None
     return out
+
+
+def _add_into_grad(targets, grads, create_graph, needed, roots):
+    """``backward(inputs=...)``: add each target's gradient into its ``.grad`` (leaf or
+    not), then fire the post-accumulate hooks of the hooked leaves among the targets that
+    the pass reached (a root, or the input of a node that had to run), as PyTorch."""
+    for t, g in zip(targets, grads):
+        if g is not None:
+            if t.grad is not None:
+                g = t.grad + g if create_graph else Tensor(t.grad.data + g.data)
+            t.grad = g
+    if not _hooked_leaves:
+        return
+    reached = {id(r) for r in roots if r.grad_fn is None}
+    reached.update(id(e[0]) for node in needed for e in node._edges
+                   if e is not None and e[1] is None)
+    fired = set()
+    for t in targets:
+        if t.grad_fn is None and id(t) in _hooked_leaves and id(t) in reached \
+                and id(t) not in fired:
+            fired.add(id(t))
+            _fire_post_accumulate_hooks(t, create_graph)
 
 
 def run_backward(root, gradient=None, retain_graph=None, create_graph=False, inputs=None):
@@ -1034,11 +1175,8 @@ def run_backward(root, gradient=None, retain_graph=None, create_graph=False, inp
     inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
     if not inputs:
         raise RuntimeError("backward(): inputs= was given but is empty")
-    for t, g in zip(inputs, _backward_pass([root], [seed], retain_graph, create_graph, inputs)):
-        if g is not None:  # backward(inputs=...) accumulates into .grad, leaf or not
-            if t.grad is not None:
-                g = t.grad + g if create_graph else Tensor(t.grad.data + g.data)
-            t.grad = g
+    # accumulates into the inputs' .grad, leaf or not, before the final callbacks run
+    _backward_pass([root], [seed], retain_graph, create_graph, inputs, into_grad=True)
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,

@@ -14,8 +14,10 @@ Run one process per replica with ``mpiexec -n 2 python train.py``; in the script
             opt.step()
 
 Needs mpi4py and an MPI library: ``pip install "minidl[distributed]"``. Collectives work
-in place on CPU (NumPy) tensors. This first version reduces each gradient on its own once
-backward has finished: no bucketing, no overlap of communication with the backward pass.
+in place on CPU (NumPy) tensors. ``DistributedDataParallel`` reduces the gradients in
+buckets (``bucket_cap_mb``, 25 MiB by default, as PyTorch), each one started with a
+non-blocking all-reduce as soon as its gradients are final, so communication overlaps the
+rest of the backward pass; ``no_sync()`` accumulates gradients locally in between.
 """
 from __future__ import annotations
 

@@ -160,3 +160,56 @@ def all_gather(tensor_list, tensor):
     for t, part in zip(tensor_list, gathered):
         _write_back(t, t.data, part)
     return tensor_list
+
+
+# ----------------------------------------------------------------------------- in flight
+# Non-blocking collectives, for DistributedDataParallel's gradient buckets: start a
+# reduction now, go on computing, wait for it later. Every rank must start them in the same
+# order (MPI matches non-blocking collectives by their order on the communicator). MPICH
+# advances a collective only while the process is inside some MPI call, so whoever wants
+# real overlap calls ``is_completed()`` now and then (it drives the progress engine).
+
+
+class Work:
+    """A collective in flight (``torch.distributed.Work``'s role).
+
+    ``wait()`` blocks until it has completed, then runs ``then()`` once (e.g. dividing by
+    the world size), and returns True; the result is in the buffer from then on.
+    ``is_completed()`` asks MPI without blocking whether ``wait()`` would return at once.
+    """
+
+    __slots__ = ("_request", "_buf", "_then", "_done")
+
+    def __init__(self, request, buf, then=None):
+        self._request = request
+        self._buf = buf        # MPI writes into it until completion: keep it alive
+        self._then = then
+        self._done = False
+
+    def is_completed(self):
+        return self._done or self._request.Test()
+
+    def wait(self):
+        if not self._done:
+            self._request.Wait()
+            self._done = True
+            if self._then is not None:
+                self._then()
+        return True
+
+
+def _start_all_reduce_sum(call, buf):
+    """Start summing ``buf`` across the ranks, in place: a C-contiguous CPU NumPy array
+    that nobody touches until the returned ``Work`` has been waited for (MPI Iallreduce)."""
+    comm = _comm(call)
+    if not isinstance(buf, np.ndarray) or not buf.flags.c_contiguous:
+        raise TypeError(f"{call}: expected a C-contiguous NumPy array to reduce in place, got "
+                        f"{type(buf).__name__}")
+    request = comm.Iallreduce(_Group.mpi.IN_PLACE, buf, op=_Group.mpi.SUM)
+    return Work(request, buf)
+
+
+def _all_gather_object(call, obj):
+    """Every rank's ``obj`` (a small picklable value), in rank order, on every rank
+    (``torch.distributed.all_gather_object``): used to check that the ranks agree."""
+    return _comm(call).allgather(obj)
