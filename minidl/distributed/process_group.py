@@ -160,11 +160,15 @@ def _abort_on_uncaught_exception(exc_type, exc, tb):
     for a partner that is gone. Called for KeyboardInterrupt too (Ctrl-C on one rank).
     """
     comm = _Group.comm
+    previous = _Group.previous_excepthook or sys.__excepthook__
+    if comm is None:  # reached through a hook that wrapped this one, after destroy
+        previous(exc_type, exc, tb)
+        return
     try:
         sys.stderr.write(f"minidl.distributed: rank {comm.Get_rank()} of {comm.Get_size()} "
                          f"raised an uncaught exception; aborting the job (MPI_Abort) so the "
                          f"other ranks do not wait forever\n")
-        (_Group.previous_excepthook or sys.__excepthook__)(exc_type, exc, tb)
+        previous(exc_type, exc, tb)
         sys.stdout.flush()
         sys.stderr.flush()
     finally:  # whatever the printing did, the job must end
