@@ -55,7 +55,12 @@ would pass ``isinstance(x, np.ndarray)`` checks and be turned into host arrays s
   buffer is allocated from through the current allocator (``set_allocator`` /
   ``get_allocator``; ``used_bytes`` falls when the last array on a buffer dies),
   ``Stream``/``Event``/``get_elapsed_time`` (wall clock); ``cupy.random`` draws on the
-  host from its own seeded ``RandomState`` and copies to the device; ``cupy.linalg``.
+  host from its own seeded ``RandomState`` and copies to the device; ``cupy.linalg``;
+- ``cupy.cuda.nccl``: ``get_unique_id``, the type and op constants and an
+  ``NcclCommunicator`` whose collectives take ``x.data.ptr`` (a real address here, checked
+  to lie in a live device array) and copy within the process for one rank, or move the
+  data through mpi4py for ranks that are the processes of one ``mpiexec`` job
+  (``mpiexec -n 2 python tests/fake_cupy.py SCRIPT``).
 
 What it cannot catch
 --------------------
@@ -69,6 +74,8 @@ What it cannot catch
   launch limits, 32-bit index overflow, races between threads;
 - anything about performance, asynchrony (everything here is synchronous, so a missing
   ``synchronize`` before a timing goes unnoticed), streams, multi-GPU, memory limits;
+  NCCL's own rules beyond its arguments (ranks of one job share the fake GPU, which real
+  NCCL refuses; a collective missing on one rank makes the others wait in MPI here);
 - numerics of the GPU libraries (cuBLAS/cuDNN reduction order, TF32 in PyTorch's CUDA
   reference: PyTorch runs on the CPU in this mode);
 - PyTorch on CUDA as the reference: the tests' ``torch_device`` gives 'cpu' unless this
@@ -82,6 +89,7 @@ What it cannot catch
 from __future__ import annotations
 
 import builtins
+import ctypes
 import os
 import sys
 import time
@@ -601,7 +609,9 @@ class ndarray:
 
     @property
     def data(self):
-        return _buffers.get(id(self._root()), MemoryPointer(None, 0))
+        """CuPy's MemoryPointer to the first element: ``ptr`` is its real address here
+        (in the NumPy memory), which the ``cuda.nccl`` stand-in turns back into the array."""
+        return _ElementPointer(self)
 
     def _root(self):
         root = self._a
@@ -1127,6 +1137,173 @@ def _make_cuda():
 cuda = _make_cuda()
 
 
+# ----------------------------------------------------------------------------- cupy.cuda.nccl
+
+class _ElementPointer:
+    """``x.data``: ``ptr`` (the address of x's first element), ``mem`` (the buffer's
+    accounted MemoryPointer), ``device_id``. Taking it registers x's buffer, so that a
+    pointer given to the NCCL stand-in can be checked to lie in device memory."""
+
+    def __init__(self, array):
+        root = array._root()
+        self.ptr = array._a.__array_interface__["data"][0]
+        self.mem = _buffers.get(id(root), MemoryPointer(None, 0))
+        self.device_id = 0
+        _pointed[id(root)] = root
+
+
+_pointed = weakref.WeakValueDictionary()   # id(root NumPy array) -> root, while it lives
+
+
+def _device_memory(ptr, count, datatype, where):
+    """A NumPy view of ``count`` elements of NCCL type ``datatype`` at address ``ptr``,
+    which must lie inside a live device buffer (a host pointer or a stale one raises, where
+    real NCCL would fault or read garbage)."""
+    if datatype not in _NCCL_TYPES:
+        raise _NcclError(4, f"{where}: unknown datatype {datatype!r}")
+    dtype = np.dtype(_NCCL_TYPES[datatype])
+    nbytes = int(count) * dtype.itemsize
+    for root in list(_pointed.values()):
+        start = root.__array_interface__["data"][0]
+        contiguous = root.flags.c_contiguous or root.flags.f_contiguous
+        if contiguous and start <= ptr and ptr + nbytes <= start + root.nbytes:
+            if (ptr - start) % dtype.alignment:
+                raise _NcclError(4, f"{where}: pointer {ptr:#x} is misaligned for {dtype}")
+            return np.frombuffer((ctypes.c_char * nbytes).from_address(ptr), dtype=dtype)
+    raise _NcclError(4, f"{where}: {nbytes} bytes at {ptr:#x} are not inside a device "
+                          "array (fake cupy: pass x.data.ptr of a cupy.ndarray that is alive)")
+
+
+_NCCL_TYPES = {0: np.int8, 1: np.uint8, 2: np.int32, 3: np.uint32, 4: np.int64,
+               5: np.uint64, 6: np.float16, 7: np.float32, 8: np.float64}
+
+
+class _NcclError(RuntimeError):
+    def __init__(self, status, detail=""):
+        self.status = status
+        names = {1: "NCCL_ERROR_UNHANDLED_CUDA_ERROR", 3: "NCCL_ERROR_INTERNAL_ERROR",
+                 4: "NCCL_ERROR_INVALID_ARGUMENT", 5: "NCCL_ERROR_INVALID_USAGE"}
+        super().__init__(f"{names.get(status, status)}: {detail} (fake cupy)")
+
+
+class _NcclCommunicator:
+    """``cupy.cuda.nccl.NcclCommunicator(ndev, commId, rank)``: one rank of a communicator.
+
+    With ``ndev == 1`` the collectives copy within the process. With more ranks, every
+    rank is a process of one ``mpiexec`` job whose size is ``ndev``, and the data moves
+    through mpi4py on the host memory the device pointers name. The ranks share the one
+    fake GPU, which real NCCL refuses (one GPU per rank); unlike real NCCL, ranks that
+    pass different unique ids get an error instead of waiting for each other forever.
+    """
+
+    def __init__(self, ndev, commId, rank):
+        commId = tuple(commId)
+        if len(commId) != 128:
+            raise AssertionError("fake cupy: commId must be the 128 values of get_unique_id()")
+        if not 0 <= rank < ndev:
+            raise _NcclError(4, f"NcclCommunicator: rank {rank} outside [0, {ndev})")
+        self._rank, self._size, self._mpi = int(rank), int(ndev), None
+        if ndev > 1:
+            from mpi4py import MPI
+            if MPI.COMM_WORLD.Get_size() != ndev:
+                raise _NcclError(5, f"NcclCommunicator: {ndev} ranks asked for, but the "
+                                 f"MPI job has {MPI.COMM_WORLD.Get_size()} processes "
+                                 "(the stand-in moves the data through MPI)")
+            comm = MPI.COMM_WORLD.Split(0, rank)     # ordered by NCCL rank
+            if any(other != commId for other in comm.allgather(commId)):
+                raise _NcclError(5, "NcclCommunicator: the ranks passed different unique "
+                                 "ids (real NCCL: they wait for each other forever)")
+            self._mpi = (MPI, comm)
+        self._open = True
+
+    def _check(self, where, stream):
+        if not self._open:
+            raise _NcclError(5, f"{where} on a destroyed communicator")
+        if not isinstance(stream, int):
+            raise TypeError(f"fake cupy: {where}: stream must be an int (Stream.ptr), got "
+                            f"{type(stream).__name__}")
+
+    def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+        self._check("allReduce", stream)
+        if op not in (0, 1, 2, 3, 4):
+            raise _NcclError(4, f"allReduce: unknown op {op!r}")
+        send = _device_memory(sendbuf, count, datatype, "allReduce sendbuf")
+        recv = _device_memory(recvbuf, count, datatype, "allReduce recvbuf")
+        result = send.copy()
+        if self._mpi is not None:
+            MPI, comm = self._mpi
+            mpi_op = [MPI.SUM, MPI.PROD, MPI.MAX, MPI.MIN, MPI.SUM][op]
+            comm.Allreduce(MPI.IN_PLACE, result, op=mpi_op)
+        if op == 4:                                 # NCCL_AVG
+            result = (result / self._size).astype(result.dtype)
+        recv[...] = result
+
+    def bcast(self, buff, count, datatype, root, stream):
+        self._check("bcast", stream)
+        if not 0 <= root < self._size:
+            raise _NcclError(4, f"bcast: root {root} outside [0, {self._size})")
+        buf = _device_memory(buff, count, datatype, "bcast buff")
+        if self._mpi is not None:
+            data = buf.copy()
+            self._mpi[1].Bcast(data, root=root)
+            buf[...] = data
+
+    def broadcast(self, sendbuff, recvbuff, count, datatype, root, stream):
+        self._check("broadcast", stream)
+        if not 0 <= root < self._size:
+            raise _NcclError(4, f"broadcast: root {root} outside [0, {self._size})")
+        recv = _device_memory(recvbuff, count, datatype, "broadcast recvbuff")
+        data = recv.copy()
+        if self._rank == root:
+            data = _device_memory(sendbuff, count, datatype, "broadcast sendbuff").copy()
+        if self._mpi is not None:
+            self._mpi[1].Bcast(data, root=root)
+        recv[...] = data
+
+    def allGather(self, sendbuf, recvbuf, count, datatype, stream):
+        self._check("allGather", stream)
+        send = _device_memory(sendbuf, count, datatype, "allGather sendbuf").copy()
+        recv = _device_memory(recvbuf, count * self._size, datatype, "allGather recvbuf")
+        gathered = np.empty(recv.shape, recv.dtype)
+        if self._mpi is not None:
+            self._mpi[1].Allgather(send, gathered)
+        else:
+            gathered[...] = send
+        recv[...] = gathered
+
+    def rank_id(self):
+        return self._rank
+
+    def size(self):
+        return self._size
+
+    def device_id(self):
+        return 0
+
+    def destroy(self):
+        self._open = False          # the MPI communicator is left to MPI_Finalize
+
+    abort = destroy
+
+
+def _make_nccl():
+    nccl = types.ModuleType("cupy.cuda.nccl", "fake cupy.cuda.nccl (module docstring)")
+    nccl.available = True
+    nccl.NcclError, nccl.NcclCommunicator = _NcclError, _NcclCommunicator
+    # signed chars, as CuPy returns ncclUniqueId's bytes
+    nccl.get_unique_id = lambda: tuple(b - 256 if b > 127 else b for b in os.urandom(128))
+    nccl.get_version = nccl.get_build_version = lambda: 22300
+    for value, name in enumerate(["SUM", "PROD", "MAX", "MIN", "AVG"]):
+        setattr(nccl, f"NCCL_{name}", value)
+    for value, t in _NCCL_TYPES.items():
+        setattr(nccl, f"NCCL_{np.dtype(t).name.upper()}", value)
+    return nccl
+
+
+_nccl = _make_nccl()
+cuda.nccl = _nccl
+
+
 # ----------------------------------------------------------------------------- submodules
 
 class _RandomSource:
@@ -1205,6 +1382,7 @@ def install():
     sys.modules["cupy"] = this
     sys.modules["cupy.cuda"] = cuda
     sys.modules["cupy.cuda.runtime"] = cuda.runtime
+    sys.modules["cupy.cuda.nccl"] = cuda.nccl
     sys.modules["cupy.random"] = random
     sys.modules["cupy.linalg"] = linalg
     sys.modules["cupy.fft"] = fft
