@@ -43,8 +43,9 @@ import time
 import numpy as np
 
 from ..autograd import Function, Tensor, is_grad_enabled, queue_callback
+from ..backend import get_array_module
 from ..nn.module import Module
-from .process_group import (_all_gather_object, _comm, _start_all_reduce_sum, broadcast,
+from .process_group import (_all_gather_object, _array, _comm, _start_all_reduce_sum, broadcast,
                             get_world_size)
 
 
@@ -97,7 +98,8 @@ class _Bucket:
         for p in params:
             self.slices.append(slice(start, start + p.numel()))
             start += p.numel()
-        self.buffer = np.zeros(start, dtype=params[0].dtype)
+        xp = get_array_module(params[0].data)    # the parameters' device: NumPy or CuPy
+        self.buffer = xp.zeros(start, dtype=params[0].dtype)
         self.waiting = set()
         self.work = None
 
@@ -149,8 +151,9 @@ class DistributedDataParallel(Module):
 
     module: the model, the same on every rank (checked at construction: the same parameter
         shapes and dtypes in the same order, else a RuntimeError on every rank).
-    device_ids, output_device: accepted for PyTorch compatibility and ignored (the MPI
-        backend runs on the CPU).
+    device_ids, output_device: accepted for PyTorch compatibility and ignored: the model
+        stays where it is (CPU parameters with backend 'mpi', this rank's GPU with 'nccl';
+        the bucket buffers live on the same device).
     broadcast_buffers: also copy rank 0's buffers (BatchNorm running statistics) to every
         rank at construction. (PyTorch broadcasts them again before every forward; minidl
         does it once, so each rank's running statistics then follow its own batches.)
@@ -213,10 +216,7 @@ class DistributedDataParallel(Module):
         def entries(named):
             return [(n, tuple(t.shape), str(t.dtype), t.requires_grad) for n, t in named]
         for n, p in self.module.named_parameters():
-            if not isinstance(p.data, np.ndarray):
-                raise RuntimeError(f"DistributedDataParallel: expected CPU parameters (the "
-                                   f"MPI backend reduces NumPy arrays), got '{n}' on "
-                                   f"{p.device}; wrap the model before moving it")
+            _array(f"DistributedDataParallel(): parameter '{n}'", p)  # the backend's device
         mine = (entries(self.module.named_parameters()),
                 entries(self.module.named_buffers()) if self.broadcast_buffers else [],
                 self.bucket_cap_mb)

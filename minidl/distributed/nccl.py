@@ -85,6 +85,14 @@ class NCCLBackend:
         self.comm.allReduce(ptr, ptr, buf.size, self.types[buf.dtype], self.nccl.NCCL_SUM,
                             self._stream())
 
+    def start_all_reduce_sum(self, buf):
+        """``all_reduce_sum`` queued on the current stream (the host does not wait) and a
+        request for it: ``Test()`` whether the GPU has done it, ``Wait()`` until it has."""
+        self.all_reduce_sum(buf)
+        event = self.cp.cuda.Event()
+        event.record()
+        return _EventRequest(event)
+
     def broadcast(self, buf, src):
         """``buf`` (contiguous) = rank ``src``'s ``buf``."""
         self.comm.bcast(buf.data.ptr, buf.size, self.types[buf.dtype], src, self._stream())
@@ -98,3 +106,18 @@ class NCCLBackend:
         """Free the communicator (after the work queued on it has finished)."""
         self.cp.cuda.get_current_stream().synchronize()
         self.comm.destroy()
+
+
+class _EventRequest:
+    """An MPI-request-like view of GPU work up to a recorded CUDA event."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event):
+        self.event = event
+
+    def Test(self):  # noqa: N802 - MPI's names, so Work treats both backends alike
+        return self.event.done
+
+    def Wait(self):  # noqa: N802
+        self.event.synchronize()

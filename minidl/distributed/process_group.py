@@ -258,6 +258,12 @@ class _MPIBackend:
         """``buf`` (contiguous) = its sum over the ranks, in place."""
         self.comm.Allreduce(self.mpi.IN_PLACE, buf, op=self.mpi.SUM)
 
+    def start_all_reduce_sum(self, buf):
+        """Start ``all_reduce_sum`` without waiting: an MPI request (``Test``, ``Wait``)."""
+        if not isinstance(buf, np.ndarray):
+            raise TypeError(f"backend 'mpi' reduces NumPy arrays, got {type(buf).__name__}")
+        return self.comm.Iallreduce(self.mpi.IN_PLACE, buf, op=self.mpi.SUM)
+
     def broadcast(self, buf, src):
         """``buf`` (contiguous) = rank ``src``'s ``buf``."""
         self.comm.Bcast(buf, root=src)
@@ -395,14 +401,13 @@ class Work:
 
 
 def _start_all_reduce_sum(call, buf):
-    """Start summing ``buf`` across the ranks, in place: a C-contiguous CPU NumPy array
-    that nobody touches until the returned ``Work`` has been waited for (MPI Iallreduce)."""
-    comm = _comm(call)
-    if not isinstance(buf, np.ndarray) or not buf.flags.c_contiguous:
-        raise TypeError(f"{call}: expected a C-contiguous NumPy array to reduce in place, got "
-                        f"{type(buf).__name__}")
-    request = comm.Iallreduce(_Group.mpi.IN_PLACE, buf, op=_Group.mpi.SUM)
-    return Work(request, buf)
+    """Start summing ``buf`` across the ranks, in place: a C-contiguous array of the
+    backend's device (NumPy for 'mpi': MPI Iallreduce; CuPy for 'nccl': queued on the
+    current stream) that nobody touches until the returned ``Work`` has been waited for."""
+    _comm(call)
+    if not buf.flags.c_contiguous:
+        raise TypeError(f"{call}: expected a C-contiguous array to reduce in place")
+    return Work(_Group.backend.start_all_reduce_sum(buf), buf)
 
 
 def _all_gather_object(call, obj):
