@@ -142,7 +142,7 @@ def test_an_error_in_a_worker_thread_reaches_the_caller(rng, num_threads, monkey
 
     def failing(x, geo, out=None):
         import threading
-        if threading.current_thread().name.startswith("minidl-conv"):
+        if threading.current_thread().name.startswith("minidl-worker"):
             raise MemoryError("block on a worker thread")
         return real(x, geo, out=out)
 

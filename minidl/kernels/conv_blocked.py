@@ -28,8 +28,6 @@ reference does, and so does that gradient.
 from __future__ import annotations
 
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
@@ -91,53 +89,15 @@ def image_blocks(geo, dtype, n_threads):
 
 # ----------------------------------------------------------------------------- threads
 
-class _Pool:
-    """The worker threads (``get_num_threads() - 1`` of them; the caller is the last)."""
-    lock = threading.Lock()
-    executor = None
-    size = 0
-    blas = None     # threadpoolctl's handle on NumPy's BLAS, to run it on one thread
-
-
-def _workers(n):
-    with _Pool.lock:
-        if _Pool.size != n:
-            if _Pool.executor is not None:
-                _Pool.executor.shutdown(wait=True)
-            _Pool.executor = ThreadPoolExecutor(n, thread_name_prefix="minidl-conv")
-            _Pool.size = n
-        if _Pool.blas is None:
-            from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - a core dependency
-            _Pool.blas = ThreadpoolController().select(user_api="blas")
-        return _Pool.executor
-
-
-def _run_threads(n_threads, job):
-    """Run ``job(t)`` for t = 0 .. n_threads-1, t = 0 on the calling thread, the others on
-    the pool, BLAS limited to one thread meanwhile; returns the results in order. An
-    exception in any job is raised here once all have finished."""
-    if n_threads == 1 or threading.current_thread().name.startswith("minidl-conv"):
-        return [job(t) for t in range(n_threads)]   # nested: no pool inside the pool
-    pool = _workers(n_threads - 1)
-    with _Pool.blas.limit(limits=1):
-        futures = [pool.submit(job, t) for t in range(1, n_threads)]
-        try:
-            first = job(0)
-        finally:
-            rest = [f.exception() for f in futures]  # wait for all before re-raising
-        for exc in rest:
-            if exc is not None:
-                raise exc
-        return [first] + [f.result() for f in futures]
-
-
 def _for_blocks(geo, dtype, body):
     """Call ``body(n0, n1)`` for every image block, the blocks dealt out round-robin to
     the threads; returns, per thread, the list of what its calls returned."""
     n_threads = max(1, min(threads.get_num_threads(), geo.N))
     blocks = image_blocks(geo, dtype, n_threads)
     n_threads = min(n_threads, len(blocks))
-    return _run_threads(n_threads, lambda t: [body(n0, n1) for n0, n1 in blocks[t::n_threads]])
+    return threads.run_on_threads(n_threads, lambda t: [body(n0, n1)
+                                                        for n0, n1 in blocks[t::n_threads]],
+                                  blas_single=True)
 
 
 def _block_geo(geo, n0, n1):

@@ -122,29 +122,11 @@ def _ranges(n):
     return [(i * n // k, (i + 1) * n // k) for i in range(k)]
 
 
-_pool = None          # the worker threads of the Python-thread split, made on first use
-_pool_threads = 0     # the python_threads() it was made for
-
-
 def _run(kernel, calls, size):
-    """kernel(*args, size=size) for every args in ``calls``: the first on this thread, the
-    others on the worker threads (which sleep, not spin, when idle); returns when all are
-    done. ``size``: the elements of the whole call, for the threading policy."""
-    global _pool, _pool_threads
-    if len(calls) == 1:
-        kernel(*calls[0], size=size)
-        return
-    n = threads.python_threads()
-    if _pool is None or _pool_threads != n:
-        if _pool is not None:
-            _pool.shutdown()
-        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-        _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="conv_direct")
-        _pool_threads = n
-    futures = [_pool.submit(kernel, *args, size=size) for args in calls[1:]]
-    kernel(*calls[0], size=size)
-    for f in futures:
-        f.result()
+    """kernel(*args, size=size) for every args in ``calls``, on as many Python threads
+    (``threads.run_on_threads``); returns when all are done. ``size``: the elements of the
+    whole call, for the threading policy."""
+    threads.run_on_threads(len(calls), lambda t: kernel(*calls[t], size=size))
 
 
 # ----------------------------------------------------------------------------- layouts

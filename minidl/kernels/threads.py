@@ -24,11 +24,13 @@ chooses for an input of n elements.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 __all__ = ["Setting", "PARALLEL_MIN_ELEMENTS", "parallel", "set_parallel", "python_threads",
-           "set_python_threads", "physical_cores", "get_num_threads", "set_num_threads", "jit",
-           "njit_helper"]
+           "set_python_threads", "run_on_threads", "physical_cores", "get_num_threads",
+           "set_num_threads", "jit", "njit_helper"]
 
 class Setting:
     """A kernel setting that a call changes at once and, used with ``with``, undoes when the
@@ -87,6 +89,64 @@ def set_python_threads(n):
     if n < 1:
         raise ValueError(f"set_python_threads: n must be >= 1, got {n}")
     return _PYTHON_THREADS.set(n)
+
+
+# ----------------------------------------------------------------------------- Python threads
+
+class _Workers:
+    """The worker threads of every Python-thread split (made on first use, remade when the
+    count changes) and threadpoolctl's handle on NumPy's BLAS."""
+    lock = threading.Lock()
+    pool = None
+    size = 0
+    blas = None
+
+
+_WORKER_PREFIX = "minidl-worker"
+
+
+def _pool(n):
+    with _Workers.lock:
+        if _Workers.size != n:
+            if _Workers.pool is not None:
+                _Workers.pool.shutdown(wait=True)
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+            _Workers.pool = ThreadPoolExecutor(n, thread_name_prefix=_WORKER_PREFIX)
+            _Workers.size = n
+        return _Workers.pool
+
+
+def _blas_one_thread():
+    """A context in which NumPy's BLAS runs on the calling thread only (threadpoolctl)."""
+    if _Workers.blas is None:
+        from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - a core dependency
+        _Workers.blas = ThreadpoolController().select(user_api="blas")
+    return _Workers.blas.limit(limits=1)
+
+
+def run_on_threads(n, job, blas_single=False):
+    """Run ``job(t)`` for t = 0 .. n-1 and return the results in order: t = 0 on the calling
+    thread, the others on the shared worker threads, which sleep (not spin) when idle.
+
+    The kernels a job calls release the GIL, so the jobs run side by side. blas_single:
+    NumPy's BLAS on one thread per caller meanwhile (jobs that call matrix products:
+    each job is then one BLAS thread, and no BLAS worker spins against the jobs). An
+    exception in any job is raised here once every job has finished. Called from inside a
+    job, the jobs run inline (no pool inside the pool).
+    """
+    if n == 1 or threading.current_thread().name.startswith(_WORKER_PREFIX):
+        return [job(t) for t in range(n)]
+    pool = _pool(n - 1)
+    with (_blas_one_thread() if blas_single else contextlib.nullcontext()):
+        futures = [pool.submit(job, t) for t in range(1, n)]
+        try:
+            first = job(0)
+        finally:
+            errors = [f.exception() for f in futures]   # waits for every job
+        for exc in errors:
+            if exc is not None:
+                raise exc
+        return [first] + [f.result() for f in futures]
 
 
 # ----------------------------------------------------------------------------- thread count
