@@ -32,6 +32,7 @@ from .process_group import (ReduceOp, all_gather, all_reduce, barrier, broadcast
                             destroy_process_group, get_backend, get_rank, get_world_size,
                             init_process_group, is_available, is_initialized)
 from .sampler import DistributedSampler
+from . import sync_batchnorm  # noqa: F401 - plugs the collectives into nn.SyncBatchNorm
 
 __all__ = ["init_process_group", "destroy_process_group", "is_available", "is_initialized",
            "is_nccl_available", "get_backend", "get_rank", "get_world_size", "barrier",

@@ -15,6 +15,7 @@ from .layers import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1
                      LayerNorm, LayerNorm2d, LeakyReLU, Linear, LogSoftmax, MaxPool1d, MaxPool2d,
                      MSELoss, NLLLoss, Permute, PReLU, ReLU, ReLU6, Sigmoid, SiLU, SmoothL1Loss,
                      Softmax, StochasticDepth, Tanh, Unflatten, Upsample, ZeroPad2d)
+from .layers import SyncBatchNorm
 from .module import Module, intercept_calls
 from .parameter import Parameter
 from . import utils  # nn.utils.clip_grad_norm_ & co. (imports the layers above)
@@ -28,4 +29,4 @@ __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Par
            "Dropout2d", "Upsample", "ZeroPad2d", "Unflatten", "Conv1d", "MaxPool1d", "Embedding",
            "BCEWithLogitsLoss", "BCELoss", "L1Loss", "SmoothL1Loss", "KLDivLoss", "Hardsigmoid",
            "LayerNorm2d", "Permute", "StochasticDepth", "functional", "init", "intercept_calls",
-           "utils"]
+           "utils", "SyncBatchNorm"]

@@ -8,6 +8,7 @@ from .linear import Identity, Linear
 from .loss import CrossEntropyLoss, MSELoss, NLLLoss
 from .misc import Flatten
 from .norm import BatchNorm1d, BatchNorm2d
+from .norm import SyncBatchNorm
 from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 from .activation import ELU, Hardswish, PReLU, SiLU
 from .conv1d import Conv1d, MaxPool1d

@@ -102,14 +102,19 @@ class _BatchNorm(Module):
                 factor = 1.0 / float(self.num_batches_tracked.item())
         use_batch_stats = self.training or (self.running_mean is None
                                             and self.running_var is None)
+        track = not self.training or self.track_running_stats
+        return self._batch_norm(input, self.running_mean if track else None,
+                                self.running_var if track else None, use_batch_stats, factor)
+
+    def _batch_norm(self, input, running_mean, running_var, use_batch_stats, factor):  # noqa: A002
+        """``F.batch_norm`` with this layer's weight, bias and eps (``SyncBatchNorm``
+        replaces it, in training, by the statistics of every rank's batch)."""
         if use_batch_stats:
             per_channel = input.numel() // input.shape[1]
             if per_channel <= 1:
                 raise ShapeError(f"{self!r}: expected more than 1 value per channel when "
                                  f"training, got input size {input.shape}")
-        track = not self.training or self.track_running_stats
-        return F.batch_norm(input, self.running_mean if track else None,
-                            self.running_var if track else None, self.weight, self.bias,
+        return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
                             use_batch_stats, factor, self.eps)
 
     def extra_repr(self):
@@ -130,6 +135,88 @@ class BatchNorm2d(_BatchNorm):
 
     input_ranks = (4,)
     input_shape_text = "(N, C, H, W)"
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch norm whose training statistics are those of every rank's batch together.
+
+    ``SyncBatchNorm(num_features, eps=1e-5, momentum=0.1, affine=True,
+    track_running_stats=True, process_group=None, device=None, dtype=None, *, bias=True)``,
+    PyTorch's arguments; input (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W),
+    statistics per channel C.
+
+    Training, with a process group of more than one rank (``minidl.distributed``): the mean
+    and (biased) variance normalising x are those of the union of all ranks' batches, the
+    running statistics follow that union's unbiased variance, and the backward pass sums
+    its per-channel sums over the ranks, so each rank gets the input gradient of its rows
+    that one process holding the whole batch would get. The weight and bias gradients stay
+    this rank's own: DistributedDataParallel averages them as it does every parameter's.
+    The formulas are in ``minidl/distributed/sync_batchnorm.py``. Every rank must run
+    these layers in the same order, forward and backward: they are collective calls.
+
+    Evaluation uses the running statistics and communicates nothing. Without a process
+    group, or with a group of one rank, the layer is exactly ``BatchNorm`` (so a model
+    converted for distributed training still runs, and tests, in one process; PyTorch 2.x
+    does the same on the CPU, and refuses CPU inputs only once a group exists).
+
+    process_group: None, the default group of every rank (the one group
+    ``minidl.distributed`` has). ``SyncBatchNorm.convert_sync_batchnorm(model)`` turns
+    every BatchNorm1d/2d of a model into one.
+    """
+
+    input_ranks = (2, 3, 4, 5)
+    input_shape_text = "(N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W)"
+
+    # The collectives live in minidl.distributed, a layer above nn, which nn must not import
+    # (tests/test_architecture.py). Importing minidl.distributed plugs its synchronised
+    # batch norm in here: ``_across_ranks(layer, input, running_mean, running_var,
+    # momentum)`` returns the output, or None when no group of several ranks exists. No
+    # group can exist before that import: init_process_group is one of its functions.
+    _across_ranks = None
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, process_group=None, device=None, dtype=None, *,
+                 bias=True):
+        if process_group is not None:
+            raise ValueError(f"SyncBatchNorm: expected process_group=None (the default group "
+                             f"of every rank: minidl.distributed has no sub-groups), got "
+                             f"{process_group!r}")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias)
+        self.process_group = process_group
+
+    def _batch_norm(self, input, running_mean, running_var, use_batch_stats, factor):  # noqa: A002
+        across = SyncBatchNorm._across_ranks
+        if self.training and across is not None:
+            out = across(self, input, running_mean, running_var, factor)
+            if out is not None:
+                return out
+        return super()._batch_norm(input, running_mean, running_var, use_batch_stats, factor)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """Replace every BatchNorm1d and BatchNorm2d of ``module`` (``module`` itself
+        included, at any depth) with a SyncBatchNorm; returns ``module``, or the new layer
+        when ``module`` is itself a batch norm.
+
+        The new layer holds the old one's weight and bias (the same Parameter objects, so
+        requires_grad and an optimiser built on them carry over), its running statistics
+        and batch count (the same buffers) and its training flag. A SyncBatchNorm is made
+        anew too (with ``process_group``), as in PyTorch; InstanceNorm is left alone (its
+        statistics are per sample: nothing to synchronise).
+        """
+        out = module
+        if isinstance(module, (BatchNorm1d, BatchNorm2d, SyncBatchNorm)):
+            out = cls(module.num_features, module.eps, module.momentum, module.affine,
+                      module.track_running_stats, process_group,
+                      bias=module.bias is not None)
+            out.weight, out.bias = module.weight, module.bias
+            out.running_mean, out.running_var = module.running_mean, module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+            out.training = module.training
+        for name, child in module.named_children():
+            out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return out
 
 
 # --- per-sample normalisation: LayerNorm, GroupNorm, InstanceNorm1d/2d ---------------------
