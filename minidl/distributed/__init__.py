@@ -22,7 +22,9 @@ on any rank aborts the whole job (``MPI_Abort``) with a message naming the rank.
 ``DistributedDataParallel`` reduces the gradients in buckets (``bucket_cap_mb``, 25 MiB by
 default, as PyTorch), each one started with a non-blocking all-reduce as soon as its
 gradients are final, so communication overlaps the rest of the backward pass; ``no_sync()``
-accumulates gradients locally in between.
+accumulates gradients locally in between. Batch-norm statistics are per rank by default (as
+in PyTorch); ``minidl.nn.SyncBatchNorm.convert_sync_batchnorm(model)`` computes them over
+every rank's batch instead (``sync_batchnorm.py``).
 """
 from __future__ import annotations
 
