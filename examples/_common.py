@@ -635,7 +635,7 @@ class _DataParallel(nn.Module):
     def forward(self, *inputs, **kwargs):
         out = self.ddp(*inputs, **kwargs)
         named = self.ddp.module.named
-        return named._make(out) if named is not None else out
+        return named(*out) if named is not None else out
 
 
 def epoch_seed(seed, rank, epoch):
@@ -783,10 +783,11 @@ class Ranks:
             raise ExampleError(f"--distributed runs on the CPU (minidl's MPI backend sends "
                                f"NumPy arrays), got --device {args.device}; leave it out")
         if args.batch_size % self.size:
+            fits = args.batch_size // self.size * self.size or self.size
             raise ExampleError(f"--distributed: --batch-size {args.batch_size} is the batch "
                                f"of all {self.size} processes together: it must be divisible "
                                f"by {self.size}, each process taking an equal part (e.g. "
-                               f"--batch-size {args.batch_size // self.size * self.size or self.size})")
+                               f"--batch-size {fits})")
 
 
 
@@ -1430,8 +1431,8 @@ def cli(main, argv=None):
 
     With --distributed, every rank runs this: a rank that stops because another failed
     (``RankFailed``) says nothing, rank 0 alone says what Ctrl-C left, and an unexpected
-    error (a traceback) ends the process at once, without the collective goodbye of MPI,
-    so that ``mpiexec`` ends the other ranks instead of leaving them waiting for ever."""
+    error (a traceback) aborts the whole MPI job, so that the other ranks end instead of
+    waiting for ever in a collective."""
     prog = Path(sys.argv[0]).name if argv is None else "example"
     try:
         main(argv)
@@ -1455,7 +1456,8 @@ def cli(main, argv=None):
         traceback.print_exc()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(1)
+        from mpi4py import MPI     # what `python -m mpi4py` does: MPI ends every rank
+        MPI.COMM_WORLD.Abort(1)
     return 0
 
 
