@@ -657,7 +657,12 @@ class Ranks:
       ``DistributedSampler`` shard, ``batch_size // size`` images a step, and DDP averages
       the gradients: the step of a single process on the whole batch;
     - rank 0 alone evaluates (the whole validation and test sets: the global numbers),
-      prints (the others' stdout is discarded: ``quiet``) and writes the outputs;
+      prints (the others' stdout is discarded: ``quiet``) and writes the outputs; its
+      batch-norm running statistics (of its own part of each batch) are the ones evaluated
+      and saved, as with PyTorch's DDP, which copies rank 0's buffers to the others;
+    - the training loss and accuracy printed are the means over the ranks (``mean``):
+      those of the whole batches (when N does not divide the training set, the sampler
+      repeats a few images to even the shards, as PyTorch's does);
     - a step that may fail (checks, data, resume, rank 0's evaluation and writes) runs in
       ``checked``: when it failed on any rank, every rank stops. A rank that left while
       the others wait in a collective would hang them for ever.
