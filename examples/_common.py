@@ -604,40 +604,6 @@ class ShardedDeviceLoader(DeviceDataLoader):
         return np.fromiter(self.sampler, dtype=np.int64, count=len(self.sampler))
 
 
-class _PlainTuple(nn.Module):
-    """``module``, returning a namedtuple's fields as a plain tuple (and remembering its
-    type in ``named``): see ``_DataParallel``."""
-
-    def __init__(self, module):
-        super().__init__()
-        self.module = module
-        self.__dict__["named"] = None
-
-    def forward(self, *inputs, **kwargs):
-        out = self.module(*inputs, **kwargs)
-        is_named = isinstance(out, tuple) and hasattr(out, "_fields")
-        self.__dict__["named"] = type(out) if is_named else None
-        return tuple(out) if is_named else out
-
-
-class _DataParallel(nn.Module):
-    """``DistributedDataParallel(module)``, for models that return a namedtuple too.
-
-    A work-around: DDP rebuilds a tuple output as ``type(out)(generator)``, which a
-    namedtuple (GoogLeNet's ``GoogLeNetOutputs``) refuses; so DDP gets a plain tuple, and
-    the namedtuple is made again here. Replace by DDP itself once it rebuilds namedtuples.
-    """
-
-    def __init__(self, module):
-        super().__init__()
-        self.ddp = dist.DistributedDataParallel(_PlainTuple(module))
-
-    def forward(self, *inputs, **kwargs):
-        out = self.ddp(*inputs, **kwargs)
-        named = self.ddp.module.named
-        return named(*out) if named is not None else out
-
-
 def epoch_seed(seed, rank, epoch):
     """The seed of minidl's generator for ``rank``'s training draws in ``epoch`` (a 64-bit
     int): different on every rank, and a function of (seed, rank, epoch) alone."""
@@ -757,7 +723,7 @@ class Ranks:
     def wrap(self, model):
         """``model`` in ``DistributedDataParallel`` (rank 0's weights everywhere, gradients
         averaged), or itself without --distributed."""
-        return _DataParallel(model) if self.distributed else model
+        return dist.DistributedDataParallel(model) if self.distributed else model
 
     def train_loader(self, dataset, batch_size, device, seed):
         """A shuffled loader over the training set: the whole of it in batches of

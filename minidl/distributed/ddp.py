@@ -75,6 +75,8 @@ def _map_tensors(fn, out):
     """Apply ``fn`` to every Tensor in ``out`` (a Tensor, or tuples/lists/dicts of them)."""
     if isinstance(out, Tensor):
         return fn(out)
+    if isinstance(out, tuple) and hasattr(out, "_fields"):    # a namedtuple (GoogLeNet's)
+        return type(out)(*(_map_tensors(fn, o) for o in out))
     if isinstance(out, (tuple, list)):
         return type(out)(_map_tensors(fn, o) for o in out)
     if isinstance(out, dict):
