@@ -17,7 +17,7 @@ become 16 independent matrix products, 2.25x fewer multiply-adds than im2col's G
 
     tiles   TH = ceil(OH / 2), TW = ceil(OW / 2), T = N * TH * TW; tile (th, tw) covers
             outputs 2th .. 2th+1, 2tw .. 2tw+1 and padded-input rows/columns 2th .. 2th+3
-    U = G w G^T             (16, OC, C)    per (oc, c), once per call (NumPy)
+    U = G w G^T             (16, OC, C)    per (oc, c), once per call (``weight_transform``)
     V = B^T d B             (16, C, T)     per input tile (numba: ``input_transform``)
     M = U @ V               (16, OC, T)    16 GEMMs (BLAS)
     y = A^T M A + b         (N, OC, OH, OW)  per tile (numba: ``output_transform``)
@@ -29,7 +29,7 @@ Backward: the adjoint of each line (exact, not an approximation; Z = dL/dM)::
 
     Z   = A gy_tile A^T     (16, OC, T)    gy's 2x2 tiles, zeros past OH, OW (``grad_transform``)
     dU  = Z @ V^T           (16, OC, C)    summed over tiles by the GEMM
-    gw  = G^T dU G          (OC, C, 3, 3)  per (oc, c) (NumPy)
+    gw  = G^T dU G          (OC, C, 3, 3)  per (oc, c) (``weight_adjoint``)
     dV  = U^T @ Z           (16, C, T)
     gx  = sum of B dV B^T   (N, C, H, W)   tiles overlap by 2: added (``input_scatter``)
     gb  = gy summed over (N, OH, OW)
@@ -67,12 +67,6 @@ __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
 # at least this many input and output channels: below, the GEMMs are too thin to gain.
 WINOGRAD_MIN_CHANNELS = 16
 
-_G = np.array([[1.0, 0.0, 0.0],
-               [0.5, 0.5, 0.5],
-               [0.5, -0.5, 0.5],
-               [0.0, 0.0, 1.0]])                                  # (4, 3)
-
-
 def winograd_can_run(x, w, geo):
     """NumPy arrays of one float dtype (float32/float64), groups 1, stride 1, dilation 1,
     a 3x3 kernel, any padding."""
@@ -102,17 +96,21 @@ def _tiles(geo):
 
 def weight_transform(w):
     """U (16, OC, C) = G w G^T per (oc, c), w (OC, C, 3, 3); U[4a + b] = (G w G^T)[a, b]."""
-    G = _G.astype(w.dtype)
-    U = np.einsum("ai,ocij,bj->aboc", G, w, G, optimize=True)        # (4, 4, OC, C)
-    return np.ascontiguousarray(U).reshape(16, w.shape[0], w.shape[1])
+    OC, C = w.shape[:2]
+    U = np.empty((16, OC, C), dtype=w.dtype)
+    _kernels().weight_transform(np.ascontiguousarray(w).reshape(OC * C, 3, 3),
+                                w.dtype.type(0.5), U.reshape(16, OC * C), size=U.size)
+    return U
 
 
 def weight_transform_adjoint(dU):
-    """gw (OC, C, 3, 3) = G^T dU G per (oc, c): the adjoint of ``weight_transform``."""
-    G = _G.astype(dU.dtype)
+    """gw (OC, C, 3, 3) = G^T dU G per (oc, c), dU (16, OC, C): the adjoint of
+    ``weight_transform``."""
     OC, C = dU.shape[1:]
-    gw = np.einsum("ai,aboc,bj->ocij", G, dU.reshape(4, 4, OC, C), G, optimize=True)
-    return np.ascontiguousarray(gw)
+    gw = np.empty((OC, C, 3, 3), dtype=dU.dtype)
+    _kernels().weight_adjoint(np.ascontiguousarray(dU).reshape(16, OC * C), dU.dtype.type(0.5),
+                              gw.reshape(OC * C, 3, 3), size=gw.size)
+    return gw
 
 
 def _V_block(x, geo, n0, n1):
