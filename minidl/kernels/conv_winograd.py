@@ -44,8 +44,9 @@ the size of x, cheaper to make again than to keep). Each thread sums its own dU 
 the sums are added in thread order: deterministic.
 
 Accuracy: the transforms of x and gy are additions, the weight transform halves, so
-float64 results equal the reference to ~1e-13 relative; float32 ones to a few 1e-6
-relative of the output's scale (the terms of B^T d B are up to 4x larger than d).
+float64 results equal the reference to ~1e-15 of the largest value; float32 ones are
+within about twice the float32 reference's own rounding error (a few 1e-7 of the
+largest value at ResNet-18's sizes: the terms of B^T d B are up to 4x larger than d).
 
 Used (``winograd_can_run``) for NumPy float32/float64 arrays, groups 1, stride 1,
 dilation 1, 3x3 kernels; anything else goes to the other implementations.
@@ -61,11 +62,14 @@ from .conv import _scratch
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
            "weight_source", "winograd_can_run", "winograd_pays", "WINOGRAD_MIN_CHANNELS",
-           "weight_transform", "weight_transform_adjoint"]
+           "WINOGRAD_MIN_SIZE", "weight_transform", "weight_transform_adjoint"]
 
 # The automatic choice (when the family's preference lists 'winograd') takes it only with
-# at least this many input and output channels: below, the GEMMs are too thin to gain.
+# at least this many input and output channels and this output height and width
+# (``winograd_pays``).
 WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_SIZE = 8
+
 
 def winograd_can_run(x, w, geo):
     """NumPy arrays of one float dtype (float32/float64), groups 1, stride 1, dilation 1,
@@ -77,9 +81,13 @@ def winograd_can_run(x, w, geo):
 
 
 def winograd_pays(geo):
-    """Whether the 16 GEMMs are wide enough to gain: C and OC at least
-    ``WINOGRAD_MIN_CHANNELS``."""
-    return geo.C >= WINOGRAD_MIN_CHANNELS and geo.OC >= WINOGRAD_MIN_CHANNELS
+    """Whether Winograd should gain here: C and OC at least ``WINOGRAD_MIN_CHANNELS`` (the
+    16 GEMMs wide enough) and an output of at least ``WINOGRAD_MIN_SIZE`` in each dim (few
+    tiles per image make the 16 GEMMs short, and the weight gradient's (16, OC, C) partial
+    sums per block outweigh them: ResNet-18's 4x4 stage at batch 32 ran slower than
+    im2col + GEMM)."""
+    return (geo.C >= WINOGRAD_MIN_CHANNELS and geo.OC >= WINOGRAD_MIN_CHANNELS
+            and geo.OH >= WINOGRAD_MIN_SIZE and geo.OW >= WINOGRAD_MIN_SIZE)
 
 
 def _kernels():
