@@ -234,3 +234,11 @@ from . import conv_blocked  # noqa: E402
 CONV2D.register("blocked", lambda: conv_blocked, device="cpu",
                 supports=lambda x, w, *, geo, **_: conv_blocked.blocked_can_run(x, w, geo),
                 pays=lambda x, w, *, geo, **_: conv_blocked.blocked_pays(x, geo))
+
+# Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (conv_winograd.py: its kernels, and
+# numba, are imported on first use).
+from . import conv_winograd  # noqa: E402
+
+CONV2D.register("winograd", registry.numba_module("minidl.kernels.conv_winograd"), device="cpu",
+                supports=lambda x, w, *, geo, **_: conv_winograd.winograd_can_run(x, w, geo),
+                pays=lambda x, w, *, geo, **_: conv_winograd.winograd_pays(geo))

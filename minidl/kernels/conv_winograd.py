@@ -1,0 +1,205 @@
+"""conv2d by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2015): the ``winograd``
+implementation of the conv2d family (``kernels/conv.py``; shape letters there).
+
+For 3x3 stride-1 convolutions (ResNet's) im2col + GEMM does 9 multiply-adds per output
+and input channel pair and position. Winograd's algorithm computes each 2x2 block of
+outputs from the 4x4 block of (padded) input under it with 16 products instead of 36::
+
+    y_tile = A^T [ (G w G^T) (.) (B^T d B) ] A        d (4, 4), w (3, 3), y_tile (2, 2)
+
+          [1  0 -1  0]          [ 1    0    0 ]
+    B^T = [0  1  1  0]      G = [1/2  1/2  1/2]     A^T = [1  1  1  0]
+          [0 -1  1  0]          [1/2 -1/2  1/2]           [0  1 -1 -1]
+          [0  1  0 -1]          [ 0    0    1 ]
+
+((.) the elementwise product.) Summed over input channels, the 16 elementwise products
+become 16 independent matrix products, 2.25x fewer multiply-adds than im2col's GEMM::
+
+    tiles   TH = ceil(OH / 2), TW = ceil(OW / 2), T = N * TH * TW; tile (th, tw) covers
+            outputs 2th .. 2th+1, 2tw .. 2tw+1 and padded-input rows/columns 2th .. 2th+3
+    U = G w G^T             (16, OC, C)    per (oc, c), once per call (``weight_transform``)
+    V = B^T d B             (16, C, T)     per input tile (numba: ``input_transform``)
+    M = U @ V               (16, OC, T)    16 GEMMs (BLAS)
+    y = A^T M A + b         (N, OC, OH, OW)  per tile (numba: ``output_transform``)
+
+Partial tiles at the bottom/right edges read zeros past the padded input and their extra
+outputs are dropped; padding is any (top, bottom), (left, right).
+
+Backward: the adjoint of each line (exact, not an approximation; Z = dL/dM)::
+
+    Z   = A gy_tile A^T     (16, OC, T)    gy's 2x2 tiles, zeros past OH, OW (``grad_transform``)
+    dU  = Z @ V^T           (16, OC, C)    summed over tiles by the GEMM
+    gw  = G^T dU G          (OC, C, 3, 3)  per (oc, c) (``weight_adjoint``)
+    dV  = U^T @ Z           (16, C, T)
+    gx  = sum of B dV B^T   (N, C, H, W)   tiles overlap by 2: added (``input_scatter``)
+    gb  = gy summed over (N, OH, OW)
+
+Memory and threads: as ``conv_blocked.py`` does, the batch is cut into blocks of images
+(``conv_blocked.image_blocks``: blocks whose im2col ``col`` would be about
+``conv_blocked.BLOCK_COL_BYTES``; V is 16 TH TW / (9 OH OW), about 0.44x, of that) and
+the blocks are dealt out to ``minidl.get_num_threads()`` Python threads with one BLAS
+thread each. A block's V, M, Z and dV live in that thread's scratch buffers
+(``conv._scratch``), in cache. Forward keeps x for the weight gradient (V is about 4x
+the size of x, cheaper to make again than to keep). Each thread sums its own dU blocks;
+the sums are added in thread order: deterministic.
+
+Accuracy: the transforms of x and gy are additions, the weight transform halves, so
+float64 results equal the reference to ~1e-15 of the largest value; float32 ones are
+within about twice the float32 reference's own rounding error (a few 1e-7 of the
+largest value at ResNet-18's sizes: the terms of B^T d B are up to 4x larger than d).
+
+Used (``winograd_can_run``) for NumPy float32/float64 arrays, groups 1, stride 1,
+dilation 1, 3x3 kernels; anything else goes to the other implementations.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import conv_blocked, registry
+from .conv import _scratch
+
+__all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
+           "weight_source", "winograd_can_run", "winograd_pays", "WINOGRAD_MIN_CHANNELS",
+           "WINOGRAD_MIN_SIZE", "weight_transform", "weight_transform_adjoint"]
+
+# The automatic choice (when the family's preference lists 'winograd') takes it only with
+# at least this many input and output channels and this output height and width
+# (``winograd_pays``).
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_SIZE = 8
+
+
+def winograd_can_run(x, w, geo):
+    """NumPy arrays of one float dtype (float32/float64), groups 1, stride 1, dilation 1,
+    a 3x3 kernel, any padding."""
+    return (geo.G == 1 and geo.KH == 3 and geo.KW == 3 and geo.stride == (1, 1)
+            and geo.dilation == (1, 1) and geo.fits()
+            and type(x) is np.ndarray and type(w) is np.ndarray
+            and x.dtype in registry.FAST_DTYPES and w.dtype == x.dtype)
+
+
+def winograd_pays(geo):
+    """Whether Winograd should gain here: C and OC at least ``WINOGRAD_MIN_CHANNELS`` (the
+    16 GEMMs wide enough) and an output of at least ``WINOGRAD_MIN_SIZE`` in each dim (few
+    tiles per image make the 16 GEMMs short, and the weight gradient's (16, OC, C) partial
+    sums per block outweigh them: ResNet-18's 4x4 stage at batch 32 ran slower than
+    im2col + GEMM)."""
+    return (geo.C >= WINOGRAD_MIN_CHANNELS and geo.OC >= WINOGRAD_MIN_CHANNELS
+            and geo.OH >= WINOGRAD_MIN_SIZE and geo.OW >= WINOGRAD_MIN_SIZE)
+
+
+def _kernels():
+    """conv_winograd_numba, imported on first use: importing this module (the registry
+    does, for ``winograd_can_run``) must not import numba."""
+    from . import conv_winograd_numba  # noqa: PLC0415
+    return conv_winograd_numba
+
+
+def _tiles(geo):
+    """(TH, TW): the tile grid, ceil(OH / 2) x ceil(OW / 2)."""
+    return (geo.OH + 1) // 2, (geo.OW + 1) // 2
+
+
+def weight_transform(w):
+    """U (16, OC, C) = G w G^T per (oc, c), w (OC, C, 3, 3); U[4a + b] = (G w G^T)[a, b]."""
+    OC, C = w.shape[:2]
+    U = np.empty((16, OC, C), dtype=w.dtype)
+    _kernels().weight_transform(np.ascontiguousarray(w).reshape(OC * C, 3, 3),
+                                w.dtype.type(0.5), U.reshape(16, OC * C), size=U.size)
+    return U
+
+
+def weight_transform_adjoint(dU):
+    """gw (OC, C, 3, 3) = G^T dU G per (oc, c), dU (16, OC, C): the adjoint of
+    ``weight_transform``."""
+    OC, C = dU.shape[1:]
+    gw = np.empty((OC, C, 3, 3), dtype=dU.dtype)
+    _kernels().weight_adjoint(np.ascontiguousarray(dU).reshape(16, OC * C), dU.dtype.type(0.5),
+                              gw.reshape(OC * C, 3, 3), size=gw.size)
+    return gw
+
+
+def _V_block(x, geo, n0, n1):
+    """V (16, C, T_b) of images n0 .. n1, in this thread's scratch slot 0."""
+    TH, TW = _tiles(geo)
+    V = _scratch(np, (16, geo.C, (n1 - n0) * TH * TW), x.dtype, slot=0)
+    _kernels().input_transform(x, n0, n1, geo.PH0, geo.PW0, TH, TW, V, size=V.size)
+    return V
+
+
+def _Z_block(gy, geo, n0, n1):
+    """Z = dL/dM (16, OC, T_b) of images n0 .. n1, in this thread's scratch slot 1."""
+    TH, TW = _tiles(geo)
+    Z = _scratch(np, (16, geo.OC, (n1 - n0) * TH * TW), gy.dtype, slot=1)
+    _kernels().grad_transform(gy, n0, n1, TH, TW, Z, size=Z.size)
+    return Z
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def forward(x, w, b, geo, keep_for_backward=True):
+    """y (N, OC, OH, OW) = A^T [U @ V] A + b, block by block; saved ``('x', x)`` (or
+    ``('x', None)`` without ``keep_for_backward``)."""
+    x = np.ascontiguousarray(x)
+    U = weight_transform(w)                                       # (16, OC, C)
+    TH, TW = _tiles(geo)
+    y = np.empty(geo.out_shape, dtype=x.dtype)
+    bias = b if b is not None else np.zeros(1, dtype=x.dtype)
+
+    def block(n0, n1):
+        V = _V_block(x, geo, n0, n1)                              # (16, C, T_b)
+        M = np.matmul(U, V, out=_scratch(np, (16, geo.OC, V.shape[2]), x.dtype, slot=1))
+        _kernels().output_transform(M, n0, n1, TH, TW, bias, b is not None, y, size=M.size)
+
+    conv_blocked._for_blocks(geo, x.dtype, block)
+    return y, ("x", x if keep_for_backward else None)
+
+
+def grad_output(gy, geo, products=True):
+    """gy itself (C-contiguous): each block makes its own tiles Z (``_Z_block``)."""
+    return SimpleNamespace(gy=np.ascontiguousarray(gy), gY=None)
+
+
+def grad_weight(g, saved, geo, need_b=True):
+    """gw (OC, C, 3, 3) = G^T [sum over blocks of Z_b @ V_b^T] G, and gb (OC,) when
+    ``need_b``."""
+    _, x = saved
+
+    def block(n0, n1):
+        V = _V_block(x, geo, n0, n1)                              # (16, C, T_b)
+        Z = _Z_block(g.gy, geo, n0, n1)                           # (16, OC, T_b)
+        return np.matmul(Z, V.transpose(0, 2, 1))                 # (16, OC, C)
+
+    per_thread = conv_blocked._for_blocks(geo, x.dtype, block)
+    dU = None
+    for results in per_thread:                                    # fixed order: deterministic
+        for part in results:
+            dU = part if dU is None else dU + part
+    return weight_transform_adjoint(dU), (grad_bias(g, geo) if need_b else None)
+
+
+def grad_input(g, w, geo):
+    """gx (N, C, H, W): per block, the tiles' B (U^T @ Z_b) B^T added back in place."""
+    UT = weight_transform(w).transpose(0, 2, 1)                   # (16, C, OC)
+    gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
+
+    def block(n0, n1):
+        Z = _Z_block(g.gy, geo, n0, n1)                           # (16, OC, T_b)
+        dV = np.matmul(UT, Z, out=_scratch(np, (16, geo.C, Z.shape[2]), gx.dtype, slot=0))
+        TH, TW = _tiles(geo)
+        _kernels().input_scatter(dV, n0, n1, geo.PH0, geo.PW0, TH, TW, gx, size=dV.size)
+
+    conv_blocked._for_blocks(geo, gx.dtype, block)
+    return gx
+
+
+def grad_bias(g, geo):
+    """gb (OC,): the sum of dL/dy over (N, OH, OW)."""
+    return g.gy.sum(axis=(0, 2, 3))
+
+
+def weight_source(x, geo):
+    """``('x', x)``: grad_weight transforms it block by block."""
+    return "x", np.ascontiguousarray(x)

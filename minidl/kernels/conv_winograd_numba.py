@@ -1,0 +1,316 @@
+"""numba kernels of the conv2d family's ``winograd`` implementation (imported only when
+used). Read ``conv_winograd.py`` first: it defines the tiles, the transforms and the
+layouts these kernels receive.
+
+Four kernels, one per transform, each a loop over (image, channel) planes of a block of
+images n0 .. n1 (``prange``: each iteration writes its own plane or its own columns of
+the tile matrix, so results do not depend on the schedule), plus the 3x3 <-> 4x4 weight
+transforms::
+
+    input_transform     x  (N, C, H, W)    -> V  (16, C, T)   V = B^T d B per 4x4 tile d
+    output_transform    M  (16, OC, T)     -> y  (N, OC, OH, OW)   y = A^T m A per tile, + b
+    grad_transform      gy (N, OC, OH, OW) -> Z  (16, OC, T)  Z = A g A^T per 2x2 tile g
+    input_scatter       dV (16, C, T)      -> gx (N, C, H, W) gx += B dv B^T per tile
+    weight_transform    w  (P, 3, 3)       -> U  (16, P)      U = G w G^T,  P = OC * C
+    weight_adjoint      dU (16, P)         -> gw (P, 3, 3)    gw = G^T dU G
+
+T = (n1 - n0) * TH * TW, tile t = (n - n0) * TH * TW + th * TW + tw; tile (th, tw) covers
+outputs (2th .. 2th+1, 2tw .. 2tw+1) and padded-input rows 2th .. 2th+3, columns
+2tw .. 2tw+3. Each plane is first copied into a zero-filled local canvas of the tile
+grid's size (padding and partial edge tiles become zeros there), so the tile loops have
+no bounds checks.
+
+How the loops are written, and why: a first version computed tile by tile, writing the
+16 values of a tile to 16 rows of V through 3-D indices; its input and gradient
+transforms took more time than the GEMMs. Now every transform is separable and runs one
+row of tiles at a time: a pass over the rows (the even and odd canvas columns
+de-interleaved into short arrays), then one loop per output row of V (or Z), contiguous
+over the row's tiles, which LLVM vectorises. Flat views and unsigned indices (``_u``)
+keep the loops free of wraparound checks, as in ``im2col_numba.py``.
+
+B and A hold only 0 and +-1: those transforms are additions, exact in any dtype. G's
+1/2 comes in as ``half``, an argument of the arrays' dtype: float32 stays float32.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from .threads import jit, njit_helper
+
+__all__ = ["input_transform", "output_transform", "grad_transform", "input_scatter",
+           "weight_transform", "weight_adjoint"]
+
+_u = numba.types.uintp  # unsigned index: no negative-index wraparound check in the loops
+
+# planes per prange iteration: the per-plane work arrays are allocated once per iteration
+# (for 4x4 images, allocating them per plane cost as much as the transform)
+_PLANES = 16
+
+
+@jit
+def input_transform(x, n0, n1, P0, Q0, TH, TW, V):
+    """V[k, c, t] = (B^T d B)[k // 4, k % 4] for the 4x4 tile d of image n0 + t // (TH*TW),
+    channel c: d = xpad[2th .. 2th+3, 2tw .. 2tw+3], xpad x with P0 rows above and Q0
+    columns left of it and zeros wherever the grid passes x.
+
+    x: (N, C, H, W) C-contiguous; V: (16, C, (n1 - n0) * TH * TW) C-contiguous.
+    """
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    T = V.shape[2]
+    HP, WP = 2 * TH + 2, 2 * TW + 2
+    r0, r1 = max(0, P0), min(HP, H + P0)          # canvas rows and columns holding x
+    s0, s1 = max(0, Q0), min(WP, W + Q0)
+    xf = x.reshape(-1)
+    Vf = V.reshape(-1)
+    K = C * T                                      # from V[k, c, t] to V[k + 1, c, t]
+    nq = (n1 - n0) * C
+    for chunk in prange((nq + _PLANES - 1) // _PLANES):
+        canvas = np.empty(HP * WP, dtype=x.dtype)
+        ev = np.empty((4, TW + 1), dtype=x.dtype)  # rows of B^T d, even and odd columns
+        od = np.empty((4, TW + 1), dtype=x.dtype)
+        for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
+            i = q // C
+            c = q - i * C
+            canvas[:] = 0
+            src = ((n0 + i) * C + c) * H * W - P0 * W - Q0    # x[n, c, r - P0, s - Q0]
+            for r in range(r0, r1):
+                for s in range(s0, s1):
+                    canvas[_u(r * WP + s)] = xf[_u(src + r * W + s)]
+            for th in range(TH):
+                a0 = 2 * th * WP
+                for j in range(TW + 1):                # e = B^T d: rows d0-d2, d1+d2, d2-d1, d1-d3
+                    s = a0 + 2 * j                     # even column 2j
+                    d0, d1 = canvas[_u(s)], canvas[_u(s + WP)]
+                    d2, d3 = canvas[_u(s + 2 * WP)], canvas[_u(s + 3 * WP)]
+                    ev[0, j], ev[1, j], ev[2, j], ev[3, j] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+                    s += 1                             # odd column 2j + 1
+                    d0, d1 = canvas[_u(s)], canvas[_u(s + WP)]
+                    d2, d3 = canvas[_u(s + 2 * WP)], canvas[_u(s + 3 * WP)]
+                    od[0, j], od[1, j], od[2, j], od[3, j] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+                # v = e B on each row a: f0-f2, f1+f2, f2-f1, f1-f3 with f = e[a, 2tw .. 2tw+3]
+                t0 = (i * TH + th) * TW
+                for a in range(4):
+                    d = (4 * a * C + c) * T + t0
+                    for tw in range(TW):
+                        Vf[_u(d + tw)] = ev[a, tw] - ev[a, tw + 1]
+                    d += K
+                    for tw in range(TW):
+                        Vf[_u(d + tw)] = od[a, tw] + ev[a, tw + 1]
+                    d += K
+                    for tw in range(TW):
+                        Vf[_u(d + tw)] = ev[a, tw + 1] - od[a, tw]
+                    d += K
+                    for tw in range(TW):
+                        Vf[_u(d + tw)] = od[a, tw] - od[a, tw + 1]
+
+
+@jit
+def output_transform(M, n0, n1, TH, TW, bias, has_bias, y):
+    """y[n, o, 2th .. 2th+1, 2tw .. 2tw+1] = A^T m A (+ bias[o]) for m = M[:, o, t]
+    reshaped 4x4, cropped to (OH, OW) (y's shape); only images n0 .. n1 are written.
+
+    M: (16, OC, (n1 - n0) * TH * TW) C-contiguous; bias: (OC,) (read when has_bias);
+    y: (N, OC, OH, OW) C-contiguous.
+    """
+    OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    T = M.shape[2]
+    W2 = 2 * TW
+    Mf = M.reshape(-1)
+    yf = y.reshape(-1)
+    K = OC * T                                     # from M[k, o, t] to M[k + 1, o, t]
+    nq = (n1 - n0) * OC
+    for chunk in prange((nq + _PLANES - 1) // _PLANES):
+        canvas = np.empty(2 * TH * W2, dtype=y.dtype)
+        for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
+            i = q // OC
+            o = q - i * OC
+            for th in range(TH):
+                m = (0 * K + o) * T + (i * TH + th) * TW      # M[0, o, t0]
+                c0 = 2 * th * W2
+                for tw in range(TW):
+                    p = m + tw
+                    m0, m1, m2, m3 = Mf[_u(p)], Mf[_u(p + K)], Mf[_u(p + 2 * K)], Mf[_u(p + 3 * K)]
+                    m4, m5, m6, m7 = (Mf[_u(p + 4 * K)], Mf[_u(p + 5 * K)], Mf[_u(p + 6 * K)],
+                                      Mf[_u(p + 7 * K)])
+                    m8, m9, m10, m11 = (Mf[_u(p + 8 * K)], Mf[_u(p + 9 * K)], Mf[_u(p + 10 * K)],
+                                        Mf[_u(p + 11 * K)])
+                    m12, m13, m14, m15 = (Mf[_u(p + 12 * K)], Mf[_u(p + 13 * K)],
+                                          Mf[_u(p + 14 * K)], Mf[_u(p + 15 * K)])
+                    # f = A^T m: rows m0+m1+m2 and m1-m2-m3 (of the 4x4 m's rows)
+                    g0, g1, g2, g3 = m0 + m4 + m8, m1 + m5 + m9, m2 + m6 + m10, m3 + m7 + m11
+                    h0, h1, h2, h3 = m4 - m8 - m12, m5 - m9 - m13, m6 - m10 - m14, m7 - m11 - m15
+                    s = c0 + 2 * tw                    # y = f A
+                    canvas[_u(s)] = g0 + g1 + g2
+                    canvas[_u(s + 1)] = g1 - g2 - g3
+                    canvas[_u(s + W2)] = h0 + h1 + h2
+                    canvas[_u(s + W2 + 1)] = h1 - h2 - h3
+            beta = bias[o] if has_bias else canvas[0] * 0
+            dst = ((n0 + i) * OC + o) * OH * OW
+            for r in range(OH):
+                for s in range(OW):
+                    yf[_u(dst + r * OW + s)] = canvas[_u(r * W2 + s)] + beta
+
+
+@jit
+def grad_transform(gy, n0, n1, TH, TW, Z):
+    """Z[k, o, t] = (A g A^T)[k // 4, k % 4] for the 2x2 tile g = gy[n, o, 2th .. 2th+1,
+    2tw .. 2tw+1] (zeros past OH, OW): dL/dM, the adjoint of ``output_transform``.
+
+    gy: (N, OC, OH, OW) C-contiguous; Z: (16, OC, (n1 - n0) * TH * TW) C-contiguous.
+    """
+    OC, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
+    T = Z.shape[2]
+    W2 = 2 * TW
+    gf = gy.reshape(-1)
+    Zf = Z.reshape(-1)
+    K = OC * T                                     # from Z[k, o, t] to Z[k + 1, o, t]
+    nq = (n1 - n0) * OC
+    for chunk in prange((nq + _PLANES - 1) // _PLANES):
+        canvas = np.empty(2 * TH * W2, dtype=gy.dtype)
+        qe = np.empty((4, TW), dtype=gy.dtype)       # rows of A g, even and odd columns
+        qo = np.empty((4, TW), dtype=gy.dtype)
+        for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
+            i = q // OC
+            o = q - i * OC
+            canvas[:] = 0
+            src = ((n0 + i) * OC + o) * OH * OW
+            for r in range(OH):
+                for s in range(OW):
+                    canvas[_u(r * W2 + s)] = gf[_u(src + r * OW + s)]
+            for th in range(TH):
+                c0 = 2 * th * W2
+                for tw in range(TW):                   # A g: rows g0, g0 + g1, g0 - g1, -g1
+                    s = c0 + 2 * tw
+                    ae, ao = canvas[_u(s)], canvas[_u(s + 1)]
+                    be, bo = canvas[_u(s + W2)], canvas[_u(s + W2 + 1)]
+                    qe[0, tw], qo[0, tw] = ae, ao
+                    qe[1, tw], qo[1, tw] = ae + be, ao + bo
+                    qe[2, tw], qo[2, tw] = ae - be, ao - bo
+                    qe[3, tw], qo[3, tw] = -be, -bo
+                # (A g) A^T on each row a: e, e + o, e - o, -o
+                t0 = (i * TH + th) * TW
+                for a in range(4):
+                    d = (4 * a * OC + o) * T + t0
+                    for tw in range(TW):
+                        Zf[_u(d + tw)] = qe[a, tw]
+                    d += K
+                    for tw in range(TW):
+                        Zf[_u(d + tw)] = qe[a, tw] + qo[a, tw]
+                    d += K
+                    for tw in range(TW):
+                        Zf[_u(d + tw)] = qe[a, tw] - qo[a, tw]
+                    d += K
+                    for tw in range(TW):
+                        Zf[_u(d + tw)] = -qo[a, tw]
+
+
+@jit
+def input_scatter(dV, n0, n1, P0, Q0, TH, TW, gx):
+    """gx[n, c] = the sum over tiles of B dv B^T (dv = dV[:, c, t] reshaped 4x4) added at
+    the tile's place in the padded input, cropped to x: the adjoint of ``input_transform``
+    (tiles overlap by two rows and columns). Every entry of gx[n0:n1] is written.
+
+    dV: (16, C, (n1 - n0) * TH * TW) C-contiguous; gx: (N, C, H, W) C-contiguous.
+    """
+    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
+    T = dV.shape[2]
+    HP, WP = 2 * TH + 2, 2 * TW + 2
+    dVf = dV.reshape(-1)
+    gf = gx.reshape(-1)
+    K = C * T                                      # from dV[k, c, t] to dV[k + 1, c, t]
+    nq = (n1 - n0) * C
+    for chunk in prange((nq + _PLANES - 1) // _PLANES):
+        canvas = np.empty(HP * WP, dtype=gx.dtype)
+        p = np.empty((4, 4, TW), dtype=gx.dtype)     # p = B dv per tile: p[a, b, tw]
+        for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
+            i = q // C
+            c = q - i * C
+            canvas[:] = 0
+            for th in range(TH):
+                t0 = (i * TH + th) * TW
+                for b in range(4):                     # B u: u0, u1 - u2 + u3, u1 + u2 - u0, -u3
+                    d = (b * C + c) * T + t0           # dV[b, c, t0]: row 0 of dv, column b
+                    for tw in range(TW):
+                        u0 = dVf[_u(d + tw)]
+                        u1 = dVf[_u(d + 4 * K + tw)]
+                        u2 = dVf[_u(d + 8 * K + tw)]
+                        u3 = dVf[_u(d + 12 * K + tw)]
+                        p[0, b, tw] = u0
+                        p[1, b, tw] = u1 - u2 + u3
+                        p[2, b, tw] = u1 + u2 - u0
+                        p[3, b, tw] = -u3
+                for a in range(4):                     # p B^T on each row, added at 2tw .. 2tw+3
+                    row = (2 * th + a) * WP
+                    for tw in range(TW):
+                        canvas[_u(row + 2 * tw)] += p[a, 0, tw]
+                    for tw in range(TW):
+                        canvas[_u(row + 2 * tw + 1)] += p[a, 1, tw] - p[a, 2, tw] + p[a, 3, tw]
+                    for tw in range(TW):
+                        canvas[_u(row + 2 * tw + 2)] += p[a, 1, tw] + p[a, 2, tw] - p[a, 0, tw]
+                    for tw in range(TW):
+                        canvas[_u(row + 2 * tw + 3)] -= p[a, 3, tw]
+            # the grid covers x: 2 TH + 2 >= OH + 2 = H + PH0 + PH1 (conv_winograd)
+            dst = ((n0 + i) * C + c) * H * W
+            for r in range(H):
+                for s in range(W):
+                    gf[_u(dst + r * W + s)] = canvas[_u((r + P0) * WP + s + Q0)]
+
+
+@njit_helper
+def _g(a, b, c, half):
+    """G (a, b, c) = (a, (a + b + c) / 2, (a - b + c) / 2, c): G times a 3-vector."""
+    return a, (a + b + c) * half, (a - b + c) * half, c
+
+
+@njit_helper
+def _gt(u0, u1, u2, u3, half):
+    """G^T u = (u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3) for a 4-vector u."""
+    return u0 + (u1 + u2) * half, (u1 - u2) * half, (u1 + u2) * half + u3
+
+
+@jit
+def weight_transform(w, half, U):
+    """U[4a + b, p] = (G w[p] G^T)[a, b] for every 3x3 kernel p (w (P, 3, 3) C-contiguous,
+    U (16, P) C-contiguous).
+
+    Written 64 kernels at a time through a small buffer: U's 16 rows lie P elements apart,
+    a power of two for ResNet's layers, so storing a kernel's 16 values straight into them
+    made every store hit the same cache sets (several times slower)."""
+    P = w.shape[0]
+    for chunk in prange((P + 63) // 64):
+        p0 = chunk * 64
+        p1 = min(P, p0 + 64)
+        buf = np.empty((16, 64), dtype=U.dtype)
+        for p in range(p0, p1):
+            j = p - p0
+            # G w, column by column: f_j (4 values) = G w[:, j]
+            f00, f10, f20, f30 = _g(w[p, 0, 0], w[p, 1, 0], w[p, 2, 0], half)
+            f01, f11, f21, f31 = _g(w[p, 0, 1], w[p, 1, 1], w[p, 2, 1], half)
+            f02, f12, f22, f32 = _g(w[p, 0, 2], w[p, 1, 2], w[p, 2, 2], half)
+            # (G w) G^T, row by row: U[4a .. 4a+3] = G (row a of G w)
+            buf[0, j], buf[1, j], buf[2, j], buf[3, j] = _g(f00, f01, f02, half)
+            buf[4, j], buf[5, j], buf[6, j], buf[7, j] = _g(f10, f11, f12, half)
+            buf[8, j], buf[9, j], buf[10, j], buf[11, j] = _g(f20, f21, f22, half)
+            buf[12, j], buf[13, j], buf[14, j], buf[15, j] = _g(f30, f31, f32, half)
+        for k in range(16):
+            for p in range(p0, p1):
+                U[k, p] = buf[k, p - p0]
+
+
+@jit
+def weight_adjoint(dU, half, gw):
+    """gw[p] = G^T dU[:, p] G (dU (16, P) reshaped 4x4 per p, gw (P, 3, 3) C-contiguous):
+    the adjoint of ``weight_transform``."""
+    P = gw.shape[0]
+    for p in prange(P):
+        # G^T dU, column by column: f_j (3 values) = G^T dU[:, j]
+        f00, f10, f20 = _gt(dU[0, p], dU[4, p], dU[8, p], dU[12, p], half)
+        f01, f11, f21 = _gt(dU[1, p], dU[5, p], dU[9, p], dU[13, p], half)
+        f02, f12, f22 = _gt(dU[2, p], dU[6, p], dU[10, p], dU[14, p], half)
+        f03, f13, f23 = _gt(dU[3, p], dU[7, p], dU[11, p], dU[15, p], half)
+        # (G^T dU) G, row by row: gw[p, r] = G^T (row r of G^T dU)
+        gw[p, 0, 0], gw[p, 0, 1], gw[p, 0, 2] = _gt(f00, f01, f02, f03, half)
+        gw[p, 1, 0], gw[p, 1, 1], gw[p, 1, 2] = _gt(f10, f11, f12, f13, half)
+        gw[p, 2, 0], gw[p, 2, 1], gw[p, 2, 2] = _gt(f20, f21, f22, f23, half)

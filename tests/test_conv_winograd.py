@@ -1,0 +1,237 @@
+"""The Winograd F(2x2, 3x3) conv2d (minidl/kernels/conv_winograd.py) against the im2col
+reference.
+
+Forced with ``use_impl('winograd', family='conv2d')``: outputs and every gradient (x, w,
+b) equal to the reference's over paddings (none, ResNet's 1, large, asymmetric), odd and
+tiny inputs (partial tiles, H or W < 4), batch 1, unbatched inputs, C != OC, no bias and
+subsets of the gradients; with one image per block on 1, 2 and 3 threads; the transposed
+convolution (its forward is the input gradient) and a double backward; the weight
+transform's adjoint; which calls the registry leaves to other implementations.
+
+Tolerances, as the largest error relative to the largest reference value: float64 1e-12
+(observed ~3e-16: the transforms are additions and halvings); float32 2e-6 (observed
+~3e-7 on these small inputs; at ResNet-18's sizes, against a float64 reference, 2e-7 to
+8e-7 for y, dx and dw, about the float32 im2col reference's own 2e-7 to 5e-7).
+CPU only (NumPy arrays).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minidl
+import minidl.kernels as K
+from minidl import geometry
+from minidl.kernels import conv_blocked, conv_winograd
+from minidl.ops.conv import Conv2dFunction, conv2d, conv_transpose2d
+
+pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
+
+REL_TOL = {np.float64: 1e-12, np.float32: 2e-6}
+
+# name: (x shape, weight shape, padding ((PH0, PH1), (PW0, PW1)))
+CASES = {
+    "p1 (ResNet)": ((3, 6, 9, 8), (7, 6, 3, 3), ((1, 1), (1, 1))),
+    "p0": ((2, 5, 8, 10), (4, 5, 3, 3), ((0, 0), (0, 0))),
+    "p0 odd": ((2, 3, 7, 9), (5, 3, 3, 3), ((0, 0), (0, 0))),
+    "asymmetric (1,0),(0,1)": ((2, 4, 7, 6), (3, 4, 3, 3), ((1, 0), (0, 1))),
+    "asymmetric (0,2),(3,0)": ((2, 3, 5, 6), (4, 3, 3, 3), ((0, 2), (3, 0))),
+    "large padding": ((1, 2, 4, 3), (3, 2, 3, 3), ((4, 3), (2, 5))),
+    "H, W < 4": ((2, 3, 2, 3), (4, 3, 3, 3), ((1, 1), (1, 1))),
+    "3x3 p0: one output": ((3, 4, 3, 3), (2, 4, 3, 3), ((0, 0), (0, 0))),
+    "1 row": ((2, 3, 1, 7), (3, 3, 3, 3), ((1, 1), (1, 1))),
+    "batch 1, C != OC": ((1, 9, 6, 5), (2, 9, 3, 3), ((1, 1), (1, 1))),
+}
+
+
+@pytest.fixture
+def num_threads():
+    """Set minidl's thread count for one test, restored after it."""
+    old = minidl.get_num_threads()
+    yield minidl.set_num_threads
+    minidl.set_num_threads(old)
+
+
+def _assert_close(got, want, dtype, what):
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    scale = max(float(np.abs(want).max()), 1e-30)
+    err = float(np.abs(got.astype(np.float64) - want).max()) / scale
+    assert err <= REL_TOL[dtype], f"{what}: error {err:.3g} of the largest value {scale:.3g}"
+
+
+def _run(impl, x, w, b, gy, padding, need=(True, True, True)):
+    """y and the gradients in ``need`` (x, w, b; None where not asked) with ``impl``
+    forced; checks that conv2d ran ``impl`` and nothing else."""
+    X = minidl.tensor(x, requires_grad=need[0])
+    Wt = minidl.tensor(w, requires_grad=need[1])
+    B = None if b is None else minidl.tensor(b, requires_grad=need[2])
+    geo = geometry.ConvGeometry.of(x.shape, w.shape, (1, 1), padding, (1, 1))
+    with K.use_impl(impl, family="conv2d"), K.decisions() as log:
+        y = Conv2dFunction.apply(X, Wt, B, geo=geo)
+        if any(need):
+            y.backward(minidl.tensor(gy))
+    assert {i for f, i in log if f == "conv2d"} == {impl}
+    grads = [t.grad.numpy() if t is not None and t.grad is not None else None
+             for t in (X, Wt, B)]
+    return [y.numpy()] + grads
+
+
+def _arrays(rng, x_shape, w_shape, padding, dtype):
+    geo = geometry.ConvGeometry.of(x_shape, w_shape, (1, 1), padding, (1, 1))
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    return x, w, b, rng.standard_normal(geo.out_shape).astype(dtype)
+
+
+def _compare(got, want, dtype, label):
+    for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
+        if r is None:
+            assert g is None, f"{label}: {name} computed but not asked for"
+        else:
+            _assert_close(g, r, dtype, f"{label}: {name}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", list(CASES))
+def test_winograd_equals_reference(case, dtype, rng):
+    x_shape, w_shape, padding = CASES[case]
+    x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, dtype)
+    want = _run("reference", x, w, b, gy, padding)
+    _compare(_run("winograd", x, w, b, gy, padding), want, dtype, case)
+
+
+@pytest.mark.parametrize("threads_", [1, 2, 3])
+def test_blocks_on_threads_equal_reference(threads_, rng, num_threads):
+    """One image per block (many blocks), dealt out to 1, 2 or 3 threads."""
+    x_shape, w_shape, padding = (7, 5, 6, 7), (6, 5, 3, 3), ((1, 1), (1, 1))
+    for dtype in (np.float64, np.float32):
+        x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, dtype)
+        want = _run("reference", x, w, b, gy, padding)
+        num_threads(threads_)
+        with conv_blocked.block_col_bytes(1):
+            got = _run("winograd", x, w, b, gy, padding)
+        _compare(got, want, dtype, f"{threads_} threads")
+
+
+def test_threads_are_deterministic(rng, num_threads):
+    """Fixed blocks per thread, partial sums added in thread order: runs agree bit for bit."""
+    x_shape, w_shape, padding = (6, 4, 5, 5), (5, 4, 3, 3), ((1, 1), (1, 1))
+    x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, np.float32)
+    num_threads(2)
+    with conv_blocked.block_col_bytes(1):
+        runs = [_run("winograd", x, w, b, gy, padding) for _ in range(3)]
+    for other in runs[1:]:
+        for a, c in zip(runs[0], other):
+            assert np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("need", [(True, False, False), (False, True, True),
+                                  (False, True, False), (False, False, True),
+                                  (False, False, False)],
+                         ids=["x only", "weight and bias", "weight only", "bias only",
+                              "inference"])
+def test_subsets_of_gradients(need, rng):
+    """Only the gradients asked for are computed, and they equal the reference's."""
+    x_shape, w_shape, padding = CASES["asymmetric (1,0),(0,1)"]
+    x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, np.float64)
+    want = _run("reference", x, w, b, gy, padding, need)
+    _compare(_run("winograd", x, w, b, gy, padding, need), want, np.float64, str(need))
+
+
+def test_no_bias_and_unbatched_through_conv2d(rng):
+    """conv2d itself: an unbatched (C, H, W) input without bias, padding='same'."""
+    x = rng.standard_normal((5, 7, 6))
+    w = rng.standard_normal((3, 5, 3, 3))
+    gy = rng.standard_normal((3, 7, 6))
+    results = {}
+    for impl in ("reference", "winograd"):
+        X, Wt = minidl.tensor(x, requires_grad=True), minidl.tensor(w, requires_grad=True)
+        with K.use_impl(impl, family="conv2d"), K.decisions() as log:
+            y = conv2d(X, Wt, padding="same")
+            y.backward(minidl.tensor(gy))
+        assert {i for f, i in log if f == "conv2d"} == {impl}
+        results[impl] = [y.numpy(), X.grad.numpy(), Wt.grad.numpy()]
+    for name, g, r in zip(("y", "dx", "dw"), results["winograd"], results["reference"]):
+        _assert_close(g, r, np.float64, name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_conv_transpose2d_forward_is_the_input_gradient(dtype, rng):
+    """conv_transpose2d (3x3, stride 1) runs on the family's grad_input (and its backward
+    on forward and grad_weight)."""
+    g = rng.standard_normal((2, 6, 5, 7)).astype(dtype)         # (N, C_in, H, W)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(dtype)         # (C_in, C_out, 3, 3)
+    b = rng.standard_normal(4).astype(dtype)
+    gz = rng.standard_normal((2, 4, 5, 7)).astype(dtype)
+    results = {}
+    for impl in ("reference", "winograd"):
+        G, Wt, B = (minidl.tensor(a, requires_grad=True) for a in (g, w, b))
+        with K.use_impl(impl, family="conv2d"), K.decisions() as log:
+            z = conv_transpose2d(G, Wt, B, padding=1)
+            z.backward(minidl.tensor(gz))
+        assert {i for f, i in log if f == "conv2d"} == {impl}
+        results[impl] = [z.numpy(), G.grad.numpy(), Wt.grad.numpy(), B.grad.numpy()]
+    _compare(results["winograd"], results["reference"], dtype, "conv_transpose2d")
+
+
+def test_double_backward(rng, use_impl):
+    """create_graph: the recorded backward (Function ops calling the family again) is
+    differentiable with Winograd forced; gradgradcheck in float64."""
+    x = minidl.tensor(rng.standard_normal((2, 2, 4, 5)), requires_grad=True)
+    w = minidl.tensor(rng.standard_normal((3, 2, 3, 3)), requires_grad=True)
+    b = minidl.tensor(rng.standard_normal(3), requires_grad=True)
+    use_impl("winograd", family="conv2d")
+    with K.decisions() as log:
+        assert minidl.gradgradcheck(lambda x, w, b: conv2d(x, w, b, padding=(1, 0)), [x, w, b])
+    assert {i for f, i in log if f == "conv2d"} == {"winograd"}
+
+
+def test_weight_transform_adjoint(rng):
+    """<U(w), dU> == <w, U^T(dU)>: weight_transform_adjoint is the transpose of the map
+    weight_transform (what the weight gradient relies on)."""
+    w = rng.standard_normal((3, 4, 3, 3))
+    dU = rng.standard_normal((16, 3, 4))
+    lhs = np.sum(conv_winograd.weight_transform(w) * dU)
+    rhs = np.sum(w * conv_winograd.weight_transform_adjoint(dU))
+    assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+
+
+# (x shape, w shape, conv2d keyword arguments): calls Winograd F(2x2, 3x3) cannot run
+REFUSED = {
+    "stride 2": ((2, 4, 8, 8), (4, 4, 3, 3), dict(stride=2, padding=1)),
+    "1x1": ((2, 4, 8, 8), (4, 4, 1, 1), {}),
+    "5x5": ((2, 4, 8, 8), (4, 4, 5, 5), dict(padding=2)),
+    "3x2": ((2, 4, 8, 8), (4, 4, 3, 2), {}),
+    "groups": ((2, 4, 8, 8), (4, 2, 3, 3), dict(groups=2, padding=1)),
+    "dilation": ((2, 4, 8, 8), (4, 4, 3, 3), dict(dilation=2, padding=2)),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_unsupported_calls_go_elsewhere(case, rng, use_impl):
+    """Forced Winograd leaves what it cannot run to the reference (``decisions``), with
+    the same results."""
+    x_shape, w_shape, kwargs = REFUSED[case]
+    x = minidl.tensor(rng.standard_normal(x_shape).astype(np.float32))
+    w = minidl.tensor(rng.standard_normal(w_shape).astype(np.float32))
+    want = conv2d(x, w, **kwargs).numpy()
+    use_impl("winograd", family="conv2d")
+    with K.decisions() as log:
+        got = conv2d(x, w, **kwargs).numpy()
+    assert [i for f, i in log if f == "conv2d"] == ["reference"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_supports_and_pays():
+    geo = geometry.ConvGeometry.of((8, 64, 16, 16), (64, 64, 3, 3), (1, 1), ((1, 1), (1, 1)))
+    x32, w32 = np.zeros(1, np.float32), np.zeros(1, np.float32)
+    assert conv_winograd.winograd_can_run(x32, w32, geo)
+    assert not conv_winograd.winograd_can_run(x32, w32.astype(np.float64), geo)
+    assert not conv_winograd.winograd_can_run(x32.astype(np.float16), w32.astype(np.float16),
+                                              geo)
+    assert conv_winograd.winograd_pays(geo)
+    small = geometry.ConvGeometry.of((8, 3, 16, 16), (64, 3, 3, 3), (1, 1), ((1, 1), (1, 1)))
+    assert not conv_winograd.winograd_pays(small)      # 3 input channels: thin GEMMs
+    tiny = geometry.ConvGeometry.of((32, 512, 4, 4), (512, 512, 3, 3), (1, 1), ((1, 1), (1, 1)))
+    assert not conv_winograd.winograd_pays(tiny)       # 4 tiles per image
