@@ -1,6 +1,6 @@
 """Data-parallel training with ``DistributedDataParallel``: 1 process against 2 (MPI, CPU).
 
-    python benchmarks/bench_distributed.py [--models lenet,resnet18] [--steps 20]
+    python benchmarks/bench_distributed.py [--models lenet,resnet18] [--steps N]
                                            [--warmup 3] [--bucket-cap-mb 25] [--quick]
 
 The script launches itself twice, under ``mpiexec -n 1`` and ``mpiexec -n 2``; every rank
@@ -13,12 +13,12 @@ size, so 2 processes do twice the work per step of 1.
   num_classes=10)``), 3x32x32, batch 32 per rank.
 
 Random float32 images and labels, cross-entropy, SGD (lr 0.01, momentum 0.9). After
-``--warmup`` untimed steps, each of ``--steps`` steps is timed in parts: forward (with the
-loss), backward (which includes DDP's gradient hooks, the all-reduces they start, and the
-wait for the last ones at its end), optimizer step. The communication parts come from
-``ddp._comm_stats`` (differences per step). With 1 process the model runs both plainly
-(the baseline of the speedup) and wrapped in DDP (its bookkeeping cost; the all-reduce of a
-single rank is a no-op).
+``--warmup`` untimed steps, each of ``--steps`` steps (by default 200 for LeNet, 20 for
+ResNet-18) is timed in parts: forward (with the loss), backward (which includes DDP's
+gradient hooks, the all-reduces they start, and the wait for the last ones at its end),
+optimizer step. The communication parts come from ``ddp._comm_stats`` (differences per
+step). With 1 process the model runs both plainly (the baseline of the speedup) and wrapped
+in DDP (its bookkeeping cost; the all-reduce of a single rank is a no-op).
 
 Printed terms:
 
@@ -37,6 +37,8 @@ Printed terms:
   ``1 - comm exposed / standalone all-reduce``, bounded to [0, 1] (only with 2 processes).
 - alpha, beta: fitted to blocking all-reduce times over sizes 8 B .. 64 MiB with the ring
   all-reduce model ``T(n, p) = 2(p-1) alpha + 2(p-1)/p n beta`` (relative least squares).
+- last, the scaling estimate of ``docs/distributed.md``: that model with nominal links
+  (``LINKS``) and this run's 1-process compute times, for p = 2 ... 64.
 
 On a 2-core machine the 2 ranks take both cores, so nothing is left for MPI's progress or
 for anything else on the machine, and the two ranks share the memory bandwidth: the
@@ -60,10 +62,11 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-# name -> (builder, one sample's shape, batch per rank, batch per rank with --quick)
+# name -> (title, one sample's shape, batch per rank, batch per rank with --quick, timed
+# steps by default: a LeNet step is ~100x shorter, so it gets more of them)
 MODELS = {
-    "lenet": ("LeNet-5", (1, 32, 32), 100, 8),
-    "resnet18": ("ResNet-18 small stem", (3, 32, 32), 32, 2),
+    "lenet": ("LeNet-5", (1, 32, 32), 100, 8, 200),
+    "resnet18": ("ResNet-18 small stem", (3, 32, 32), 32, 2, 20),
 }
 
 
@@ -80,8 +83,8 @@ STAT_KEYS = ("copy_s", "launch_s", "progress_s", "wait_s")
 COUNT_KEYS = ("launched", "launched_in_backward", "overlapped")
 
 
-def train_timed(name, use_ddp, batch, args):
-    """Per-step timings (seconds) of ``--steps`` training steps of ``name`` on this rank,
+def train_timed(name, use_ddp, batch, steps, args):
+    """Per-step timings (seconds) of ``steps`` training steps of ``name`` on this rank,
     after ``--warmup`` steps; ``use_ddp``: wrapped in DistributedDataParallel."""
     import minidl
     import minidl.distributed as dist
@@ -99,7 +102,7 @@ def train_timed(name, use_ddp, batch, args):
 
     rec = {k: [] for k in ("step", "forward", "backward", "optimizer") + STAT_KEYS}
     counts_before = None
-    for i in range(args.warmup + args.steps):
+    for i in range(args.warmup + steps):
         if i == args.warmup:
             dist.barrier()  # the ranks start the timed steps together
             counts_before = {k: stats[k] for k in COUNT_KEYS} if stats else None
@@ -188,28 +191,29 @@ def child(out_path, args):
     result = {"world": world, "runs": []}
     for name in args.models.split(","):
         batch = MODELS[name][3] if args.quick else MODELS[name][2]
+        steps = args.steps or MODELS[name][4]
         variants = [False, True] if world == 1 else [True]
         for use_ddp in variants:
-            rec, counts, layout = train_timed(name, use_ddp, batch, args)
+            rec, counts, layout = train_timed(name, use_ddp, batch, steps, args)
             every = MPI.COMM_WORLD.gather(rec, root=0)
             run = {"model": name, "batch": batch, "ddp": use_ddp, "counts": counts,
-                   "bucket_bytes": layout, "steps": args.steps}
+                   "bucket_bytes": layout, "steps": steps}
             if rank == 0:
                 # step by step: the slower rank's time (the step ends for both only then);
                 # the parts: the mean over the ranks
-                run["step"] = [max(r["step"][i] for r in every) for i in range(args.steps)]
+                run["step"] = [max(r["step"][i] for r in every) for i in range(steps)]
                 for k in ("forward", "backward", "optimizer") + STAT_KEYS:
                     run[k] = [statistics.fmean(r[k][i] for r in every)
-                              for i in range(args.steps)]
+                              for i in range(steps)]
                 # The rank that reaches the end of backward first also waits for the other
                 # one to finish computing; the last to arrive waits only for what is left of
                 # the communication. So the step's exposed communication is the smaller of
                 # the ranks' times in MPI, and the difference of the waits is imbalance.
                 run["exposed_s"] = [min(r["wait_s"][i] + r["launch_s"][i] + r["progress_s"][i]
-                                        for r in every) for i in range(args.steps)]
+                                        for r in every) for i in range(steps)]
                 run["imbalance_s"] = [max(r["wait_s"][i] for r in every)
                                       - min(r["wait_s"][i] for r in every)
-                                      for i in range(args.steps)]
+                                      for i in range(steps)]
             if use_ddp:
                 run["standalone_s"] = standalone_all_reduce(
                     layout, 3 if args.quick else (10 if name == "resnet18" else 50))
@@ -245,8 +249,10 @@ def launch(n, args, tmp):
     """Run the child under ``mpiexec -n n``; its results (rank 0's JSON)."""
     out = os.path.join(tmp, f"n{n}.json")
     cmd = [shutil.which("mpiexec"), "-n", str(n), sys.executable, os.path.abspath(__file__),
-           "--child", out, "--models", args.models, "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--bucket-cap-mb", str(args.bucket_cap_mb)]
+           "--child", out, "--models", args.models, "--warmup", str(args.warmup),
+           "--bucket-cap-mb", str(args.bucket_cap_mb)]
+    if args.steps is not None:
+        cmd += ["--steps", str(args.steps)]
     if args.quick:
         cmd.append("--quick")
     # One thread per rank from the start: a BLAS or OpenMP pool started with a thread per
@@ -426,13 +432,13 @@ def estimate(rows, results, args):
     facts = model_facts(args.bucket_cap_mb)
     print("\nGradients all-reduced per step (float32, bucket_cap_mb "
           f"{args.bucket_cap_mb:g}):\n")
-    print("| model | parameters | gradient MB | buckets (MiB) | MACs per image |")
-    print("|---|---|---|---|---|")
+    print("| model | input | parameters | gradient MB | buckets (MiB) | MACs per image |")
+    print("|---|---|---|---|---|---|")
     titles = {"lenet": "LeNet-5", "resnet18": "ResNet-18 small stem",
-              "resnet50": "ResNet-50 224x224"}
+              "resnet50": "ResNet-50 (224x224)"}
     shapes = {"lenet": "1x32x32", "resnet18": "3x32x32", "resnet50": "3x224x224"}
     for name, (n, nbytes, buckets, macs) in facts.items():
-        print(f"| {titles[name]}, {shapes[name]} | {n:,} | {nbytes / 1e6:.2f} | "
+        print(f"| {titles[name]} | {shapes[name]} | {n:,} | {nbytes / 1e6:.2f} | "
               f"{mib(buckets)} | {macs / 1e9:.4f} G |")
 
     fitted = next((r for r in results if "sweep" in r), None)
@@ -498,7 +504,8 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="lenet,resnet18",
                     help="comma-separated, from: " + ", ".join(MODELS))
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per run (default: 200 for LeNet, 20 for ResNet-18)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--bucket-cap-mb", type=float, default=25.0,
                     help="DistributedDataParallel's bucket_cap_mb (MiB)")
@@ -525,7 +532,7 @@ def main(argv=None):
     print(f"{cpu_description()}; {time.strftime('%Y-%m-%d')}; numpy {np.__version__}; "
           f"BLAS: {blas_kernel()}")
     print(f"load average before: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min); "
-          f"{args.steps} timed steps after {args.warmup} warm-up, bucket_cap_mb "
+          f"{args.steps or 'default'} timed steps after {args.warmup} warm-up, bucket_cap_mb "
           f"{args.bucket_cap_mb:g}, 1 thread per rank", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         results = [launch(n, args, tmp) for n in (1, 2)]
