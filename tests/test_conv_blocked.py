@@ -78,14 +78,18 @@ def test_blocked_equals_reference(case, dtype, threads_, rng, num_threads):
                                        **TOL[dtype])
 
 
-def test_kept_col_runs_as_the_reference(rng):
-    """A forward whose col is kept (small) is the reference's forward and weight gradient;
-    the input gradient still runs by blocks."""
+def test_col_is_never_kept(rng):
+    """Whatever ``keep_col_bytes`` allows, the blocked forward keeps x (each block is
+    unfolded again for the weight gradient), and the results equal the reference's."""
     x_shape, w_shape, kwargs = CASES["3x3 p1"]
     arrays = _arrays(rng, x_shape, w_shape, np.float64, kwargs)
     want = _run("reference", *arrays, kwargs)
-    with conv_blocked.block_col_bytes(1):
+    with conv_blocked.block_col_bytes(1), conv_kernels.keep_col_bytes(10**12):
         got = _run("blocked", *arrays, kwargs)
+        x, w = arrays[0], arrays[1]
+        geo = geometry.ConvGeometry.of(x.shape, w.shape, (1, 1), ((1, 1), (1, 1)), (1, 1))
+        _, saved = conv_blocked.forward(x, w, None, geo, keep_for_backward=True)
+    assert saved[0] == "x" and saved[1] is x
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, **TOL[np.float64])
 
@@ -166,6 +170,7 @@ def test_blocked_pays_for_large_unfolded_inputs():
 
     assert pays((8, 64, 32, 32), (64, 64, 3, 3))          # col 18 MB
     assert not pays((2, 16, 8, 8), (64, 16, 3, 3))        # col 74 KB
+    assert pays((2, 64, 32, 32), (64, 64, 3, 3))          # col 4.5 MB
     assert not pays((1, 512, 64, 64), (64, 512, 3, 3))    # one image: nothing to cut
 
 

@@ -130,7 +130,8 @@ def forward(x, w, b, geo, keep_for_backward=True):
     OCg, K, L = OC // G, (geo.C // G) * geo.KH * geo.KW, N * OH * OW
     keep_col = keep_for_backward and math.prod(geo.col_shape) * x.dtype.itemsize <= _KEEP_COL.value
     col = im2col(x, geo, out=None if keep_col else _scratch(xp, geo.col_shape, x.dtype))
-    Y = xp.matmul(w.reshape(G, OCg, K), col.reshape(G, K, L))    # (G, OCg, L)
+    with threads.single_blas():                                  # the threading policy
+        Y = xp.matmul(w.reshape(G, OCg, K), col.reshape(G, K, L))    # (G, OCg, L)
     Yt = Y.reshape(OC, N, OH * OW).transpose(1, 0, 2)            # (N, OC, OH*OW), a view
     y = xp.empty((N, OC, OH * OW), dtype=Y.dtype)
     if b is not None:
@@ -168,7 +169,8 @@ def grad_weight(g, saved, geo, need_b=True):
         col = kept
     else:                                                         # unfold again
         col = im2col(kept, geo, out=_scratch(xp, geo.col_shape, kept.dtype))
-    gwT = xp.matmul(col.reshape(G, K, L), g.gY.transpose(0, 2, 1))       # (G, K, OCg)
+    with threads.single_blas():
+        gwT = xp.matmul(col.reshape(G, K, L), g.gY.transpose(0, 2, 1))   # (G, K, OCg)
     gw = gwT.transpose(0, 2, 1).reshape(OC, Cg, geo.KH, geo.KW)         # small copy
     return gw, (grad_bias(g, geo) if need_b else None)
 
@@ -179,7 +181,8 @@ def grad_input(g, w, geo):
     G, OC = geo.G, geo.OC
     K, L = (geo.C // G) * geo.KH * geo.KW, geo.N * geo.OH * geo.OW
     wm = w.reshape(G, OC // G, K)
-    gcol = xp.matmul(wm.transpose(0, 2, 1), g.gY, out=_scratch(xp, (G, K, L), g.gY.dtype))
+    with threads.single_blas():
+        gcol = xp.matmul(wm.transpose(0, 2, 1), g.gY, out=_scratch(xp, (G, K, L), g.gY.dtype))
     return col2im(gcol.reshape(geo.col_shape), geo)
 
 
@@ -220,7 +223,7 @@ def direct_pays(geo):
     return geo.C * geo.KH * geo.KW <= DIRECT_MAX_K and geo.OC <= DIRECT_MAX_OC
 
 
-CONV2D = registry.family("conv2d", __doc__, preference=("direct",))
+CONV2D = registry.family("conv2d", __doc__, preference=("direct", "winograd", "blocked"))
 CONV2D.register("reference", lambda: SimpleNamespace(
     forward=forward, grad_output=grad_output, grad_weight=grad_weight, grad_input=grad_input,
     grad_bias=grad_bias, weight_source=weight_source))

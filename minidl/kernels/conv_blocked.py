@@ -21,9 +21,8 @@ order: results are deterministic, equal to the reference up to float rounding (t
 blocks add the weight gradient in another order).
 
 Used for NumPy float32/float64 arrays whose whole ``col`` is at least
-``BLOCKED_MIN_COL_BYTES`` (below it one product over the batch is as fast). A forward
-that keeps ``col`` for the weight gradient (at most ``conv.KEEP_COL_BYTES``) runs as the
-reference does, and so does that gradient.
+``BLOCKED_MIN_COL_BYTES`` (below it one product over the batch is as fast). Unlike the
+reference it never keeps ``col`` from forward for the weight gradient.
 """
 from __future__ import annotations
 
@@ -41,7 +40,7 @@ __all__ = ["BLOCK_COL_BYTES", "BLOCKED_MIN_COL_BYTES", "block_col_bytes", "block
            "blocked_pays", "image_blocks"]
 
 BLOCK_COL_BYTES = 4 * 2**20        # the unfolded input of one block: fits in the caches
-BLOCKED_MIN_COL_BYTES = 4 * 2**20  # smaller convolutions: one product over the batch
+BLOCKED_MIN_COL_BYTES = 2**20      # smaller convolutions: one product over the batch
 
 _BLOCK_COL = threads.Setting(BLOCK_COL_BYTES)
 
@@ -116,10 +115,9 @@ def _gY_block(gy, geo, n0, n1):
 # ----------------------------------------------------------------------------- entry points
 
 def forward(x, w, b, geo, keep_for_backward=True):
-    """y (N, OC, OH, OW) and ``saved`` as ``conv.forward``; block by block unless ``col``
-    is small enough to keep for the weight gradient (then exactly the reference)."""
-    if keep_for_backward and col_bytes(geo, x.dtype) <= reference._KEEP_COL.value:
-        return reference.forward(x, w, b, geo, keep_for_backward)
+    """y (N, OC, OH, OW) and ``saved`` as ``conv.forward``, block by block. ``col`` is
+    never kept: the weight gradient unfolds each block again, in cache and on every
+    thread, which cost less than one product over the whole batch on one BLAS thread."""
     G, OC, HW = geo.G, geo.OC, geo.OH * geo.OW
     K = (geo.C // G) * geo.KH * geo.KW
     wm = w.reshape(G, OC // G, K)

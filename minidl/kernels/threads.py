@@ -29,7 +29,8 @@ import os
 import threading
 
 __all__ = ["Setting", "PARALLEL_MIN_ELEMENTS", "parallel", "set_parallel", "python_threads",
-           "set_python_threads", "run_on_threads", "physical_cores", "get_num_threads",
+           "set_python_threads", "run_on_threads", "single_blas", "set_single_blas",
+           "physical_cores", "get_num_threads",
            "set_num_threads", "jit", "njit_helper"]
 
 class Setting:
@@ -116,12 +117,49 @@ def _pool(n):
         return _Workers.pool
 
 
-def _blas_one_thread():
-    """A context in which NumPy's BLAS runs on the calling thread only (threadpoolctl)."""
-    if _Workers.blas is None:
+class _Blas:
+    """threadpoolctl's controllers of NumPy's BLAS libraries (found on first use), and how
+    deep the calling code is in ``single_blas`` blocks."""
+    controllers = None
+    depth = 0
+
+
+# The policy: minidl's matrix products run BLAS on the calling thread only, and minidl
+# spreads large products over its own threads (blocks of images, ``run_on_threads``).
+# OpenBLAS's worker threads spin for a while after every multi-threaded product; on a
+# 2-core machine that spinning took the core that minidl's next kernel or Python worker
+# needed (RESULTS.md: ResNet-18 step, and PERFORMANCE.md's "threads fighting").
+_SINGLE_BLAS = Setting(True)
+
+
+def set_single_blas(flag):
+    """True (default): minidl's matrix products use one BLAS thread per calling thread;
+    False: NumPy's BLAS threads as configured. Undone at the end of a ``with`` block."""
+    return _SINGLE_BLAS.set(bool(flag))
+
+
+@contextlib.contextmanager
+def single_blas():
+    """A block in which NumPy's BLAS runs on the calling thread only (the policy above);
+    nested blocks, and blocks inside a ``run_on_threads`` job, cost almost nothing."""
+    if _Blas.depth or not _SINGLE_BLAS.value:
+        yield
+        return
+    if _Blas.controllers is None:
         from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - a core dependency
-        _Workers.blas = ThreadpoolController().select(user_api="blas")
-    return _Workers.blas.limit(limits=1)
+        _Blas.controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+    saved = [c.get_num_threads() for c in _Blas.controllers]
+    for c, n in zip(_Blas.controllers, saved):
+        if n != 1:
+            c.set_num_threads(1)
+    _Blas.depth += 1
+    try:
+        yield
+    finally:
+        _Blas.depth -= 1
+        for c, n in zip(_Blas.controllers, saved):
+            if n != 1:
+                c.set_num_threads(n)
 
 
 def run_on_threads(n, job, blas_single=False):
@@ -129,15 +167,15 @@ def run_on_threads(n, job, blas_single=False):
     thread, the others on the shared worker threads, which sleep (not spin) when idle.
 
     The kernels a job calls release the GIL, so the jobs run side by side. blas_single:
-    NumPy's BLAS on one thread per caller meanwhile (jobs that call matrix products:
-    each job is then one BLAS thread, and no BLAS worker spins against the jobs). An
+    ``single_blas`` around the jobs (jobs that call matrix products: each job is then one
+    BLAS thread, and no BLAS worker spins against the jobs). An
     exception in any job is raised here once every job has finished. Called from inside a
     job, the jobs run inline (no pool inside the pool).
     """
     if n == 1 or threading.current_thread().name.startswith(_WORKER_PREFIX):
         return [job(t) for t in range(n)]
     pool = _pool(n - 1)
-    with (_blas_one_thread() if blas_single else contextlib.nullcontext()):
+    with (single_blas() if blas_single else contextlib.nullcontext()):
         futures = [pool.submit(job, t) for t in range(1, n)]
         try:
             first = job(0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..autograd import Function
 from ..errors import ShapeError
+from ..kernels.threads import single_blas
 from .shape import squeeze, unsqueeze
 from .utils import unbroadcast
 
@@ -20,13 +21,17 @@ class MatMulFunction(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
-        return a @ b
+        with single_blas():  # the threading policy (kernels/threads.py)
+            return a @ b
 
     @staticmethod
     def backward(ctx, gy):  # dL/da = gy b^T, dL/db = a^T gy
         a, b = ctx.saved_tensors
-        ga = unbroadcast(gy @ b.swapaxes(-1, -2), a.shape) if ctx.needs_input_grad[0] else None
-        gb = unbroadcast(a.swapaxes(-1, -2) @ gy, b.shape) if ctx.needs_input_grad[1] else None
+        with single_blas():
+            ga = (unbroadcast(gy @ b.swapaxes(-1, -2), a.shape) if ctx.needs_input_grad[0]
+                  else None)
+            gb = (unbroadcast(a.swapaxes(-1, -2) @ gy, b.shape) if ctx.needs_input_grad[1]
+                  else None)
         return ga, gb
 
     @staticmethod
@@ -63,7 +68,8 @@ class LinearFunction(Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        y = x @ weight.T
+        with single_blas():  # the threading policy (kernels/threads.py)
+            y = x @ weight.T
         if bias is not None:
             y += bias
         return y
@@ -72,9 +78,10 @@ class LinearFunction(Function):
     def backward(ctx, gy):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        gx = gy @ weight if need_x else None                        # (..., IN)
-        g2 = gy.reshape(-1, gy.shape[-1])                           # (M, OUT), M = prod(...)
-        gw = g2.T @ x.reshape(-1, x.shape[-1]) if need_w else None  # (OUT, IN)
+        with single_blas():
+            gx = gy @ weight if need_x else None                    # (..., IN)
+            g2 = gy.reshape(-1, gy.shape[-1])                       # (M, OUT), M = prod(...)
+            gw = g2.T @ x.reshape(-1, x.shape[-1]) if need_w else None  # (OUT, IN)
         gb = g2.sum(0) if need_b else None                          # (OUT,)
         return gx, gw, gb
 
