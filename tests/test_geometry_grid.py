@@ -49,6 +49,8 @@ CONV_CASES = [
     # stride 1, dilation 1, groups 1: the direct kernels run these
     ((2, 3, 7, 10), (5, 3, 3, 2), dict(padding=(2, 1))),
     ((1, 2, 6, 9), (3, 2, 4, 3), dict(padding="same")),    # even KH: PH0=1 != PH1=2
+    # 3x3 stride 1: Winograd F(2x2, 3x3) runs this too (odd sizes: partial tiles)
+    ((2, 3, 7, 10), (4, 3, 3, 3), dict(padding=(2, 1))),
 ]
 
 # (x shape, max_pool2d keywords)
