@@ -213,49 +213,71 @@ def input_scatter(dV, n0, n1, P0, Q0, TH, TW, gx):
     (tiles overlap by two rows and columns). Every entry of gx[n0:n1] is written.
 
     dV: (16, C, (n1 - n0) * TH * TW) C-contiguous; gx: (N, C, H, W) C-contiguous.
+
+    Each padded-input entry is written once, the overlaps summed first: canvas row 2r
+    (2r + 1) gets row 0 (1) of B dv from tile row r and row 2 (3) from tile row r - 1,
+    and likewise for columns. Pass 1, over the plane's tiles as one flat loop (t and
+    t - TW: the tile above): R[e, b, r, tw] = row 2r + e of the overlapped B dv, column b.
+    Pass 2, per canvas row: its columns from R's four columns (b) of each tile, into a
+    line buffer, then copied cropped to gx.
     """
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
     T = dV.shape[2]
-    HP, WP = 2 * TH + 2, 2 * TW + 2
+    L = TH * TW                                    # tiles per plane
+    LR = L + TW                                    # tile rows 0 .. TH (TH + 1 rows)
     dVf = dV.reshape(-1)
     gf = gx.reshape(-1)
     K = C * T                                      # from dV[k, c, t] to dV[k + 1, c, t]
     nq = (n1 - n0) * C
     for chunk in prange((nq + _PLANES - 1) // _PLANES):
-        canvas = np.empty(HP * WP, dtype=gx.dtype)
-        p = np.empty((4, 4, TW), dtype=gx.dtype)     # p = B dv per tile: p[a, b, tw]
+        R = np.empty(8 * LR, dtype=gx.dtype)        # R[(2b + e) * LR + r * TW + tw]
+        line = np.empty(2 * TW + 2, dtype=gx.dtype)
         for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
             i = q // C
             c = q - i * C
-            canvas[:] = 0
-            for th in range(TH):
-                t0 = (i * TH + th) * TW
-                for b in range(4):                     # B u: u0, u1 - u2 + u3, u1 + u2 - u0, -u3
-                    d = (b * C + c) * T + t0           # dV[b, c, t0]: row 0 of dv, column b
-                    for tw in range(TW):
-                        u0 = dVf[_u(d + tw)]
-                        u1 = dVf[_u(d + 4 * K + tw)]
-                        u2 = dVf[_u(d + 8 * K + tw)]
-                        u3 = dVf[_u(d + 12 * K + tw)]
-                        p[0, b, tw] = u0
-                        p[1, b, tw] = u1 - u2 + u3
-                        p[2, b, tw] = u1 + u2 - u0
-                        p[3, b, tw] = -u3
-                for a in range(4):                     # p B^T on each row, added at 2tw .. 2tw+3
-                    row = (2 * th + a) * WP
-                    for tw in range(TW):
-                        canvas[_u(row + 2 * tw)] += p[a, 0, tw]
-                    for tw in range(TW):
-                        canvas[_u(row + 2 * tw + 1)] += p[a, 1, tw] - p[a, 2, tw] + p[a, 3, tw]
-                    for tw in range(TW):
-                        canvas[_u(row + 2 * tw + 2)] += p[a, 1, tw] + p[a, 2, tw] - p[a, 0, tw]
-                    for tw in range(TW):
-                        canvas[_u(row + 2 * tw + 3)] -= p[a, 3, tw]
-            # the grid covers x: 2 TH + 2 >= OH + 2 = H + PH0 + PH1 (conv_winograd)
+            for b in range(4):
+                # column b of dv: u0 .. u3 = dV[b], dV[4 + b], dV[8 + b], dV[12 + b];
+                # B u = (u0, u1 - u2 + u3, u1 + u2 - u0, -u3): rows 0, 1 of a tile go to
+                # canvas rows 2r, 2r + 1, rows 2, 3 to 2r + 2, 2r + 3 (the next tile row's)
+                s0 = (b * C + c) * T + i * L
+                s1, s2, s3 = s0 + 4 * K, s0 + 8 * K, s0 + 12 * K
+                e0 = 2 * b * LR
+                e1 = e0 + LR
+                for t in range(TW):                # tile row 0: nothing above
+                    R[_u(e0 + t)] = dVf[_u(s0 + t)]
+                    R[_u(e1 + t)] = dVf[_u(s1 + t)] - dVf[_u(s2 + t)] + dVf[_u(s3 + t)]
+                for t in range(TW, L):
+                    p = t - TW
+                    R[_u(e0 + t)] = dVf[_u(s0 + t)] + dVf[_u(s1 + p)] + dVf[_u(s2 + p)] - dVf[_u(s0 + p)]
+                    R[_u(e1 + t)] = (dVf[_u(s1 + t)] - dVf[_u(s2 + t)] + dVf[_u(s3 + t)]
+                                     - dVf[_u(s3 + p)])
+                for t in range(L, LR):             # canvas rows 2 TH, 2 TH + 1: below the tiles
+                    p = t - TW
+                    R[_u(e0 + t)] = dVf[_u(s1 + p)] + dVf[_u(s2 + p)] - dVf[_u(s0 + p)]
+                    R[_u(e1 + t)] = -dVf[_u(s3 + p)]
             dst = ((n0 + i) * C + c) * H * W
+            # the grid covers x: 2 TH + 2 >= OH + 2 = H + PH0 + PH1 (conv_winograd)
             for r in range(H):
+                rr = r + P0                        # canvas row
+                e = rr % 2
+                o = rr // 2 * TW
+                q0, q1 = (0 + e) * LR + o, (2 + e) * LR + o
+                q2, q3 = (4 + e) * LR + o, (6 + e) * LR + o
+                # same for columns: column 2j = Q0[j] + (Q1 + Q2 - Q0)[j - 1],
+                # 2j + 1 = (Q1 - Q2 + Q3)[j] - Q3[j - 1]
+                line[0] = R[_u(q0)]
+                line[1] = R[_u(q1)] - R[_u(q2)] + R[_u(q3)]
+                for j in range(1, TW):
+                    p = j - 1
+                    line[_u(2 * j)] = R[_u(q0 + j)] + R[_u(q1 + p)] + R[_u(q2 + p)] - R[_u(q0 + p)]
+                    line[_u(2 * j + 1)] = (R[_u(q1 + j)] - R[_u(q2 + j)] + R[_u(q3 + j)]
+                                           - R[_u(q3 + p)])
+                p = TW - 1
+                line[_u(2 * TW)] = R[_u(q1 + p)] + R[_u(q2 + p)] - R[_u(q0 + p)]
+                line[_u(2 * TW + 1)] = -R[_u(q3 + p)]
+                g = dst + r * W
                 for s in range(W):
-                    gf[_u(dst + r * W + s)] = canvas[_u((r + P0) * WP + s + Q0)]
+                    gf[_u(g + s)] = line[_u(s + Q0)]
 
 
 @njit_helper
