@@ -56,54 +56,54 @@ def input_transform(x, n0, n1, P0, Q0, TH, TW, V):
     columns left of it and zeros wherever the grid passes x.
 
     x: (N, C, H, W) C-contiguous; V: (16, C, (n1 - n0) * TH * TW) C-contiguous.
+
+    Pass 1, per row of x: the row copied into a zero-edged line of the padded width, then
+    d B for every tile column: D[m, rr, tw] for padded row rr, stored even and odd rows
+    apart (rows of no x stay zero). Pass 2, one flat loop over the plane's tiles per m:
+    tile (th, tw) has rows 2th .. 2th+3 = even and odd rows th and th + 1 of D, so
+    V = B^T (d B) reads D at t and t + TW.
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     T = V.shape[2]
-    HP, WP = 2 * TH + 2, 2 * TW + 2
-    r0, r1 = max(0, P0), min(HP, H + P0)          # canvas rows and columns holding x
-    s0, s1 = max(0, Q0), min(WP, W + Q0)
+    L = TH * TW                                    # tiles per plane
+    LR = L + TW                                    # padded row pairs 0 .. TH
+    WP = 2 * TW + 2
+    r0, r1 = max(0, -P0), min(H, 2 * TH + 2 - P0)  # rows of x inside the padded grid
     xf = x.reshape(-1)
     Vf = V.reshape(-1)
     K = C * T                                      # from V[k, c, t] to V[k + 1, c, t]
     nq = (n1 - n0) * C
     for chunk in prange((nq + _PLANES - 1) // _PLANES):
-        canvas = np.empty(HP * WP, dtype=x.dtype)
-        ev = np.empty((4, TW + 1), dtype=x.dtype)  # rows of B^T d, even and odd columns
-        od = np.empty((4, TW + 1), dtype=x.dtype)
+        D = np.zeros(8 * LR, dtype=x.dtype)         # D[(2m + e) * LR + r * TW + tw], rr = 2r + e
+        line = np.zeros(WP, dtype=x.dtype)          # its edges (padding) stay zero
         for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
             i = q // C
             c = q - i * C
-            canvas[:] = 0
-            src = ((n0 + i) * C + c) * H * W - P0 * W - Q0    # x[n, c, r - P0, s - Q0]
+            src = ((n0 + i) * C + c) * H * W
             for r in range(r0, r1):
-                for s in range(s0, s1):
-                    canvas[_u(r * WP + s)] = xf[_u(src + r * W + s)]
-            for th in range(TH):
-                a0 = 2 * th * WP
-                for j in range(TW + 1):                # e = B^T d: rows d0-d2, d1+d2, d2-d1, d1-d3
-                    s = a0 + 2 * j                     # even column 2j
-                    d0, d1 = canvas[_u(s)], canvas[_u(s + WP)]
-                    d2, d3 = canvas[_u(s + 2 * WP)], canvas[_u(s + 3 * WP)]
-                    ev[0, j], ev[1, j], ev[2, j], ev[3, j] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
-                    s += 1                             # odd column 2j + 1
-                    d0, d1 = canvas[_u(s)], canvas[_u(s + WP)]
-                    d2, d3 = canvas[_u(s + 2 * WP)], canvas[_u(s + 3 * WP)]
-                    od[0, j], od[1, j], od[2, j], od[3, j] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
-                # v = e B on each row a: f0-f2, f1+f2, f2-f1, f1-f3 with f = e[a, 2tw .. 2tw+3]
-                t0 = (i * TH + th) * TW
-                for a in range(4):
-                    d = (4 * a * C + c) * T + t0
-                    for tw in range(TW):
-                        Vf[_u(d + tw)] = ev[a, tw] - ev[a, tw + 1]
-                    d += K
-                    for tw in range(TW):
-                        Vf[_u(d + tw)] = od[a, tw] + ev[a, tw + 1]
-                    d += K
-                    for tw in range(TW):
-                        Vf[_u(d + tw)] = ev[a, tw + 1] - od[a, tw]
-                    d += K
-                    for tw in range(TW):
-                        Vf[_u(d + tw)] = od[a, tw] - od[a, tw + 1]
+                rr = r + P0
+                g = src + r * W
+                for s in range(W):
+                    line[_u(s + Q0)] = xf[_u(g + s)]
+                o = (rr % 2) * LR + rr // 2 * TW
+                for tw in range(TW):               # d B: f0 - f2, f1 + f2, f2 - f1, f1 - f3
+                    f0, f1 = line[_u(2 * tw)], line[_u(2 * tw + 1)]
+                    f2, f3 = line[_u(2 * tw + 2)], line[_u(2 * tw + 3)]
+                    D[_u(o + tw)] = f0 - f2
+                    D[_u(o + 2 * LR + tw)] = f1 + f2
+                    D[_u(o + 4 * LR + tw)] = f2 - f1
+                    D[_u(o + 6 * LR + tw)] = f1 - f3
+            for m in range(4):                     # B^T on rows: d0 - d2, d1 + d2, d2 - d1, d1 - d3
+                e0 = 2 * m * LR
+                e1 = e0 + LR
+                d = (m * C + c) * T + i * L
+                for t in range(L):
+                    d0, d1 = D[_u(e0 + t)], D[_u(e1 + t)]
+                    d2, d3 = D[_u(e0 + TW + t)], D[_u(e1 + TW + t)]
+                    Vf[_u(d + t)] = d0 - d2
+                    Vf[_u(d + 4 * K + t)] = d1 + d2
+                    Vf[_u(d + 8 * K + t)] = d2 - d1
+                    Vf[_u(d + 12 * K + t)] = d1 - d3
 
 
 @jit
@@ -159,51 +159,46 @@ def grad_transform(gy, n0, n1, TH, TW, Z):
     2tw .. 2tw+1] (zeros past OH, OW): dL/dM, the adjoint of ``output_transform``.
 
     gy: (N, OC, OH, OW) C-contiguous; Z: (16, OC, (n1 - n0) * TH * TW) C-contiguous.
+
+    Pass 1, per row of gy: g A^T for every tile column (a row's pair (a, b) becomes
+    a, a + b, a - b, -b), into D[m, r, tw], even and odd rows apart. Pass 2, one flat loop
+    over the plane's tiles per m: A on the tile's two rows, D's even and odd row at t.
     """
     OC, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
     T = Z.shape[2]
-    W2 = 2 * TW
+    L = TH * TW                                    # tiles per plane
     gf = gy.reshape(-1)
     Zf = Z.reshape(-1)
     K = OC * T                                     # from Z[k, o, t] to Z[k + 1, o, t]
     nq = (n1 - n0) * OC
     for chunk in prange((nq + _PLANES - 1) // _PLANES):
-        canvas = np.empty(2 * TH * W2, dtype=gy.dtype)
-        qe = np.empty((4, TW), dtype=gy.dtype)       # rows of A g, even and odd columns
-        qo = np.empty((4, TW), dtype=gy.dtype)
+        D = np.zeros(8 * L, dtype=gy.dtype)         # D[(2m + e) * L + r * TW + tw], row 2r + e
+        line = np.zeros(2 * TW, dtype=gy.dtype)     # an odd OW's last column stays zero
         for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
             i = q // OC
             o = q - i * OC
-            canvas[:] = 0
             src = ((n0 + i) * OC + o) * OH * OW
             for r in range(OH):
+                g = src + r * OW
                 for s in range(OW):
-                    canvas[_u(r * W2 + s)] = gf[_u(src + r * OW + s)]
-            for th in range(TH):
-                c0 = 2 * th * W2
-                for tw in range(TW):                   # A g: rows g0, g0 + g1, g0 - g1, -g1
-                    s = c0 + 2 * tw
-                    ae, ao = canvas[_u(s)], canvas[_u(s + 1)]
-                    be, bo = canvas[_u(s + W2)], canvas[_u(s + W2 + 1)]
-                    qe[0, tw], qo[0, tw] = ae, ao
-                    qe[1, tw], qo[1, tw] = ae + be, ao + bo
-                    qe[2, tw], qo[2, tw] = ae - be, ao - bo
-                    qe[3, tw], qo[3, tw] = -be, -bo
-                # (A g) A^T on each row a: e, e + o, e - o, -o
-                t0 = (i * TH + th) * TW
-                for a in range(4):
-                    d = (4 * a * OC + o) * T + t0
-                    for tw in range(TW):
-                        Zf[_u(d + tw)] = qe[a, tw]
-                    d += K
-                    for tw in range(TW):
-                        Zf[_u(d + tw)] = qe[a, tw] + qo[a, tw]
-                    d += K
-                    for tw in range(TW):
-                        Zf[_u(d + tw)] = qe[a, tw] - qo[a, tw]
-                    d += K
-                    for tw in range(TW):
-                        Zf[_u(d + tw)] = -qo[a, tw]
+                    line[_u(s)] = gf[_u(g + s)]
+                p = (r % 2) * L + r // 2 * TW
+                for tw in range(TW):
+                    a, b = line[_u(2 * tw)], line[_u(2 * tw + 1)]
+                    D[_u(p + tw)] = a
+                    D[_u(p + 2 * L + tw)] = a + b
+                    D[_u(p + 4 * L + tw)] = a - b
+                    D[_u(p + 6 * L + tw)] = -b
+            for m in range(4):                     # A on rows: a, a + b, a - b, -b
+                e0 = 2 * m * L
+                e1 = e0 + L
+                d = (m * OC + o) * T + i * L
+                for t in range(L):
+                    a, b = D[_u(e0 + t)], D[_u(e1 + t)]
+                    Zf[_u(d + t)] = a
+                    Zf[_u(d + 4 * K + t)] = a + b
+                    Zf[_u(d + 8 * K + t)] = a - b
+                    Zf[_u(d + 12 * K + t)] = -b
 
 
 @jit
