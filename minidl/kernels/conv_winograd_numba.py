@@ -113,44 +113,42 @@ def output_transform(M, n0, n1, TH, TW, bias, has_bias, y):
 
     M: (16, OC, (n1 - n0) * TH * TW) C-contiguous; bias: (OC,) (read when has_bias);
     y: (N, OC, OH, OW) C-contiguous.
+
+    Pass 1, one flat loop over the plane's tiles per column m: A^T m's two rows,
+    F[m, e, t] (e = 0: m0 + m1 + m2 of the tile's column, e = 1: m1 - m2 - m3). Pass 2, per
+    row of y: f A for every tile column into a line, copied cropped (and biased) to y.
     """
     OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     T = M.shape[2]
-    W2 = 2 * TW
+    L = TH * TW                                    # tiles per plane
     Mf = M.reshape(-1)
     yf = y.reshape(-1)
     K = OC * T                                     # from M[k, o, t] to M[k + 1, o, t]
     nq = (n1 - n0) * OC
     for chunk in prange((nq + _PLANES - 1) // _PLANES):
-        canvas = np.empty(2 * TH * W2, dtype=y.dtype)
+        F = np.empty(8 * L, dtype=y.dtype)          # F[(2m + e) * L + t]
+        line = np.empty(2 * TW, dtype=y.dtype)
         for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
             i = q // OC
             o = q - i * OC
-            for th in range(TH):
-                m = (0 * K + o) * T + (i * TH + th) * TW      # M[0, o, t0]
-                c0 = 2 * th * W2
-                for tw in range(TW):
-                    p = m + tw
-                    m0, m1, m2, m3 = Mf[_u(p)], Mf[_u(p + K)], Mf[_u(p + 2 * K)], Mf[_u(p + 3 * K)]
-                    m4, m5, m6, m7 = (Mf[_u(p + 4 * K)], Mf[_u(p + 5 * K)], Mf[_u(p + 6 * K)],
-                                      Mf[_u(p + 7 * K)])
-                    m8, m9, m10, m11 = (Mf[_u(p + 8 * K)], Mf[_u(p + 9 * K)], Mf[_u(p + 10 * K)],
-                                        Mf[_u(p + 11 * K)])
-                    m12, m13, m14, m15 = (Mf[_u(p + 12 * K)], Mf[_u(p + 13 * K)],
-                                          Mf[_u(p + 14 * K)], Mf[_u(p + 15 * K)])
-                    # f = A^T m: rows m0+m1+m2 and m1-m2-m3 (of the 4x4 m's rows)
-                    g0, g1, g2, g3 = m0 + m4 + m8, m1 + m5 + m9, m2 + m6 + m10, m3 + m7 + m11
-                    h0, h1, h2, h3 = m4 - m8 - m12, m5 - m9 - m13, m6 - m10 - m14, m7 - m11 - m15
-                    s = c0 + 2 * tw                    # y = f A
-                    canvas[_u(s)] = g0 + g1 + g2
-                    canvas[_u(s + 1)] = g1 - g2 - g3
-                    canvas[_u(s + W2)] = h0 + h1 + h2
-                    canvas[_u(s + W2 + 1)] = h1 - h2 - h3
-            beta = bias[o] if has_bias else canvas[0] * 0
+            for m in range(4):
+                s = (m * OC + o) * T + i * L
+                e0 = 2 * m * L
+                for t in range(L):
+                    m1, m2 = Mf[_u(s + 4 * K + t)], Mf[_u(s + 8 * K + t)]
+                    F[_u(e0 + t)] = Mf[_u(s + t)] + m1 + m2
+                    F[_u(e0 + L + t)] = m1 - m2 - Mf[_u(s + 12 * K + t)]
+            beta = bias[o] if has_bias else line[0] * 0
             dst = ((n0 + i) * OC + o) * OH * OW
             for r in range(OH):
+                p = (r % 2) * L + r // 2 * TW
+                for tw in range(TW):               # f A: f0 + f1 + f2, f1 - f2 - f3
+                    f1, f2 = F[_u(p + 2 * L + tw)], F[_u(p + 4 * L + tw)]
+                    line[_u(2 * tw)] = F[_u(p + tw)] + f1 + f2
+                    line[_u(2 * tw + 1)] = f1 - f2 - F[_u(p + 6 * L + tw)]
+                g = dst + r * OW
                 for s in range(OW):
-                    yf[_u(dst + r * OW + s)] = canvas[_u(r * W2 + s)] + beta
+                    yf[_u(g + s)] = line[_u(s)] + beta
 
 
 @jit
