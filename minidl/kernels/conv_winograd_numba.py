@@ -16,17 +16,22 @@ transforms::
 
 T = (n1 - n0) * TH * TW, tile t = (n - n0) * TH * TW + th * TW + tw; tile (th, tw) covers
 outputs (2th .. 2th+1, 2tw .. 2tw+1) and padded-input rows 2th .. 2th+3, columns
-2tw .. 2tw+3. Each plane is first copied into a zero-filled local canvas of the tile
-grid's size (padding and partial edge tiles become zeros there), so the tile loops have
-no bounds checks.
+2tw .. 2tw+3.
 
 How the loops are written, and why: a first version computed tile by tile, writing the
 16 values of a tile to 16 rows of V through 3-D indices; its input and gradient
-transforms took more time than the GEMMs. Now every transform is separable and runs one
-row of tiles at a time: a pass over the rows (the even and odd canvas columns
-de-interleaved into short arrays), then one loop per output row of V (or Z), contiguous
-over the row's tiles, which LLVM vectorises. Flat views and unsigned indices (``_u``)
-keep the loops free of wraparound checks, as in ``im2col_numba.py``.
+transforms took more time than the GEMMs. A second one ran each transform one row of
+tiles at a time over a zero-filled copy of the plane (loops of TW, 2 to 16, iterations).
+Now every transform is separable into a pass per row of the image (the column
+transform: short loops over the tile columns, through a line buffer whose zero edges
+are the padding) and a pass over the plane's tiles as ONE flat loop (the row transform:
+tile (th, tw) and the tile below it are t and t + TW apart when the per-row results
+are stored even and odd rows apart), which LLVM vectorises; ``input_scatter`` sums the
+overlaps of neighbouring tiles before writing, so each entry of gx is written once.
+Against the second version, ResNet-18's shapes at batch 32 on one thread:
+input_transform 2.0-3.1x, input_scatter 3-4x, grad_transform 2.7-3.5x,
+output_transform 1.3-2x faster. Flat views and unsigned indices (``_u``) keep the loops
+free of wraparound checks, as in ``im2col_numba.py``.
 
 B and A hold only 0 and +-1: those transforms are additions, exact in any dtype. G's
 1/2 comes in as ``half``, an argument of the arrays' dtype: float32 stays float32.
