@@ -129,6 +129,7 @@ def output_transform(M, n0, n1, TH, TW, bias, has_bias, y):
     Mf = M.reshape(-1)
     yf = y.reshape(-1)
     K = OC * T                                     # from M[k, o, t] to M[k + 1, o, t]
+    zero = np.zeros(1, dtype=y.dtype)[0]           # the bias without one, in y's dtype
     nq = (n1 - n0) * OC
     for chunk in prange((nq + _PLANES - 1) // _PLANES):
         F = np.empty(8 * L, dtype=y.dtype)          # F[(2m + e) * L + t]
@@ -143,7 +144,7 @@ def output_transform(M, n0, n1, TH, TW, bias, has_bias, y):
                     m1, m2 = Mf[_u(s + 4 * K + t)], Mf[_u(s + 8 * K + t)]
                     F[_u(e0 + t)] = Mf[_u(s + t)] + m1 + m2
                     F[_u(e0 + L + t)] = m1 - m2 - Mf[_u(s + 12 * K + t)]
-            beta = bias[o] if has_bias else line[0] * 0
+            beta = bias[o] if has_bias else zero
             dst = ((n0 + i) * OC + o) * OH * OW
             for r in range(OH):
                 p = (r % 2) * L + r // 2 * TW
