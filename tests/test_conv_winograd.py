@@ -4,7 +4,8 @@ reference.
 Forced with ``use_impl('winograd', family='conv2d')``: outputs and every gradient (x, w,
 b) equal to the reference's over paddings (none, ResNet's 1, large, asymmetric), odd and
 tiny inputs (partial tiles, H or W < 4), batch 1, unbatched inputs, C != OC, no bias and
-subsets of the gradients; with one image per block on 1, 2 and 3 threads; the transposed
+subsets of the gradients; with one image per block on 1, 2 and 3 threads, and with blocks
+held to a minimum number of tiles; the transposed
 convolution (its forward is the input gradient) and a double backward; the weight
 transform's adjoint; which calls the registry leaves to other implementations.
 
@@ -109,9 +110,49 @@ def test_blocks_on_threads_equal_reference(threads_, rng, num_threads):
         x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, dtype)
         want = _run("reference", x, w, b, gy, padding)
         num_threads(threads_)
-        with conv_blocked.block_col_bytes(1):
+        with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1):
             got = _run("winograd", x, w, b, gy, padding)
         _compare(got, want, dtype, f"{threads_} threads")
+
+
+@pytest.mark.parametrize("threads_", [1, 2])
+def test_blocks_of_at_least_min_tiles(threads_, rng, num_threads, monkeypatch):
+    """Small images: blocks of at least ``min_tiles`` tiles (here 4 tiles per image, 12
+    per block: 3 images), fewer only when the batch is shared among the threads; the
+    results still equal the reference's."""
+    x_shape, w_shape, padding = (7, 5, 4, 4), (6, 5, 3, 3), ((1, 1), (1, 1))
+    seen = []
+    real = conv_blocked._for_blocks
+
+    def spy(geo, dtype, body, min_images=1):
+        seen.append(conv_blocked.image_blocks(geo, dtype, threads_, min_images))
+        return real(geo, dtype, body, min_images)
+
+    monkeypatch.setattr(conv_blocked, "_for_blocks", spy)
+    for dtype in (np.float64, np.float32):
+        x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, dtype)
+        want = _run("reference", x, w, b, gy, padding)
+        num_threads(threads_)
+        seen.clear()
+        with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(12):
+            got = _run("winograd", x, w, b, gy, padding)
+        _compare(got, want, dtype, f"{threads_} threads")
+        # forward, weight and input gradients: 7 images in blocks of 3 or more (2 blocks,
+        # a multiple of both thread counts)
+        assert seen and all(blocks == [(0, 4), (4, 7)] for blocks in seen), seen
+
+
+def test_image_blocks_min_images():
+    """``image_blocks``' min_images: blocks of at least that many images, unless the
+    threads need more blocks; 1 keeps the blocks cut by ``col`` bytes alone."""
+    geo = geometry.ConvGeometry.of((32, 512, 4, 4), (512, 512, 3, 3), (1, 1),
+                                   ((1, 1), (1, 1)))
+    by_bytes = conv_blocked.image_blocks(geo, np.float32, 1)
+    assert len(by_bytes) == 3 and by_bytes == conv_blocked.image_blocks(geo, np.float32, 1, 1)
+    assert conv_blocked.image_blocks(geo, np.float32, 1, 64) == [(0, 32)]
+    assert conv_blocked.image_blocks(geo, np.float32, 2, 64) == [(0, 16), (16, 32)]
+    assert conv_blocked.image_blocks(geo, np.float32, 1, 10) == [(0, 11), (11, 22), (22, 32)]
+    assert conv_blocked.image_blocks(geo, np.float32, 1, 12) == [(0, 16), (16, 32)]
 
 
 def test_threads_are_deterministic(rng, num_threads):
@@ -119,7 +160,7 @@ def test_threads_are_deterministic(rng, num_threads):
     x_shape, w_shape, padding = (6, 4, 5, 5), (5, 4, 3, 3), ((1, 1), (1, 1))
     x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, np.float32)
     num_threads(2)
-    with conv_blocked.block_col_bytes(1):
+    with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1):
         runs = [_run("winograd", x, w, b, gy, padding) for _ in range(3)]
     for other in runs[1:]:
         for a, c in zip(runs[0], other):
@@ -233,5 +274,7 @@ def test_supports_and_pays():
     assert conv_winograd.winograd_pays(geo)
     small = geometry.ConvGeometry.of((8, 3, 16, 16), (64, 3, 3, 3), (1, 1), ((1, 1), (1, 1)))
     assert not conv_winograd.winograd_pays(small)      # 3 input channels: thin GEMMs
-    tiny = geometry.ConvGeometry.of((32, 512, 4, 4), (512, 512, 3, 3), (1, 1), ((1, 1), (1, 1)))
-    assert not conv_winograd.winograd_pays(tiny)       # 4 tiles per image
+    last = geometry.ConvGeometry.of((32, 512, 4, 4), (512, 512, 3, 3), (1, 1), ((1, 1), (1, 1)))
+    assert conv_winograd.winograd_pays(last)           # ResNet-18's 4x4 stage: large blocks
+    tiny = geometry.ConvGeometry.of((32, 512, 2, 2), (512, 512, 3, 3), (1, 1), ((1, 1), (1, 1)))
+    assert not conv_winograd.winograd_pays(tiny)       # one tile per image, mostly padding

@@ -70,12 +70,14 @@ def blocked_pays(x, geo):
     return geo.N > 1 and col_bytes(geo, x.dtype) >= BLOCKED_MIN_COL_BYTES
 
 
-def image_blocks(geo, dtype, n_threads):
-    """[(n0, n1), ...]: the batch cut into blocks of about ``BLOCK_COL_BYTES`` of ``col``,
-    their count a multiple of ``n_threads`` (when the batch allows) so that every thread
-    gets the same work, sizes differing by at most one image."""
+def image_blocks(geo, dtype, n_threads, min_images=1):
+    """[(n0, n1), ...]: the batch cut into blocks of about ``BLOCK_COL_BYTES`` of ``col``
+    but at least ``min_images`` images, their count a multiple of ``n_threads`` (when the
+    batch allows: that rounding may leave blocks under ``min_images``) so that every
+    thread gets the same work, sizes differing by at most one image."""
     per_image = col_bytes(geo, dtype) // geo.N
     count = math.ceil(geo.N / max(1, _BLOCK_COL.value // per_image))
+    count = max(1, min(count, geo.N // max(1, min_images)))
     count = min(geo.N, math.ceil(count / n_threads) * n_threads)
     base, extra = divmod(geo.N, count)
     bounds, n0 = [], 0
@@ -88,11 +90,11 @@ def image_blocks(geo, dtype, n_threads):
 
 # ----------------------------------------------------------------------------- threads
 
-def _for_blocks(geo, dtype, body):
-    """Call ``body(n0, n1)`` for every image block, the blocks dealt out round-robin to
-    the threads; returns, per thread, the list of what its calls returned."""
+def _for_blocks(geo, dtype, body, min_images=1):
+    """Call ``body(n0, n1)`` for every image block (``image_blocks``), the blocks dealt out
+    round-robin to the threads; returns, per thread, the list of what its calls returned."""
     n_threads = max(1, min(threads.get_num_threads(), geo.N))
-    blocks = image_blocks(geo, dtype, n_threads)
+    blocks = image_blocks(geo, dtype, n_threads, min_images)
     n_threads = min(n_threads, len(blocks))
     return threads.run_on_threads(n_threads, lambda t: [body(n0, n1)
                                                         for n0, n1 in blocks[t::n_threads]],
