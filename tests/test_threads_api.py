@@ -50,3 +50,64 @@ def test_set_num_threads_limits_numba_and_blas(restore_threads):
 def test_set_num_threads_refuses_non_positive_ints(bad):
     with pytest.raises(ValueError, match="set_num_threads: n must be a positive int"):
         minidl.set_num_threads(bad)
+
+
+def test_single_blas_runs_minidl_products_on_one_blas_thread(restore_threads):
+    """Inside ``single_blas`` NumPy's BLAS has one thread, nested blocks change nothing,
+    and the count comes back after; ``set_single_blas(False)`` leaves BLAS alone."""
+    minidl.set_num_threads(2)
+    assert set(_numpy_blas_threads().values()) == {2}
+    with threads.single_blas():
+        assert set(_numpy_blas_threads().values()) == {1}
+        with threads.single_blas():
+            assert set(_numpy_blas_threads().values()) == {1}
+        assert set(_numpy_blas_threads().values()) == {1}
+    assert set(_numpy_blas_threads().values()) == {2}
+    with threads.set_single_blas(False), threads.single_blas():
+        assert set(_numpy_blas_threads().values()) == {2}
+
+
+def test_linear_and_conv_products_run_under_single_blas(restore_threads, monkeypatch):
+    """The policy is applied where minidl multiplies: linear, matmul and the reference
+    convolution's GEMMs each enter ``single_blas``."""
+    entered = []
+    real = threads.single_blas
+
+    def spy():
+        entered.append(1)
+        return real()
+
+    import minidl.kernels.conv as conv_kernels
+    import minidl.ops.linalg as linalg
+    monkeypatch.setattr(threads, "single_blas", spy)
+    monkeypatch.setattr(linalg, "single_blas", spy)
+    x = minidl.randn(4, 3, requires_grad=True)
+    w = minidl.randn(2, 3, requires_grad=True)
+    minidl.nn.functional.linear(x, w).sum().backward()
+    assert len(entered) == 2                    # forward, backward
+    (x @ w.T).sum().backward()
+    assert len(entered) == 4
+    img = minidl.randn(2, 3, 6, 6, requires_grad=True)
+    k = minidl.randn(4, 3, 3, 3, requires_grad=True)
+    with minidl.kernels.use_impl("reference", family="conv2d"):
+        minidl.nn.functional.conv2d(img, k).sum().backward()
+    assert len(entered) == 7                    # forward, weight and input gradients
+    assert conv_kernels.threads is threads
+
+
+def test_run_on_threads_returns_in_order_and_raises_after_all(restore_threads):
+    import threading
+    done = []
+
+    def job(t):
+        if t == 1:
+            raise ValueError("job 1")
+        done.append(t)
+        return t * 10
+
+    assert threads.run_on_threads(3, lambda t: (t, threading.current_thread().name)
+                                  )[0] == (0, threading.current_thread().name)
+    with pytest.raises(ValueError, match="job 1"):
+        threads.run_on_threads(3, job)
+    assert sorted(done) == [0, 2]               # every other job finished first
+    assert threads.run_on_threads(2, lambda t: t + 1, blas_single=True) == [1, 2]

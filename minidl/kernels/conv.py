@@ -22,19 +22,28 @@ False; ``products`` says whether grad_weight or grad_input will run. ``weight_so
 for a weight gradient asked for on its own (``ops/conv.py``'s ``Conv2dWeightGradFunction``,
 used by higher-order gradients), where no forward kept anything.
 
-Implementations (``minidl.kernels.registry`` chooses; ``use_impl`` forces one):
+Implementations (``minidl.kernels.registry`` chooses, trying ``direct``, ``winograd``,
+``blocked`` in that order and falling back to ``reference``; ``use_impl`` forces one):
 
 * ``reference``: im2col -> GEMM -> col2im, the formulas of ``ops/conv.py``'s
   ``Conv2dFunction`` (the im2col calls go through the im2col family: numba or CUDA kernels
   where they apply). Any device, dtype and geometry.
 * ``blocked`` (``conv_blocked.py``): the reference's three lines one block of images at a
   time, each block's ``col`` in cache, the blocks on ``minidl.get_num_threads()`` threads
-  with one BLAS thread each: NumPy float32/float64 with a large ``col`` (ResNet's layers).
+  with one BLAS thread each: NumPy float32/float64, ungrouped, with a ``col`` of at least
+  1 MiB (ResNet's layers).
+* ``winograd`` (``conv_winograd.py``): Winograd F(2x2, 3x3), 2.25x fewer multiplications,
+  for 3x3 stride-1 ungrouped convolutions of at least 16 channels in and out and 4x4
+  outputs (ResNet's 3x3 layers), blocks of images on threads as ``blocked``.
 * ``direct`` (``conv_direct.py``): direct-convolution numba kernels, for small channel
   counts on the CPU: NumPy float32/float64, stride 1, dilation 1, groups 1, and (unless
   forced with ``use_impl('direct', family='conv2d')``) ``C*KH*KW <= DIRECT_MAX_K`` and
   ``OC <= DIRECT_MAX_OC``: LeNet's layers. There im2col + GEMM spends its time copying
   KH*KW shifted copies of the input and in products too thin for BLAS.
+
+Threads (``kernels/threads.py``): every matrix product here runs one BLAS thread per
+calling thread (``threads.single_blas``); ``blocked`` and ``winograd`` use the cores by
+running blocks of images on ``minidl.get_num_threads()`` Python threads.
 
 CPU memory policy (the reference's): ``col`` is KH*KW times the size of x. Forward keeps it
 for the weight gradient only when it is at most ``KEEP_COL_BYTES`` (16 MiB: the LeNet

@@ -66,8 +66,10 @@ def blocked_can_run(x, w, geo):
 
 def blocked_pays(x, geo):
     """Whether the batch's ``col`` is large enough (``BLOCKED_MIN_COL_BYTES``) for blocks
-    and threads to beat one product over the batch."""
-    return geo.N > 1 and col_bytes(geo, x.dtype) >= BLOCKED_MIN_COL_BYTES
+    and threads to beat one product over the batch, for an ungrouped convolution (grouped
+    and depthwise ones, G products of a few rows each, measured slower by blocks:
+    MobileNet v2's step, RESULTS.md)."""
+    return geo.G == 1 and geo.N > 1 and col_bytes(geo, x.dtype) >= BLOCKED_MIN_COL_BYTES
 
 
 def image_blocks(geo, dtype, n_threads, min_images=1):

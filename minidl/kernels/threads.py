@@ -12,6 +12,13 @@ The policy, read once here and nowhere else:
 * ``set_python_threads(n)`` (opt-in, default 1) cuts the direct-convolution kernels into
   n pieces run on n Python threads; the kernels release the GIL and idle workers sleep
   instead of spinning.
+* minidl's matrix products run NumPy's BLAS on the calling thread only (``single_blas``;
+  ``set_single_blas(False)`` restores the library's own threads): OpenBLAS's workers spin
+  after every multi-threaded product and took the core the next kernel needed. The large
+  convolutions use the cores instead through ``run_on_threads``: blocks of images on
+  ``get_num_threads()`` Python threads, one BLAS thread each (``conv_blocked.py``,
+  ``conv_winograd.py``); the sleeping workers cost nothing when another process wants a
+  core. (ResNet-18 step on the 2-core dev VM: 2.15x -> 1.36x PyTorch's time; RESULTS.md.)
 * ``minidl.set_num_threads(n)`` / ``minidl.get_num_threads()`` (PyTorch's names): at most
   n threads for numba's parallel kernels and for the BLAS library NumPy calls (through
   ``threadpoolctl``); the count defaults to the physical cores this process may use.
