@@ -13,7 +13,10 @@ against GPU), else on the CPU; either way everything is compared on the host
 """
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
+import pytest
 import torch
 
 import minidl
@@ -210,3 +213,51 @@ def distinct(rng, shape, spacing=1e-2):
     n = int(np.prod(shape))
     vals = (rng.permutation(n) - n / 2) * spacing + rng.uniform(0, spacing / 4, n)
     return vals.reshape(shape)
+
+
+# ----------------------------------------------------------------------------- MPI
+
+MPI_SCRIPTS = pathlib.Path(__file__).resolve().parent / "distributed_scripts"
+MPI4PY_MISSING = 'mpi4py is not installed (pip install "minidl[distributed]")'
+
+
+def run_mpiexec(*args, n=2, timeout=240):
+    """``mpiexec -n n python ARGS...`` from the repository root with it on PYTHONPATH; the
+    CompletedProcess, whatever its exit code. Skips (saying why) when mpi4py or mpiexec is
+    missing. A job still running after ``timeout`` s (a hang; the limit is generous for a
+    loaded machine, where every rank imports minidl and loads its kernels) is killed, all
+    its processes, and the test fails."""
+    import importlib.util
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip(MPI4PY_MISSING)
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("mpiexec is not on PATH (install an MPI library, e.g. the mpich wheel)")
+    root = MPI_SCRIPTS.parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    cmd = [mpiexec, "-n", str(n), sys.executable, *map(str, args)]
+    # its own process group, so that a hung job is killed with every rank it started
+    with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"{' '.join(cmd[3:])} still ran after {timeout} s (a hang):\n"
+                        f"{out}\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run_mpi_script(script, *args, n=2, timeout=240):
+    """Run ``tests/distributed_scripts/<script>`` on n ranks (``run_mpiexec``) and fail the
+    test, with both outputs, unless it exits 0."""
+    proc = run_mpiexec(MPI_SCRIPTS / script, *args, n=n, timeout=timeout)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc

@@ -8,11 +8,7 @@ BatchNorm, ``no_sync``, unused parameters, mismatched models, the non-blocking a
 """
 import gc
 import importlib.util
-import os
 import pathlib
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,6 +18,7 @@ import minidl
 import minidl.nn as nn
 from minidl.autograd import Function
 from minidl.distributed.ddp import _assign_buckets
+from helpers import run_mpi_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "distributed_scripts"
@@ -245,23 +242,6 @@ def test_buckets_take_parameters_in_reverse_up_to_the_cap_one_dtype_each():
 # ----------------------------------------------------------------------------- under MPI
 
 
-def _run_mpi(script, *args, n=2, timeout=120):
-    """``mpiexec -n n python script args`` with this tree on PYTHONPATH (the helper of
-    tests/test_distributed.py, with the longer limit a loaded machine needs: a mismatch
-    must end in an error, and a hang fails the test when the limit is reached)."""
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip('mpi4py is not installed (pip install "minidl[distributed]")')
-    mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.skip("mpiexec is not on PATH (install an MPI library, e.g. the mpich wheel)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run([mpiexec, "-n", str(n), sys.executable, str(SCRIPTS / script),
-                           *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
-
-
 def _load_script(name):
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -273,7 +253,7 @@ def _load_script(name):
 def plain_run(tmp_path_factory):
     """One ``mpiexec`` run of every bucketing of ddp_train.py: (npz data, script)."""
     out = tmp_path_factory.mktemp("ddp") / "plain.npz"
-    _run_mpi("ddp_train.py", out, "plain")
+    run_mpi_script("ddp_train.py", out, "plain")
     with np.load(out) as f:
         return dict(f), _load_script("ddp_train")
 
@@ -313,7 +293,7 @@ def test_batchnorm_model_matches_averaged_half_batches(tmp_path):
     """Per-rank BatchNorm statistics (no SyncBatchNorm): the parameters equal one process
     averaging the gradients of the two half batches; the running statistics differ."""
     out = tmp_path / "bn.npz"
-    _run_mpi("ddp_train.py", out, "bn")
+    run_mpi_script("ddp_train.py", out, "bn")
     script = _load_script("ddp_train")
     reference = script.train_bn_reference()
     with np.load(out) as saved:
@@ -328,13 +308,13 @@ def test_checks_each_rank_makes(mode, tmp_path):
     """work: the non-blocking all-reduce; no_sync: local sums, then the averaged sum;
     unused: a branch used on some ranks and steps only (no hang, zeros where unused)."""
     out = tmp_path / "ok.txt"
-    _run_mpi("ddp_checks.py", mode, out)
+    run_mpi_script("ddp_checks.py", mode, out)
     assert out.read_text() == "ok"
 
 
 def test_different_models_on_the_ranks_are_an_error_on_every_rank(tmp_path):
     out = tmp_path / "errors"
-    _run_mpi("ddp_checks.py", "mismatch", out)
+    run_mpi_script("ddp_checks.py", "mismatch", out)
     for rank in (0, 1):
         shape_error, count_error = pathlib.Path(f"{out}.rank{rank}").read_text().split("\n")
         assert shape_error == (

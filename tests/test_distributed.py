@@ -4,10 +4,7 @@ The MPI tests launch scripts from ``tests/distributed_scripts/`` (each rank is a
 and are skipped, with the reason, when mpi4py or mpiexec is missing.
 """
 import importlib.util
-import os
 import pathlib
-import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -15,24 +12,10 @@ import pytest
 
 import minidl
 import minidl.distributed as dist
+from helpers import run_mpi_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "distributed_scripts"
-
-
-def _run_mpi(script, *args, n=2):
-    """Run ``mpiexec -n n python script args`` with the repo on PYTHONPATH (60 s limit)."""
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip('mpi4py is not installed (pip install "minidl[distributed]")')
-    mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.skip("mpiexec is not on PATH (install an MPI library, e.g. the mpich wheel)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run([mpiexec, "-n", str(n), sys.executable, str(SCRIPTS / script),
-                           *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
 def _load_script(name):
@@ -44,14 +27,14 @@ def _load_script(name):
 
 def test_collectives_under_mpiexec(tmp_path):
     out = tmp_path / "ok.txt"
-    _run_mpi("collectives.py", out)
+    run_mpi_script("collectives.py", out)
     assert out.read_text() == "ok"
 
 
 def test_ddp_two_ranks_match_one_process_with_the_whole_batch(tmp_path):
     """2 ranks x batch 50 (DDP, different initial weights on rank 1) == 1 x batch 100."""
     out = tmp_path / "weights.npz"
-    _run_mpi("train_ddp.py", out)
+    run_mpi_script("train_ddp.py", out)
     script = _load_script("train_ddp")
     single = script.train_single()
     start = script.make_model().state_dict()

@@ -5,13 +5,8 @@ The MPI cases run scripts from ``tests/distributed_scripts/`` under ``mpiexec -n
 skipped, with the reason, when mpi4py or mpiexec is missing. Their timeout is what a hang
 would hit: a job that does not end is killed and the test fails saying so.
 """
-import importlib.util
 import json
-import os
 import pathlib
-import shutil
-import signal
-import subprocess
 import sys
 
 import numpy as np
@@ -19,35 +14,10 @@ import pytest
 
 import minidl
 import minidl.distributed as dist
+from helpers import MPI4PY_MISSING, run_mpiexec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "distributed_scripts"
-MPI4PY_MISSING = 'mpi4py is not installed (pip install "minidl[distributed]")'
-
-
-def run_mpiexec(*args, n=2, timeout=120):
-    """``mpiexec -n n python ARGS...`` from the repository root with it on PYTHONPATH; the
-    CompletedProcess, whatever its exit code. A job still running after ``timeout`` s (a
-    hang) is killed, all its processes, and the test fails."""
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip(MPI4PY_MISSING)
-    mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.skip("mpiexec is not on PATH (install an MPI library, e.g. the mpich wheel)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    cmd = [mpiexec, "-n", str(n), sys.executable, *map(str, args)]
-    # its own process group, so that a hung job is killed with every rank it started
-    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            pytest.fail(f"{' '.join(cmd[3:])} still ran after {timeout} s (a hang):\n"
-                        f"{out}\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 ABORT_MESSAGE = ("minidl.distributed: rank 1 of 2 raised an uncaught exception; aborting the "

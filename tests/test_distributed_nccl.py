@@ -17,7 +17,8 @@ import pytest
 import fake_cupy
 import minidl
 import minidl.distributed as dist
-from test_distributed_errors import MPI4PY_MISSING, ROOT, SCRIPTS, run_mpiexec
+from helpers import MPI4PY_MISSING, run_mpiexec
+from test_distributed_errors import ROOT, SCRIPTS
 
 FAKE = ROOT / "tests" / "fake_cupy.py"
 

@@ -12,12 +12,7 @@ converted layers the weights of single-process training with BatchNorm.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
 import re
-import shutil
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -27,30 +22,14 @@ import torch
 import minidl
 import minidl.distributed  # noqa: F401 - plugs the collectives into nn.SyncBatchNorm
 import minidl.nn.functional as F
-from helpers import assert_close, to_host
+from helpers import assert_close, run_mpi_script, to_host
 from minidl import nn
 from minidl.distributed.sync_batchnorm import _AllReduceSum, sync_batch_norm
 from minidl.errors import ShapeError
-from test_distributed import ROOT, SCRIPTS, _load_script
+from test_distributed import _load_script
 from test_nn import check_layer
 
 tnn = torch.nn
-
-
-def _run_mpi(script, *args, n=2):
-    """``mpiexec -n n python script args``, as test_distributed's runner, with a longer
-    limit (the machine may be loaded: every rank imports minidl and compiles kernels)."""
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip('mpi4py is not installed (pip install "minidl[distributed]")')
-    mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.skip("mpiexec is not on PATH (install an MPI library, e.g. the mpich wheel)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run([mpiexec, "-n", str(n), sys.executable, str(SCRIPTS / script),
-                           *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=240)
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
 # ----------------------------------------------------------------------------- one process
@@ -464,7 +443,7 @@ def test_ranks_with_parts_of_the_batch_equal_one_process_with_all_of_it(tmp_path
     of SyncBatchNorm equals PyTorch's batch norm of the whole batch in one process
     (float64, 1e-10), including a rank with one row or none, and a second derivative.
     mpiexec -n 1: a group of one rank, where the layer is BatchNorm."""
-    _run_mpi("syncbn_layer.py", tmp_path, n=n)
+    run_mpi_script("syncbn_layer.py", tmp_path, n=n)
     script = _load_script("syncbn_layer")
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(n)]
     for case in script.CASES:
@@ -492,7 +471,7 @@ def test_ranks_with_parts_of_the_batch_equal_one_process_with_all_of_it(tmp_path
 def test_ddp_with_sync_batchnorm_equals_one_process_with_the_whole_batch(tmp_path):
     """2 ranks x batch 20, converted to SyncBatchNorm, DDP, SGD with momentum ==
     1 process x batch 40 with BatchNorm: weights and running statistics, on both ranks."""
-    _run_mpi("syncbn_ddp.py", tmp_path)
+    run_mpi_script("syncbn_ddp.py", tmp_path)
     script = _load_script("syncbn_ddp")
     single = script.train_single()
     start = script.make_model().state_dict()
