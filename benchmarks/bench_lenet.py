@@ -16,8 +16,9 @@ of ``examples/lenet_mnist.py`` (loss and top-1 kept per batch), then the evaluat
 10,000 test images under ``no_grad``. PyTorch: a plain loop over the same images as
 tensors (``TensorDataset`` + ``DataLoader``), each batch resized with
 ``F.interpolate(bilinear)``, the same model, loss and SGD; the same evaluation. Epochs
-alternate between the two sides ``--repeats`` times; printed: seconds per training epoch
-and per evaluation (median, min-max) and their ratios.
+alternate between the two sides ``--repeats`` times after one untimed epoch each (numba's
+compilation or cache load is ``bench_jit.py``'s business); printed: seconds per training
+epoch and per evaluation (median, min-max) and their ratios.
 """
 from __future__ import annotations
 
@@ -168,6 +169,12 @@ def run_epochs(args):
     t_train, t_eval = torch_epoch(args.batch_size, datasets)
     sides = {"minidl": (m_train, m_eval), "torch": (t_train, t_eval)}
     times = {k: {"train": [], "eval": []} for k in sides}
+    for name, (train, evaluate) in sides.items():   # untimed: numba's JIT/cache, warm caches
+        t0 = time.perf_counter()
+        train()
+        evaluate()
+        print(f"  warm-up epoch {name:7s} {time.perf_counter() - t0:6.2f} s (not counted)",
+              flush=True)
     for r in range(args.repeats):
         for name, (train, evaluate) in sides.items():
             t0 = time.perf_counter()
@@ -180,7 +187,7 @@ def run_epochs(args):
             print(f"  epoch {r + 1} {name:7s} train {t1 - t0:6.2f} s (loss {loss:.4f}, top-1 "
                   f"{top1:.2f}%)  eval {t2 - t1:5.2f} s (top-1 {acc:.2f}%)", flush=True)
     print(f"LeNet-5 seed recipe, {len(datasets[0])} training images, batch "
-          f"{args.batch_size}; the first minidl epoch includes numba's JIT/cache load")
+          f"{args.batch_size}; after one untimed epoch per side (numba's JIT: bench_jit.py)")
     for part in ("train", "eval"):
         med = {k: statistics.median(v[part]) for k, v in times.items()}
         spread = {k: f"{min(v[part]):.2f}-{max(v[part]):.2f}" for k, v in times.items()}
