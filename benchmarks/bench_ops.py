@@ -163,7 +163,11 @@ def blas_kernel():
 
 
 def thread_report():
-    lines = [f"torch threads: {torch.get_num_threads()}"]
+    from minidl.kernels import threads as minidl_threads
+    policy = ("1 BLAS thread per product, large convolutions split over "
+              f"{minidl.get_num_threads()} Python threads" if minidl_threads._SINGLE_BLAS.value
+              else "the BLAS library's threads")
+    lines = [f"torch threads: {torch.get_num_threads()}", f"minidl: {policy}"]
     try:
         import numba
         lines.append(f"numba threads: {numba.get_num_threads()} (layer {numba.threading_layer()})"
