@@ -278,3 +278,44 @@ def test_supports_and_pays():
     assert conv_winograd.winograd_pays(last)           # ResNet-18's 4x4 stage: large blocks
     tiny = geometry.ConvGeometry.of((32, 512, 2, 2), (512, 512, 3, 3), (1, 1), ((1, 1), (1, 1)))
     assert not conv_winograd.winograd_pays(tiny)       # one tile per image, mostly padding
+
+
+@pytest.mark.parametrize("need", [(True, True, True), (True, False, True), (False, True, True)])
+def test_forward_weight_transform_is_reused_by_the_input_gradient(need, rng, monkeypatch):
+    """Forward keeps U = G w G^T and the input gradient reads it (one weight_transform per
+    forward + backward when the weight gradient runs); the results are the reference's."""
+    calls = []
+    real = conv_winograd.weight_transform
+
+    def counting(w):
+        calls.append(w.shape)
+        return real(w)
+
+    x = rng.standard_normal((3, 16, 9, 8))
+    w = rng.standard_normal((16, 16, 3, 3))
+    b = rng.standard_normal(16)
+    gy = rng.standard_normal((3, 16, 9, 8))
+    pad = ((1, 1), (1, 1))
+    want = _run("reference", x, w, b, gy, pad, need)
+    monkeypatch.setattr(conv_winograd, "weight_transform", counting)
+    got = _run("winograd", x, w, b, gy, pad, need)
+    assert len(calls) == (1 if need[1] else 2)   # forward; again only without dW
+    for g, r in zip(got, want):
+        if r is not None:
+            np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads_", [1, 2, 3])
+def test_weight_transforms_split_over_threads(threads_, rng, num_threads):
+    """A weight of more than WEIGHT_SPLIT_KERNELS 3x3 kernels is transformed (and its
+    adjoint taken) in pieces on the threads: the same numbers as on one thread, and the
+    adjoint identity <G w G^T, dU> = <w, adjoint(dU)> holds."""
+    w = rng.standard_normal((131, 127, 3, 3))            # 16,637 kernels: not a multiple of 64
+    dU = rng.standard_normal((16, 131, 127))
+    assert 131 * 127 >= conv_winograd.WEIGHT_SPLIT_KERNELS
+    num_threads(1)
+    U1, gw1 = conv_winograd.weight_transform(w), conv_winograd.weight_transform_adjoint(dU)
+    num_threads(threads_)
+    U, gw = conv_winograd.weight_transform(w), conv_winograd.weight_transform_adjoint(dU)
+    assert np.array_equal(U, U1) and np.array_equal(gw, gw1)
+    np.testing.assert_allclose(np.vdot(U, dU), np.vdot(w, gw), rtol=1e-12)

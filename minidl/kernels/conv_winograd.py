@@ -120,22 +120,43 @@ def _tiles(geo):
     return (geo.OH + 1) // 2, (geo.OW + 1) // 2
 
 
+WEIGHT_SPLIT_KERNELS = 16384   # from this many 3x3 kernels the transforms use every thread
+
+
+def _split(n, parts):
+    """[0, n) as ``parts`` nearly equal ranges (bounds for the ``run_on_threads`` jobs)."""
+    return [(t * n // parts, (t + 1) * n // parts) for t in range(parts)]
+
+
+def _weight_threads(P):
+    return threads.get_num_threads() if P >= WEIGHT_SPLIT_KERNELS else 1
+
+
 def weight_transform(w):
-    """U (16, OC, C) = G w G^T per (oc, c), w (OC, C, 3, 3); U[4a + b] = (G w G^T)[a, b]."""
+    """U (16, OC, C) = G w G^T per (oc, c), w (OC, C, 3, 3); U[4a + b] = (G w G^T)[a, b].
+    Large weights (ResNet's 256- and 512-channel layers) are split over the threads, in
+    chunks of 64 kernels."""
     OC, C = w.shape[:2]
+    P = OC * C
     U = np.empty((16, OC, C), dtype=w.dtype)
-    _kernels().weight_transform(np.ascontiguousarray(w).reshape(OC * C, 3, 3),
-                                w.dtype.type(0.5), U.reshape(16, OC * C), size=U.size)
+    w3, U2, half = np.ascontiguousarray(w).reshape(P, 3, 3), U.reshape(16, P), w.dtype.type(0.5)
+    chunks = _split((P + 63) // 64, _weight_threads(P))
+    threads.run_on_threads(len(chunks), lambda t: _kernels().weight_transform(
+        w3, half, U2, *chunks[t], size=U.size))
     return U
 
 
 def weight_transform_adjoint(dU):
     """gw (OC, C, 3, 3) = G^T dU G per (oc, c), dU (16, OC, C): the adjoint of
-    ``weight_transform``."""
+    ``weight_transform``, split over the threads like it."""
     OC, C = dU.shape[1:]
+    P = OC * C
     gw = np.empty((OC, C, 3, 3), dtype=dU.dtype)
-    _kernels().weight_adjoint(np.ascontiguousarray(dU).reshape(16, OC * C), dU.dtype.type(0.5),
-                              gw.reshape(OC * C, 3, 3), size=gw.size)
+    dU2, gw3 = np.ascontiguousarray(dU).reshape(16, P), gw.reshape(P, 3, 3)
+    half = dU.dtype.type(0.5)
+    parts = _split(P, _weight_threads(P))
+    threads.run_on_threads(len(parts), lambda t: _kernels().weight_adjoint(
+        dU2, half, gw3, *parts[t], size=gw.size))
     return gw
 
 
@@ -165,8 +186,9 @@ def _Z_block(gy, geo, n0, n1):
 # ----------------------------------------------------------------------------- entry points
 
 def forward(x, w, b, geo, keep_for_backward=True):
-    """y (N, OC, OH, OW) = A^T [U @ V] A + b, block by block; saved ``('x', x)`` (or
-    ``('x', None)`` without ``keep_for_backward``)."""
+    """y (N, OC, OH, OW) = A^T [U @ V] A + b, block by block; saved ``('x', x, U)`` (or
+    ``('x', None, None)`` without ``keep_for_backward``): U, the transformed weight, spares
+    the input gradient a second ``weight_transform`` (``grad_weight`` hands it on in g)."""
     x = np.ascontiguousarray(x)
     U = weight_transform(w)                                       # (16, OC, C)
     TH, TW = _tiles(geo)
@@ -179,7 +201,9 @@ def forward(x, w, b, geo, keep_for_backward=True):
         _kernels().output_transform(M, n0, n1, TH, TW, bias, b is not None, y, size=M.size)
 
     _for_blocks(geo, x.dtype, block)
-    return y, ("x", x if keep_for_backward else None)
+    if not keep_for_backward:
+        return y, ("x", None, None)
+    return y, ("x", x, U)
 
 
 def grad_output(gy, geo, products=True):
@@ -189,8 +213,12 @@ def grad_output(gy, geo, products=True):
 
 def grad_weight(g, saved, geo, need_b=True):
     """gw (OC, C, 3, 3) = G^T [sum over blocks of Z_b @ V_b^T] G, and gb (OC,) when
-    ``need_b``."""
-    _, x = saved
+    ``need_b``. ``saved``: forward's ``('x', x, U)`` (U is left in ``g`` for
+    ``grad_input``: the same weight, unchanged since forward, or autograd's version check
+    would have stopped the backward pass) or ``weight_source``'s ``('x', x)``."""
+    x = saved[1]
+    if len(saved) > 2 and saved[2] is not None:
+        g.U = saved[2]
 
     def block(n0, n1):
         V = _V_block(x, geo, n0, n1)                              # (16, C, T_b)
@@ -206,8 +234,10 @@ def grad_weight(g, saved, geo, need_b=True):
 
 
 def grad_input(g, w, geo):
-    """gx (N, C, H, W): per block, the tiles' B (U^T @ Z_b) B^T added back in place."""
-    UT = weight_transform(w).transpose(0, 2, 1)                   # (16, C, OC)
+    """gx (N, C, H, W): per block, the tiles' B (U^T @ Z_b) B^T added back in place (U from
+    forward when ``grad_weight`` left it in g, else transformed here)."""
+    U = getattr(g, "U", None)
+    UT = (weight_transform(w) if U is None else U).transpose(0, 2, 1)   # (16, C, OC)
     gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
 
     def block(n0, n1):

@@ -292,15 +292,15 @@ def _gt(u0, u1, u2, u3, half):
 
 
 @jit
-def weight_transform(w, half, U):
-    """U[4a + b, p] = (G w[p] G^T)[a, b] for every 3x3 kernel p (w (P, 3, 3) C-contiguous,
-    U (16, P) C-contiguous).
+def weight_transform(w, half, U, c0, c1):
+    """U[4a + b, p] = (G w[p] G^T)[a, b] for the 3x3 kernels p of chunks c0..c1-1 (64 kernels
+    a chunk; w (P, 3, 3) C-contiguous, U (16, P) C-contiguous).
 
     Written 64 kernels at a time through a small buffer: U's 16 rows lie P elements apart,
     a power of two for ResNet's layers, so storing a kernel's 16 values straight into them
     made every store hit the same cache sets (several times slower)."""
     P = w.shape[0]
-    for chunk in prange((P + 63) // 64):
+    for chunk in prange(c0, c1):
         p0 = chunk * 64
         p1 = min(P, p0 + 64)
         buf = np.empty((16, 64), dtype=U.dtype)
@@ -321,11 +321,10 @@ def weight_transform(w, half, U):
 
 
 @jit
-def weight_adjoint(dU, half, gw):
-    """gw[p] = G^T dU[:, p] G (dU (16, P) reshaped 4x4 per p, gw (P, 3, 3) C-contiguous):
-    the adjoint of ``weight_transform``."""
-    P = gw.shape[0]
-    for p in prange(P):
+def weight_adjoint(dU, half, gw, p0, p1):
+    """gw[p] = G^T dU[:, p] G for p in p0..p1-1 (dU (16, P) reshaped 4x4 per p, gw (P, 3, 3)
+    C-contiguous): the adjoint of ``weight_transform``."""
+    for p in prange(p0, p1):
         # G^T dU, column by column: f_j (3 values) = G^T dU[:, j]
         f00, f10, f20 = _gt(dU[0, p], dU[4, p], dU[8, p], dU[12, p], half)
         f01, f11, f21 = _gt(dU[1, p], dU[5, p], dU[9, p], dU[13, p], half)

@@ -199,15 +199,27 @@ def run_on_threads(n, job, blas_single=False):
 _NUM_THREADS = Setting(None)  # None: never set, physical_cores()
 
 
+_CORES = {}  # affinity mask -> physical cores (sysfs is read once per mask)
+
+
 def physical_cores():
     """The physical cores this process may run on (PyTorch's default thread count): the CPUs
     of its affinity mask, hyperthread siblings counted once (Linux ``sysfs`` topology), or
     the logical CPU count where that is not readable. A second hyperthread of a busy core
-    adds little to a vectorised kernel and makes the two threads wait for each other."""
+    adds little to a vectorised kernel and makes the two threads wait for each other.
+    Cached per affinity mask: kernels ask on every call, and reading sysfs cost ~40 µs."""
     try:
         cpus = os.sched_getaffinity(0)
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+    key = frozenset(cpus)
+    n = _CORES.get(key)
+    if n is None:
+        n = _CORES[key] = _count_physical(cpus)
+    return n
+
+
+def _count_physical(cpus):
     cores = set()
     for cpu in cpus:
         try:
