@@ -254,3 +254,12 @@ from . import conv_winograd  # noqa: E402
 CONV2D.register("winograd", registry.numba_module("minidl.kernels.conv_winograd"), device="cpu",
                 supports=lambda x, w, *, geo, **_: conv_winograd.winograd_can_run(x, w, geo),
                 pays=lambda x, w, *, geo, **_: conv_winograd.winograd_pays(geo))
+
+# Direct loops for depthwise convolutions, groups == C == OC (conv_depthwise.py: its
+# kernels, and numba, are imported on first use).
+from . import conv_depthwise  # noqa: E402
+
+CONV2D.register("depthwise", registry.numba_module("minidl.kernels.conv_depthwise"),
+                device="cpu",
+                supports=lambda x, w, *, geo, **_: conv_depthwise.depthwise_can_run(x, w, geo),
+                pays=lambda x, w, *, geo, **_: conv_depthwise.depthwise_pays(geo))

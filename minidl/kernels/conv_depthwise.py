@@ -1,0 +1,131 @@
+"""Depthwise conv2d by direct loops: the ``depthwise`` implementation of the conv2d family
+(``kernels/conv.py``; shape letters there), for groups == C == OC (one filter per
+channel, channel multiplier 1: MobileNet's 3x3 layers)::
+
+    y[n, c, oh, ow] = sum over (kh, kw) of w[c, 0, kh, kw]
+                          * xpad[n, c, oh*SH + kh*DH, ow*SW + kw*DW] + b[c]
+
+The reference computes this as im2col (KH*KW copies of x) and C products of one row
+each (1 x KH*KW times KH*KW x N*OH*OW), too thin for BLAS; the im2col copy costs more
+than the arithmetic. Here numba loops (``conv_depthwise_numba.py``) read x in place,
+any kernel size, stride, (asymmetric) padding and dilation:
+
+    forward      per (n, c) plane: y = b, then y += w[c, kh, kw] * x shifted, per (kh, kw)
+    grad_input   per (n, c) plane: gx = 0, then gx += w[c, kh, kw] * gy at the positions
+                 (kh, kw) read: the forward's adjoint, serial within the plane (no races)
+    grad_weight  per channel: gw[c, kh, kw] = sum over n, oh, ow of gy * x shifted
+    grad_bias    gy summed over (N, OH, OW)
+
+Threads: the planes (forward, input gradient) or channels (weight gradient) are cut into
+``minidl.get_num_threads()`` contiguous ranges run on Python threads
+(``threads.run_on_threads``; the kernels release the GIL), each writing only its own
+planes: the results do not depend on the thread count. Calls smaller than
+``SPLIT_MIN_WORK`` multiply-adds run on the calling thread (the hand-off costs more).
+
+Forward keeps x (``('x', x)``) for the weight gradient: nothing is unfolded.
+
+Used (``depthwise_can_run``) for NumPy float32/float64 arrays of one dtype with
+groups == C == OC; anything else goes to the other implementations.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import registry, threads
+
+__all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
+           "weight_source", "depthwise_can_run", "depthwise_pays", "SPLIT_MIN_WORK"]
+
+# Below this many multiply-adds a call runs on one thread: handing a job to the worker
+# threads costs tens of microseconds, the time of ~1e5 multiply-adds here.
+SPLIT_MIN_WORK = 1 << 17
+
+
+def depthwise_can_run(x, w, geo):
+    """NumPy arrays of one float dtype (float32/float64), groups == C == OC (w (C, 1, KH,
+    KW)), an output of at least 1x1; any kernel size, stride, padding, dilation."""
+    return (geo.G == geo.C == geo.OC and geo.fits()
+            and type(x) is np.ndarray and type(w) is np.ndarray
+            and x.dtype in registry.FAST_DTYPES and w.dtype == x.dtype)
+
+
+def depthwise_pays(geo):
+    """Always, where it can run: the reference's im2col copy alone costs more than these
+    loops' arithmetic (``benchmarks/RESULTS.md``)."""
+    return True
+
+
+def _kernels():
+    """conv_depthwise_numba, imported on first use: importing this module (the registry
+    does, for ``depthwise_can_run``) must not import numba."""
+    from . import conv_depthwise_numba  # noqa: PLC0415
+    return conv_depthwise_numba
+
+
+def _on_threads(n, work, job):
+    """job(i0, i1) over [0, n) cut into contiguous ranges, one per thread (one range when
+    ``work`` multiply-adds are fewer than SPLIT_MIN_WORK)."""
+    parts = min(n, threads.get_num_threads(), max(1, work // SPLIT_MIN_WORK))
+    threads.run_on_threads(parts, lambda t: job(t * n // parts, (t + 1) * n // parts))
+
+
+def _work(geo):
+    return geo.N * geo.C * geo.OH * geo.OW * geo.KH * geo.KW
+
+
+def _geo_args(geo):
+    return geo.SH, geo.SW, geo.PH0, geo.PW0, geo.DH, geo.DW
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def forward(x, w, b, geo, keep_for_backward=True):
+    """y (N, C, OH, OW), plane by plane; saved ``('x', x)`` (``('x', None)`` without
+    ``keep_for_backward``)."""
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    y = np.empty(geo.out_shape, dtype=x.dtype)
+    bias = np.zeros(geo.C, dtype=x.dtype) if b is None else np.ascontiguousarray(b, x.dtype)
+    k, args = _kernels(), _geo_args(geo)
+    _on_threads(geo.N * geo.C, _work(geo),
+                lambda q0, q1: k.forward(x, w, bias, y, q0, q1, *args, size=y.size))
+    return y, ("x", x if keep_for_backward else None)
+
+
+def grad_output(gy, geo, products=True):
+    """gy itself (C-contiguous): the kernels read it in place."""
+    return SimpleNamespace(gy=np.ascontiguousarray(gy), gY=None)
+
+
+def grad_weight(g, saved, geo, need_b=True):
+    """gw (C, 1, KH, KW), channel by channel, and gb (C,) when ``need_b``. ``saved``:
+    forward's or ``weight_source``'s ``('x', x)``."""
+    x = saved[1]
+    gy = g.gy.astype(x.dtype, copy=False)
+    gw = np.empty((geo.OC, 1, geo.KH, geo.KW), dtype=x.dtype)
+    k, args, zero = _kernels(), _geo_args(geo), x.dtype.type(0)
+    _on_threads(geo.C, _work(geo),
+                lambda c0, c1: k.grad_weight(x, gy, gw, zero, c0, c1, *args, size=gy.size))
+    return gw, (grad_bias(g, geo) if need_b else None)
+
+
+def grad_input(g, w, geo):
+    """gx (N, C, H, W), plane by plane: the adjoint of forward's loops."""
+    w = np.ascontiguousarray(w)
+    gy = g.gy.astype(w.dtype, copy=False)
+    gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=w.dtype)
+    k, args = _kernels(), _geo_args(geo)
+    _on_threads(geo.N * geo.C, _work(geo),
+                lambda q0, q1: k.grad_input(gy, w, gx, q0, q1, *args, size=gx.size))
+    return gx
+
+
+def grad_bias(g, geo):
+    """gb (C,): the sum of dL/dy over (N, OH, OW)."""
+    return g.gy.sum(axis=(0, 2, 3))
+
+
+def weight_source(x, geo):
+    """``('x', x)``: grad_weight reads x in place."""
+    return "x", np.ascontiguousarray(x)

@@ -1,0 +1,146 @@
+"""numba kernels of the conv2d family's ``depthwise`` implementation (imported only when
+used). Read ``conv_depthwise.py`` first: it defines the convolution and how the work is
+split over threads.
+
+Three kernels, each over a range of (image, channel) planes q = n * C + c (or of
+channels for the weight gradient), so that Python threads can each take a range and
+write only their own planes: no races, results independent of the thread count::
+
+    forward      x  (N, C, H, W), w (C, 1, KH, KW)  -> y  (N, C, OH, OW)   planes q0 .. q1
+    grad_input   gy (N, C, OH, OW), w               -> gx (N, C, H, W)     planes q0 .. q1
+    grad_weight  x, gy                              -> gw (C, 1, KH, KW)   channels c0 .. c1
+
+How the loops are written, and why (as ``im2col_numba.py``): no padded copy of x; for
+each kernel offset (kh, kw) the outputs whose window reads inside x form one rectangle
+(``_valid_range`` per axis), and the loops run over that rectangle only, so the inner
+loop over ``ow`` is branch-free (contiguous for stride 1: LLVM vectorises it). Flat
+views and unsigned indices (``_u``) keep wraparound checks out of the loops. Each output
+plane is at most a few KiB (MobileNet: 32x32 and smaller), so the KH*KW passes over it,
+one per kernel offset, stay in L1.
+
+The input gradient is the forward's adjoint written per plane: gx's plane is zeroed,
+then each offset adds w * gy into the input positions it read. Inside one plane this is
+serial, so it is exact and deterministic (no atomics).
+"""
+from __future__ import annotations
+
+import numba
+from numba import prange
+
+from .im2col_numba import _valid_range
+from .threads import jit
+
+__all__ = ["forward", "grad_input", "grad_weight"]
+
+_u = numba.types.uintp  # unsigned index: no negative-index wraparound check in the loops
+
+
+@jit
+def forward(x, w, bias, y, q0, q1, SH, SW, PH0, PW0, DH, DW):
+    """y[n, c, oh, ow] = sum over (kh, kw) of w[c, 0, kh, kw] *
+    x[n, c, oh*SH + kh*DH - PH0, ow*SW + kw*DW - PW0] (0 outside x) + bias[c]; only
+    planes q = n*C + c in [q0, q1) are written.
+
+    x: (N, C, H, W), w: (C, 1, KH, KW), bias: (C,) (zeros for a conv without bias),
+    y: (N, C, OH, OW); all C-contiguous, one dtype."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    KH, KW = w.shape[2], w.shape[3]
+    OH, OW = y.shape[2], y.shape[3]
+    xf = x.reshape(-1)
+    wf = w.reshape(-1)
+    yf = y.reshape(-1)
+    for q in prange(q0, q1):
+        c = q % C
+        src0 = q * H * W
+        dst0 = q * OH * OW
+        b0 = bias[c]
+        for i in range(dst0, dst0 + OH * OW):
+            yf[_u(i)] = b0
+        for kh in range(KH):
+            ih0 = kh * DH - PH0
+            oh_lo, oh_hi = _valid_range(OH, SH, ih0, H)
+            for kw in range(KW):
+                iw0 = kw * DW - PW0
+                ow_lo, ow_hi = _valid_range(OW, SW, iw0, W)
+                wv = wf[_u((c * KH + kh) * KW + kw)]
+                for oh in range(oh_lo, oh_hi):
+                    d = dst0 + oh * OW
+                    s = src0 + (oh * SH + ih0) * W + iw0   # x[n, c, ih, iw0]; iw0 may be < 0
+                    if SW == 1:
+                        for ow in range(ow_lo, ow_hi):
+                            yf[_u(d + ow)] += wv * xf[_u(s + ow)]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            yf[_u(d + ow)] += wv * xf[_u(s + ow * SW)]
+
+
+@jit
+def grad_input(gy, w, gx, q0, q1, SH, SW, PH0, PW0, DH, DW):
+    """gx[n, c, ih, iw] = sum of w[c, 0, kh, kw] * gy[n, c, oh, ow] over the (oh, ow, kh,
+    kw) whose window position reads (ih, iw); only planes q in [q0, q1) are written.
+
+    gy: (N, C, OH, OW), w: (C, 1, KH, KW), gx: (N, C, H, W); C-contiguous, one dtype."""
+    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
+    KH, KW = w.shape[2], w.shape[3]
+    OH, OW = gy.shape[2], gy.shape[3]
+    gf = gy.reshape(-1)
+    wf = w.reshape(-1)
+    xf = gx.reshape(-1)
+    for q in prange(q0, q1):
+        c = q % C
+        dst0 = q * H * W
+        src0 = q * OH * OW
+        for i in range(dst0, dst0 + H * W):
+            xf[_u(i)] = 0
+        for kh in range(KH):
+            ih0 = kh * DH - PH0
+            oh_lo, oh_hi = _valid_range(OH, SH, ih0, H)
+            for kw in range(KW):
+                iw0 = kw * DW - PW0
+                ow_lo, ow_hi = _valid_range(OW, SW, iw0, W)
+                wv = wf[_u((c * KH + kh) * KW + kw)]
+                for oh in range(oh_lo, oh_hi):
+                    s = src0 + oh * OW
+                    d = dst0 + (oh * SH + ih0) * W + iw0
+                    if SW == 1:
+                        for ow in range(ow_lo, ow_hi):
+                            xf[_u(d + ow)] += wv * gf[_u(s + ow)]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            xf[_u(d + ow * SW)] += wv * gf[_u(s + ow)]
+
+
+@jit
+def grad_weight(x, gy, gw, zero, c0, c1, SH, SW, PH0, PW0, DH, DW):
+    """gw[c, 0, kh, kw] = sum over (n, oh, ow) of gy[n, c, oh, ow] *
+    x[n, c, oh*SH + kh*DH - PH0, ow*SW + kw*DW - PW0]; only channels c in [c0, c1) are
+    written. Sums in the arrays' dtype, as the reference's product does (``zero``: a 0 of
+    that dtype; gw is not read).
+
+    x: (N, C, H, W), gy: (N, C, OH, OW), gw: (C, 1, KH, KW); C-contiguous, one dtype."""
+    N, C, H, W = x.shape
+    KH, KW = gw.shape[2], gw.shape[3]
+    OH, OW = gy.shape[2], gy.shape[3]
+    xf = x.reshape(-1)
+    gf = gy.reshape(-1)
+    wf = gw.reshape(-1)
+    for c in prange(c0, c1):
+        for kh in range(KH):
+            ih0 = kh * DH - PH0
+            oh_lo, oh_hi = _valid_range(OH, SH, ih0, H)
+            for kw in range(KW):
+                iw0 = kw * DW - PW0
+                ow_lo, ow_hi = _valid_range(OW, SW, iw0, W)
+                acc = zero
+                for n in range(N):
+                    q = n * C + c
+                    for oh in range(oh_lo, oh_hi):
+                        s = q * OH * OW + oh * OW
+                        d = q * H * W + (oh * SH + ih0) * W + iw0
+                        if SW == 1:
+                            for ow in range(ow_lo, ow_hi):
+                                acc += gf[_u(s + ow)] * xf[_u(d + ow)]
+                        else:
+                            for ow in range(ow_lo, ow_hi):
+                                acc += gf[_u(s + ow)] * xf[_u(d + ow * SW)]
+                wf[_u((c * KH + kh) * KW + kw)] = acc
