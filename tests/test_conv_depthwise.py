@@ -1,0 +1,228 @@
+"""The depthwise conv2d (minidl/kernels/conv_depthwise.py) against the im2col reference.
+
+Forced with ``use_impl('depthwise', family='conv2d')``: outputs and every gradient (x, w,
+b) equal to the reference's over MobileNet's 3x3 stride-1 and stride-2 layers, 5x5,
+asymmetric padding, dilation, odd sizes, batch 1, unbatched inputs through conv2d, no
+bias and subsets of the gradients; the same numbers on 1, 2 and 3 threads; a double
+backward; which calls the registry leaves to the reference.
+
+Tolerances, as the largest error relative to the largest reference value: float64 1e-12;
+float32 1e-5 (the sums run in another order than the reference's product).
+CPU only (NumPy arrays).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minidl
+import minidl.kernels as K
+from minidl import geometry
+from minidl.kernels import conv_depthwise
+from minidl.ops.conv import Conv2dFunction, conv2d
+
+pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
+
+REL_TOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+# name: (x shape, KH, KW, stride, padding ((PH0, PH1), (PW0, PW1)), dilation)
+CASES = {
+    "3x3 p1 s1 (MobileNet)": ((3, 6, 9, 8), 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    "3x3 p1 s2 (MobileNet)": ((2, 5, 8, 10), 3, 3, (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    "3x3 p1 s2 odd": ((2, 4, 7, 9), 3, 3, (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    "5x5 p2": ((2, 3, 7, 6), 5, 5, (1, 1), ((2, 2), (2, 2)), (1, 1)),
+    "asymmetric (1,0),(0,2)": ((2, 4, 7, 6), 3, 3, (1, 1), ((1, 0), (0, 2)), (1, 1)),
+    "asymmetric s(2,1) (0,3),(2,1)": ((2, 3, 6, 5), 3, 2, (2, 1), ((0, 3), (2, 1)), (1, 1)),
+    "dilation 2": ((2, 4, 9, 9), 3, 3, (1, 1), ((2, 2), (2, 2)), (2, 2)),
+    "dilation (2,3) s2": ((2, 3, 11, 10), 3, 3, (2, 2), ((1, 2), (3, 0)), (2, 3)),
+    "large padding": ((1, 2, 3, 4), 3, 3, (1, 1), ((4, 3), (2, 5)), (1, 1)),
+    "1x1": ((2, 5, 4, 3), 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    "batch 1, 2x2 image": ((1, 7, 2, 2), 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),
+}
+
+
+@pytest.fixture
+def num_threads():
+    """Set minidl's thread count for one test, restored after it."""
+    old = minidl.get_num_threads()
+    yield minidl.set_num_threads
+    minidl.set_num_threads(old)
+
+
+def _assert_close(got, want, dtype, what):
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    scale = max(float(np.abs(want).max()), 1e-30)
+    err = float(np.abs(got.astype(np.float64) - want).max()) / scale
+    assert err <= REL_TOL[dtype], f"{what}: error {err:.3g} of the largest value {scale:.3g}"
+
+
+def _geo(case):
+    x_shape, KH, KW, stride, padding, dilation = CASES[case]
+    C = x_shape[1]
+    return geometry.ConvGeometry.of(x_shape, (C, 1, KH, KW), stride, padding, dilation, C)
+
+
+def _arrays(rng, geo, dtype):
+    x = rng.standard_normal((geo.N, geo.C, geo.H, geo.W)).astype(dtype)
+    w = rng.standard_normal((geo.C, 1, geo.KH, geo.KW)).astype(dtype)
+    b = rng.standard_normal(geo.C).astype(dtype)
+    return x, w, b, rng.standard_normal(geo.out_shape).astype(dtype)
+
+
+def _run(impl, geo, x, w, b, gy, need=(True, True, True)):
+    """y and the gradients in ``need`` (x, w, b; None where not asked) with ``impl``
+    forced; checks that conv2d ran ``impl`` and nothing else."""
+    X = minidl.tensor(x, requires_grad=need[0])
+    Wt = minidl.tensor(w, requires_grad=need[1])
+    B = None if b is None else minidl.tensor(b, requires_grad=need[2])
+    with K.use_impl(impl, family="conv2d"), K.decisions() as log:
+        y = Conv2dFunction.apply(X, Wt, B, geo=geo)
+        if any(need):
+            y.backward(minidl.tensor(gy))
+    assert {i for f, i in log if f == "conv2d"} == {impl}
+    grads = [t.grad.numpy() if t is not None and t.grad is not None else None
+             for t in (X, Wt, B)]
+    return [y.numpy()] + grads
+
+
+def _compare(got, want, dtype, label):
+    for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
+        if r is None:
+            assert g is None, f"{label}: {name} computed but not asked for"
+        else:
+            _assert_close(g, r, dtype, f"{label}: {name}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", list(CASES))
+def test_depthwise_equals_reference(case, dtype, rng):
+    geo = _geo(case)
+    x, w, b, gy = _arrays(rng, geo, dtype)
+    want = _run("reference", geo, x, w, b, gy)
+    _compare(_run("depthwise", geo, x, w, b, gy), want, dtype, case)
+
+
+@pytest.mark.parametrize("case", ["3x3 p1 s1 (MobileNet)", "dilation (2,3) s2"])
+def test_no_bias(case, rng):
+    geo = _geo(case)
+    x, w, _, gy = _arrays(rng, geo, np.float64)
+    want = _run("reference", geo, x, w, None, gy)
+    _compare(_run("depthwise", geo, x, w, None, gy), want, np.float64, case)
+
+
+@pytest.mark.parametrize("threads_", [1, 2, 3])
+def test_threads_give_the_same_numbers(threads_, rng, num_threads, monkeypatch):
+    """Every call split over the threads (SPLIT_MIN_WORK 1): 7 images x 5 channels = 35
+    planes, 5 channels for the weight gradient (ranges of unequal length); bit for bit
+    the one-thread result, and the reference's."""
+    monkeypatch.setattr(conv_depthwise, "SPLIT_MIN_WORK", 1)
+    geo = geometry.ConvGeometry.of((7, 5, 6, 7), (5, 1, 3, 3), (2, 1), ((1, 1), (1, 1)),
+                                   (1, 1), 5)
+    for dtype in (np.float64, np.float32):
+        x, w, b, gy = _arrays(rng, geo, dtype)
+        num_threads(1)
+        one = _run("depthwise", geo, x, w, b, gy)
+        num_threads(threads_)
+        got = _run("depthwise", geo, x, w, b, gy)
+        for a, c in zip(got, one):
+            assert np.array_equal(a, c)
+        _compare(got, _run("reference", geo, x, w, b, gy), dtype, f"{threads_} threads")
+
+
+def test_split_over_threads_above_the_threshold(monkeypatch, num_threads):
+    """Calls of at least SPLIT_MIN_WORK multiply-adds per thread use every thread (never
+    more parts than planes or channels); smaller ones run on one."""
+    parts = []
+    real = conv_depthwise.threads.run_on_threads
+    monkeypatch.setattr(conv_depthwise.threads, "run_on_threads",
+                        lambda n, job, **kw: parts.append(n) or real(n, job, **kw))
+    num_threads(2)
+    conv_depthwise._on_threads(3, 10 * conv_depthwise.SPLIT_MIN_WORK, lambda a, b: None)
+    conv_depthwise._on_threads(1, 10 * conv_depthwise.SPLIT_MIN_WORK, lambda a, b: None)
+    conv_depthwise._on_threads(64, conv_depthwise.SPLIT_MIN_WORK - 1, lambda a, b: None)
+    assert parts == [2, 1, 1]
+
+
+@pytest.mark.parametrize("need", [(True, False, False), (False, True, True),
+                                  (False, True, False), (False, False, True),
+                                  (False, False, False)],
+                         ids=["x only", "weight and bias", "weight only", "bias only",
+                              "inference"])
+def test_subsets_of_gradients(need, rng):
+    """Only the gradients asked for are computed, and they equal the reference's."""
+    geo = _geo("asymmetric s(2,1) (0,3),(2,1)")
+    x, w, b, gy = _arrays(rng, geo, np.float64)
+    want = _run("reference", geo, x, w, b, gy, need)
+    _compare(_run("depthwise", geo, x, w, b, gy, need), want, np.float64, str(need))
+
+
+def test_no_bias_and_unbatched_through_conv2d(rng):
+    """conv2d itself: an unbatched (C, H, W) input without bias, stride 2, padding 1."""
+    x = rng.standard_normal((5, 7, 6))
+    w = rng.standard_normal((5, 1, 3, 3))
+    gy = rng.standard_normal((5, 4, 3))
+    results = {}
+    for impl in ("reference", "depthwise"):
+        X, Wt = minidl.tensor(x, requires_grad=True), minidl.tensor(w, requires_grad=True)
+        with K.use_impl(impl, family="conv2d"), K.decisions() as log:
+            y = conv2d(X, Wt, stride=2, padding=1, groups=5)
+            y.backward(minidl.tensor(gy))
+        assert {i for f, i in log if f == "conv2d"} == {impl}
+        results[impl] = [y.numpy(), X.grad.numpy(), Wt.grad.numpy()]
+    for name, g, r in zip(("y", "dx", "dw"), results["depthwise"], results["reference"]):
+        _assert_close(g, r, np.float64, name)
+
+
+def test_double_backward(rng, use_impl):
+    """create_graph: the recorded backward (Function ops calling the family again) is
+    differentiable with depthwise forced; gradgradcheck in float64."""
+    x = minidl.tensor(rng.standard_normal((2, 3, 5, 4)), requires_grad=True)
+    w = minidl.tensor(rng.standard_normal((3, 1, 3, 3)), requires_grad=True)
+    b = minidl.tensor(rng.standard_normal(3), requires_grad=True)
+    use_impl("depthwise", family="conv2d")
+    with K.decisions() as log:
+        assert minidl.gradgradcheck(
+            lambda x, w, b: conv2d(x, w, b, stride=(2, 1), padding=(1, 0), groups=3), [x, w, b])
+    assert {i for f, i in log if f == "conv2d"} == {"depthwise"}
+
+
+# (x shape, w shape, dtype, conv2d keyword arguments): calls depthwise cannot run
+REFUSED = {
+    "groups 2 of 4 channels": ((2, 4, 8, 8), (4, 2, 3, 3), np.float32, dict(groups=2, padding=1)),
+    "channel multiplier 2": ((2, 4, 8, 8), (8, 1, 3, 3), np.float32, dict(groups=4, padding=1)),
+    "ungrouped": ((2, 4, 8, 8), (4, 4, 3, 3), np.float32, dict(padding=1)),
+    "float16": ((2, 4, 8, 8), (4, 1, 3, 3), np.float16, dict(groups=4, padding=1)),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_unsupported_calls_go_to_the_reference(case, rng, use_impl):
+    """Forced depthwise leaves what it cannot run to the reference (``decisions``), with
+    the same results."""
+    x_shape, w_shape, dtype, kwargs = REFUSED[case]
+    x = minidl.tensor(rng.standard_normal(x_shape).astype(dtype))
+    w = minidl.tensor(rng.standard_normal(w_shape).astype(dtype))
+    use_impl("reference", family="conv2d")
+    want = conv2d(x, w, **kwargs).numpy()
+    use_impl("depthwise", family="conv2d")
+    with K.decisions() as log:
+        got = conv2d(x, w, **kwargs).numpy()
+    assert [i for f, i in log if f == "conv2d"] == ["reference"]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_can_run():
+    geo = geometry.ConvGeometry.of((8, 32, 16, 16), (32, 1, 3, 3), (2, 2), ((1, 1), (1, 1)),
+                                   (1, 1), 32)
+    x32, w32 = np.zeros(1, np.float32), np.zeros(1, np.float32)
+    assert conv_depthwise.depthwise_can_run(x32, w32, geo)
+    assert conv_depthwise.depthwise_can_run(x32.astype(np.float64), w32.astype(np.float64), geo)
+    assert not conv_depthwise.depthwise_can_run(x32, w32.astype(np.float64), geo)
+    assert not conv_depthwise.depthwise_can_run(x32.astype(np.float16),
+                                                w32.astype(np.float16), geo)
+    multiplier2 = geometry.ConvGeometry.of((8, 32, 16, 16), (64, 1, 3, 3), (1, 1),
+                                           ((1, 1), (1, 1)), (1, 1), 32)
+    assert not conv_depthwise.depthwise_can_run(x32, w32, multiplier2)
+    grouped = geometry.ConvGeometry.of((8, 32, 16, 16), (32, 2, 3, 3), (1, 1),
+                                       ((1, 1), (1, 1)), (1, 1), 16)
+    assert not conv_depthwise.depthwise_can_run(x32, w32, grouped)
