@@ -25,14 +25,28 @@ serial, so it is exact and deterministic (no atomics).
 from __future__ import annotations
 
 import numba
+import numpy as np
 from numba import prange
 
 from .im2col_numba import _valid_range
-from .threads import jit
+from .threads import jit, njit_helper
 
 __all__ = ["forward", "grad_input", "grad_weight"]
 
 _u = numba.types.uintp  # unsigned index: no negative-index wraparound check in the loops
+
+
+@njit_helper
+def _ranges(O, S, D, P0, K, L):
+    """(lo, hi) per kernel offset k < K: the outputs o in [lo, hi) whose input position
+    o*S + k*D - P0 lies in [0, L). Computed once per call, not once per plane (for 1x1
+    and 2x2 planes the per-plane range arithmetic cost more than the multiply-adds)."""
+    r = np.empty((K, 2), dtype=np.int64)
+    for k in range(K):
+        lo, hi = _valid_range(O, S, k * D - P0, L)
+        r[k, 0] = lo
+        r[k, 1] = hi
+    return r
 
 
 @jit
@@ -49,6 +63,8 @@ def forward(x, w, bias, y, q0, q1, SH, SW, PH0, PW0, DH, DW):
     xf = x.reshape(-1)
     wf = w.reshape(-1)
     yf = y.reshape(-1)
+    rh = _ranges(OH, SH, DH, PH0, KH, H)
+    rw = _ranges(OW, SW, DW, PW0, KW, W)
     for q in prange(q0, q1):
         c = q % C
         src0 = q * H * W
@@ -58,10 +74,10 @@ def forward(x, w, bias, y, q0, q1, SH, SW, PH0, PW0, DH, DW):
             yf[_u(i)] = b0
         for kh in range(KH):
             ih0 = kh * DH - PH0
-            oh_lo, oh_hi = _valid_range(OH, SH, ih0, H)
+            oh_lo, oh_hi = rh[kh, 0], rh[kh, 1]
             for kw in range(KW):
                 iw0 = kw * DW - PW0
-                ow_lo, ow_hi = _valid_range(OW, SW, iw0, W)
+                ow_lo, ow_hi = rw[kw, 0], rw[kw, 1]
                 wv = wf[_u((c * KH + kh) * KW + kw)]
                 for oh in range(oh_lo, oh_hi):
                     d = dst0 + oh * OW
@@ -86,6 +102,8 @@ def grad_input(gy, w, gx, q0, q1, SH, SW, PH0, PW0, DH, DW):
     gf = gy.reshape(-1)
     wf = w.reshape(-1)
     xf = gx.reshape(-1)
+    rh = _ranges(OH, SH, DH, PH0, KH, H)
+    rw = _ranges(OW, SW, DW, PW0, KW, W)
     for q in prange(q0, q1):
         c = q % C
         dst0 = q * H * W
@@ -94,10 +112,10 @@ def grad_input(gy, w, gx, q0, q1, SH, SW, PH0, PW0, DH, DW):
             xf[_u(i)] = 0
         for kh in range(KH):
             ih0 = kh * DH - PH0
-            oh_lo, oh_hi = _valid_range(OH, SH, ih0, H)
+            oh_lo, oh_hi = rh[kh, 0], rh[kh, 1]
             for kw in range(KW):
                 iw0 = kw * DW - PW0
-                ow_lo, ow_hi = _valid_range(OW, SW, iw0, W)
+                ow_lo, ow_hi = rw[kw, 0], rw[kw, 1]
                 wv = wf[_u((c * KH + kh) * KW + kw)]
                 for oh in range(oh_lo, oh_hi):
                     s = src0 + oh * OW
@@ -117,6 +135,12 @@ def grad_weight(x, gy, gw, zero, c0, c1, SH, SW, PH0, PW0, DH, DW):
     written. Sums in the arrays' dtype, as the reference's product does (``zero``: a 0 of
     that dtype; gw is not read).
 
+    Rows of at least 8 outputs: the products are summed per output column into ``acc``
+    (OW long) over all rows and images, and ``acc`` summed once at the end: the inner
+    loop is then an elementwise multiply-add (vectorised) instead of a reduction per
+    short row (2.3 -> 1.5 ms at (32, 144, 8, 8), 1.7 -> 0.75 at (32, 32, 16, 16)). Shorter
+    rows (MobileNet's 4x4 .. 1x1 layers) sum into one scalar, which stays in a register.
+
     x: (N, C, H, W), gy: (N, C, OH, OW), gw: (C, 1, KH, KW); C-contiguous, one dtype."""
     N, C, H, W = x.shape
     KH, KW = gw.shape[2], gw.shape[3]
@@ -125,13 +149,26 @@ def grad_weight(x, gy, gw, zero, c0, c1, SH, SW, PH0, PW0, DH, DW):
     gf = gy.reshape(-1)
     wf = gw.reshape(-1)
     for c in prange(c0, c1):
+        acc = np.empty(OW, dtype=x.dtype)
         for kh in range(KH):
             ih0 = kh * DH - PH0
             oh_lo, oh_hi = _valid_range(OH, SH, ih0, H)
             for kw in range(KW):
                 iw0 = kw * DW - PW0
                 ow_lo, ow_hi = _valid_range(OW, SW, iw0, W)
-                acc = zero
+                if OW < 8:                      # short rows: a scalar sum (kept in a register)
+                    total = zero
+                    for n in range(N):
+                        q = n * C + c
+                        for oh in range(oh_lo, oh_hi):
+                            s = q * OH * OW + oh * OW
+                            d = q * H * W + (oh * SH + ih0) * W + iw0
+                            for ow in range(ow_lo, ow_hi):
+                                total += gf[_u(s + ow)] * xf[_u(d + ow * SW)]
+                    wf[_u((c * KH + kh) * KW + kw)] = total
+                    continue
+                for ow in range(OW):
+                    acc[_u(ow)] = zero
                 for n in range(N):
                     q = n * C + c
                     for oh in range(oh_lo, oh_hi):
@@ -139,8 +176,11 @@ def grad_weight(x, gy, gw, zero, c0, c1, SH, SW, PH0, PW0, DH, DW):
                         d = q * H * W + (oh * SH + ih0) * W + iw0
                         if SW == 1:
                             for ow in range(ow_lo, ow_hi):
-                                acc += gf[_u(s + ow)] * xf[_u(d + ow)]
+                                acc[_u(ow)] += gf[_u(s + ow)] * xf[_u(d + ow)]
                         else:
                             for ow in range(ow_lo, ow_hi):
-                                acc += gf[_u(s + ow)] * xf[_u(d + ow * SW)]
-                wf[_u((c * KH + kh) * KW + kw)] = acc
+                                acc[_u(ow)] += gf[_u(s + ow)] * xf[_u(d + ow * SW)]
+                total = zero
+                for ow in range(ow_lo, ow_hi):
+                    total += acc[_u(ow)]
+                wf[_u((c * KH + kh) * KW + kw)] = total
