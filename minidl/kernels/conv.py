@@ -22,8 +22,9 @@ False; ``products`` says whether grad_weight or grad_input will run. ``weight_so
 for a weight gradient asked for on its own (``ops/conv.py``'s ``Conv2dWeightGradFunction``,
 used by higher-order gradients), where no forward kept anything.
 
-Implementations (``minidl.kernels.registry`` chooses, trying ``direct``, ``winograd``,
-``blocked`` in that order and falling back to ``reference``; ``use_impl`` forces one):
+Implementations (``minidl.kernels.registry`` chooses, trying ``direct``, ``depthwise``,
+``winograd``, ``blocked`` in that order and falling back to ``reference``; ``use_impl``
+forces one):
 
 * ``reference``: im2col -> GEMM -> col2im, the formulas of ``ops/conv.py``'s
   ``Conv2dFunction`` (the im2col calls go through the im2col family: numba or CUDA kernels
@@ -32,6 +33,9 @@ Implementations (``minidl.kernels.registry`` chooses, trying ``direct``, ``winog
   time, each block's ``col`` in cache, the blocks on ``minidl.get_num_threads()`` threads
   with one BLAS thread each: NumPy float32/float64, ungrouped, with a ``col`` of at least
   1 MiB (ResNet's layers).
+* ``depthwise`` (``conv_depthwise.py``): direct numba loops for depthwise convolutions
+  (groups == C == OC: MobileNet's), any kernel, stride, padding and dilation, the (n, c)
+  planes or channels split over the threads; the reference makes one product per group.
 * ``winograd`` (``conv_winograd.py``): Winograd F(2x2, 3x3), 2.25x fewer multiplications,
   for 3x3 stride-1 ungrouped convolutions of at least 16 channels in and out and 4x4
   outputs (ResNet's 3x3 layers), blocks of images on threads as ``blocked``.
@@ -232,7 +236,8 @@ def direct_pays(geo):
     return geo.C * geo.KH * geo.KW <= DIRECT_MAX_K and geo.OC <= DIRECT_MAX_OC
 
 
-CONV2D = registry.family("conv2d", __doc__, preference=("direct", "winograd", "blocked"))
+CONV2D = registry.family("conv2d", __doc__, preference=("direct", "depthwise", "winograd",
+                                                           "blocked"))
 CONV2D.register("reference", lambda: SimpleNamespace(
     forward=forward, grad_output=grad_output, grad_weight=grad_weight, grad_input=grad_input,
     grad_bias=grad_bias, weight_source=weight_source))
