@@ -127,3 +127,13 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("skipped, by reason")
         for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
             terminalreporter.write_line(f"{count:5d} skipped: {reason}")
+
+
+@pytest.fixture
+def num_threads():
+    """``num_threads(n)``: minidl's thread count for the rest of the test
+    (``minidl.set_num_threads``), restored after it."""
+    import minidl
+    old = minidl.get_num_threads()
+    yield minidl.set_num_threads
+    minidl.set_num_threads(old)

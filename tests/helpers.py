@@ -261,3 +261,13 @@ def run_mpi_script(script, *args, n=2, timeout=240):
     proc = run_mpiexec(MPI_SCRIPTS / script, *args, n=n, timeout=timeout)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
+
+
+def assert_rel_close(got, want, rel_tol, what=""):
+    """Same dtype and shape, and max |got - want| at most ``rel_tol`` times max |want| (the
+    error relative to the largest value: the fair measure for float32 kernels whose
+    rounding differs from the reference's, e.g. Winograd's transforms)."""
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    scale = max(float(np.abs(want).max()), 1e-30)
+    err = float(np.abs(got.astype(np.float64) - want).max()) / scale
+    assert err <= rel_tol, f"{what}: error {err:.3g} of the largest value {scale:.3g}"

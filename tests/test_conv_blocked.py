@@ -35,14 +35,6 @@ CASES = {
 }
 
 
-@pytest.fixture
-def num_threads():
-    """Set minidl's thread count for one test, restored after it."""
-    old = minidl.get_num_threads()
-    yield minidl.set_num_threads
-    minidl.set_num_threads(old)
-
-
 def _run(impl, x, w, b, gy, kwargs):
     X, Wt, B = (minidl.tensor(a, requires_grad=True) for a in (x, w, b))
     with K.use_impl(impl, family="conv2d"), K.decisions() as log:

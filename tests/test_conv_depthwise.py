@@ -19,6 +19,7 @@ import minidl
 import minidl.kernels as K
 from minidl import geometry
 from minidl.kernels import conv_depthwise
+from helpers import assert_rel_close
 from minidl.ops.conv import Conv2dFunction, conv2d
 
 pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
@@ -39,21 +40,6 @@ CASES = {
     "1x1": ((2, 5, 4, 3), 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1)),
     "batch 1, 2x2 image": ((1, 7, 2, 2), 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),
 }
-
-
-@pytest.fixture
-def num_threads():
-    """Set minidl's thread count for one test, restored after it."""
-    old = minidl.get_num_threads()
-    yield minidl.set_num_threads
-    minidl.set_num_threads(old)
-
-
-def _assert_close(got, want, dtype, what):
-    assert got.dtype == want.dtype and got.shape == want.shape, what
-    scale = max(float(np.abs(want).max()), 1e-30)
-    err = float(np.abs(got.astype(np.float64) - want).max()) / scale
-    assert err <= REL_TOL[dtype], f"{what}: error {err:.3g} of the largest value {scale:.3g}"
 
 
 def _geo(case):
@@ -90,7 +76,7 @@ def _compare(got, want, dtype, label):
         if r is None:
             assert g is None, f"{label}: {name} computed but not asked for"
         else:
-            _assert_close(g, r, dtype, f"{label}: {name}")
+            assert_rel_close(g, r, REL_TOL[dtype], f"{label}: {name}")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -170,7 +156,7 @@ def test_no_bias_and_unbatched_through_conv2d(rng):
         assert {i for f, i in log if f == "conv2d"} == {impl}
         results[impl] = [y.numpy(), X.grad.numpy(), Wt.grad.numpy()]
     for name, g, r in zip(("y", "dx", "dw"), results["depthwise"], results["reference"]):
-        _assert_close(g, r, np.float64, name)
+        assert_rel_close(g, r, REL_TOL[np.float64], name)
 
 
 def test_double_backward(rng, use_impl):
