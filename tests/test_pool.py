@@ -703,3 +703,27 @@ def test_adaptive_errors(pool):
         pool(x, -1)
     with pytest.raises(TypeError, match=rf"{name}: output_size must be an int or a pair"):
         pool(x, (2, 2, 2))
+
+
+@pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
+@pytest.mark.parametrize("threads_", [1, 2, 3])
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=2, padding=1),
+                                dict(kernel_size=2, stride=2)])
+def test_large_max_pool_split_over_threads_equals_reference(kw, threads_, num_threads,
+                                                            use_impl):
+    """Above SPLIT_MIN_ELEMENTS the numba max pool runs ranges of planes on the threads:
+    forward, argmax and backward equal the reference's, whatever the thread count (the
+    planes are independent: no sums are reordered)."""
+    from minidl.kernels import pool_numba
+    x = distinct(np.random.default_rng(0), (3, 7, 320, 320)).astype(np.float32)
+    assert x.size >= pool_numba.SPLIT_MIN_ELEMENTS
+    num_threads(threads_)
+    out = {}
+    for impl in ("reference", "numba"):
+        use_impl(impl, family="pool")
+        t = minidl.tensor(x, requires_grad=True)
+        y = max_pool2d(t, **kw)
+        y.backward(minidl.tensor(np.arange(y.numel(), dtype=np.float32).reshape(y.shape)))
+        out[impl] = (y.numpy(), t.grad.numpy())
+    assert np.array_equal(out["numba"][0], out["reference"][0])
+    assert np.array_equal(out["numba"][1], out["reference"][1])

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from . import threads
 from .threads import jit, njit_helper
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
@@ -245,6 +246,25 @@ def _planes(a):
     return np.ascontiguousarray(a).reshape((-1,) + a.shape[-2:])
 
 
+# From this many input elements a call is split into ranges of planes, one per thread
+# (``threads.run_on_threads``): ResNet's 3x3/2 pooling of (32, 64, 112, 112) ran on one
+# core while PyTorch used two; LeNet's pools (under a million elements) stay whole.
+SPLIT_MIN_ELEMENTS = 1 << 21
+
+
+def _over_planes(kernel, arrays, args, size):
+    """``kernel(*arrays, *args)`` where every array is (P, ., .) with planes independent:
+    whole, or large calls as ranges of planes on the threads."""
+    P = arrays[0].shape[0]
+    n = min(P, threads.get_num_threads()) if size >= SPLIT_MIN_ELEMENTS else 1
+    if n == 1:
+        kernel(*arrays, *args, size=size)
+        return
+    bounds = [(t * P // n, (t + 1) * P // n) for t in range(n)]
+    threads.run_on_threads(n, lambda t: kernel(
+        *(a[bounds[t][0]:bounds[t][1]] for a in arrays), *args, size=size // n))
+
+
 def max_pool2d_forward(x, win):
     """(y, arg) for x (N, C, H, W): ``pool_reference.max_pool2d_forward``, compiled
     (float32/float64, K <= 256: arg is uint8)."""
@@ -253,10 +273,10 @@ def max_pool2d_forward(x, win):
     y = np.empty((xs.shape[0], win.OH, win.OW), dtype=x.dtype)  # (P, OH, OW)
     arg = np.empty(y.shape, dtype=np.uint8)
     if win.is_2x2_stride2():
-        _max_forward_2x2(xs, y, arg, size=xs.size)
+        _over_planes(_max_forward_2x2, (xs, y, arg), (), xs.size)
     else:
-        _max_forward(xs, y, arg, win.KH, win.KW, win.SH, win.SW, win.PH, win.PW, win.DH,
-                     win.DW, size=xs.size)
+        _over_planes(_max_forward, (xs, y, arg), (win.KH, win.KW, win.SH, win.SW, win.PH,
+                                                  win.PW, win.DH, win.DW), xs.size)
     return y.reshape(lead + y.shape[1:]), arg.reshape(lead + y.shape[1:])
 
 
@@ -267,10 +287,10 @@ def max_pool2d_backward(gy, arg, win):
     gys, args = _planes(gy), _planes(arg)                          # (P, OH, OW)
     gx = np.empty((gys.shape[0], win.H, win.W), dtype=gy.dtype)   # (P, H, W)
     if win.is_2x2_stride2():
-        _max_backward_2x2(gys, args, gx, gy.dtype.type(0), size=gx.size)
+        _over_planes(_max_backward_2x2, (gys, args, gx), (gy.dtype.type(0),), gx.size)
     else:
-        _max_backward(gys, args, gx, win.KW, win.SH, win.SW, win.PH, win.PW, win.DH, win.DW,
-                      size=gx.size)
+        _over_planes(_max_backward, (gys, args, gx), (win.KW, win.SH, win.SW, win.PH, win.PW,
+                                                      win.DH, win.DW), gx.size)
     return gx.reshape(lead + (win.H, win.W))
 
 
