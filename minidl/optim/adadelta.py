@@ -13,7 +13,7 @@ The ratio of the two root-mean-squares gives the update the units of p, so lr=1.
 from __future__ import annotations
 
 from .. import backend
-from ..autograd import Tensor, no_grad
+from ..autograd import no_grad
 from .optimizer import Optimizer, _state_array, check_nonnegative
 
 
@@ -37,11 +37,7 @@ class Adadelta(Optimizer):
             lr, rho, eps, wd = group["lr"], group["rho"], group["eps"], group["weight_decay"]
             for p, g in self._gradients(group):
                 xp = backend.get_array_module(p.data)
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["square_avg"] = Tensor(xp.zeros_like(p.data))
-                    state["acc_delta"] = Tensor(xp.zeros_like(p.data))
+                state = self._state(p, "square_avg", "acc_delta")
                 state["step"] += 1
                 if wd != 0:
                     g = g + wd * p.data

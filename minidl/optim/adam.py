@@ -11,7 +11,7 @@ For each parameter p with gradient g (maximize: g = -g), at step t = 1, 2, ...:
 from __future__ import annotations
 
 from .. import backend
-from ..autograd import Tensor, no_grad
+from ..autograd import no_grad
 from .optimizer import Optimizer, _state_array, check_betas, check_nonnegative
 
 
@@ -48,13 +48,8 @@ class Adam(Optimizer):
             eps, wd, amsgrad = group["eps"], group["weight_decay"], group["amsgrad"]
             for p, g in self._gradients(group):
                 xp = backend.get_array_module(p.data)
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = Tensor(xp.zeros_like(p.data))
-                    state["exp_avg_sq"] = Tensor(xp.zeros_like(p.data))
-                    if amsgrad:
-                        state["max_exp_avg_sq"] = Tensor(xp.zeros_like(p.data))
+                state = self._state(p, "exp_avg", "exp_avg_sq",
+                                    *(("max_exp_avg_sq",) if amsgrad else ()))
                 state["step"] += 1
                 step = state["step"]
                 if wd != 0:

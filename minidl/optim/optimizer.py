@@ -98,6 +98,19 @@ class Optimizer:
     def step(self, closure=None):
         raise NotImplementedError
 
+    def _state(self, p, *zeros, **initial):
+        """``self.state[p]``, made on first use: ``step`` 0, the ``initial`` values, then a
+        zero Tensor like p for each name in ``zeros`` (the running averages of the Adam-like
+        optimisers)."""
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state.update(initial)
+            xp = backend.get_array_module(p.data)
+            for name in zeros:
+                state[name] = Tensor(xp.zeros_like(p.data))
+        return state
+
     @staticmethod
     def _gradients(group):
         """``(p, g)`` for each parameter of ``group`` that has a gradient: ``g`` its gradient

@@ -16,7 +16,7 @@ For each parameter p with gradient g (maximize: g = -g), at step t = 1, 2, ...:
 from __future__ import annotations
 
 from .. import backend
-from ..autograd import Tensor, no_grad
+from ..autograd import no_grad
 from .adam import _lerp_
 from .optimizer import Optimizer, _state_array, check_betas, check_nonnegative
 
@@ -44,11 +44,7 @@ class RAdam(Optimizer):
             eps, wd = group["eps"], group["weight_decay"]
             for p, g in self._gradients(group):
                 xp = backend.get_array_module(p.data)
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = Tensor(xp.zeros_like(p.data))
-                    state["exp_avg_sq"] = Tensor(xp.zeros_like(p.data))
+                state = self._state(p, "exp_avg", "exp_avg_sq")
                 state["step"] += 1
                 step = state["step"]
                 if wd != 0:

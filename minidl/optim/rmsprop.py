@@ -15,7 +15,7 @@ Note that eps is added outside the square root (Adadelta adds it inside).
 from __future__ import annotations
 
 from .. import backend
-from ..autograd import Tensor, no_grad
+from ..autograd import no_grad
 from .adam import _lerp_
 from .optimizer import Optimizer, _state_array, check_nonnegative
 
@@ -42,14 +42,9 @@ class RMSprop(Optimizer):
             wd, momentum, centered = group["weight_decay"], group["momentum"], group["centered"]
             for p, g in self._gradients(group):
                 xp = backend.get_array_module(p.data)
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["square_avg"] = Tensor(xp.zeros_like(p.data))
-                    if momentum > 0:
-                        state["momentum_buffer"] = Tensor(xp.zeros_like(p.data))
-                    if centered:
-                        state["grad_avg"] = Tensor(xp.zeros_like(p.data))
+                state = self._state(p, "square_avg",
+                                    *(("momentum_buffer",) if momentum > 0 else ()),
+                                    *(("grad_avg",) if centered else ()))
                 state["step"] += 1
                 if wd != 0:
                     g = g + wd * p.data
