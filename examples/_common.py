@@ -57,7 +57,6 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -1402,8 +1401,8 @@ def cli(main, argv=None):
 
     With --distributed, every rank runs this: a rank that stops because another failed
     (``RankFailed``) says nothing, rank 0 alone says what Ctrl-C left, and an unexpected
-    error (a traceback) aborts the whole MPI job, so that the other ranks end instead of
-    waiting for ever in a collective."""
+    error (a traceback) reaches minidl.distributed's excepthook, which aborts the whole MPI
+    job, so that the other ranks end instead of waiting for ever in a collective."""
     prog = Path(sys.argv[0]).name if argv is None else "example"
     try:
         main(argv)
@@ -1421,14 +1420,8 @@ def cli(main, argv=None):
         where = f" ({exc.filename})" if exc.filename else ""
         _error(prog, f"{exc.strerror or exc}{where}")
         return 1
-    except Exception:
-        if not (dist.is_initialized() and dist.get_world_size() > 1):
-            raise
-        traceback.print_exc()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        from mpi4py import MPI     # what `python -m mpi4py` does: MPI ends every rank
-        MPI.COMM_WORLD.Abort(1)
+    # Anything else propagates: with --distributed, minidl.distributed's excepthook prints
+    # it with the rank and aborts the whole MPI job (init_process_group installs it).
     return 0
 
 
