@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 import minidl
+from helpers import MPI4PY_MISSING, run_mpiexec
 from minidl import models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,16 +36,12 @@ TIMES = ("seconds", "train_seconds")
 
 def example(*args, ranks=2):
     """Run ``lenet_mnist.py --distributed args`` on ``ranks`` processes under mpiexec
-    (ranks=None: alone, without mpiexec); returns the CompletedProcess."""
+    (``helpers.run_mpiexec``; ranks=None: alone, without mpiexec); the CompletedProcess."""
     if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip('mpi4py is not installed (pip install "minidl[distributed]")')
-    command = [sys.executable, str(SCRIPT), "--distributed", *map(str, args)]
+        pytest.skip(MPI4PY_MISSING)
     if ranks is not None:
-        mpiexec = shutil.which("mpiexec")
-        if mpiexec is None:
-            pytest.skip("mpiexec is not on PATH (install an MPI library, e.g. the mpich "
-                        "wheel)")
-        command = [mpiexec, "-n", str(ranks), *command]
+        return run_mpiexec(SCRIPT, "--distributed", *args, n=ranks, timeout=TIMEOUT)
+    command = [sys.executable, str(SCRIPT), "--distributed", *map(str, args)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
@@ -209,13 +205,9 @@ def test_models_that_return_a_namedtuple(tmp_path):
 
 
 def test_an_unexpected_error_on_one_rank_ends_them_all():
-    """A bug that raises on rank 1 while rank 0 waits in a collective: ``cli`` prints the
-    traceback and aborts the MPI job, instead of leaving rank 0 waiting for ever."""
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip('mpi4py is not installed (pip install "minidl[distributed]")')
-    mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.skip("mpiexec is not on PATH (install an MPI library, e.g. the mpich wheel)")
+    """A bug that raises on rank 1 while rank 0 waits in a collective: the traceback is
+    printed and the MPI job aborted (minidl.distributed's excepthook), instead of leaving
+    rank 0 waiting for ever."""
     code = """if True:
         import sys; sys.path.insert(0, sys.argv[1])
         import minidl.distributed as dist, _common
@@ -226,8 +218,6 @@ def test_an_unexpected_error_on_one_rank_ends_them_all():
             dist.barrier()                    # rank 1 never comes
         sys.exit(_common.cli(main, []))
     """
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", code, str(EXAMPLES)],
-                          env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    proc = run_mpiexec("-c", code, EXAMPLES, n=2, timeout=TIMEOUT)
     assert proc.returncode != 0
     assert "ZeroDivisionError: a bug on rank 1" in proc.stderr, proc.stderr
