@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import enum
 import sys
+import time
 
 import numpy as np
 
@@ -171,6 +172,9 @@ def _abort_on_uncaught_exception(exc_type, exc, tb):
         previous(exc_type, exc, tb)
         sys.stdout.flush()
         sys.stderr.flush()
+        # mpiexec forwards each rank's output through its own processes; MPI_Abort kills
+        # them at once, which cut tracebacks short in tests. A moment lets them drain.
+        time.sleep(0.5)
     finally:  # whatever the printing did, the job must end
         comm.Abort(1)
 
