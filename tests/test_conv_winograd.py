@@ -4,8 +4,9 @@ reference.
 Forced with ``use_impl('winograd', family='conv2d')``: outputs and every gradient (x, w,
 b) equal to the reference's over paddings (none, ResNet's 1, large, asymmetric), odd and
 tiny inputs (partial tiles, H or W < 4), batch 1, unbatched inputs, C != OC, no bias and
-subsets of the gradients; with one image per block on 1, 2 and 3 threads, and with blocks
-held to a minimum number of tiles; the transposed
+subsets of the gradients; with one image per block on 1, 2 and 3 threads, with blocks
+held to a minimum number of tiles, and as one whole-batch block (small maps: transforms
+split by images, GEMMs by component, Z made once for both gradients); the transposed
 convolution (its forward is the input gradient) and a double backward; the weight
 transform's adjoint; which calls the registry leaves to other implementations.
 
@@ -79,13 +80,21 @@ def _compare(got, want, dtype, label):
             assert_rel_close(g, r, REL_TOL[dtype], f"{label}: {name}")
 
 
+# whole_batch_bytes limits: 0 runs every call in blocks, HUGE as one whole-batch block
+HUGE = 2**62
+MODES = {"blocks": 0, "whole batch": HUGE}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", list(CASES))
-def test_winograd_equals_reference(case, dtype, rng):
+def test_winograd_equals_reference(case, dtype, mode, rng):
     x_shape, w_shape, padding = CASES[case]
     x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, dtype)
     want = _run("reference", x, w, b, gy, padding)
-    _compare(_run("winograd", x, w, b, gy, padding), want, dtype, case)
+    with conv_winograd.whole_batch_bytes(MODES[mode]):
+        got = _run("winograd", x, w, b, gy, padding)
+    _compare(got, want, dtype, f"{case}, {mode}")
 
 
 @pytest.mark.parametrize("threads_", [1, 2, 3])
@@ -96,7 +105,8 @@ def test_blocks_on_threads_equal_reference(threads_, rng, num_threads):
         x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, dtype)
         want = _run("reference", x, w, b, gy, padding)
         num_threads(threads_)
-        with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1):
+        with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1), \
+                conv_winograd.whole_batch_bytes(0):
             got = _run("winograd", x, w, b, gy, padding)
         _compare(got, want, dtype, f"{threads_} threads")
 
@@ -120,7 +130,8 @@ def test_blocks_of_at_least_min_tiles(threads_, rng, num_threads, monkeypatch):
         want = _run("reference", x, w, b, gy, padding)
         num_threads(threads_)
         seen.clear()
-        with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(12):
+        with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(12), \
+                conv_winograd.whole_batch_bytes(0):
             got = _run("winograd", x, w, b, gy, padding)
         _compare(got, want, dtype, f"{threads_} threads")
         # forward, weight and input gradients: 7 images in blocks of 3 or more (2 blocks,
@@ -146,11 +157,58 @@ def test_threads_are_deterministic(rng, num_threads):
     x_shape, w_shape, padding = (6, 4, 5, 5), (5, 4, 3, 3), ((1, 1), (1, 1))
     x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, np.float32)
     num_threads(2)
-    with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1):
-        runs = [_run("winograd", x, w, b, gy, padding) for _ in range(3)]
-    for other in runs[1:]:
-        for a, c in zip(runs[0], other):
-            assert np.array_equal(a, c)
+    for limit in MODES.values():
+        with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1), \
+                conv_winograd.whole_batch_bytes(limit):
+            runs = [_run("winograd", x, w, b, gy, padding) for _ in range(3)]
+        for other in runs[1:]:
+            for a, c in zip(runs[0], other):
+                assert np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("threads_", [1, 2, 3])
+def test_whole_batch_on_threads_equals_reference(threads_, rng, num_threads, monkeypatch):
+    """As one block: 7 images in 1-3 ranges for the transforms, the 16 components in 1-3
+    ranges for the GEMMs; backward makes Z once (grad_transform: one call per image
+    range), and the results equal the reference's (the same on every thread count)."""
+    x_shape, w_shape, padding = (7, 5, 6, 7), (6, 5, 3, 3), ((1, 0), (2, 1))
+    calls = []
+    kernels = conv_winograd._kernels()
+    real = kernels.grad_transform
+
+    def counting(gy, n0, n1, t0, *rest, **kw):
+        calls.append((n0, n1, t0))
+        return real(gy, n0, n1, t0, *rest, **kw)
+
+    monkeypatch.setattr(kernels, "grad_transform", counting)
+    for dtype in (np.float64, np.float32):
+        x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, dtype)
+        want = _run("reference", x, w, b, gy, padding)
+        num_threads(threads_)
+        calls.clear()
+        with conv_winograd.whole_batch_bytes(HUGE):
+            got = _run("winograd", x, w, b, gy, padding)
+        _compare(got, want, dtype, f"{threads_} threads")
+        geo = geometry.ConvGeometry.of(x_shape, w_shape, (1, 1), padding, (1, 1))
+        TH, TW = conv_winograd._tiles(geo)
+        ranges = conv_winograd._split(7, threads_)
+        assert sorted(calls) == [(n0, n1, n0 * TH * TW) for n0, n1 in ranges]
+
+
+def test_whole_batch_chosen_for_small_maps():
+    """ResNet-18's 16x16, 8x8 and 4x4 stages at batch 32 run as one block, its 32x32 one
+    in blocks, and so does the 16x16 one at batch 128 (``WHOLE_BATCH_BYTES``)."""
+    def geo(c, hw, n=32):
+        return geometry.ConvGeometry.of((n, c, hw, hw), (c, c, 3, 3), (1, 1),
+                                        ((1, 1), (1, 1)))
+    f32 = np.float32
+    assert conv_winograd.whole_batch(geo(512, 4), f32)
+    assert conv_winograd.whole_batch(geo(256, 8), f32)
+    assert conv_winograd.whole_batch(geo(128, 16), f32)
+    assert not conv_winograd.whole_batch(geo(64, 32), f32)
+    assert not conv_winograd.whole_batch(geo(128, 16, n=128), f32)
+    with conv_winograd.whole_batch_bytes(0):
+        assert not conv_winograd.whole_batch(geo(512, 4), f32)
 
 
 @pytest.mark.parametrize("need", [(True, False, False), (False, True, True),

@@ -37,11 +37,15 @@ Backward: the adjoint of each line (exact, not an approximation; Z = dL/dM)::
 Memory and threads: as ``conv_blocked.py`` does, the batch is cut into blocks of images
 (``conv_blocked.image_blocks``: blocks whose im2col ``col`` would be about
 ``conv_blocked.BLOCK_COL_BYTES``; V is 16 TH TW / (9 OH OW), about 0.44x, of that, but
-at least ``WINOGRAD_MIN_TILES`` tiles: small images make larger blocks) and the blocks are dealt out to ``minidl.get_num_threads()`` Python threads with one BLAS
-thread each. A block's V, M, Z and dV live in that thread's scratch buffers
-(``conv._scratch``), in cache. Forward keeps x for the weight gradient (V is about 4x
-the size of x, cheaper to make again than to keep). Each thread sums its own dU blocks;
-the sums are added in thread order: deterministic.
+at least ``WINOGRAD_MIN_TILES`` tiles: small images make larger blocks) and the blocks
+are dealt out to ``minidl.get_num_threads()`` Python threads with one BLAS thread each.
+A block's V, M, Z and dV live in that thread's scratch buffers (``conv._scratch``), in
+cache. Forward keeps x for the weight gradient (V is about 4x the size of x, cheaper to
+make again than to keep). Each thread sums its own dU blocks; the sums are added in
+thread order: deterministic. Small maps (V and M of the whole batch at most
+``WHOLE_BATCH_BYTES``: ResNet-18's 16x16 to 4x4 stages at batch 32) run as ONE block
+instead (``whole_batch``): the transforms split by images over the threads, the 16 GEMMs
+by component, no partial weight gradients, Z made once for both gradients.
 
 Accuracy: the transforms of x and gy are additions, the weight transform halves, so
 float64 results equal the reference to ~1e-15 of the largest value; float32 ones are
@@ -63,7 +67,7 @@ from .conv import _scratch
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
            "weight_source", "winograd_can_run", "winograd_pays", "WINOGRAD_MIN_CHANNELS",
            "WINOGRAD_MIN_SIZE", "WINOGRAD_MIN_TILES", "min_tiles", "weight_transform",
-           "weight_transform_adjoint"]
+           "weight_transform_adjoint", "WHOLE_BATCH_BYTES", "whole_batch_bytes", "whole_batch"]
 
 # The automatic choice (when the family's preference lists 'winograd') takes it only with
 # at least this many input and output channels and this output height and width
@@ -171,7 +175,7 @@ def _V_block(x, geo, n0, n1):
     """V (16, C, T_b) of images n0 .. n1, in this thread's scratch slot 0."""
     TH, TW = _tiles(geo)
     V = _scratch(np, (16, geo.C, (n1 - n0) * TH * TW), x.dtype, slot=0)
-    _kernels().input_transform(x, n0, n1, geo.PH0, geo.PW0, TH, TW, V, size=V.size)
+    _kernels().input_transform(x, n0, n1, 0, geo.PH0, geo.PW0, TH, TW, V, size=V.size)
     return V
 
 
@@ -179,28 +183,102 @@ def _Z_block(gy, geo, n0, n1):
     """Z = dL/dM (16, OC, T_b) of images n0 .. n1, in this thread's scratch slot 1."""
     TH, TW = _tiles(geo)
     Z = _scratch(np, (16, geo.OC, (n1 - n0) * TH * TW), gy.dtype, slot=1)
-    _kernels().grad_transform(gy, n0, n1, TH, TW, Z, size=Z.size)
+    _kernels().grad_transform(gy, n0, n1, 0, TH, TW, Z, size=Z.size)
+    return Z
+
+
+# ----------------------------------------------------------------------------- whole batch
+
+# Small maps (ResNet-18's 8x8 and 4x4 stages: 16 and 4 tiles per image) make short blocks:
+# the GEMMs (OC x C) @ (C x T_b) run with a few dozen columns, and every block adds a
+# (16, OC, C) partial weight gradient, as large as U. Up to this size of V and M the batch
+# is ONE block: its transforms split by images over the threads (each writing its own
+# tile columns), the 16 GEMMs split by the Winograd component (k) over the threads (each
+# thread a whole (OC, C) product per k: no partial sums), and Z made once for both
+# gradients. Measured, fwd + bwd at batch 32 (ms, blocks -> one block, median of 15 in
+# one process): 128ch 16x16 (16 MiB) 35.7 -> 32.0, 256ch 8x8 34.7 -> 24.7, 512ch 4x4
+# 45.8 -> 31.8; against it, 64ch 32x32 (32 MiB) 35.8 -> 39.6 and at batch 128 128ch
+# 16x16 (64 MiB) 96 -> 109 (benchmarks/RESULTS.md).
+WHOLE_BATCH_BYTES = 16 * 2**20
+
+_WHOLE_BATCH = threads.Setting(WHOLE_BATCH_BYTES)
+
+
+def whole_batch_bytes(limit):
+    """Run the batch as one block when its V and M are each at most ``limit`` bytes
+    instead of ``WHOLE_BATCH_BYTES`` (0: never; a huge value: always); undone at the end
+    of a ``with`` block when used as one. Tests use it to run both modes."""
+    return _WHOLE_BATCH.set(max(0, int(limit)))
+
+
+def whole_batch(geo, dtype):
+    """Whether ``geo`` runs as one block (the tile matrices V (16, C, T) and
+    M (16, OC, T) of the whole batch at most ``whole_batch_bytes`` each)."""
+    TH, TW = _tiles(geo)
+    size = 16 * max(geo.C, geo.OC) * geo.N * TH * TW * np.dtype(dtype).itemsize
+    return size <= _WHOLE_BATCH.value
+
+
+def _on_images(geo, kernel):
+    """``kernel(n0, n1, t0)`` for ranges of images on the threads (t0: n0's first tile)."""
+    TH, TW = _tiles(geo)
+    parts = _split(geo.N, max(1, min(threads.get_num_threads(), geo.N)))
+    threads.run_on_threads(len(parts), lambda t: kernel(*parts[t], parts[t][0] * TH * TW))
+
+
+def _on_components(product):
+    """``product(k0, k1)`` for ranges of the 16 Winograd components on the threads, each
+    with one BLAS thread (the GEMMs of component k are independent of the others')."""
+    parts = _split(16, max(1, min(threads.get_num_threads(), 16)))
+    threads.run_on_threads(len(parts), lambda t: product(*parts[t]), blas_single=True)
+
+
+def _V_whole(x, geo):
+    """V (16, C, T) of the whole batch, in the calling thread's scratch slot 0."""
+    TH, TW = _tiles(geo)
+    V = _scratch(np, (16, geo.C, geo.N * TH * TW), x.dtype, slot=0)
+    _on_images(geo, lambda n0, n1, t0: _kernels().input_transform(
+        x, n0, n1, t0, geo.PH0, geo.PW0, TH, TW, V, size=V.size))
+    return V
+
+
+def _Z_whole(gy, geo):
+    """Z (16, OC, T) of the whole batch, in the calling thread's scratch slot 2 (slot 0 is
+    V's, and Z outlives the weight gradient: ``grad_input`` reads it)."""
+    TH, TW = _tiles(geo)
+    Z = _scratch(np, (16, geo.OC, geo.N * TH * TW), gy.dtype, slot=2)
+    _on_images(geo, lambda n0, n1, t0: _kernels().grad_transform(
+        gy, n0, n1, t0, TH, TW, Z, size=Z.size))
     return Z
 
 
 # ----------------------------------------------------------------------------- entry points
 
 def forward(x, w, b, geo, keep_for_backward=True):
-    """y (N, OC, OH, OW) = A^T [U @ V] A + b, block by block; saved ``('x', x, U)`` (or
-    ``('x', None, None)`` without ``keep_for_backward``): U, the transformed weight, spares
-    the input gradient a second ``weight_transform`` (``grad_weight`` hands it on in g)."""
+    """y (N, OC, OH, OW) = A^T [U @ V] A + b, block by block (or as one block,
+    ``whole_batch``); saved ``('x', x, U)`` (or ``('x', None, None)`` without
+    ``keep_for_backward``): U, the transformed weight, spares the input gradient a second
+    ``weight_transform`` (``grad_weight`` hands it on in g)."""
     x = np.ascontiguousarray(x)
     U = weight_transform(w)                                       # (16, OC, C)
     TH, TW = _tiles(geo)
     y = np.empty(geo.out_shape, dtype=x.dtype)
     bias = b if b is not None else np.zeros(1, dtype=x.dtype)
 
-    def block(n0, n1):
-        V = _V_block(x, geo, n0, n1)                              # (16, C, T_b)
-        M = np.matmul(U, V, out=_scratch(np, (16, geo.OC, V.shape[2]), x.dtype, slot=1))
-        _kernels().output_transform(M, n0, n1, TH, TW, bias, b is not None, y, size=M.size)
+    if whole_batch(geo, x.dtype):
+        V = _V_whole(x, geo)                                      # (16, C, T)
+        M = _scratch(np, (16, geo.OC, V.shape[2]), x.dtype, slot=1)
+        _on_components(lambda k0, k1: np.matmul(U[k0:k1], V[k0:k1], out=M[k0:k1]))
+        _on_images(geo, lambda n0, n1, t0: _kernels().output_transform(
+            M, n0, n1, t0, TH, TW, bias, b is not None, y, size=M.size))
+    else:
+        def block(n0, n1):
+            V = _V_block(x, geo, n0, n1)                          # (16, C, T_b)
+            M = np.matmul(U, V, out=_scratch(np, (16, geo.OC, V.shape[2]), x.dtype, slot=1))
+            _kernels().output_transform(M, n0, n1, 0, TH, TW, bias, b is not None, y,
+                                        size=M.size)
 
-    _for_blocks(geo, x.dtype, block)
+        _for_blocks(geo, x.dtype, block)
     if not keep_for_backward:
         return y, ("x", None, None)
     return y, ("x", x, U)
@@ -215,36 +293,54 @@ def grad_weight(g, saved, geo, need_b=True):
     """gw (OC, C, 3, 3) = G^T [sum over blocks of Z_b @ V_b^T] G, and gb (OC,) when
     ``need_b``. ``saved``: forward's ``('x', x, U)`` (U is left in ``g`` for
     ``grad_input``: the same weight, unchanged since forward, or autograd's version check
-    would have stopped the backward pass) or ``weight_source``'s ``('x', x)``."""
+    would have stopped the backward pass) or ``weight_source``'s ``('x', x)``. As one
+    block (``whole_batch``), Z is left in g for ``grad_input`` too."""
     x = saved[1]
     if len(saved) > 2 and saved[2] is not None:
         g.U = saved[2]
 
-    def block(n0, n1):
-        V = _V_block(x, geo, n0, n1)                              # (16, C, T_b)
-        Z = _Z_block(g.gy, geo, n0, n1)                           # (16, OC, T_b)
-        return np.matmul(Z, V.transpose(0, 2, 1))                 # (16, OC, C)
+    if whole_batch(geo, x.dtype):
+        V = _V_whole(x, geo)                                      # (16, C, T)
+        g.Z = Z = _Z_whole(g.gy, geo)                             # (16, OC, T)
+        dU = np.empty((16, geo.OC, geo.C), dtype=np.result_type(x, Z))
+        _on_components(lambda k0, k1: np.matmul(Z[k0:k1], V[k0:k1].transpose(0, 2, 1),
+                                                out=dU[k0:k1]))
+    else:
+        def block(n0, n1):
+            V = _V_block(x, geo, n0, n1)                          # (16, C, T_b)
+            Z = _Z_block(g.gy, geo, n0, n1)                       # (16, OC, T_b)
+            return np.matmul(Z, V.transpose(0, 2, 1))             # (16, OC, C)
 
-    per_thread = _for_blocks(geo, x.dtype, block)
-    dU = None
-    for results in per_thread:                                    # fixed order: deterministic
-        for part in results:
-            dU = part if dU is None else dU + part
+        per_thread = _for_blocks(geo, x.dtype, block)
+        dU = None
+        for results in per_thread:                                # fixed order: deterministic
+            for part in results:
+                dU = part if dU is None else dU + part
     return weight_transform_adjoint(dU), (grad_bias(g, geo) if need_b else None)
 
 
 def grad_input(g, w, geo):
     """gx (N, C, H, W): per block, the tiles' B (U^T @ Z_b) B^T added back in place (U from
-    forward when ``grad_weight`` left it in g, else transformed here)."""
+    forward when ``grad_weight`` left it in g, else transformed here; as one block, Z from
+    ``grad_weight`` when it ran)."""
     U = getattr(g, "U", None)
     UT = (weight_transform(w) if U is None else U).transpose(0, 2, 1)   # (16, C, OC)
     gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
+    TH, TW = _tiles(geo)
+
+    if whole_batch(geo, gx.dtype):
+        Z = getattr(g, "Z", None)
+        Z = _Z_whole(g.gy, geo) if Z is None else Z               # (16, OC, T)
+        dV = _scratch(np, (16, geo.C, Z.shape[2]), gx.dtype, slot=0)
+        _on_components(lambda k0, k1: np.matmul(UT[k0:k1], Z[k0:k1], out=dV[k0:k1]))
+        _on_images(geo, lambda n0, n1, t0: _kernels().input_scatter(
+            dV, n0, n1, t0, geo.PH0, geo.PW0, TH, TW, gx, size=dV.size))
+        return gx
 
     def block(n0, n1):
         Z = _Z_block(g.gy, geo, n0, n1)                           # (16, OC, T_b)
         dV = np.matmul(UT, Z, out=_scratch(np, (16, geo.C, Z.shape[2]), gx.dtype, slot=0))
-        TH, TW = _tiles(geo)
-        _kernels().input_scatter(dV, n0, n1, geo.PH0, geo.PW0, TH, TW, gx, size=dV.size)
+        _kernels().input_scatter(dV, n0, n1, 0, geo.PH0, geo.PW0, TH, TW, gx, size=dV.size)
 
     _for_blocks(geo, gx.dtype, block)
     return gx

@@ -14,9 +14,12 @@ transforms::
     weight_transform    w  (P, 3, 3)       -> U  (16, P)      U = G w G^T,  P = OC * C
     weight_adjoint      dU (16, P)         -> gw (P, 3, 3)    gw = G^T dU G
 
-T = (n1 - n0) * TH * TW, tile t = (n - n0) * TH * TW + th * TW + tw; tile (th, tw) covers
+T = (n1 - n0) * TH * TW, tile t = t0 + (n - n0) * TH * TW + th * TW + tw; tile (th, tw) covers
 outputs (2th .. 2th+1, 2tw .. 2tw+1) and padded-input rows 2th .. 2th+3, columns
-2tw .. 2tw+3.
+2tw .. 2tw+3. ``t0`` is the tile column of image n0: 0 when the tile matrix holds only
+images n0 .. n1 (a block), n0 * TH * TW when it holds the whole batch and the call does
+one range of its images (``conv_winograd``'s whole-batch mode, ranges on threads); the
+tile matrix's T may then exceed (n1 - n0) * TH * TW.
 
 How the loops are written, and why: a first version computed tile by tile, writing the
 16 values of a tile to 16 rows of V through 3-D indices; its input and gradient
@@ -55,12 +58,12 @@ _PLANES = 16
 
 
 @jit
-def input_transform(x, n0, n1, P0, Q0, TH, TW, V):
-    """V[k, c, t] = (B^T d B)[k // 4, k % 4] for the 4x4 tile d of image n0 + t // (TH*TW),
+def input_transform(x, n0, n1, t0, P0, Q0, TH, TW, V):
+    """V[k, c, t] = (B^T d B)[k // 4, k % 4] for the 4x4 tile d of image n0 + (t - t0) // (TH*TW),
     channel c: d = xpad[2th .. 2th+3, 2tw .. 2tw+3], xpad x with P0 rows above and Q0
     columns left of it and zeros wherever the grid passes x.
 
-    x: (N, C, H, W) C-contiguous; V: (16, C, (n1 - n0) * TH * TW) C-contiguous.
+    x: (N, C, H, W) C-contiguous; V: (16, C, T) C-contiguous (T >= t0 + (n1 - n0) * TH * TW).
 
     Pass 1, per row of x: the row copied into a zero-edged line of the padded width, then
     d B for every tile column: D[m, rr, tw] for padded row rr, stored even and odd rows
@@ -101,7 +104,7 @@ def input_transform(x, n0, n1, P0, Q0, TH, TW, V):
             for m in range(4):                     # B^T on rows: d0 - d2, d1 + d2, d2 - d1, d1 - d3
                 e0 = 2 * m * LR
                 e1 = e0 + LR
-                d = (m * C + c) * T + i * L
+                d = (m * C + c) * T + t0 + i * L
                 for t in range(L):
                     d0, d1 = D[_u(e0 + t)], D[_u(e1 + t)]
                     d2, d3 = D[_u(e0 + TW + t)], D[_u(e1 + TW + t)]
@@ -112,11 +115,11 @@ def input_transform(x, n0, n1, P0, Q0, TH, TW, V):
 
 
 @jit
-def output_transform(M, n0, n1, TH, TW, bias, has_bias, y):
+def output_transform(M, n0, n1, t0, TH, TW, bias, has_bias, y):
     """y[n, o, 2th .. 2th+1, 2tw .. 2tw+1] = A^T m A (+ bias[o]) for m = M[:, o, t]
     reshaped 4x4, cropped to (OH, OW) (y's shape); only images n0 .. n1 are written.
 
-    M: (16, OC, (n1 - n0) * TH * TW) C-contiguous; bias: (OC,) (read when has_bias);
+    M: (16, OC, T) C-contiguous (T >= t0 + (n1 - n0) * TH * TW); bias: (OC,) (read when has_bias);
     y: (N, OC, OH, OW) C-contiguous.
 
     Pass 1, one flat loop over the plane's tiles per column m: A^T m's two rows,
@@ -138,7 +141,7 @@ def output_transform(M, n0, n1, TH, TW, bias, has_bias, y):
             i = q // OC
             o = q - i * OC
             for m in range(4):
-                s = (m * OC + o) * T + i * L
+                s = (m * OC + o) * T + t0 + i * L
                 e0 = 2 * m * L
                 for t in range(L):
                     m1, m2 = Mf[_u(s + 4 * K + t)], Mf[_u(s + 8 * K + t)]
@@ -158,11 +161,11 @@ def output_transform(M, n0, n1, TH, TW, bias, has_bias, y):
 
 
 @jit
-def grad_transform(gy, n0, n1, TH, TW, Z):
+def grad_transform(gy, n0, n1, t0, TH, TW, Z):
     """Z[k, o, t] = (A g A^T)[k // 4, k % 4] for the 2x2 tile g = gy[n, o, 2th .. 2th+1,
     2tw .. 2tw+1] (zeros past OH, OW): dL/dM, the adjoint of ``output_transform``.
 
-    gy: (N, OC, OH, OW) C-contiguous; Z: (16, OC, (n1 - n0) * TH * TW) C-contiguous.
+    gy: (N, OC, OH, OW) C-contiguous; Z: (16, OC, T) C-contiguous (T >= t0 + (n1 - n0) * TH * TW).
 
     Pass 1, per row of gy: g A^T for every tile column (a row's pair (a, b) becomes
     a, a + b, a - b, -b), into D[m, r, tw], even and odd rows apart. Pass 2, one flat loop
@@ -196,7 +199,7 @@ def grad_transform(gy, n0, n1, TH, TW, Z):
             for m in range(4):                     # A on rows: a, a + b, a - b, -b
                 e0 = 2 * m * L
                 e1 = e0 + L
-                d = (m * OC + o) * T + i * L
+                d = (m * OC + o) * T + t0 + i * L
                 for t in range(L):
                     a, b = D[_u(e0 + t)], D[_u(e1 + t)]
                     Zf[_u(d + t)] = a
@@ -206,12 +209,12 @@ def grad_transform(gy, n0, n1, TH, TW, Z):
 
 
 @jit
-def input_scatter(dV, n0, n1, P0, Q0, TH, TW, gx):
+def input_scatter(dV, n0, n1, t0, P0, Q0, TH, TW, gx):
     """gx[n, c] = the sum over tiles of B dv B^T (dv = dV[:, c, t] reshaped 4x4) added at
     the tile's place in the padded input, cropped to x: the adjoint of ``input_transform``
     (tiles overlap by two rows and columns). Every entry of gx[n0:n1] is written.
 
-    dV: (16, C, (n1 - n0) * TH * TW) C-contiguous; gx: (N, C, H, W) C-contiguous.
+    dV: (16, C, T) C-contiguous (T >= t0 + (n1 - n0) * TH * TW); gx: (N, C, H, W) C-contiguous.
 
     Each padded-input entry is written once, the overlaps summed first: canvas row 2r
     (2r + 1) gets row 0 (1) of B dv from tile row r and row 2 (3) from tile row r - 1,
@@ -238,7 +241,7 @@ def input_scatter(dV, n0, n1, P0, Q0, TH, TW, gx):
                 # column b of dv: u0 .. u3 = dV[b], dV[4 + b], dV[8 + b], dV[12 + b];
                 # B u = (u0, u1 - u2 + u3, u1 + u2 - u0, -u3): rows 0, 1 of a tile go to
                 # canvas rows 2r, 2r + 1, rows 2, 3 to 2r + 2, 2r + 3 (the next tile row's)
-                s0 = (b * C + c) * T + i * L
+                s0 = (b * C + c) * T + t0 + i * L
                 s1, s2, s3 = s0 + 4 * K, s0 + 8 * K, s0 + 12 * K
                 e0 = 2 * b * LR
                 e1 = e0 + LR
