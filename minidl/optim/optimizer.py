@@ -112,14 +112,16 @@ class Optimizer:
         return state
 
     @staticmethod
-    def _gradients(group):
+    def _gradients(group, negate=True):
         """``(p, g)`` for each parameter of ``group`` that has a gradient: ``g`` its gradient
-        array (checked, never to be modified in place), negated when the group maximizes."""
+        array (checked, never to be modified in place), negated when the group maximizes
+        (``negate=False``: never; for an update kernel that applies ``maximize`` itself)."""
+        negate = negate and group["maximize"]
         for p in group["params"]:
             if p.grad is None:
                 continue
             g = _check_grad(p)
-            yield p, (-g if group["maximize"] else g)
+            yield p, (-g if negate else g)
 
     def _closure_loss(self, closure):
         if closure is None:

@@ -7,10 +7,15 @@ PyTorch's update, for each parameter p with gradient g (maximize: g = -g):
     buf = momentum * buf + (1 - dampening) * g    (later steps)
     g = g + momentum * buf  if nesterov  else  buf      (when momentum != 0)
     p = p - lr * g
+
+The arithmetic is the ``sgd`` kernel family's (``minidl/kernels/optim.py``): its NumPy/CuPy
+reference is these formulas; for NumPy float32/float64 parameters a numba kernel makes the
+same update in one pass over each parameter, large ones split over the threads.
 """
 from __future__ import annotations
 
 from ..autograd import Tensor, no_grad
+from ..kernels.optim import sgd_step
 from .optimizer import Optimizer, _state_array, check_nonnegative
 
 
@@ -32,21 +37,18 @@ class SGD(Optimizer):
         """One update of every parameter that has a gradient; returns ``closure()`` if given."""
         loss = self._closure_loss(closure)
         for group in self.param_groups:
-            lr, momentum = group["lr"], group["momentum"]
-            dampening, wd = group["dampening"], group["weight_decay"]
-            for p, g in self._gradients(group):
-                if wd != 0:
-                    g = g + wd * p.data
+            options = (group["lr"], group["momentum"], group["dampening"],
+                       group["weight_decay"], group["nesterov"], group["maximize"])
+            momentum = group["momentum"]
+            # the raw gradient: the kernel applies maximize in its single pass
+            for p, g in self._gradients(group, negate=False):
+                buf = None
                 if momentum != 0:
                     state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = Tensor(g.copy())
-                    else:
-                        b = _state_array(buf, p)
-                        b *= momentum
-                        b += (1 - dampening) * g
-                    g = g + momentum * buf.data if group["nesterov"] else buf.data
-                p.data -= lr * g
+                    saved = state.get("momentum_buffer")
+                    buf = None if saved is None else _state_array(saved, p)
+                new_buf = sgd_step(p.data, g, buf, *options)
+                if momentum != 0 and buf is None:
+                    state["momentum_buffer"] = Tensor(new_buf)
                 p._bump_version()
         return loss
