@@ -2,9 +2,10 @@
 
 Forced with ``use_impl('blocked', family='conv2d')``, with blocks of one or a few images
 (``block_col_bytes``) and ``col`` never kept (``keep_col_bytes(0)``) so that every line
-runs block by block, on 1, 2 and 3 threads: outputs and every gradient equal to the
-reference (float64 tight, float32 loose) over strides, paddings, dilations, groups and
-1x1 kernels; the blocks' partition; determinism across runs; an error inside a worker
+runs block by block, and as one whole-batch block (``whole_batch_bytes``: ranges of
+channels and rows on the threads), on 1, 2 and 3 threads: outputs and every gradient
+equal to the reference (float64 tight, float32 loose) over strides, paddings, dilations,
+groups and 1x1 kernels; the blocks' partition; determinism across runs; an error inside a worker
 thread reaching the caller; the registry's automatic choice. CPU only (NumPy arrays).
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ from minidl.kernels.im2col import col2im, col2im_reference, im2col
 from minidl.ops.conv import conv2d
 
 pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
+
+HUGE = 2**62       # whole_batch_bytes: every ungrouped call as one block
 
 TOL = {np.float64: dict(rtol=1e-11, atol=1e-11), np.float32: dict(rtol=1e-4, atol=1e-4)}
 
@@ -61,13 +64,16 @@ def test_blocked_equals_reference(case, dtype, threads_, rng, num_threads):
     want = _run("reference", *arrays, kwargs)
     num_threads(threads_)
     per_image = x_shape[1] * w_shape[2] * w_shape[3] * 8       # bytes of col per row of pixels
-    for block_bytes in (1, per_image * 40):                    # one image per block; a few
-        with conv_blocked.block_col_bytes(block_bytes), conv_kernels.keep_col_bytes(0):
+    # one image per block; a few; the whole batch as one block
+    for block_bytes, whole in ((1, 0), (per_image * 40, 0), (1, HUGE)):
+        with conv_blocked.block_col_bytes(block_bytes), conv_kernels.keep_col_bytes(0), \
+                conv_blocked.whole_batch_bytes(whole):
             got = _run("blocked", *arrays, kwargs)
         for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
             assert g.dtype == r.dtype and g.shape == r.shape, name
-            np.testing.assert_allclose(g, r, err_msg=f"{name}, blocks of {block_bytes} B",
-                                       **TOL[dtype])
+            np.testing.assert_allclose(
+                g, r, err_msg=f"{name}, blocks of {block_bytes} B, whole up to {whole} B",
+                **TOL[dtype])
 
 
 def test_col_is_never_kept(rng):
@@ -121,11 +127,13 @@ def test_threads_are_deterministic(rng, num_threads):
     x_shape, w_shape, kwargs = CASES["3x3 p1"]
     arrays = _arrays(rng, x_shape, w_shape, np.float32, kwargs)
     num_threads(2)
-    with conv_blocked.block_col_bytes(1), conv_kernels.keep_col_bytes(0):
-        runs = [_run("blocked", *arrays, kwargs) for _ in range(3)]
-    for other in runs[1:]:
-        for a, b in zip(runs[0], other):
-            assert np.array_equal(a, b)
+    for whole in (0, HUGE):
+        with conv_blocked.block_col_bytes(1), conv_kernels.keep_col_bytes(0), \
+                conv_blocked.whole_batch_bytes(whole):
+            runs = [_run("blocked", *arrays, kwargs) for _ in range(3)]
+        for other in runs[1:]:
+            for a, b in zip(runs[0], other):
+                assert np.array_equal(a, b)
 
 
 def test_an_error_in_a_worker_thread_reaches_the_caller(rng, num_threads, monkeypatch):
@@ -143,14 +151,45 @@ def test_an_error_in_a_worker_thread_reaches_the_caller(rng, num_threads, monkey
         return real(x, geo, out=out)
 
     monkeypatch.setattr(conv_blocked, "im2col", failing)
-    with conv_blocked.block_col_bytes(1), conv_kernels.keep_col_bytes(0):
-        with pytest.raises(MemoryError, match="block on a worker thread"):
-            _run("blocked", *arrays, kwargs)
+    for whole in (0, HUGE):
+        with conv_blocked.block_col_bytes(1), conv_kernels.keep_col_bytes(0), \
+                conv_blocked.whole_batch_bytes(whole):
+            with pytest.raises(MemoryError, match="block on a worker thread"):
+                _run("blocked", *arrays, kwargs)
     monkeypatch.setattr(conv_blocked, "im2col", real)
     want = _run("reference", *arrays, kwargs)
     with conv_blocked.block_col_bytes(1), conv_kernels.keep_col_bytes(0):
         got = _run("blocked", *arrays, kwargs)
     np.testing.assert_allclose(got[0], want[0], **TOL[np.float64])
+
+
+def test_whole_batch_transposes_gy_once_and_is_chosen_for_small_col(rng, num_threads,
+                                                                   monkeypatch):
+    """As one block, backward transposes gy once for both gradients (in ``grad_output``),
+    and the automatic limit takes ResNet-18's stride-2 and 1x1 layers at 16x16 and 8x8
+    (batch 32) whole, its 32x32 stride-2 layer in blocks."""
+    calls = []
+    real = conv_blocked._gY_whole
+    monkeypatch.setattr(conv_blocked, "_gY_whole",
+                        lambda gy, geo: calls.append(geo) or real(gy, geo))
+    x_shape, w_shape, kwargs = CASES["3x3 s2 p1"]
+    arrays = _arrays(rng, x_shape, w_shape, np.float64, kwargs)
+    want = _run("reference", *arrays, kwargs)
+    num_threads(2)
+    with conv_blocked.whole_batch_bytes(HUGE):
+        got = _run("blocked", *arrays, kwargs)
+    assert len(calls) == 1
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, **TOL[np.float64])
+
+    def whole(c, hw, oc, k, n=32):
+        geo = geometry.ConvGeometry.of((n, c, hw, hw), (oc, c, k, k), (2, 2),
+                                       ((k // 2,) * 2,) * 2, (1, 1))
+        return conv_blocked.whole_batch(geo, np.float32)
+    assert whole(128, 16, 256, 3) and whole(256, 8, 512, 3)
+    assert whole(64, 32, 128, 1) and whole(128, 16, 256, 1)
+    assert not whole(64, 32, 128, 3)                  # col 18.9 MB
+    assert not whole(128, 16, 256, 3, n=128)
 
 
 def test_blocked_pays_for_large_unfolded_inputs():

@@ -37,7 +37,8 @@ from .conv import _scratch
 from .im2col import col2im, im2col
 
 __all__ = ["BLOCK_COL_BYTES", "BLOCKED_MIN_COL_BYTES", "block_col_bytes", "blocked_can_run",
-           "blocked_pays", "image_blocks"]
+           "blocked_pays", "image_blocks", "WHOLE_BATCH_BYTES", "whole_batch_bytes",
+           "whole_batch"]
 
 BLOCK_COL_BYTES = 4 * 2**20        # the unfolded input of one block: fits in the caches
 BLOCKED_MIN_COL_BYTES = 2**20      # smaller convolutions: one product over the batch
@@ -116,17 +117,93 @@ def _gY_block(gy, geo, n0, n1):
     return gY.reshape(geo.G, geo.OC // geo.G, nb * HW)
 
 
+# ----------------------------------------------------------------------------- whole batch
+
+# Small unfolded inputs (ResNet-18's stride-2 and 1x1 convolutions at 16x16 and 8x8, batch
+# 32) make few blocks: with one block per thread, each thread's weight gradient is a
+# partial (OC, K) as large as the weight, summed afterwards, and the product had half the
+# rows it could. Up to this size of ``col`` the batch is ONE block: im2col and col2im
+# split by channels over the threads, the products by rows (output channels for y and
+# dW, rows of col for dcol), no partial sums, and gY transposed once for both gradients
+# (``grad_output``).
+WHOLE_BATCH_BYTES = 16 * 2**20
+
+_WHOLE_BATCH = threads.Setting(WHOLE_BATCH_BYTES)
+
+
+def whole_batch_bytes(limit):
+    """Run the batch as one block when its ``col`` is at most ``limit`` bytes instead of
+    ``WHOLE_BATCH_BYTES`` (0: never); undone at the end of a ``with`` block when used as
+    one. Tests use it to run both modes."""
+    return _WHOLE_BATCH.set(max(0, int(limit)))
+
+
+def whole_batch(geo, dtype):
+    """Whether ``geo`` runs as one block: an ungrouped convolution whose batch ``col`` is
+    at most ``whole_batch_bytes``."""
+    return geo.G == 1 and col_bytes(geo, dtype) <= _WHOLE_BATCH.value
+
+
+def _on_ranges(count, job, blas=False):
+    """``job(i0, i1)`` for ``count`` items cut into one range per thread."""
+    n = max(1, min(threads.get_num_threads(), count))
+    parts = [(t * count // n, (t + 1) * count // n) for t in range(n)]
+    threads.run_on_threads(n, lambda t: job(*parts[t]), blas_single=blas)
+
+
+def _col_whole(x, geo):
+    """col (C*KH*KW, N*OH*OW) of the whole batch, in the calling thread's scratch slot 0:
+    each thread unfolds a range of channels (its rows of col)."""
+    col = _scratch(np, geo.col_shape, x.dtype)
+
+    def unfold(c0, c1):
+        im2col(np.ascontiguousarray(x[:, c0:c1]), geo._replace(C=c1 - c0), out=col[c0:c1])
+
+    _on_ranges(geo.C, unfold)
+    return col.reshape(geo.C * geo.KH * geo.KW, -1)
+
+
+def _gY_whole(gy, geo):
+    """dL/dY (OC, N*OH*OW): gy (N, OC, OH, OW) transposed, in the calling thread's scratch
+    slot 2 (it lives from ``grad_output`` to the input gradient), ranges of channels on the
+    threads."""
+    N, OC, HW = geo.N, geo.OC, geo.OH * geo.OW
+    gY = _scratch(np, (OC, N, HW), gy.dtype, slot=2)
+    g3 = gy.reshape(N, OC, HW)
+
+    def transpose(o0, o1):
+        gY[o0:o1] = g3[:, o0:o1].transpose(1, 0, 2)
+
+    _on_ranges(OC, transpose)
+    return gY.reshape(OC, N * HW)
+
+
 # ----------------------------------------------------------------------------- entry points
 
 def forward(x, w, b, geo, keep_for_backward=True):
-    """y (N, OC, OH, OW) and ``saved`` as ``conv.forward``, block by block. ``col`` is
-    never kept: the weight gradient unfolds each block again, in cache and on every
-    thread, which cost less than one product over the whole batch on one BLAS thread."""
+    """y (N, OC, OH, OW) and ``saved`` as ``conv.forward``, block by block (or as one
+    block, ``whole_batch``). ``col`` is never kept: the weight gradient unfolds each block
+    again, in cache and on every thread, which cost less than one product over the whole
+    batch on one BLAS thread."""
     G, OC, HW = geo.G, geo.OC, geo.OH * geo.OW
     K = (geo.C // G) * geo.KH * geo.KW
     wm = w.reshape(G, OC // G, K)
     x = np.ascontiguousarray(x)
     y = np.empty((geo.N, OC, HW), dtype=np.result_type(x, w))
+
+    if whole_batch(geo, x.dtype):
+        col = _col_whole(x, geo)                                  # (K, L)
+
+        def rows(o0, o1):                                         # y[:, o0:o1] = Wm[o0:o1] @ col
+            Y = np.matmul(wm[0, o0:o1], col)                      # (o1 - o0, L)
+            Yt = Y.reshape(o1 - o0, geo.N, HW).transpose(1, 0, 2)
+            if b is not None:
+                np.add(Yt, b[o0:o1].reshape(-1, 1), out=y[:, o0:o1])
+            else:
+                y[:, o0:o1] = Yt
+
+        _on_ranges(OC, rows, blas=True)
+        return y.reshape(geo.N, OC, geo.OH, geo.OW), ("x", x if keep_for_backward else None)
 
     def block(n0, n1):
         gb = _block_geo(geo, n0, n1)
@@ -144,8 +221,11 @@ def forward(x, w, b, geo, keep_for_backward=True):
 
 
 def grad_output(gy, geo, products=True):
-    """gy itself: each block transposes its own part (``_gY_block``)."""
-    return SimpleNamespace(gy=np.ascontiguousarray(gy), gY=None)
+    """gy itself; as one block (``whole_batch``) also gY (OC, N*OH*OW), transposed once
+    for both gradients (blocks transpose their own part, ``_gY_block``)."""
+    gy = np.ascontiguousarray(gy)
+    whole = products and whole_batch(geo, gy.dtype)
+    return SimpleNamespace(gy=gy, gY=_gY_whole(gy, geo) if whole else None)
 
 
 def grad_weight(g, saved, geo, need_b=True):
@@ -158,6 +238,16 @@ def grad_weight(g, saved, geo, need_b=True):
     Cg = geo.C // G
     K = Cg * geo.KH * geo.KW
     x = np.ascontiguousarray(kept)
+    if g.gY is not None:                                          # one block
+        col = _col_whole(x, geo)                                  # (K, L)
+        gw = np.empty((OC, K), dtype=np.result_type(x, g.gY))
+
+        def rows(o0, o1):                                         # dW[o0:o1] = gY[o0:o1] @ col^T
+            np.matmul(g.gY[o0:o1], col.T, out=gw[o0:o1])
+
+        _on_ranges(OC, rows, blas=True)
+        gb = g.gY.sum(axis=1) if need_b else None
+        return gw.reshape(OC, Cg, geo.KH, geo.KW), gb
 
     def block(n0, n1):
         gb_geo = _block_geo(geo, n0, n1)
@@ -183,6 +273,18 @@ def grad_input(g, w, geo):
     K = (geo.C // G) * geo.KH * geo.KW
     wmT = w.reshape(G, OC // G, K).transpose(0, 2, 1)             # (G, K, OCg)
     gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
+    if g.gY is not None:                                          # one block
+        KK = geo.KH * geo.KW
+        gcol = _scratch(np, geo.col_shape, gx.dtype)              # (C, KH, KW, N, OH, OW)
+        gcol2 = gcol.reshape(K, -1)
+
+        def channels(c0, c1):     # dcol[c0:c1] = Wm^T[c0:c1] @ gY, folded into gx[:, c0:c1]
+            np.matmul(wmT[0, c0 * KK:c1 * KK], g.gY, out=gcol2[c0 * KK:c1 * KK])
+            part = col2im(gcol[c0:c1], geo._replace(C=c1 - c0))    # (N, c1 - c0, H, W)
+            gx[:, c0:c1] = part
+
+        _on_ranges(geo.C, channels, blas=True)
+        return gx
 
     def block(n0, n1):
         gb = _block_geo(geo, n0, n1)
