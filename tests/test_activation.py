@@ -41,6 +41,27 @@ def test_relu_and_leaky_relu_gradient_at_zero_match_pytorch(device):
         np.testing.assert_array_equal(to_host(m.grad), to_host(t.grad))
 
 
+def test_relu_special_values_match_pytorch(device):
+    """NaN passes forward and backward, -0.0 stays -0.0, the gradient is 0 at +-0 and is
+    +0 where the input is negative even for a NaN or inf upstream gradient (forward,
+    backward and inplace=True, through whichever kernel the device takes)."""
+    x = np.array([np.nan, -0.0, 0.0, -1.0, 2.0, np.inf, -np.inf, -3.0])
+    gy = np.array([5.0, np.nan, np.inf, -np.inf, 3.0, -2.0, np.nan, -4.0])
+    m = minidl.tensor(x, requires_grad=True, device=device)
+    t = torch.tensor(x, requires_grad=True, device=torch_device(device))
+    y, ty = relu(m), F.relu(t)
+    y.backward(minidl.tensor(gy, device=device))
+    ty.backward(torch.tensor(gy, device=torch_device(device)))
+    for got, want in ((y, ty), (m.grad, t.grad)):
+        got, want = to_host(got), to_host(want)
+        np.testing.assert_array_equal(got, want)                  # NaN == NaN here
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    z = minidl.tensor(x, device=device)
+    relu(z, inplace=True)
+    np.testing.assert_array_equal(np.signbit(to_host(z)), np.signbit(to_host(ty)))
+    np.testing.assert_array_equal(to_host(z), to_host(ty))
+
+
 def test_tanh(rng, device):
     check_op(tanh, torch.tanh, [rng.uniform(-3, 3, (3, 4))], device=device)
 

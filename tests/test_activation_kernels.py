@@ -1,6 +1,12 @@
-"""The float32 tanh kernels (minidl/kernels/activation_numba.py): accuracy against float64
-tanh, special values, the fused backward, and the registry's choice in TanhFunction (float32
-NumPy arrays take the kernels, float64 keeps NumPy's exact tanh)."""
+"""The activation kernels (minidl/kernels/activation_numba.py).
+
+tanh (float32): accuracy against float64 tanh, special values, the fused backward, and the
+registry's choice in TanhFunction (float32 NumPy arrays take the kernels, float64 keeps
+NumPy's exact tanh).
+
+relu (float32 and float64): the numba kernels equal the reference bit for bit, below and
+above the size from which they split over threads, on 1, 2 and 3 threads; NaN, +-0, inf
+and subnormals as PyTorch; strided inputs; the registry's choice in ReLUFunction."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +18,8 @@ import minidl.kernels as K
 
 pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
 act = K.activation.TANH.impls["numba"].code
+relu_numba = K.activation.RELU.impls["numba"].code
+relu_ref = K.activation.RELU.impls["reference"].code
 
 MAX_REL_ERR = 3e-7       # the bound the module docstring states (NumPy's float32: 1.1e-7)
 
@@ -94,3 +102,143 @@ def test_tanh_op_dispatch(dtype, rng):
     assert y.dtype == dtype and X.grad.dtype == dtype
     np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), **tol)
     np.testing.assert_allclose(X.grad.numpy(), T.grad.numpy(), **tol)
+
+
+# ----------------------------------------------------------------------------- relu
+
+SPECIALS = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 1e-310, -1e-310,
+            1.0, -1.0]
+
+
+def _bits(a):
+    """The raw bits of a float array: equal bits is equality with NaN == NaN and
+    -0.0 != +0.0."""
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+def _with_specials(rng, n, dtype):
+    """n values, standard normal with every special value sprinkled in."""
+    x = rng.standard_normal(n).astype(dtype)
+    where = rng.choice(n, size=min(n, 40 * len(SPECIALS)), replace=False)
+    x[where] = np.resize(np.array(SPECIALS, dtype=dtype), where.size)
+    return x
+
+
+# a size below the split threshold, and one above it that no thread count divides evenly
+RELU_SIZES = [1001, relu_numba.SPLIT_MIN_ELEMENTS + 77]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("size", RELU_SIZES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_numba_equals_reference_bit_for_bit(dtype, size, n_threads, num_threads, rng):
+    num_threads(n_threads)
+    x = _with_specials(rng, size, dtype)
+    gy = _with_specials(rng, size, dtype)
+
+    y, mask = relu_numba.relu_forward(x)
+    y_ref, mask_ref = relu_ref.relu_forward(x)
+    assert y.dtype == dtype and y.shape == x.shape and mask.dtype == np.bool_
+    np.testing.assert_array_equal(_bits(y), _bits(y_ref))
+    np.testing.assert_array_equal(mask, mask_ref)
+    y_only, none = relu_numba.relu_forward(x, mask=False)
+    assert none is None
+    np.testing.assert_array_equal(_bits(y_only), _bits(y_ref))
+
+    gx = relu_numba.relu_backward(gy, mask)
+    assert gx.dtype == dtype and gx.shape == x.shape
+    np.testing.assert_array_equal(_bits(gx), _bits(relu_ref.relu_backward(gy, mask_ref)))
+
+    z = x.copy()
+    assert relu_numba.relu_inplace(z) is z
+    np.testing.assert_array_equal(_bits(z), _bits(y_ref))
+
+
+def test_relu_sizes_straddle_the_split():
+    assert RELU_SIZES[0] < relu_numba.SPLIT_MIN_ELEMENTS <= RELU_SIZES[1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_special_values(dtype):
+    """PyTorch's relu: NaN passes (and so does its gradient), -0.0 stays -0.0, the gradient
+    is 0 at +-0 and wherever the mask is off, even for a NaN or inf upstream gradient."""
+    x = np.array([np.nan, -0.0, 0.0, -1, 2, np.inf, -np.inf, 1e-40, -1e-40], dtype=dtype)
+    gy = np.array([5, np.nan, np.inf, -np.inf, 3, -2, np.nan, 7, -1], dtype=dtype)
+    want_y = np.array([np.nan, -0.0, 0.0, 0.0, 2, np.inf, 0.0, 1e-40, 0.0], dtype=dtype)
+    want_gx = np.array([5, 0, 0, 0, 3, -2, 0, 7, 0], dtype=dtype)
+    for code in (relu_numba, relu_ref):
+        y, mask = code.relu_forward(x)
+        np.testing.assert_array_equal(_bits(y), _bits(want_y))
+        np.testing.assert_array_equal(_bits(code.relu_backward(gy, mask)), _bits(want_gx))
+    t = torch.tensor(x, requires_grad=True)
+    ty = torch.relu(t)
+    ty.backward(torch.tensor(gy))
+    np.testing.assert_array_equal(_bits(ty.detach().numpy()), _bits(want_y))
+    np.testing.assert_array_equal(_bits(t.grad.numpy()), _bits(want_gx))
+
+
+def test_relu_strided_and_empty(rng):
+    base = _with_specials(rng, 6 * 10, np.float64).reshape(6, 10)
+    x = base[:, ::2].T                                                   # a strided view
+    y, mask = relu_numba.relu_forward(x)
+    y_ref, mask_ref = relu_ref.relu_forward(x)
+    np.testing.assert_array_equal(_bits(y), _bits(y_ref))
+    np.testing.assert_array_equal(mask, mask_ref)
+    gy = np.broadcast_to(np.float64(-3), x.shape)                        # zero strides
+    np.testing.assert_array_equal(_bits(relu_numba.relu_backward(gy, mask_ref[::-1, ::-1])),
+                                  _bits(relu_ref.relu_backward(gy, mask_ref[::-1, ::-1])))
+    before = base.copy()
+    assert relu_numba.relu_inplace(x) is x                               # into the view
+    np.testing.assert_array_equal(_bits(base[:, ::2]), _bits(y_ref.T))
+    np.testing.assert_array_equal(_bits(base[:, 1::2]), _bits(before[:, 1::2]))  # untouched
+    y0, m0 = relu_numba.relu_forward(np.zeros((0, 3), np.float32))
+    assert y0.shape == m0.shape == (0, 3)
+    assert relu_numba.relu_backward(y0, m0).shape == (0, 3)
+
+
+def test_relu_registry_choice():
+    f32, f64 = np.zeros(3, np.float32), np.zeros(3, np.float64)
+    mask = np.zeros(3, bool)
+    assert K.which("relu", f32) == "numba" and K.which("relu", f64) == "numba"
+    assert K.which("relu", f32, mask) == "numba"
+    assert K.which("relu", np.zeros(3, np.float16)) == "reference"
+    assert K.which("relu", np.zeros(3, np.int64)) == "reference"
+    with K.use_impl("reference", family="relu"):
+        assert K.which("relu", f32) == "reference"
+
+
+@pytest.mark.parametrize("impl", ["numba", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_op_dispatch(dtype, impl, use_impl, rng):
+    """ReLUFunction runs the family (forced implementation, both passes); both match
+    PyTorch bit for bit, special values included."""
+    use_impl(impl, family="relu")
+    x = _with_specials(rng, 4 * 6 * 5 * 5, dtype).reshape(4, 6, 5, 5)
+    gy = _with_specials(rng, x.size, dtype).reshape(x.shape)
+    X = minidl.tensor(x, requires_grad=True)
+    with K.decisions() as log:
+        y = minidl.relu(X)
+        y.backward(minidl.tensor(gy))
+    assert [i for fam, i in log if fam == "relu"] == [impl, impl]
+    T = torch.tensor(x, requires_grad=True)
+    ty = torch.relu(T)
+    ty.backward(torch.tensor(gy))
+    assert y.dtype == dtype and X.grad.dtype == dtype
+    np.testing.assert_array_equal(_bits(y.numpy()), _bits(ty.detach().numpy()))
+    np.testing.assert_array_equal(_bits(X.grad.numpy()), _bits(T.grad.numpy()))
+
+
+@pytest.mark.parametrize("impl", ["numba", "reference"])
+def test_relu_inplace_matches_pytorch(impl, use_impl, rng):
+    use_impl(impl, family="relu")
+    x = _with_specials(rng, 200, np.float32).reshape(10, 20)
+    t = torch.tensor(x)
+    t.relu_()
+    m = minidl.tensor(x.copy())
+    view = m[:, ::3]                                      # a strided view, in place too
+    with K.decisions() as log:
+        assert m.relu_() is m
+        minidl.relu(view, inplace=True)
+    assert [i for fam, i in log if fam == "relu"] == [impl, impl]
+    np.testing.assert_array_equal(_bits(m.numpy()), _bits(t.numpy()))
+

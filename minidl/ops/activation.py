@@ -29,7 +29,7 @@ import numpy as np
 from .. import backend
 from ..autograd import Function, Tensor
 from ..errors import ShapeError
-from ..kernels.activation import TANH
+from ..kernels.activation import RELU, TANH
 from .elementwise import exp, where
 from .utils import normalize_dim, unbroadcast
 
@@ -44,23 +44,32 @@ def _require_float(x, name):
 # --- relu and leaky_relu ---------------------------------------------------------------
 
 class ReLUFunction(Function):
-    """y = max(x, 0).    x, y, gy, gx: (*)
+    """y = relu(x).    x, y, gy, gx: (*); mask: (*) bool
 
-    dy/dx = 1 where x > 0, else 0 (0 at the kink x = 0, as in PyTorch).
+        y    = 0 where x < 0, else x          (NaN and -0.0 pass unchanged, as in PyTorch)
+        mask = not (x <= 0)                   (where the gradient passes)
+        gx   = gy where mask, else 0          (0 at the kink x = 0, as in PyTorch)
+
+    Both run through the relu kernel family (``kernels/activation.py``: the reference is
+    exactly these formulas; float32/float64 NumPy arrays take one-pass kernels). The mask
+    is only made when a gradient will be asked for.
     """
 
     @staticmethod
     def forward(ctx, x):
-        xp = backend.get_array_module(x)
-        ctx.save_for_backward(x > 0)          # the boolean mask is all backward needs
-        return xp.maximum(x, 0)
+        y, mask = RELU.code(x).relu_forward(x, mask=ctx.needs_input_grad[0])
+        ctx.save_for_backward(mask)           # the boolean mask is all backward needs
+        return y
 
     @staticmethod
     def backward(ctx, gy):
-        (positive,) = ctx.saved_tensors
-        return gy * positive                   # bool * float keeps gy's dtype
+        (mask,) = ctx.saved_tensors
+        return RELU.code(gy, mask).relu_backward(gy, mask)
 
-    differentiable_backward = backward         # the mask is a constant Tensor there
+    @staticmethod
+    def differentiable_backward(ctx, gy):
+        (mask,) = ctx.saved_tensors            # a constant boolean Tensor
+        return where(mask, gy, 0.0)
 
 
 class LeakyReLUFunction(Function):
@@ -103,9 +112,8 @@ def relu(input, inplace=False):  # noqa: A002 - PyTorch's name
     if not isinstance(input, Tensor):
         raise TypeError(f"relu: expected a Tensor, got {type(input).__name__}")
     if inplace:
-        xp = backend.get_array_module(input.data)
         return _inplace(input, "relu(inplace=True)", ReLUFunction.apply,
-                        lambda a: xp.maximum(a, 0, out=a))
+                        lambda a: RELU.code(a).relu_inplace(a))
     return ReLUFunction.apply(input)
 
 
