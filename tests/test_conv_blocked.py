@@ -189,7 +189,8 @@ def test_whole_batch_transposes_gy_once_and_is_chosen_for_small_col(rng, num_thr
     assert whole(128, 16, 256, 3) and whole(256, 8, 512, 3)
     assert whole(64, 32, 128, 1) and whole(128, 16, 256, 1)
     assert not whole(64, 32, 128, 3)                  # col 18.9 MB
-    assert not whole(128, 16, 256, 3, n=128)
+    assert not whole(128, 16, 256, 3, n=128)          # col 37.7 MB, weight 1.2 MB
+    assert whole(256, 8, 512, 3, n=128)               # col 18.9 MB, weight 4.7 MB
 
 
 def test_blocked_pays_for_large_unfolded_inputs():

@@ -197,7 +197,8 @@ def test_whole_batch_on_threads_equals_reference(threads_, rng, num_threads, mon
 
 def test_whole_batch_chosen_for_small_maps():
     """ResNet-18's 16x16, 8x8 and 4x4 stages at batch 32 run as one block, its 32x32 one
-    in blocks, and so does the 16x16 one at batch 128 (``WHOLE_BATCH_BYTES``)."""
+    in blocks, and so does the 16x16 one at batch 128, but not the 8x8 one (V and M at
+    most ``WHOLE_BATCH_BYTES``, or 8 times U)."""
     def geo(c, hw, n=32):
         return geometry.ConvGeometry.of((n, c, hw, hw), (c, c, 3, 3), (1, 1),
                                         ((1, 1), (1, 1)))
@@ -207,6 +208,7 @@ def test_whole_batch_chosen_for_small_maps():
     assert conv_winograd.whole_batch(geo(128, 16), f32)
     assert not conv_winograd.whole_batch(geo(64, 32), f32)
     assert not conv_winograd.whole_batch(geo(128, 16, n=128), f32)
+    assert conv_winograd.whole_batch(geo(256, 8, n=128), f32)   # V 32 MiB, U 4 MiB
     with conv_winograd.whole_batch_bytes(0):
         assert not conv_winograd.whole_batch(geo(512, 4), f32)
 

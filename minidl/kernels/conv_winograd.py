@@ -198,7 +198,8 @@ def _Z_block(gy, geo, n0, n1):
 # gradients. Measured, fwd + bwd at batch 32 (ms, blocks -> one block, median of 15 in
 # one process): 128ch 16x16 (16 MiB) 35.7 -> 32.0, 256ch 8x8 34.7 -> 24.7, 512ch 4x4
 # 45.8 -> 31.8; against it, 64ch 32x32 (32 MiB) 35.8 -> 39.6 and at batch 128 128ch
-# 16x16 (64 MiB) 96 -> 109 (benchmarks/RESULTS.md).
+# 16x16 (64 MiB, U 1 MiB) 96 -> 109, while 256ch 8x8 (32 MiB, U 4 MiB) 96 -> 85: larger
+# V and M run as one block when U is at least 1/8 of them, as in conv_blocked.
 WHOLE_BATCH_BYTES = 16 * 2**20
 
 _WHOLE_BATCH = threads.Setting(WHOLE_BATCH_BYTES)
@@ -212,11 +213,15 @@ def whole_batch_bytes(limit):
 
 
 def whole_batch(geo, dtype):
-    """Whether ``geo`` runs as one block (the tile matrices V (16, C, T) and
-    M (16, OC, T) of the whole batch at most ``whole_batch_bytes`` each)."""
+    """Whether ``geo`` runs as one block: the tile matrices V (16, C, T) and M (16, OC, T)
+    of the whole batch at most ``whole_batch_bytes`` each, or at most
+    ``conv_blocked.WHOLE_PER_WEIGHT`` times U (16, OC, C) (the blocks' partial weight
+    gradients, each as large as U, cost most there); never with ``whole_batch_bytes(0)``."""
     TH, TW = _tiles(geo)
-    size = 16 * max(geo.C, geo.OC) * geo.N * TH * TW * np.dtype(dtype).itemsize
-    return size <= _WHOLE_BATCH.value
+    item = np.dtype(dtype).itemsize
+    size = 16 * max(geo.C, geo.OC) * geo.N * TH * TW * item
+    limit, U = _WHOLE_BATCH.value, 16 * geo.OC * geo.C * item
+    return limit > 0 and (size <= limit or size <= conv_blocked.WHOLE_PER_WEIGHT * U)
 
 
 def _on_images(geo, kernel):
