@@ -40,6 +40,10 @@ GEOMETRIES = [
     ((2, 1, 3, 4), 3, 3, 1, 1, 2, 2, 1, 1),           # padding as large as the kernel
     ((2, 2, 9, 10), 3, 2, 4, 3, 1, 2, 2, 3),          # stride that does not divide
     ((1, 3, 4, 5), 2, 2, 5, 5, 0, 0, 1, 1),           # stride larger than the kernel
+    ((3, 4, 2, 2), 1, 1, 1, 1, 0, 0, 1, 1),           # 1x1 on 2x2 planes: the transpose loop
+    ((2, 3, 6, 5), 3, 1, 1, 1, (1, 2), 0, 2, 1),      # width-1 kernel: whole rows in one run
+    ((2, 3, 5, 5), 1, 1, 2, 2, 0, 0, 1, 1),           # 1x1 stride 2 (ResNet's shortcut)
+    ((2, 2, 3, 4), 1, 1, 1, 1, 1, (0, 1), 1, 1),      # 1x1 with padding: not a transpose
 ]
 
 

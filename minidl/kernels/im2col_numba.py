@@ -17,7 +17,13 @@ How the loops are written, and why (``benchmarks/RESULTS.md`` has the measuremen
   stops vectorisation) made a first version several times slower than the NumPy
   reference.
 * The inner loop over ``ow`` is split into the part that reads the input and the parts
-  that fall into the padding: a branch-free copy LLVM vectorises.
+  that fall into the padding: a branch-free copy LLVM vectorises. The valid ranges of
+  every kernel offset are computed once per call (``_ranges``), and rows that follow
+  each other in both arrays (kernels of width 1, stride 1, no column padding) are copied
+  as one run: on small planes (4x4, 2x2) the per-plane integer divisions and loop set-ups
+  had cost 10-25x the copy itself. A 1x1 kernel at stride 1 without padding is a plain
+  transpose of (N, C) planes and takes its own loop (1x1 im2col of (32, 512, 2, 2):
+  745 -> ~50 us).
 * The loops over the (channel, image) planes are ``prange`` loops: each iteration writes
   its own rows of ``col`` (or its own image plane in col2im: no atomics, deterministic).
   They run serially unless the threading policy (``kernels/threads.py``) asks for the
@@ -56,6 +62,40 @@ def _valid_range(O, S, offset, L):
     return lo, hi
 
 
+@numba.njit(inline="always")
+def _ranges(O, K, S, D, P0, L):
+    """(K, 2) int64: for each kernel offset k, ``_valid_range(O, S, k*D - P0, L)``. Made
+    once per call: computed per (channel, image) plane inside the loops, its integer
+    divisions cost more than copying a small plane (ResNet's 4x4, GoogLeNet's 2x2)."""
+    r = np.empty((K, 2), dtype=np.int64)
+    for k in range(K):
+        r[k, 0], r[k, 1] = _valid_range(O, S, k * D - P0, L)
+    return r
+
+
+@numba.njit(inline="always")
+def _transpose_planes(xf, cf, N, C, HW):
+    """col (C, N, HW) = x (N, C, HW) for flat views: the whole im2col of a 1x1 kernel at
+    stride 1 without padding, each plane one run of HW elements."""
+    for c in prange(C):
+        for n in range(N):
+            s = (n * C + c) * HW
+            d = (c * N + n) * HW
+            for i in range(HW):
+                cf[_u(d + i)] = xf[_u(s + i)]
+
+
+@numba.njit(inline="always")
+def _transpose_planes_back(cf, xf, N, C, HW):
+    """x (N, C, HW) = col (C, N, HW): ``_transpose_planes``' adjoint (no overlaps to add)."""
+    for c in prange(C):
+        for n in range(N):
+            s = (c * N + n) * HW
+            d = (n * C + c) * HW
+            for i in range(HW):
+                xf[_u(d + i)] = cf[_u(s + i)]
+
+
 @jit
 def _im2col_kernel(x, col, SH, SW, PH0, PW0, DH, DW):
     """col[c, kh, kw, n, oh, ow] = x[n, c, oh*SH + kh*DH - PH0, ow*SW + kw*DW - PW0] (0 outside)."""
@@ -63,32 +103,45 @@ def _im2col_kernel(x, col, SH, SW, PH0, PW0, DH, DW):
     KH, KW, OH, OW = col.shape[1], col.shape[2], col.shape[4], col.shape[5]
     xf = x.reshape(-1)      # flat views: indexing them creates no array objects in the loops
     cf = col.reshape(-1)
+    rh = _ranges(OH, KH, SH, DH, PH0, H)
+    rw = _ranges(OW, KW, SW, DW, PW0, W)
+    if KH == 1 and KW == 1 and SH == 1 and SW == 1 and OH == H and OW == W:
+        _transpose_planes(xf, cf, N, C, H * W)           # 1x1, stride 1, no padding
+        return
     for t in prange(C * N):
         c = t // N
         n = t - c * N
         src0 = (n * C + c) * H * W                       # start of plane x[n, c]
         for kh in range(KH):
             ih0 = kh * DH - PH0
-            oh_lo, oh_hi = _valid_range(OH, SH, ih0, H)
+            oh_lo, oh_hi = rh[kh, 0], rh[kh, 1]
             for kw in range(KW):
                 iw0 = kw * DW - PW0
-                ow_lo, ow_hi = _valid_range(OW, SW, iw0, W)
+                ow_lo, ow_hi = rw[kw, 0], rw[kw, 1]
                 dst0 = (((c * KH + kh) * KW + kw) * N + n) * OH * OW   # col[c, kh, kw, n]
                 for i in range(dst0, dst0 + oh_lo * OW):
                     cf[_u(i)] = 0
-                for oh in range(oh_lo, oh_hi):
-                    d = dst0 + oh * OW
-                    s = src0 + (oh * SH + ih0) * W + iw0   # x[n, c, ih, iw0]; iw0 may be < 0
-                    for ow in range(ow_lo):
-                        cf[_u(d + ow)] = 0
-                    if SW == 1:
-                        for ow in range(ow_lo, ow_hi):
-                            cf[_u(d + ow)] = xf[_u(s + ow)]
-                    else:
-                        for ow in range(ow_lo, ow_hi):
-                            cf[_u(d + ow)] = xf[_u(s + ow * SW)]
-                    for ow in range(ow_hi, OW):
-                        cf[_u(d + ow)] = 0
+                if SW == 1 and SH == 1 and ow_lo == 0 and ow_hi == OW == W and iw0 == 0:
+                    # whole rows, one after the other in x and in col (1x1 kernels, and
+                    # any kernel of width 1 without column padding): one copy
+                    s = src0 + (oh_lo + ih0) * W
+                    d = dst0 + oh_lo * OW
+                    for i in range((oh_hi - oh_lo) * OW):
+                        cf[_u(d + i)] = xf[_u(s + i)]
+                else:
+                    for oh in range(oh_lo, oh_hi):
+                        d = dst0 + oh * OW
+                        s = src0 + (oh * SH + ih0) * W + iw0   # x[n, c, ih, iw0]; iw0 may be < 0
+                        for ow in range(ow_lo):
+                            cf[_u(d + ow)] = 0
+                        if SW == 1:
+                            for ow in range(ow_lo, ow_hi):
+                                cf[_u(d + ow)] = xf[_u(s + ow)]
+                        else:
+                            for ow in range(ow_lo, ow_hi):
+                                cf[_u(d + ow)] = xf[_u(s + ow * SW)]
+                        for ow in range(ow_hi, OW):
+                            cf[_u(d + ow)] = 0
                 for i in range(dst0 + oh_hi * OW, dst0 + OH * OW):
                     cf[_u(i)] = 0
 
@@ -100,6 +153,11 @@ def _col2im_kernel(col, img, SH, SW, PH0, PW0, DH, DW):
     KH, KW, OH, OW = col.shape[1], col.shape[2], col.shape[4], col.shape[5]
     cf = col.reshape(-1)
     xf = img.reshape(-1)
+    rh = _ranges(OH, KH, SH, DH, PH0, H)
+    rw = _ranges(OW, KW, SW, DW, PW0, W)
+    if KH == 1 and KW == 1 and SH == 1 and SW == 1 and OH == H and OW == W:
+        _transpose_planes_back(cf, xf, N, C, H * W)      # 1x1, stride 1, no padding
+        return
     for t in prange(C * N):
         c = t // N
         n = t - c * N
@@ -108,11 +166,17 @@ def _col2im_kernel(col, img, SH, SW, PH0, PW0, DH, DW):
             xf[_u(i)] = 0
         for kh in range(KH):
             ih0 = kh * DH - PH0
-            oh_lo, oh_hi = _valid_range(OH, SH, ih0, H)
+            oh_lo, oh_hi = rh[kh, 0], rh[kh, 1]
             for kw in range(KW):
                 iw0 = kw * DW - PW0
-                ow_lo, ow_hi = _valid_range(OW, SW, iw0, W)
+                ow_lo, ow_hi = rw[kw, 0], rw[kw, 1]
                 src0 = (((c * KH + kh) * KW + kw) * N + n) * OH * OW   # col[c, kh, kw, n]
+                if SW == 1 and SH == 1 and ow_lo == 0 and ow_hi == OW == W and iw0 == 0:
+                    s = src0 + oh_lo * OW                # whole rows: one pass (as im2col)
+                    d = dst0 + (oh_lo + ih0) * W
+                    for i in range((oh_hi - oh_lo) * OW):
+                        xf[_u(d + i)] += cf[_u(s + i)]
+                    continue
                 for oh in range(oh_lo, oh_hi):
                     s = src0 + oh * OW
                     d = dst0 + (oh * SH + ih0) * W + iw0
