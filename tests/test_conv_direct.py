@@ -184,7 +184,11 @@ def test_dispatch_auto():
     assert not _takes_direct((2, 3, 8, 8), (6, 3, 3, 3), dilation=2)
     assert not _takes_direct((2, 4, 8, 8), (6, 2, 3, 3), groups=2)
     assert not _takes_direct((2, 64, 8, 8), (16, 64, 3, 3))             # K = 576 > 400
-    assert not _takes_direct((2, 3, 8, 8), (64, 3, 3, 3))               # OC = 64 > 32
+    assert not _takes_direct((2, 16, 8, 8), (64, 16, 3, 3))             # K = 144, OC 64 > 32
+    assert _takes_direct((2, 3, 8, 8), (64, 3, 3, 3), padding=1)        # K = 27: a stem
+    assert _takes_direct((2, 3, 8, 8), (128, 3, 3, 3))                  # K = 27, OC = 128
+    assert not _takes_direct((2, 3, 8, 8), (256, 3, 3, 3))              # OC = 256 > 128
+    assert not _takes_direct((2, 4, 8, 8), (64, 4, 3, 3))               # K = 36 > 32
     x, w = np.zeros((2, 1, 32, 32), np.float32), np.zeros((6, 1, 5, 5), np.float32)
     geo = geometry.ConvGeometry.of(x.shape, w.shape)
     assert K.which("conv2d", x, w, geo=geo) == "direct"
