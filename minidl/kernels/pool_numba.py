@@ -25,11 +25,14 @@ the same loops (see ``threads.jit``).
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
 from . import threads
 from .threads import jit, njit_helper
+
+_u = numba.types.uintp  # an unsigned index: no negative-index wraparound check
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
            "avg_pool2d_backward"]
@@ -105,32 +108,89 @@ def _max_backward_2x2(gy, arg, gx, zero):
         _max_backward_2x2_plane(gy[p], arg[p], gx[p], zero)
 
 
-@jit(fastmath=False)
+@njit_helper(fastmath=False)
+def _tap_ranges(O, K, S, P, D, L):
+    """(O, 2) int64: for each output row (column) o, the first and one-past-last tap whose
+    input row (column) o*S - P + tap*D lies inside [0, L). Every window holds at least one
+    tap (the op layer checks it)."""
+    r = np.empty((O, 2), dtype=np.int64)
+    for o in range(O):
+        h0 = o * S - P
+        r[o, 0] = 0 if h0 >= 0 else (-h0 + D - 1) // D
+        r[o, 1] = min(K, (L - 1 - h0) // D + 1)
+    return r
+
+
+@njit_helper(fastmath=False)
+def _output_ranges(O, K, S, P, D, L):
+    """(K, 2) int64: for each tap t, the outputs o in [lo, hi) whose input o*S - P + t*D
+    lies inside [0, L) (the transpose of ``_tap_ranges``)."""
+    r = np.empty((K, 2), dtype=np.int64)
+    for t in range(K):
+        off = t * D - P
+        lo = 0 if off >= 0 else (-off + S - 1) // S
+        hi = 0 if L - 1 - off < 0 else min(O, (L - 1 - off) // S + 1)
+        r[t, 0] = lo
+        r[t, 1] = max(lo, hi)
+    return r
+
+
+@njit_helper(fastmath=False)
+def _max_forward_plane(x, y, arg, KW, SH, SW, PH, PW, DH, rows, cols, outs, neg_inf, best,
+                       karg):
+    """One (H, W) plane -> (OH, OW) maxima and their taps k = i*KW + j.
+
+    Row by row of y, tap by tap: for tap (i, j) one pass along the output row over the
+    outputs whose input column is inside (``outs[j]``), each keeping the larger value
+    with a select and unsigned indices (no branch, no wraparound check; a window at a
+    time, with signed 3-D indexing, (32, 192, 8, 8) 3x3/1 took 12 ms, now 5.7, PyTorch
+    5.3 on two threads). The taps come in the window's row-major
+    order and only a strictly larger value (or a NaN) replaces the best, so the tap kept
+    is the first maximum, or the last NaN, as a window-at-a-time scan keeps it
+    (PyTorch's rule)."""
+    OH, OW = y.shape
+    for oh in range(OH):
+        h0 = oh * SH - PH
+        i0, i1 = rows[oh, 0], rows[oh, 1]
+        for ow in range(OW):
+            best[ow] = neg_inf
+            karg[ow] = i0 * KW + cols[ow, 0]       # an all -inf window keeps its first tap
+        for i in range(i0, i1):
+            xr = x[h0 + i * DH]
+            for j in range(KW):
+                lo, hi = outs[j, 0], outs[j, 1]
+                c0 = j * outs[KW, 0] - PW            # outs[KW, 0] holds DW
+                kk = i * KW + j
+                for ow in range(lo, hi):
+                    v = xr[_u(ow * SW + c0)]
+                    b = best[_u(ow)]
+                    take = (v > b) | (v != v)
+                    best[_u(ow)] = v if take else b
+                    karg[_u(ow)] = kk if take else karg[_u(ow)]
+        for ow in range(OW):
+            y[oh, ow] = best[ow]
+            arg[oh, ow] = karg[ow]
+
+
+_PLANES = 16    # planes per prange iteration: the row buffers are made once per chunk
+
+
+@jit(fastmath=False, one_build=True)
 def _max_forward(x, y, arg, KH, KW, SH, SW, PH, PW, DH, DW):
-    # Every window must hold at least one input tap (the op layer checks it), so
-    # i0 < i1 and j0 < j1 below and the first read is in bounds.
     P, H, W = x.shape
     OH, OW = y.shape[1], y.shape[2]
-    for p in prange(P):
-        for oh in range(OH):
-            h0 = oh * SH - PH
-            i0 = 0 if h0 >= 0 else (-h0 + DH - 1) // DH       # first tap row inside
-            i1 = min(KH, (H - 1 - h0) // DH + 1)              # one past the last
-            for ow in range(OW):
-                w0 = ow * SW - PW
-                j0 = 0 if w0 >= 0 else (-w0 + DW - 1) // DW
-                j1 = min(KW, (W - 1 - w0) // DW + 1)
-                best = x[p, h0 + i0 * DH, w0 + j0 * DW]
-                k = i0 * KW + j0
-                for i in range(i0, i1):
-                    row = x[p, h0 + i * DH]
-                    for j in range(j0, j1):
-                        v = row[w0 + j * DW]
-                        if v > best or v != v:
-                            best = v
-                            k = i * KW + j
-                y[p, oh, ow] = best
-                arg[p, oh, ow] = k
+    rows = _tap_ranges(OH, KH, SH, PH, DH, H)
+    cols = _tap_ranges(OW, KW, SW, PW, DW, W)
+    outs = np.empty((KW + 1, 2), dtype=np.int64)
+    outs[:KW] = _output_ranges(OW, KW, SW, PW, DW, W)
+    outs[KW, 0] = DW
+    neg_inf = x.dtype.type(-np.inf)
+    for chunk in prange((P + _PLANES - 1) // _PLANES):
+        best = np.empty(OW, dtype=x.dtype)
+        karg = np.empty(OW, dtype=np.int64)
+        for p in range(chunk * _PLANES, min(P, (chunk + 1) * _PLANES)):
+            _max_forward_plane(x[p], y[p], arg[p], KW, SH, SW, PH, PW, DH, rows, cols, outs,
+                               neg_inf, best, karg)
 
 
 @jit(fastmath=False)
