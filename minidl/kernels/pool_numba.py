@@ -195,18 +195,25 @@ def _max_forward(x, y, arg, KH, KW, SH, SW, PH, PW, DH, DW):
 
 @jit(fastmath=False)
 def _max_backward(gy, arg, gx, KW, SH, SW, PH, PW, DH, DW):
+    # flat views and unsigned indices: the 3-D signed indexing's wraparound checks cost
+    # more than the scatter itself (as in the forward)
     P, OH, OW = gy.shape
     H, W = gx.shape[1], gx.shape[2]
+    gf = gx.reshape(-1)
+    gyf = gy.reshape(-1)
+    af = arg.reshape(-1)
     for p in prange(P):
-        for ih in range(H):
-            for iw in range(W):
-                gx[p, ih, iw] = 0
+        base = p * H * W
+        for i in range(base, base + H * W):
+            gf[_u(i)] = 0
+        q = p * OH * OW
         for oh in range(OH):
             for ow in range(OW):
-                k = arg[p, oh, ow]
+                k = af[_u(q)]
                 i = k // KW
                 j = k - i * KW
-                gx[p, oh * SH - PH + i * DH, ow * SW - PW + j * DW] += gy[p, oh, ow]
+                gf[_u(base + (oh * SH - PH + i * DH) * W + ow * SW - PW + j * DW)] += gyf[_u(q)]
+                q += 1
 
 
 @njit_helper(fastmath=True)
