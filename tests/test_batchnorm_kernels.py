@@ -122,6 +122,14 @@ def test_non_contiguous_inputs_give_the_same_result(rng, layout):
            np.float32, "gx")
 
 
+def _every_step(x, gy, w, b):
+    """Every numba batch-norm step on one batch: mean, var, y, gbias, gweight, gx."""
+    mean, var, inv_std = _stats(x, "numba")
+    sums = _run("numba", "grad_sums", gy, x, mean, inv_std)
+    return (mean, var, _run("numba", "normalize", x, mean, inv_std, w, b), *sums,
+            _run("numba", "input_grad", gy, x, mean, inv_std, w, *sums, True))
+
+
 def test_parallel_build_gives_bitwise_the_same_results(rng):
     """The parallel build (``threads.set_parallel(True)``; compiled here, not cached: a few
     seconds). Each thread owns whole channels (sums) or planes (writes), and a channel's
@@ -134,10 +142,7 @@ def test_parallel_build_gives_bitwise_the_same_results(rng):
         assert threads.parallel(x.size) is True     # ... parallel at this size when allowed
 
     def run():
-        mean, var, inv_std = _stats(x, "numba")
-        sums = _run("numba", "grad_sums", gy, x, mean, inv_std)
-        return (mean, var, _run("numba", "normalize", x, mean, inv_std, w, b), *sums,
-                _run("numba", "input_grad", gy, x, mean, inv_std, w, *sums, True))
+        return _every_step(x, gy, w, b)
 
     serial = run()
     threads_before = numba.get_num_threads()
@@ -165,10 +170,7 @@ def test_split_over_python_threads_gives_bitwise_the_same_results(rng, n_threads
     x, gy, w, b = _data(rng, (8, 5, 33, 31), np.float64)
 
     def run():
-        mean, var, inv_std = _stats(x, "numba")
-        sums = _run("numba", "grad_sums", gy, x, mean, inv_std)
-        return (mean, var, _run("numba", "normalize", x, mean, inv_std, w, b), *sums,
-                _run("numba", "input_grad", gy, x, mean, inv_std, w, *sums, True))
+        return _every_step(x, gy, w, b)
 
     whole = run()
     splits = []

@@ -74,26 +74,16 @@ def _ranges(O, K, S, D, P0, L):
 
 
 @numba.njit(inline="always")
-def _transpose_planes(xf, cf, N, C, HW):
-    """col (C, N, HW) = x (N, C, HW) for flat views: the whole im2col of a 1x1 kernel at
-    stride 1 without padding, each plane one run of HW elements."""
-    for c in prange(C):
-        for n in range(N):
-            s = (n * C + c) * HW
-            d = (c * N + n) * HW
+def _swap_planes(src, dst, A, B, HW):
+    """dst (B, A, HW) = src (A, B, HW) for flat views, each plane one run of HW elements:
+    the whole im2col of a 1x1 kernel at stride 1 without padding (x (N, C, HW) -> col
+    (C, N, HW)), and its adjoint col2im (col -> x: nothing overlaps, nothing to add)."""
+    for b in prange(B):
+        for a in range(A):
+            s = (a * B + b) * HW
+            d = (b * A + a) * HW
             for i in range(HW):
-                cf[_u(d + i)] = xf[_u(s + i)]
-
-
-@numba.njit(inline="always")
-def _transpose_planes_back(cf, xf, N, C, HW):
-    """x (N, C, HW) = col (C, N, HW): ``_transpose_planes``' adjoint (no overlaps to add)."""
-    for c in prange(C):
-        for n in range(N):
-            s = (c * N + n) * HW
-            d = (n * C + c) * HW
-            for i in range(HW):
-                xf[_u(d + i)] = cf[_u(s + i)]
+                dst[_u(d + i)] = src[_u(s + i)]
 
 
 @jit
@@ -106,7 +96,7 @@ def _im2col_kernel(x, col, SH, SW, PH0, PW0, DH, DW):
     rh = _ranges(OH, KH, SH, DH, PH0, H)
     rw = _ranges(OW, KW, SW, DW, PW0, W)
     if KH == 1 and KW == 1 and SH == 1 and SW == 1 and OH == H and OW == W:
-        _transpose_planes(xf, cf, N, C, H * W)           # 1x1, stride 1, no padding
+        _swap_planes(xf, cf, N, C, H * W)                # 1x1, stride 1, no padding
         return
     for t in prange(C * N):
         c = t // N
@@ -156,7 +146,7 @@ def _col2im_kernel(col, img, SH, SW, PH0, PW0, DH, DW):
     rh = _ranges(OH, KH, SH, DH, PH0, H)
     rw = _ranges(OW, KW, SW, DW, PW0, W)
     if KH == 1 and KW == 1 and SH == 1 and SW == 1 and OH == H and OW == W:
-        _transpose_planes_back(cf, xf, N, C, H * W)      # 1x1, stride 1, no padding
+        _swap_planes(cf, xf, C, N, H * W)                # 1x1, stride 1, no padding
         return
     for t in prange(C * N):
         c = t // N
