@@ -195,6 +195,29 @@ def test_whole_batch_on_threads_equals_reference(threads_, rng, num_threads, mon
         assert sorted(calls) == [(n0, n1, n0 * TH * TW) for n0, n1 in ranges]
 
 
+@pytest.mark.parametrize("need", [(True, True, True), (False, True, False),
+                                  (True, False, False)], ids=["x and w", "w only", "x only"])
+def test_blocks_make_z_once_when_both_gradients_run(need, rng, num_threads, monkeypatch):
+    """In blocks, with the input gradient following, the weight gradient's pass makes each
+    block's part of gx from the same Z: one grad_transform per block instead of two; the
+    results are the reference's for every subset of the gradients."""
+    x_shape, w_shape, padding = (5, 6, 6, 7), (7, 6, 3, 3), ((1, 1), (1, 1))
+    x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, np.float64)
+    want = _run("reference", x, w, b, gy, padding, need)
+    calls = []
+    kernels = conv_winograd._kernels()
+    real = kernels.grad_transform
+    monkeypatch.setattr(kernels, "grad_transform",
+                        lambda gy_, n0, n1, *rest, **kw: calls.append(n0) or
+                        real(gy_, n0, n1, *rest, **kw))
+    num_threads(2)
+    with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1), \
+            conv_winograd.whole_batch_bytes(0):
+        got = _run("winograd", x, w, b, gy, padding, need)
+    _compare(got, want, np.float64, str(need))
+    assert sorted(calls) == list(range(5))         # 5 blocks of one image, Z once each
+
+
 def test_whole_batch_chosen_for_small_maps():
     """ResNet-18's 16x16, 8x8 and 4x4 stages at batch 32 run as one block, its 32x32 one
     in blocks, and so does the 16x16 one at batch 128, but not the 8x8 one (V and M at

@@ -299,7 +299,9 @@ def grad_weight(g, saved, geo, need_b=True):
     ``need_b``. ``saved``: forward's ``('x', x, U)`` (U is left in ``g`` for
     ``grad_input``: the same weight, unchanged since forward, or autograd's version check
     would have stopped the backward pass) or ``weight_source``'s ``('x', x)``. As one
-    block (``whole_batch``), Z is left in g for ``grad_input`` too."""
+    block (``whole_batch``), Z is left in g for ``grad_input`` too; in blocks, when the op
+    says the input gradient follows (``g.need_x``) and U is at hand, each block makes its
+    part of gx from its Z (left in g as ``g.gx``), so Z is made once per block."""
     x = saved[1]
     if len(saved) > 2 and saved[2] is not None:
         g.U = saved[2]
@@ -311,16 +313,30 @@ def grad_weight(g, saved, geo, need_b=True):
         _on_components(lambda k0, k1: np.matmul(Z[k0:k1], V[k0:k1].transpose(0, 2, 1),
                                                 out=dU[k0:k1]))
     else:
+        # When the input gradient follows (g.need_x, set by the op) and forward's U is
+        # at hand, each block makes its part of dX from the same Z: Z once per block.
+        U = getattr(g, "U", None)
+        UT = U.transpose(0, 2, 1) if U is not None and getattr(g, "need_x", False) else None
+        gx = None if UT is None else np.empty((geo.N, geo.C, geo.H, geo.W),
+                                              dtype=np.result_type(g.gy, U))
+        TH, TW = _tiles(geo)
+
         def block(n0, n1):
             V = _V_block(x, geo, n0, n1)                          # (16, C, T_b)
             Z = _Z_block(g.gy, geo, n0, n1)                       # (16, OC, T_b)
-            return np.matmul(Z, V.transpose(0, 2, 1))             # (16, OC, C)
+            part = np.matmul(Z, V.transpose(0, 2, 1))             # (16, OC, C)
+            if gx is not None:                                    # V is done: dV in slot 0
+                dV = np.matmul(UT, Z, out=_scratch(np, (16, geo.C, Z.shape[2]), gx.dtype, 0))
+                _kernels().input_scatter(dV, n0, n1, 0, geo.PH0, geo.PW0, TH, TW, gx,
+                                         size=dV.size)
+            return part
 
         per_thread = _for_blocks(geo, x.dtype, block)
         dU = None
         for results in per_thread:                                # fixed order: deterministic
             for part in results:
                 dU = part if dU is None else dU + part
+        g.gx = gx
     return weight_transform_adjoint(dU), (grad_bias(g, geo) if need_b else None)
 
 
@@ -328,6 +344,8 @@ def grad_input(g, w, geo):
     """gx (N, C, H, W): per block, the tiles' B (U^T @ Z_b) B^T added back in place (U from
     forward when ``grad_weight`` left it in g, else transformed here; as one block, Z from
     ``grad_weight`` when it ran)."""
+    if getattr(g, "gx", None) is not None:                        # made by grad_weight
+        return g.gx
     U = getattr(g, "U", None)
     UT = (weight_transform(w) if U is None else U).transpose(0, 2, 1)   # (16, C, OC)
     gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))

@@ -135,6 +135,7 @@ class Conv2dFunction(Function):
         need_x, need_w, need_b = ctx.needs_input_grad
         gy = gy[None] if ctx.unbatched else gy                   # (N, OC, OH, OW)
         g = conv.grad_output(gy, geo, need_x or need_w)          # gY (G, OCg, L), shared
+        g.need_x = need_x      # an implementation may make dX in dW's pass (winograd's blocks)
         gx = gw = gb = None
         if need_w:
             gw, gb = conv.grad_weight(g, kept, geo, need_b)      # dWm = gY @ col^T; db = sum gY
