@@ -22,6 +22,7 @@ from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, fu
                        linspace, ones, ones_like, rand, rand_like, randint, randn, randn_like,
                        randperm, tensor, zeros, zeros_like)
 from .kernels.threads import get_num_threads, set_num_threads
+from .kernels.memory import apply_default_policy as _apply_default_policy
 from .kernels.memory import get_memory_policy, set_memory_policy
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck
 from .ops import (abs, add, all, amax, any, argmax, argmin, cat, clamp, clip, clone,
@@ -59,4 +60,4 @@ __version__ = "0.1.0"
 
 # Freed CPU memory stays in the process for the next step (kernels/memory.py: a training
 # loop otherwise faults its arrays' pages in again every step).
-set_memory_policy("retain")
+_apply_default_policy()

@@ -57,3 +57,21 @@ def test_policy_names_are_checked():
         minidl.set_memory_policy("keep")
     assert minidl.get_memory_policy() in ("retain", "system")
     assert minidl.set_memory_policy(minidl.get_memory_policy()) == minidl.get_memory_policy()
+
+
+def test_a_refused_default_warns_instead_of_failing_the_import(monkeypatch):
+    """Where glibc's mallopt refuses, ``import minidl`` warns and goes on ('system')."""
+    from minidl.kernels import memory
+
+    class Refusing:
+        @staticmethod
+        def mallopt(param, value):
+            return 0
+
+    monkeypatch.setattr(memory._State, "libc", Refusing)
+    monkeypatch.setattr(memory._State, "policy", "system")
+    with pytest.raises(RuntimeError, match=r"set_memory_policy\('retain'\): glibc's mallopt "
+                                           r"refused the thresholds"):
+        minidl.set_memory_policy("retain")
+    with pytest.warns(RuntimeWarning, match="the memory policy stays 'system'"):
+        assert memory.apply_default_policy() == "system"

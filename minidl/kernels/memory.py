@@ -37,8 +37,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-__all__ = ["set_memory_policy", "get_memory_policy", "POLICIES", "RETAIN_MMAP_THRESHOLD",
-           "RETAIN_TRIM_THRESHOLD"]
+__all__ = ["set_memory_policy", "get_memory_policy", "apply_default_policy", "POLICIES",
+           "RETAIN_MMAP_THRESHOLD", "RETAIN_TRIM_THRESHOLD"]
 
 POLICIES = ("retain", "system")
 RETAIN_MMAP_THRESHOLD = 256 * 2**20
@@ -93,3 +93,15 @@ def set_memory_policy(policy):
 def get_memory_policy():
     """The CPU memory policy in force: ``'retain'`` or ``'system'``."""
     return _State.policy
+
+
+def apply_default_policy():
+    """``set_memory_policy('retain')`` as ``import minidl`` runs it: where glibc refuses,
+    a warning and the allocator left alone, never an import that fails."""
+    try:
+        return set_memory_policy("retain")
+    except RuntimeError as exc:
+        import warnings  # noqa: PLC0415
+        warnings.warn(f"minidl: {exc}; the memory policy stays 'system'", RuntimeWarning,
+                      stacklevel=2)
+        return get_memory_policy()
