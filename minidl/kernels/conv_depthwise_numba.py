@@ -34,25 +34,12 @@ import numba
 import numpy as np
 from numba import prange
 
-from .im2col_numba import _valid_range
-from .threads import jit, njit_helper
+from .im2col_numba import _ranges, _valid_range
+from .threads import jit
 
 __all__ = ["forward", "grad_input", "grad_weight"]
 
 _u = numba.types.uintp  # unsigned index: no negative-index wraparound check in the loops
-
-
-@njit_helper
-def _ranges(O, S, D, P0, K, L):
-    """(lo, hi) per kernel offset k < K: the outputs o in [lo, hi) whose input position
-    o*S + k*D - P0 lies in [0, L). Computed once per call, not once per plane (for 1x1
-    and 2x2 planes the per-plane range arithmetic cost more than the multiply-adds)."""
-    r = np.empty((K, 2), dtype=np.int64)
-    for k in range(K):
-        lo, hi = _valid_range(O, S, k * D - P0, L)
-        r[k, 0] = lo
-        r[k, 1] = hi
-    return r
 
 
 @jit(one_build=True)

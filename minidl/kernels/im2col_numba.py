@@ -63,10 +63,12 @@ def _valid_range(O, S, offset, L):
 
 
 @numba.njit(inline="always")
-def _ranges(O, K, S, D, P0, L):
-    """(K, 2) int64: for each kernel offset k, ``_valid_range(O, S, k*D - P0, L)``. Made
-    once per call: computed per (channel, image) plane inside the loops, its integer
-    divisions cost more than copying a small plane (ResNet's 4x4, GoogLeNet's 2x2)."""
+def _ranges(O, S, D, P0, K, L):
+    """(K, 2) int64: for each kernel offset k < K, the outputs o in [lo, hi) whose input
+    position o*S + k*D - P0 lies in [0, L) (``_valid_range``). Made once per call (also by
+    the depthwise and pooling kernels): computed per (channel, image) plane inside the
+    loops, its integer divisions cost more than copying a small plane (ResNet's 4x4,
+    GoogLeNet's 2x2)."""
     r = np.empty((K, 2), dtype=np.int64)
     for k in range(K):
         r[k, 0], r[k, 1] = _valid_range(O, S, k * D - P0, L)
@@ -93,8 +95,8 @@ def _im2col_kernel(x, col, SH, SW, PH0, PW0, DH, DW):
     KH, KW, OH, OW = col.shape[1], col.shape[2], col.shape[4], col.shape[5]
     xf = x.reshape(-1)      # flat views: indexing them creates no array objects in the loops
     cf = col.reshape(-1)
-    rh = _ranges(OH, KH, SH, DH, PH0, H)
-    rw = _ranges(OW, KW, SW, DW, PW0, W)
+    rh = _ranges(OH, SH, DH, PH0, KH, H)
+    rw = _ranges(OW, SW, DW, PW0, KW, W)
     if KH == 1 and KW == 1 and SH == 1 and SW == 1 and OH == H and OW == W:
         _swap_planes(xf, cf, N, C, H * W)                # 1x1, stride 1, no padding
         return
@@ -143,8 +145,8 @@ def _col2im_kernel(col, img, SH, SW, PH0, PW0, DH, DW):
     KH, KW, OH, OW = col.shape[1], col.shape[2], col.shape[4], col.shape[5]
     cf = col.reshape(-1)
     xf = img.reshape(-1)
-    rh = _ranges(OH, KH, SH, DH, PH0, H)
-    rw = _ranges(OW, KW, SW, DW, PW0, W)
+    rh = _ranges(OH, SH, DH, PH0, KH, H)
+    rw = _ranges(OW, SW, DW, PW0, KW, W)
     if KH == 1 and KW == 1 and SH == 1 and SW == 1 and OH == H and OW == W:
         _swap_planes(cf, xf, C, N, H * W)                # 1x1, stride 1, no padding
         return

@@ -30,6 +30,7 @@ import numpy as np
 from numba import prange
 
 from . import threads
+from .im2col_numba import _ranges
 from .threads import jit, njit_helper
 
 _u = numba.types.uintp  # an unsigned index: no negative-index wraparound check
@@ -122,29 +123,15 @@ def _tap_ranges(O, K, S, P, D, L):
 
 
 @njit_helper(fastmath=False)
-def _output_ranges(O, K, S, P, D, L):
-    """(K, 2) int64: for each tap t, the outputs o in [lo, hi) whose input o*S - P + t*D
-    lies inside [0, L) (the transpose of ``_tap_ranges``)."""
-    r = np.empty((K, 2), dtype=np.int64)
-    for t in range(K):
-        off = t * D - P
-        lo = 0 if off >= 0 else (-off + S - 1) // S
-        hi = 0 if L - 1 - off < 0 else min(O, (L - 1 - off) // S + 1)
-        r[t, 0] = lo
-        r[t, 1] = max(lo, hi)
-    return r
-
-
-@njit_helper(fastmath=False)
-def _max_forward_plane(x, y, arg, KW, SH, SW, PH, PW, DH, rows, cols, outs, neg_inf, best,
-                       karg):
+def _max_forward_plane(x, y, arg, KW, SH, SW, PH, PW, DH, DW, rows, cols, outs, neg_inf,
+                       best, karg):
     """One (H, W) plane -> (OH, OW) maxima and their taps k = i*KW + j.
 
     Row by row of y, tap by tap: for tap (i, j) one pass along the output row over the
-    outputs whose input column is inside (``outs[j]``), each keeping the larger value
-    with a select and unsigned indices (no branch, no wraparound check; a window at a
-    time, with signed 3-D indexing, (32, 192, 8, 8) 3x3/1 took 12 ms, now 5.7, PyTorch
-    5.3 on two threads). The taps come in the window's row-major
+    outputs whose input column is inside (``outs[j]``: ``im2col_numba._ranges``), each
+    keeping the larger value with a select and unsigned indices (no branch, no wraparound
+    check; a window at a time, with signed 3-D indexing, (32, 192, 8, 8) 3x3/1 took 12 ms,
+    now 5.7, PyTorch 5.3 on two threads). The taps come in the window's row-major
     order and only a strictly larger value (or a NaN) replaces the best, so the tap kept
     is the first maximum, or the last NaN, as a window-at-a-time scan keeps it
     (PyTorch's rule)."""
@@ -159,7 +146,7 @@ def _max_forward_plane(x, y, arg, KW, SH, SW, PH, PW, DH, rows, cols, outs, neg_
             xr = x[h0 + i * DH]
             for j in range(KW):
                 lo, hi = outs[j, 0], outs[j, 1]
-                c0 = j * outs[KW, 0] - PW            # outs[KW, 0] holds DW
+                c0 = j * DW - PW
                 kk = i * KW + j
                 for ow in range(lo, hi):
                     v = xr[_u(ow * SW + c0)]
@@ -231,9 +218,7 @@ def _max_forward(x, y, arg, KH, KW, SH, SW, PH, PW, DH, DW):
     OH, OW = y.shape[1], y.shape[2]
     rows = _tap_ranges(OH, KH, SH, PH, DH, H)
     cols = _tap_ranges(OW, KW, SW, PW, DW, W)
-    outs = np.empty((KW + 1, 2), dtype=np.int64)
-    outs[:KW] = _output_ranges(OW, KW, SW, PW, DW, W)
-    outs[KW, 0] = DW
+    outs = _ranges(OW, SW, DW, PW, KW, W)
     neg_inf = x.dtype.type(-np.inf)
     if SH == 1 and SW == 1:
         Hp, Wp = OH + (KH - 1) * DH, OW + (KW - 1) * DW
@@ -249,8 +234,8 @@ def _max_forward(x, y, arg, KH, KW, SH, SW, PH, PW, DH, DW):
         best = np.empty(OW, dtype=x.dtype)
         karg = np.empty(OW, dtype=np.int64)
         for p in range(chunk * _PLANES, min(P, (chunk + 1) * _PLANES)):
-            _max_forward_plane(x[p], y[p], arg[p], KW, SH, SW, PH, PW, DH, rows, cols, outs,
-                               neg_inf, best, karg)
+            _max_forward_plane(x[p], y[p], arg[p], KW, SH, SW, PH, PW, DH, DW, rows, cols,
+                               outs, neg_inf, best, karg)
 
 
 @jit(fastmath=False)
