@@ -24,7 +24,7 @@ import pytest
 import minidl
 import minidl.kernels as K
 from minidl import geometry
-from minidl.kernels import conv_blocked, conv_winograd
+from minidl.kernels import conv_blocked, conv_winograd, threads
 from helpers import assert_rel_close
 from minidl.ops.conv import Conv2dFunction, conv2d, conv_transpose2d
 
@@ -191,7 +191,7 @@ def test_whole_batch_on_threads_equals_reference(threads_, rng, num_threads, mon
         _compare(got, want, dtype, f"{threads_} threads")
         geo = geometry.ConvGeometry.of(x_shape, w_shape, (1, 1), padding, (1, 1))
         TH, TW = conv_winograd._tiles(geo)
-        ranges = conv_winograd._split(7, threads_)
+        ranges = threads.split(7, threads_)
         assert sorted(calls) == [(n0, n1, n0 * TH * TW) for n0, n1 in ranges]
 
 

@@ -231,8 +231,7 @@ def _launch(kernels, view, *args):
     if n == 1 or view.size < SPLIT_MIN_ELEMENTS or threads.parallel(view.size):
         planes(view, *args, 0, count, size=view.size)
         return
-    bounds = [(t * count // n, (t + 1) * count // n) for t in range(n)]
-    threads.run_on_threads(n, lambda t: planes.serial(view, *args, *bounds[t]))
+    threads.run_on_ranges(count, lambda i0, i1: planes.serial(view, *args, i0, i1), parts=n)
 
 
 # ----------------------------------------------------------------------------- wrappers

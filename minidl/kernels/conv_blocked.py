@@ -154,13 +154,6 @@ def whole_batch(geo, dtype):
     return geo.G == 1 and limit > 0 and (col <= limit or col <= WHOLE_PER_WEIGHT * weight)
 
 
-def _on_ranges(count, job, blas=False):
-    """``job(i0, i1)`` for ``count`` items cut into one range per thread."""
-    n = max(1, min(threads.get_num_threads(), count))
-    parts = [(t * count // n, (t + 1) * count // n) for t in range(n)]
-    threads.run_on_threads(n, lambda t: job(*parts[t]), blas_single=blas)
-
-
 def _col_whole(x, geo):
     """col (C*KH*KW, N*OH*OW) of the whole batch, in the calling thread's scratch slot 0:
     each thread unfolds a range of channels (its rows of col)."""
@@ -169,7 +162,7 @@ def _col_whole(x, geo):
     def unfold(c0, c1):
         im2col(np.ascontiguousarray(x[:, c0:c1]), geo._replace(C=c1 - c0), out=col[c0:c1])
 
-    _on_ranges(geo.C, unfold)
+    threads.run_on_ranges(geo.C, unfold)
     return col.reshape(geo.C * geo.KH * geo.KW, -1)
 
 
@@ -184,7 +177,7 @@ def _gY_whole(gy, geo):
     def transpose(o0, o1):
         gY[o0:o1] = g3[:, o0:o1].transpose(1, 0, 2)
 
-    _on_ranges(OC, transpose)
+    threads.run_on_ranges(OC, transpose)
     return gY.reshape(OC, N * HW)
 
 
@@ -212,7 +205,7 @@ def forward(x, w, b, geo, keep_for_backward=True):
             else:
                 y[:, o0:o1] = Yt
 
-        _on_ranges(OC, rows, blas=True)
+        threads.run_on_ranges(OC, rows, blas_single=True)
         return y.reshape(geo.N, OC, geo.OH, geo.OW), ("x", x if keep_for_backward else None)
 
     def block(n0, n1):
@@ -255,7 +248,7 @@ def grad_weight(g, saved, geo, need_b=True):
         def rows(o0, o1):                                         # dW[o0:o1] = gY[o0:o1] @ col^T
             np.matmul(g.gY[o0:o1], col.T, out=gw[o0:o1])
 
-        _on_ranges(OC, rows, blas=True)
+        threads.run_on_ranges(OC, rows, blas_single=True)
         gb = g.gY.sum(axis=1) if need_b else None
         return gw.reshape(OC, Cg, geo.KH, geo.KW), gb
 
@@ -293,7 +286,7 @@ def grad_input(g, w, geo):
             part = col2im(gcol[c0:c1], geo._replace(C=c1 - c0))    # (N, c1 - c0, H, W)
             gx[:, c0:c1] = part
 
-        _on_ranges(geo.C, channels, blas=True)
+        threads.run_on_ranges(geo.C, channels, blas_single=True)
         return gx
 
     def block(n0, n1):

@@ -127,11 +127,6 @@ def _tiles(geo):
 WEIGHT_SPLIT_KERNELS = 16384   # from this many 3x3 kernels the transforms use every thread
 
 
-def _split(n, parts):
-    """[0, n) as ``parts`` nearly equal ranges (bounds for the ``run_on_threads`` jobs)."""
-    return [(t * n // parts, (t + 1) * n // parts) for t in range(parts)]
-
-
 def _weight_threads(P):
     return threads.get_num_threads() if P >= WEIGHT_SPLIT_KERNELS else 1
 
@@ -144,7 +139,7 @@ def weight_transform(w):
     P = OC * C
     U = np.empty((16, OC, C), dtype=w.dtype)
     w3, U2, half = np.ascontiguousarray(w).reshape(P, 3, 3), U.reshape(16, P), w.dtype.type(0.5)
-    chunks = _split((P + 63) // 64, _weight_threads(P))
+    chunks = threads.split((P + 63) // 64, _weight_threads(P))
     threads.run_on_threads(len(chunks), lambda t: _kernels().weight_transform(
         w3, half, U2, *chunks[t], size=U.size))
     return U
@@ -158,7 +153,7 @@ def weight_transform_adjoint(dU):
     gw = np.empty((OC, C, 3, 3), dtype=dU.dtype)
     dU2, gw3 = np.ascontiguousarray(dU).reshape(16, P), gw.reshape(P, 3, 3)
     half = dU.dtype.type(0.5)
-    parts = _split(P, _weight_threads(P))
+    parts = threads.split(P, _weight_threads(P))
     threads.run_on_threads(len(parts), lambda t: _kernels().weight_adjoint(
         dU2, half, gw3, *parts[t], size=gw.size))
     return gw
@@ -227,15 +222,13 @@ def whole_batch(geo, dtype):
 def _on_images(geo, kernel):
     """``kernel(n0, n1, t0)`` for ranges of images on the threads (t0: n0's first tile)."""
     TH, TW = _tiles(geo)
-    parts = _split(geo.N, max(1, min(threads.get_num_threads(), geo.N)))
-    threads.run_on_threads(len(parts), lambda t: kernel(*parts[t], parts[t][0] * TH * TW))
+    threads.run_on_ranges(geo.N, lambda n0, n1: kernel(n0, n1, n0 * TH * TW))
 
 
 def _on_components(product):
     """``product(k0, k1)`` for ranges of the 16 Winograd components on the threads, each
     with one BLAS thread (the GEMMs of component k are independent of the others')."""
-    parts = _split(16, max(1, min(threads.get_num_threads(), 16)))
-    threads.run_on_threads(len(parts), lambda t: product(*parts[t]), blas_single=True)
+    threads.run_on_ranges(16, product, blas_single=True)
 
 
 def _V_whole(x, geo):

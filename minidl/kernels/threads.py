@@ -194,6 +194,19 @@ def run_on_threads(n, job, blas_single=False):
         return [first] + [f.result() for f in futures]
 
 
+def split(count, parts):
+    """[0, count) as ``parts`` nearly equal ranges [(i0, i1), ...], in order."""
+    return [(t * count // parts, (t + 1) * count // parts) for t in range(parts)]
+
+
+def run_on_ranges(count, job, blas_single=False, parts=None):
+    """``job(i0, i1)`` for ``count`` items cut into one range per thread (``parts``, or
+    ``get_num_threads()``, at most ``count``), through ``run_on_threads``."""
+    n = max(1, min(get_num_threads() if parts is None else parts, count))
+    bounds = split(count, n)
+    return run_on_threads(n, lambda t: job(*bounds[t]), blas_single=blas_single)
+
+
 # ----------------------------------------------------------------------------- thread count
 
 _NUM_THREADS = Setting(None)  # None: never set, physical_cores()
