@@ -271,3 +271,51 @@ def assert_rel_close(got, want, rel_tol, what=""):
     scale = max(float(np.abs(want).max()), 1e-30)
     err = float(np.abs(got.astype(np.float64) - want).max()) / scale
     assert err <= rel_tol, f"{what}: error {err:.3g} of the largest value {scale:.3g}"
+
+
+# ----------------------------------------------------------------------------- conv2d kernels
+
+def run_conv_impl(impl, geo, x, w, b, gy, need=(True, True, True)):
+    """[y, dx, dw, db] of ``Conv2dFunction`` on arrays with conv2d implementation ``impl``
+    forced (None where ``need`` (x, w, b) asks for no gradient); asserts that conv2d ran
+    ``impl`` and nothing else."""
+    import minidl.kernels as K  # noqa: PLC0415
+    from minidl.ops.conv import Conv2dFunction  # noqa: PLC0415
+    X = minidl.tensor(x, requires_grad=need[0])
+    Wt = minidl.tensor(w, requires_grad=need[1])
+    B = None if b is None else minidl.tensor(b, requires_grad=need[2])
+    with K.use_impl(impl, family="conv2d"), K.decisions() as log:
+        y = Conv2dFunction.apply(X, Wt, B, geo=geo)
+        if any(need):
+            y.backward(minidl.tensor(gy))
+    assert {i for f, i in log if f == "conv2d"} == {impl}
+    grads = [t.grad.numpy() if t is not None and t.grad is not None else None
+             for t in (X, Wt, B)]
+    return [y.numpy()] + grads
+
+
+def compare_conv_results(got, want, rel_tol, label):
+    """``run_conv_impl`` results against the reference's: each within ``rel_tol`` of the
+    largest reference value, and None exactly where the reference is None."""
+    for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
+        if r is None:
+            assert g is None, f"{label}: {name} computed but not asked for"
+        else:
+            assert_rel_close(g, r, rel_tol, f"{label}: {name}")
+
+
+def conv2d_impls_agree(impl, x, w, gy, rel_tol, **conv2d_kwargs):
+    """conv2d itself (no bias) with ``impl`` forced against the reference: y, dx and dw
+    within ``rel_tol``; asserts each call ran the forced implementation only."""
+    import minidl.kernels as K  # noqa: PLC0415
+    from minidl.ops.conv import conv2d  # noqa: PLC0415
+    results = {}
+    for name in ("reference", impl):
+        X, Wt = minidl.tensor(x, requires_grad=True), minidl.tensor(w, requires_grad=True)
+        with K.use_impl(name, family="conv2d"), K.decisions() as log:
+            y = conv2d(X, Wt, **conv2d_kwargs)
+            y.backward(minidl.tensor(gy))
+        assert {i for f, i in log if f == "conv2d"} == {name}
+        results[name] = [y.numpy(), X.grad.numpy(), Wt.grad.numpy()]
+    for what, g, r in zip(("y", "dx", "dw"), results[impl], results["reference"]):
+        assert_rel_close(g, r, rel_tol, what)

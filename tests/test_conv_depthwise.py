@@ -19,8 +19,8 @@ import minidl
 import minidl.kernels as K
 from minidl import geometry
 from minidl.kernels import conv_depthwise
-from helpers import assert_rel_close
-from minidl.ops.conv import Conv2dFunction, conv2d
+from helpers import compare_conv_results, conv2d_impls_agree, run_conv_impl
+from minidl.ops.conv import conv2d
 
 pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
 
@@ -55,28 +55,11 @@ def _arrays(rng, geo, dtype):
     return x, w, b, rng.standard_normal(geo.out_shape).astype(dtype)
 
 
-def _run(impl, geo, x, w, b, gy, need=(True, True, True)):
-    """y and the gradients in ``need`` (x, w, b; None where not asked) with ``impl``
-    forced; checks that conv2d ran ``impl`` and nothing else."""
-    X = minidl.tensor(x, requires_grad=need[0])
-    Wt = minidl.tensor(w, requires_grad=need[1])
-    B = None if b is None else minidl.tensor(b, requires_grad=need[2])
-    with K.use_impl(impl, family="conv2d"), K.decisions() as log:
-        y = Conv2dFunction.apply(X, Wt, B, geo=geo)
-        if any(need):
-            y.backward(minidl.tensor(gy))
-    assert {i for f, i in log if f == "conv2d"} == {impl}
-    grads = [t.grad.numpy() if t is not None and t.grad is not None else None
-             for t in (X, Wt, B)]
-    return [y.numpy()] + grads
+_run = run_conv_impl
 
 
 def _compare(got, want, dtype, label):
-    for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
-        if r is None:
-            assert g is None, f"{label}: {name} computed but not asked for"
-        else:
-            assert_rel_close(g, r, REL_TOL[dtype], f"{label}: {name}")
+    compare_conv_results(got, want, REL_TOL[dtype], label)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -147,16 +130,8 @@ def test_no_bias_and_unbatched_through_conv2d(rng):
     x = rng.standard_normal((5, 7, 6))
     w = rng.standard_normal((5, 1, 3, 3))
     gy = rng.standard_normal((5, 4, 3))
-    results = {}
-    for impl in ("reference", "depthwise"):
-        X, Wt = minidl.tensor(x, requires_grad=True), minidl.tensor(w, requires_grad=True)
-        with K.use_impl(impl, family="conv2d"), K.decisions() as log:
-            y = conv2d(X, Wt, stride=2, padding=1, groups=5)
-            y.backward(minidl.tensor(gy))
-        assert {i for f, i in log if f == "conv2d"} == {impl}
-        results[impl] = [y.numpy(), X.grad.numpy(), Wt.grad.numpy()]
-    for name, g, r in zip(("y", "dx", "dw"), results["depthwise"], results["reference"]):
-        assert_rel_close(g, r, REL_TOL[np.float64], name)
+    conv2d_impls_agree("depthwise", x, w, gy, REL_TOL[np.float64], stride=2, padding=1,
+                       groups=5)
 
 
 def test_double_backward(rng, use_impl):

@@ -25,8 +25,8 @@ import minidl
 import minidl.kernels as K
 from minidl import geometry
 from minidl.kernels import conv_blocked, conv_winograd, threads
-from helpers import assert_rel_close
-from minidl.ops.conv import Conv2dFunction, conv2d, conv_transpose2d
+from helpers import compare_conv_results, conv2d_impls_agree, run_conv_impl
+from minidl.ops.conv import conv2d, conv_transpose2d
 
 pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
 
@@ -48,20 +48,9 @@ CASES = {
 
 
 def _run(impl, x, w, b, gy, padding, need=(True, True, True)):
-    """y and the gradients in ``need`` (x, w, b; None where not asked) with ``impl``
-    forced; checks that conv2d ran ``impl`` and nothing else."""
-    X = minidl.tensor(x, requires_grad=need[0])
-    Wt = minidl.tensor(w, requires_grad=need[1])
-    B = None if b is None else minidl.tensor(b, requires_grad=need[2])
+    """``helpers.run_conv_impl`` for a 3x3 stride-1 convolution with ``padding``."""
     geo = geometry.ConvGeometry.of(x.shape, w.shape, (1, 1), padding, (1, 1))
-    with K.use_impl(impl, family="conv2d"), K.decisions() as log:
-        y = Conv2dFunction.apply(X, Wt, B, geo=geo)
-        if any(need):
-            y.backward(minidl.tensor(gy))
-    assert {i for f, i in log if f == "conv2d"} == {impl}
-    grads = [t.grad.numpy() if t is not None and t.grad is not None else None
-             for t in (X, Wt, B)]
-    return [y.numpy()] + grads
+    return run_conv_impl(impl, geo, x, w, b, gy, need)
 
 
 def _arrays(rng, x_shape, w_shape, padding, dtype):
@@ -73,11 +62,7 @@ def _arrays(rng, x_shape, w_shape, padding, dtype):
 
 
 def _compare(got, want, dtype, label):
-    for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
-        if r is None:
-            assert g is None, f"{label}: {name} computed but not asked for"
-        else:
-            assert_rel_close(g, r, REL_TOL[dtype], f"{label}: {name}")
+    compare_conv_results(got, want, REL_TOL[dtype], label)
 
 
 # whole_batch_bytes limits: 0 runs every call in blocks, HUGE as one whole-batch block
@@ -254,16 +239,7 @@ def test_no_bias_and_unbatched_through_conv2d(rng):
     x = rng.standard_normal((5, 7, 6))
     w = rng.standard_normal((3, 5, 3, 3))
     gy = rng.standard_normal((3, 7, 6))
-    results = {}
-    for impl in ("reference", "winograd"):
-        X, Wt = minidl.tensor(x, requires_grad=True), minidl.tensor(w, requires_grad=True)
-        with K.use_impl(impl, family="conv2d"), K.decisions() as log:
-            y = conv2d(X, Wt, padding="same")
-            y.backward(minidl.tensor(gy))
-        assert {i for f, i in log if f == "conv2d"} == {impl}
-        results[impl] = [y.numpy(), X.grad.numpy(), Wt.grad.numpy()]
-    for name, g, r in zip(("y", "dx", "dw"), results["winograd"], results["reference"]):
-        assert_rel_close(g, r, REL_TOL[np.float64], name)
+    conv2d_impls_agree("winograd", x, w, gy, REL_TOL[np.float64], padding="same")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
