@@ -391,12 +391,15 @@ FAST_WINDOWS = [
     ((9, 8), (3, 3), (2, 2), (1, 1), (1, 1), False),
     ((9, 8), (3, 2), (1, 2), (1, 1), (2, 1), True),
     ((6, 7), (2, 3), (3, 1), (1, 0), (1, 2), True),
-    # stride 1: the canvas kernel (GoogLeNet's 3x3/1 p1, dilated, uneven, ceil_mode)
+    # stride 1 (GoogLeNet's 3x3/1 p1, dilated, uneven, ceil_mode); outputs of up to
+    # 64 pixels take the planes-inner kernel, larger ones the canvas (MANY_PLANES)
     ((8, 8), (3, 3), (1, 1), (1, 1), (1, 1), False),
     ((7, 9), (3, 2), (1, 1), (1, 0), (2, 1), False),
     ((5, 6), (2, 2), (1, 1), (0, 0), (1, 1), True),
     ((4, 4), (3, 3), (1, 1), (1, 1), (1, 2), False),
     ((2, 2), (3, 3), (1, 1), (1, 1), (1, 1), False),
+    ((12, 9), (3, 3), (1, 1), (1, 1), (1, 1), True),
+    ((13, 11), (3, 2), (2, 1), (1, 1), (2, 2), True),
 ]
 
 
@@ -427,6 +430,61 @@ def test_max_pool_numba_equals_reference(win, dtype, rng, nb):
     gy = rng.integers(-4, 5, y_ref.shape).astype(dtype)  # integer values: sums are exact
     np.testing.assert_array_equal(nb.max_pool2d_backward(gy, arg_ref, win),
                                   KR.max_pool2d_backward(gy, arg_ref, win))
+
+
+MANY_PLANES = [
+    # x shape, window (H, W), kernel, stride, padding, dilation, ceil_mode
+    # small outputs, planes as the inner loop (GoogLeNet's 3x3/1 p1 on 1x1, 2x2 and 4x4
+    # maps, its 3x3/2 on 8x8):
+    ((20, 1000, 1, 1), ((1, 1), (3, 3), (1, 1), (1, 1), (1, 1), False)),
+    ((3, 1500, 2, 2), ((2, 2), (3, 3), (1, 1), (1, 1), (1, 1), False)),
+    ((3, 401, 4, 4), ((4, 4), (3, 3), (1, 1), (1, 1), (1, 1), False)),
+    ((2, 151, 8, 8), ((8, 8), (3, 3), (2, 2), (0, 0), (1, 1), False)),
+    # larger outputs, through the canvas: stride 1, stride 2 with ceil_mode, dilated
+    ((2, 41, 18, 17), ((18, 17), (3, 3), (1, 1), (1, 1), (1, 1), False)),
+    ((3, 29, 21, 20), ((21, 20), (3, 3), (2, 2), (1, 1), (1, 1), True)),
+    ((3, 25, 19, 22), ((19, 22), (3, 2), (2, 3), (1, 1), (2, 2), False)),
+]
+
+
+def _planes_per_chunk(win):
+    """(kernel, planes per chunk) the general max forward uses for ``win``."""
+    from minidl.kernels import pool_numba as KPN  # noqa: PLC0415 - numba only here
+    if win.OH * win.OW <= KPN.ACROSS_MAX_OUTPUTS:
+        return "across", max(8, KPN._ACROSS_ELEMENTS // (win.H * win.W))
+    PL = (((win.OH - 1) * win.SH + (win.KH - 1) * win.DH) // win.SH + 1) * (
+        ((win.OW - 1) * win.SW + (win.KW - 1) * win.DW) // win.SW + 1)
+    return "canvas", max(1, KPN._GROUP_ELEMENTS // ((win.SH * win.SW + 2) * PL))
+
+
+@pytest.mark.parametrize("shape, w", MANY_PLANES, ids=[str(c[0]) for c in MANY_PLANES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_numba_many_planes(shape, w, dtype, rng, nb):
+    """The general max forward works on chunks of planes at once (the planes as the
+    inner loop, ``_max_forward_across``, or a canvas of stacked planes,
+    ``_max_forward_group``): every chunk, the partial last one included, equals the
+    reference, with ties, NaN and all -inf planes among them."""
+    win = G.make_window(*w)
+    _, chunk = _planes_per_chunk(win)
+    P = shape[0] * shape[1]
+    assert P > 2 * chunk and P % chunk, "the case must make several chunks, one partial"
+    x = rng.integers(-6, 6, shape).astype(dtype)
+    x.reshape(P, -1)[::7, 0] = np.nan
+    x.reshape(P, -1)[3::11] = -np.inf
+    y_ref, arg_ref = KR.max_pool2d_forward(x, win)
+    y_nb, arg_nb = nb.max_pool2d_forward(x, win)
+    np.testing.assert_array_equal(y_nb, y_ref)
+    np.testing.assert_array_equal(arg_nb, arg_ref)
+    gy = rng.integers(-4, 5, y_ref.shape).astype(dtype)
+    np.testing.assert_array_equal(nb.max_pool2d_backward(gy, arg_ref, win),
+                                  KR.max_pool2d_backward(gy, arg_ref, win))
+
+
+def test_max_pool_numba_kernel_cases():
+    """MANY_PLANES and FAST_WINDOWS reach both general kernels."""
+    kinds = {_planes_per_chunk(G.make_window(*w))[0] for _, w in MANY_PLANES}
+    kinds |= {_planes_per_chunk(w)[0] for w in _tap_windows() if not w.is_2x2_stride2()}
+    assert kinds == {"across", "canvas"}
 
 
 @pytest.mark.parametrize("win", [w for w in _tap_windows() if w.DH == w.DW == 1],

@@ -7,8 +7,12 @@ against): max and average pooling, forward and backward, for float32/float64 Num
     arg     (N, C, OH, OW) uint8 tap numbers k = kh*KW + kw (so K <= 256 here)
 
 * Each ``prange`` iteration owns whole planes: the backward scatter needs no atomics and
-  is deterministic, and no padded copy is made (the loops clip each window to the input).
+  is deterministic.
 * A dedicated kernel for the 2x2 stride-2 window without padding (LeNet, VGG, most CNNs).
+  Every other max window (any stride, padding, dilation, ceil_mode) runs through one of
+  two general forward kernels: small outputs (up to ``ACROSS_MAX_OUTPUTS`` pixels) with
+  the planes as the inner loop (``_max_forward_across``), larger ones through a canvas
+  of stacked planes on which each tap is one flat loop (``_max_forward_group``).
   Its ``prange`` loop calls a serial per-plane function (``njit_helper``): written inline
   in the parallel loop body, the same loops ran several times slower per thread, because
   numba's parfor lowering kept LLVM from optimising them (benchmarks/RESULTS.md).
@@ -30,7 +34,6 @@ import numpy as np
 from numba import prange
 
 from . import threads
-from .im2col_numba import _ranges
 from .threads import jit, njit_helper
 
 _u = numba.types.uintp  # an unsigned index: no negative-index wraparound check
@@ -122,94 +125,168 @@ def _tap_ranges(O, K, S, P, D, L):
     return r
 
 
-@njit_helper(fastmath=False)
-def _max_forward_plane(x, y, arg, KW, SH, SW, PH, PW, DH, DW, rows, cols, outs, neg_inf,
-                       best, karg):
-    """One (H, W) plane -> (OH, OW) maxima and their taps k = i*KW + j.
-
-    Row by row of y, tap by tap: for tap (i, j) one pass along the output row over the
-    outputs whose input column is inside (``outs[j]``: ``im2col_numba._ranges``), each
-    keeping the larger value with a select and unsigned indices (no branch, no wraparound
-    check; a window at a time, with signed 3-D indexing, (32, 192, 8, 8) 3x3/1 took 12 ms,
-    now 5.7, PyTorch 5.3 on two threads). The taps come in the window's row-major
-    order and only a strictly larger value (or a NaN) replaces the best, so the tap kept
-    is the first maximum, or the last NaN, as a window-at-a-time scan keeps it
-    (PyTorch's rule)."""
-    OH, OW = y.shape
-    for oh in range(OH):
-        h0 = oh * SH - PH
-        i0, i1 = rows[oh, 0], rows[oh, 1]
-        for ow in range(OW):
-            best[ow] = neg_inf
-            karg[ow] = i0 * KW + cols[ow, 0]       # an all -inf window keeps its first tap
-        for i in range(i0, i1):
-            xr = x[h0 + i * DH]
-            for j in range(KW):
-                lo, hi = outs[j, 0], outs[j, 1]
-                c0 = j * DW - PW
-                kk = i * KW + j
-                for ow in range(lo, hi):
-                    v = xr[_u(ow * SW + c0)]
-                    b = best[_u(ow)]
-                    take = (v > b) | (v != v)
-                    best[_u(ow)] = v if take else b
-                    karg[_u(ow)] = kk if take else karg[_u(ow)]
-        for ow in range(OW):
-            y[oh, ow] = best[ow]
-            arg[oh, ow] = karg[ow]
+@numba.njit(inline="always")
+def _keep_max(src, s, n, k, best, karg):
+    """best[q], karg[q] = src[s + q], k where src[s + q] is larger than best[q] or NaN,
+    for q < n: one tap of a max window over n positions, a select (no branch) each."""
+    for q in range(n):
+        v = src[_u(s + q)]
+        b = best[_u(q)]
+        take = (v > b) | (v != v)
+        best[_u(q)] = v if take else b
+        karg[_u(q)] = k if take else karg[_u(q)]
 
 
 @njit_helper(fastmath=False)
-def _max_forward_s1_plane(x, y, arg, KW, PH, PW, DH, DW, rows, cols, neg_inf, xpad, best,
-                          karg):
-    """Stride 1: one (H, W) plane -> (OH, OW) maxima and taps, through a canvas.
+def _max_forward_group(xf, g0, G, H, W, yf, af, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                       Hq, Wq, kinit, neg_inf, canvas, best, karg):
+    """Planes g0 .. g0+G-1 of the flat x (P, H, W) -> their maxima and taps k = i*KW + j
+    in the flat y, arg (P, OH, OW), through a canvas that makes every tap ONE flat loop.
 
-    The plane is copied into ``xpad``, the (Hp, Wp) canvas its windows span (-inf where
-    the canvas lies outside the plane), row-major. On it every output (oh, ow) at
-    q = oh*Wp + ow reads tap (i, j) at q + i*DH*Wp + j*DW: one loop over all the plane's
-    outputs per tap (the columns ow >= OW in between are computed and dropped), instead
-    of one short loop per output row and tap; on 8x8 planes the loop set-ups had been
-    most of the time. -inf taps never replace the best (strict >), so padding changes
-    nothing: the tap kept is the first maximum inside the plane, or the last NaN."""
-    H, W = x.shape
-    OH, OW = y.shape
-    Wp = OW + (KW - 1) * DW
-    Hp = xpad.shape[0] // Wp
-    for cr in range(Hp):
-        r = cr - PH
-        d = cr * Wp
-        for cc in range(Wp):
-            xpad[_u(d + cc)] = neg_inf
-        if 0 <= r < H:
-            c0 = max(0, -PW)
-            c1 = min(W, Wp - PW)
-            for c in range(c0, c1):
-                xpad[_u(d + c + PW)] = x[r, c]
-    n = (OH - 1) * Wp + OW
-    for oh in range(OH):
-        k0 = rows[oh, 0] * KW
-        for ow in range(OW):
-            q = oh * Wp + ow
-            best[_u(q)] = neg_inf
-            karg[_u(q)] = k0 + cols[ow, 0]      # an all -inf window keeps its first tap
-    for i in range((Hp - OH) // DH + 1):        # KH tap rows
+    The canvas is the padded input (-inf outside the planes), cut into SH x SW phases
+    by row and column remainder, each phase an (Hq, Wq) grid per plane, the G planes'
+    grids stacked: canvas row r = SH*rq + a, column c = SW*cq + b lies in phase (a, b)
+    at (rq, cq). Output (oh, ow) reads tap (i, j) at canvas (oh*SH + i*DH, ow*SW + j*DW),
+    which is phase ((i*DH) % SH, (j*DW) % SW) at (oh + (i*DH)//SH, ow + (j*DW)//SW):
+    in that phase, at a fixed offset from position q = (g*Hq + oh)*Wq + ow. So each
+    tap is one loop over q for all G planes at once; the positions with ow >= OW or
+    oh >= OH in between are computed and dropped. Small planes (GoogLeNet's 4x4 to
+    1x1) had spent most of their time on per-plane and per-row loop set-ups, and
+    strides 2 on short rows: (32, 832, 1, 1) 3x3/1 took 1.8 ms, (32, 480, 4, 4) 3x3/2
+    1.8 ms (benchmarks/RESULTS.md).
+
+    Each position keeps the larger value with a select (no branch); taps come in the
+    window's row-major order and only a strictly larger value (or a NaN) replaces the
+    best, so the tap kept is the first maximum, or the last NaN, as a window-at-a-time
+    scan keeps it (PyTorch's rule). -inf canvas entries never replace the best, and
+    ``kinit`` (the first tap inside the plane, per position) stays for an all -inf
+    window."""
+    PL = Hq * Wq
+    span = G * PL                                   # one phase of the canvas
+    for i in range(SH * SW * span):
+        canvas[_u(i)] = neg_inf
+    for g in range(G):
+        src = (g0 + g) * H * W
+        for r in range(H):
+            cr = r + PH
+            rq = cr // SH
+            if rq >= Hq:                            # rows below the last window
+                break
+            a = cr - rq * SH
+            for b in range(SW):
+                # phase column cq holds input column cq*SW + b - PW
+                lo = max(0, (PW - b + SW - 1) // SW)
+                hi = min(Wq, (W - 1 + PW - b) // SW + 1)
+                d = ((a * SW + b) * G + g) * PL + rq * Wq
+                s = src + r * W + b - PW
+                for cq in range(lo, hi):
+                    canvas[_u(d + cq)] = xf[_u(s + cq * SW)]
+    for g in range(G):
+        o = g * PL
+        for q in range(PL):
+            best[_u(o + q)] = neg_inf
+            karg[_u(o + q)] = kinit[_u(q)]
+    n = ((G - 1) * Hq + OH - 1) * Wq + OW
+    for i in range(KH):
+        a = (i * DH) % SH
         for j in range(KW):
-            off = i * DH * Wp + j * DW
-            kk = i * KW + j
-            for q in range(n):
-                v = xpad[_u(q + off)]
-                b = best[_u(q)]
-                take = (v > b) | (v != v)
-                best[_u(q)] = v if take else b
-                karg[_u(q)] = kk if take else karg[_u(q)]
+            b = (j * DW) % SW
+            src = (a * SW + b) * span + (i * DH) // SH * Wq + (j * DW) // SW
+            _keep_max(canvas, src, n, np.int32(i * KW + j), best, karg)
+    for g in range(G):
+        for oh in range(OH):
+            s = (g * Hq + oh) * Wq
+            d = ((g0 + g) * OH + oh) * OW
+            for ow in range(OW):
+                yf[_u(d + ow)] = best[_u(s + ow)]
+                af[_u(d + ow)] = karg[_u(s + ow)]
+
+
+@njit_helper(fastmath=False)
+def _max_forward_across(xf, p0, p1, HW, yf, af, OHW, start, tap_k, tap_e, xt, best, karg):
+    """Planes p0 .. p1 of the flat x (P, HW) -> maxima and taps in the flat y, arg
+    (P, OHW), with the planes as the inner loop: for maps of a few pixels (GoogLeNet's
+    4x4 to 1x1) a loop along a plane is a handful of iterations, a loop across planes
+    hundreds. The block is transposed into xt (HW, p1 - p0); then for each output o
+    every valid tap (its number ``tap_k[i]`` and input position ``tap_e[i]``, for i in
+    ``start[o] .. start[o+1]``, in the window's row-major order) is one select loop over
+    the planes, keeping a strictly larger value or a NaN: the first maximum, or the
+    last NaN (PyTorch's rule); padding is simply not among the taps."""
+    B = p1 - p0
+    for p in range(B):
+        s = (p0 + p) * HW
+        for e in range(HW):
+            xt[_u(e * B + p)] = xf[_u(s + e)]
+    for o in range(OHW):
+        i0 = start[o]
+        e0 = tap_e[i0] * B
+        k0 = tap_k[i0]
+        for p in range(B):
+            best[_u(p)] = xt[_u(e0 + p)]
+            karg[_u(p)] = k0
+        for i in range(i0 + 1, start[o + 1]):
+            _keep_max(xt, tap_e[i] * B, B, tap_k[i], best, karg)
+        d = p0 * OHW + o
+        for p in range(B):
+            yf[_u(d + p * OHW)] = best[_u(p)]
+            af[_u(d + p * OHW)] = karg[_u(p)]
+
+
+@njit_helper(fastmath=False)
+def _valid_taps(OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, H, W):
+    """(start (OH*OW + 1,), tap_k, tap_e) int32: output o's taps inside the plane are
+    ``start[o] .. start[o+1]``, tap number k = i*KW + j and input position ih*W + iw each,
+    in the window's row-major order."""
+    rows = _tap_ranges(OH, KH, SH, PH, DH, H)
+    cols = _tap_ranges(OW, KW, SW, PW, DW, W)
+    start = np.empty(OH * OW + 1, dtype=np.int32)
+    n = 0
     for oh in range(OH):
         for ow in range(OW):
-            q = oh * Wp + ow
-            y[oh, ow] = best[_u(q)]
-            arg[oh, ow] = karg[_u(q)]
+            start[oh * OW + ow] = n
+            n += (rows[oh, 1] - rows[oh, 0]) * (cols[ow, 1] - cols[ow, 0])
+    start[OH * OW] = n
+    tap_k = np.empty(n, dtype=np.int32)
+    tap_e = np.empty(n, dtype=np.int32)
+    n = 0
+    for oh in range(OH):
+        for ow in range(OW):
+            for i in range(rows[oh, 0], rows[oh, 1]):
+                for j in range(cols[ow, 0], cols[ow, 1]):
+                    tap_k[n] = i * KW + j
+                    tap_e[n] = (oh * SH - PH + i * DH) * W + ow * SW - PW + j * DW
+                    n += 1
+    return start, tap_k, tap_e
 
 
-_PLANES = 16    # planes per prange iteration: the row buffers are made once per chunk
+# outputs of up to this many pixels (8x8) are made with the planes as the inner loop
+# (``_max_forward_across``), in blocks of about _ACROSS_ELEMENTS input values; larger
+# ones through the canvas (``_max_forward_group``). Measured, 3x3 windows at batch 32:
+# (64, 16, 16) stride 2 (7x7 out) 0.53 ms across against 0.69 canvas, (192, 8, 8)
+# stride 1 0.79 against 1.02; (256, 16, 16) stride 1 4.6 against 3.5.
+ACROSS_MAX_OUTPUTS = 64
+_ACROSS_ELEMENTS = 1 << 13
+
+
+@jit(fastmath=False, one_build=True)
+def _max_forward_small(x, y, arg, KH, KW, SH, SW, PH, PW, DH, DW):
+    P, H, W = x.shape
+    OH, OW = y.shape[1], y.shape[2]
+    start, tap_k, tap_e = _valid_taps(OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, H, W)
+    B = max(8, _ACROSS_ELEMENTS // (H * W))
+    xf, yf, af = x.reshape(-1), y.reshape(-1), arg.reshape(-1)
+    for chunk in prange((P + B - 1) // B):
+        p0 = chunk * B
+        p1 = min(P, p0 + B)
+        xt = np.empty(H * W * (p1 - p0), dtype=x.dtype)
+        best = np.empty(p1 - p0, dtype=x.dtype)
+        karg = np.empty(p1 - p0, dtype=np.int32)
+        _max_forward_across(xf, p0, p1, H * W, yf, af, OH * OW, start, tap_k, tap_e, xt,
+                            best, karg)
+
+
+# canvas, best and karg of a group of planes together about this many elements (in L2)
+_GROUP_ELEMENTS = 1 << 14
 
 
 @jit(fastmath=False, one_build=True)
@@ -218,47 +295,53 @@ def _max_forward(x, y, arg, KH, KW, SH, SW, PH, PW, DH, DW):
     OH, OW = y.shape[1], y.shape[2]
     rows = _tap_ranges(OH, KH, SH, PH, DH, H)
     cols = _tap_ranges(OW, KW, SW, PW, DW, W)
-    outs = _ranges(OW, SW, DW, PW, KW, W)
+    # the phase grids: canvas rows 0 .. (OH-1)*SH + (KH-1)*DH are read (likewise columns)
+    Hq = ((OH - 1) * SH + (KH - 1) * DH) // SH + 1
+    Wq = ((OW - 1) * SW + (KW - 1) * DW) // SW + 1
+    PL = Hq * Wq
+    kinit = np.zeros(PL, dtype=np.int32)
+    for oh in range(OH):
+        for ow in range(OW):
+            kinit[oh * Wq + ow] = rows[oh, 0] * KW + cols[ow, 0]
+    G = max(1, _GROUP_ELEMENTS // ((SH * SW + 2) * PL))
     neg_inf = x.dtype.type(-np.inf)
-    if SH == 1 and SW == 1:
-        Hp, Wp = OH + (KH - 1) * DH, OW + (KW - 1) * DW
-        for chunk in prange((P + _PLANES - 1) // _PLANES):
-            xpad = np.empty(Hp * Wp, dtype=x.dtype)
-            best = np.empty(OH * Wp, dtype=x.dtype)
-            karg = np.empty(OH * Wp, dtype=np.int64)
-            for p in range(chunk * _PLANES, min(P, (chunk + 1) * _PLANES)):
-                _max_forward_s1_plane(x[p], y[p], arg[p], KW, PH, PW, DH, DW, rows, cols,
-                                      neg_inf, xpad, best, karg)
-        return
-    for chunk in prange((P + _PLANES - 1) // _PLANES):
-        best = np.empty(OW, dtype=x.dtype)
-        karg = np.empty(OW, dtype=np.int64)
-        for p in range(chunk * _PLANES, min(P, (chunk + 1) * _PLANES)):
-            _max_forward_plane(x[p], y[p], arg[p], KW, SH, SW, PH, PW, DH, DW, rows, cols,
-                               outs, neg_inf, best, karg)
+    xf, yf, af = x.reshape(-1), y.reshape(-1), arg.reshape(-1)
+    for chunk in prange((P + G - 1) // G):
+        g0 = chunk * G
+        g = min(G, P - g0)
+        canvas = np.empty(SH * SW * g * PL, dtype=x.dtype)
+        best = np.empty(g * PL, dtype=x.dtype)
+        karg = np.empty(g * PL, dtype=np.int32)
+        _max_forward_group(xf, g0, g, H, W, yf, af, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                           Hq, Wq, kinit, neg_inf, canvas, best, karg)
 
 
 @jit(fastmath=False)
-def _max_backward(gy, arg, gx, KW, SH, SW, PH, PW, DH, DW):
-    # flat views and unsigned indices: the 3-D signed indexing's wraparound checks cost
-    # more than the scatter itself (as in the forward)
+def _max_backward(gy, arg, gx, KH, KW, SH, SW, PH, PW, DH, DW):
+    # flat views, unsigned indices and a table of each (output, tap)'s input position:
+    # the 3-D signed indexing's wraparound checks, and the tap number's division into
+    # (i, j) per output, had cost more than the scatter itself
     P, OH, OW = gy.shape
     H, W = gx.shape[1], gx.shape[2]
+    K = KH * KW
+    OHW, HW = OH * OW, H * W
+    offs = np.empty(OHW * K, dtype=np.int64)   # taps outside the plane: never named by arg
+    for oh in range(OH):
+        for ow in range(OW):
+            for i in range(KH):
+                for j in range(KW):
+                    offs[(oh * OW + ow) * K + i * KW + j] = ((oh * SH - PH + i * DH) * W
+                                                             + ow * SW - PW + j * DW)
     gf = gx.reshape(-1)
     gyf = gy.reshape(-1)
     af = arg.reshape(-1)
     for p in prange(P):
-        base = p * H * W
-        for i in range(base, base + H * W):
+        base = p * HW
+        for i in range(base, base + HW):
             gf[_u(i)] = 0
-        q = p * OH * OW
-        for oh in range(OH):
-            for ow in range(OW):
-                k = af[_u(q)]
-                i = k // KW
-                j = k - i * KW
-                gf[_u(base + (oh * SH - PH + i * DH) * W + ow * SW - PW + j * DW)] += gyf[_u(q)]
-                q += 1
+        q = p * OHW
+        for o in range(OHW):
+            gf[_u(base + offs[_u(o * K + af[_u(q + o)])])] += gyf[_u(q + o)]
 
 
 @njit_helper(fastmath=True)
@@ -386,6 +469,10 @@ def max_pool2d_forward(x, win):
     arg = np.empty(y.shape, dtype=np.uint8)
     if win.is_2x2_stride2():
         _over_planes(_max_forward_2x2, (xs, y, arg), (), xs.size)
+    elif win.OH * win.OW <= ACROSS_MAX_OUTPUTS:
+        _over_planes(_max_forward_small, (xs, y, arg), (win.KH, win.KW, win.SH, win.SW,
+                                                        win.PH, win.PW, win.DH, win.DW),
+                     xs.size)
     else:
         _over_planes(_max_forward, (xs, y, arg), (win.KH, win.KW, win.SH, win.SW, win.PH,
                                                   win.PW, win.DH, win.DW), xs.size)
@@ -401,7 +488,7 @@ def max_pool2d_backward(gy, arg, win):
     if win.is_2x2_stride2():
         _over_planes(_max_backward_2x2, (gys, args, gx), (gy.dtype.type(0),), gx.size)
     else:
-        _over_planes(_max_backward, (gys, args, gx), (win.KW, win.SH, win.SW, win.PH, win.PW,
+        _over_planes(_max_backward, (gys, args, gx), (win.KH, win.KW, win.SH, win.SW, win.PH, win.PW,
                                                       win.DH, win.DW), gx.size)
     return gx.reshape(lead + (win.H, win.W))
 
