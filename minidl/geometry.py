@@ -21,6 +21,7 @@ up, but a last window that would start in the right padding is dropped (PyTorch'
 """
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import NamedTuple
 
@@ -137,6 +138,32 @@ def adaptive_output_size(in_hw, output_size, op):
         raise ValueError(f"{op}: output_size must be at least 1 in each dim, got {out} "
                          f"(from output_size={output_size!r})")
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def valid_taps(in_hw, out_hw, kernel, stride, pad0, dilation):
+    """Each output position's taps that fall inside the input: for output o = oh*OW + ow
+    the taps ``start[o] .. start[o+1]``, each with its number ``k = kh*KW + kw`` (``tap_k``)
+    and the input position ``ih*W + iw`` it reads (``tap_e``), in the window's row-major
+    order (ih = oh*SH - PH0 + kh*DH, iw likewise). int32 arrays, read-only (cached per
+    geometry: small-map kernels, which loop over the planes inside, take them per call).
+
+    in_hw (H, W), out_hw (OH, OW), kernel (KH, KW), stride (SH, SW), pad0 (PH0, PW0: the
+    padding above and left), dilation (DH, DW)."""
+    (H, W), (OH, OW), (KH, KW) = in_hw, out_hw, kernel
+    ih = (np.arange(OH) * stride[0] - pad0[0])[:, None] + np.arange(KH) * dilation[0]
+    iw = (np.arange(OW) * stride[1] - pad0[1])[:, None] + np.arange(KW) * dilation[1]
+    ih = np.broadcast_to(ih[:, None, :, None], (OH, OW, KH, KW))   # (oh, ow, kh, kw)
+    iw = np.broadcast_to(iw[None, :, None, :], (OH, OW, KH, KW))
+    inside = ((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)).reshape(OH * OW, KH * KW)
+    start = np.zeros(OH * OW + 1, dtype=np.int32)
+    np.cumsum(inside.sum(axis=1), out=start[1:])
+    o, k = np.nonzero(inside)                         # row-major: by output, then tap
+    tables = (start, k.astype(np.int32),
+              (ih * W + iw).reshape(OH * OW, KH * KW)[o, k].astype(np.int32))
+    for t in tables:
+        t.flags.writeable = False
+    return tables
 
 
 class ConvGeometry(NamedTuple):

@@ -4,7 +4,8 @@ Forced with ``use_impl('depthwise', family='conv2d')``: outputs and every gradie
 b) equal to the reference's over MobileNet's 3x3 stride-1 and stride-2 layers, 5x5,
 asymmetric padding, dilation, odd sizes, batch 1, unbatched inputs through conv2d, no
 bias and subsets of the gradients; the same numbers on 1, 2 and 3 threads; a double
-backward; which calls the registry leaves to the reference.
+backward; which calls the registry leaves to the reference. Each test runs with the
+per-plane kernels and with the channels-inner ones (small maps).
 
 Tolerances, as the largest error relative to the largest reference value: float64 1e-12;
 float32 1e-5 (the sums run in another order than the reference's product).
@@ -40,6 +41,14 @@ CASES = {
     "1x1": ((2, 5, 4, 3), 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1)),
     "batch 1, 2x2 image": ((1, 7, 2, 2), 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),
 }
+
+
+@pytest.fixture(autouse=True, params=["planes inner", "channels inner"])
+def kernels(request):
+    """Every test twice: with the per-plane kernels and with the channels-inner ones
+    (``across_max_outputs``: small maps take those by default)."""
+    with conv_depthwise.across_max_outputs(0 if request.param == "planes inner" else 10**9):
+        yield request.param
 
 
 def _geo(case):

@@ -97,3 +97,33 @@ def test_window_taps_cover_every_window():
         seen += 1
     assert (seen == win.K).all()
     assert G.make_window((4, 4), (2, 2), (2, 2), (0, 0)).is_2x2_stride2()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 7), st.integers(1, 7), st.integers(1, 3), st.integers(1, 3),
+       st.integers(1, 3), st.integers(1, 3), st.integers(1, 2), st.integers(1, 2),
+       st.integers(0, 2), st.integers(0, 2))
+def test_valid_taps_lists_each_output_taps_inside_the_input(H, W, KH, KW, SH, SW, DH, DW,
+                                                            PH, PW):
+    """valid_taps against a plain loop over outputs and taps: the taps inside the input,
+    in row-major order, their numbers and input positions; read-only and cached."""
+    OH = G.conv_output_size(H, KH, SH, (PH, PH), DH)
+    OW = G.conv_output_size(W, KW, SW, (PW, PW), DW)
+    if OH < 1 or OW < 1:
+        return
+    args = ((H, W), (OH, OW), (KH, KW), (SH, SW), (PH, PW), (DH, DW))
+    start, tap_k, tap_e = G.valid_taps(*args)
+    want_start, want_k, want_e = [0], [], []
+    for oh in range(OH):
+        for ow in range(OW):
+            for kh in range(KH):
+                for kw in range(KW):
+                    ih, iw = oh * SH - PH + kh * DH, ow * SW - PW + kw * DW
+                    if 0 <= ih < H and 0 <= iw < W:
+                        want_k.append(kh * KW + kw)
+                        want_e.append(ih * W + iw)
+            want_start.append(len(want_k))
+    assert start.tolist() == want_start
+    assert tap_k.tolist() == want_k and tap_e.tolist() == want_e
+    assert all(t.dtype == np.int32 and not t.flags.writeable for t in (start, tap_k, tap_e))
+    assert G.valid_taps(*args)[0] is start

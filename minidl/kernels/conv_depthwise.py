@@ -22,6 +22,12 @@ Threads: the planes (forward, input gradient) or channels (weight gradient) are 
 planes: the results do not depend on the thread count. Calls smaller than
 ``SPLIT_MIN_WORK`` multiply-adds run on the calling thread (the hand-off costs more).
 
+Small maps (outputs of at most ``ACROSS_MAX_OUTPUTS`` pixels: MobileNet's 8x8 to 1x1
+layers) run with the channels as the inner loop instead (``*_across``: each image's
+block of channels transposed to (H*W, C), a multiply-add loop over the channels per
+output and tap that falls inside the input, ``geometry.valid_taps``): the per-plane
+loops above are a few iterations each there, and their set-up cost most of the time.
+
 Forward keeps x (``('x', x)``) for the weight gradient: nothing is unfolded.
 
 Used (``depthwise_can_run``) for NumPy float32/float64 arrays of one dtype with
@@ -33,14 +39,48 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .. import geometry
 from . import registry, threads
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
-           "weight_source", "depthwise_can_run", "depthwise_pays", "SPLIT_MIN_WORK"]
+           "weight_source", "depthwise_can_run", "depthwise_pays", "SPLIT_MIN_WORK",
+           "ACROSS_MAX_OUTPUTS", "across_max_outputs"]
 
 # Below this many multiply-adds a call runs on one thread: handing a job to the worker
 # threads costs tens of microseconds, the time of ~1e5 multiply-adds here.
 SPLIT_MIN_WORK = 1 << 17
+
+
+# Outputs of up to this many pixels are made with the channels as the inner loop.
+# Measured at MobileNet v2's 3x3 shapes, batch 32, float32, 2 threads (ms, per-plane ->
+# channels-inner kernels; forward, then both gradients): (384, 2, 2) 0.77 -> 0.14,
+# 1.70 -> 0.50; (960, 1, 1) 0.64 -> 0.13, 1.10 -> 0.32; (144, 8, 8) 1.22 -> 0.57,
+# 3.09 -> 1.29; (96, 16, 16) stride 2 (8x8 out) 1.09 -> 0.68, 3.55 -> 1.57; against
+# that (32, 16, 16) (16x16 out) 0.72 -> 1.20, 1.70 -> 2.19.
+ACROSS_MAX_OUTPUTS = 64
+
+_ACROSS = threads.Setting(ACROSS_MAX_OUTPUTS)
+
+
+def across_max_outputs(n):
+    """Channels-inner kernels for outputs of up to ``n`` pixels instead of
+    ``ACROSS_MAX_OUTPUTS`` (0: never); undone at the end of a ``with`` block when used as
+    one. Tests use it to run both kinds of kernel."""
+    return _ACROSS.set(max(0, int(n)))
+
+
+def _across_taps(geo):
+    """``geometry.valid_taps`` of ``geo`` when its output is small enough for the
+    channels-inner kernels, else None."""
+    if geo.OH * geo.OW > _ACROSS.value:
+        return None
+    return geometry.valid_taps((geo.H, geo.W), (geo.OH, geo.OW), (geo.KH, geo.KW),
+                               (geo.SH, geo.SW), (geo.PH0, geo.PW0), (geo.DH, geo.DW))
+
+
+def _transposed(w):
+    """wt (KH*KW, C) from w (C, 1, KH, KW): the channels-inner kernels' weight layout."""
+    return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
 
 
 def depthwise_can_run(x, w, geo):
@@ -87,9 +127,14 @@ def forward(x, w, b, geo, keep_for_backward=True):
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     y = np.empty(geo.out_shape, dtype=x.dtype)
     bias = np.zeros(geo.C, dtype=x.dtype) if b is None else np.ascontiguousarray(b, x.dtype)
-    k, args = _kernels(), _geo_args(geo)
-    _on_threads(geo.N * geo.C, _work(geo),
-                lambda q0, q1: k.forward(x, w, bias, y, q0, q1, *args, size=y.size))
+    k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
+    if taps is not None:
+        wt = _transposed(w)
+        _on_threads(geo.C, _work(geo), lambda c0, c1: k.forward_across(
+            x, wt, bias, y, c0, c1, *taps, size=y.size))
+    else:
+        _on_threads(geo.N * geo.C, _work(geo),
+                    lambda q0, q1: k.forward(x, w, bias, y, q0, q1, *args, size=y.size))
     return y, ("x", x if keep_for_backward else None)
 
 
@@ -103,10 +148,17 @@ def grad_weight(g, saved, geo, need_b=True):
     forward's or ``weight_source``'s ``('x', x)``."""
     x = saved[1]
     gy = g.gy.astype(x.dtype, copy=False)
-    gw = np.empty((geo.OC, 1, geo.KH, geo.KW), dtype=x.dtype)
-    k, args, zero = _kernels(), _geo_args(geo), x.dtype.type(0)
-    _on_threads(geo.C, _work(geo),
-                lambda c0, c1: k.grad_weight(x, gy, gw, zero, c0, c1, *args, size=gy.size))
+    k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
+    if taps is not None:
+        gwt = np.empty((geo.KH * geo.KW, geo.C), dtype=x.dtype)   # (K, C), transposed
+        _on_threads(geo.C, _work(geo), lambda c0, c1: k.grad_weight_across(
+            x, gy, gwt, c0, c1, *taps, size=gy.size))
+        gw = np.ascontiguousarray(gwt.T).reshape(geo.OC, 1, geo.KH, geo.KW)
+    else:
+        gw = np.empty((geo.OC, 1, geo.KH, geo.KW), dtype=x.dtype)
+        zero = x.dtype.type(0)
+        _on_threads(geo.C, _work(geo), lambda c0, c1: k.grad_weight(
+            x, gy, gw, zero, c0, c1, *args, size=gy.size))
     return gw, (grad_bias(g, geo) if need_b else None)
 
 
@@ -115,9 +167,14 @@ def grad_input(g, w, geo):
     w = np.ascontiguousarray(w)
     gy = g.gy.astype(w.dtype, copy=False)
     gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=w.dtype)
-    k, args = _kernels(), _geo_args(geo)
-    _on_threads(geo.N * geo.C, _work(geo),
-                lambda q0, q1: k.grad_input(gy, w, gx, q0, q1, *args, size=gx.size))
+    k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
+    if taps is not None:
+        wt = _transposed(w)
+        _on_threads(geo.C, _work(geo), lambda c0, c1: k.grad_input_across(
+            gy, wt, gx, c0, c1, *taps, size=gx.size))
+    else:
+        _on_threads(geo.N * geo.C, _work(geo),
+                    lambda q0, q1: k.grad_input(gy, w, gx, q0, q1, *args, size=gx.size))
     return gx
 
 

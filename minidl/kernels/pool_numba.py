@@ -33,6 +33,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from .. import geometry
 from . import threads
 from .threads import jit, njit_helper
 
@@ -209,7 +210,7 @@ def _max_forward_across(xf, p0, p1, HW, yf, af, OHW, start, tap_k, tap_e, xt, be
     4x4 to 1x1) a loop along a plane is a handful of iterations, a loop across planes
     hundreds. The block is transposed into xt (HW, p1 - p0); then for each output o
     every valid tap (its number ``tap_k[i]`` and input position ``tap_e[i]``, for i in
-    ``start[o] .. start[o+1]``, in the window's row-major order) is one select loop over
+    ``start[o] .. start[o+1]``: ``geometry.valid_taps``) is one select loop over
     the planes, keeping a strictly larger value or a NaN: the first maximum, or the
     last NaN (PyTorch's rule); padding is simply not among the taps."""
     B = p1 - p0
@@ -232,33 +233,6 @@ def _max_forward_across(xf, p0, p1, HW, yf, af, OHW, start, tap_k, tap_e, xt, be
             af[_u(d + p * OHW)] = karg[_u(p)]
 
 
-@njit_helper(fastmath=False)
-def _valid_taps(OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, H, W):
-    """(start (OH*OW + 1,), tap_k, tap_e) int32: output o's taps inside the plane are
-    ``start[o] .. start[o+1]``, tap number k = i*KW + j and input position ih*W + iw each,
-    in the window's row-major order."""
-    rows = _tap_ranges(OH, KH, SH, PH, DH, H)
-    cols = _tap_ranges(OW, KW, SW, PW, DW, W)
-    start = np.empty(OH * OW + 1, dtype=np.int32)
-    n = 0
-    for oh in range(OH):
-        for ow in range(OW):
-            start[oh * OW + ow] = n
-            n += (rows[oh, 1] - rows[oh, 0]) * (cols[ow, 1] - cols[ow, 0])
-    start[OH * OW] = n
-    tap_k = np.empty(n, dtype=np.int32)
-    tap_e = np.empty(n, dtype=np.int32)
-    n = 0
-    for oh in range(OH):
-        for ow in range(OW):
-            for i in range(rows[oh, 0], rows[oh, 1]):
-                for j in range(cols[ow, 0], cols[ow, 1]):
-                    tap_k[n] = i * KW + j
-                    tap_e[n] = (oh * SH - PH + i * DH) * W + ow * SW - PW + j * DW
-                    n += 1
-    return start, tap_k, tap_e
-
-
 # outputs of up to this many pixels (8x8) are made with the planes as the inner loop
 # (``_max_forward_across``), in blocks of about _ACROSS_ELEMENTS input values; larger
 # ones through the canvas (``_max_forward_group``). Measured, 3x3 windows at batch 32:
@@ -269,10 +243,9 @@ _ACROSS_ELEMENTS = 1 << 13
 
 
 @jit(fastmath=False, one_build=True)
-def _max_forward_small(x, y, arg, KH, KW, SH, SW, PH, PW, DH, DW):
+def _max_forward_small(x, y, arg, start, tap_k, tap_e):
     P, H, W = x.shape
     OH, OW = y.shape[1], y.shape[2]
-    start, tap_k, tap_e = _valid_taps(OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, H, W)
     B = max(8, _ACROSS_ELEMENTS // (H * W))
     xf, yf, af = x.reshape(-1), y.reshape(-1), arg.reshape(-1)
     for chunk in prange((P + B - 1) // B):
@@ -470,9 +443,9 @@ def max_pool2d_forward(x, win):
     if win.is_2x2_stride2():
         _over_planes(_max_forward_2x2, (xs, y, arg), (), xs.size)
     elif win.OH * win.OW <= ACROSS_MAX_OUTPUTS:
-        _over_planes(_max_forward_small, (xs, y, arg), (win.KH, win.KW, win.SH, win.SW,
-                                                        win.PH, win.PW, win.DH, win.DW),
-                     xs.size)
+        taps = geometry.valid_taps((win.H, win.W), (win.OH, win.OW), (win.KH, win.KW),
+                                   (win.SH, win.SW), (win.PH, win.PW), (win.DH, win.DW))
+        _over_planes(_max_forward_small, (xs, y, arg), taps, xs.size)
     else:
         _over_planes(_max_forward, (xs, y, arg), (win.KH, win.KW, win.SH, win.SW, win.PH,
                                                   win.PW, win.DH, win.DW), xs.size)
