@@ -166,6 +166,12 @@ def valid_taps(in_hw, out_hw, kernel, stride, pad0, dilation):
     return tables
 
 
+def _taps_inside(L, K, S, P0, D, O):
+    """[k0, k1): the kernel offsets k (of K) whose input position o*S + k*D - P0 lies in
+    [0, L) for at least one output o < O (one axis of ``ConvGeometry.cropped``)."""
+    return max(0, -(-(P0 - (O - 1) * S) // D)), min(K, (L - 1 + P0) // D + 1)
+
+
 class ConvGeometry(NamedTuple):
     """The geometry of one 2-D convolution, as the kernels take it.
 
@@ -250,6 +256,30 @@ class ConvGeometry(NamedTuple):
     def fits(self):
         """Whether the dilated kernel fits the padded input (OH, OW >= 1)."""
         return self.OH >= 1 and self.OW >= 1
+
+    def cropped(self):
+        """The kernel cut down to the taps that read the input for at least one output,
+        or None when there is nothing to cut.
+
+        On small maps much of a kernel reads only padding: on a 1x1 map only the centre
+        of a 3x3 kernel (padding 1) ever sees the input, on a 2x2 map the central 3x3 of
+        a 5x5 one (padding 2). Those taps multiply zeros at every output, so the
+        convolution by ``w[:, :, kh0:kh1, kw0:kw1]``, with the padding reduced by the
+        rows and columns cut, has the same output. Returns ``(geo, (kh0, kh1, kw0,
+        kw1))``: that convolution's geometry (same N, C, OC, H, W, OH, OW, strides and
+        dilations) and the taps kept; None when every tap reads the input somewhere, or
+        when the cut would need negative padding (a dilated tap past the padding)."""
+        kh0, kh1 = _taps_inside(self.H, self.KH, self.SH, self.PH0, self.DH, self.OH)
+        kw0, kw1 = _taps_inside(self.W, self.KW, self.SW, self.PW0, self.DW, self.OW)
+        if (kh0, kh1, kw0, kw1) == (0, self.KH, 0, self.KW) or kh0 >= kh1 or kw0 >= kw1:
+            return None
+        pad = (self.PH0 - kh0 * self.DH, self.PH1 - (self.KH - kh1) * self.DH,
+               self.PW0 - kw0 * self.DW, self.PW1 - (self.KW - kw1) * self.DW)
+        if min(pad) < 0:
+            return None
+        geo = self._replace(KH=kh1 - kh0, KW=kw1 - kw0, PH0=pad[0], PH1=pad[1], PW0=pad[2],
+                            PW1=pad[3])
+        return geo, (kh0, kh1, kw0, kw1)
 
 
 class Window2d(NamedTuple):

@@ -22,6 +22,10 @@ False; ``products`` says whether grad_weight or grad_input will run. ``weight_so
 for a weight gradient asked for on its own (``ops/conv.py``'s ``Conv2dWeightGradFunction``,
 used by higher-order gradients), where no forward kept anything.
 
+The ops get their entry points from ``conv2d_code``: where some taps of the kernel read
+only padding at every output (small maps: a 3x3 kernel on a 1x1 map), the kernel is cut
+down to the rest first (``ConvGeometry.cropped``) and the implementation chosen for that.
+
 Implementations (``minidl.kernels.registry`` chooses, trying ``direct``, ``depthwise``,
 ``winograd``, ``blocked`` in that order and falling back to ``reference``; ``use_impl``
 forces one):
@@ -69,7 +73,7 @@ from ..backend import get_array_module
 from . import registry, threads
 from .im2col import col2im, im2col
 
-__all__ = ["CONV2D", "KEEP_COL_BYTES", "keep_col_bytes", "release_scratch", "direct_can_run",
+__all__ = ["CONV2D", "conv2d_code", "KEEP_COL_BYTES", "keep_col_bytes", "release_scratch", "direct_can_run",
            "direct_pays", "DIRECT_MAX_K", "DIRECT_MAX_OC", "DIRECT_SMALL_K",
            "DIRECT_SMALL_K_MAX_OC"]
 
@@ -280,3 +284,61 @@ CONV2D.register("depthwise", registry.numba_module("minidl.kernels.conv_depthwis
                 device="cpu",
                 supports=lambda x, w, *, geo, **_: conv_depthwise.depthwise_can_run(x, w, geo),
                 pays=lambda x, w, *, geo, **_: conv_depthwise.depthwise_pays(geo))
+
+
+# ----------------------------------------------------------------------------- cropped kernels
+
+def conv2d_code(a, b, geo):
+    """The entry points ``CONV2D.code(a, b, geo=geo)`` chooses (a, b: the arrays the choice
+    looks at, x and w or x and gy), for the kernel cut down to the taps that read the
+    input when some read only padding (``ConvGeometry.cropped``: a 3x3 kernel on a 1x1
+    map becomes its centre, a 1x1 convolution; a 5x5 one on a 2x2 map with padding 2 its
+    central 3x3). The implementation is chosen for the cropped geometry; the returned
+    entry points take the full one, as every caller passes it (``_Cropped``). Under
+    ``use_impl`` nothing is cropped: the forced implementation runs the geometry given
+    (tests compare implementations on it, and the forced reference is the plain
+    definition)."""
+    cut = None if CONV2D.forced() is not None else geo.cropped()
+    if cut is None:
+        return CONV2D.code(a, b, geo=geo)
+    geo_c, taps = cut
+    return _Cropped(CONV2D.code(a, b, geo=geo_c), geo_c, taps)
+
+
+class _Cropped:
+    """An implementation's entry points, called with a convolution's geometry and weight,
+    run on the cropped ones (``ConvGeometry.cropped``): the same output, input gradient
+    and bias gradient, and the weight gradient with zeros at the taps cut (they only
+    ever multiplied padding). Measured on GoogLeNet's 1x1 and 2x2 maps (batch 32,
+    forward, float32): (192, 1, 1) 3x3 -> 384 0.89 -> 0.18 ms (a 1x1 convolution now),
+    (24, 2, 2) 5x5 -> 64 0.26 -> 0.21 ms."""
+
+    def __init__(self, code, geo, taps):
+        self.code, self.geo = code, geo            # geo: the cropped geometry
+        self.rows, self.cols = slice(taps[0], taps[1]), slice(taps[2], taps[3])
+
+    def _w(self, w):
+        """w[:, :, kh0:kh1, kw0:kw1], C-contiguous."""
+        return get_array_module(w).ascontiguousarray(w[:, :, self.rows, self.cols])
+
+    def forward(self, x, w, b, geo, keep_for_backward=True):
+        return self.code.forward(x, self._w(w), b, self.geo, keep_for_backward)
+
+    def grad_output(self, gy, geo, products=True):
+        return self.code.grad_output(gy, self.geo, products)
+
+    def grad_weight(self, g, saved, geo, need_b=True):
+        gw, gb = self.code.grad_weight(g, saved, self.geo, need_b)
+        full = get_array_module(gw).zeros((geo.OC, geo.C // geo.G, geo.KH, geo.KW),
+                                          dtype=gw.dtype)
+        full[:, :, self.rows, self.cols] = gw
+        return full, gb
+
+    def grad_input(self, g, w, geo):
+        return self.code.grad_input(g, self._w(w), self.geo)
+
+    def grad_bias(self, g, geo):
+        return self.code.grad_bias(g, self.geo)
+
+    def weight_source(self, x, geo):
+        return self.code.weight_source(x, self.geo)

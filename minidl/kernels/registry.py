@@ -179,15 +179,20 @@ class Family:
         self._by_device.clear()
         return self.impls[name]
 
+    def forced(self):
+        """The name of the implementation ``use_impl`` forces on this family now, or None."""
+        if not _forced:
+            return None
+        name = _forced.get(self.name)
+        if name is None and _forced.get(None) in self.impls:
+            name = _forced[None]          # forced for all; a family without it is unaffected
+        return name
+
     def choose(self, *arrays, **facts):
         """The ``Implementation`` that runs a call on ``arrays`` (the rule in the module
         docstring). ``facts`` are what else the implementations' ``supports`` tests need
         (sizes, strides, ...)."""
-        name = None
-        if _forced:
-            name = _forced.get(self.name)
-            if name is None and _forced.get(None) in self.impls:
-                name = _forced[None]      # forced for all; a family without it is unaffected
+        name = self.forced()
         if name is not None:
             impl = self.impls[name]
             if not (impl.supports(*arrays, **facts) and impl.loads()):

@@ -57,7 +57,7 @@ import sys
 from .. import geometry
 from ..autograd import Function, Tensor
 from ..errors import ShapeError
-from ..kernels.conv import CONV2D
+from ..kernels.conv import conv2d_code
 
 
 def _bias_dims(ndim):
@@ -116,7 +116,7 @@ class Conv2dFunction(Function):
     def forward(ctx, x, weight, bias, geo):
         unbatched = x.ndim == 3
         x4 = x[None] if unbatched else x                         # (N, C, H, W)
-        conv = CONV2D.code(x4, weight, geo=geo)                  # reference or direct
+        conv = conv2d_code(x4, weight, geo)                     # reference, direct, ...
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         # col = im2col(x); Y = Wm @ col; y = Y^T + b             (N, OC, OH, OW)
         y, kept = conv.forward(x4, weight, bias, geo, keep_for_backward=need_w)
@@ -188,7 +188,7 @@ class ConvTranspose2dFunction(Function):
     def forward(ctx, g, weight, bias, geo):
         unbatched = g.ndim == 3
         g4 = g[None] if unbatched else g                         # (N, OC, OH, OW)
-        conv = CONV2D.code(g4, weight, geo=geo)
+        conv = conv2d_code(g4, weight, geo)
         # z = col2im(Wm^T @ gY)                                  (N, C, H, W)
         z = conv.grad_input(conv.grad_output(g4, geo), weight, geo)
         if bias is not None:
@@ -255,7 +255,7 @@ class Conv2dWeightGradFunction(Function):
     def forward(ctx, x, g, geo):
         unbatched = x.ndim == 3
         x4, g4 = (x[None], g[None]) if unbatched else (x, g)     # (N, C, H, W), (N, OC, OH, OW)
-        conv = CONV2D.code(x4, g4, geo=geo)                      # chosen by x's and g's arrays
+        conv = conv2d_code(x4, g4, geo)                         # chosen by x's and g's arrays
         # dWm = gY @ col^T                                       (OC, Cg, KH, KW)
         dw, _ = conv.grad_weight(conv.grad_output(g4, geo), conv.weight_source(x4, geo), geo,
                                  need_b=False)
