@@ -3,6 +3,8 @@ the reference (float32 and float64, many geometries), col2im as the adjoint of i
 the registry's choice of implementation."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -92,18 +94,36 @@ def test_col2im_is_adjoint(geo, rng):
         np.testing.assert_allclose(np.vdot(col, c), np.vdot(x, back), rtol=1e-12)
 
 
+@contextlib.contextmanager
+def _gather_up_to(outputs):
+    """The numba kernels' index-table path (``im2col_numba._im2col_gather``) for outputs of
+    up to ``outputs`` pixels instead of ``GATHER_MAX_OUTPUTS`` (0: never; huge: always)."""
+    from minidl.kernels import im2col_numba as KN  # noqa: PLC0415 - numba only here
+    saved = KN.GATHER_MAX_OUTPUTS
+    KN.GATHER_MAX_OUTPUTS = outputs
+    try:
+        yield
+    finally:
+        KN.GATHER_MAX_OUTPUTS = saved
+
+
+PATHS = {"row loops": 0, "index table": 10**9}
+
+
 @needs_numba
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("geo", GEOMETRIES, ids=str)
-def test_numba_matches_reference(geo, dtype, rng):
+def test_numba_matches_reference(geo, dtype, path, rng):
     shape, *params = geo
     g = geometry(shape, *params)
     x = _x(rng, shape, dtype)
-    col = im2col_numba(x, g)
-    assert col.dtype == dtype
-    np.testing.assert_array_equal(col, im2col_reference(x, g))  # a copy: exact
-    c = _x(rng, col.shape, dtype)
-    img = col2im_numba(c, g)
+    with _gather_up_to(PATHS[path]):
+        col = im2col_numba(x, g)
+        assert col.dtype == dtype
+        np.testing.assert_array_equal(col, im2col_reference(x, g))  # a copy: exact
+        c = _x(rng, col.shape, dtype)
+        img = col2im_numba(c, g)
     assert img.dtype == dtype and img.flags.c_contiguous
     tol = 1e-6 if dtype == np.float32 else 1e-14
     np.testing.assert_allclose(img, col2im_reference(c, g), rtol=tol, atol=tol)
@@ -125,17 +145,20 @@ def geometries(draw):
 
 @needs_numba
 @settings(max_examples=150, deadline=None)
-@given(geo=geometries(), dtype=st.sampled_from([np.float32, np.float64]))
-def test_numba_matches_reference_property(geo, dtype):
+@given(geo=geometries(), dtype=st.sampled_from([np.float32, np.float64]),
+       path=st.sampled_from(list(PATHS)))
+def test_numba_matches_reference_property(geo, dtype, path):
     shape, *params = geo
     g = geometry(shape, *params)
     rng = np.random.default_rng(0)
     x = _x(rng, shape, dtype)
-    col = im2col_numba(x, g)
-    np.testing.assert_array_equal(col, im2col_reference(x, g))
-    c = _x(rng, col.shape, dtype)
+    with _gather_up_to(PATHS[path]):
+        col = im2col_numba(x, g)
+        np.testing.assert_array_equal(col, im2col_reference(x, g))
+        c = _x(rng, col.shape, dtype)
+        back = col2im_numba(c, g)
     tol = 1e-6 if dtype == np.float32 else 1e-14
-    np.testing.assert_allclose(col2im_numba(c, g), col2im_reference(c, g), rtol=tol, atol=tol)
+    np.testing.assert_allclose(back, col2im_reference(c, g), rtol=tol, atol=tol)
 
 
 @needs_numba
