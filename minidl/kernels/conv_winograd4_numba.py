@@ -20,9 +20,16 @@ Separable passes, as there: a pass per row of the image through a zero-edged lin
 tiles as ONE flat loop (the 6-point transform down the columns), which LLVM vectorises.
 For the flat loop, the per-row results are stored by row modulo 4: padded row 4r + e at
 ``e * LR + r * TW + tw``, so tile (th, tw)'s six rows 4th .. 4th+5 are rows e = 0 .. 3
-at t and e = 0, 1 at t + TW. ``input_scatter`` sums the overlaps of neighbouring tiles
-(rows 4 and 5 of a tile land on rows 0 and 1 of the tile below) before writing, so each
-entry of gx is written once.
+at t and e = 0, 1 at t + TW. The line buffers are stored the same way along the row:
+column 4j + e at ``e * TW1 + j`` (TW1 = TW + 1 in the padded input, TW in y and gy), so
+the loop over tile columns reads and writes contiguous memory too and vectorises (with
+the columns read at stride 4, the input transform took twice F(2x2)'s time; with this
+layout about the same, at (32, 64, 32, 32) on one thread). ``input_scatter`` sums the
+overlaps of neighbouring tiles (rows 4 and 5 of a tile land on rows 0 and 1 of the
+tile below, likewise columns) before writing, so each entry of gx is written once.
+Row and column indices are non-negative: ``& 3`` and ``>> 2`` stand for ``% 4`` and
+``// 4`` in the per-element loops (numba's ``%`` and ``//`` keep Python's rules for
+negative numbers, at a cost).
 
 The transforms, factored so that each takes few operations and only the constants 2, 4
 and 8 (B^T d B and A^T m A; row by row, a 6-vector d or m)::
@@ -117,7 +124,7 @@ def input_transform(x, n0, n1, t0, P0, Q0, TH, TW, V):
     T = V.shape[2]
     L = TH * TW                                    # tiles per plane
     LR = L + TW                                    # padded row groups 0 .. TH
-    WP = 4 * TW + 2
+    TW1 = TW + 1                                   # line columns per residue (4j + e)
     r0, r1 = max(0, -P0), min(H, 4 * TH + 2 - P0)  # rows of x inside the padded grid
     xf = x.reshape(-1)
     Vf = V.reshape(-1)
@@ -126,7 +133,8 @@ def input_transform(x, n0, n1, t0, P0, Q0, TH, TW, V):
     nq = (n1 - n0) * C
     for chunk in prange((nq + _PLANES - 1) // _PLANES):
         D = np.zeros(24 * LR, dtype=x.dtype)        # D[(4m + e) * LR + r * TW + tw]
-        line = np.zeros(WP, dtype=x.dtype)          # its edges (padding) stay zero
+        line = np.zeros(4 * TW1, dtype=x.dtype)     # padded column 4j + e at e * TW1 + j;
+        #                                             its padding stays zero
         for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
             i = q // C
             c = q - i * C
@@ -135,13 +143,14 @@ def input_transform(x, n0, n1, t0, P0, Q0, TH, TW, V):
                 rr = r + P0
                 g = src + r * W
                 for s in range(W):
-                    line[_u(s + Q0)] = xf[_u(g + s)]
+                    pc = s + Q0
+                    line[_u((pc & 3) * TW1 + (pc >> 2))] = xf[_u(g + s)]
                 o = (rr % 4) * LR + rr // 4 * TW
-                for tw in range(TW):               # d B for the row's 6 values
-                    j = 4 * tw
-                    b0, b1, b2, b3, b4, b5 = _bt(line[_u(j)], line[_u(j + 1)], line[_u(j + 2)],
-                                                 line[_u(j + 3)], line[_u(j + 4)],
-                                                 line[_u(j + 5)], two, four)
+                for tw in range(TW):               # d B for the row's 6 values 4tw .. 4tw+5
+                    b0, b1, b2, b3, b4, b5 = _bt(line[_u(tw)], line[_u(TW1 + tw)],
+                                                 line[_u(2 * TW1 + tw)], line[_u(3 * TW1 + tw)],
+                                                 line[_u(tw + 1)], line[_u(TW1 + tw + 1)],
+                                                 two, four)
                     D[_u(o + tw)] = b0
                     D[_u(o + 4 * LR + tw)] = b1
                     D[_u(o + 8 * LR + tw)] = b2
@@ -187,7 +196,7 @@ def output_transform(M, n0, n1, t0, TH, TW, bias, has_bias, y):
     nq = (n1 - n0) * OC
     for chunk in prange((nq + _PLANES - 1) // _PLANES):
         F = np.empty(24 * L, dtype=y.dtype)         # F[(4m + e) * L + t]
-        line = np.empty(4 * TW, dtype=y.dtype)
+        line = np.empty(4 * TW, dtype=y.dtype)     # column 4j + e at e * TW + j
         for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
             i = q // OC
             o = q - i * OC
@@ -212,14 +221,13 @@ def output_transform(M, n0, n1, t0, TH, TW, bias, has_bias, y):
                                          F[_u(p + 8 * L + tw)], F[_u(p + 12 * L + tw)],
                                          F[_u(p + 16 * L + tw)], F[_u(p + 20 * L + tw)],
                                          two, four, eight)
-                    j = 4 * tw
-                    line[_u(j)] = y0
-                    line[_u(j + 1)] = y1
-                    line[_u(j + 2)] = y2
-                    line[_u(j + 3)] = y3
+                    line[_u(tw)] = y0
+                    line[_u(TW + tw)] = y1
+                    line[_u(2 * TW + tw)] = y2
+                    line[_u(3 * TW + tw)] = y3
                 g = dst + r * OW
                 for s in range(OW):
-                    yf[_u(g + s)] = line[_u(s)] + beta
+                    yf[_u(g + s)] = line[_u((s & 3) * TW + (s >> 2))] + beta
 
 
 @jit
@@ -243,7 +251,7 @@ def grad_transform(gy, n0, n1, t0, TH, TW, Z):
     nq = (n1 - n0) * OC
     for chunk in prange((nq + _PLANES - 1) // _PLANES):
         D = np.zeros(24 * L, dtype=gy.dtype)        # rows past OH stay zero
-        line = np.zeros(4 * TW, dtype=gy.dtype)     # columns past OW stay zero
+        line = np.zeros(4 * TW, dtype=gy.dtype)     # column 4j + e at e * TW + j; past OW: 0
         for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
             i = q // OC
             o = q - i * OC
@@ -251,12 +259,12 @@ def grad_transform(gy, n0, n1, t0, TH, TW, Z):
             for r in range(OH):
                 g = src + r * OW
                 for s in range(OW):
-                    line[_u(s)] = gf[_u(g + s)]
+                    line[_u((s & 3) * TW + (s >> 2))] = gf[_u(g + s)]
                 p = (r % 4) * L + r // 4 * TW
                 for tw in range(TW):
-                    j = 4 * tw
-                    a0, a1, a2, a3, a4, a5 = _a(line[_u(j)], line[_u(j + 1)], line[_u(j + 2)],
-                                                line[_u(j + 3)], two, four)
+                    a0, a1, a2, a3, a4, a5 = _a(line[_u(tw)], line[_u(TW + tw)],
+                                                line[_u(2 * TW + tw)], line[_u(3 * TW + tw)],
+                                                two, four)
                     D[_u(p + tw)] = a0
                     D[_u(p + 4 * L + tw)] = a1
                     D[_u(p + 8 * L + tw)] = a2
@@ -288,15 +296,17 @@ def input_scatter(dV, n0, n1, t0, P0, Q0, TH, TW, gx):
 
     Each padded-input entry is written once, the overlaps summed first: canvas row 4r + e
     gets row e of B dv from tile row r, plus, for e = 0 (1), row 4 (5) from tile row
-    r - 1; likewise for columns. Pass 1, over the plane's tiles as one flat loop per
-    column b of dv (t and t - TW: the tile above): R[(4b + e) * LR + r * TW + tw] = row
-    4r + e of the overlapped B dv. Pass 2, per canvas row: its columns from R's six
-    columns (b) of each tile, into a line buffer, then copied cropped to gx.
+    r - 1; likewise for columns. Pass 1, per column b of dv, flat loops over the plane's
+    tiles: B u of each tile (rows 0 .. 3 into R, rows 4, 5 aside), then rows 4, 5 added
+    to the tile below (t + TW): R[(4b + e) * LR + r * TW + tw] = row 4r + e of the
+    overlapped B dv. Pass 2, per canvas row: B on its six values (b) of each tile column,
+    into a line buffer, the overlaps added, then copied cropped to gx.
     """
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
     T = dV.shape[2]
     L = TH * TW                                    # tiles per plane
     LR = L + TW                                    # tile rows 0 .. TH (TH + 1 rows)
+    TW1 = TW + 1                                   # tile columns 0 .. TW in the line
     dVf = dV.reshape(-1)
     gf = gx.reshape(-1)
     K = C * T                                      # from dV[k, c, t] to dV[k + 1, c, t]
@@ -306,7 +316,8 @@ def input_scatter(dV, n0, n1, t0, P0, Q0, TH, TW, gx):
     for chunk in prange((nq + _PLANES - 1) // _PLANES):
         # rows 4 TH + 2, 4 TH + 3 (e = 2, 3 of tile row TH) are past the canvas: not written
         R = np.empty(24 * LR, dtype=gx.dtype)
-        line = np.empty(4 * TW + 2, dtype=gx.dtype)
+        X = np.empty(2 * L, dtype=gx.dtype)         # rows 4, 5 of B u of each tile
+        line = np.empty(6 * TW1, dtype=gx.dtype)   # (B v)[f] of tile column j at f * TW1 + j
         for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
             i = q // C
             c = q - i * C
@@ -316,30 +327,22 @@ def input_scatter(dV, n0, n1, t0, P0, Q0, TH, TW, gx):
                 s1, s2, s3, s4, s5 = s0 + 6 * K, s0 + 12 * K, s0 + 18 * K, s0 + 24 * K, s0 + 30 * K
                 e0 = 4 * b * LR
                 e1, e2, e3 = e0 + LR, e0 + 2 * LR, e0 + 3 * LR
-                for t in range(TW):                # tile row 0: nothing above
-                    c0, c1, c2, c3, _, _ = _bu(dVf[_u(s0 + t)], dVf[_u(s1 + t)], dVf[_u(s2 + t)],
-                                               dVf[_u(s3 + t)], dVf[_u(s4 + t)], dVf[_u(s5 + t)],
-                                               two, four)
+                for t in range(L):                 # B u of every tile; rows 4, 5 aside
+                    c0, c1, c2, c3, c4, c5 = _bu(dVf[_u(s0 + t)], dVf[_u(s1 + t)],
+                                                 dVf[_u(s2 + t)], dVf[_u(s3 + t)],
+                                                 dVf[_u(s4 + t)], dVf[_u(s5 + t)], two, four)
                     R[_u(e0 + t)] = c0
                     R[_u(e1 + t)] = c1
                     R[_u(e2 + t)] = c2
                     R[_u(e3 + t)] = c3
-                for t in range(TW, L):
-                    p = t - TW
-                    c0, c1, c2, c3, _, _ = _bu(dVf[_u(s0 + t)], dVf[_u(s1 + t)], dVf[_u(s2 + t)],
-                                               dVf[_u(s3 + t)], dVf[_u(s4 + t)], dVf[_u(s5 + t)],
-                                               two, four)
-                    a4 = dVf[_u(s0 + p)] + dVf[_u(s1 + p)] + dVf[_u(s2 + p)] + \
-                        dVf[_u(s3 + p)] + dVf[_u(s4 + p)]
-                    R[_u(e0 + t)] = c0 + a4
-                    R[_u(e1 + t)] = c1 + dVf[_u(s5 + p)]
-                    R[_u(e2 + t)] = c2
-                    R[_u(e3 + t)] = c3
+                    X[_u(t)] = c4
+                    X[_u(L + t)] = c5
                 for t in range(L, LR):             # canvas rows 4 TH, 4 TH + 1: below the tiles
-                    p = t - TW
-                    R[_u(e0 + t)] = (dVf[_u(s0 + p)] + dVf[_u(s1 + p)] + dVf[_u(s2 + p)]
-                                     + dVf[_u(s3 + p)] + dVf[_u(s4 + p)])
-                    R[_u(e1 + t)] = dVf[_u(s5 + p)]
+                    R[_u(e0 + t)] = zero
+                    R[_u(e1 + t)] = zero
+                for t in range(TW, LR):            # rows 4, 5 of the tile above added
+                    R[_u(e0 + t)] += X[_u(t - TW)]
+                    R[_u(e1 + t)] += X[_u(L + t - TW)]
             dst = ((n0 + i) * C + c) * H * W
             # the grid covers x: 4 TH + 2 >= OH + 2 = H + PH0 + PH1 (conv_winograd)
             for r in range(H):
@@ -348,23 +351,27 @@ def input_scatter(dV, n0, n1, t0, P0, Q0, TH, TW, gx):
                 q0, q1, q2 = o, o + 4 * LR, o + 8 * LR
                 q3, q4, q5 = o + 12 * LR, o + 16 * LR, o + 20 * LR
                 # same for columns: column 4j + f is (B v)[f] of tile column j, plus for
-                # f = 0 (1), (B v)[4] ((B v)[5]) of tile column j - 1
-                a4, a5 = zero, zero                # nothing left of tile column 0
+                # f = 0 (1), (B v)[4] ((B v)[5]) of tile column j - 1: all six stored
+                # (contiguous in j), then the overlaps added, column 4j + f at f * TW1 + j
                 for j in range(TW):
                     c0, c1, c2, c3, c4, c5 = _bu(R[_u(q0 + j)], R[_u(q1 + j)], R[_u(q2 + j)],
                                                  R[_u(q3 + j)], R[_u(q4 + j)], R[_u(q5 + j)],
                                                  two, four)
-                    k = 4 * j
-                    line[_u(k)] = c0 + a4
-                    line[_u(k + 1)] = c1 + a5
-                    line[_u(k + 2)] = c2
-                    line[_u(k + 3)] = c3
-                    a4, a5 = c4, c5
-                line[_u(4 * TW)] = a4
-                line[_u(4 * TW + 1)] = a5
+                    line[_u(j)] = c0
+                    line[_u(TW1 + j)] = c1
+                    line[_u(2 * TW1 + j)] = c2
+                    line[_u(3 * TW1 + j)] = c3
+                    line[_u(4 * TW1 + j)] = c4
+                    line[_u(5 * TW1 + j)] = c5
+                line[_u(TW)] = zero                # columns 4 TW, 4 TW + 1: no tile column TW
+                line[_u(TW1 + TW)] = zero
+                for j in range(TW):
+                    line[_u(j + 1)] += line[_u(4 * TW1 + j)]
+                    line[_u(TW1 + j + 1)] += line[_u(5 * TW1 + j)]
                 g = dst + r * W
                 for s in range(W):
-                    gf[_u(g + s)] = line[_u(s + Q0)]
+                    pc = s + Q0
+                    gf[_u(g + s)] = line[_u((pc & 3) * TW1 + (pc >> 2))]
 
 
 @njit_helper
