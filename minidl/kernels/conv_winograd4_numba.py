@@ -422,23 +422,38 @@ def weight_transform(w, consts, U, c0, c1):
 def weight_adjoint(dU, consts, gw, p0, p1):
     """gw[p] = G^T dU[:, p] G for p in p0..p1-1 (dU (36, P) reshaped 6x6 per p, gw (P, 3, 3)
     C-contiguous; consts: (1/4, 1/2, 1/6) in dU's dtype): the adjoint of
-    ``weight_transform``."""
+    ``weight_transform``.
+
+    By chunks of 64 kernels: G^T dU's columns as flat loops over the chunk's kernels
+    (contiguous in dU, vectorised) into a small buffer, then its rows times G. Kernel by
+    kernel, reading the 36 rows of dU (P elements apart, a power of two for ResNet's
+    layers, so in the same cache sets) took 3x to 7x longer (512x512 kernels: 13 to 35 ms
+    against 5 ms, on one core)."""
     quarter, half, sixth = consts[0], consts[1], consts[2]
-    for p in prange(p0, p1):
-        # G^T dU, column by column: f_j (3 values) = G^T dU[:, j]
-        f0 = _gt(dU[0, p], dU[6, p], dU[12, p], dU[18, p], dU[24, p], dU[30, p],
-                 quarter, half, sixth)
-        f1 = _gt(dU[1, p], dU[7, p], dU[13, p], dU[19, p], dU[25, p], dU[31, p],
-                 quarter, half, sixth)
-        f2 = _gt(dU[2, p], dU[8, p], dU[14, p], dU[20, p], dU[26, p], dU[32, p],
-                 quarter, half, sixth)
-        f3 = _gt(dU[3, p], dU[9, p], dU[15, p], dU[21, p], dU[27, p], dU[33, p],
-                 quarter, half, sixth)
-        f4 = _gt(dU[4, p], dU[10, p], dU[16, p], dU[22, p], dU[28, p], dU[34, p],
-                 quarter, half, sixth)
-        f5 = _gt(dU[5, p], dU[11, p], dU[17, p], dU[23, p], dU[29, p], dU[35, p],
-                 quarter, half, sixth)
-        # (G^T dU) G, row by row: gw[p, i] = G^T (row i of G^T dU)
-        for i in range(3):
-            gw[p, i, 0], gw[p, i, 1], gw[p, i, 2] = _gt(f0[i], f1[i], f2[i], f3[i], f4[i],
-                                                        f5[i], quarter, half, sixth)
+    P = dU.shape[1]
+    dUf = dU.reshape(-1)
+    gf = gw.reshape(-1)
+    for chunk in prange((p1 - p0 + 63) // 64):
+        q0 = p0 + chunk * 64
+        n = min(p1, q0 + 64) - q0
+        F = np.empty(18 * 64, dtype=dU.dtype)      # F[(3c + i) * 64 + j] = (G^T dU[:, c])[i]
+        for c in range(6):                         # G^T dU, column c, for kernel q0 + j
+            s0 = c * P + q0
+            for j in range(n):
+                a0, a1, a2 = _gt(dUf[_u(s0 + j)], dUf[_u(s0 + 6 * P + j)],
+                                 dUf[_u(s0 + 12 * P + j)], dUf[_u(s0 + 18 * P + j)],
+                                 dUf[_u(s0 + 24 * P + j)], dUf[_u(s0 + 30 * P + j)],
+                                 quarter, half, sixth)
+                F[_u(3 * c * 64 + j)] = a0
+                F[_u((3 * c + 1) * 64 + j)] = a1
+                F[_u((3 * c + 2) * 64 + j)] = a2
+        for i in range(3):                         # (G^T dU) G, row i: gw[p, i]
+            for j in range(n):
+                b0, b1, b2 = _gt(F[_u(i * 64 + j)], F[_u((3 + i) * 64 + j)],
+                                 F[_u((6 + i) * 64 + j)], F[_u((9 + i) * 64 + j)],
+                                 F[_u((12 + i) * 64 + j)], F[_u((15 + i) * 64 + j)],
+                                 quarter, half, sixth)
+                g = (q0 + j) * 9 + 3 * i
+                gf[_u(g)] = b0
+                gf[_u(g + 1)] = b1
+                gf[_u(g + 2)] = b2
