@@ -107,10 +107,11 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_SIZE = 4
 
 # A block holds at least this many tiles (whole images; fewer only where the batch is
-# shared among the threads, ``conv_blocked.image_blocks``): the 16 GEMMs are
-# (OC x C) @ (C x T_b), and the weight gradient adds a (16, OC, C) partial per block, as
-# large as U, so short blocks (ResNet-18's 4x4 stage: 4 tiles per image) spent their time
-# on that sum and on GEMMs too short to run at speed.
+# shared among the threads, ``conv_blocked.image_blocks``): the K GEMMs are
+# (OC x C) @ (C x T_b), and the weight gradient adds a (K, OC, C) partial per block, as
+# large as U, so short blocks (ResNet-18's 4x4 stage: 4 F(2x2) tiles per image) spent
+# their time on that sum and on GEMMs too short to run at speed. Counted in tiles for
+# both tile sizes (the GEMMs' width; measured with F(2x2)).
 WINOGRAD_MIN_TILES = 256
 
 _MIN_TILES = threads.Setting(WINOGRAD_MIN_TILES)
@@ -134,7 +135,7 @@ def winograd_can_run(x, w, geo):
 
 def winograd_pays(geo):
     """Whether Winograd should gain here: C and OC at least ``WINOGRAD_MIN_CHANNELS`` (the
-    16 GEMMs wide enough) and an output of at least ``WINOGRAD_MIN_SIZE`` in each dim (a
+    K GEMMs wide enough) and an output of at least ``WINOGRAD_MIN_SIZE`` in each dim (a
     2x2 output is one tile per image, of which a third or more is padding). ResNet-18's
     4x4 stage (batch 32, 512 channels) pays since blocks hold at least
     ``WINOGRAD_MIN_TILES`` tiles: fwd+bwd 36 ms against blocked's 62 on one thread, 26
@@ -276,13 +277,13 @@ def _Z_block(gy, geo, sc, n0, n1):
 
 # ----------------------------------------------------------------------------- whole batch
 
-# Small maps (ResNet-18's 8x8 and 4x4 stages: 16 and 4 tiles per image) make short blocks:
+# Small maps (ResNet-18's 8x8 and 4x4 stages: 16 and 4 F(2x2) tiles per image) make short blocks:
 # the GEMMs (OC x C) @ (C x T_b) run with a few dozen columns, and every block adds a
-# (16, OC, C) partial weight gradient, as large as U. Up to this size of V and M the batch
+# (K, OC, C) partial weight gradient, as large as U. Up to this size of V and M the batch
 # is ONE block: its transforms split by images over the threads (each writing its own
-# tile columns), the 16 GEMMs split by the Winograd component (k) over the threads (each
+# tile columns), the K GEMMs split by the Winograd component (k) over the threads (each
 # thread a whole (OC, C) product per k: no partial sums), and Z made once for both
-# gradients. Measured, fwd + bwd at batch 32 (ms, blocks -> one block, median of 15 in
+# gradients. Measured with F(2x2), fwd + bwd at batch 32 (ms, blocks -> one block, median of 15 in
 # one process): 128ch 16x16 (16 MiB) 35.7 -> 32.0, 256ch 8x8 34.7 -> 24.7, 512ch 4x4
 # 45.8 -> 31.8; against it, 64ch 32x32 (32 MiB) 35.8 -> 39.6 and at batch 128 128ch
 # 16x16 (64 MiB, U 1 MiB) 96 -> 109, while 256ch 8x8 (32 MiB, U 4 MiB) 96 -> 85: larger
