@@ -45,7 +45,7 @@ a 6-vector u, ``_bu``). The constants are made in the arrays' dtype inside each 
 (``_consts``) and G's 1/4, 1/2, 1/6 come in as an argument of the arrays' dtype: float32
 stays float32 (numba would make ``x * 2`` of a float32 x a float64).
 
-Accuracy: see ``conv_winograd.py`` (float32 errors 10 to 20x F(2x2)'s, up to 1e-5 of the
+Accuracy: see ``conv_winograd.py`` (float32 errors 6 to 17x F(2x2)'s, up to 1e-5 of the
 largest value at ResNet-18's sizes).
 """
 from __future__ import annotations
