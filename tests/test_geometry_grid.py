@@ -49,7 +49,7 @@ CONV_CASES = [
     # stride 1, dilation 1, groups 1: the direct kernels run these
     ((2, 3, 7, 10), (5, 3, 3, 2), dict(padding=(2, 1))),
     ((1, 2, 6, 9), (3, 2, 4, 3), dict(padding="same")),    # even KH: PH0=1 != PH1=2
-    # 3x3 stride 1: Winograd F(2x2, 3x3) runs this too (odd sizes: partial tiles)
+    # 3x3 stride 1: Winograd (F(4x4, 3x3) here: 9x10 outputs) runs this too (partial tiles)
     ((2, 3, 7, 10), (4, 3, 3, 3), dict(padding=(2, 1))),
     # groups == C == OC: the depthwise kernels run this
     ((2, 5, 9, 8), (5, 1, 3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2),

@@ -40,9 +40,10 @@ forces one):
 * ``depthwise`` (``conv_depthwise.py``): direct numba loops for depthwise convolutions
   (groups == C == OC: MobileNet's), any kernel, stride, padding and dilation, the (n, c)
   planes or channels split over the threads; the reference makes one product per group.
-* ``winograd`` (``conv_winograd.py``): Winograd F(2x2, 3x3), 2.25x fewer multiplications,
-  for 3x3 stride-1 ungrouped convolutions of at least 16 channels in and out and 4x4
-  outputs (ResNet's 3x3 layers), blocks of images on threads as ``blocked``.
+* ``winograd`` (``conv_winograd.py``): Winograd F(4x4, 3x3) (4x fewer multiplications;
+  outputs of at least 8x8) or F(2x2, 3x3) (2.25x fewer), for 3x3 stride-1 ungrouped
+  convolutions of at least 16 channels in and out and 4x4 outputs (ResNet's 3x3 layers),
+  blocks of images on threads as ``blocked``.
 * ``direct`` (``conv_direct.py``): direct-convolution numba kernels, for small channel
   counts on the CPU: NumPy float32/float64, stride 1, dilation 1, groups 1, and (unless
   forced with ``use_impl('direct', family='conv2d')``) ``C*KH*KW <= DIRECT_MAX_K`` and
@@ -268,8 +269,8 @@ CONV2D.register("blocked", lambda: conv_blocked, device="cpu",
                 supports=lambda x, w, *, geo, **_: conv_blocked.blocked_can_run(x, w, geo),
                 pays=lambda x, w, *, geo, **_: conv_blocked.blocked_pays(x, geo))
 
-# Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (conv_winograd.py: its kernels, and
-# numba, are imported on first use).
+# Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3 stride-1 convolutions (conv_winograd.py:
+# its kernels, and numba, are imported on first use).
 from . import conv_winograd  # noqa: E402
 
 CONV2D.register("winograd", registry.numba_module("minidl.kernels.conv_winograd"), device="cpu",

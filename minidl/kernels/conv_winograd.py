@@ -1,62 +1,92 @@
-"""conv2d by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2015): the ``winograd``
-implementation of the conv2d family (``kernels/conv.py``; shape letters there).
+"""conv2d by Winograd's minimal filtering F(2x2, 3x3) and F(4x4, 3x3) (Lavin & Gray 2015):
+the ``winograd`` implementation of the conv2d family (``kernels/conv.py``; shape letters
+there).
 
 For 3x3 stride-1 convolutions (ResNet's) im2col + GEMM does 9 multiply-adds per output
-and input channel pair and position. Winograd's algorithm computes each 2x2 block of
-outputs from the 4x4 block of (padded) input under it with 16 products instead of 36::
+and input channel pair and position. Winograd's algorithm F(m x m, 3x3) computes each
+m x m block of outputs from the alpha x alpha block (alpha = m + 2) of (padded) input
+under it with alpha^2 products instead of 9 m^2::
 
-    y_tile = A^T [ (G w G^T) (.) (B^T d B) ] A        d (4, 4), w (3, 3), y_tile (2, 2)
+    y_tile = A^T [ (G w G^T) (.) (B^T d B) ] A        d (alpha, alpha), w (3, 3), y_tile (m, m)
+
+F(2x2, 3x3), alpha 4, 16 products for 36 (2.25x fewer)::
 
           [1  0 -1  0]          [ 1    0    0 ]
     B^T = [0  1  1  0]      G = [1/2  1/2  1/2]     A^T = [1  1  1  0]
           [0 -1  1  0]          [1/2 -1/2  1/2]           [0  1 -1 -1]
           [0  1  0 -1]          [ 0    0    1 ]
 
-((.) the elementwise product.) Summed over input channels, the 16 elementwise products
-become 16 independent matrix products, 2.25x fewer multiply-adds than im2col's GEMM::
+F(4x4, 3x3), alpha 6, 36 products for 144 (4x fewer; points 0, +-1, +-2, inf)::
 
-    tiles   TH = ceil(OH / 2), TW = ceil(OW / 2), T = N * TH * TW; tile (th, tw) covers
-            outputs 2th .. 2th+1, 2tw .. 2tw+1 and padded-input rows/columns 2th .. 2th+3
-    U = G w G^T             (16, OC, C)    per (oc, c), once per call (``weight_transform``)
-    V = B^T d B             (16, C, T)     per input tile (numba: ``input_transform``)
-    M = U @ V               (16, OC, T)    16 GEMMs (BLAS)
+          [4  0 -5  0  1  0]          [ 1/4    0     0  ]
+          [0 -4 -4  1  1  0]          [-1/6  -1/6  -1/6 ]           [1  1  1  1  1  0]
+    B^T = [0  4 -4 -1  1  0]      G = [-1/6   1/6  -1/6 ]     A^T = [0  1 -1  2 -2  0]
+          [0 -2 -1  2  1  0]          [1/24  1/12  1/6  ]           [0  1  1  4  4  0]
+          [0  2 -1 -2  1  0]          [1/24 -1/12  1/6  ]           [0  1 -1  8 -8  1]
+          [0  4  0 -5  0  1]          [  0     0     1  ]
+
+((.) the elementwise product.) Summed over input channels, the K = alpha^2 elementwise
+products become K independent matrix products::
+
+    tiles   TH = ceil(OH / m), TW = ceil(OW / m), T = N * TH * TW; tile (th, tw) covers
+            outputs m th .. m th + m-1 (likewise columns) and padded-input rows/columns
+            m th .. m th + alpha-1: neighbouring tiles overlap by 2
+    U = G w G^T             (K, OC, C)     per (oc, c), once per call (``weight_transform``)
+    V = B^T d B             (K, C, T)      per input tile (numba: ``input_transform``)
+    M = U @ V               (K, OC, T)     K GEMMs (BLAS)
     y = A^T M A + b         (N, OC, OH, OW)  per tile (numba: ``output_transform``)
 
-Partial tiles at the bottom/right edges read zeros past the padded input and their extra
-outputs are dropped; padding is any (top, bottom), (left, right).
+V[alpha a + b] = (B^T d B)[a, b], and likewise U, M, Z and dV. Partial tiles at the
+bottom/right edges read zeros past the padded input and their extra outputs are dropped;
+padding is any (top, bottom), (left, right).
 
 Backward: the adjoint of each line (exact, not an approximation; Z = dL/dM)::
 
-    Z   = A gy_tile A^T     (16, OC, T)    gy's 2x2 tiles, zeros past OH, OW (``grad_transform``)
-    dU  = Z @ V^T           (16, OC, C)    summed over tiles by the GEMM
+    Z   = A gy_tile A^T     (K, OC, T)     gy's m x m tiles, zeros past OH, OW (``grad_transform``)
+    dU  = Z @ V^T           (K, OC, C)     summed over tiles by the GEMM
     gw  = G^T dU G          (OC, C, 3, 3)  per (oc, c) (``weight_adjoint``)
-    dV  = U^T @ Z           (16, C, T)
+    dV  = U^T @ Z           (K, C, T)
     gx  = sum of B dV B^T   (N, C, H, W)   tiles overlap by 2: added (``input_scatter``)
     gb  = gy summed over (N, OH, OW)
 
+One orchestration serves both: a ``_Scheme`` per tile size holds m, alpha, K and its numba
+kernels (``conv_winograd_numba.py`` for F(2x2), ``conv_winograd4_numba.py`` for F(4x4):
+the same kernels with the same arguments). The tile size is chosen per call
+(``_tile_size``): F(4x4) when OH and OW are at least ``WINOGRAD4_MIN_SIZE``, else F(2x2),
+or as forced by ``tile_size(m)``. Forward's U is reused by the backward only when it is
+of the backward's tile size.
+
 Memory and threads: as ``conv_blocked.py`` does, the batch is cut into blocks of images
 (``conv_blocked.image_blocks``: blocks whose im2col ``col`` would be about
-``conv_blocked.BLOCK_COL_BYTES``; V is 16 TH TW / (9 OH OW), about 0.44x, of that, but
-at least ``WINOGRAD_MIN_TILES`` tiles: small images make larger blocks) and the blocks
-are dealt out to ``minidl.get_num_threads()`` Python threads with one BLAS thread each.
-A block's V, M, Z and dV live in that thread's scratch buffers (``conv._scratch``), in
-cache. Forward keeps x for the weight gradient (V is about 4x the size of x, cheaper to
-make again than to keep). Each thread sums its own dU blocks; the sums are added in
-thread order: deterministic. Small maps (V and M of the whole batch at most
-``WHOLE_BATCH_BYTES``: ResNet-18's 16x16 to 4x4 stages at batch 32) run as ONE block
-instead (``whole_batch``): the transforms split by images over the threads, the 16 GEMMs
-by component, no partial weight gradients, Z made once for both gradients.
+``conv_blocked.BLOCK_COL_BYTES``; V is K TH TW / (9 OH OW) of that, about 0.44x for
+F(2x2) and 0.25x for F(4x4), but at least ``WINOGRAD_MIN_TILES`` tiles: small images
+make larger blocks) and the blocks are dealt out to ``minidl.get_num_threads()`` Python
+threads with one BLAS thread each. A block's V, M, Z and dV live in that thread's scratch
+buffers (``conv._scratch``), in cache. Forward keeps x for the weight gradient (V is
+about 4x (F(2x2)) or 2.25x (F(4x4)) the size of x, cheaper to make again than to keep).
+Each thread sums its own dU blocks; the sums are added in thread order: deterministic.
+Small maps (V and M of the whole batch at most ``WHOLE_BATCH_BYTES``: ResNet-18's 16x16
+to 4x4 stages at batch 32) run as ONE block instead (``whole_batch``): the transforms
+split by images over the threads, the K GEMMs by component, no partial weight gradients,
+Z made once for both gradients.
 
-Accuracy: the transforms of x and gy are additions, the weight transform halves, so
-float64 results equal the reference to ~1e-15 of the largest value; float32 ones are
-within about twice the float32 reference's own rounding error (a few 1e-7 of the
-largest value at ResNet-18's sizes: the terms of B^T d B are up to 4x larger than d).
+Accuracy (largest error relative to the largest value of a float64 im2col reference, at
+ResNet-18's sizes: batch 4, 64 channels 32x32, 128 16x16, 256 8x8, padding 1; y, dx,
+dw). F(2x2): the transforms of x and gy are additions, the weight transform halves, so
+float64 results are within ~1e-15; float32 ones 4e-7 to 8e-7, about the float32 im2col
+reference's own 2e-7 to 7e-7 (the terms of B^T d B are up to 4x larger than d). F(4x4):
+B^T and A^T have entries up to 5 and 8 (the terms of B^T d B up to 100x larger than d,
+of A^T M A up to 19^2 times M's) and G has 1/6, 1/24, so rounding errors grow: float64
+within ~3e-14, float32 y 7e-6 to 1.0e-5, dx 3e-6 to 6e-6, dw 4e-6 to 9e-6, 6 to 17x
+F(2x2)'s: the price of its 4x fewer products (``tile_size(2)`` forces F(2x2) where
+that matters).
 
 Used (``winograd_can_run``) for NumPy float32/float64 arrays, groups 1, stride 1,
 dilation 1, 3x3 kernels; anything else goes to the other implementations.
 """
 from __future__ import annotations
 
+import importlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -67,7 +97,8 @@ from .conv import _scratch
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
            "weight_source", "winograd_can_run", "winograd_pays", "WINOGRAD_MIN_CHANNELS",
            "WINOGRAD_MIN_SIZE", "WINOGRAD_MIN_TILES", "min_tiles", "weight_transform",
-           "weight_transform_adjoint", "WHOLE_BATCH_BYTES", "whole_batch_bytes", "whole_batch"]
+           "weight_transform_adjoint", "WHOLE_BATCH_BYTES", "whole_batch_bytes", "whole_batch",
+           "WINOGRAD4_MIN_SIZE", "tile_size"]
 
 # The automatic choice (when the family's preference lists 'winograd') takes it only with
 # at least this many input and output channels and this output height and width
@@ -76,10 +107,11 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_SIZE = 4
 
 # A block holds at least this many tiles (whole images; fewer only where the batch is
-# shared among the threads, ``conv_blocked.image_blocks``): the 16 GEMMs are
-# (OC x C) @ (C x T_b), and the weight gradient adds a (16, OC, C) partial per block, as
-# large as U, so short blocks (ResNet-18's 4x4 stage: 4 tiles per image) spent their time
-# on that sum and on GEMMs too short to run at speed.
+# shared among the threads, ``conv_blocked.image_blocks``): the K GEMMs are
+# (OC x C) @ (C x T_b), and the weight gradient adds a (K, OC, C) partial per block, as
+# large as U, so short blocks (ResNet-18's 4x4 stage: 4 F(2x2) tiles per image) spent
+# their time on that sum and on GEMMs too short to run at speed. Counted in tiles for
+# both tile sizes (the GEMMs' width; measured with F(2x2)).
 WINOGRAD_MIN_TILES = 256
 
 _MIN_TILES = threads.Setting(WINOGRAD_MIN_TILES)
@@ -103,7 +135,7 @@ def winograd_can_run(x, w, geo):
 
 def winograd_pays(geo):
     """Whether Winograd should gain here: C and OC at least ``WINOGRAD_MIN_CHANNELS`` (the
-    16 GEMMs wide enough) and an output of at least ``WINOGRAD_MIN_SIZE`` in each dim (a
+    K GEMMs wide enough) and an output of at least ``WINOGRAD_MIN_SIZE`` in each dim (a
     2x2 output is one tile per image, of which a third or more is padding). ResNet-18's
     4x4 stage (batch 32, 512 channels) pays since blocks hold at least
     ``WINOGRAD_MIN_TILES`` tiles: fwd+bwd 36 ms against blocked's 62 on one thread, 26
@@ -112,16 +144,72 @@ def winograd_pays(geo):
             and geo.OH >= WINOGRAD_MIN_SIZE and geo.OW >= WINOGRAD_MIN_SIZE)
 
 
-def _kernels():
-    """conv_winograd_numba, imported on first use: importing this module (the registry
-    does, for ``winograd_can_run``) must not import numba."""
-    from . import conv_winograd_numba  # noqa: PLC0415
-    return conv_winograd_numba
+# ----------------------------------------------------------------------------- tile sizes
+
+class _Scheme:
+    """Winograd F(m x m, 3x3): m x m outputs per tile from alpha x alpha = (m + 2)^2 inputs,
+    K = alpha^2 components (the GEMMs), the numba kernels of module ``module`` and the
+    weight transform's constants (``weight_constants``)."""
+
+    def __init__(self, m, module, constants):
+        self.m, self.alpha = m, m + 2
+        self.K = self.alpha ** 2
+        self._module, self._constants = module, constants
+
+    def kernels(self):
+        """The numba kernel module, imported on first use: importing this module (the
+        registry does, for ``winograd_can_run``) must not import numba."""
+        return importlib.import_module(f".{self._module}", __package__)
+
+    def weight_constants(self, dtype):
+        """G's constants in ``dtype`` (float32 kernels stay float32): F(2x2)'s 1/2 as a
+        scalar, F(4x4)'s (1/4, 1/2, 1/6) as an array."""
+        c = np.asarray(self._constants, dtype=dtype)
+        return c[()] if c.ndim == 0 else c
+
+    def __repr__(self):
+        return f"F({self.m}x{self.m}, 3x3)"
 
 
-def _tiles(geo):
-    """(TH, TW): the tile grid, ceil(OH / 2) x ceil(OW / 2)."""
-    return (geo.OH + 1) // 2, (geo.OW + 1) // 2
+_SCHEMES = {2: _Scheme(2, "conv_winograd_numba", 0.5),
+            4: _Scheme(4, "conv_winograd4_numba", (0.25, 0.5, 1 / 6))}
+_BY_COMPONENTS = {sc.K: sc for sc in _SCHEMES.values()}
+
+# The automatic tile size (``_tile_size``): F(4x4) from this output height and width on,
+# F(2x2) below (a 4x4 tile over a smaller map is mostly padding). A first rule, to be
+# tuned by measurement.
+WINOGRAD4_MIN_SIZE = 8
+
+_TILE_SIZE = threads.Setting(0)
+
+
+def tile_size(m):
+    """Force F(m x m, 3x3) tiles, m 2 or 4, instead of the automatic choice (0 or None:
+    automatic, ``_tile_size``); undone at the end of a ``with`` block when used as one.
+    Tests use it to run both tile sizes."""
+    m = 0 if m is None else m
+    if m not in (0, *_SCHEMES):
+        raise ValueError(f"conv_winograd.tile_size: expected 2 or 4 (outputs per tile side) "
+                         f"or 0/None (automatic), got {m!r}")
+    return _TILE_SIZE.set(int(m))
+
+
+def _tile_size(geo):
+    """m of the F(m x m, 3x3) tiles for ``geo``: ``tile_size``'s when forced, else 4 when
+    OH and OW are at least ``WINOGRAD4_MIN_SIZE``, else 2."""
+    if _TILE_SIZE.value:
+        return _TILE_SIZE.value
+    return 4 if min(geo.OH, geo.OW) >= WINOGRAD4_MIN_SIZE else 2
+
+
+def _scheme(geo):
+    """The ``_Scheme`` of ``geo``'s tile size (``_tile_size``)."""
+    return _SCHEMES[_tile_size(geo)]
+
+
+def _tiles(geo, sc):
+    """(TH, TW): the tile grid, ceil(OH / m) x ceil(OW / m)."""
+    return -(-geo.OH // sc.m), -(-geo.OW // sc.m)
 
 
 WEIGHT_SPLIT_KERNELS = 16384   # from this many 3x3 kernels the transforms use every thread
@@ -131,66 +219,71 @@ def _weight_threads(P):
     return threads.get_num_threads() if P >= WEIGHT_SPLIT_KERNELS else 1
 
 
-def weight_transform(w):
-    """U (16, OC, C) = G w G^T per (oc, c), w (OC, C, 3, 3); U[4a + b] = (G w G^T)[a, b].
-    Large weights (ResNet's 256- and 512-channel layers) are split over the threads, in
-    chunks of 64 kernels."""
+def weight_transform(w, m=2):
+    """U (K, OC, C) = G w G^T per (oc, c), w (OC, C, 3, 3), for F(m x m, 3x3) tiles (m 2 or
+    4: K = 16 or 36); U[alpha a + b] = (G w G^T)[a, b]. Large weights (ResNet's 256- and
+    512-channel layers) are split over the threads, in chunks of 64 kernels."""
+    sc = _SCHEMES[m]
     OC, C = w.shape[:2]
     P = OC * C
-    U = np.empty((16, OC, C), dtype=w.dtype)
-    w3, U2, half = np.ascontiguousarray(w).reshape(P, 3, 3), U.reshape(16, P), w.dtype.type(0.5)
+    U = np.empty((sc.K, OC, C), dtype=w.dtype)
+    w3, U2 = np.ascontiguousarray(w).reshape(P, 3, 3), U.reshape(sc.K, P)
+    consts = sc.weight_constants(w.dtype)
     chunks = threads.split((P + 63) // 64, _weight_threads(P))
-    threads.run_on_threads(len(chunks), lambda t: _kernels().weight_transform(
-        w3, half, U2, *chunks[t], size=U.size))
+    threads.run_on_threads(len(chunks), lambda t: sc.kernels().weight_transform(
+        w3, consts, U2, *chunks[t], size=U.size))
     return U
 
 
 def weight_transform_adjoint(dU):
-    """gw (OC, C, 3, 3) = G^T dU G per (oc, c), dU (16, OC, C): the adjoint of
-    ``weight_transform``, split over the threads like it."""
+    """gw (OC, C, 3, 3) = G^T dU G per (oc, c), dU (K, OC, C) (K = 16: F(2x2), 36:
+    F(4x4)): the adjoint of ``weight_transform``, split over the threads like it."""
+    sc = _BY_COMPONENTS[dU.shape[0]]
     OC, C = dU.shape[1:]
     P = OC * C
     gw = np.empty((OC, C, 3, 3), dtype=dU.dtype)
-    dU2, gw3 = np.ascontiguousarray(dU).reshape(16, P), gw.reshape(P, 3, 3)
-    half = dU.dtype.type(0.5)
+    dU2, gw3 = np.ascontiguousarray(dU).reshape(sc.K, P), gw.reshape(P, 3, 3)
+    consts = sc.weight_constants(dU.dtype)
     parts = threads.split(P, _weight_threads(P))
-    threads.run_on_threads(len(parts), lambda t: _kernels().weight_adjoint(
-        dU2, half, gw3, *parts[t], size=gw.size))
+    threads.run_on_threads(len(parts), lambda t: sc.kernels().weight_adjoint(
+        dU2, consts, gw3, *parts[t], size=gw.size))
     return gw
 
 
-def _for_blocks(geo, dtype, body):
-    """``conv_blocked._for_blocks`` with blocks of at least ``min_tiles`` tiles."""
-    TH, TW = _tiles(geo)
+def _for_blocks(geo, sc, dtype, body):
+    """``conv_blocked._for_blocks`` with blocks of at least ``min_tiles`` tiles of ``sc``
+    (tiles, not components: the GEMMs' width and the partial weight gradient's share of
+    a block's work, (K, OC, C) against (K, OC, C) x T_b, do not depend on K)."""
+    TH, TW = _tiles(geo, sc)
     min_images = -(-_MIN_TILES.value // (TH * TW))
     return conv_blocked._for_blocks(geo, dtype, body, min_images)
 
 
-def _V_block(x, geo, n0, n1):
-    """V (16, C, T_b) of images n0 .. n1, in this thread's scratch slot 0."""
-    TH, TW = _tiles(geo)
-    V = _scratch(np, (16, geo.C, (n1 - n0) * TH * TW), x.dtype, slot=0)
-    _kernels().input_transform(x, n0, n1, 0, geo.PH0, geo.PW0, TH, TW, V, size=V.size)
+def _V_block(x, geo, sc, n0, n1):
+    """V (K, C, T_b) of images n0 .. n1, in this thread's scratch slot 0."""
+    TH, TW = _tiles(geo, sc)
+    V = _scratch(np, (sc.K, geo.C, (n1 - n0) * TH * TW), x.dtype, slot=0)
+    sc.kernels().input_transform(x, n0, n1, 0, geo.PH0, geo.PW0, TH, TW, V, size=V.size)
     return V
 
 
-def _Z_block(gy, geo, n0, n1):
-    """Z = dL/dM (16, OC, T_b) of images n0 .. n1, in this thread's scratch slot 1."""
-    TH, TW = _tiles(geo)
-    Z = _scratch(np, (16, geo.OC, (n1 - n0) * TH * TW), gy.dtype, slot=1)
-    _kernels().grad_transform(gy, n0, n1, 0, TH, TW, Z, size=Z.size)
+def _Z_block(gy, geo, sc, n0, n1):
+    """Z = dL/dM (K, OC, T_b) of images n0 .. n1, in this thread's scratch slot 1."""
+    TH, TW = _tiles(geo, sc)
+    Z = _scratch(np, (sc.K, geo.OC, (n1 - n0) * TH * TW), gy.dtype, slot=1)
+    sc.kernels().grad_transform(gy, n0, n1, 0, TH, TW, Z, size=Z.size)
     return Z
 
 
 # ----------------------------------------------------------------------------- whole batch
 
-# Small maps (ResNet-18's 8x8 and 4x4 stages: 16 and 4 tiles per image) make short blocks:
+# Small maps (ResNet-18's 8x8 and 4x4 stages: 16 and 4 F(2x2) tiles per image) make short blocks:
 # the GEMMs (OC x C) @ (C x T_b) run with a few dozen columns, and every block adds a
-# (16, OC, C) partial weight gradient, as large as U. Up to this size of V and M the batch
+# (K, OC, C) partial weight gradient, as large as U. Up to this size of V and M the batch
 # is ONE block: its transforms split by images over the threads (each writing its own
-# tile columns), the 16 GEMMs split by the Winograd component (k) over the threads (each
+# tile columns), the K GEMMs split by the Winograd component (k) over the threads (each
 # thread a whole (OC, C) product per k: no partial sums), and Z made once for both
-# gradients. Measured, fwd + bwd at batch 32 (ms, blocks -> one block, median of 15 in
+# gradients. Measured with F(2x2), fwd + bwd at batch 32 (ms, blocks -> one block, median of 15 in
 # one process): 128ch 16x16 (16 MiB) 35.7 -> 32.0, 256ch 8x8 34.7 -> 24.7, 512ch 4x4
 # 45.8 -> 31.8; against it, 64ch 32x32 (32 MiB) 35.8 -> 39.6 and at batch 128 128ch
 # 16x16 (64 MiB, U 1 MiB) 96 -> 109, while 256ch 8x8 (32 MiB, U 4 MiB) 96 -> 85: larger
@@ -208,75 +301,87 @@ def whole_batch_bytes(limit):
 
 
 def whole_batch(geo, dtype):
-    """Whether ``geo`` runs as one block: the tile matrices V (16, C, T) and M (16, OC, T)
-    of the whole batch at most ``whole_batch_bytes`` each, or at most
-    ``conv_blocked.WHOLE_PER_WEIGHT`` times U (16, OC, C) (the blocks' partial weight
-    gradients, each as large as U, cost most there); never with ``whole_batch_bytes(0)``."""
-    TH, TW = _tiles(geo)
+    """Whether ``geo`` runs as one block: the tile matrices V (K, C, T) and M (K, OC, T) of
+    the whole batch (K, T of ``geo``'s tile size, ``_tile_size``) at most
+    ``whole_batch_bytes`` each, or at most ``conv_blocked.WHOLE_PER_WEIGHT`` times U
+    (K, OC, C) (the blocks' partial weight gradients, each as large as U, cost most
+    there); never with ``whole_batch_bytes(0)``."""
+    sc = _scheme(geo)
+    TH, TW = _tiles(geo, sc)
     item = np.dtype(dtype).itemsize
-    size = 16 * max(geo.C, geo.OC) * geo.N * TH * TW * item
-    limit, U = _WHOLE_BATCH.value, 16 * geo.OC * geo.C * item
+    size = sc.K * max(geo.C, geo.OC) * geo.N * TH * TW * item
+    limit, U = _WHOLE_BATCH.value, sc.K * geo.OC * geo.C * item
     return limit > 0 and (size <= limit or size <= conv_blocked.WHOLE_PER_WEIGHT * U)
 
 
-def _on_images(geo, kernel):
+def _on_images(geo, sc, kernel):
     """``kernel(n0, n1, t0)`` for ranges of images on the threads (t0: n0's first tile)."""
-    TH, TW = _tiles(geo)
+    TH, TW = _tiles(geo, sc)
     threads.run_on_ranges(geo.N, lambda n0, n1: kernel(n0, n1, n0 * TH * TW))
 
 
-def _on_components(product):
-    """``product(k0, k1)`` for ranges of the 16 Winograd components on the threads, each
+def _on_components(sc, product):
+    """``product(k0, k1)`` for ranges of the K Winograd components on the threads, each
     with one BLAS thread (the GEMMs of component k are independent of the others')."""
-    threads.run_on_ranges(16, product, blas_single=True)
+    threads.run_on_ranges(sc.K, product, blas_single=True)
 
 
-def _V_whole(x, geo):
-    """V (16, C, T) of the whole batch, in the calling thread's scratch slot 0."""
-    TH, TW = _tiles(geo)
-    V = _scratch(np, (16, geo.C, geo.N * TH * TW), x.dtype, slot=0)
-    _on_images(geo, lambda n0, n1, t0: _kernels().input_transform(
+def _V_whole(x, geo, sc):
+    """V (K, C, T) of the whole batch, in the calling thread's scratch slot 0."""
+    TH, TW = _tiles(geo, sc)
+    V = _scratch(np, (sc.K, geo.C, geo.N * TH * TW), x.dtype, slot=0)
+    _on_images(geo, sc, lambda n0, n1, t0: sc.kernels().input_transform(
         x, n0, n1, t0, geo.PH0, geo.PW0, TH, TW, V, size=V.size))
     return V
 
 
-def _Z_whole(gy, geo):
-    """Z (16, OC, T) of the whole batch, in the calling thread's scratch slot 2 (slot 0 is
+def _Z_whole(gy, geo, sc):
+    """Z (K, OC, T) of the whole batch, in the calling thread's scratch slot 2 (slot 0 is
     V's, and Z outlives the weight gradient: ``grad_input`` reads it)."""
-    TH, TW = _tiles(geo)
-    Z = _scratch(np, (16, geo.OC, geo.N * TH * TW), gy.dtype, slot=2)
-    _on_images(geo, lambda n0, n1, t0: _kernels().grad_transform(
+    TH, TW = _tiles(geo, sc)
+    Z = _scratch(np, (sc.K, geo.OC, geo.N * TH * TW), gy.dtype, slot=2)
+    _on_images(geo, sc, lambda n0, n1, t0: sc.kernels().grad_transform(
         gy, n0, n1, t0, TH, TW, Z, size=Z.size))
     return Z
+
+
+def _saved_U(g, sc):
+    """Forward's U when ``grad_weight`` left it in g and it has ``sc``'s components (the
+    tile size is chosen per call: a ``tile_size`` changed between forward and backward
+    makes the backward transform the weight again), else None."""
+    U = getattr(g, "U", None)
+    return U if U is not None and U.shape[0] == sc.K else None
 
 
 # ----------------------------------------------------------------------------- entry points
 
 def forward(x, w, b, geo, keep_for_backward=True):
     """y (N, OC, OH, OW) = A^T [U @ V] A + b, block by block (or as one block,
-    ``whole_batch``); saved ``('x', x, U)`` (or ``('x', None, None)`` without
-    ``keep_for_backward``): U, the transformed weight, spares the input gradient a second
-    ``weight_transform`` (``grad_weight`` hands it on in g)."""
+    ``whole_batch``), with ``geo``'s tile size (``_tile_size``); saved ``('x', x, U)`` (or
+    ``('x', None, None)`` without ``keep_for_backward``): U (K, OC, C), the transformed
+    weight, spares the input gradient a second ``weight_transform`` (``grad_weight`` hands
+    it on in g)."""
+    sc = _scheme(geo)
     x = np.ascontiguousarray(x)
-    U = weight_transform(w)                                       # (16, OC, C)
-    TH, TW = _tiles(geo)
+    U = weight_transform(w, sc.m)                                 # (K, OC, C)
+    TH, TW = _tiles(geo, sc)
     y = np.empty(geo.out_shape, dtype=x.dtype)
     bias = b if b is not None else np.zeros(1, dtype=x.dtype)
 
     if whole_batch(geo, x.dtype):
-        V = _V_whole(x, geo)                                      # (16, C, T)
-        M = _scratch(np, (16, geo.OC, V.shape[2]), x.dtype, slot=1)
-        _on_components(lambda k0, k1: np.matmul(U[k0:k1], V[k0:k1], out=M[k0:k1]))
-        _on_images(geo, lambda n0, n1, t0: _kernels().output_transform(
+        V = _V_whole(x, geo, sc)                                  # (K, C, T)
+        M = _scratch(np, (sc.K, geo.OC, V.shape[2]), x.dtype, slot=1)
+        _on_components(sc, lambda k0, k1: np.matmul(U[k0:k1], V[k0:k1], out=M[k0:k1]))
+        _on_images(geo, sc, lambda n0, n1, t0: sc.kernels().output_transform(
             M, n0, n1, t0, TH, TW, bias, b is not None, y, size=M.size))
     else:
         def block(n0, n1):
-            V = _V_block(x, geo, n0, n1)                          # (16, C, T_b)
-            M = np.matmul(U, V, out=_scratch(np, (16, geo.OC, V.shape[2]), x.dtype, slot=1))
-            _kernels().output_transform(M, n0, n1, 0, TH, TW, bias, b is not None, y,
-                                        size=M.size)
+            V = _V_block(x, geo, sc, n0, n1)                      # (K, C, T_b)
+            M = np.matmul(U, V, out=_scratch(np, (sc.K, geo.OC, V.shape[2]), x.dtype, slot=1))
+            sc.kernels().output_transform(M, n0, n1, 0, TH, TW, bias, b is not None, y,
+                                          size=M.size)
 
-        _for_blocks(geo, x.dtype, block)
+        _for_blocks(geo, sc, x.dtype, block)
     if not keep_for_backward:
         return y, ("x", None, None)
     return y, ("x", x, U)
@@ -295,36 +400,37 @@ def grad_weight(g, saved, geo, need_b=True):
     block (``whole_batch``), Z is left in g for ``grad_input`` too; in blocks, when the op
     says the input gradient follows (``g.need_x``) and U is at hand, each block makes its
     part of gx from its Z (left in g as ``g.gx``), so Z is made once per block."""
+    sc = _scheme(geo)
     x = saved[1]
     if len(saved) > 2 and saved[2] is not None:
         g.U = saved[2]
 
     if whole_batch(geo, x.dtype):
-        V = _V_whole(x, geo)                                      # (16, C, T)
-        g.Z = Z = _Z_whole(g.gy, geo)                             # (16, OC, T)
-        dU = np.empty((16, geo.OC, geo.C), dtype=np.result_type(x, Z))
-        _on_components(lambda k0, k1: np.matmul(Z[k0:k1], V[k0:k1].transpose(0, 2, 1),
-                                                out=dU[k0:k1]))
+        V = _V_whole(x, geo, sc)                                  # (K, C, T)
+        g.Z = Z = _Z_whole(g.gy, geo, sc)                         # (K, OC, T)
+        dU = np.empty((sc.K, geo.OC, geo.C), dtype=np.result_type(x, Z))
+        _on_components(sc, lambda k0, k1: np.matmul(Z[k0:k1], V[k0:k1].transpose(0, 2, 1),
+                                                    out=dU[k0:k1]))
     else:
         # When the input gradient follows (g.need_x, set by the op) and forward's U is
         # at hand, each block makes its part of dX from the same Z: Z once per block.
-        U = getattr(g, "U", None)
+        U = _saved_U(g, sc)
         UT = U.transpose(0, 2, 1) if U is not None and getattr(g, "need_x", False) else None
         gx = None if UT is None else np.empty((geo.N, geo.C, geo.H, geo.W),
                                               dtype=np.result_type(g.gy, U))
-        TH, TW = _tiles(geo)
+        TH, TW = _tiles(geo, sc)
 
         def block(n0, n1):
-            V = _V_block(x, geo, n0, n1)                          # (16, C, T_b)
-            Z = _Z_block(g.gy, geo, n0, n1)                       # (16, OC, T_b)
-            part = np.matmul(Z, V.transpose(0, 2, 1))             # (16, OC, C)
+            V = _V_block(x, geo, sc, n0, n1)                      # (K, C, T_b)
+            Z = _Z_block(g.gy, geo, sc, n0, n1)                   # (K, OC, T_b)
+            part = np.matmul(Z, V.transpose(0, 2, 1))             # (K, OC, C)
             if gx is not None:                                    # V is done: dV in slot 0
-                dV = np.matmul(UT, Z, out=_scratch(np, (16, geo.C, Z.shape[2]), gx.dtype, 0))
-                _kernels().input_scatter(dV, n0, n1, 0, geo.PH0, geo.PW0, TH, TW, gx,
-                                         size=dV.size)
+                dV = np.matmul(UT, Z, out=_scratch(np, (sc.K, geo.C, Z.shape[2]), gx.dtype, 0))
+                sc.kernels().input_scatter(dV, n0, n1, 0, geo.PH0, geo.PW0, TH, TW, gx,
+                                           size=dV.size)
             return part
 
-        per_thread = _for_blocks(geo, x.dtype, block)
+        per_thread = _for_blocks(geo, sc, x.dtype, block)
         dU = None
         for results in per_thread:                                # fixed order: deterministic
             for part in results:
@@ -339,26 +445,27 @@ def grad_input(g, w, geo):
     ``grad_weight`` when it ran)."""
     if getattr(g, "gx", None) is not None:                        # made by grad_weight
         return g.gx
-    U = getattr(g, "U", None)
-    UT = (weight_transform(w) if U is None else U).transpose(0, 2, 1)   # (16, C, OC)
+    sc = _scheme(geo)
+    U = _saved_U(g, sc)
+    UT = (weight_transform(w, sc.m) if U is None else U).transpose(0, 2, 1)   # (K, C, OC)
     gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
-    TH, TW = _tiles(geo)
+    TH, TW = _tiles(geo, sc)
 
     if whole_batch(geo, gx.dtype):
         Z = getattr(g, "Z", None)
-        Z = _Z_whole(g.gy, geo) if Z is None else Z               # (16, OC, T)
-        dV = _scratch(np, (16, geo.C, Z.shape[2]), gx.dtype, slot=0)
-        _on_components(lambda k0, k1: np.matmul(UT[k0:k1], Z[k0:k1], out=dV[k0:k1]))
-        _on_images(geo, lambda n0, n1, t0: _kernels().input_scatter(
+        Z = _Z_whole(g.gy, geo, sc) if Z is None or Z.shape[0] != sc.K else Z  # (K, OC, T)
+        dV = _scratch(np, (sc.K, geo.C, Z.shape[2]), gx.dtype, slot=0)
+        _on_components(sc, lambda k0, k1: np.matmul(UT[k0:k1], Z[k0:k1], out=dV[k0:k1]))
+        _on_images(geo, sc, lambda n0, n1, t0: sc.kernels().input_scatter(
             dV, n0, n1, t0, geo.PH0, geo.PW0, TH, TW, gx, size=dV.size))
         return gx
 
     def block(n0, n1):
-        Z = _Z_block(g.gy, geo, n0, n1)                           # (16, OC, T_b)
-        dV = np.matmul(UT, Z, out=_scratch(np, (16, geo.C, Z.shape[2]), gx.dtype, slot=0))
-        _kernels().input_scatter(dV, n0, n1, 0, geo.PH0, geo.PW0, TH, TW, gx, size=dV.size)
+        Z = _Z_block(g.gy, geo, sc, n0, n1)                       # (K, OC, T_b)
+        dV = np.matmul(UT, Z, out=_scratch(np, (sc.K, geo.C, Z.shape[2]), gx.dtype, slot=0))
+        sc.kernels().input_scatter(dV, n0, n1, 0, geo.PH0, geo.PW0, TH, TW, gx, size=dV.size)
 
-    _for_blocks(geo, gx.dtype, block)
+    _for_blocks(geo, sc, gx.dtype, block)
     return gx
 
 
