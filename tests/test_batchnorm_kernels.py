@@ -131,20 +131,23 @@ def _every_step(x, gy, w, b):
 
 
 def test_parallel_build_gives_bitwise_the_same_results(rng):
-    """The parallel build (``threads.set_parallel(True)``; compiled here, not cached: a few
-    seconds). Each thread owns whole channels (sums) or planes (writes), and a channel's
-    sum always runs over n in order: the thread count cannot change a single bit."""
+    """The parallel build (``threads.set_parallel(True)``) against the serial one
+    (``set_parallel(False)``). Each thread owns whole channels (sums) or planes (writes),
+    and a channel's sum always runs over n in order: the thread count cannot change a
+    single bit."""
     numba = pytest.importorskip("numba")
     nb = bn.BATCH_NORM.impls["numba"].code          # the module batchnorm_numba
     x, gy, w, b = _data(rng, (8, 5, 33, 31), np.float32)
-    assert threads.parallel(x.size) is False        # serial by default ...
+    with threads.set_parallel(False):
+        assert threads.parallel(x.size) is False    # serial when forbidden ...
     with threads.set_parallel(True):
         assert threads.parallel(x.size) is True     # ... parallel at this size when allowed
 
     def run():
         return _every_step(x, gy, w, b)
 
-    serial = run()
+    with threads.set_parallel(False):
+        serial = run()
     threads_before = numba.get_num_threads()
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     try:
@@ -163,14 +166,16 @@ def test_parallel_build_gives_bitwise_the_same_results(rng):
 def test_split_over_python_threads_gives_bitwise_the_same_results(rng, n_threads,
                                                                   num_threads, monkeypatch):
     """From ``SPLIT_MIN_ELEMENTS`` the planes kernels run as ranges of channels (sums) or
-    planes (writes) on the Python threads: every result equal bit for bit to one thread's,
-    with 5 channels and 40 planes cut unevenly."""
+    planes (writes) on the Python threads (numba's parallel builds forbidden): every
+    result equal bit for bit to one thread's, with 5 channels and 40 planes cut
+    unevenly."""
     pytest.importorskip("numba")
     nb = bn.BATCH_NORM.impls["numba"].code
     x, gy, w, b = _data(rng, (8, 5, 33, 31), np.float64)
 
     def run():
-        return _every_step(x, gy, w, b)
+        with threads.set_parallel(False):  # numba's own threads would take the call instead
+            return _every_step(x, gy, w, b)
 
     whole = run()
     splits = []

@@ -111,3 +111,52 @@ def test_run_on_threads_returns_in_order_and_raises_after_all(restore_threads):
         threads.run_on_threads(3, job)
     assert sorted(done) == [0, 2]               # every other job finished first
     assert threads.run_on_threads(2, lambda t: t + 1, blas_single=True) == [1, 2]
+
+
+@pytest.fixture
+def fresh_sections(monkeypatch):
+    """The process as if no run_on_threads section had run yet, under the automatic
+    policy (whatever the environment says)."""
+    monkeypatch.setattr(threads._Sections, "used", False)
+    with threads.set_parallel(None):
+        yield
+
+
+def test_automatic_policy_parallel_until_sections_run(fresh_sections, restore_threads):
+    """numba's parallel kernels (large inputs only) until the process runs a section on
+    several threads; never inside a section; serial afterwards. set_parallel(True) /
+    (False) force it either way, a section still keeping its jobs serial."""
+    big, small = threads.PARALLEL_MIN_ELEMENTS, threads.PARALLEL_MIN_ELEMENTS - 1
+    assert threads.parallel(big) and not threads.parallel(small)
+    minidl.set_num_threads(2)
+    inside = threads.run_on_threads(2, lambda t: threads.parallel(big))
+    assert inside == [False, False]
+    assert threads._Sections.used and not threads.parallel(big)
+    with threads.set_parallel(True):
+        assert threads.parallel(big)
+        assert threads.run_on_threads(2, lambda t: threads.parallel(big)) == [False, False]
+    with threads.set_parallel(False):
+        threads._Sections.used = False
+        assert not threads.parallel(big)
+
+
+def test_single_thread_sections_leave_the_policy_alone(fresh_sections):
+    """A 'section' of one job runs inline: nothing shares the cores, nothing switches."""
+    assert threads.run_on_threads(1, lambda t: threads.parallel(10**9)) == [True]
+    assert not threads._Sections.used
+
+
+def test_parallel_builds_are_cached_under_their_own_name():
+    """numba keys its cache by function name and signature, not by the parallel flag: the
+    parallel build is compiled from a copy named ``<name>__parallel``, cached on disk
+    beside the serial build (a later process loads it instead of compiling again)."""
+    from minidl.kernels import activation_numba  # noqa: PLC0415 - numba only here
+    kernel = next(v for v in vars(activation_numba).values()
+                  if isinstance(v, threads.Kernel) and v.serial is not None)
+    build = kernel.parallel_build
+    assert build.py_func.__qualname__ == kernel.py_func.__qualname__ + "__parallel"
+    assert build.py_func.__code__ is kernel.py_func.__code__
+    assert build._cache.__class__.__name__ == "FunctionCache"      # not numba's NullCache
+    serial_index = kernel.serial._cache._cache_file._index_name
+    parallel_index = build._cache._cache_file._index_name
+    assert "__parallel" in parallel_index and serial_index != parallel_index

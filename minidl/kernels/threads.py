@@ -2,13 +2,20 @@
 
 The policy, read once here and nowhere else:
 
-* Serial by default. On a 2-core machine parallel numba kernels lost next to the GEMMs:
-  OpenBLAS's worker threads spin for a while after each product and numba's OpenMP
-  threads after each kernel, so each library found a core taken by the other's spinning
-  threads (RESULTS.md has the measurements and the command that reproduces them).
-* ``MINIDL_NUMBA_PARALLEL=1`` in the environment (or ``set_parallel(True)``) runs kernels
-  on numba's threads, but only for inputs of at least ``PARALLEL_MIN_ELEMENTS`` elements:
-  below that, waking the worker threads costs more than the work.
+* Parallel numba kernels (numba's OpenMP threads) for inputs of at least
+  ``PARALLEL_MIN_ELEMENTS`` elements (below that, waking the workers costs more than the
+  work), until the process first runs a ``run_on_threads`` section on several threads
+  (the large convolutions, batch norm, ReLU on large inputs); from then on serial, and
+  never inside a section. Two pools of threads on the same cores fight: numba's OpenMP
+  workers spin for a while after each parallel kernel and took the core the next
+  section's Python workers needed (ResNet-18, batch 32: training 1.03x -> 1.62x
+  PyTorch's time with parallel kernels everywhere), while a model without sections
+  (LeNet, whose layers all run on numba kernels) gains from them: its MNIST epoch 3.9 ->
+  3.2 s. (Earlier, with BLAS on its own threads, OpenBLAS's spinning workers and numba's
+  fought the same way: RESULTS.md.)
+* ``MINIDL_NUMBA_PARALLEL=1`` / ``0`` in the environment, or ``set_parallel(True)`` /
+  ``set_parallel(False)``, force parallel kernels on (still never inside a section) or
+  off; ``set_parallel(None)``: the automatic policy above.
 * ``set_python_threads(n)`` (opt-in, default 1) cuts the direct-convolution kernels into
   n pieces run on n Python threads; the kernels release the GIL and idle workers sleep
   instead of spinning.
@@ -65,24 +72,43 @@ class _Restore:
 
 
 # Read once, here: the only place minidl looks at the environment for threads.
-_PARALLEL = Setting(os.environ.get("MINIDL_NUMBA_PARALLEL", "0") == "1")
+# True / False: parallel kernels allowed / forbidden; None: automatic (the policy above).
+_PARALLEL = Setting({"1": True, "0": False}.get(os.environ.get("MINIDL_NUMBA_PARALLEL", "")))
 _PYTHON_THREADS = Setting(1)
 
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
+class _Section(threading.local):
+    """How deep this thread is in ``run_on_threads`` jobs (workers: always inside)."""
+    depth = 0
+
+
+_SECTION = _Section()
+
+
+class _Sections:
+    """Whether this process has run a ``run_on_threads`` section on several threads."""
+    used = False
+
+
 def parallel(size=None):
-    """Whether a kernel over ``size`` elements runs on numba's threads (policy above).
+    """Whether a kernel over ``size`` elements runs on numba's threads (policy above):
+    never inside a ``run_on_threads`` section, whose jobs already share the cores, and in
+    the automatic mode not once the process has run such sections.
     ``size=None``: whether parallel kernels are allowed at all."""
-    if not _PARALLEL.value:
+    allowed = _PARALLEL.value
+    if allowed is None:
+        allowed = not _Sections.used
+    if not allowed or _SECTION.depth:
         return False
     return size is None or size >= PARALLEL_MIN_ELEMENTS
 
 
 def set_parallel(flag):
-    """Allow (True) or forbid (False) parallel numba kernels; undone at the end of a
-    ``with`` block when used as one."""
-    return _PARALLEL.set(bool(flag))
+    """Allow (True) or forbid (False) parallel numba kernels, or leave it to the automatic
+    policy (None); undone at the end of a ``with`` block when used as one."""
+    return _PARALLEL.set(None if flag is None else bool(flag))
 
 
 def python_threads():
@@ -182,16 +208,26 @@ def run_on_threads(n, job, blas_single=False):
     if n == 1 or threading.current_thread().name.startswith(_WORKER_PREFIX):
         return [job(t) for t in range(n)]
     pool = _pool(n - 1)
+    _Sections.used = True
     with (single_blas() if blas_single else contextlib.nullcontext()):
-        futures = [pool.submit(job, t) for t in range(1, n)]
+        futures = [pool.submit(_in_section, job, t) for t in range(1, n)]
         try:
-            first = job(0)
+            first = _in_section(job, 0)
         finally:
             errors = [f.exception() for f in futures]   # waits for every job
         for exc in errors:
             if exc is not None:
                 raise exc
         return [first] + [f.result() for f in futures]
+
+
+def _in_section(job, t):
+    """job(t) with this thread marked as inside a section: its kernels stay serial."""
+    _SECTION.depth += 1
+    try:
+        return job(t)
+    finally:
+        _SECTION.depth -= 1
 
 
 def split(count, parts):
@@ -283,6 +319,21 @@ def njit_helper(fn=None, *, fastmath=True):
     return wrap(fn) if fn is not None else wrap
 
 
+def _renamed(fn):
+    """A copy of ``fn`` under the qualified name ``<name>__parallel``: numba names its cache
+    files after the function and keys them by signature only, not by the ``parallel``
+    flag, so the parallel build of a function needs a name of its own to be cached
+    beside the serial one (else each process compiled it again: ~1-3 s per kernel)."""
+    import types  # noqa: PLC0415
+
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + "__parallel"
+    copy.__module__ = fn.__module__
+    copy.__doc__ = fn.__doc__
+    return copy
+
+
 class Kernel:
     """A numba kernel: a serial build (cached) and a parallel build (on demand), or with
     ``one_build`` only the parallel build (cached), run on one numba thread unless the
@@ -306,8 +357,8 @@ class Kernel:
     @property
     def parallel_build(self):
         if self._parallel is None:
-            self._parallel = self._numba.njit(parallel=True, cache=False,
-                                              **_options(self._fastmath))(self.py_func)
+            self._parallel = self._numba.njit(parallel=True, cache=True,
+                                              **_options(self._fastmath))(_renamed(self.py_func))
         return self._parallel
 
     def __call__(self, *args, size=None):
