@@ -160,3 +160,21 @@ def test_parallel_builds_are_cached_under_their_own_name():
     serial_index = kernel.serial._cache._cache_file._index_name
     parallel_index = build._cache._cache_file._index_name
     assert "__parallel" in parallel_index and serial_index != parallel_index
+
+
+def test_kernels_without_prange_keep_their_serial_build(fresh_sections):
+    """A kernel with no prange loop (the depthwise channels-inner kernels) runs its serial
+    build even where the policy allows parallel ones: its parallel build would only warn
+    (NumbaPerformanceWarning) and run the same loops."""
+    import warnings  # noqa: PLC0415
+
+    from minidl.kernels import conv_depthwise_numba as dw  # noqa: PLC0415 - numba only here
+    assert not dw.forward_across.has_prange and dw.forward.has_prange
+    x = np.ones((2, 3, 2, 2), np.float32)
+    wt, bias, y = np.ones((9, 3), np.float32), np.zeros(3, np.float32), np.empty_like(x)
+    taps = minidl.geometry.valid_taps((2, 2), (2, 2), (3, 3), (1, 1), (1, 1), (1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dw.forward_across(x, wt, bias, y, 0, 3, *taps, size=10**9)
+    assert dw.forward_across._parallel is None            # never compiled
+    np.testing.assert_array_equal(y, np.full_like(x, 4))  # each 2x2 output sees 4 ones

@@ -349,6 +349,9 @@ class Kernel:
         self._fastmath = fastmath
         self.serial = None
         self._parallel = None
+        # Only a prange loop has anything to run in parallel: without one, numba's parallel
+        # build would warn (NumbaPerformanceWarning) and run the serial loops anyway.
+        self.has_prange = "prange" in fn.__code__.co_names
         if one_build:
             self._parallel = numba.njit(parallel=True, cache=True, **_options(fastmath))(fn)
         else:
@@ -364,7 +367,7 @@ class Kernel:
     def __call__(self, *args, size=None):
         """Run on the build the policy picks for ``size`` elements (None: serial unless
         parallel kernels are allowed at all)."""
-        if parallel(size):
+        if self.has_prange and parallel(size):
             return self.parallel_build(*args)
         if self.serial is not None:
             return self.serial(*args)
