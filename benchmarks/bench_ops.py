@@ -116,6 +116,9 @@ CASES = {
     "maxpool LeNet (100,6,28,28) 2x2/2": pool_case(100, 6, 28, 28, 2, 2),
     "maxpool LeNet (100,16,10,10) 2x2/2": pool_case(100, 16, 10, 10, 2, 2),
     "maxpool ResNet (32,64,112,112) 3x3/2 p1": pool_case(32, 64, 112, 112, 3, 2, 1),
+    "maxpool GoogLeNet (32,192,8,8) 3x3/2": pool_case(32, 192, 8, 8, 3, 2),
+    "maxpool GoogLeNet (32,256,4,4) 3x3/1 p1": pool_case(32, 256, 4, 4, 3, 1, 1),
+    "maxpool GoogLeNet (32,512,2,2) 3x3/1 p1": pool_case(32, 512, 2, 2, 3, 1, 1),
     "batchnorm (32,64,56,56) train": bn_case(32, 64, 56, 56),
     "batchnorm (100,6,28,28) train": bn_case(100, 6, 28, 28),
 }
@@ -167,7 +170,11 @@ def thread_report():
     policy = ("1 BLAS thread per product, large convolutions split over "
               f"{minidl.get_num_threads()} Python threads" if minidl_threads._SINGLE_BLAS.value
               else "the BLAS library's threads")
-    lines = [f"torch threads: {torch.get_num_threads()}", f"minidl: {policy}"]
+    forced = minidl_threads._PARALLEL.value
+    kernels = ("numba kernels parallel" if forced else "numba kernels serial") if forced is not None \
+        else ("numba kernels serial (sections ran)" if minidl_threads._Sections.used
+              else "numba kernels parallel (no section ran)")
+    lines = [f"torch threads: {torch.get_num_threads()}", f"minidl: {policy}, {kernels}"]
     try:
         import numba
         lines.append(f"numba threads: {numba.get_num_threads()} (layer {numba.threading_layer()})"
