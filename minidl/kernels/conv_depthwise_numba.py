@@ -34,8 +34,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .im2col_numba import _ranges, _valid_range
-from .threads import jit, njit_helper
+from .im2col_numba import _from_rows, _ranges, _to_rows, _valid_range
+from .threads import jit
 
 __all__ = ["forward", "grad_input", "grad_weight", "forward_across", "grad_input_across",
            "grad_weight_across"]
@@ -181,24 +181,6 @@ def grad_weight(x, gy, gw, zero, c0, c1, SH, SW, PH0, PW0, DH, DW):
 
 
 # ----------------------------------------------------------------------------- small maps
-
-@njit_helper
-def _to_rows(src, s0, B, L, dst):
-    """dst (L, B) = the B planes of L values from src[s0] on (a (B, L) block), flat."""
-    for b in range(B):
-        s = s0 + b * L
-        for e in range(L):
-            dst[_u(e * B + b)] = src[_u(s + e)]
-
-
-@njit_helper
-def _from_rows(src, B, L, dst, d0):
-    """dst[d0 ..] (a (B, L) block, flat) = src (L, B) transposed: ``_to_rows``' inverse."""
-    for b in range(B):
-        d = d0 + b * L
-        for e in range(L):
-            dst[_u(d + e)] = src[_u(e * B + b)]
-
 
 @jit
 def forward_across(x, wt, bias, y, c0, c1, start, tap_k, tap_e):

@@ -155,11 +155,14 @@ class _Scheme:
         self.m, self.alpha = m, m + 2
         self.K = self.alpha ** 2
         self._module, self._constants = module, constants
+        self._kernels = None
 
     def kernels(self):
         """The numba kernel module, imported on first use: importing this module (the
         registry does, for ``winograd_can_run``) must not import numba."""
-        return importlib.import_module(f".{self._module}", __package__)
+        if self._kernels is None:
+            self._kernels = importlib.import_module(f".{self._module}", __package__)
+        return self._kernels
 
     def weight_constants(self, dtype):
         """G's constants in ``dtype`` (float32 kernels stay float32): F(2x2)'s 1/2 as a

@@ -94,6 +94,26 @@ def _swap_planes(src, dst, A, B, HW):
                 dst[_u(d + i)] = src[_u(s + i)]
 
 
+@numba.njit(inline="always")
+def _to_rows(src, s0, B, L, dst):
+    """dst (L, B) = the B planes of L values from src[s0] on (a (B, L) block), flat: the
+    small-map kernels' transpose of a block of planes (depthwise, max pooling), so that
+    their inner loops run across the planes."""
+    for b in range(B):
+        s = s0 + b * L
+        for e in range(L):
+            dst[_u(e * B + b)] = src[_u(s + e)]
+
+
+@numba.njit(inline="always")
+def _from_rows(src, B, L, dst, d0):
+    """dst[d0 ..] (a (B, L) block, flat) = src (L, B) transposed: ``_to_rows``' inverse."""
+    for b in range(B):
+        d = d0 + b * L
+        for e in range(L):
+            dst[_u(d + e)] = src[_u(e * B + b)]
+
+
 @jit
 def _im2col_kernel(x, col, SH, SW, PH0, PW0, DH, DW):
     """col[c, kh, kw, n, oh, ow] = x[n, c, oh*SH + kh*DH - PH0, ow*SW + kw*DW - PW0] (0 outside)."""

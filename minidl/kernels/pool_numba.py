@@ -35,6 +35,7 @@ from numba import prange
 
 from .. import geometry
 from . import threads
+from .im2col_numba import _to_rows
 from .threads import jit, njit_helper
 
 _u = numba.types.uintp  # an unsigned index: no negative-index wraparound check
@@ -214,10 +215,7 @@ def _max_forward_across(xf, p0, p1, HW, yf, af, OHW, start, tap_k, tap_e, xt, be
     the planes, keeping a strictly larger value or a NaN: the first maximum, or the
     last NaN (PyTorch's rule); padding is simply not among the taps."""
     B = p1 - p0
-    for p in range(B):
-        s = (p0 + p) * HW
-        for e in range(HW):
-            xt[_u(e * B + p)] = xf[_u(s + e)]
+    _to_rows(xf, p0 * HW, B, HW, xt)
     for o in range(OHW):
         i0 = start[o]
         e0 = tap_e[i0] * B

@@ -205,7 +205,7 @@ def run_on_threads(n, job, blas_single=False):
     exception in any job is raised here once every job has finished. Called from inside a
     job, the jobs run inline (no pool inside the pool).
     """
-    if n == 1 or threading.current_thread().name.startswith(_WORKER_PREFIX):
+    if n == 1 or _SECTION.depth:
         return [job(t) for t in range(n)]
     pool = _pool(n - 1)
     _Sections.used = True
