@@ -30,11 +30,11 @@ The policy, read once here and nowhere else:
   n threads for numba's parallel kernels and for the BLAS library NumPy calls (through
   ``threadpoolctl``); the count defaults to the physical cores this process may use.
 
-Every numba kernel is built by ``jit``: a serial build cached on disk (what runs by
-default), and a parallel build compiled on first use when the policy asks for one (not
-cached: numba's cache key ignores the ``parallel`` flag, so the two builds would
-overwrite each other's cache files). ``kernel(*args, size=n)`` takes the build the policy
-chooses for an input of n elements.
+Every numba kernel is built by ``jit``: a serial build and, for a kernel with a prange
+loop, a parallel build compiled on first use when the policy asks for one; both cached on
+disk (the parallel one under its own name, ``_renamed``: numba's cache key ignores the
+``parallel`` flag). ``kernel(*args, size=n)`` takes the build the policy chooses for an
+input of n elements.
 """
 from __future__ import annotations
 
