@@ -257,6 +257,11 @@ class ConvGeometry(NamedTuple):
         """Whether the dilated kernel fits the padded input (OH, OW >= 1)."""
         return self.OH >= 1 and self.OW >= 1
 
+    def taps(self):
+        """``valid_taps`` of this convolution: each output's taps inside the input."""
+        return valid_taps((self.H, self.W), (self.OH, self.OW), (self.KH, self.KW),
+                          (self.SH, self.SW), (self.PH0, self.PW0), (self.DH, self.DW))
+
     def cropped(self):
         """The kernel cut down to the taps that read the input for at least one output,
         or None when there is nothing to cut.
@@ -303,6 +308,11 @@ class Window2d(NamedTuple):
     def K(self):
         """KH * KW, the number of taps in one window."""
         return self.KH * self.KW
+
+    def taps(self):
+        """``valid_taps`` of this window: each output's taps inside the input."""
+        return valid_taps((self.H, self.W), (self.OH, self.OW), (self.KH, self.KW),
+                          (self.SH, self.SW), (self.PH, self.PW), (self.DH, self.DW))
 
     @property
     def reach(self):

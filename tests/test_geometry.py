@@ -127,3 +127,13 @@ def test_valid_taps_lists_each_output_taps_inside_the_input(H, W, KH, KW, SH, SW
     assert tap_k.tolist() == want_k and tap_e.tolist() == want_e
     assert all(t.dtype == np.int32 and not t.flags.writeable for t in (start, tap_k, tap_e))
     assert G.valid_taps(*args)[0] is start
+
+
+def test_conv_and_pool_geometries_give_their_valid_taps():
+    """``ConvGeometry.taps`` and ``Window2d.taps``: valid_taps of their own fields."""
+    conv = G.ConvGeometry.of((2, 3, 5, 4), (6, 3, 3, 2), (2, 1), ((1, 0), (1, 1)), (1, 2))
+    want = G.valid_taps((5, 4), (conv.OH, conv.OW), (3, 2), (2, 1), (1, 1), (1, 2))
+    assert all(np.array_equal(a, b) for a, b in zip(conv.taps(), want))
+    win = G.make_window((5, 4), (3, 2), (2, 1), (1, 1), (1, 2), True)
+    want = G.valid_taps((5, 4), (win.OH, win.OW), (3, 2), (2, 1), (1, 1), (1, 2))
+    assert all(np.array_equal(a, b) for a, b in zip(win.taps(), want))

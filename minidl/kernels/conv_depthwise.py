@@ -39,7 +39,6 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .. import geometry
 from . import registry, threads
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
@@ -78,8 +77,7 @@ def _across_taps(geo):
     channels-inner kernels, else None."""
     if geo.OH * geo.OW > _ACROSS.value:
         return None
-    return geometry.valid_taps((geo.H, geo.W), (geo.OH, geo.OW), (geo.KH, geo.KW),
-                               (geo.SH, geo.SW), (geo.PH0, geo.PW0), (geo.DH, geo.DW))
+    return geo.taps()
 
 
 def _transposed(w):

@@ -43,7 +43,6 @@ import numba
 import numpy as np
 from numba import prange
 
-from .. import geometry
 from .threads import jit
 
 __all__ = ["im2col", "col2im"]
@@ -271,9 +270,7 @@ def _table(geo):
     position n*C*H*W + ih*W + iw it reads in x (its channel's offset c*H*W added by the
     kernels), -1 where it reads padding (``geometry.valid_taps``). Read-only, cached."""
     K, OHW, CHW = geo.KH * geo.KW, geo.OH * geo.OW, geo.C * geo.H * geo.W
-    start, tap_k, tap_e = geometry.valid_taps((geo.H, geo.W), (geo.OH, geo.OW),
-                                              (geo.KH, geo.KW), (geo.SH, geo.SW),
-                                              (geo.PH0, geo.PW0), (geo.DH, geo.DW))
+    start, tap_k, tap_e = geo.taps()
     e = np.full((K, OHW), -1, dtype=np.int64)
     e[tap_k, np.repeat(np.arange(OHW), np.diff(start))] = tap_e
     images = np.arange(geo.N, dtype=np.int64)[None, :, None] * CHW

@@ -33,7 +33,6 @@ import numba
 import numpy as np
 from numba import prange
 
-from .. import geometry
 from . import threads
 from .im2col_numba import _to_rows
 from .threads import jit, njit_helper
@@ -441,9 +440,7 @@ def max_pool2d_forward(x, win):
     if win.is_2x2_stride2():
         _over_planes(_max_forward_2x2, (xs, y, arg), (), xs.size)
     elif win.OH * win.OW <= ACROSS_MAX_OUTPUTS:
-        taps = geometry.valid_taps((win.H, win.W), (win.OH, win.OW), (win.KH, win.KW),
-                                   (win.SH, win.SW), (win.PH, win.PW), (win.DH, win.DW))
-        _over_planes(_max_forward_small, (xs, y, arg), taps, xs.size)
+        _over_planes(_max_forward_small, (xs, y, arg), win.taps(), xs.size)
     else:
         _over_planes(_max_forward, (xs, y, arg), (win.KH, win.KW, win.SH, win.SW, win.PH,
                                                   win.PW, win.DH, win.DW), xs.size)
