@@ -167,13 +167,12 @@ def blas_kernel():
 
 def thread_report():
     from minidl.kernels import threads as minidl_threads
-    policy = ("1 BLAS thread per product, large convolutions split over "
-              f"{minidl.get_num_threads()} Python threads" if minidl_threads._SINGLE_BLAS.value
+    policy = ("1 BLAS thread per product, products and kernels on numba's "
+              f"{minidl.get_num_threads()} threads" if minidl_threads._SINGLE_BLAS.value
               else "the BLAS library's threads")
-    forced = minidl_threads._PARALLEL.value
-    kernels = ("numba kernels parallel" if forced else "numba kernels serial") if forced is not None \
-        else ("numba kernels serial (sections ran)" if minidl_threads._Sections.used
-              else "numba kernels parallel (no section ran)")
+    kernels = ("numba kernels parallel from "
+               f"{minidl_threads.PARALLEL_MIN_ELEMENTS} elements" if minidl_threads.parallel()
+               else "numba kernels serial")
     lines = [f"torch threads: {torch.get_num_threads()}", f"minidl: {policy}, {kernels}"]
     try:
         import numba

@@ -15,6 +15,7 @@ import torch
 
 import minidl
 import minidl.kernels as K
+from minidl.kernels import threads
 
 pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
 act = K.activation.TANH.impls["numba"].code
@@ -124,8 +125,9 @@ def _with_specials(rng, n, dtype):
     return x
 
 
-# a size below the split threshold, and one above it that no thread count divides evenly
-RELU_SIZES = [1001, relu_numba.SPLIT_MIN_ELEMENTS + 77]
+# a size below the parallel threshold (serial build), and one above it that no thread count
+# divides evenly (parallel build)
+RELU_SIZES = [1001, threads.PARALLEL_MIN_ELEMENTS * 3 + 77]
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
@@ -154,8 +156,8 @@ def test_relu_numba_equals_reference_bit_for_bit(dtype, size, n_threads, num_thr
     np.testing.assert_array_equal(_bits(z), _bits(y_ref))
 
 
-def test_relu_sizes_straddle_the_split():
-    assert RELU_SIZES[0] < relu_numba.SPLIT_MIN_ELEMENTS <= RELU_SIZES[1]
+def test_relu_sizes_straddle_the_parallel_threshold():
+    assert not threads.parallel(RELU_SIZES[0]) and threads.parallel(RELU_SIZES[1])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

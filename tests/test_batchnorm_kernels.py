@@ -162,37 +162,6 @@ def test_parallel_build_gives_bitwise_the_same_results(rng):
         np.testing.assert_array_equal(a, p)
 
 
-@pytest.mark.parametrize("n_threads", [2, 3])
-def test_split_over_python_threads_gives_bitwise_the_same_results(rng, n_threads,
-                                                                  num_threads, monkeypatch):
-    """From ``SPLIT_MIN_ELEMENTS`` the planes kernels run as ranges of channels (sums) or
-    planes (writes) on the Python threads (numba's parallel builds forbidden): every
-    result equal bit for bit to one thread's, with 5 channels and 40 planes cut
-    unevenly."""
-    pytest.importorskip("numba")
-    nb = bn.BATCH_NORM.impls["numba"].code
-    x, gy, w, b = _data(rng, (8, 5, 33, 31), np.float64)
-
-    def run():
-        with threads.set_parallel(False):  # numba's own threads would take the call instead
-            return _every_step(x, gy, w, b)
-
-    whole = run()
-    splits = []
-    real = threads.run_on_threads
-
-    def spy(n, job, **kw):
-        splits.append(n)
-        return real(n, job, **kw)
-
-    monkeypatch.setattr(nb, "SPLIT_MIN_ELEMENTS", 1)
-    monkeypatch.setattr(threads, "run_on_threads", spy)
-    num_threads(n_threads)
-    for a, p in zip(whole, run()):
-        np.testing.assert_array_equal(a, p)
-    assert splits == [n_threads] * 4      # stats, normalize, grad_sums, input_grad
-
-
 # --- the whole op, numba vs reference ---------------------------------------------------
 
 

@@ -90,10 +90,10 @@ def test_no_bias(case, rng):
 
 @pytest.mark.parametrize("threads_", [1, 2, 3])
 def test_threads_give_the_same_numbers(threads_, rng, num_threads, monkeypatch):
-    """Every call split over the threads (SPLIT_MIN_WORK 1): 7 images x 5 channels = 35
-    planes, 5 channels for the weight gradient (ranges of unequal length); bit for bit
-    the one-thread result, and the reference's."""
-    monkeypatch.setattr(conv_depthwise, "SPLIT_MIN_WORK", 1)
+    """Every call on the parallel builds (PARALLEL_MIN_ELEMENTS 1): 7 images x 5 channels
+    = 35 planes, 5 channels for the weight gradient (ranges of unequal length); bit for
+    bit the one-thread result, and the reference's."""
+    monkeypatch.setattr(conv_depthwise.threads, "PARALLEL_MIN_ELEMENTS", 1)
     geo = geometry.ConvGeometry.of((7, 5, 6, 7), (5, 1, 3, 3), (2, 1), ((1, 1), (1, 1)),
                                    (1, 1), 5)
     for dtype in (np.float64, np.float32):
@@ -107,18 +107,14 @@ def test_threads_give_the_same_numbers(threads_, rng, num_threads, monkeypatch):
         _compare(got, _run("reference", geo, x, w, b, gy), dtype, f"{threads_} threads")
 
 
-def test_split_over_threads_above_the_threshold(monkeypatch, num_threads):
-    """Calls of at least SPLIT_MIN_WORK multiply-adds per thread use every thread (never
-    more parts than planes or channels); smaller ones run on one."""
-    parts = []
-    real = conv_depthwise.threads.run_on_threads
-    monkeypatch.setattr(conv_depthwise.threads, "run_on_threads",
-                        lambda n, job, **kw: parts.append(n) or real(n, job, **kw))
+def test_small_map_kernels_cut_channels_per_thread(monkeypatch, num_threads):
+    """The channels-inner kernels get one channel range per thread when the policy runs
+    them parallel, one range otherwise."""
     num_threads(2)
-    conv_depthwise._on_threads(3, 10 * conv_depthwise.SPLIT_MIN_WORK, lambda a, b: None)
-    conv_depthwise._on_threads(1, 10 * conv_depthwise.SPLIT_MIN_WORK, lambda a, b: None)
-    conv_depthwise._on_threads(64, conv_depthwise.SPLIT_MIN_WORK - 1, lambda a, b: None)
-    assert parts == [2, 1, 1]
+    assert conv_depthwise._parts(conv_depthwise.threads.PARALLEL_MIN_ELEMENTS) == 2
+    assert conv_depthwise._parts(conv_depthwise.threads.PARALLEL_MIN_ELEMENTS - 1) == 1
+    with conv_depthwise.threads.set_parallel(False):
+        assert conv_depthwise._parts(10**9) == 1
 
 
 @pytest.mark.parametrize("need", [(True, False, False), (False, True, True),

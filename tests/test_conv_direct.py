@@ -221,25 +221,24 @@ def test_choose_layout():
 
 
 @pytest.mark.parametrize("layout", ["planar", "batch_last"])
-def test_split_over_threads(layout, rng):
-    """threads.set_python_threads(n) cuts each kernel into n pieces on n threads; the same
-    results (the planar weight gradient adds per-piece partial sums, so only to rounding)."""
+def test_parallel_builds_give_the_same_results(layout, rng, num_threads, monkeypatch):
+    """Every kernel on its parallel build (image chunks, output rows, tap blocks on numba's
+    threads): the same results as the serial builds (the planar weight gradient adds
+    per-chunk partial sums, so only to rounding)."""
     x, w = rng.standard_normal((5, 3, 9, 8)), rng.standard_normal((6, 3, 3, 2))
     b = rng.standard_normal(6)
     geo = geometry.ConvGeometry.of(x.shape, w.shape, padding=((1, 0), (2, 1)))
-    y, saved = conv_direct.conv2d_forward(x, w, b, geo, layout)
-    gy = rng.standard_normal(y.shape)
-    grads = conv_direct.conv2d_backward(saved, w, gy, geo)
-    for n in (2, 3, 8):
-        with threads.set_python_threads(n):
-            assert threads.python_threads() == n
-            y2, saved2 = conv_direct.conv2d_forward(x, w, b, geo, layout)
-            np.testing.assert_array_equal(y2, y)
-            for got, ref in zip(conv_direct.conv2d_backward(saved2, w, gy, geo), grads):
-                np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-13)
-    assert threads.python_threads() == 1
-    with pytest.raises(ValueError, match="must be >= 1"):
-        threads.set_python_threads(0)
+    with threads.set_parallel(False):
+        y, saved = conv_direct.conv2d_forward(x, w, b, geo, layout)
+        gy = rng.standard_normal(y.shape)
+        grads = conv_direct.conv2d_backward(saved, w, gy, geo)
+    num_threads(2)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 1)
+    with threads.set_parallel(True):
+        y2, saved2 = conv_direct.conv2d_forward(x, w, b, geo, layout)
+        np.testing.assert_array_equal(y2, y)
+        for got, ref in zip(conv_direct.conv2d_backward(saved2, w, gy, geo), grads):
+            np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("layout", ["planar", "batch_last"])

@@ -30,7 +30,7 @@ import pytest
 import minidl
 import minidl.kernels as K
 from minidl import geometry
-from minidl.kernels import conv_blocked, conv_winograd, threads
+from minidl.kernels import blas, conv_blocked, conv_winograd, threads
 from helpers import compare_conv_results, conv2d_impls_agree, run_conv_impl
 from minidl.ops.conv import conv2d, conv_transpose2d
 
@@ -123,14 +123,13 @@ def test_blocks_on_threads_equal_reference(threads_, rng, num_threads, tile):
 @pytest.mark.parametrize("threads_", [1, 2])
 def test_blocks_of_at_least_min_tiles(threads_, rng, num_threads, monkeypatch, tile):
     """Small images: blocks of at least ``min_tiles`` tiles (here 3 images' worth: 4x4
-    outputs are 4 F(2x2) tiles, 1 F(4x4) tile), fewer only when the batch is shared among
-    the threads; the results still equal the reference's."""
+    outputs are 4 F(2x2) tiles, 1 F(4x4) tile); the results still equal the reference's."""
     x_shape, w_shape, padding = (7, 5, 4, 4), (6, 5, 3, 3), ((1, 1), (1, 1))
     seen = []
     real = conv_blocked._for_blocks
 
     def spy(geo, dtype, body, min_images=1):
-        seen.append(conv_blocked.image_blocks(geo, dtype, threads_, min_images))
+        seen.append(conv_blocked.image_blocks(geo, dtype, min_images))
         return real(geo, dtype, body, min_images)
 
     monkeypatch.setattr(conv_blocked, "_for_blocks", spy)
@@ -144,26 +143,25 @@ def test_blocks_of_at_least_min_tiles(threads_, rng, num_threads, monkeypatch, t
                 conv_winograd.whole_batch_bytes(0):
             got = _run("winograd", x, w, b, gy, padding)
         _compare(got, want, tile, dtype, f"{threads_} threads")
-        # forward, weight and input gradients: 7 images in blocks of 3 or more (2 blocks,
-        # a multiple of both thread counts)
+        # forward, weight and input gradients: 7 images in blocks of 3 or more
         assert seen and all(blocks == [(0, 4), (4, 7)] for blocks in seen), seen
 
 
 def test_image_blocks_min_images():
-    """``image_blocks``' min_images: blocks of at least that many images, unless the
-    threads need more blocks; 1 keeps the blocks cut by ``col`` bytes alone."""
+    """``image_blocks``' min_images: blocks of at least that many images; 1 keeps the
+    blocks cut by ``col`` bytes alone."""
     geo = geometry.ConvGeometry.of((32, 512, 4, 4), (512, 512, 3, 3), (1, 1),
                                    ((1, 1), (1, 1)))
-    by_bytes = conv_blocked.image_blocks(geo, np.float32, 1)
-    assert len(by_bytes) == 3 and by_bytes == conv_blocked.image_blocks(geo, np.float32, 1, 1)
-    assert conv_blocked.image_blocks(geo, np.float32, 1, 64) == [(0, 32)]
-    assert conv_blocked.image_blocks(geo, np.float32, 2, 64) == [(0, 16), (16, 32)]
-    assert conv_blocked.image_blocks(geo, np.float32, 1, 10) == [(0, 11), (11, 22), (22, 32)]
-    assert conv_blocked.image_blocks(geo, np.float32, 1, 12) == [(0, 16), (16, 32)]
+    by_bytes = conv_blocked.image_blocks(geo, np.float32)
+    assert len(by_bytes) == 3 and by_bytes == conv_blocked.image_blocks(geo, np.float32, 1)
+    assert conv_blocked.image_blocks(geo, np.float32, 64) == [(0, 32)]
+    assert conv_blocked.image_blocks(geo, np.float32, 10) == [(0, 11), (11, 22), (22, 32)]
+    assert conv_blocked.image_blocks(geo, np.float32, 12) == [(0, 16), (16, 32)]
 
 
 def test_threads_are_deterministic(rng, num_threads, tile):
-    """Fixed blocks per thread, partial sums added in thread order: runs agree bit for bit."""
+    """Fixed blocks, each product on a fixed thread, the weight gradient summed block after
+    block: runs agree bit for bit."""
     x_shape, w_shape, padding = (6, 4, 5, 5), (5, 4, 3, 3), ((1, 1), (1, 1))
     x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, np.float32)
     num_threads(2)
@@ -179,9 +177,9 @@ def test_threads_are_deterministic(rng, num_threads, tile):
 @pytest.mark.parametrize("threads_", [1, 2, 3])
 def test_whole_batch_on_threads_equals_reference(threads_, rng, num_threads, monkeypatch,
                                                 tile):
-    """As one block: 7 images in 1-3 ranges for the transforms, the K components in 1-3
-    ranges for the GEMMs; backward makes Z once (grad_transform: one call per image
-    range), and the results equal the reference's (the same on every thread count)."""
+    """As one block, every kernel and product on its parallel build (numba's 1-3 threads):
+    backward makes Z once (one grad_transform call over the 7 images), and the results
+    equal the reference's."""
     x_shape, w_shape, padding = (7, 5, 6, 7), (6, 5, 3, 3), ((1, 0), (2, 1))
     calls = []
     scheme = conv_winograd._SCHEMES[tile]
@@ -193,6 +191,8 @@ def test_whole_batch_on_threads_equals_reference(threads_, rng, num_threads, mon
         return real(gy, n0, n1, t0, *rest, **kw)
 
     monkeypatch.setattr(kernels, "grad_transform", counting)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(blas, "GEMM_PARALLEL_MIN_FLOPS", 1)
     for dtype in (np.float64, np.float32):
         x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, dtype)
         want = _run("reference", x, w, b, gy, padding)
@@ -201,10 +201,7 @@ def test_whole_batch_on_threads_equals_reference(threads_, rng, num_threads, mon
         with conv_winograd.whole_batch_bytes(HUGE):
             got = _run("winograd", x, w, b, gy, padding)
         _compare(got, want, tile, dtype, f"{threads_} threads")
-        geo = geometry.ConvGeometry.of(x_shape, w_shape, (1, 1), padding, (1, 1))
-        TH, TW = conv_winograd._tiles(geo, scheme)
-        ranges = threads.split(7, threads_)
-        assert sorted(calls) == [(n0, n1, n0 * TH * TW) for n0, n1 in ranges]
+        assert calls == [(0, 7, 0)]
 
 
 @pytest.mark.parametrize("need", [(True, True, True), (False, True, False),
@@ -382,12 +379,12 @@ def test_forward_weight_transform_is_reused_by_the_input_gradient(need, rng, mon
 
 @pytest.mark.parametrize("threads_", [1, 2, 3])
 def test_weight_transforms_split_over_threads(threads_, rng, num_threads, tile):
-    """A weight of more than WEIGHT_SPLIT_KERNELS 3x3 kernels is transformed (and its
-    adjoint taken) in pieces on the threads: the same numbers as on one thread, and the
-    adjoint identity <G w G^T, dU> = <w, adjoint(dU)> holds."""
+    """A large weight is transformed (and its adjoint taken) on the kernels' parallel
+    builds: the same numbers as on one thread, and the adjoint identity <G w G^T, dU> =
+    <w, adjoint(dU)> holds."""
     w = rng.standard_normal((131, 127, 3, 3))            # 16,637 kernels: not a multiple of 64
     dU = rng.standard_normal(((tile + 2) ** 2, 131, 127))
-    assert 131 * 127 >= conv_winograd.WEIGHT_SPLIT_KERNELS
+    assert threads.parallel(131 * 127 * 9)
     num_threads(1)
     U1, gw1 = conv_winograd.weight_transform(w, tile), conv_winograd.weight_transform_adjoint(dU)
     num_threads(threads_)

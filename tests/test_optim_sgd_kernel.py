@@ -17,7 +17,8 @@ import torch
 import minidl
 import minidl.kernels as K
 from minidl import nn, optim
-from minidl.kernels.optim import PART_MIN_ELEMENTS, sgd_step, split_parts
+from minidl.kernels.optim import sgd_step
+from minidl.kernels.threads import PARALLEL_MIN_ELEMENTS, parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,10 +30,10 @@ OPTIONS = [dict(momentum=m, dampening=d, weight_decay=wd, nesterov=n, maximize=m
                                                     [0.0, 5e-4], [False, True])
            if not (n and (m == 0 or d != 0)) and not (m == 0 and d != 0)]
 
-# (elements, threads): whole calls, the largest size not split, and splits into 2 and 3
-# uneven ranges (3 * PART_MIN_ELEMENTS + 7 elements on 3 threads)
-SIZES = [(1, 1), (1000, 1), (2 * PART_MIN_ELEMENTS - 1, 3), (2 * PART_MIN_ELEMENTS, 2),
-         (3 * PART_MIN_ELEMENTS + 7, 3), (3 * PART_MIN_ELEMENTS + 7, 1)]
+# (elements, threads): serial builds, the largest size on one, and parallel builds cut
+# unevenly (3 * PARALLEL_MIN_ELEMENTS + 7 elements on 2 and 3 threads)
+SIZES = [(1, 1), (1000, 1), (PARALLEL_MIN_ELEMENTS - 1, 3), (PARALLEL_MIN_ELEMENTS, 2),
+         (3 * PARALLEL_MIN_ELEMENTS + 7, 3), (3 * PARALLEL_MIN_ELEMENTS + 7, 1)]
 
 
 def _steps(impl, p0, grads, options):
@@ -52,8 +53,7 @@ def _steps(impl, p0, grads, options):
 @pytest.mark.parametrize("size,threads", SIZES, ids=lambda v: str(v))
 def test_numba_equals_reference_to_the_bit(dtype, size, threads, num_threads, rng):
     num_threads(threads)
-    expected_parts = min(threads, max(1, size // PART_MIN_ELEMENTS))
-    assert split_parts(size) == expected_parts
+    assert parallel(size) == (size >= PARALLEL_MIN_ELEMENTS)
     p0 = rng.standard_normal(size).astype(dtype)
     grads = [rng.standard_normal(size).astype(dtype) for _ in range(3)]  # first + later
     for options in OPTIONS:
@@ -67,16 +67,6 @@ def test_numba_equals_reference_to_the_bit(dtype, size, threads, num_threads, rn
             assert buf_nb.dtype == dtype
             np.testing.assert_array_equal(buf_nb, buf_ref, err_msg=str(options))
         assert not np.array_equal(p_nb, p0)   # the update happened
-
-
-def test_split_counts(num_threads):
-    num_threads(3)
-    assert split_parts(0) == 1
-    assert split_parts(2 * PART_MIN_ELEMENTS - 1) == 1
-    assert split_parts(2 * PART_MIN_ELEMENTS) == 2
-    assert split_parts(10 * PART_MIN_ELEMENTS) == 3
-    num_threads(1)
-    assert split_parts(10 * PART_MIN_ELEMENTS) == 1
 
 
 def test_float32_arithmetic_stays_float32(rng):
@@ -125,9 +115,9 @@ def test_fortran_gradient_and_strided_parameter(rng):
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(
     f"{k}={v}" for k, v in o.items()))
 def test_sgd_float32_matches_torch(options, rng):
-    """float32 parameters (one above the split size) against torch.optim.SGD's float32
+    """float32 parameters (one on the parallel build) against torch.optim.SGD's float32
     update for 4 steps, the momentum buffers kept float32 Tensors, gradients untouched."""
-    shapes = [(3, 4), (7,), (2 * PART_MIN_ELEMENTS + 5,)]
+    shapes = [(3, 4), (7,), (2 * PARALLEL_MIN_ELEMENTS + 5,)]
     arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     md = [nn.Parameter(minidl.tensor(a)) for a in arrays]
     tp = [torch.nn.Parameter(torch.tensor(a)) for a in arrays]

@@ -773,14 +773,15 @@ def test_adaptive_errors(pool):
 @pytest.mark.parametrize("threads_", [1, 2, 3])
 @pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=2, padding=1),
                                 dict(kernel_size=2, stride=2)])
-def test_large_max_pool_split_over_threads_equals_reference(kw, threads_, num_threads,
+def test_large_max_pool_parallel_equals_reference(kw, threads_, num_threads,
                                                             use_impl):
-    """Above SPLIT_MIN_ELEMENTS the numba max pool runs ranges of planes on the threads:
+    """Large inputs run the numba max pool's parallel build (ranges of planes on numba's
+    threads):
     forward, argmax and backward equal the reference's, whatever the thread count (the
     planes are independent: no sums are reordered)."""
-    from minidl.kernels import pool_numba
+    from minidl.kernels import threads
     x = distinct(np.random.default_rng(0), (3, 7, 320, 320)).astype(np.float32)
-    assert x.size >= pool_numba.SPLIT_MIN_ELEMENTS
+    assert threads.parallel(x.size)
     num_threads(threads_)
     out = {}
     for impl in ("reference", "numba"):

@@ -136,10 +136,3 @@ def test_parallel_policy_switch():
         assert not threads.parallel(10**9)
 
 
-def test_python_threads_setting():
-    assert threads.python_threads() == 1
-    with threads.set_python_threads(3):
-        assert threads.python_threads() == 3
-    assert threads.python_threads() == 1
-    with pytest.raises(ValueError, match="set_python_threads: n must be >= 1"):
-        threads.set_python_threads(0)

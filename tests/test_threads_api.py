@@ -95,55 +95,21 @@ def test_linear_and_conv_products_run_under_single_blas(restore_threads, monkeyp
     assert conv_kernels.threads is threads
 
 
-def test_run_on_threads_returns_in_order_and_raises_after_all(restore_threads):
-    import threading
-    done = []
-
-    def job(t):
-        if t == 1:
-            raise ValueError("job 1")
-        done.append(t)
-        return t * 10
-
-    assert threads.run_on_threads(3, lambda t: (t, threading.current_thread().name)
-                                  )[0] == (0, threading.current_thread().name)
-    with pytest.raises(ValueError, match="job 1"):
-        threads.run_on_threads(3, job)
-    assert sorted(done) == [0, 2]               # every other job finished first
-    assert threads.run_on_threads(2, lambda t: t + 1, blas_single=True) == [1, 2]
-
-
-@pytest.fixture
-def fresh_sections(monkeypatch):
-    """The process as if no run_on_threads section had run yet, under the automatic
-    policy (whatever the environment says)."""
-    monkeypatch.setattr(threads._Sections, "used", False)
-    with threads.set_parallel(None):
-        yield
-
-
-def test_automatic_policy_parallel_until_sections_run(fresh_sections, restore_threads):
-    """numba's parallel kernels (large inputs only) until the process runs a section on
-    several threads; never inside a section; serial afterwards. set_parallel(True) /
-    (False) force it either way, a section still keeping its jobs serial."""
+def test_parallel_policy(restore_threads):
+    """numba's parallel builds for inputs of at least PARALLEL_MIN_ELEMENTS; set_parallel
+    (False) forbids them, (True) allows them, None restores the default (allowed unless
+    MINIDL_NUMBA_PARALLEL=0), each undone at the end of its block."""
     big, small = threads.PARALLEL_MIN_ELEMENTS, threads.PARALLEL_MIN_ELEMENTS - 1
-    assert threads.parallel(big) and not threads.parallel(small)
-    minidl.set_num_threads(2)
-    inside = threads.run_on_threads(2, lambda t: threads.parallel(big))
-    assert inside == [False, False]
-    assert threads._Sections.used and not threads.parallel(big)
-    with threads.set_parallel(True):
-        assert threads.parallel(big)
-        assert threads.run_on_threads(2, lambda t: threads.parallel(big)) == [False, False]
+    default = os.environ.get("MINIDL_NUMBA_PARALLEL", "") != "0"
+    assert threads.parallel(big) is default and not threads.parallel(small)
     with threads.set_parallel(False):
-        threads._Sections.used = False
+        assert not threads.parallel(big) and not threads.parallel()
+        with threads.set_parallel(True):
+            assert threads.parallel(big) and not threads.parallel(small)
+        with threads.set_parallel(None):
+            assert threads.parallel(big) is default
         assert not threads.parallel(big)
-
-
-def test_single_thread_sections_leave_the_policy_alone(fresh_sections):
-    """A 'section' of one job runs inline: nothing shares the cores, nothing switches."""
-    assert threads.run_on_threads(1, lambda t: threads.parallel(10**9)) == [True]
-    assert not threads._Sections.used
+    assert threads.parallel(big) is default
 
 
 def test_parallel_builds_are_cached_under_their_own_name():
@@ -162,19 +128,19 @@ def test_parallel_builds_are_cached_under_their_own_name():
     assert "__parallel" in parallel_index and serial_index != parallel_index
 
 
-def test_kernels_without_prange_keep_their_serial_build(fresh_sections):
-    """A kernel with no prange loop (the depthwise channels-inner kernels) runs its serial
-    build even where the policy allows parallel ones: its parallel build would only warn
+def test_kernels_without_prange_keep_their_serial_build():
+    """A kernel with no prange loop (batch norm's rows kernels) runs its serial build even
+    where the policy allows parallel ones: its parallel build would only warn
     (NumbaPerformanceWarning) and run the same loops."""
     import warnings  # noqa: PLC0415
 
-    from minidl.kernels import conv_depthwise_numba as dw  # noqa: PLC0415 - numba only here
-    assert not dw.forward_across.has_prange and dw.forward.has_prange
-    x = np.ones((2, 3, 2, 2), np.float32)
-    wt, bias, y = np.ones((9, 3), np.float32), np.zeros(3, np.float32), np.empty_like(x)
-    taps = minidl.geometry.valid_taps((2, 2), (2, 2), (3, 3), (1, 1), (1, 1), (1, 1))
-    with warnings.catch_warnings():
+    from minidl.kernels import batchnorm_numba as bn  # noqa: PLC0415 - numba only here
+    assert not bn._affine_rows.has_prange and bn._affine_planes.has_prange
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    shift, scale, offset = (np.full(3, v, np.float32) for v in (1, 2, 3))
+    out = np.empty_like(x)
+    with warnings.catch_warnings(), threads.set_parallel(True):
         warnings.simplefilter("error")
-        dw.forward_across(x, wt, bias, y, 0, 3, *taps, size=10**9)
-    assert dw.forward_across._parallel is None            # never compiled
-    np.testing.assert_array_equal(y, np.full_like(x, 4))  # each 2x2 output sees 4 ones
+        bn._affine_rows(x, shift, scale, offset, out, size=10**9)
+    assert bn._affine_rows._parallel is None              # never compiled
+    np.testing.assert_array_equal(out, (x - 1) * 2 + 3)

@@ -38,21 +38,19 @@ the reference's formulas element by element, so the results are equal bit for bi
 -0.0 and inf included: see ``kernels/activation.py``). Compiled without fastmath: its
 no-NaN and no-signed-zero assumptions allow LLVM to rewrite the select as a max, which
 turns -0.0 into +0.0 and may lose NaN. The compares and selects vectorise as they are.
-These passes only move memory; a second core adds some bandwidth, so arrays of
-``SPLIT_MIN_ELEMENTS`` elements or more are cut into contiguous ranges, one per thread
-(``threads.run_on_threads``; the kernels release the GIL); smaller ones run inline, where
-handing work to a thread would cost more than it saves.
+These passes only move memory; a second core adds some bandwidth, so large arrays run
+the loops' parallel builds (``prange``, on numba's threads: the policy in
+``kernels/threads.py``); smaller ones run inline, where waking the workers would cost
+more than it saves.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import prange
 
-from . import threads
 from .threads import jit
 
-__all__ = ["tanh_forward", "tanh_backward", "relu_forward", "relu_backward", "relu_inplace",
-           "SPLIT_MIN_ELEMENTS"]
+__all__ = ["tanh_forward", "tanh_backward", "relu_forward", "relu_backward", "relu_inplace"]
 
 _f32 = np.float32
 _CLAMP = _f32(7.90531110763549805)      # the rational is evaluated up to here ...
@@ -131,28 +129,6 @@ def _relu_backward_loop(gy, mask, gx, zero):
         gx[i] = gy[i] if mask[i] else zero   # a select: +0 where masked, even for NaN gy
 
 
-# From this many elements a call is cut into one contiguous range per thread. A relu pass
-# only streams memory, so a second core adds bandwidth but little else: on the 2-core dev
-# VM (arrays cycled through so that they come from memory, as in a training step) two
-# threads won a little at 2**21 elements and lost at 2**19 and below, where the hand-off
-# to a worker costs more than it saves (the same threshold as pooling's split).
-SPLIT_MIN_ELEMENTS = 1 << 21
-_ALIGN = 64      # range bounds on multiples of 64 elements: no cache line of y, mask or gx
-                 # is written by two threads
-
-
-def _over_ranges(kernel, flats, args, size):
-    """``kernel(*flats, *args)`` over 1-D arrays of ``size`` elements: whole, or, from
-    SPLIT_MIN_ELEMENTS elements on, as contiguous ranges on the threads."""
-    n = threads.get_num_threads() if size >= SPLIT_MIN_ELEMENTS else 1
-    if n == 1:
-        kernel(*flats, *args, size=size)
-        return
-    bounds = [t * size // n // _ALIGN * _ALIGN for t in range(n)] + [size]
-    threads.run_on_threads(n, lambda t: kernel(
-        *(a[bounds[t]:bounds[t + 1]] for a in flats), *args, size=size // n))
-
-
 def relu_forward(x, mask=True):
     """(y, mask) for a float32/float64 NumPy array x: ``relu_forward_reference``, in one
     pass (mask=False: (y, None), the mask is not written)."""
@@ -160,11 +136,10 @@ def relu_forward(x, mask=True):
     y = np.empty(x.shape, dtype=x.dtype)
     zero = x.dtype.type(0)     # in x's dtype: a float64 literal would upcast float32 loops
     if not mask:
-        _over_ranges(_relu_mask_free_loop, (x.reshape(-1), y.reshape(-1)), (zero,), x.size)
+        _relu_mask_free_loop(x.reshape(-1), y.reshape(-1), zero, size=x.size)
         return y, None
     m = np.empty(x.shape, dtype=np.bool_)
-    _over_ranges(_relu_forward_loop, (x.reshape(-1), y.reshape(-1), m.reshape(-1)), (zero,),
-                 x.size)
+    _relu_forward_loop(x.reshape(-1), y.reshape(-1), m.reshape(-1), zero, size=x.size)
     return y, m
 
 
@@ -173,8 +148,8 @@ def relu_backward(gy, mask):
     gy = np.ascontiguousarray(gy)
     mask = np.ascontiguousarray(mask)
     gx = np.empty(gy.shape, dtype=gy.dtype)
-    _over_ranges(_relu_backward_loop, (gy.reshape(-1), mask.reshape(-1), gx.reshape(-1)),
-                 (gy.dtype.type(0),), gy.size)
+    _relu_backward_loop(gy.reshape(-1), mask.reshape(-1), gx.reshape(-1), gy.dtype.type(0),
+                        size=gy.size)
     return gx
 
 
@@ -182,7 +157,7 @@ def relu_inplace(x):
     """x = relu(x) written into the float32/float64 NumPy array x; returns x. A
     non-contiguous x is computed in a contiguous copy and copied back."""
     flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
-    _over_ranges(_relu_mask_free_loop, (flat, flat), (x.dtype.type(0),), flat.size)
+    _relu_mask_free_loop(flat, flat, x.dtype.type(0), size=flat.size)
     if not x.flags.c_contiguous:
         x[...] = flat.reshape(x.shape)
     return x

@@ -32,13 +32,11 @@ computed in float32 vectors (a float64 constant would turn a float32 loop into f
 arithmetic); the sums are float64 (their accumulators start as 0.0).
 
 Threads (the policy is ``kernels/threads.py``'s). The "planes" kernels loop over a range
-of channels for the sums, of (n, c) planes for the writes (a ``prange``). From
-``SPLIT_MIN_ELEMENTS`` the range is cut into one piece per thread of
-``minidl.get_num_threads()`` Python threads (``threads.run_on_threads``); with numba's
-own parallel kernels allowed, the parallel build splits it instead. Each thread owns
-whole channels or planes, so there are no atomics, and a channel's sums always run over
-n in order: the results do not depend on the thread count. The "rows" kernels have no
-parallel loop (a channel's sum runs down the batch) and always run their serial build.
+of channels for the sums, of (n, c) planes for the writes (a ``prange``: numba's threads
+where the policy runs it parallel). Each thread owns whole channels or planes, so there
+are no atomics, and a channel's sums always run over n in order: the results do not
+depend on the thread count. The "rows" kernels have no parallel loop (a channel's sum
+runs down the batch) and always run their serial build.
 The kernels are bound by memory bandwidth (vectorised), so float64 sums cost little over
 float32 ones; a parallel build run on one thread costs a little more per call than the
 serial one (the parfor launch), which is why the policy keeps small inputs serial.
@@ -51,7 +49,6 @@ import numpy as np
 from numba import prange
 
 from .registry import FAST_DTYPES
-from . import threads
 from .threads import jit
 
 __all__ = ["batch_stats", "normalize", "grad_sums", "input_grad"]
@@ -208,30 +205,16 @@ _GRAD_SUMS = (_grad_sums_planes, _grad_sums_rows, "channels")
 _AFFINE = (_affine_planes, _affine_rows, "planes")
 _INPUT_GRAD = (_input_grad_planes, _input_grad_rows, "planes")
 
-# From this many elements a planes call is split into ranges (of channels for the sums,
-# of (n, c) planes for the writes) on ``minidl.get_num_threads()`` Python threads: the
-# serial builds release the GIL, so the ranges run side by side. Measured on 2 cores,
-# forward + backward of the op: (32, 64, 32, 32) 2.96 -> 2.29 ms, (32, 128, 16, 16) 1.48 ->
-# 1.19 (PyTorch 3.35 and 1.76); below about 2^19 elements the threads cost more than they
-# save ((100, 6, 28, 28): 0.42 -> 0.50).
-SPLIT_MIN_ELEMENTS = 1 << 20
-
-
 def _launch(kernels, view, *args):
-    """Run the planes kernel of ``kernels`` on a (N, C, S) ``view``, the rows kernel on a
-    (N, C) one. A planes call runs whole (the build the thread policy picks for its size),
-    or, from ``SPLIT_MIN_ELEMENTS``, as ranges on the threads (serial builds)."""
+    """Run the planes kernel of ``kernels`` on a (N, C, S) ``view`` (the build the thread
+    policy picks for its size), the rows kernel on a (N, C) one."""
     planes, rows, unit = kernels
     if view.ndim == 2:
         rows.serial(view, *args)
         return
     N, C = view.shape[:2]
     count = C if unit == "channels" else N * C
-    n = min(count, threads.get_num_threads())
-    if n == 1 or view.size < SPLIT_MIN_ELEMENTS or threads.parallel(view.size):
-        planes(view, *args, 0, count, size=view.size)
-        return
-    threads.run_on_ranges(count, lambda i0, i1: planes.serial(view, *args, i0, i1), parts=n)
+    planes(view, *args, 0, count, size=view.size)
 
 
 # ----------------------------------------------------------------------------- wrappers

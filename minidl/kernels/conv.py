@@ -54,7 +54,8 @@ forces one):
 
 Threads (``kernels/threads.py``): every matrix product here runs one BLAS thread per
 calling thread (``threads.single_blas``); ``blocked`` and ``winograd`` use the cores by
-running blocks of images on ``minidl.get_num_threads()`` Python threads.
+running their products as single-threaded BLAS calls on numba's threads
+(``blas.matmul``), beside their numba kernels.
 
 CPU memory policy (the reference's): ``col`` is KH*KW times the size of x. Forward keeps it
 for the weight gradient only when it is at most ``KEEP_COL_BYTES`` (16 MiB: the LeNet

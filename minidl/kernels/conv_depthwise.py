@@ -16,11 +16,10 @@ any kernel size, stride, (asymmetric) padding and dilation:
     grad_weight  per channel: gw[c, kh, kw] = sum over n, oh, ow of gy * x shifted
     grad_bias    gy summed over (N, OH, OW)
 
-Threads: the planes (forward, input gradient) or channels (weight gradient) are cut into
-``minidl.get_num_threads()`` contiguous ranges run on Python threads
-(``threads.run_on_threads``; the kernels release the GIL), each writing only its own
-planes: the results do not depend on the thread count. Calls smaller than
-``SPLIT_MIN_WORK`` multiply-adds run on the calling thread (the hand-off costs more).
+Threads: the planes (forward, input gradient) or channels (weight gradient) are the
+kernels' ``prange`` loops, on numba's threads where the policy runs them parallel
+(``kernels/threads.py``), each iteration writing only its own planes: the results do not
+depend on the thread count.
 
 Small maps (outputs of at most ``ACROSS_MAX_OUTPUTS`` pixels: MobileNet's 8x8 to 1x1
 layers) run with the channels as the inner loop instead (``*_across``: each image's
@@ -42,17 +41,8 @@ import numpy as np
 from . import registry, threads
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
-           "weight_source", "depthwise_can_run", "depthwise_pays", "SPLIT_MIN_WORK",
+           "weight_source", "depthwise_can_run", "depthwise_pays",
            "ACROSS_MAX_OUTPUTS", "across_max_outputs"]
-
-# Below this many multiply-adds a call runs on one thread. Handing a job to a worker
-# thread that has gone to sleep between two layers costs 0.1-0.3 ms inside a model
-# (waking a sleeping thread; back-to-back calls measure much less): MobileNet v2's
-# depthwise layers at batch 32 (0.4-2.6M multiply-adds) ran faster whole, e.g. (384,
-# 2, 2) 0.41 -> 0.12 ms and (144, 8, 8) 0.63 -> 0.36 ms; its evaluation 1.98 -> 1.43x
-# PyTorch's time with the threshold at 2^22 instead of 2^17.
-SPLIT_MIN_WORK = 1 << 22
-
 
 # Outputs of up to this many pixels are made with the channels as the inner loop.
 # Measured at MobileNet v2's 3x3 shapes, batch 32, float32, 2 threads (ms, per-plane ->
@@ -106,15 +96,10 @@ def _kernels():
     return conv_depthwise_numba
 
 
-def _on_threads(n, work, job):
-    """job(i0, i1) over [0, n) cut into contiguous ranges, one per thread (one range when
-    ``work`` multiply-adds are fewer than SPLIT_MIN_WORK)."""
-    parts = min(n, threads.get_num_threads(), max(1, work // SPLIT_MIN_WORK))
-    threads.run_on_threads(parts, lambda t: job(t * n // parts, (t + 1) * n // parts))
-
-
-def _work(geo):
-    return geo.N * geo.C * geo.OH * geo.OW * geo.KH * geo.KW
+def _parts(size):
+    """Channel ranges of a small-map (``*_across``) kernel over ``size`` elements: one per
+    thread when the policy runs it parallel."""
+    return threads.get_num_threads() if threads.parallel(size) else 1
 
 
 def _geo_args(geo):
@@ -132,11 +117,9 @@ def forward(x, w, b, geo, keep_for_backward=True):
     k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
     if taps is not None:
         wt = _transposed(w)
-        _on_threads(geo.C, _work(geo), lambda c0, c1: k.forward_across(
-            x, wt, bias, y, c0, c1, *taps, size=y.size))
+        k.forward_across(x, wt, bias, y, _parts(y.size), *taps, size=y.size)
     else:
-        _on_threads(geo.N * geo.C, _work(geo),
-                    lambda q0, q1: k.forward(x, w, bias, y, q0, q1, *args, size=y.size))
+        k.forward(x, w, bias, y, 0, geo.N * geo.C, *args, size=y.size)
     return y, ("x", x if keep_for_backward else None)
 
 
@@ -153,14 +136,12 @@ def grad_weight(g, saved, geo, need_b=True):
     k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
     if taps is not None:
         gwt = np.empty((geo.KH * geo.KW, geo.C), dtype=x.dtype)   # (K, C), transposed
-        _on_threads(geo.C, _work(geo), lambda c0, c1: k.grad_weight_across(
-            x, gy, gwt, c0, c1, *taps, size=gy.size))
+        k.grad_weight_across(x, gy, gwt, _parts(gy.size), *taps, size=gy.size)
         gw = np.ascontiguousarray(gwt.T).reshape(geo.OC, 1, geo.KH, geo.KW)
     else:
         gw = np.empty((geo.OC, 1, geo.KH, geo.KW), dtype=x.dtype)
         zero = x.dtype.type(0)
-        _on_threads(geo.C, _work(geo), lambda c0, c1: k.grad_weight(
-            x, gy, gw, zero, c0, c1, *args, size=gy.size))
+        k.grad_weight(x, gy, gw, zero, 0, geo.C, *args, size=gy.size)
     return gw, (grad_bias(g, geo) if need_b else None)
 
 
@@ -172,11 +153,9 @@ def grad_input(g, w, geo):
     k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
     if taps is not None:
         wt = _transposed(w)
-        _on_threads(geo.C, _work(geo), lambda c0, c1: k.grad_input_across(
-            gy, wt, gx, c0, c1, *taps, size=gx.size))
+        k.grad_input_across(gy, wt, gx, _parts(gx.size), *taps, size=gx.size)
     else:
-        _on_threads(geo.N * geo.C, _work(geo),
-                    lambda q0, q1: k.grad_input(gy, w, gx, q0, q1, *args, size=gx.size))
+        k.grad_input(gy, w, gx, 0, geo.N * geo.C, *args, size=gx.size)
     return gx
 
 

@@ -3,8 +3,8 @@ used). Read ``conv_depthwise.py`` first: it defines the convolution and how the 
 split over threads.
 
 Three kernels, each over a range of (image, channel) planes q = n * C + c (or of
-channels for the weight gradient), so that Python threads can each take a range and
-write only their own planes: no races, results independent of the thread count::
+channels for the weight gradient), a prange loop whose iterations each write only their
+own planes: no races, results independent of the thread count::
 
     forward      x  (N, C, H, W), w (C, 1, KH, KW)  -> y  (N, C, OH, OW)   planes q0 .. q1
     grad_input   gy (N, C, OH, OW), w               -> gx (N, C, H, W)     planes q0 .. q1
@@ -35,7 +35,7 @@ import numpy as np
 from numba import prange
 
 from .im2col_numba import _from_rows, _ranges, _to_rows, _valid_range
-from .threads import jit
+from .threads import jit, njit_helper
 
 __all__ = ["forward", "grad_input", "grad_weight", "forward_across", "grad_input_across",
            "grad_weight_across"]
@@ -182,8 +182,8 @@ def grad_weight(x, gy, gw, zero, c0, c1, SH, SW, PH0, PW0, DH, DW):
 
 # ----------------------------------------------------------------------------- small maps
 
-@jit
-def forward_across(x, wt, bias, y, c0, c1, start, tap_k, tap_e):
+@njit_helper
+def _forward_across(x, wt, bias, y, c0, c1, start, tap_k, tap_e):
     """``forward`` for channels c0 .. c1 of every image, with the channels as the inner
     loop: y[n, c, o] = bias[c] + sum over output o's taps (``geometry.valid_taps``: tap
     k reads input position e) of wt[k, c] * x[n, c, e].
@@ -216,8 +216,8 @@ def forward_across(x, wt, bias, y, c0, c1, start, tap_k, tap_e):
         _from_rows(yt, B, OHW, yf, (n * C + c0) * OHW)
 
 
-@jit
-def grad_input_across(gy, wt, gx, c0, c1, start, tap_k, tap_e):
+@njit_helper
+def _grad_input_across(gy, wt, gx, c0, c1, start, tap_k, tap_e):
     """``grad_input`` for channels c0 .. c1, channels inner: the adjoint of
     ``forward_across`` (each (output, tap) adds wt[k, c] * gy[n, c, o] into input
     position e). gy: (N, C, OH, OW), wt: (KH*KW, C), gx: (N, C, H, W)."""
@@ -241,8 +241,8 @@ def grad_input_across(gy, wt, gx, c0, c1, start, tap_k, tap_e):
         _from_rows(xt, B, HW, xf, (n * C + c0) * HW)
 
 
-@jit
-def grad_weight_across(x, gy, gwt, c0, c1, start, tap_k, tap_e):
+@njit_helper
+def _grad_weight_across(x, gy, gwt, c0, c1, start, tap_k, tap_e):
     """``grad_weight`` for channels c0 .. c1, channels inner: gwt[k, c] (the weight
     gradient transposed, (KH*KW, C); columns c0 .. c1 written) = the sum over images and
     outputs o of gy[n, c, o] * x[n, c, e] for each of o's taps (k, e); taps that read
@@ -269,3 +269,30 @@ def grad_weight_across(x, gy, gwt, c0, c1, start, tap_k, tap_e):
     for k in range(K):
         for b in range(B):
             gwt[k, c0 + b] = acc[_u(k * B + b)]
+
+
+@jit
+def forward_across(x, wt, bias, y, parts, start, tap_k, tap_e):
+    """``_forward_across`` over every channel, cut into ``parts`` contiguous ranges (one per
+    prange iteration: each writes only its own channels)."""
+    C = x.shape[1]
+    for t in prange(parts):
+        _forward_across(x, wt, bias, y, t * C // parts, (t + 1) * C // parts, start, tap_k, tap_e)
+
+
+@jit
+def grad_input_across(gy, wt, gx, parts, start, tap_k, tap_e):
+    """``_grad_input_across`` over every channel, cut into ``parts`` contiguous ranges (one per
+    prange iteration: each writes only its own channels)."""
+    C = gx.shape[1]
+    for t in prange(parts):
+        _grad_input_across(gy, wt, gx, t * C // parts, (t + 1) * C // parts, start, tap_k, tap_e)
+
+
+@jit
+def grad_weight_across(x, gy, gwt, parts, start, tap_k, tap_e):
+    """``_grad_weight_across`` over every channel, cut into ``parts`` contiguous ranges (one per
+    prange iteration: each writes only its own channels)."""
+    C = x.shape[1]
+    for t in prange(parts):
+        _grad_weight_across(x, gy, gwt, t * C // parts, (t + 1) * C // parts, start, tap_k, tap_e)

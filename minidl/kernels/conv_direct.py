@@ -48,11 +48,9 @@ add into the same gx element):
 
 The bias gradient comes out of the weight-gradient kernel (the sum of gy).
 
-Threads (``kernels/threads.py``, the one policy): the kernels are serial unless the policy
-allows numba's parallel builds. ``threads.set_python_threads(n)`` (opt-in, default 1)
-instead cuts each kernel call into n pieces (image ranges, output rows, tap blocks) run on
-n Python threads; the kernels release the GIL, and idle workers sleep rather than spin,
-so another process taking a core costs only that core's share.
+Threads (``kernels/threads.py``, the one policy): the kernels' ``prange`` loops (image
+chunks, output rows, tap blocks) run on numba's threads when the policy picks their
+parallel builds.
 
 The family's entry points (the same names as the reference in ``kernels/conv.py``):
 ``forward``, ``grad_output``, ``grad_weight``, ``grad_input``, ``grad_bias``,
@@ -116,19 +114,6 @@ def _chunks(N, size):
     return max(1, min(N, numba.get_num_threads()))
 
 
-def _ranges(n):
-    """[0, n) as up to ``threads.python_threads()`` nearly equal, non-empty ranges."""
-    k = max(1, min(threads.python_threads(), n))
-    return [(i * n // k, (i + 1) * n // k) for i in range(k)]
-
-
-def _run(kernel, calls, size):
-    """kernel(*args, size=size) for every args in ``calls``, on as many Python threads
-    (``threads.run_on_threads``); returns when all are done. ``size``: the elements of the
-    whole call, for the threading policy."""
-    threads.run_on_threads(len(calls), lambda t: kernel(*calls[t], size=size))
-
-
 # ----------------------------------------------------------------------------- layouts
 
 def _pad_planar(x, geo):
@@ -160,14 +145,12 @@ def _forward(src, wm, b, KH, KW, out_hw, layout):
         N, C, Hs, Ws = src.shape
         y = np.empty((N, OC, OH, OW), dtype=src.dtype)
         off = _offsets(C, Hs, Ws, KH, KW, 1)
-        _run(nb.planar_forward, [(src[a:e], wm, b, y[a:e], off, _chunks(e - a, y.size))
-                                 for a, e in _ranges(N)], y.size)
+        nb.planar_forward(src, wm, b, y, off, _chunks(N, y.size), size=y.size)
     else:
         C, Hs, Ws, N = src.shape
         y = np.empty((OC, OH, OW, N), dtype=src.dtype)
         off = _offsets(C, Hs, Ws, KH, KW, N)
-        _run(nb.batchlast_forward, [(src, wm, b, y, off, a, e) for a, e in _ranges(OH)],
-             y.size)
+        nb.batchlast_forward(src, wm, b, y, off, 0, OH, size=y.size)
     return y
 
 
@@ -236,21 +219,17 @@ def grad_weight(g, saved, geo, need_b=True):
     gy = g.gy
     zero = gy.dtype.type(0)
     if layout == "planar":                # partial sums per image chunk, added here
-        ranges = _ranges(N)
-        c = _chunks(N, gy.size) if len(ranges) == 1 else 1
-        gwp = np.empty((len(ranges) * c, OC, K), dtype=gy.dtype)
-        gbp = np.empty((len(ranges) * c, OC), dtype=gy.dtype)
+        c = _chunks(N, gy.size)
+        gwp = np.empty((c, OC, K), dtype=gy.dtype)
+        gbp = np.empty((c, OC), dtype=gy.dtype)
         off = _offsets(C, *src.shape[2:], KH, KW, 1)
-        _run(nb.planar_grad_weight, [(src[a:e], gy[a:e], gwp[i * c:(i + 1) * c],
-                                      gbp[i * c:(i + 1) * c], off, zero)
-                                     for i, (a, e) in enumerate(ranges)], gy.size)
+        nb.planar_grad_weight(src, gy, gwp, gbp, off, zero, size=gy.size)
         gwm, gb = (gwp[0], gbp[0]) if len(gwp) == 1 else (gwp.sum(0), gbp.sum(0))
     else:
         gwm = np.empty((OC, K), dtype=gy.dtype)
         gb = np.empty(OC, dtype=gy.dtype)
         off = _offsets(C, *src.shape[1:3], KH, KW, N)
-        _run(nb.batchlast_grad_weight, [(src, g.gyT, gwm, gb, off, zero, a, e)
-                                        for a, e in _ranges((K + 3) // 4)], gy.size)
+        nb.batchlast_grad_weight(src, g.gyT, gwm, gb, off, zero, 0, (K + 3) // 4, size=gy.size)
     return gwm.reshape(OC, C, KH, KW), (gb if need_b else None)
 
 
@@ -276,8 +255,7 @@ def grad_input(g, w, geo):
     wm = np.ascontiguousarray(w.transpose(1, 3, 2, 0)).reshape(C, KW * KH * OC)
     gxT = np.empty((C, H, W, N), dtype=gy.dtype)
     off = _grad_input_offsets(OC, OH, OW, KH, KW, N)
-    _run(nb.batchlast_grad_input, [(gyT, wm, gxT, off, KH, KW, PH0, PW0, a, e)
-                                   for a, e in _ranges(H)], gxT.size)
+    nb.batchlast_grad_input(gyT, wm, gxT, off, KH, KW, PH0, PW0, 0, H, size=gxT.size)
     return np.ascontiguousarray(gxT.transpose(3, 0, 1, 2))
 
 

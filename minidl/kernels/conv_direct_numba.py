@@ -36,8 +36,7 @@ How the loops are written, and why (``benchmarks/RESULTS.md`` has the measuremen
   on disk, unless the threading policy (``kernels/threads.py``) asks for the parallel
   build. Each iteration writes its own outputs (the planar weight gradient: one partial
   sum per chunk, added by the caller), so the results do not depend on the schedule.
-  The row and tap-block ranges (r0, r1, b0, b1) also let ``conv_direct`` run pieces of
-  one call on several Python threads (``threads.set_python_threads``; ``nogil=True``).
+  The row and tap-block ranges (r0, r1, b0, b1) are the whole call's (``conv_direct``).
 """
 from __future__ import annotations
 

@@ -92,6 +92,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import conv_blocked, registry, threads
+from .blas import matmul
 from .conv import _scratch
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
@@ -215,41 +216,29 @@ def _tiles(geo, sc):
     return -(-geo.OH // sc.m), -(-geo.OW // sc.m)
 
 
-WEIGHT_SPLIT_KERNELS = 16384   # from this many 3x3 kernels the transforms use every thread
-
-
-def _weight_threads(P):
-    return threads.get_num_threads() if P >= WEIGHT_SPLIT_KERNELS else 1
-
-
 def weight_transform(w, m=2):
     """U (K, OC, C) = G w G^T per (oc, c), w (OC, C, 3, 3), for F(m x m, 3x3) tiles (m 2 or
-    4: K = 16 or 36); U[alpha a + b] = (G w G^T)[a, b]. Large weights (ResNet's 256- and
-    512-channel layers) are split over the threads, in chunks of 64 kernels."""
+    4: K = 16 or 36); U[alpha a + b] = (G w G^T)[a, b]. The kernel's prange runs over
+    chunks of 64 kernels (numba's threads for large weights)."""
     sc = _SCHEMES[m]
     OC, C = w.shape[:2]
     P = OC * C
     U = np.empty((sc.K, OC, C), dtype=w.dtype)
     w3, U2 = np.ascontiguousarray(w).reshape(P, 3, 3), U.reshape(sc.K, P)
-    consts = sc.weight_constants(w.dtype)
-    chunks = threads.split((P + 63) // 64, _weight_threads(P))
-    threads.run_on_threads(len(chunks), lambda t: sc.kernels().weight_transform(
-        w3, consts, U2, *chunks[t], size=U.size))
+    sc.kernels().weight_transform(w3, sc.weight_constants(w.dtype), U2, 0, (P + 63) // 64,
+                                  size=U.size)
     return U
 
 
 def weight_transform_adjoint(dU):
     """gw (OC, C, 3, 3) = G^T dU G per (oc, c), dU (K, OC, C) (K = 16: F(2x2), 36:
-    F(4x4)): the adjoint of ``weight_transform``, split over the threads like it."""
+    F(4x4)): the adjoint of ``weight_transform``."""
     sc = _BY_COMPONENTS[dU.shape[0]]
     OC, C = dU.shape[1:]
     P = OC * C
     gw = np.empty((OC, C, 3, 3), dtype=dU.dtype)
     dU2, gw3 = np.ascontiguousarray(dU).reshape(sc.K, P), gw.reshape(P, 3, 3)
-    consts = sc.weight_constants(dU.dtype)
-    parts = threads.split(P, _weight_threads(P))
-    threads.run_on_threads(len(parts), lambda t: sc.kernels().weight_adjoint(
-        dU2, consts, gw3, *parts[t], size=gw.size))
+    sc.kernels().weight_adjoint(dU2, sc.weight_constants(dU.dtype), gw3, 0, P, size=gw.size)
     return gw
 
 
@@ -317,24 +306,11 @@ def whole_batch(geo, dtype):
     return limit > 0 and (size <= limit or size <= conv_blocked.WHOLE_PER_WEIGHT * U)
 
 
-def _on_images(geo, sc, kernel):
-    """``kernel(n0, n1, t0)`` for ranges of images on the threads (t0: n0's first tile)."""
-    TH, TW = _tiles(geo, sc)
-    threads.run_on_ranges(geo.N, lambda n0, n1: kernel(n0, n1, n0 * TH * TW))
-
-
-def _on_components(sc, product):
-    """``product(k0, k1)`` for ranges of the K Winograd components on the threads, each
-    with one BLAS thread (the GEMMs of component k are independent of the others')."""
-    threads.run_on_ranges(sc.K, product, blas_single=True)
-
-
 def _V_whole(x, geo, sc):
     """V (K, C, T) of the whole batch, in the calling thread's scratch slot 0."""
     TH, TW = _tiles(geo, sc)
     V = _scratch(np, (sc.K, geo.C, geo.N * TH * TW), x.dtype, slot=0)
-    _on_images(geo, sc, lambda n0, n1, t0: sc.kernels().input_transform(
-        x, n0, n1, t0, geo.PH0, geo.PW0, TH, TW, V, size=V.size))
+    sc.kernels().input_transform(x, 0, geo.N, 0, geo.PH0, geo.PW0, TH, TW, V, size=V.size)
     return V
 
 
@@ -343,8 +319,7 @@ def _Z_whole(gy, geo, sc):
     V's, and Z outlives the weight gradient: ``grad_input`` reads it)."""
     TH, TW = _tiles(geo, sc)
     Z = _scratch(np, (sc.K, geo.OC, geo.N * TH * TW), gy.dtype, slot=2)
-    _on_images(geo, sc, lambda n0, n1, t0: sc.kernels().grad_transform(
-        gy, n0, n1, t0, TH, TW, Z, size=Z.size))
+    sc.kernels().grad_transform(gy, 0, geo.N, 0, TH, TW, Z, size=Z.size)
     return Z
 
 
@@ -373,14 +348,13 @@ def forward(x, w, b, geo, keep_for_backward=True):
 
     if whole_batch(geo, x.dtype):
         V = _V_whole(x, geo, sc)                                  # (K, C, T)
-        M = _scratch(np, (sc.K, geo.OC, V.shape[2]), x.dtype, slot=1)
-        _on_components(sc, lambda k0, k1: np.matmul(U[k0:k1], V[k0:k1], out=M[k0:k1]))
-        _on_images(geo, sc, lambda n0, n1, t0: sc.kernels().output_transform(
-            M, n0, n1, t0, TH, TW, bias, b is not None, y, size=M.size))
+        M = matmul(U, V, _scratch(np, (sc.K, geo.OC, V.shape[2]), x.dtype, slot=1))
+        sc.kernels().output_transform(M, 0, geo.N, 0, TH, TW, bias, b is not None, y,
+                                      size=M.size)
     else:
         def block(n0, n1):
             V = _V_block(x, geo, sc, n0, n1)                      # (K, C, T_b)
-            M = np.matmul(U, V, out=_scratch(np, (sc.K, geo.OC, V.shape[2]), x.dtype, slot=1))
+            M = matmul(U, V, _scratch(np, (sc.K, geo.OC, V.shape[2]), x.dtype, slot=1))
             sc.kernels().output_transform(M, n0, n1, 0, TH, TW, bias, b is not None, y,
                                           size=M.size)
 
@@ -411,9 +385,8 @@ def grad_weight(g, saved, geo, need_b=True):
     if whole_batch(geo, x.dtype):
         V = _V_whole(x, geo, sc)                                  # (K, C, T)
         g.Z = Z = _Z_whole(g.gy, geo, sc)                         # (K, OC, T)
-        dU = np.empty((sc.K, geo.OC, geo.C), dtype=np.result_type(x, Z))
-        _on_components(sc, lambda k0, k1: np.matmul(Z[k0:k1], V[k0:k1].transpose(0, 2, 1),
-                                                    out=dU[k0:k1]))
+        dU = matmul(Z, V.transpose(0, 2, 1), np.empty((sc.K, geo.OC, geo.C),
+                                                     dtype=np.result_type(x, Z)))
     else:
         # When the input gradient follows (g.need_x, set by the op) and forward's U is
         # at hand, each block makes its part of dX from the same Z: Z once per block.
@@ -423,21 +396,18 @@ def grad_weight(g, saved, geo, need_b=True):
                                               dtype=np.result_type(g.gy, U))
         TH, TW = _tiles(geo, sc)
 
+        dU = np.empty((sc.K, geo.OC, geo.C), dtype=np.result_type(x, g.gy))
+
         def block(n0, n1):
             V = _V_block(x, geo, sc, n0, n1)                      # (K, C, T_b)
             Z = _Z_block(g.gy, geo, sc, n0, n1)                   # (K, OC, T_b)
-            part = np.matmul(Z, V.transpose(0, 2, 1))             # (K, OC, C)
+            matmul(Z, V.transpose(0, 2, 1), dU, accumulate=n0 > 0)   # blocks summed in order
             if gx is not None:                                    # V is done: dV in slot 0
-                dV = np.matmul(UT, Z, out=_scratch(np, (sc.K, geo.C, Z.shape[2]), gx.dtype, 0))
+                dV = matmul(UT, Z, _scratch(np, (sc.K, geo.C, Z.shape[2]), gx.dtype, 0))
                 sc.kernels().input_scatter(dV, n0, n1, 0, geo.PH0, geo.PW0, TH, TW, gx,
                                            size=dV.size)
-            return part
 
-        per_thread = _for_blocks(geo, sc, x.dtype, block)
-        dU = None
-        for results in per_thread:                                # fixed order: deterministic
-            for part in results:
-                dU = part if dU is None else dU + part
+        _for_blocks(geo, sc, x.dtype, block)
         g.gx = gx
     return weight_transform_adjoint(dU), (grad_bias(g, geo) if need_b else None)
 
@@ -457,15 +427,13 @@ def grad_input(g, w, geo):
     if whole_batch(geo, gx.dtype):
         Z = getattr(g, "Z", None)
         Z = _Z_whole(g.gy, geo, sc) if Z is None or Z.shape[0] != sc.K else Z  # (K, OC, T)
-        dV = _scratch(np, (sc.K, geo.C, Z.shape[2]), gx.dtype, slot=0)
-        _on_components(sc, lambda k0, k1: np.matmul(UT[k0:k1], Z[k0:k1], out=dV[k0:k1]))
-        _on_images(geo, sc, lambda n0, n1, t0: sc.kernels().input_scatter(
-            dV, n0, n1, t0, geo.PH0, geo.PW0, TH, TW, gx, size=dV.size))
+        dV = matmul(UT, Z, _scratch(np, (sc.K, geo.C, Z.shape[2]), gx.dtype, slot=0))
+        sc.kernels().input_scatter(dV, 0, geo.N, 0, geo.PH0, geo.PW0, TH, TW, gx, size=dV.size)
         return gx
 
     def block(n0, n1):
         Z = _Z_block(g.gy, geo, sc, n0, n1)                       # (K, OC, T_b)
-        dV = np.matmul(UT, Z, out=_scratch(np, (sc.K, geo.C, Z.shape[2]), gx.dtype, slot=0))
+        dV = matmul(UT, Z, _scratch(np, (sc.K, geo.C, Z.shape[2]), gx.dtype, slot=0))
         sc.kernels().input_scatter(dV, n0, n1, 0, geo.PH0, geo.PW0, TH, TW, gx, size=dV.size)
 
     _for_blocks(geo, sc, gx.dtype, block)

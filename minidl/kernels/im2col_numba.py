@@ -45,7 +45,7 @@ from numba import prange
 
 from .threads import jit
 
-__all__ = ["im2col", "col2im"]
+__all__ = ["im2col", "col2im", "planes_swapped"]
 
 _u = numba.types.uintp  # an unsigned index: numba then skips the negative-index wraparound check
 
@@ -91,6 +91,23 @@ def _swap_planes(src, dst, A, B, HW):
             d = (b * A + a) * HW
             for i in range(HW):
                 dst[_u(d + i)] = src[_u(s + i)]
+
+
+@jit
+def planes_swapped(src, bias, dst):
+    """dst (B, A, HW) = src (A, B, HW) + bias[a] (C-contiguous, one dtype; bias (A,)): a
+    product's (OC, N, OH*OW) result into the (N, OC, OH, OW) layout, bias added on the
+    way, and back (gy -> gY, with zeros for bias). Each prange iteration writes its own
+    image's planes."""
+    A, B, HW = src.shape
+    sf, df = src.reshape(-1), dst.reshape(-1)
+    for b in prange(B):
+        for a in range(A):
+            s = (a * B + b) * HW
+            d = (b * A + a) * HW
+            add = bias[a]
+            for i in range(HW):
+                df[_u(d + i)] = sf[_u(s + i)] + add
 
 
 @numba.njit(inline="always")

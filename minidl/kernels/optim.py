@@ -24,8 +24,8 @@ Implementations (``minidl.kernels.registry`` chooses; ``use_impl`` forces one):
 * ``numba`` (``optim_numba.py``): one pass per parameter (read p, g, buf; write p, buf),
   with the same operations in the same order and no fused multiply-add, so it equals the
   reference to the bit. For NumPy float32/float64 arrays of one dtype with p (and buf)
-  C-contiguous and writeable; parameters of at least ``2 * PART_MIN_ELEMENTS`` elements are
-  cut into contiguous ranges over ``minidl.get_num_threads()`` threads.
+  C-contiguous and writeable; large parameters run on numba's threads (the policy in
+  ``kernels/threads.py``).
 """
 from __future__ import annotations
 
@@ -33,25 +33,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import registry, threads
+from . import registry
 
-__all__ = ["SGD_STEP", "sgd_step", "sgd_step_reference", "numba_can_run", "split_parts",
-           "PART_MIN_ELEMENTS"]
-
-# Each thread of a split update gets at least this many elements: handing a range to a
-# worker thread costs 20-50 us, the time of ~1e5 elements of this memory-bound loop. So
-# only parameters of 2**18 elements and more are split (ResNet-18: its 256- and
-# 512-channel 3x3 convolutions and the 512x1000 classifier).
-PART_MIN_ELEMENTS = 1 << 17
-
-
-def split_parts(size):
-    """How many contiguous ranges (one per thread) the numba update of ``size`` elements
-    is cut into: 1 below ``2 * PART_MIN_ELEMENTS``, at most ``minidl.get_num_threads()``."""
-    if size < 2 * PART_MIN_ELEMENTS:   # most parameters: no thread count to look up
-        return 1
-    return min(threads.get_num_threads(), size // PART_MIN_ELEMENTS)
-
+__all__ = ["SGD_STEP", "sgd_step", "sgd_step_reference", "numba_can_run"]
 
 def sgd_step_reference(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, maximize):
     """The update of the module docstring with whole-array operations (p, buf in place)."""

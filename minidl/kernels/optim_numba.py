@@ -13,17 +13,14 @@ loops.
 Exactly the reference's numbers: the scalars are converted to the array's dtype (float32
 arithmetic for float32 parameters, as in PyTorch), every operation is the reference's in
 its order, and the kernel is compiled without fastmath, so LLVM fuses no multiply-add.
-Large parameters run as contiguous ranges on ``minidl.get_num_threads()`` Python threads
-(``threads.run_on_threads``; the kernel releases the GIL): each element's update is the
-same whichever thread makes it.
+Large parameters run the loop's parallel build (numba's threads, the policy in
+``kernels/threads.py``): each element's update is the same whichever thread makes it.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import prange
 
-from . import threads
-from .optim import split_parts
 from .threads import jit
 
 __all__ = ["sgd_step"]
@@ -76,15 +73,5 @@ def sgd_step(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, maximiz
     t = p.dtype.type                              # float32 scalars for float32 arithmetic
     scalars = (t(lr), t(momentum), t(1 - dampening), t(weight_decay), weight_decay != 0,
                bool(nesterov), bool(maximize), mode)
-    n = p.size
-    parts = split_parts(n)
-    if parts == 1:
-        _sgd_loop(flat_p, flat_g, flat_b, *scalars, size=n)
-        return buf
-    bounds = [(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
-
-    def job(k):
-        i0, i1 = bounds[k]
-        _sgd_loop(flat_p[i0:i1], flat_g[i0:i1], flat_b[i0:i1], *scalars, size=i1 - i0)
-    threads.run_on_threads(parts, job)
+    _sgd_loop(flat_p, flat_g, flat_b, *scalars, size=p.size)
     return buf

@@ -33,7 +33,6 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import threads
 from .im2col_numba import _to_rows
 from .threads import jit, njit_helper
 
@@ -411,23 +410,10 @@ def _planes(a):
     return np.ascontiguousarray(a).reshape((-1,) + a.shape[-2:])
 
 
-# From this many input elements a call is split into ranges of planes, one per thread
-# (``threads.run_on_threads``): ResNet's 3x3/2 pooling of (32, 64, 112, 112) ran on one
-# core while PyTorch used two; LeNet's pools (under a million elements) stay whole.
-SPLIT_MIN_ELEMENTS = 1 << 21
-
-
 def _over_planes(kernel, arrays, args, size):
-    """``kernel(*arrays, *args)`` where every array is (P, ., .) with planes independent:
-    whole, or large calls as ranges of planes on the threads."""
-    P = arrays[0].shape[0]
-    n = min(P, threads.get_num_threads()) if size >= SPLIT_MIN_ELEMENTS else 1
-    if n == 1:
-        kernel(*arrays, *args, size=size)
-        return
-    bounds = [(t * P // n, (t + 1) * P // n) for t in range(n)]
-    threads.run_on_threads(n, lambda t: kernel(
-        *(a[bounds[t][0]:bounds[t][1]] for a in arrays), *args, size=size // n))
+    """``kernel(*arrays, *args)`` where every array is (P, ., .) with planes independent
+    (the build the thread policy picks for ``size`` elements)."""
+    kernel(*arrays, *args, size=size)
 
 
 def max_pool2d_forward(x, win):

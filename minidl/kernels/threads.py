@@ -2,30 +2,21 @@
 
 The policy, read once here and nowhere else:
 
-* Parallel numba kernels (numba's OpenMP threads) for inputs of at least
+* One pool of threads: numba's (OpenMP) threads run every kernel over at least
   ``PARALLEL_MIN_ELEMENTS`` elements (below that, waking the workers costs more than the
-  work), until the process first runs a ``run_on_threads`` section on several threads
-  (the large convolutions, batch norm, ReLU on large inputs); from then on serial, and
-  never inside a section. Two pools of threads on the same cores fight: numba's OpenMP
-  workers spin for a while after each parallel kernel and took the core the next
-  section's Python workers needed (ResNet-18, batch 32: training 1.03x -> 1.62x
-  PyTorch's time with parallel kernels everywhere), while a model without sections
-  (LeNet, whose layers all run on numba kernels) gains from them: its MNIST epoch 3.9 ->
-  3.2 s. (Earlier, with BLAS on its own threads, OpenBLAS's spinning workers and numba's
-  fought the same way: RESULTS.md.)
-* ``MINIDL_NUMBA_PARALLEL=1`` / ``0`` in the environment, or ``set_parallel(True)`` /
-  ``set_parallel(False)``, force parallel kernels on (still never inside a section) or
-  off; ``set_parallel(None)``: the automatic policy above.
-* ``set_python_threads(n)`` (opt-in, default 1) cuts the direct-convolution kernels into
-  n pieces run on n Python threads; the kernels release the GIL and idle workers sleep
-  instead of spinning.
+  work), and the matrix products of the convolutions too: ``blas_numba`` calls NumPy's
+  BLAS from numba kernels, one BLAS thread per numba thread. Two pools on the same cores
+  fight: earlier, the large convolutions ran on Python threads beside numba's, and
+  numba's spinning OpenMP workers took the core a Python worker needed (ResNet-18 step,
+  batch 32: 1.03x -> 1.62x PyTorch's time with parallel kernels everywhere); OpenBLAS's
+  own spinning workers did the same to numba's (RESULTS.md). And a hand-off to a Python
+  worker cost 70-330 us here (a futex wake and the GIL) where numba's workers take a
+  parallel region in 2-5 us.
+* ``MINIDL_NUMBA_PARALLEL=0`` in the environment, or ``set_parallel(False)``, runs every
+  kernel on the calling thread (``set_parallel(True)``: allowed; ``None``: the default).
 * minidl's matrix products run NumPy's BLAS on the calling thread only (``single_blas``;
-  ``set_single_blas(False)`` restores the library's own threads): OpenBLAS's workers spin
-  after every multi-threaded product and took the core the next kernel needed. The large
-  convolutions use the cores instead through ``run_on_threads``: blocks of images on
-  ``get_num_threads()`` Python threads, one BLAS thread each (``conv_blocked.py``,
-  ``conv_winograd.py``); the sleeping workers cost nothing when another process wants a
-  core. (ResNet-18 step on the 2-core dev VM: 2.15x -> 1.36x PyTorch's time; RESULTS.md.)
+  ``set_single_blas(False)`` restores the library's own threads): the cores are used by
+  running several single-threaded products side by side on numba's threads.
 * ``minidl.set_num_threads(n)`` / ``minidl.get_num_threads()`` (PyTorch's names): at most
   n threads for numba's parallel kernels and for the BLAS library NumPy calls (through
   ``threadpoolctl``); the count defaults to the physical cores this process may use.
@@ -40,12 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 
-__all__ = ["Setting", "PARALLEL_MIN_ELEMENTS", "parallel", "set_parallel", "python_threads",
-           "set_python_threads", "run_on_threads", "single_blas", "set_single_blas",
-           "physical_cores", "get_num_threads",
-           "set_num_threads", "jit", "njit_helper"]
+__all__ = ["Setting", "PARALLEL_MIN_ELEMENTS", "parallel", "set_parallel", "single_blas",
+           "set_single_blas", "physical_cores", "get_num_threads", "set_num_threads", "split",
+           "jit", "njit_helper"]
 
 class Setting:
     """A kernel setting that a call changes at once and, used with ``with``, undoes when the
@@ -72,83 +61,30 @@ class _Restore:
 
 
 # Read once, here: the only place minidl looks at the environment for threads.
-# True / False: parallel kernels allowed / forbidden; None: automatic (the policy above).
-_PARALLEL = Setting({"1": True, "0": False}.get(os.environ.get("MINIDL_NUMBA_PARALLEL", "")))
-_PYTHON_THREADS = Setting(1)
+# True / False: parallel kernels allowed / forbidden.
+_PARALLEL_DEFAULT = os.environ.get("MINIDL_NUMBA_PARALLEL", "") != "0"
+_PARALLEL = Setting(_PARALLEL_DEFAULT)
 
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
-class _Section(threading.local):
-    """How deep this thread is in ``run_on_threads`` jobs (workers: always inside)."""
-    depth = 0
-
-
-_SECTION = _Section()
-
-
-class _Sections:
-    """Whether this process has run a ``run_on_threads`` section on several threads."""
-    used = False
-
-
 def parallel(size=None):
     """Whether a kernel over ``size`` elements runs on numba's threads (policy above):
-    never inside a ``run_on_threads`` section, whose jobs already share the cores, and in
-    the automatic mode not once the process has run such sections.
+    parallel kernels allowed and at least ``PARALLEL_MIN_ELEMENTS`` elements.
     ``size=None``: whether parallel kernels are allowed at all."""
-    allowed = _PARALLEL.value
-    if allowed is None:
-        allowed = not _Sections.used
-    if not allowed or _SECTION.depth:
+    if not _PARALLEL.value:
         return False
     return size is None or size >= PARALLEL_MIN_ELEMENTS
 
 
 def set_parallel(flag):
-    """Allow (True) or forbid (False) parallel numba kernels, or leave it to the automatic
-    policy (None); undone at the end of a ``with`` block when used as one."""
-    return _PARALLEL.set(None if flag is None else bool(flag))
+    """Allow (True) or forbid (False) parallel numba kernels, or go back to the default
+    (None: allowed unless ``MINIDL_NUMBA_PARALLEL=0``); undone at the end of a ``with``
+    block when used as one."""
+    return _PARALLEL.set(_PARALLEL_DEFAULT if flag is None else bool(flag))
 
 
-def python_threads():
-    """How many Python threads the direct-convolution kernels split each call over."""
-    return _PYTHON_THREADS.value
-
-
-def set_python_threads(n):
-    """Run each direct-convolution kernel call as ``n`` pieces on ``n`` threads (1: inline);
-    undone at the end of a ``with`` block when used as one."""
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"set_python_threads: n must be >= 1, got {n}")
-    return _PYTHON_THREADS.set(n)
-
-
-# ----------------------------------------------------------------------------- Python threads
-
-class _Workers:
-    """The worker threads of every Python-thread split (made on first use, remade when the
-    count changes) and threadpoolctl's handle on NumPy's BLAS."""
-    lock = threading.Lock()
-    pool = None
-    size = 0
-    blas = None
-
-
-_WORKER_PREFIX = "minidl-worker"
-
-
-def _pool(n):
-    with _Workers.lock:
-        if _Workers.size != n:
-            if _Workers.pool is not None:
-                _Workers.pool.shutdown(wait=True)
-            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-            _Workers.pool = ThreadPoolExecutor(n, thread_name_prefix=_WORKER_PREFIX)
-            _Workers.size = n
-        return _Workers.pool
-
+# ----------------------------------------------------------------------------- BLAS
 
 class _Blas:
     """threadpoolctl's controllers of NumPy's BLAS libraries (found on first use), and how
@@ -158,7 +94,7 @@ class _Blas:
 
 
 # The policy: minidl's matrix products run BLAS on the calling thread only, and minidl
-# spreads large products over its own threads (blocks of images, ``run_on_threads``).
+# spreads large products over numba's threads (``blas_numba``).
 # OpenBLAS's worker threads spin for a while after every multi-threaded product; on a
 # 2-core machine that spinning took the core that minidl's next kernel or Python worker
 # needed (RESULTS.md: ResNet-18 step, and PERFORMANCE.md's "threads fighting").
@@ -174,7 +110,7 @@ def set_single_blas(flag):
 @contextlib.contextmanager
 def single_blas():
     """A block in which NumPy's BLAS runs on the calling thread only (the policy above);
-    nested blocks, and blocks inside a ``run_on_threads`` job, cost almost nothing."""
+    nested blocks cost almost nothing."""
     if _Blas.depth or not _SINGLE_BLAS.value:
         yield
         return
@@ -195,52 +131,9 @@ def single_blas():
                 c.set_num_threads(n)
 
 
-def run_on_threads(n, job, blas_single=False):
-    """Run ``job(t)`` for t = 0 .. n-1 and return the results in order: t = 0 on the calling
-    thread, the others on the shared worker threads, which sleep (not spin) when idle.
-
-    The kernels a job calls release the GIL, so the jobs run side by side. blas_single:
-    ``single_blas`` around the jobs (jobs that call matrix products: each job is then one
-    BLAS thread, and no BLAS worker spins against the jobs). An
-    exception in any job is raised here once every job has finished. Called from inside a
-    job, the jobs run inline (no pool inside the pool).
-    """
-    if n == 1 or _SECTION.depth:
-        return [job(t) for t in range(n)]
-    pool = _pool(n - 1)
-    _Sections.used = True
-    with (single_blas() if blas_single else contextlib.nullcontext()):
-        futures = [pool.submit(_in_section, job, t) for t in range(1, n)]
-        try:
-            first = _in_section(job, 0)
-        finally:
-            errors = [f.exception() for f in futures]   # waits for every job
-        for exc in errors:
-            if exc is not None:
-                raise exc
-        return [first] + [f.result() for f in futures]
-
-
-def _in_section(job, t):
-    """job(t) with this thread marked as inside a section: its kernels stay serial."""
-    _SECTION.depth += 1
-    try:
-        return job(t)
-    finally:
-        _SECTION.depth -= 1
-
-
 def split(count, parts):
     """[0, count) as ``parts`` nearly equal ranges [(i0, i1), ...], in order."""
     return [(t * count // parts, (t + 1) * count // parts) for t in range(parts)]
-
-
-def run_on_ranges(count, job, blas_single=False, parts=None):
-    """``job(i0, i1)`` for ``count`` items cut into one range per thread (``parts``, or
-    ``get_num_threads()``, at most ``count``), through ``run_on_threads``."""
-    n = max(1, min(get_num_threads() if parts is None else parts, count))
-    bounds = split(count, n)
-    return run_on_threads(n, lambda t: job(*bounds[t]), blas_single=blas_single)
 
 
 # ----------------------------------------------------------------------------- thread count

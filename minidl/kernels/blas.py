@@ -1,0 +1,93 @@
+"""Matrix products on numba's threads: ``matmul(a, b, out, accumulate)``, out = a @ b (or
+out += a @ b) for float32/float64 arrays, run as single-threaded BLAS calls inside a
+numba parallel loop (``blas_numba``), so that the convolutions' products share the one
+pool of threads their im2col and Winograd kernels use (``kernels/threads.py``).
+
+This module imports nothing heavy: the numba kernels load on the first product (importing
+the convolution modules, as the registry does, must not import numba).
+"""
+from __future__ import annotations
+
+import importlib
+import math
+
+import numpy as np
+
+from . import threads
+
+__all__ = ["matmul", "GEMM_PARALLEL_MIN_FLOPS"]
+
+# Products of fewer multiply-adds run on the calling thread: a parallel region costs a few
+# microseconds, a 64 x 64 x 64 product ~10 us on one core.
+GEMM_PARALLEL_MIN_FLOPS = 1 << 19
+
+
+class _Kernels:
+    module = None
+
+
+def _kernels():
+    """``blas_numba`` (imported on first use), or None where NumPy's BLAS has no cblas
+    symbols to call."""
+    if _Kernels.module is None:
+        _Kernels.module = importlib.import_module(".blas_numba", __package__)
+    return _Kernels.module if _Kernels.module.available() else None
+
+
+def _unit_stride(a):
+    """a, or a copy, with a unit stride along one of its last two axes (what BLAS reads)."""
+    item = a.itemsize
+    if a.strides[-1] == item or a.strides[-2] == item:
+        return a
+    return np.ascontiguousarray(a)
+
+
+def _shapes_fit(a, b, out):
+    """Whether a, b, out have the shapes ``matmul`` takes (a wrong K would make BLAS read
+    past the arrays)."""
+    if not (a.ndim in (2, 3) and b.ndim in (2, 3) and out.ndim in (2, 3)):
+        return False
+    batches = {x.shape[0] for x in (a, b, out) if x.ndim == 3}
+    return (len(batches) <= 1 and a.shape[-1] == b.shape[-2]
+            and out.shape[-2:] == (a.shape[-2], b.shape[-1]))
+
+
+def matmul(a, b, out, accumulate=False):
+    """out = a @ b, or out += a @ b with ``accumulate``, on numba's threads (one BLAS thread
+    each; where the policy allows parallel kernels and the product has at least
+    ``GEMM_PARALLEL_MIN_FLOPS`` multiply-adds), and returns out.
+
+    a (M, K) or (B, M, K), b (K, N) or (B, K, N), one float dtype:
+    * out (B, M, N): the B products (a 2-D a or b serves every one);
+    * out (M, N) with a or b 3-D: the SUM of the B products (a batched weight gradient).
+    a and b may be views with a unit stride along either of their last two axes
+    (transposed views: BLAS reads them transposed, nothing is copied); out needs a unit
+    stride along its rows."""
+    if not _shapes_fit(a, b, out):
+        raise ValueError(f"blas.matmul: expected a (B, M, K) or (M, K), b (B, K, N) or "
+                         f"(K, N), out (B, M, N) or (M, N) (B the same where given), got "
+                         f"{a.shape}, {b.shape}, {out.shape}")
+    kernels = _kernels()
+    if kernels is None or out.strides[-1] != out.itemsize or a.dtype != out.dtype \
+            or b.dtype != out.dtype or out.dtype not in (np.float32, np.float64):
+        with threads.single_blas():
+            product = np.matmul(a, b)
+            if out.ndim == 2 and product.ndim == 3:
+                product = product.sum(axis=0)
+            if accumulate:
+                out += product
+            else:
+                out[...] = product
+        return out
+    a3, b3, c3 = (x if x.ndim == 3 else x[None] for x in (_unit_stride(a), _unit_stride(b), out))
+    batch, M, K = max(a3.shape[0], b3.shape[0]), a3.shape[1], a3.shape[2]
+    N = c3.shape[2]
+    flops = batch * M * N * K
+    n = threads.get_num_threads()
+    if n > 1 and threads.parallel() and flops >= GEMM_PARALLEL_MIN_FLOPS:
+        run, parts = kernels.batched.parallel_build, n // math.gcd(c3.shape[0], n)
+    else:
+        run, parts = kernels.batched.serial, 1
+    with threads.single_blas():
+        run(a3, b3, c3, out.dtype.type(1.0 if accumulate else 0.0), parts)
+    return out
