@@ -61,10 +61,13 @@ class Device:
         self.type, self.index = kind, index
 
     def __eq__(self, other):
-        try:
-            other = Device(other)
-        except (TypeError, ValueError):
-            return NotImplemented
+        if other is self:               # every CPU array's device is the one CPU object
+            return True
+        if type(other) is not Device:
+            try:
+                other = Device(other)
+            except (TypeError, ValueError):
+                return NotImplemented
         return self.type == other.type and (self.index or 0) == (other.index or 0)
 
     def __hash__(self):

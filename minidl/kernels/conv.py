@@ -72,7 +72,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..backend import get_array_module
-from . import registry, threads
+from . import blas, registry, threads
 from .im2col import col2im, im2col
 
 __all__ = ["CONV2D", "conv2d_code", "KEEP_COL_BYTES", "keep_col_bytes", "release_scratch", "direct_can_run",
@@ -114,6 +114,16 @@ def _scratch(xp, shape, dtype, slot=0):
     return buf[:n].reshape(shape)
 
 
+def _matmul(xp, a, b, out=None):
+    """a @ b (one batch axis): NumPy's on numba's threads (``blas.matmul``, the threading
+    policy), CuPy's on the GPU."""
+    if xp is not np:
+        return xp.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty(a.shape[:-1] + b.shape[-1:], dtype=np.result_type(a, b))
+    return blas.matmul(a, b, out)
+
+
 def release_scratch():
     """Free this thread's scratch buffers (they otherwise stay as large as the largest
     unfolded input seen)."""
@@ -152,8 +162,7 @@ def forward(x, w, b, geo, keep_for_backward=True):
     OCg, K, L = OC // G, (geo.C // G) * geo.KH * geo.KW, N * OH * OW
     keep_col = keep_for_backward and math.prod(geo.col_shape) * x.dtype.itemsize <= _KEEP_COL.value
     col = im2col(x, geo, out=None if keep_col else _scratch(xp, geo.col_shape, x.dtype))
-    with threads.single_blas():                                  # the threading policy
-        Y = xp.matmul(w.reshape(G, OCg, K), col.reshape(G, K, L))    # (G, OCg, L)
+    Y = _matmul(xp, w.reshape(G, OCg, K), col.reshape(G, K, L))   # (G, OCg, L)
     Yt = Y.reshape(OC, N, OH * OW).transpose(1, 0, 2)            # (N, OC, OH*OW), a view
     y = xp.empty((N, OC, OH * OW), dtype=Y.dtype)
     if b is not None:
@@ -191,8 +200,7 @@ def grad_weight(g, saved, geo, need_b=True):
         col = kept
     else:                                                         # unfold again
         col = im2col(kept, geo, out=_scratch(xp, geo.col_shape, kept.dtype))
-    with threads.single_blas():
-        gwT = xp.matmul(col.reshape(G, K, L), g.gY.transpose(0, 2, 1))   # (G, K, OCg)
+    gwT = _matmul(xp, col.reshape(G, K, L), g.gY.transpose(0, 2, 1))   # (G, K, OCg)
     gw = gwT.transpose(0, 2, 1).reshape(OC, Cg, geo.KH, geo.KW)         # small copy
     return gw, (grad_bias(g, geo) if need_b else None)
 
@@ -203,8 +211,7 @@ def grad_input(g, w, geo):
     G, OC = geo.G, geo.OC
     K, L = (geo.C // G) * geo.KH * geo.KW, geo.N * geo.OH * geo.OW
     wm = w.reshape(G, OC // G, K)
-    with threads.single_blas():
-        gcol = xp.matmul(wm.transpose(0, 2, 1), g.gY, out=_scratch(xp, (G, K, L), g.gY.dtype))
+    gcol = _matmul(xp, wm.transpose(0, 2, 1), g.gY, out=_scratch(xp, (G, K, L), g.gY.dtype))
     return col2im(gcol.reshape(geo.col_shape), geo)
 
 

@@ -338,23 +338,25 @@ def _check_array_sizes(op, itemsize, arrays, hint):
     """Refuse, naming the op, a geometry whose arrays no machine could hold (NumPy would
     say "array is too big" without saying which op or argument caused it).
 
-    arrays: {what: shape} of the arrays the op allocates; hint: how to fix it.
+    arrays: {what: shape} of the arrays the op allocates; hint: a function returning how
+    to fix it (formatted only when the error is raised: this runs on every call).
     """
     for what, shape in arrays.items():
-        count = math.prod(int(d) for d in shape)
+        count = math.prod(shape)
         if count * itemsize > _MAX_ARRAY_BYTES:
             raise ValueError(f"{op}: the {what} would have shape {tuple(shape)} "
                              f"({count:.3g} elements of {itemsize} bytes), more than any "
-                             f"array can hold; {hint}")
+                             f"array can hold; {hint()}")
 
 
 def _apply_reporting_memory(op, function, *args, describe, **params):
     """``function.apply(...)``, with an out-of-memory error that names the op and the
-    shapes (NumPy's MemoryError names only the array it failed to allocate)."""
+    shapes (NumPy's MemoryError names only the array it failed to allocate); describe: a
+    function returning them, formatted only when the error is raised."""
     try:
         return function.apply(*args, **params)
     except MemoryError as exc:
-        raise MemoryError(f"{op}: not enough memory for {describe} ({exc}); use a smaller "
+        raise MemoryError(f"{op}: not enough memory for {describe()} ({exc}); use a smaller "
                           f"batch, padding or image size") from None
 
 
@@ -414,11 +416,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     _check_array_sizes("conv2d", input.dtype.itemsize,
                        {"padded input": (geo.N, geo.C) + tuple(geo.padded_hw),
                         "output": geo.out_shape},
-                       f"padding {pads[0]}, {pads[1]} or stride {stride} is far too large "
-                       f"for input {input.shape}")
+                       lambda: f"padding {pads[0]}, {pads[1]} or stride {stride} is far too "
+                               f"large for input {input.shape}")
     return _apply_reporting_memory("conv2d", Conv2dFunction, input, weight, bias, geo=geo,
-                                   describe=f"input {input.shape}, weight {weight.shape}, "
-                                            f"padding {pads[0]}, {pads[1]}")
+                                   describe=lambda: f"input {input.shape}, weight "
+                                                    f"{weight.shape}, padding {pads[0]}, "
+                                                    f"{pads[1]}")
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0,  # noqa: A002
@@ -492,8 +495,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         # reaches; the convolution keeps the first H x W windows, those of the input
         geo = geo._replace(OH=H, OW=W)
     _check_array_sizes(op, input.dtype.itemsize, {"output": (N, C_out) + out_hw},
-                       f"stride {stride}, dilation {dilation} or output_padding "
-                       f"{output_padding} is far too large for input {input.shape}")
+                       lambda: f"stride {stride}, dilation {dilation} or output_padding "
+                               f"{output_padding} is far too large for input {input.shape}")
     return _apply_reporting_memory(op, ConvTranspose2dFunction, input, weight, bias, geo=geo,
-                                   describe=f"input {input.shape}, weight {weight.shape}, "
-                                            f"output {(N, C_out) + out_hw}")
+                                   describe=lambda: f"input {input.shape}, weight "
+                                                    f"{weight.shape}, output "
+                                                    f"{(N, C_out) + out_hw}")
