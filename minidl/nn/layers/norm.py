@@ -85,13 +85,13 @@ class _BatchNorm(Module):
     def _check_input(self, x):
         # ShapeError is a ValueError, the class PyTorch's batch norm raises for these
         check_float(self, x, self.weight if self.affine else self.running_mean)
-        expected = self.expected_input_text()
         if x.ndim not in self.input_ranks:
             ranks = " or ".join(f"{r}D" for r in self.input_ranks)
-            raise ShapeError(f"{self!r}: expected {ranks} input {expected}, got {x.shape}")
+            raise ShapeError(f"{self!r}: expected {ranks} input {self.expected_input_text()}, "
+                             f"got {x.shape}")
         if x.shape[1] != self.num_features:
-            raise ShapeError(f"{self!r}: expected input {expected} with {self.num_features} "
-                             f"channels, got {x.shape}")
+            raise ShapeError(f"{self!r}: expected input {self.expected_input_text()} with "
+                             f"{self.num_features} channels, got {x.shape}")
 
     def forward(self, input):  # noqa: A002
         self._check_input(input)
