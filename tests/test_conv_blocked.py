@@ -165,17 +165,21 @@ def test_whole_batch_transposes_gy_once_and_is_chosen_for_small_col(rng, num_thr
     assert whole(256, 8, 512, 3, n=128)               # col 18.9 MB, weight 4.7 MB
 
 
-def test_blocked_pays_for_large_unfolded_inputs():
-    """Blocks pay for ResNet-sized layers (col of at least BLOCKED_MIN_COL_BYTES) with more
-    than one image, not for small ones."""
-    def pays(x_shape, w_shape):
-        geo = geometry.ConvGeometry.of(x_shape, w_shape, (1, 1), ((1, 1), (1, 1)), (1, 1))
+def test_blocked_pays_for_ungrouped_batches(monkeypatch):
+    """The blocked code pays for ungrouped convolutions of more than one image whose col
+    reaches BLOCKED_MIN_COL_BYTES; not for one image, nor for grouped ones."""
+    def pays(x_shape, w_shape, groups=1):
+        geo = geometry.ConvGeometry.of(x_shape, w_shape, (1, 1), ((1, 1), (1, 1)), (1, 1),
+                                       groups)
         return conv_blocked.blocked_pays(np.zeros(1, np.float32), geo)
 
     assert pays((8, 64, 32, 32), (64, 64, 3, 3))          # col 18 MB
+    assert pays((2, 16, 8, 8), (64, 16, 3, 3))            # col 74 KB
+    assert not pays((1, 512, 64, 64), (64, 512, 3, 3))    # one image: nothing to cut
+    assert not pays((2, 16, 8, 8), (64, 4, 3, 3), groups=4)
+    monkeypatch.setattr(conv_blocked, "BLOCKED_MIN_COL_BYTES", 2**20)
     assert not pays((2, 16, 8, 8), (64, 16, 3, 3))        # col 74 KB
     assert pays((2, 64, 32, 32), (64, 64, 3, 3))          # col 4.5 MB
-    assert not pays((1, 512, 64, 64), (64, 512, 3, 3))    # one image: nothing to cut
 
 
 @pytest.mark.parametrize("impl", ["reference", "numba"])

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from . import threads
+from . import registry, threads
 
 __all__ = ["matmul", "GEMM_PARALLEL_MIN_FLOPS"]
 
@@ -27,9 +27,11 @@ class _Kernels:
 
 
 def _kernels():
-    """``blas_numba`` (imported on first use), or None where NumPy's BLAS has no cblas
-    symbols to call."""
+    """``blas_numba`` (imported on first use), or None where numba does not import or
+    NumPy's BLAS has no cblas symbols to call."""
     if _Kernels.module is None:
+        if not registry.numba_available():
+            return None
         _Kernels.module = importlib.import_module(".blas_numba", __package__)
     return _Kernels.module if _Kernels.module.available() else None
 

@@ -273,7 +273,7 @@ CONV2D.register("direct", registry.numba_module("minidl.kernels.conv_direct"), d
 # The blocked implementation builds on this module's reference (hence imported last).
 from . import conv_blocked  # noqa: E402
 
-CONV2D.register("blocked", lambda: conv_blocked, device="cpu",
+CONV2D.register("blocked", registry.numba_module("minidl.kernels.conv_blocked"), device="cpu",
                 supports=lambda x, w, *, geo, **_: conv_blocked.blocked_can_run(x, w, geo),
                 pays=lambda x, w, *, geo, **_: conv_blocked.blocked_pays(x, geo))
 

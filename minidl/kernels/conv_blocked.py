@@ -18,8 +18,8 @@ all run on numba's threads, block after block; the weight gradient sums image af
 image into one array: results are deterministic, equal to the reference up to float
 rounding (another order of the sums).
 
-Used for NumPy float32/float64 arrays whose whole ``col`` is at least
-``BLOCKED_MIN_COL_BYTES`` (below it one product over the batch is as fast). Unlike the
+Used for NumPy float32/float64 arrays of ungrouped convolutions over more than one image
+(``blocked_pays``). Unlike the
 reference it never keeps ``col`` from forward for the weight gradient.
 """
 from __future__ import annotations
@@ -40,7 +40,12 @@ __all__ = ["BLOCK_COL_BYTES", "BLOCKED_MIN_COL_BYTES", "block_col_bytes", "block
            "whole_batch_bytes", "whole_batch"]
 
 BLOCK_COL_BYTES = 4 * 2**20        # the unfolded input of one block: fits in the caches
-BLOCKED_MIN_COL_BYTES = 2**20      # smaller convolutions: one product over the batch
+# Below this ``col`` size the reference runs instead. 0: the blocked code's whole-batch
+# path (im2col, the product and the transpose back, all on numba's threads) beat the
+# reference (the transpose and bias on one thread) even on small layers: MobileNet v2's
+# 1x1 convolutions, evaluation 1.58 -> 1.40x PyTorch's time (the 1 MiB limit it had was
+# measured when blocks ran on Python threads).
+BLOCKED_MIN_COL_BYTES = 0
 
 _BLOCK_COL = threads.Setting(BLOCK_COL_BYTES)
 
@@ -65,10 +70,10 @@ def blocked_can_run(x, w, geo):
 
 
 def blocked_pays(x, geo):
-    """Whether the batch's ``col`` is large enough (``BLOCKED_MIN_COL_BYTES``) for blocks
-    and threads to beat one product over the batch, for an ungrouped convolution (grouped
-    and depthwise ones, G products of a few rows each, measured slower by blocks:
-    MobileNet v2's step, RESULTS.md)."""
+    """Whether blocks (or the whole-batch path) beat the reference: an ungrouped
+    convolution (grouped and depthwise ones, G products of a few rows each, measured
+    slower by blocks: MobileNet v2's step, RESULTS.md) of more than one image whose
+    ``col`` has at least ``BLOCKED_MIN_COL_BYTES``."""
     return geo.G == 1 and geo.N > 1 and col_bytes(geo, x.dtype) >= BLOCKED_MIN_COL_BYTES
 
 
