@@ -31,6 +31,8 @@ CASES = {
     "3x3 p1": ((5, 6, 9, 8), (7, 6, 3, 3), dict(padding=1)),
     "3x3 s2 p1": ((4, 5, 11, 10), (6, 5, 3, 3), dict(stride=2, padding=1)),
     "1x1 s2": ((5, 8, 8, 8), (4, 8, 1, 1), dict(stride=2)),
+    "1x1 pointwise": ((3, 8, 9, 8), (5, 8, 1, 1), {}),              # 72 pixels: per image
+    "1x1 small map": ((3, 8, 7, 7), (5, 8, 1, 1), {}),              # 49 pixels: whole batch
     "dilated, uneven": ((3, 3, 12, 9), (5, 3, 3, 2), dict(dilation=(2, 1), padding=(2, 0))),
     "groups": ((4, 6, 7, 7), (9, 2, 3, 3), dict(groups=3, padding=1)),
     "batch 1": ((1, 4, 6, 6), (3, 4, 3, 3), dict(padding=1)),
@@ -163,6 +165,28 @@ def test_whole_batch_transposes_gy_once_and_is_chosen_for_small_col(rng, num_thr
     assert not whole(64, 32, 128, 3)                  # col 18.9 MB
     assert not whole(128, 16, 256, 3, n=128)          # col 37.7 MB, weight 1.2 MB
     assert whole(256, 8, 512, 3, n=128)               # col 18.9 MB, weight 4.7 MB
+
+
+def test_pointwise_layers_unfold_nothing(rng, monkeypatch):
+    """1x1 stride-1 unpadded layers on maps of at least POINTWISE_MIN_OUTPUTS pixels run
+    as per-image products on x, gy and gx in place: im2col, col2im and the transposed gY
+    never run, and the results equal the reference's."""
+    x_shape, w_shape, kwargs = CASES["1x1 pointwise"]
+    geo = geometry.ConvGeometry.of(x_shape, w_shape)
+    assert conv_blocked.pointwise(geo)
+    assert not conv_blocked.pointwise(geometry.ConvGeometry.of(*CASES["1x1 small map"][:2]))
+    assert not conv_blocked.pointwise(geometry.ConvGeometry.of(x_shape, w_shape,
+                                                               padding=((1, 1), (1, 1))))
+    arrays = _arrays(rng, x_shape, w_shape, np.float64, kwargs)
+    want = _run("reference", *arrays, kwargs)
+
+    def unused(*args, **kw):
+        raise AssertionError("a pointwise layer unfolded or transposed something")
+
+    for name in ("im2col", "col2im", "_gY_whole", "_planes_swapped"):
+        monkeypatch.setattr(conv_blocked, name, unused)
+    for got, ref in zip(_run("blocked", *arrays, kwargs), want):
+        np.testing.assert_allclose(got, ref, **TOL[np.float64])
 
 
 def test_blocked_pays_for_ungrouped_batches(monkeypatch):

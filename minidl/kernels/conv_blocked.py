@@ -35,7 +35,8 @@ from .conv import _scratch
 from .blas import matmul
 from .im2col import col2im, im2col
 
-__all__ = ["BLOCK_COL_BYTES", "BLOCKED_MIN_COL_BYTES", "block_col_bytes", "blocked_can_run",
+__all__ = ["BLOCK_COL_BYTES", "BLOCKED_MIN_COL_BYTES", "POINTWISE_MIN_OUTPUTS", "pointwise",
+           "block_col_bytes", "blocked_can_run",
            "blocked_pays", "image_blocks", "WHOLE_BATCH_BYTES", "WHOLE_PER_WEIGHT",
            "whole_batch_bytes", "whole_batch"]
 
@@ -172,6 +173,30 @@ def _gY_whole(gy, geo):
     return gY.reshape(OC, N * HW)
 
 
+# ----------------------------------------------------------------------------- 1x1 layers
+
+# A 1x1 convolution at stride 1 without padding (GoogLeNet's and MobileNet's pointwise
+# layers) needs no im2col: each image's x[n] (C, H*W) is already the product's operand, so
+#     y[n] = Wm @ x[n],   dWm = sum over n of gy[n] @ x[n]^T,   gx[n] = Wm^T @ gy[n]
+# read and write the (N, C, H, W) arrays in place, no unfolded copy and no transposes.
+# Only for maps of at least this many pixels: on smaller ones (MobileNet's 4x4 and 2x2)
+# the per-image products are a few columns wide and one product over the batch wins.
+POINTWISE_MIN_OUTPUTS = 64
+
+
+def pointwise(geo):
+    """Whether ``geo`` is a 1x1, stride-1, unpadded, ungrouped convolution on maps of at
+    least ``POINTWISE_MIN_OUTPUTS`` pixels (the per-image products above)."""
+    return (geo.KH == geo.KW == 1 and geo.SH == geo.SW == 1 and geo.G == 1
+            and geo.PH0 == geo.PH1 == geo.PW0 == geo.PW1 == 0
+            and geo.OH * geo.OW >= POINTWISE_MIN_OUTPUTS)
+
+
+def _images(a, geo):
+    """(N, C, H, W) -> (N, C, H*W): the per-image matrices, a view."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
 # ----------------------------------------------------------------------------- entry points
 
 def forward(x, w, b, geo, keep_for_backward=True):
@@ -184,6 +209,12 @@ def forward(x, w, b, geo, keep_for_backward=True):
     x = np.ascontiguousarray(x)
     y = np.empty((geo.N, OC, geo.OH, geo.OW), dtype=np.result_type(x, w))
     saved = ("x", x if keep_for_backward else None)
+
+    if pointwise(geo):
+        if b is not None:
+            y[...] = b.reshape(OC, 1, 1)
+        matmul(wm[0], _images(x, geo), _images(y, geo), accumulate=b is not None)
+        return y, saved
 
     if whole_batch(geo, x.dtype):
         col = _col_whole(x, geo)                                  # (K, L)
@@ -209,7 +240,7 @@ def grad_output(gy, geo, products=True):
     """gy itself; as one block (``whole_batch``) also gY (OC, N*OH*OW), transposed once
     for both gradients (blocks read gy in place)."""
     gy = np.ascontiguousarray(gy)
-    whole = products and whole_batch(geo, gy.dtype)
+    whole = products and whole_batch(geo, gy.dtype) and not pointwise(geo)
     return SimpleNamespace(gy=gy, gY=_gY_whole(gy, geo) if whole else None)
 
 
@@ -224,6 +255,9 @@ def grad_weight(g, saved, geo, need_b=True):
     K = Cg * geo.KH * geo.KW
     x = np.ascontiguousarray(kept)
     gw = np.empty((G, OC // G, K), dtype=np.result_type(x, g.gy))
+    if pointwise(geo):
+        matmul(_images(g.gy, geo), _images(x, geo).transpose(0, 2, 1), gw[0])
+        return gw.reshape(OC, Cg, 1, 1), (grad_bias(g, geo) if need_b else None)
     if g.gY is not None:                                          # one block
         matmul(g.gY, _col_whole(x, geo).T, gw[0])
         gb = g.gY.sum(axis=1) if need_b else None
@@ -246,6 +280,8 @@ def grad_input(g, w, geo):
     K = (geo.C // G) * geo.KH * geo.KW
     wmT = w.reshape(G, OC // G, K).transpose(0, 2, 1)             # (G, K, OCg)
     gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
+    if pointwise(geo):
+        return matmul(wmT[0], _images(g.gy, geo), _images(gx, geo)).reshape(gx.shape)
     if g.gY is not None:                                          # one block
         gcol = _scratch(np, geo.col_shape, gx.dtype)              # (C, KH, KW, N, OH, OW)
         matmul(wmT[0], g.gY, gcol.reshape(K, -1))
