@@ -98,6 +98,25 @@ def test_mixed_dtypes_and_odd_outputs_take_numpy(rng):
     np.testing.assert_allclose(wide[:, ::2], b.T[:4] @ b, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_operands(dtype):
+    """K = 0: a product of zeros (out = 0, or out unchanged when accumulating); an empty
+    batch: nothing for a 3-D out, 0 for a summed 2-D out; empty M or N: nothing."""
+    out = np.full((3, 4), np.nan, dtype)
+    np.testing.assert_array_equal(blas.matmul(np.ones((3, 0), dtype), np.ones((0, 4), dtype),
+                                              out), np.zeros((3, 4)))
+    acc = np.full((2, 3, 4), 5, dtype)
+    blas.matmul(np.ones((2, 3, 0), dtype), np.ones((2, 0, 4), dtype), acc, accumulate=True)
+    np.testing.assert_array_equal(acc, np.full((2, 3, 4), 5))
+    assert blas.matmul(np.ones((0, 3, 2), dtype), np.ones((0, 2, 4), dtype),
+                       np.empty((0, 3, 4), dtype)).shape == (0, 3, 4)
+    summed = np.full((3, 4), np.nan, dtype)
+    blas.matmul(np.ones((0, 3, 2), dtype), np.ones((0, 2, 4), dtype), summed)
+    np.testing.assert_array_equal(summed, np.zeros((3, 4)))
+    assert blas.matmul(np.ones((3, 2), dtype), np.ones((2, 0), dtype),
+                       np.empty((3, 0), dtype)).shape == (3, 0)
+
+
 def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match=r"blas.matmul: expected .* got \(2,\), \(2, 2\)"):
         blas.matmul(np.ones(2), np.ones((2, 2)), np.ones((2, 2)))

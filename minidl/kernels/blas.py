@@ -82,6 +82,10 @@ def matmul(a, b, out, accumulate=False):
                 out[...] = product
         return out
     a3, b3, c3 = (x if x.ndim == 3 else x[None] for x in (_unit_stride(a), _unit_stride(b), out))
+    if min(a3.shape[0], b3.shape[0]) == 0:       # no products: a sum of none is 0
+        if not accumulate:
+            out[...] = 0
+        return out
     batch, M, K = max(a3.shape[0], b3.shape[0]), a3.shape[1], a3.shape[2]
     N = c3.shape[2]
     flops = batch * M * N * K
