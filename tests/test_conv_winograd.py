@@ -349,6 +349,11 @@ def test_supports_and_pays():
     assert conv_winograd.winograd_pays(last)           # ResNet-18's 4x4 stage: large blocks
     tiny = geometry.ConvGeometry.of((32, 512, 2, 2), (512, 512, 3, 3), (1, 1), ((1, 1), (1, 1)))
     assert not conv_winograd.winograd_pays(tiny)       # one tile per image, mostly padding
+    one = geometry.ConvGeometry.of((1, 128, 16, 16), (128, 128, 3, 3), (1, 1), ((1, 1), (1, 1)))
+    assert not conv_winograd.winograd_pays(one)        # 16 tiles: U costs more than it saves
+    four = one._replace(N=4)
+    assert conv_winograd.winograd_pays(four)           # 64 tiles
+    assert 4 * 16 == conv_winograd.WINOGRAD_MIN_BATCH_TILES
 
 
 @pytest.mark.parametrize("need", [(True, True, True), (True, False, True), (False, True, True)])

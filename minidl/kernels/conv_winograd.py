@@ -97,6 +97,7 @@ from .conv import _scratch
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
            "weight_source", "winograd_can_run", "winograd_pays", "WINOGRAD_MIN_CHANNELS",
+           "WINOGRAD_MIN_BATCH_TILES",
            "WINOGRAD_MIN_SIZE", "WINOGRAD_MIN_TILES", "min_tiles", "weight_transform",
            "weight_transform_adjoint", "WHOLE_BATCH_BYTES", "whole_batch_bytes", "whole_batch",
            "WINOGRAD4_MIN_SIZE", "tile_size"]
@@ -106,6 +107,13 @@ __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
 # (``winograd_pays``).
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_SIZE = 4
+# ... and this many tiles in the whole batch: U is made on every call (K * OC * C values,
+# more than the weight itself), and too few tiles do not pay for it. Measured on 2 threads,
+# eval (fwd+bwd) time against the blocked im2col, by tiles of the batch: 4-16 tiles 1.3-3.4x
+# (1.2-2.3x), 32 tiles 1.04-1.35x (0.73-0.94x), 64 and more 0.42-0.92x (0.43-0.77x), at
+# ResNet-18's 64ch 32x32 to 512ch 4x4 layers with batches 1 to 16. ResNet-18's evaluation
+# at batch 1: 36.6 -> 18.8 ms without Winograd (PyTorch 14.2).
+WINOGRAD_MIN_BATCH_TILES = 64
 
 # A block holds at least this many tiles (whole images; fewer only where the batch is
 # shared among the threads, ``conv_blocked.image_blocks``): the K GEMMs are
@@ -136,13 +144,16 @@ def winograd_can_run(x, w, geo):
 
 def winograd_pays(geo):
     """Whether Winograd should gain here: C and OC at least ``WINOGRAD_MIN_CHANNELS`` (the
-    K GEMMs wide enough) and an output of at least ``WINOGRAD_MIN_SIZE`` in each dim (a
-    2x2 output is one tile per image, of which a third or more is padding). ResNet-18's
-    4x4 stage (batch 32, 512 channels) pays since blocks hold at least
-    ``WINOGRAD_MIN_TILES`` tiles: fwd+bwd 36 ms against blocked's 62 on one thread, 26
-    against 38 on two."""
+    K GEMMs wide enough), an output of at least ``WINOGRAD_MIN_SIZE`` in each dim (a 2x2
+    output is one tile per image, of which a third or more is padding) and at least
+    ``WINOGRAD_MIN_BATCH_TILES`` tiles in the batch (U, K * OC * C values made on every
+    call, must be shared by enough tiles). ResNet-18's 4x4 stage (batch 32, 512 channels)
+    pays since blocks hold at least ``WINOGRAD_MIN_TILES`` tiles: fwd+bwd 36 ms against
+    blocked's 62 on one thread, 26 against 38 on two."""
+    TH, TW = _tiles(geo, _scheme(geo))
     return (geo.C >= WINOGRAD_MIN_CHANNELS and geo.OC >= WINOGRAD_MIN_CHANNELS
-            and geo.OH >= WINOGRAD_MIN_SIZE and geo.OW >= WINOGRAD_MIN_SIZE)
+            and geo.OH >= WINOGRAD_MIN_SIZE and geo.OW >= WINOGRAD_MIN_SIZE
+            and geo.N * TH * TW >= WINOGRAD_MIN_BATCH_TILES)
 
 
 # ----------------------------------------------------------------------------- tile sizes
