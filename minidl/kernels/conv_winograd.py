@@ -191,9 +191,13 @@ _SCHEMES = {2: _Scheme(2, "conv_winograd_numba", 0.5),
 _BY_COMPONENTS = {sc.K: sc for sc in _SCHEMES.values()}
 
 # The automatic tile size (``_tile_size``): F(4x4) from this output height and width on,
-# F(2x2) below (a 4x4 tile over a smaller map is mostly padding). A first rule, to be
-# tuned by measurement.
-WINOGRAD4_MIN_SIZE = 8
+# F(2x2) below (a 4x4 tile over a smaller map is mostly padding, and F(4x4)'s transforms
+# of 8x8 planes, 2x2 tiles each, ran at 5-6 GB/s). Measured per layer at ResNet-18's 3x3
+# shapes, F(2x2) against F(4x4), eval / fwd+bwd ms: batch 32, 64ch 32x32 11.0 / 33.7 vs
+# 9.5 / 28.9, 128ch 16x16 7.1 / 23.6 vs 6.9 / 19.6, 256ch 8x8 6.2 / 20.1 vs 8.3 / 20.9;
+# batch 128, 256ch 8x8 27.9 / 85.4 vs 33.4 / 81.8. ResNet-18 evaluation at batch 32 with
+# 16 instead of 8: 1.37 -> 1.26x PyTorch, training even.
+WINOGRAD4_MIN_SIZE = 16
 
 _TILE_SIZE = threads.Setting(0)
 
