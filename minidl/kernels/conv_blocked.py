@@ -13,7 +13,7 @@ through the reference's lines with one product per image, which reads and writes
     dx[n0:n1] = col2im(dcol_b),  dcol_b[:, n] = Wm^T @ gy[n]
 
 (per group of a grouped convolution). Threads: im2col, col2im and the products
-(``blas_numba.matmul``: one BLAS thread per numba thread, the images' products dealt out)
+(``blas.matmul``: one BLAS thread per numba thread, the images' products dealt out)
 all run on numba's threads, block after block; the weight gradient sums image after
 image into one array: results are deterministic, equal to the reference up to float
 rounding (another order of the sums).
@@ -117,12 +117,10 @@ def _by_group(a, geo):
 # ----------------------------------------------------------------------------- whole batch
 
 # Small unfolded inputs (ResNet-18's stride-2 and 1x1 convolutions at 16x16 and 8x8, batch
-# 32) make few blocks: with one block per thread, each thread's weight gradient is a
-# partial (OC, K) as large as the weight, summed afterwards, and the product had half the
-# rows it could. Up to this size of ``col`` the batch is ONE block: im2col and col2im
-# split by channels over the threads, the products by rows (output channels for y and
-# dW, rows of col for dcol), no partial sums, and gY transposed once for both gradients
-# (``grad_output``).
+# 32) make few blocks of thin per-image products. Up to this size of ``col`` the batch is
+# ONE block: one im2col, one product over the whole batch (its columns dealt out to the
+# threads), gY transposed once for both gradients (``grad_output``).
+# Measured when blocks ran on Python threads (each summing a partial weight gradient):
 # Measured (fwd + bwd, blocks -> one block, ms, 2 cores): batch 32, 128->256 3x3 s2 at
 # 16x16 (col 9.4 MB) 28.6 -> 21.5, 256->512 3x3 s2 at 8x8 30.0 -> 17.5, 1x1 s2 layers
 # 5-20 % faster; 64->128 3x3 s2 at 32x32 (col 18.9 MB, weight 0.3 MB) 28.9 -> 34.1;

@@ -60,15 +60,15 @@ Memory and threads: as ``conv_blocked.py`` does, the batch is cut into blocks of
 (``conv_blocked.image_blocks``: blocks whose im2col ``col`` would be about
 ``conv_blocked.BLOCK_COL_BYTES``; V is K TH TW / (9 OH OW) of that, about 0.44x for
 F(2x2) and 0.25x for F(4x4), but at least ``WINOGRAD_MIN_TILES`` tiles: small images
-make larger blocks) and the blocks are dealt out to ``minidl.get_num_threads()`` Python
-threads with one BLAS thread each. A block's V, M, Z and dV live in that thread's scratch
+make larger blocks), run one after another, each stage on numba's threads: the
+transforms' prange loops over planes, the K products dealt out by component
+(``blas.matmul``, one BLAS thread each). A block's V, M, Z and dV live in scratch
 buffers (``conv._scratch``), in cache. Forward keeps x for the weight gradient (V is
 about 4x (F(2x2)) or 2.25x (F(4x4)) the size of x, cheaper to make again than to keep).
-Each thread sums its own dU blocks; the sums are added in thread order: deterministic.
+Each block's Z @ V^T is added into the one dU, block after block: deterministic.
 Small maps (V and M of the whole batch at most ``WHOLE_BATCH_BYTES``: ResNet-18's 16x16
-to 4x4 stages at batch 32) run as ONE block instead (``whole_batch``): the transforms
-split by images over the threads, the K GEMMs by component, no partial weight gradients,
-Z made once for both gradients.
+to 4x4 stages at batch 32) run as ONE block instead (``whole_batch``): Z made once for
+both gradients.
 
 Accuracy (largest error relative to the largest value of a float64 im2col reference, at
 ResNet-18's sizes: batch 4, 64 channels 32x32, 128 16x16, 256 8x8, padding 1; y, dx,
@@ -115,10 +115,9 @@ WINOGRAD_MIN_SIZE = 4
 # at batch 1: 36.6 -> 18.8 ms without Winograd (PyTorch 14.2).
 WINOGRAD_MIN_BATCH_TILES = 64
 
-# A block holds at least this many tiles (whole images; fewer only where the batch is
-# shared among the threads, ``conv_blocked.image_blocks``): the K GEMMs are
-# (OC x C) @ (C x T_b), and the weight gradient adds a (K, OC, C) partial per block, as
-# large as U, so short blocks (ResNet-18's 4x4 stage: 4 F(2x2) tiles per image) spent
+# A block holds at least this many tiles (whole images, ``conv_blocked.image_blocks``):
+# the K GEMMs are (OC x C) @ (C x T_b), and the weight gradient adds a (K, OC, C) product
+# per block into dU, as large as U, so short blocks (ResNet-18's 4x4 stage: 4 F(2x2) tiles per image) spent
 # their time on that sum and on GEMMs too short to run at speed. Counted in tiles for
 # both tile sizes (the GEMMs' width; measured with F(2x2)).
 WINOGRAD_MIN_TILES = 256
@@ -284,6 +283,7 @@ def _Z_block(gy, geo, sc, n0, n1):
 
 # ----------------------------------------------------------------------------- whole batch
 
+# (Measured when blocks ran on Python threads, each summing a partial dU.)
 # Small maps (ResNet-18's 8x8 and 4x4 stages: 16 and 4 F(2x2) tiles per image) make short blocks:
 # the GEMMs (OC x C) @ (C x T_b) run with a few dozen columns, and every block adds a
 # (K, OC, C) partial weight gradient, as large as U. Up to this size of V and M the batch

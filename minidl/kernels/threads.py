@@ -33,12 +33,12 @@ import contextlib
 import os
 
 __all__ = ["Setting", "PARALLEL_MIN_ELEMENTS", "parallel", "set_parallel", "single_blas",
-           "set_single_blas", "physical_cores", "get_num_threads", "set_num_threads", "split",
-           "jit", "njit_helper"]
+           "set_single_blas", "physical_cores", "get_num_threads", "set_num_threads", "jit",
+           "njit_helper"]
 
 class Setting:
     """A kernel setting that a call changes at once and, used with ``with``, undoes when the
-    block ends (``set_parallel``, ``set_python_threads``, ``conv.keep_col_bytes``)."""
+    block ends (``set_parallel``, ``conv.keep_col_bytes``)."""
 
     def __init__(self, value):
         self.value = value
@@ -129,11 +129,6 @@ def single_blas():
         for c, n in zip(_Blas.controllers, saved):
             if n != 1:
                 c.set_num_threads(n)
-
-
-def split(count, parts):
-    """[0, count) as ``parts`` nearly equal ranges [(i0, i1), ...], in order."""
-    return [(t * count // parts, (t + 1) * count // parts) for t in range(parts)]
 
 
 # ----------------------------------------------------------------------------- thread count
