@@ -18,9 +18,9 @@ all run on numba's threads, block after block; the weight gradient sums image af
 image into one array: results are deterministic, equal to the reference up to float
 rounding (another order of the sums).
 
-Used for NumPy float32/float64 arrays of ungrouped convolutions over more than one image
-(``blocked_pays``). Unlike the
-reference it never keeps ``col`` from forward for the weight gradient.
+Runs any NumPy float32/float64 convolution (``blocked_can_run``); chosen for ungrouped
+ones over more than one image (``blocked_pays``). Unlike the reference it never keeps
+``col`` from forward for the weight gradient.
 """
 from __future__ import annotations
 
