@@ -111,10 +111,10 @@ def test_small_map_kernels_cut_channels_per_thread(monkeypatch, num_threads):
     """The channels-inner kernels get one channel range per thread when the policy runs
     them parallel, one range otherwise."""
     num_threads(2)
-    assert conv_depthwise._parts(conv_depthwise.threads.PARALLEL_MIN_ELEMENTS) == 2
-    assert conv_depthwise._parts(conv_depthwise.threads.PARALLEL_MIN_ELEMENTS - 1) == 1
+    assert conv_depthwise.threads.pieces(conv_depthwise.threads.PARALLEL_MIN_ELEMENTS) == 2
+    assert conv_depthwise.threads.pieces(conv_depthwise.threads.PARALLEL_MIN_ELEMENTS - 1) == 1
     with conv_depthwise.threads.set_parallel(False):
-        assert conv_depthwise._parts(10**9) == 1
+        assert conv_depthwise.threads.pieces(10**9) == 1
 
 
 @pytest.mark.parametrize("need", [(True, False, False), (False, True, True),

@@ -8,7 +8,6 @@ the convolution modules, as the registry does, must not import numba).
 """
 from __future__ import annotations
 
-import importlib
 import math
 
 import numpy as np
@@ -22,18 +21,13 @@ __all__ = ["matmul", "GEMM_PARALLEL_MIN_FLOPS"]
 GEMM_PARALLEL_MIN_FLOPS = 1 << 19
 
 
-class _Kernels:
-    module = None
-
-
 def _kernels():
     """``blas_numba`` (imported on first use), or None where numba does not import or
     NumPy's BLAS has no cblas symbols to call."""
-    if _Kernels.module is None:
-        if not registry.numba_available():
-            return None
-        _Kernels.module = importlib.import_module(".blas_numba", __package__)
-    return _Kernels.module if _Kernels.module.available() else None
+    if not registry.numba_available():
+        return None
+    from . import blas_numba  # noqa: PLC0415 - numba on the first product only
+    return blas_numba if blas_numba.available() else None
 
 
 def _unit_stride(a):

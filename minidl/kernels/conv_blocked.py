@@ -167,7 +167,7 @@ def _gY_whole(gy, geo):
     slot 2 (it lives from ``grad_output`` to the input gradient)."""
     N, OC, HW = geo.N, geo.OC, geo.OH * geo.OW
     gY = _scratch(np, (OC, N, HW), gy.dtype, slot=2)
-    _planes_swapped(gy.reshape(N, OC, HW), np.zeros(N, dtype=gy.dtype), gY)
+    _planes_swapped(gy.reshape(N, OC, HW), np.empty(0, dtype=gy.dtype), gY)   # a copy
     return gY.reshape(OC, N * HW)
 
 
@@ -217,7 +217,7 @@ def forward(x, w, b, geo, keep_for_backward=True):
     if whole_batch(geo, x.dtype):
         col = _col_whole(x, geo)                                  # (K, L)
         Y = matmul(wm[0], col, _scratch(np, (OC, geo.N * HW), y.dtype, slot=1))
-        bias = np.zeros(OC, dtype=y.dtype) if b is None else b.astype(y.dtype, copy=False)
+        bias = np.empty(0, dtype=y.dtype) if b is None else b.astype(y.dtype, copy=False)
         _planes_swapped(Y.reshape(OC, geo.N, HW), bias, y.reshape(geo.N, OC, HW))
         return y, saved
 

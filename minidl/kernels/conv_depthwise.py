@@ -96,12 +96,6 @@ def _kernels():
     return conv_depthwise_numba
 
 
-def _parts(size):
-    """Channel ranges of a small-map (``*_across``) kernel over ``size`` elements: one per
-    thread when the policy runs it parallel."""
-    return threads.get_num_threads() if threads.parallel(size) else 1
-
-
 def _geo_args(geo):
     return geo.SH, geo.SW, geo.PH0, geo.PW0, geo.DH, geo.DW
 
@@ -117,7 +111,7 @@ def forward(x, w, b, geo, keep_for_backward=True):
     k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
     if taps is not None:
         wt = _transposed(w)
-        k.forward_across(x, wt, bias, y, _parts(y.size), *taps, size=y.size)
+        k.forward_across(x, wt, bias, y, threads.pieces(y.size), *taps, size=y.size)
     else:
         k.forward(x, w, bias, y, 0, geo.N * geo.C, *args, size=y.size)
     return y, ("x", x if keep_for_backward else None)
@@ -136,7 +130,7 @@ def grad_weight(g, saved, geo, need_b=True):
     k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
     if taps is not None:
         gwt = np.empty((geo.KH * geo.KW, geo.C), dtype=x.dtype)   # (K, C), transposed
-        k.grad_weight_across(x, gy, gwt, _parts(gy.size), *taps, size=gy.size)
+        k.grad_weight_across(x, gy, gwt, threads.pieces(gy.size), *taps, size=gy.size)
         gw = np.ascontiguousarray(gwt.T).reshape(geo.OC, 1, geo.KH, geo.KW)
     else:
         gw = np.empty((geo.OC, 1, geo.KH, geo.KW), dtype=x.dtype)
@@ -153,7 +147,7 @@ def grad_input(g, w, geo):
     k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
     if taps is not None:
         wt = _transposed(w)
-        k.grad_input_across(gy, wt, gx, _parts(gx.size), *taps, size=gx.size)
+        k.grad_input_across(gy, wt, gx, threads.pieces(gx.size), *taps, size=gx.size)
     else:
         k.grad_input(gy, w, gx, 0, geo.N * geo.C, *args, size=gx.size)
     return gx

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 
 from . import conv_direct_numba as nb
@@ -104,16 +103,6 @@ def _grad_input_offsets(OC, OH, OW, KH, KW, N):
     return off
 
 
-# ----------------------------------------------------------------------------- threads
-
-def _chunks(N, size):
-    """How many image chunks a planar kernel over ``size`` elements splits its N images
-    into: one per numba thread when the policy runs it parallel, else 1."""
-    if not threads.parallel(size):
-        return 1
-    return max(1, min(N, numba.get_num_threads()))
-
-
 # ----------------------------------------------------------------------------- layouts
 
 def _pad_planar(x, geo):
@@ -145,7 +134,7 @@ def _forward(src, wm, b, KH, KW, out_hw, layout):
         N, C, Hs, Ws = src.shape
         y = np.empty((N, OC, OH, OW), dtype=src.dtype)
         off = _offsets(C, Hs, Ws, KH, KW, 1)
-        nb.planar_forward(src, wm, b, y, off, _chunks(N, y.size), size=y.size)
+        nb.planar_forward(src, wm, b, y, off, threads.pieces(y.size, N), size=y.size)
     else:
         C, Hs, Ws, N = src.shape
         y = np.empty((OC, OH, OW, N), dtype=src.dtype)
@@ -219,7 +208,7 @@ def grad_weight(g, saved, geo, need_b=True):
     gy = g.gy
     zero = gy.dtype.type(0)
     if layout == "planar":                # partial sums per image chunk, added here
-        c = _chunks(N, gy.size)
+        c = threads.pieces(gy.size, N)
         gwp = np.empty((c, OC, K), dtype=gy.dtype)
         gbp = np.empty((c, OC), dtype=gy.dtype)
         off = _offsets(C, *src.shape[2:], KH, KW, 1)

@@ -81,33 +81,32 @@ def _ranges(O, S, D, P0, K, L):
 
 
 @numba.njit(inline="always")
-def _swap_planes(src, dst, A, B, HW):
-    """dst (B, A, HW) = src (A, B, HW) for flat views, each plane one run of HW elements:
-    the whole im2col of a 1x1 kernel at stride 1 without padding (x (N, C, HW) -> col
-    (C, N, HW)), and its adjoint col2im (col -> x: nothing overlaps, nothing to add)."""
+def _swap_planes(src, dst, A, B, HW, bias):
+    """dst (B, A, HW) = src (A, B, HW) (+ bias[a] when bias has A values; empty: an exact
+    copy) for flat views, each plane one run of HW elements: the whole im2col of a 1x1
+    kernel at stride 1 without padding (x (N, C, HW) -> col (C, N, HW)), its adjoint
+    col2im (col -> x: nothing overlaps, nothing to add), and ``planes_swapped``. Each
+    prange iteration writes its own b's planes."""
     for b in prange(B):
         for a in range(A):
             s = (a * B + b) * HW
             d = (b * A + a) * HW
-            for i in range(HW):
-                dst[_u(d + i)] = src[_u(s + i)]
+            if bias.size:
+                add = bias[a]
+                for i in range(HW):
+                    dst[_u(d + i)] = src[_u(s + i)] + add
+            else:
+                for i in range(HW):
+                    dst[_u(d + i)] = src[_u(s + i)]
 
 
 @jit
 def planes_swapped(src, bias, dst):
-    """dst (B, A, HW) = src (A, B, HW) + bias[a] (C-contiguous, one dtype; bias (A,)): a
-    product's (OC, N, OH*OW) result into the (N, OC, OH, OW) layout, bias added on the
-    way, and back (gy -> gY, with zeros for bias). Each prange iteration writes its own
-    image's planes."""
+    """dst (B, A, HW) = src (A, B, HW) + bias[a] (C-contiguous, one dtype; bias (A,), or
+    empty for an exact copy): a product's (OC, N, OH*OW) result into the (N, OC, OH, OW)
+    layout, bias added on the way, and back (gy -> gY)."""
     A, B, HW = src.shape
-    sf, df = src.reshape(-1), dst.reshape(-1)
-    for b in prange(B):
-        for a in range(A):
-            s = (a * B + b) * HW
-            d = (b * A + a) * HW
-            add = bias[a]
-            for i in range(HW):
-                df[_u(d + i)] = sf[_u(s + i)] + add
+    _swap_planes(src.reshape(-1), dst.reshape(-1), A, B, HW, bias)
 
 
 @numba.njit(inline="always")
@@ -140,7 +139,7 @@ def _im2col_kernel(x, col, SH, SW, PH0, PW0, DH, DW):
     rh = _ranges(OH, SH, DH, PH0, KH, H)
     rw = _ranges(OW, SW, DW, PW0, KW, W)
     if KH == 1 and KW == 1 and SH == 1 and SW == 1 and OH == H and OW == W:
-        _swap_planes(xf, cf, N, C, H * W)                # 1x1, stride 1, no padding
+        _swap_planes(xf, cf, N, C, H * W, xf[:0])        # 1x1, stride 1, no padding
         return
     for t in prange(C * N):
         c = t // N
@@ -190,7 +189,7 @@ def _col2im_kernel(col, img, SH, SW, PH0, PW0, DH, DW):
     rh = _ranges(OH, SH, DH, PH0, KH, H)
     rw = _ranges(OW, SW, DW, PW0, KW, W)
     if KH == 1 and KW == 1 and SH == 1 and SW == 1 and OH == H and OW == W:
-        _swap_planes(cf, xf, C, N, H * W)                # 1x1, stride 1, no padding
+        _swap_planes(cf, xf, C, N, H * W, cf[:0])        # 1x1, stride 1, no padding
         return
     for t in prange(C * N):
         c = t // N

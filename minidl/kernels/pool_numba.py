@@ -410,12 +410,6 @@ def _planes(a):
     return np.ascontiguousarray(a).reshape((-1,) + a.shape[-2:])
 
 
-def _over_planes(kernel, arrays, args, size):
-    """``kernel(*arrays, *args)`` where every array is (P, ., .) with planes independent
-    (the build the thread policy picks for ``size`` elements)."""
-    kernel(*arrays, *args, size=size)
-
-
 def max_pool2d_forward(x, win):
     """(y, arg) for x (N, C, H, W): ``pool_reference.max_pool2d_forward``, compiled
     (float32/float64, K <= 256: arg is uint8)."""
@@ -424,12 +418,12 @@ def max_pool2d_forward(x, win):
     y = np.empty((xs.shape[0], win.OH, win.OW), dtype=x.dtype)  # (P, OH, OW)
     arg = np.empty(y.shape, dtype=np.uint8)
     if win.is_2x2_stride2():
-        _over_planes(_max_forward_2x2, (xs, y, arg), (), xs.size)
+        _max_forward_2x2(xs, y, arg, size=xs.size)
     elif win.OH * win.OW <= ACROSS_MAX_OUTPUTS:
-        _over_planes(_max_forward_small, (xs, y, arg), win.taps(), xs.size)
+        _max_forward_small(xs, y, arg, *win.taps(), size=xs.size)
     else:
-        _over_planes(_max_forward, (xs, y, arg), (win.KH, win.KW, win.SH, win.SW, win.PH,
-                                                  win.PW, win.DH, win.DW), xs.size)
+        _max_forward(xs, y, arg, win.KH, win.KW, win.SH, win.SW, win.PH, win.PW, win.DH,
+                     win.DW, size=xs.size)
     return y.reshape(lead + y.shape[1:]), arg.reshape(lead + y.shape[1:])
 
 
@@ -440,10 +434,10 @@ def max_pool2d_backward(gy, arg, win):
     gys, args = _planes(gy), _planes(arg)                          # (P, OH, OW)
     gx = np.empty((gys.shape[0], win.H, win.W), dtype=gy.dtype)   # (P, H, W)
     if win.is_2x2_stride2():
-        _over_planes(_max_backward_2x2, (gys, args, gx), (gy.dtype.type(0),), gx.size)
+        _max_backward_2x2(gys, args, gx, gy.dtype.type(0), size=gx.size)
     else:
-        _over_planes(_max_backward, (gys, args, gx), (win.KH, win.KW, win.SH, win.SW, win.PH, win.PW,
-                                                      win.DH, win.DW), gx.size)
+        _max_backward(gys, args, gx, win.KH, win.KW, win.SH, win.SW, win.PH, win.PW, win.DH,
+                      win.DW, size=gx.size)
     return gx.reshape(lead + (win.H, win.W))
 
 

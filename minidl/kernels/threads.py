@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["Setting", "PARALLEL_MIN_ELEMENTS", "parallel", "set_parallel", "single_blas",
+__all__ = ["Setting", "PARALLEL_MIN_ELEMENTS", "parallel", "pieces", "set_parallel", "single_blas",
            "set_single_blas", "physical_cores", "get_num_threads", "set_num_threads", "jit",
            "njit_helper"]
 
@@ -75,6 +75,16 @@ def parallel(size=None):
     if not _PARALLEL.value:
         return False
     return size is None or size >= PARALLEL_MIN_ELEMENTS
+
+
+def pieces(size, count=None):
+    """How many pieces a kernel whose prange runs over ranges (of images, channels) cuts
+    a call over ``size`` elements into: one per thread (``get_num_threads()``, at most
+    ``count``) when the policy runs it parallel, else 1."""
+    if not parallel(size):
+        return 1
+    n = get_num_threads()
+    return n if count is None else max(1, min(n, count))
 
 
 def set_parallel(flag):
