@@ -189,6 +189,8 @@ def test_dispatch_auto():
     assert _takes_direct((2, 3, 8, 8), (128, 3, 3, 3))                  # K = 27, OC = 128
     assert not _takes_direct((2, 3, 8, 8), (256, 3, 3, 3))              # OC = 256 > 128
     assert not _takes_direct((2, 4, 8, 8), (64, 4, 3, 3))               # K = 36 > 32
+    assert not _takes_direct((2, 144, 8, 8), (24, 144, 1, 1))           # 1x1: a plain product
+    assert not _takes_direct((2, 3, 8, 8), (16, 3, 1, 1))
     x, w = np.zeros((2, 1, 32, 32), np.float32), np.zeros((6, 1, 5, 5), np.float32)
     geo = geometry.ConvGeometry.of(x.shape, w.shape)
     assert K.which("conv2d", x, w, geo=geo) == "direct"

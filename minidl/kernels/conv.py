@@ -48,9 +48,9 @@ forces one):
   counts on the CPU: NumPy float32/float64, stride 1, dilation 1, groups 1, and (unless
   forced with ``use_impl('direct', family='conv2d')``) ``C*KH*KW <= DIRECT_MAX_K`` and
   ``OC <= DIRECT_MAX_OC``: LeNet's layers; or windows of at most ``DIRECT_SMALL_K`` values
-  with ``OC <= DIRECT_SMALL_K_MAX_OC``: the 3-channel stems of ResNet and VGG. There
-  im2col + GEMM spends its time copying KH*KW shifted copies of the input and in
-  products too thin for BLAS.
+  with ``OC <= DIRECT_SMALL_K_MAX_OC``: the 3-channel stems of ResNet and VGG; never 1x1
+  windows. There im2col + GEMM spends its time copying KH*KW shifted copies of the input
+  and in products too thin for BLAS.
 
 Threads (``kernels/threads.py``): every matrix product here runs one BLAS thread per
 calling thread (``threads.single_blas``); ``blocked`` and ``winograd`` use the cores by
@@ -241,6 +241,12 @@ DIRECT_MAX_OC = 32          # output channels
 # 3->128 6.8 against 8.3; from K = 72 (8 channels) on the two tie, from K = 144 blocked wins.
 DIRECT_SMALL_K = 32
 DIRECT_SMALL_K_MAX_OC = 128
+# Never for 1x1 windows: such a layer is one plain product per image (``conv_blocked``'s
+# pointwise path reads x in place), where the direct kernels' batch-last transposes cost
+# more than the product. MobileNet v2's projections at batch 32, eval / fwd + bwd, ms:
+# 144->24 at 8x8 direct 0.49 / 1.32, blocked 0.09 / 0.38 (PyTorch 0.14 / 0.66); 192->32 at
+# 4x4 0.32 / 0.75 against 0.12 / 0.33; GoogLeNet's 192->16 at 32x32 1.48 / 7.48 against
+# 1.65 / 7.49 (a tie).
 
 
 def direct_can_run(x, w, geo):
@@ -254,8 +260,10 @@ def direct_can_run(x, w, geo):
 def direct_pays(geo):
     """Whether the direct kernels are faster than im2col + GEMM here: small channel counts,
     C*KH*KW <= DIRECT_MAX_K (400) and OC <= DIRECT_MAX_OC (32), or a window of at most
-    DIRECT_SMALL_K (32) values and OC <= DIRECT_SMALL_K_MAX_OC (128). With more output
-    channels and longer windows the GEMM has enough rows for BLAS."""
+    DIRECT_SMALL_K (32) values and OC <= DIRECT_SMALL_K_MAX_OC (128), never for a 1x1
+    window. With more output channels and longer windows the GEMM has enough rows for BLAS."""
+    if geo.KH == geo.KW == 1:
+        return False
     K = geo.C * geo.KH * geo.KW
     return ((K <= DIRECT_MAX_K and geo.OC <= DIRECT_MAX_OC)
             or (K <= DIRECT_SMALL_K and geo.OC <= DIRECT_SMALL_K_MAX_OC))
