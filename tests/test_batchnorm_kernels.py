@@ -16,8 +16,9 @@ from minidl.ops.norm import batch_norm
 pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
 
 # (N, C) -> "rows" kernels; everything else -> "planes" kernels (S = prod(*S) > 1),
-# (7, 2, 1, 1) has S == 1 with four dims: rows again.
-SHAPES = [(6, 4), (64, 3), (5, 3, 7), (4, 3, 5, 6), (2, 3, 4, 5, 3), (7, 2, 1, 1)]
+# (7, 2, 1, 1) has S == 1 with four dims: rows again. The writes (normalize, input_grad)
+# take planes shorter than SHORT_PLANE (32) as rows too: only (3, 4, 6, 7) writes planes.
+SHAPES = [(6, 4), (64, 3), (5, 3, 7), (4, 3, 5, 6), (2, 3, 4, 5, 3), (7, 2, 1, 1), (3, 4, 6, 7)]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 DTYPES = [np.float32, np.float64]
 
@@ -138,13 +139,15 @@ def test_parallel_build_gives_bitwise_the_same_results(rng):
     numba = pytest.importorskip("numba")
     nb = bn.BATCH_NORM.impls["numba"].code          # the module batchnorm_numba
     x, gy, w, b = _data(rng, (8, 5, 33, 31), np.float32)
+    short = _data(rng, (64, 40, 4, 4), np.float32)  # planes of 16: written as rows
     with threads.set_parallel(False):
         assert threads.parallel(x.size) is False    # serial when forbidden ...
     with threads.set_parallel(True):
         assert threads.parallel(x.size) is True     # ... parallel at this size when allowed
+        assert threads.parallel(short[0].size) is True
 
     def run():
-        return _every_step(x, gy, w, b)
+        return _every_step(x, gy, w, b) + _every_step(*short)
 
     with threads.set_parallel(False):
         serial = run()
@@ -156,10 +159,32 @@ def test_parallel_build_gives_bitwise_the_same_results(rng):
     finally:
         numba.set_num_threads(threads_before)
     for kernel in (nb._stats_planes, nb._grad_sums_planes, nb._affine_planes,
-                   nb._input_grad_planes):     # the parallel builds did run
+                   nb._input_grad_planes, nb._affine_rows,
+                   nb._input_grad_rows):       # the parallel builds did run
         assert kernel.parallel_build.signatures, f"{kernel.__name__}: parallel build unused"
     for a, p in zip(serial, parallel):
         np.testing.assert_array_equal(a, p)
+
+
+def test_short_planes_written_as_rows_are_bitwise_the_planes_results(rng, monkeypatch):
+    """The writes take planes shorter than SHORT_PLANE as (N, C*S) rows with repeated
+    constants: the same arithmetic per element, so the same bits as the planes kernels."""
+    nb = bn.BATCH_NORM.impls["numba"].code
+    x, gy, w, b = _data(rng, (6, 5, 3, 4), np.float32)
+    mean, var, inv_std = _stats(x, "reference")
+    sums = _run("reference", "grad_sums", gy, x, mean, inv_std)
+
+    def writes():
+        return [nb.normalize(x, mean, inv_std, w, b),
+                nb.input_grad(gy, x, mean, inv_std, w, *sums, True),
+                nb.input_grad(gy, x, mean, inv_std, w, *sums, False)]
+
+    assert x[0, 0].size < nb.SHORT_PLANE
+    as_rows = writes()
+    monkeypatch.setattr(nb, "SHORT_PLANE", 1)
+    as_planes = writes()
+    for r, p in zip(as_rows, as_planes):
+        np.testing.assert_array_equal(r, p)
 
 
 # --- the whole op, numba vs reference ---------------------------------------------------
