@@ -365,7 +365,9 @@ class Tensor:
     __array_ufunc__ = None  # make NumPy defer to Tensor's reflected operators
 
     def __init__(self, data, requires_grad=False, dtype=None):
-        self.data = _as_array(data, dtype)
+        # an op's NumPy output is taken as it is (the common case, kept short: every op's
+        # every output passes through here)
+        self.data = data if dtype is None and type(data) is np.ndarray else _as_array(data, dtype)
         self.grad = None
         self.grad_fn = None      # the Context that produced this tensor, None for leaves
         self._output_nr = 0      # which output of grad_fn this tensor is
@@ -373,7 +375,8 @@ class Tensor:
         self._requires_grad = False
         self._vc = _VersionCounter()  # shared with views; see _VersionCounter
         self._is_view = False
-        self.requires_grad = requires_grad
+        if requires_grad:
+            self.requires_grad = requires_grad
 
     # --- basic properties -------------------------------------------------------------
     @property
@@ -526,6 +529,8 @@ class Tensor:
             raise RuntimeError("retain_grad(): this tensor does not require grad")
         if self.grad_fn is not None and not self._retains_grad:
             self._retains_grad = True
+            if self.grad_fn._retained is None:
+                self.grad_fn._retained = {}
             self.grad_fn._retained[self._output_nr] = weakref.ref(self)
         return self
 
@@ -623,17 +628,19 @@ class Context:
     may be set freely for small non-array values.
     """
 
+    # Defaults on the class, set on a node only where they differ (one node per op call).
+    _saved = ()
+    _released = False
+    _edges = ()          # per input: (leaf Tensor, None) | (Context, output_nr) | None
+    _out_meta = ()       # per output: (shape, dtype) to materialise missing grads
+    _retained = None     # {output_nr: weakref to a tensor that called retain_grad()}, or None
+    _checks = ()         # (version counter, version, shape) of saved inputs/outputs
+    _sources = ()        # per saved array: its input Tensor, its output's index, or None
+    _as_tensors = False  # True while differentiable_backward runs (create_graph)
+
     def __init__(self, fn, needs_input_grad):
         self.fn = fn
         self.needs_input_grad = needs_input_grad
-        self._saved = ()
-        self._released = False
-        self._edges = ()          # per input: (leaf Tensor, None) | (Context, output_nr) | None
-        self._out_meta = ()       # per output: (shape, dtype) to materialise missing grads
-        self._retained = {}       # output_nr -> weakref to a tensor that called retain_grad()
-        self._checks = ()         # (version counter, version, shape) of saved inputs/outputs
-        self._sources = ()        # per saved array: its input Tensor, its output's index, or None
-        self._as_tensors = False  # True while differentiable_backward runs (create_graph)
 
     @property
     def name(self):
@@ -694,6 +701,21 @@ class Context:
         return f"<{self.name}Backward>"
 
 
+def _check_one_device(fn, inputs):
+    """Raise unless every Tensor among ``inputs`` is on one device (``fn`` names the op)."""
+    device = None
+    for t in inputs:
+        if isinstance(t, Tensor):
+            d = t.device
+            if device is None:
+                device = d
+            elif d != device:
+                raise RuntimeError(
+                    f"{fn.__name__.removesuffix('Function') or fn.__name__}: expected all "
+                    f"tensors on the same device, got {device} and {d}; move them with "
+                    ".to(device) first")
+
+
 def _saved_checks(saved, inputs, outputs):
     """The version checks and sources of a node's saved arrays.
 
@@ -719,14 +741,15 @@ def _saved_checks(saved, inputs, outputs):
                 ids.add(id(b))
     checks = []
     owner = {}
+    n_in = len(inputs)
     for k, t in enumerate(inputs + outputs):
         if isinstance(t, Tensor):
-            d = t.data
-            b = getattr(d, "base", None)
-            if id(d) in ids or (b is not None and id(b) in ids):
-                checks.append((t._vc, t._vc.v, t.shape))
-                owner.setdefault(id(d), t if k < len(inputs) else k - len(inputs))
-    sources = tuple(None if s is None else owner.get(id(s)) for s in saved)
+            d = t.data   # an array: its .base is None (never in ids) or the array it views
+            if id(d) in ids or id(d.base) in ids:
+                vc = t._vc
+                checks.append((vc, vc.v, t.shape))
+                owner.setdefault(id(d), t if k < n_in else k - n_in)
+    sources = tuple([None if s is None else owner.get(id(s)) for s in saved])
     return tuple(checks), sources
 
 
@@ -757,28 +780,24 @@ class Function:
     def apply(cls, *inputs, **params):
         arrays = []
         needs = []
-        device = None
+        numpy_only = True
         for t in inputs:
             if isinstance(t, Tensor):
-                d = t.device
-                if device is None:
-                    device = d
-                elif d != device:
-                    raise RuntimeError(
-                        f"{cls.__name__.removesuffix('Function') or cls.__name__}: expected all "
-                        f"tensors on the same device, got {device} and {d}; move them with "
-                        ".to(device) first")
-                arrays.append(t.data)
-                needs.append(t.requires_grad)
+                a = t.data
+                numpy_only = numpy_only and type(a) is np.ndarray
+                arrays.append(a)
+                needs.append(t._requires_grad)
             else:
                 arrays.append(t)
                 needs.append(False)
-        record = any(needs) and is_grad_enabled()
+        if not numpy_only:      # NumPy arrays all live on the CPU: nothing to compare
+            _check_one_device(cls, inputs)
+        record = True in needs and is_grad_enabled()
         ctx = Context(cls, tuple(needs) if record else (False,) * len(needs))
         result = cls.forward(ctx, *arrays, **params)
         multi = isinstance(result, tuple)
         outs = result if multi else (result,)
-        tensors = tuple(Tensor(o) for o in outs)
+        tensors = tuple([Tensor(o) for o in outs])
         if cls._view:  # a view shares its base's version counter (as in PyTorch)
             src = inputs[0].data
             base = getattr(src, "base", None)
@@ -798,7 +817,7 @@ class Function:
                 else:
                     edges.append((t.grad_fn, t._output_nr))
             ctx._edges = tuple(edges)
-            ctx._out_meta = tuple((o.shape, o.dtype) for o in outs)
+            ctx._out_meta = tuple([(o.shape, o.dtype) for o in outs])
             if ctx._saved:
                 ctx._checks, ctx._sources = _saved_checks(ctx._saved, inputs, tensors)
             for i, t in enumerate(tensors):
@@ -1087,7 +1106,7 @@ def _propagate(roots, seeds, retain_graph, create_graph, targets=None, into_grad
         if node._released:
             node.saved_tensors  # raises the explanatory error
         if targets is None:
-            for i, ref in node._retained.items():
+            for i, ref in (node._retained or {}).items():
                 t = ref()
                 if t is not None and out_grads[i] is not None:
                     g = out_grads[i]
@@ -1102,10 +1121,12 @@ def _propagate(roots, seeds, retain_graph, create_graph, targets=None, into_grad
                     _accumulate(captured, k, g)
             if node not in needed:
                 continue
-        for i, (shape, dtype) in enumerate(node._out_meta):
-            if out_grads[i] is None and dtype.kind in "fc":  # integer outputs get None
-                z = xp.zeros(shape, dtype)
-                out_grads[i] = Tensor(z) if create_graph else z
+        for i, g in enumerate(out_grads):
+            if g is None:
+                shape, dtype = node._out_meta[i]
+                if dtype.kind in "fc":                          # integer outputs get None
+                    z = xp.zeros(shape, dtype)
+                    out_grads[i] = Tensor(z) if create_graph else z
         in_grads = _run_node(node, out_grads, create_graph)
         if not retain_graph:
             node._release()
@@ -1114,7 +1135,7 @@ def _propagate(roots, seeds, retain_graph, create_graph, targets=None, into_grad
                 continue
             target, nr = edge
             if nr is None:
-                if tuple(gi.shape) != target.shape:
+                if tuple(gi.shape) != target.data.shape:
                     raise RuntimeError(f"{node.name}.backward: gradient of shape "
                                        f"{tuple(gi.shape)} for an input of shape {target.shape}")
                 deliver_leaf(target, gi)

@@ -218,8 +218,11 @@ def test_mixing_devices_names_the_op_and_both_devices():
     class PretendGpuTensor(Tensor):  # stands in for a CuPy tensor on a CPU-only machine
         device = property(lambda self: minidl.device("cuda:0"))
 
+    class PretendGpuArray(np.ndarray):  # ops compare devices only when some array is not
+        pass                            # a plain NumPy one (those all live on the CPU)
+
     a = minidl.tensor([1.0, 2.0])
-    b = PretendGpuTensor(np.array([3.0, 4.0], np.float32))
+    b = PretendGpuTensor(np.array([3.0, 4.0], np.float32).view(PretendGpuArray))
     with pytest.raises(RuntimeError, match="Mul: expected all tensors on the same device, got cpu and cuda:0"):
         a * b
 

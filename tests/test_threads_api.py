@@ -129,18 +129,18 @@ def test_parallel_builds_are_cached_under_their_own_name():
 
 
 def test_kernels_without_prange_keep_their_serial_build():
-    """A kernel with no prange loop (batch norm's rows kernels) runs its serial build even
-    where the policy allows parallel ones: its parallel build would only warn
+    """A kernel with no prange loop (batch norm's rows statistics) runs its serial build
+    even where the policy allows parallel ones: its parallel build would only warn
     (NumbaPerformanceWarning) and run the same loops."""
     import warnings  # noqa: PLC0415
 
     from minidl.kernels import batchnorm_numba as bn  # noqa: PLC0415 - numba only here
-    assert not bn._affine_rows.has_prange and bn._affine_planes.has_prange
+    assert not bn._stats_rows.has_prange and bn._stats_planes.has_prange
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
-    shift, scale, offset = (np.full(3, v, np.float32) for v in (1, 2, 3))
-    out = np.empty_like(x)
+    mean, var = np.empty(3), np.empty(3)
     with warnings.catch_warnings(), threads.set_parallel(True):
         warnings.simplefilter("error")
-        bn._affine_rows(x, shift, scale, offset, out, size=10**9)
-    assert bn._affine_rows._parallel is None              # never compiled
-    np.testing.assert_array_equal(out, (x - 1) * 2 + 3)
+        bn._stats_rows(x, mean, var, size=10**9)
+    assert bn._stats_rows._parallel is None               # never compiled
+    np.testing.assert_array_equal(mean, x.mean(axis=0))
+    np.testing.assert_array_equal(var, x.var(axis=0))

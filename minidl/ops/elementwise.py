@@ -178,12 +178,15 @@ def _as_operands(a, b, op):
         b = as_tensor(b, a)
     else:
         a = as_tensor(a, b)
-    check_broadcast(a.shape, b.shape, f"{op}: shapes {a.shape} and {b.shape} do not broadcast "
-                    f"(each dim, aligned from the right, must be equal or 1)")
-    if a.dtype.kind in "iub" and b.dtype.kind == "f":
-        a = a.to(b.dtype)
-    elif b.dtype.kind in "iub" and a.dtype.kind == "f":
-        b = b.to(a.dtype)
+    da, db = a.data, b.data
+    check_broadcast(da.shape, db.shape, lambda: f"{op}: shapes {a.shape} and {b.shape} do not "
+                    f"broadcast (each dim, aligned from the right, must be equal or 1)")
+    ka, kb = da.dtype.kind, db.dtype.kind
+    if ka != kb:
+        if ka in "iub" and kb == "f":
+            a = a.to(b.dtype)
+        elif kb in "iub" and ka == "f":
+            b = b.to(a.dtype)
     return a, b
 
 

@@ -10,12 +10,13 @@ from ..errors import ShapeError
 
 def check_broadcast(shape_a, shape_b, message):
     """Raise ``ShapeError(message)`` unless the two shapes broadcast (each dim, aligned from
-    the right, equal or 1). NumPy's own error names neither the op nor the arguments."""
+    the right, equal or 1). NumPy's own error names neither the op nor the arguments.
+    ``message``: the text, or a function returning it (formatted only when raising)."""
     if shape_a != shape_b:
         try:
             np.broadcast_shapes(shape_a, shape_b)
         except ValueError:
-            raise ShapeError(message) from None
+            raise ShapeError(message() if callable(message) else message) from None
 
 
 def unbroadcast(grad, shape):
