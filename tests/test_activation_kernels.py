@@ -4,9 +4,10 @@ tanh (float32): accuracy against float64 tanh, special values, the fused backwar
 registry's choice in TanhFunction (float32 NumPy arrays take the kernels, float64 keeps
 NumPy's exact tanh).
 
-relu (float32 and float64): the numba kernels equal the reference bit for bit, below and
-above the size from which they split over threads, on 1, 2 and 3 threads; NaN, +-0, inf
-and subnormals as PyTorch; strided inputs; the registry's choice in ReLUFunction."""
+relu and clamp (float32 and float64): the numba kernels equal the reference bit for bit,
+below and above the size from which they split over threads, on 1, 2 and 3 threads; NaN,
++-0, inf and subnormals as PyTorch; strided inputs; the registry's choice in ReLUFunction
+and ClampFunction."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,6 +22,8 @@ pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not in
 act = K.activation.TANH.impls["numba"].code
 relu_numba = K.activation.RELU.impls["numba"].code
 relu_ref = K.activation.RELU.impls["reference"].code
+clamp_numba = K.activation.CLAMP.impls["numba"].code
+clamp_ref = K.activation.CLAMP.impls["reference"].code
 
 MAX_REL_ERR = 3e-7       # the bound the module docstring states (NumPy's float32: 1.1e-7)
 
@@ -244,3 +247,100 @@ def test_relu_inplace_matches_pytorch(impl, use_impl, rng):
     assert [i for fam, i in log if fam == "relu"] == [impl, impl]
     np.testing.assert_array_equal(_bits(m.numpy()), _bits(t.numpy()))
 
+
+
+# ----------------------------------------------------------------------------- clamp
+
+# (lo, hi): ReLU6's, one bound only, bounds that are not exact float32 values, lo > hi,
+# and a NumPy float64 bound on float32 data (converted to float32, as PyTorch does)
+CLAMP_BOUNDS = [(0.0, 6.0), (0.0, None), (None, 0.5), (-0.3, 0.7), (1.0, -1.0),
+                (np.float64(0.1), None)]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("size", RELU_SIZES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clamp_numba_equals_reference_bit_for_bit(dtype, size, n_threads, num_threads, rng):
+    num_threads(n_threads)
+    x = _with_specials(rng, size, dtype) * 4
+    gy = _with_specials(rng, size, dtype)
+    for lo, hi in CLAMP_BOUNDS:
+        y = clamp_numba.clamp_forward(x, lo, hi)
+        y_ref = clamp_ref.clamp_forward(x, lo, hi)
+        assert y.dtype == y_ref.dtype == dtype and y.shape == x.shape
+        np.testing.assert_array_equal(_bits(y), _bits(y_ref), err_msg=f"y, bounds {lo, hi}")
+        gx = clamp_numba.clamp_backward(gy, x, lo, hi)
+        assert gx.dtype == dtype
+        np.testing.assert_array_equal(_bits(gx), _bits(clamp_ref.clamp_backward(gy, x, lo, hi)),
+                                      err_msg=f"gx, bounds {lo, hi}")
+
+
+@pytest.mark.parametrize("bounds", CLAMP_BOUNDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clamp_special_values_match_pytorch(dtype, bounds):
+    """NaN passes (its gradient is 0), -0.0 stays -0.0, the gradient passes at the bounds
+    and is +0.0 where the value was clamped, even for a NaN or inf upstream gradient."""
+    lo, hi = bounds
+    x = np.array([np.nan, -0.0, 0.0, -1, 2, 6, 7, np.inf, -np.inf, 1e-40, -1e-40, 0.1, 0.5],
+                 dtype=dtype)
+    gy = np.array([5, np.nan, np.inf, -np.inf, 3, -2, np.nan, 7, -1, 2, -3, 4, -5], dtype=dtype)
+    t = torch.tensor(x, requires_grad=True)
+    ty = torch.clamp(t, None if lo is None else float(lo), None if hi is None else float(hi))
+    ty.backward(torch.tensor(gy))
+    for code in (clamp_numba, clamp_ref):
+        np.testing.assert_array_equal(_bits(code.clamp_forward(x, lo, hi)),
+                                      _bits(ty.detach().numpy()))
+        np.testing.assert_array_equal(_bits(code.clamp_backward(gy, x, lo, hi)),
+                                      _bits(t.grad.numpy()))
+
+
+def test_clamp_strided_and_empty(rng):
+    base = _with_specials(rng, 6 * 10, np.float64).reshape(6, 10)
+    x = base[:, ::2].T                                                   # a strided view
+    gy = np.broadcast_to(np.float64(-3), x.shape)                        # zero strides
+    np.testing.assert_array_equal(_bits(clamp_numba.clamp_forward(x, 0.0, 6.0)),
+                                  _bits(clamp_ref.clamp_forward(x, 0.0, 6.0)))
+    np.testing.assert_array_equal(_bits(clamp_numba.clamp_backward(gy, x, 0.0, 6.0)),
+                                  _bits(clamp_ref.clamp_backward(gy, x, 0.0, 6.0)))
+    empty = np.zeros((0, 3), np.float32)
+    assert clamp_numba.clamp_forward(empty, 0.0, 6.0).shape == (0, 3)
+    assert clamp_numba.clamp_backward(empty, empty, 0.0, None).shape == (0, 3)
+
+
+def test_clamp_registry_choice():
+    f32, f64 = np.zeros(3, np.float32), np.zeros(3, np.float64)
+    assert K.which("clamp", f32) == "numba" and K.which("clamp", f64, f64) == "numba"
+    assert K.which("clamp", f32, f64) == "reference"                  # mixed dtypes
+    assert K.which("clamp", np.zeros(3, np.float16)) == "reference"
+    assert K.which("clamp", np.zeros(3, np.int64)) == "reference"
+
+
+@pytest.mark.parametrize("impl", ["numba", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clamp_op_and_relu6_dispatch(dtype, impl, use_impl, rng):
+    """ClampFunction (and relu6 through it) runs the family, forced implementation, both
+    passes; forward and backward match PyTorch's clamp bit for bit, specials included."""
+    use_impl(impl, family="clamp")
+    x = (_with_specials(rng, 4 * 6 * 5 * 5, dtype) * 4).reshape(4, 6, 5, 5)
+    gy = _with_specials(rng, x.size, dtype).reshape(x.shape)
+    for fn, tfn in ((lambda t: minidl.nn.functional.relu6(t), lambda t: torch.clamp(t, 0, 6)),
+                    (lambda t: t.clamp(max=0.5), lambda t: t.clamp(max=0.5))):
+        X = minidl.tensor(x, requires_grad=True)
+        with K.decisions() as log:
+            y = fn(X)
+            y.backward(minidl.tensor(gy))
+        assert [i for fam, i in log if fam == "clamp"] == [impl, impl]
+        T = torch.tensor(x, requires_grad=True)
+        ty = tfn(T)
+        ty.backward(torch.tensor(gy))
+        assert y.dtype == dtype and X.grad.dtype == dtype
+        np.testing.assert_array_equal(_bits(y.numpy()), _bits(ty.detach().numpy()))
+        np.testing.assert_array_equal(_bits(X.grad.numpy()), _bits(T.grad.numpy()))
+
+
+def test_clamp_integer_input_and_bad_bounds():
+    x = minidl.tensor(np.array([-3, 0, 2, 9]))
+    np.testing.assert_array_equal(minidl.clamp(x, 0, 6).numpy(), [0, 0, 2, 6])
+    assert minidl.clamp(x, 0, 6).dtype == np.int64
+    with pytest.raises(TypeError, match="clamp: expected min to be a number or None, got Tensor"):
+        minidl.clamp(minidl.tensor([1.0]), min=minidl.tensor([0.0]))

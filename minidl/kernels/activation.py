@@ -1,4 +1,5 @@
-"""The tanh and relu kernel families (``TANH``, ``RELU``): forward and backward.
+"""The tanh, relu and clamp kernel families (``TANH``, ``RELU``, ``CLAMP``): forward and
+backward.
 
 tanh
 ----
@@ -42,6 +43,33 @@ Implementations:
 * ``reference``: the formulas above on whole arrays (NumPy or CuPy, any dtype).
 * ``numba`` (``activation_numba.py``): float32/float64 NumPy arrays; one pass each way,
   large arrays cut into ranges over the threads. The same results, bit for bit.
+
+clamp
+-----
+y = clamp(x, lo, hi) with PyTorch's semantics (ReLU6 is clamp(x, 0, 6)); either bound may
+be None, a bound is a number (converted to a floating x's dtype, as PyTorch keeps the
+tensor's dtype)::
+
+    x, y, gy, gx: (*), any shape
+
+    clamp_forward(x, lo, hi)       y  = lo where x < lo, else x; then hi where that is > hi
+    clamp_backward(gy, x, lo, hi)  gx = gy where lo <= x <= hi, else 0
+
+* NaN passes unchanged (both comparisons fail) and -0.0 stays -0.0 at lo = 0 (it is not
+  below 0), as in PyTorch. ``np.clip`` agrees with two bounds, not with one (its
+  ``maximum`` turns -0.0 into +0.0), hence the explicit selects.
+* lo > hi: every element becomes hi (PyTorch's rule).
+* The gradient passes at the bounds themselves (as PyTorch's clamp; its relu6 and
+  hardtanh exclude them) and is a select: +0.0 where the value was clamped or x is NaN,
+  even for a NaN or inf gy.
+
+Implementations:
+
+* ``reference``: the selects above on whole arrays (NumPy or CuPy, any dtype).
+* ``numba`` (``activation_numba.py``): float32/float64 NumPy arrays, one pass each way
+  (``np.clip`` made two passes and the backward's mask three temporaries), large arrays
+  over the threads. The same results, bit for bit; a missing bound runs as -inf or +inf,
+  which no comparison can tell apart from none.
 """
 from __future__ import annotations
 
@@ -53,7 +81,8 @@ from ..backend import get_array_module
 from . import cuda_kernels, registry
 
 __all__ = ["TANH", "tanh_forward_reference", "tanh_backward_reference", "RELU",
-           "relu_forward_reference", "relu_backward_reference", "relu_inplace_reference"]
+           "relu_forward_reference", "relu_backward_reference", "relu_inplace_reference",
+           "CLAMP", "clamp_bound", "clamp_forward_reference", "clamp_backward_reference"]
 
 
 def tanh_forward_reference(x):
@@ -107,3 +136,42 @@ RELU.register("reference", lambda: SimpleNamespace(relu_forward=relu_forward_ref
                                                    relu_inplace=relu_inplace_reference))
 RELU.register("numba", registry.numba_module("minidl.kernels.activation_numba"), device="cpu",
               supports=_numpy_floats)
+
+
+def clamp_bound(bound, x):
+    """A clamp bound as the kernels use it: None stays None; a number is converted to a
+    floating ``x``'s dtype (float32 x stays float32 whatever the bound's type, as in
+    PyTorch), left as it is for an integer x (whose result NumPy's rules then promote)."""
+    if bound is None or x.dtype.kind != "f":
+        return bound
+    with np.errstate(over="ignore"):   # 1e300 for float32 x: inf, as the comparison means
+        return x.dtype.type(bound)
+
+
+def clamp_forward_reference(x, lo, hi):
+    """y = lo where x < lo, else x; then hi where that is > hi (either bound may be None)."""
+    xp = get_array_module(x)
+    lo, hi = clamp_bound(lo, x), clamp_bound(hi, x)
+    y = x if lo is None else xp.where(x < lo, lo, x)
+    return y if hi is None else xp.where(y > hi, hi, y)
+
+
+def clamp_backward_reference(gy, x, lo, hi):
+    """gx = gy where lo <= x <= hi (bounds included), else 0: a select."""
+    xp = get_array_module(gy)
+    lo, hi = clamp_bound(lo, x), clamp_bound(hi, x)
+    if lo is None:                 # clamp() asks for one bound at least
+        inside = x <= hi
+    else:
+        inside = x >= lo
+        if hi is not None:
+            inside &= x <= hi
+    return xp.where(inside, gy, gy.dtype.type(0))
+
+
+CLAMP = registry.family("clamp", __doc__)
+CLAMP.register("reference", lambda: SimpleNamespace(clamp_forward=clamp_forward_reference,
+                                                    clamp_backward=clamp_backward_reference))
+CLAMP.register("numba", registry.numba_module("minidl.kernels.activation_numba"), device="cpu",
+               supports=lambda *arrays: _numpy_floats(*arrays)
+               and all(a.dtype == arrays[0].dtype for a in arrays))

@@ -38,6 +38,17 @@ the reference's formulas element by element, so the results are equal bit for bi
 -0.0 and inf included: see ``kernels/activation.py``). Compiled without fastmath: its
 no-NaN and no-signed-zero assumptions allow LLVM to rewrite the select as a max, which
 turns -0.0 into +0.0 and may lose NaN. The compares and selects vectorise as they are.
+clamp
+-----
+The same pattern for clamp (``kernels/activation.py`` states its semantics)::
+
+    forward   v = lo if x[i] < lo else x[i];   y[i] = hi if v > hi else v
+    backward  gx[i] = gy[i] if lo <= x[i] <= hi else 0
+
+with a missing bound passed as -inf or +inf: x < -inf and x > +inf never hold, and
+-inf <= x <= +inf fails only for NaN, where a missing bound's reference fails too (its
+other comparison does). Compiled without fastmath, for the same reasons as relu.
+
 These passes only move memory; a second core adds some bandwidth, so large arrays run
 the loops' parallel builds (``prange``, on numba's threads: the policy in
 ``kernels/threads.py``); smaller ones run inline, where waking the workers would cost
@@ -48,9 +59,11 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from .activation import clamp_bound
 from .threads import jit
 
-__all__ = ["tanh_forward", "tanh_backward", "relu_forward", "relu_backward", "relu_inplace"]
+__all__ = ["tanh_forward", "tanh_backward", "relu_forward", "relu_backward", "relu_inplace",
+           "clamp_forward", "clamp_backward"]
 
 _f32 = np.float32
 _CLAMP = _f32(7.90531110763549805)      # the rational is evaluated up to here ...
@@ -161,3 +174,47 @@ def relu_inplace(x):
     if not x.flags.c_contiguous:
         x[...] = flat.reshape(x.shape)
     return x
+
+
+# ----------------------------------------------------------------------------- clamp
+
+@jit(fastmath=False)
+def _clamp_forward_loop(x, y, lo, hi):
+    for i in prange(x.size):
+        v = x[i]
+        v = lo if v < lo else v               # NaN and -0.0 (at lo = 0) pass unchanged
+        y[i] = hi if v > hi else v
+
+
+@jit(fastmath=False)
+def _clamp_backward_loop(gy, x, gx, lo, hi, zero):
+    for i in prange(gy.size):
+        v = x[i]
+        gx[i] = gy[i] if (v >= lo) & (v <= hi) else zero   # a select, bounds included
+
+
+def _bounds(x, lo, hi):
+    """(lo, hi) in x's dtype, a missing one as -inf / +inf (module docstring)."""
+    t = x.dtype.type
+    lo, hi = clamp_bound(lo, x), clamp_bound(hi, x)
+    return t(-np.inf) if lo is None else lo, t(np.inf) if hi is None else hi
+
+
+def clamp_forward(x, lo, hi):
+    """y = clamp(x, lo, hi) for a float32/float64 NumPy array: ``clamp_forward_reference``
+    in one pass."""
+    x = np.ascontiguousarray(x)
+    y = np.empty(x.shape, dtype=x.dtype)
+    _clamp_forward_loop(x.reshape(-1), y.reshape(-1), *_bounds(x, lo, hi), size=x.size)
+    return y
+
+
+def clamp_backward(gy, x, lo, hi):
+    """gx = gy where lo <= x <= hi, else 0 (float32/float64 NumPy arrays of one shape and
+    dtype), one pass."""
+    gy = np.ascontiguousarray(gy)
+    x = np.ascontiguousarray(x)
+    gx = np.empty(gy.shape, dtype=gy.dtype)
+    _clamp_backward_loop(gy.reshape(-1), x.reshape(-1), gx.reshape(-1), *_bounds(x, lo, hi),
+                         gy.dtype.type(0), size=gy.size)
+    return gx

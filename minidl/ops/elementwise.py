@@ -11,8 +11,11 @@ share with arrays, so the same formula is the recorded one (``differentiable_bac
 """
 from __future__ import annotations
 
+import numbers
+
 from .. import backend
 from ..autograd import Function, Tensor
+from ..kernels.activation import CLAMP, clamp_bound
 from .utils import as_tensor, check_broadcast, unbroadcast
 
 
@@ -265,24 +268,28 @@ def _inside(x, lo, hi):
 
 
 class ClampFunction(Function):
+    """y = clamp(x, min, max) through the clamp kernel family (``kernels/activation.py``:
+    PyTorch's semantics for NaN, -0.0 and min > max)."""
+
     @staticmethod
     def forward(ctx, x, min=None, max=None):  # noqa: A002 - PyTorch's names
-        xp = backend.get_array_module(x)
         ctx.save_for_backward(x)
         ctx.bounds = (min, max)
-        return xp.clip(x, min, max)
+        return CLAMP.code(x).clamp_forward(x, min, max)
 
     @staticmethod
     def backward(ctx, gy):
         # Gradient passes where the input lies inside [min, max] (bounds included, as in
         # PyTorch), and is zero where the clamp replaced the value.
         (x,) = ctx.saved_tensors
-        return gy * _inside(x, *ctx.bounds)
+        return CLAMP.code(gy, x).clamp_backward(gy, x, *ctx.bounds)
 
     @staticmethod
     def differentiable_backward(ctx, gy):
+        # gy times the constant mask (its derivative is zero almost everywhere)
         (x,) = ctx.saved_tensors
-        return gy * Tensor(_inside(x.data, *ctx.bounds).astype(gy.dtype))
+        lo, hi = (clamp_bound(b, x.data) for b in ctx.bounds)
+        return gy * Tensor(_inside(x.data, lo, hi).astype(gy.dtype))
 
 
 def exp(x):
@@ -302,9 +309,14 @@ def abs(x):  # noqa: A001 - PyTorch's name
 
 
 def clamp(x, min=None, max=None):  # noqa: A002 - PyTorch's names
-    """Limit ``x`` to ``[min, max]`` (either bound may be None)."""
+    """Limit ``x`` to ``[min, max]`` (either bound may be None, the other a number).
+    NaN stays NaN; with min > max every element becomes max (PyTorch's rules)."""
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must be given")
+    for name, bound in (("min", min), ("max", max)):
+        if bound is not None and not isinstance(bound, numbers.Real):
+            raise TypeError(f"clamp: expected {name} to be a number or None, got "
+                            f"{type(bound).__name__}")
     return ClampFunction.apply(x, min=min, max=max)
 
 
