@@ -4,7 +4,9 @@
 
 For each case both sides run interleaved (minidl, torch, minidl, torch, ...) after a
 warm-up that also absorbs numba's JIT; the table shows medians in milliseconds and the
-ratio minidl / PyTorch (below 1.0: minidl is faster). The thread counts each side really
+ratio minidl / PyTorch (below 1.0: minidl is faster). Each timing is a block of calls
+lasting at least ``BLOCK_MS`` (one call for the big cases, tens for cross-entropy):
+a single call of a few tens of microseconds is below the timer's and the scheduler's noise. The thread counts each side really
 used are printed first, since OpenBLAS, numba and PyTorch's OpenMP can fight over cores.
 """
 from __future__ import annotations
@@ -130,8 +132,12 @@ def step(lib, inputs, fn, gy):
     fn().backward(gy)
 
 
+BLOCK_MS = 2.0
+
+
 def time_case(make, repeats):
     runs = {}
+    calls = 1
     for lib in ("minidl", "torch"):
         inputs, fn = make(lib)
         out = fn()
@@ -141,12 +147,17 @@ def time_case(make, repeats):
         runs[lib] = (inputs, fn, gy)
         for _ in range(2):  # warm-up (and numba JIT)
             step(lib, inputs, fn, gy)
+        t0 = time.perf_counter()
+        step(lib, inputs, fn, gy)
+        once = max(time.perf_counter() - t0, 1e-7)
+        calls = max(calls, int(np.ceil(BLOCK_MS / 1e3 / once)))   # one count for both sides
     times = {"minidl": [], "torch": []}
     for _ in range(repeats):
         for lib in ("minidl", "torch"):
             t0 = time.perf_counter()
-            step(lib, *runs[lib])
-            times[lib].append(time.perf_counter() - t0)
+            for _ in range(calls):
+                step(lib, *runs[lib])
+            times[lib].append((time.perf_counter() - t0) / calls)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
@@ -230,7 +241,7 @@ def main():
             continue
         r = time_case(make, args.repeats)
         results.append((name, r))
-        print(f"{name:48s} minidl {r['minidl']:9.2f} ms  torch {r['torch']:9.2f} ms  "
+        print(f"{name:48s} minidl {r['minidl']:9.3f} ms  torch {r['torch']:9.3f} ms  "
               f"ratio {r['minidl'] / r['torch']:6.2f}", flush=True)
     print("threads used:", thread_report())
 
