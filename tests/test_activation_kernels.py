@@ -273,6 +273,9 @@ def test_clamp_numba_equals_reference_bit_for_bit(dtype, size, n_threads, num_th
         assert gx.dtype == dtype
         np.testing.assert_array_equal(_bits(gx), _bits(clamp_ref.clamp_backward(gy, x, lo, hi)),
                                       err_msg=f"gx, bounds {lo, hi}")
+        z = x.copy()
+        assert clamp_numba.clamp_inplace(z, lo, hi) is z
+        np.testing.assert_array_equal(_bits(z), _bits(y_ref), err_msg=f"in place {lo, hi}")
 
 
 @pytest.mark.parametrize("bounds", CLAMP_BOUNDS)
@@ -302,6 +305,11 @@ def test_clamp_strided_and_empty(rng):
                                   _bits(clamp_ref.clamp_forward(x, 0.0, 6.0)))
     np.testing.assert_array_equal(_bits(clamp_numba.clamp_backward(gy, x, 0.0, 6.0)),
                                   _bits(clamp_ref.clamp_backward(gy, x, 0.0, 6.0)))
+    y_ref = clamp_ref.clamp_forward(x, 0.0, 6.0)
+    before = base.copy()
+    assert clamp_numba.clamp_inplace(x, 0.0, 6.0) is x                  # into the view
+    np.testing.assert_array_equal(_bits(base[:, ::2]), _bits(y_ref.T))
+    np.testing.assert_array_equal(_bits(base[:, 1::2]), _bits(before[:, 1::2]))  # untouched
     empty = np.zeros((0, 3), np.float32)
     assert clamp_numba.clamp_forward(empty, 0.0, 6.0).shape == (0, 3)
     assert clamp_numba.clamp_backward(empty, empty, 0.0, None).shape == (0, 3)

@@ -5,6 +5,7 @@ generator and ``torch.backends``' flags. Each is compared with PyTorch itself wh
 PyTorch can say what is right."""
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 import threading
@@ -12,6 +13,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+import torch.nn as tnn
 
 import minidl
 import minidl.nn.functional as F
@@ -383,6 +385,39 @@ def test_inplace_activation_refuses_a_leaf_that_requires_grad(name):
         md_fn(w, True)
     with minidl.no_grad():                                   # allowed without recording
         md_fn(w, True)
+
+
+INPLACE_MODULES = {"relu": (lambda: nn.ReLU(inplace=True), lambda: tnn.ReLU(inplace=True)),
+                   "relu6": (lambda: nn.ReLU6(inplace=True), lambda: tnn.ReLU6(inplace=True)),
+                   "leaky_relu": (lambda: nn.LeakyReLU(0.2, inplace=True),
+                                  lambda: tnn.LeakyReLU(0.2, inplace=True))}
+
+
+@pytest.mark.parametrize("name", sorted(INPLACE_MODULES))
+def test_inplace_activation_modules_write_into_the_input_unless_recording(device, name):
+    """``nn.ReLU(inplace=True)`` & co. write into their input, as PyTorch's, under no_grad
+    and for an input that needs no gradient; a call recorded for backward computes out of
+    place (the input keeps its values) with the same result and gradient as PyTorch's."""
+    md_layer, th_layer = (make() for make in INPLACE_MODULES[name])
+    a = 4 * rand_away_from(np.random.default_rng(6), (2, 3, 5), avoid=(0.0, 6.0))
+    expected = th_layer(torch.tensor(a)).numpy()
+    for context in (minidl.no_grad, contextlib.nullcontext):
+        x = minidl.tensor(a).to(device)
+        with context():
+            out = md_layer(x)
+        assert out is x
+        np.testing.assert_array_equal(to_host(x), expected)
+    x = minidl.tensor(a, requires_grad=True).to(device)
+    h = x * 1.0                                              # a non-leaf in a graph
+    out = md_layer(h)
+    assert out is not h and np.array_equal(to_host(h), a)
+    t = torch.tensor(a, requires_grad=True)
+    th_out = th_layer(t * 1.0)
+    g = np.random.default_rng(7).standard_normal(a.shape)
+    out.backward(minidl.tensor(g).to(device))
+    th_out.backward(torch.tensor(g))
+    np.testing.assert_allclose(to_host(out), th_out.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(to_host(x.grad), t.grad.numpy(), rtol=1e-12)
 
 
 def test_inplace_activation_after_an_op_that_saved_its_output_refuses_backward():

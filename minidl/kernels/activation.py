@@ -54,6 +54,7 @@ tensor's dtype)::
 
     clamp_forward(x, lo, hi)       y  = lo where x < lo, else x; then hi where that is > hi
     clamp_backward(gy, x, lo, hi)  gx = gy where lo <= x <= hi, else 0
+    clamp_inplace(x, lo, hi)       x  = clamp(x, lo, hi), written into x (returns x)
 
 * NaN passes unchanged (both comparisons fail) and -0.0 stays -0.0 at lo = 0 (it is not
   below 0), as in PyTorch. ``np.clip`` agrees with two bounds, not with one (its
@@ -82,7 +83,8 @@ from . import cuda_kernels, registry
 
 __all__ = ["TANH", "tanh_forward_reference", "tanh_backward_reference", "RELU",
            "relu_forward_reference", "relu_backward_reference", "relu_inplace_reference",
-           "CLAMP", "clamp_bound", "clamp_forward_reference", "clamp_backward_reference"]
+           "CLAMP", "clamp_bound", "clamp_forward_reference", "clamp_backward_reference",
+           "clamp_inplace_reference"]
 
 
 def tanh_forward_reference(x):
@@ -169,9 +171,16 @@ def clamp_backward_reference(gy, x, lo, hi):
     return xp.where(inside, gy, gy.dtype.type(0))
 
 
+def clamp_inplace_reference(x, lo, hi):
+    """x = clamp(x, lo, hi) in place; returns x."""
+    x[...] = clamp_forward_reference(x, lo, hi)
+    return x
+
+
 CLAMP = registry.family("clamp", __doc__)
 CLAMP.register("reference", lambda: SimpleNamespace(clamp_forward=clamp_forward_reference,
-                                                    clamp_backward=clamp_backward_reference))
+                                                    clamp_backward=clamp_backward_reference,
+                                                    clamp_inplace=clamp_inplace_reference))
 CLAMP.register("numba", registry.numba_module("minidl.kernels.activation_numba"), device="cpu",
                supports=lambda *arrays: _numpy_floats(*arrays)
                and all(a.dtype == arrays[0].dtype for a in arrays))

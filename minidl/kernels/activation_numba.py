@@ -44,6 +44,7 @@ The same pattern for clamp (``kernels/activation.py`` states its semantics)::
 
     forward   v = lo if x[i] < lo else x[i];   y[i] = hi if v > hi else v
     backward  gx[i] = gy[i] if lo <= x[i] <= hi else 0
+    in place  the forward written into x
 
 with a missing bound passed as -inf or +inf: x < -inf and x > +inf never hold, and
 -inf <= x <= +inf fails only for NaN, where a missing bound's reference fails too (its
@@ -63,7 +64,7 @@ from .activation import clamp_bound
 from .threads import jit
 
 __all__ = ["tanh_forward", "tanh_backward", "relu_forward", "relu_backward", "relu_inplace",
-           "clamp_forward", "clamp_backward"]
+           "clamp_forward", "clamp_backward", "clamp_inplace"]
 
 _f32 = np.float32
 _CLAMP = _f32(7.90531110763549805)      # the rational is evaluated up to here ...
@@ -137,6 +138,15 @@ def _relu_mask_free_loop(x, y, zero):
 
 
 @jit(fastmath=False)
+def _relu_inplace_loop(x, zero):
+    # one array argument: given x twice (as y too), LLVM cannot rule out that the two
+    # overlap and the serial build runs unvectorised (2M values: 0.32 against 0.09 ms)
+    for i in prange(x.size):
+        v = x[i]
+        x[i] = zero if v < zero else v
+
+
+@jit(fastmath=False)
 def _relu_backward_loop(gy, mask, gx, zero):
     for i in prange(gy.size):
         gx[i] = gy[i] if mask[i] else zero   # a select: +0 where masked, even for NaN gy
@@ -170,7 +180,7 @@ def relu_inplace(x):
     """x = relu(x) written into the float32/float64 NumPy array x; returns x. A
     non-contiguous x is computed in a contiguous copy and copied back."""
     flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
-    _relu_mask_free_loop(flat, flat, x.dtype.type(0), size=flat.size)
+    _relu_inplace_loop(flat, x.dtype.type(0), size=flat.size)
     if not x.flags.c_contiguous:
         x[...] = flat.reshape(x.shape)
     return x
@@ -184,6 +194,14 @@ def _clamp_forward_loop(x, y, lo, hi):
         v = x[i]
         v = lo if v < lo else v               # NaN and -0.0 (at lo = 0) pass unchanged
         y[i] = hi if v > hi else v
+
+
+@jit(fastmath=False)
+def _clamp_inplace_loop(x, lo, hi):
+    for i in prange(x.size):                  # one array argument, as _relu_inplace_loop
+        v = x[i]
+        v = lo if v < lo else v
+        x[i] = hi if v > hi else v
 
 
 @jit(fastmath=False)
@@ -207,6 +225,16 @@ def clamp_forward(x, lo, hi):
     y = np.empty(x.shape, dtype=x.dtype)
     _clamp_forward_loop(x.reshape(-1), y.reshape(-1), *_bounds(x, lo, hi), size=x.size)
     return y
+
+
+def clamp_inplace(x, lo, hi):
+    """x = clamp(x, lo, hi) written into the float32/float64 NumPy array x; returns x (a
+    non-contiguous x is computed in a contiguous copy and copied back)."""
+    flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
+    _clamp_inplace_loop(flat, *_bounds(x, lo, hi), size=flat.size)
+    if not x.flags.c_contiguous:
+        x[...] = flat.reshape(x.shape)
+    return x
 
 
 def clamp_backward(gy, x, lo, hi):

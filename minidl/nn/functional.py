@@ -33,6 +33,7 @@ Shapes: N batch, C channels, H/W height/width, IN/OUT features.
 """
 from __future__ import annotations
 
+from ..kernels.activation import CLAMP
 from ..ops.activation import (elu, gelu, hardsigmoid, hardswish, leaky_relu, log_softmax, prelu,
                               relu, sigmoid, silu, softmax, tanh)
 from ..ops.conv import conv2d, conv_transpose2d
@@ -68,5 +69,6 @@ def relu6(input, inplace=False):  # noqa: A002 - PyTorch's names
     where PyTorch's relu6 gives 0; they agree everywhere else. ``inplace=True`` writes
     the result into ``input``."""
     if inplace:
-        return apply_inplace(input, "relu6(inplace=True)", lambda x: clamp(x, 0.0, 6.0))
+        return apply_inplace(input, "relu6(inplace=True)", lambda x: clamp(x, 0.0, 6.0),
+                             lambda a: CLAMP.code(a).clamp_inplace(a, 0.0, 6.0))
     return clamp(input, 0.0, 6.0)

@@ -1,19 +1,28 @@
 """Activation layers: elementwise (any shape in, same shape out) and (log-)softmax over a dim.
 
-``inplace=True`` is accepted for source compatibility with PyTorch code
-(``nn.ReLU(inplace=True)``) and shown in the repr, but minidl always computes out of place:
-the result is the same, only memory use differs.
+``inplace=True`` (``nn.ReLU(inplace=True)``, as PyTorch code writes it) is shown in the repr.
+ReLU, ReLU6 and LeakyReLU then write their result into the input, as PyTorch's do, unless
+the call is recorded for backward (grad mode on and an input that requires grad): there
+minidl computes out of place, since an in-place op in a graph costs a copy of the input
+(``tensor_methods._record``); the result is the same, only memory use differs. The other
+activations always compute out of place.
 """
 from __future__ import annotations
 
 import numpy as _np
 
 from ... import creation as _creation
-from ...autograd import get_default_dtype
+from ...autograd import get_default_dtype, is_grad_enabled
 from .. import functional as F
 from ..module import Module
 from ..parameter import Parameter as _Parameter
 from ._checks import as_layer_error, check_float as _check_float, check_tensor
+
+
+def _in_place(module, input):  # noqa: A002
+    """Whether ``module.inplace`` writes into ``input`` on this call (module docstring):
+    unless the call is recorded for backward."""
+    return module.inplace and not (input.requires_grad and is_grad_enabled())
 
 
 class ReLU(Module):
@@ -25,7 +34,7 @@ class ReLU(Module):
 
     def forward(self, input):  # noqa: A002
         check_tensor(self, input)
-        return F.relu(input)
+        return F.relu(input, inplace=_in_place(self, input))
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
@@ -41,7 +50,7 @@ class ReLU6(Module):
 
     def forward(self, input):  # noqa: A002
         check_tensor(self, input)
-        return F.relu6(input)
+        return F.relu6(input, inplace=_in_place(self, input))
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
@@ -57,7 +66,7 @@ class LeakyReLU(Module):
 
     def forward(self, input):  # noqa: A002
         check_tensor(self, input)
-        return F.leaky_relu(input, self.negative_slope)
+        return F.leaky_relu(input, self.negative_slope, inplace=_in_place(self, input))
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
