@@ -370,6 +370,29 @@ def test_error_stride_dilation_padding():
         conv2d(x, w, padding="full")
 
 
+def test_checks_are_cached_per_call_signature_and_still_refuse_bad_calls():
+    """A repeated call finds its geometry in the cache (the checks are a function of the
+    shapes, dtypes and arguments); a call differing in any of them is checked afresh, a
+    bool stride is refused even after stride=1 was cached, errors are never cached."""
+    from minidl.ops import conv as conv_ops
+    conv_ops._GEOMETRIES.clear()
+    x, w = _t((1, 2, 6, 6)), _t((3, 2, 3, 3))
+    y = conv2d(x, w, stride=1, padding=1)
+    assert len(conv_ops._GEOMETRIES) == 1
+    [(key, geo)] = conv_ops._GEOMETRIES.items()
+    np.testing.assert_array_equal(conv2d(x, w, stride=1, padding=1).numpy(), y.numpy())
+    assert conv_ops._GEOMETRIES == {key: geo}                       # found, not re-added
+    with pytest.raises(TypeError, match="conv2d: stride must be an int"):
+        conv2d(x, w, stride=True, padding=1)
+    with pytest.raises(ShapeError, match="conv2d: expected input with 2 channels"):
+        conv2d(_t((1, 3, 6, 6)), w, stride=1, padding=1)
+    with pytest.raises(TypeError, match="conv2d: input dtype float64 does not match"):
+        conv2d(minidl.tensor(x.numpy().astype(np.float64)), w, stride=1, padding=1)
+    assert conv_ops._GEOMETRIES == {key: geo}                       # no error cached
+    conv2d(x, w, stride=[1, 1], padding=1)                          # a list: not cached
+    assert len(conv_ops._GEOMETRIES) == 1
+
+
 def test_error_same_with_stride():
     with pytest.raises(ValueError, match=r"conv2d: padding='same' is not supported for strided "
                                          r"convolutions \(stride=\(2, 2\)\)"):

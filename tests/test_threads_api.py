@@ -65,6 +65,13 @@ def test_single_blas_runs_minidl_products_on_one_blas_thread(restore_threads):
     assert set(_numpy_blas_threads().values()) == {2}
     with threads.set_single_blas(False), threads.single_blas():
         assert set(_numpy_blas_threads().values()) == {2}
+    # a product small enough for BLAS to run it on the calling thread anyway: no change;
+    # a large one (or one of unknown size): one thread
+    with threads.single_blas(threads.BLAS_ONE_THREAD_BELOW - 1):
+        assert set(_numpy_blas_threads().values()) == {2}
+    for large in (threads.BLAS_ONE_THREAD_BELOW, None):
+        with threads.single_blas(large):
+            assert set(_numpy_blas_threads().values()) == {1}
 
 
 def test_linear_and_conv_products_run_under_single_blas(restore_threads, monkeypatch):
@@ -73,9 +80,9 @@ def test_linear_and_conv_products_run_under_single_blas(restore_threads, monkeyp
     entered = []
     real = threads.single_blas
 
-    def spy():
-        entered.append(1)
-        return real()
+    def spy(multiply_adds=None):
+        entered.append(multiply_adds)
+        return real(multiply_adds)
 
     import minidl.kernels.conv as conv_kernels
     import minidl.ops.linalg as linalg
@@ -84,7 +91,7 @@ def test_linear_and_conv_products_run_under_single_blas(restore_threads, monkeyp
     x = minidl.randn(4, 3, requires_grad=True)
     w = minidl.randn(2, 3, requires_grad=True)
     minidl.nn.functional.linear(x, w).sum().backward()
-    assert len(entered) == 2                    # forward, backward
+    assert entered == [4 * 3 * 2] * 2           # forward, backward; their multiply-adds
     (x @ w.T).sum().backward()
     assert len(entered) == 4
     img = minidl.randn(2, 3, 6, 6, requires_grad=True)

@@ -63,10 +63,12 @@ def matmul(a, b, out, accumulate=False):
         raise ValueError(f"blas.matmul: expected a (B, M, K) or (M, K), b (B, K, N) or "
                          f"(K, N), out (B, M, N) or (M, N) (B the same where given), got "
                          f"{a.shape}, {b.shape}, {out.shape}")
+    batch = max(a.shape[0] if a.ndim == 3 else 1, b.shape[0] if b.ndim == 3 else 1)
+    flops = batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
     kernels = _kernels()
     if kernels is None or out.strides[-1] != out.itemsize or a.dtype != out.dtype \
             or b.dtype != out.dtype or out.dtype not in (np.float32, np.float64):
-        with threads.single_blas():
+        with threads.single_blas(flops):
             product = np.matmul(a, b)
             if out.ndim == 2 and product.ndim == 3:
                 product = product.sum(axis=0)
@@ -80,14 +82,11 @@ def matmul(a, b, out, accumulate=False):
         if not accumulate:
             out[...] = 0
         return out
-    batch, M, K = max(a3.shape[0], b3.shape[0]), a3.shape[1], a3.shape[2]
-    N = c3.shape[2]
-    flops = batch * M * N * K
     n = threads.get_num_threads()
     if n > 1 and threads.parallel() and flops >= GEMM_PARALLEL_MIN_FLOPS:
         run, parts = kernels.batched.parallel_build, n // math.gcd(c3.shape[0], n)
     else:
         run, parts = kernels.batched.serial, 1
-    with threads.single_blas():
+    with threads.single_blas(flops if parts == 1 else None):
         run(a3, b3, c3, out.dtype.type(1.0 if accumulate else 0.0), parts)
     return out

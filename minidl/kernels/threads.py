@@ -117,11 +117,21 @@ def set_single_blas(flag):
     return _SINGLE_BLAS.set(bool(flag))
 
 
+# Products of fewer multiply-adds run on the calling thread in OpenBLAS whatever its thread
+# count (its GEMM_MULTITHREAD_THRESHOLD: M*N*K < 4 * 65536): ``single_blas`` skips them, its
+# get-and-set of the thread count through threadpoolctl cost ~5 us a product (a 1x1 conv
+# at batch 1: 55 us, of which ~6 in that dance). Another BLAS threading such a product
+# would cost speed, not correctness.
+BLAS_ONE_THREAD_BELOW = 1 << 18
+
+
 @contextlib.contextmanager
-def single_blas():
+def single_blas(multiply_adds=None):
     """A block in which NumPy's BLAS runs on the calling thread only (the policy above);
-    nested blocks cost almost nothing."""
-    if _Blas.depth or not _SINGLE_BLAS.value:
+    nested blocks cost almost nothing, and so do blocks for products of fewer than
+    ``BLAS_ONE_THREAD_BELOW`` ``multiply_adds`` (None: unknown, a large product)."""
+    if _Blas.depth or not _SINGLE_BLAS.value or (
+            multiply_adds is not None and multiply_adds < BLAS_ONE_THREAD_BELOW):
         yield
         return
     if _Blas.controllers is None:

@@ -8,11 +8,18 @@ are the same formulas on Tensors: each term is linear in gy and in the other ope
 """
 from __future__ import annotations
 
+import math
+
 from ..autograd import Function
 from ..errors import ShapeError
 from ..kernels.threads import single_blas
 from .shape import squeeze, unsqueeze
 from .utils import unbroadcast
+
+
+def _multiply_adds(a, b):
+    """The multiply-adds of a @ b, a (..., M, K), b (..., K, P) (leading dims broadcast)."""
+    return max(a.size * b.shape[-1], b.size * a.shape[-2])
 
 
 class MatMulFunction(Function):
@@ -21,13 +28,13 @@ class MatMulFunction(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
-        with single_blas():  # the threading policy (kernels/threads.py)
+        with single_blas(_multiply_adds(a, b)):  # the threading policy (kernels/threads.py)
             return a @ b
 
     @staticmethod
     def backward(ctx, gy):  # dL/da = gy b^T, dL/db = a^T gy
         a, b = ctx.saved_tensors
-        with single_blas():
+        with single_blas(_multiply_adds(a, b)):   # each product: as many as the forward
             ga = (unbroadcast(gy @ b.swapaxes(-1, -2), a.shape) if ctx.needs_input_grad[0]
                   else None)
             gb = (unbroadcast(a.swapaxes(-1, -2) @ gy, b.shape) if ctx.needs_input_grad[1]
@@ -68,7 +75,7 @@ class LinearFunction(Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        with single_blas():  # the threading policy (kernels/threads.py)
+        with single_blas(x.size * weight.shape[0]):  # the policy (kernels/threads.py)
             y = x @ weight.T
         if bias is not None:
             y += bias
@@ -78,7 +85,7 @@ class LinearFunction(Function):
     def backward(ctx, gy):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        with single_blas():
+        with single_blas(math.prod(x.shape) * weight.shape[0]):     # each product's count
             gx = gy @ weight if need_x else None                    # (..., IN)
             g2 = gy.reshape(-1, gy.shape[-1])                       # (M, OUT), M = prod(...)
             gw = g2.T @ x.reshape(-1, x.shape[-1]) if need_w else None  # (OUT, IN)

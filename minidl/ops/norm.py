@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 from .. import backend
 from ..autograd import Function, Tensor
 from ..errors import ShapeError
@@ -166,10 +168,12 @@ def _check_vector(v, what, C, input):  # noqa: A002
     if not isinstance(v, Tensor):
         raise TypeError(f"batch_norm: expected {what} to be a Tensor or None, "
                         f"got {type(v).__name__}")
-    if v.shape != (C,):
+    if v.data.shape != (C,):
         raise ShapeError(f"batch_norm: expected {what} of shape ({C},) for input "
                          f"{input.shape} with {C} channels, got {v.shape}")
-    if v.device != input.device:
+    # NumPy arrays all live on the CPU: only other arrays need their devices compared
+    if (type(v.data) is not np.ndarray or type(input.data) is not np.ndarray) \
+            and v.device != input.device:
         raise RuntimeError(f"batch_norm: {what} is on {v.device} but the input is on "
                            f"{input.device}; move it with .to(device)")
     return v
