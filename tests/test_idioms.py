@@ -407,7 +407,7 @@ def test_inplace_activation_modules_write_into_the_input_unless_recording(device
             out = md_layer(x)
         assert out is x
         np.testing.assert_array_equal(to_host(x), expected)
-    x = minidl.tensor(a, requires_grad=True).to(device)
+    x = minidl.tensor(a).to(device).requires_grad_()
     h = x * 1.0                                              # a non-leaf in a graph
     out = md_layer(h)
     assert out is not h and np.array_equal(to_host(h), a)
