@@ -338,6 +338,29 @@ def _x(*shape, dtype=np.float32):
     return minidl.tensor(np.zeros(shape, dtype))
 
 
+@pytest.mark.parametrize("impl", ["numba", "reference"])
+def test_every_path_refuses_the_first_target_out_of_range(impl, use_impl):
+    """The plain case's kernels check the targets themselves (the numba loop for free), the
+    other cases before the op: the same error, naming the first bad class in order; an
+    ignored negative target is no error."""
+    if impl == "numba" and not K.numba_available():
+        pytest.skip("numba is not installed")
+    use_impl(impl, family="cross_entropy")
+    message = (r"cross_entropy: target contains class {} but input has 10 classes "
+               r"\(expected targets in \[0, 9\] or ignore_index=-1\)")
+    t = minidl.tensor([0, -1, 11, -4, 1])
+    for kw in ({}, {"weight": minidl.ones(10)}, {"label_smoothing": 0.1}):
+        with pytest.raises(IndexError, match=message.format(11)):
+            cross_entropy(_x(5, 10), t, ignore_index=-1, **kw)
+        with pytest.raises(IndexError, match=message.format(-4)):
+            cross_entropy(_x(2, 10), minidl.tensor([-1, -4]), ignore_index=-1, **kw)
+        y = cross_entropy(_x(3, 10), minidl.tensor([0, -1, 9]), ignore_index=-1, **kw)
+        assert np.isfinite(y.item())
+    with K.decisions() as log:
+        cross_entropy(_x(3, 10), minidl.tensor([0, -1, 9]), ignore_index=-1)
+    assert ("cross_entropy", impl) in log
+
+
 def test_error_class_out_of_range():
     t = minidl.tensor([0, 12, 3, 1])
     with pytest.raises(IndexError, match=r"cross_entropy: target contains class 12 but input "

@@ -21,7 +21,9 @@ rows (zero rows where ignored) and the general formulas become::
 
 Implementations (``minidl.kernels.registry`` chooses; ``use_impl`` forces one), each with
 ``cross_entropy_forward(x, target, ignore_index)`` and
-``cross_entropy_backward(logp, target, G, ignore_index)``:
+``cross_entropy_backward(logp, target, G, ignore_index)``. The forward also checks the
+targets: one outside [0, C) that is not ignore_index raises ``target_error`` (the numba
+loop reads every target anyway, so there the check is free):
 
 * ``reference``: the formulas above as array expressions, on either device; they give
   the general formulas' numbers bit for bit (sum_c(A) written as the 0/1 "kept" column
@@ -40,7 +42,24 @@ from ..backend import get_array_module
 from . import cuda_kernels, registry
 
 __all__ = ["CROSS_ENTROPY", "log_softmax_axis1", "cross_entropy_forward_reference",
-           "cross_entropy_backward_reference"]
+           "cross_entropy_backward_reference", "target_error", "check_targets"]
+
+
+def target_error(name, cls, C, ignore_index):
+    """The IndexError for class-index target ``cls`` outside [0, C) (``name``: the op)."""
+    return IndexError(f"{name}: target contains class {cls} but input has {C} classes "
+                      f"(expected targets in [0, {C - 1}] or ignore_index={ignore_index})")
+
+
+def check_targets(target, C, ignore_index, name="cross_entropy"):
+    """Raise ``target_error`` for the first target outside [0, C) that is not
+    ``ignore_index``. First the range of all targets (two reductions, one host round trip
+    on the GPU); only when it leaves [0, C) are the ignored ones looked at."""
+    if target.size == 0 or not bool((target.min() < 0) | (target.max() >= C)):
+        return
+    bad = ((target < 0) | (target >= C)) & (target != ignore_index)
+    if bool(bad.any()):
+        raise target_error(name, int(target[bad].reshape(-1)[0]), C, ignore_index)
 
 
 def log_softmax_axis1(x):
@@ -59,6 +78,7 @@ def cross_entropy_forward_reference(x, target, ignore_index):
     The target's log-probability is picked (gathered), not multiplied with a one-hot row,
     so a -inf log-probability of another class does not turn the loss into nan.
     """
+    check_targets(target, x.shape[1], ignore_index)
     xp = get_array_module(x)
     logp = log_softmax_axis1(x)                                          # (N, C)
     valid = target != ignore_index                                       # (N,)

@@ -2,7 +2,7 @@
 the registration): the plain case's forward and backward for float32/float64 NumPy arrays.
 
     x, logp, gx   (N, C)   logits, their log_softmax, the gradient of x
-    target        (N,)     integer class indices (checked in range by the caller)
+    target        (N,)     integer class indices (checked in range by the forward loop)
     losses        (N,)     -logp[n, target[n]], 0 where target[n] == ignore_index
     G             (N,) or (1,)  dL/dloss_n per row, or one value for every row
 
@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from .loss import target_error
 from .threads import jit
 
 __all__ = ["cross_entropy_forward", "cross_entropy_backward"]
@@ -25,10 +26,14 @@ __all__ = ["cross_entropy_forward", "cross_entropy_backward"]
 @jit(fastmath=False)
 def _forward_kernel(x, target, ignore_index, logp, losses):
     """logp = log_softmax(x) row by row (x - max - log(sum(exp(x - max)))), losses;
-    returns the number of rows not ignored."""
+    returns the number of rows not ignored, or -1 - n for the first row n whose target is
+    outside [0, C) and not ignore_index."""
     N, C = x.shape
     count = 0
     for n in range(N):
+        t = target[n]
+        if t != ignore_index and (t < 0 or t >= C):
+            return -1 - n
         m = x[n, 0]
         for c in range(1, C):
             if x[n, c] > m:
@@ -39,7 +44,6 @@ def _forward_kernel(x, target, ignore_index, logp, losses):
         lse = m + math.log(s)
         for c in range(C):
             logp[n, c] = x[n, c] - lse
-        t = target[n]
         if t == ignore_index:
             losses[n] = 0
         else:
@@ -70,9 +74,11 @@ def cross_entropy_forward(x, target, ignore_index):
     x = np.ascontiguousarray(x)
     logp = np.empty_like(x)
     losses = np.empty(x.shape[0], dtype=x.dtype)
-    count = _forward_kernel(x, np.ascontiguousarray(target, dtype=np.int64), ignore_index,
-                            logp, losses, size=x.size)
-    return logp, losses, np.asarray(count, dtype=x.dtype)
+    target = np.ascontiguousarray(target, dtype=np.int64)
+    count = _forward_kernel(x, target, ignore_index, logp, losses, size=x.size)
+    if count < 0:
+        raise target_error("cross_entropy", int(target[-1 - count]), x.shape[1], ignore_index)
+    return logp, losses, x.dtype.type(count)   # a NumPy scalar, as the reference's sum()
 
 
 def cross_entropy_backward(logp, target, G, ignore_index):

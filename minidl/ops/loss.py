@@ -47,7 +47,7 @@ import numpy as np
 from .. import backend
 from ..autograd import Function, Tensor, is_grad_enabled
 from ..errors import ShapeError
-from ..kernels.loss import CROSS_ENTROPY, log_softmax_axis1
+from ..kernels.loss import CROSS_ENTROPY, check_targets, log_softmax_axis1
 from .activation import log_softmax, sigmoid, softmax
 from .elementwise import abs as _abs, clamp, exp, log, where
 from .shape import reshape
@@ -163,6 +163,12 @@ def _upstream_recorded(gy, reduction, denom):
 
 # --- the Functions ----------------------------------------------------------------------
 
+def _plain_case(x, weight, label_smoothing):
+    """Whether cross-entropy runs through the kernel family: (N, C) logits, class-index
+    targets, no class weights, no label smoothing."""
+    return weight is None and not label_smoothing and x.ndim == 2
+
+
 class CrossEntropyFunction(Function):
     """Fused log_softmax + negative log-likelihood with class-index targets.
 
@@ -184,8 +190,9 @@ class CrossEntropyFunction(Function):
 
     @staticmethod
     def forward(ctx, x, target, weight, ignore_index, reduction, label_smoothing):
-        if weight is None and not label_smoothing and x.ndim == 2:
-            # the plain case, one fused kernel on the CPU (the cross-entropy kernel family)
+        if _plain_case(x, weight, label_smoothing):
+            # the plain case, one fused kernel on the CPU (the cross-entropy kernel family,
+            # which also checks the targets' values)
             logp, losses, denom = CROSS_ENTROPY.code(x).cross_entropy_forward(
                 x, target, ignore_index)
         else:
@@ -403,24 +410,16 @@ def _check_input(input, name, what):  # noqa: A002
                          f"got a 0-d tensor")
 
 
-def _check_class_target(input, target, ignore_index, name):  # noqa: A002
-    """Class-index target: shape (N, *S) for input (N, C, *S), values in range."""
+def _check_class_target(input, target, ignore_index, name, values=True):  # noqa: A002
+    """Class-index target: shape (N, *S) for input (N, C, *S), and (``values``) values in
+    range (the cross-entropy kernels check the values of their plain case themselves)."""
     shape = input.data.shape
-    C = shape[1]
     expected = shape[:1] + shape[2:]
     if target.data.shape != expected:
         raise ShapeError(f"{name}: expected class-index target of shape {expected} for "
                          f"input {input.shape}, got {target.shape}")
-    t = target.data
-    # first the range of all targets (two reductions, one host round trip on the GPU);
-    # only when it leaves [0, C) do the ignored ones need looking at
-    if t.size == 0 or not bool((t.min() < 0) | (t.max() >= C)):
-        return
-    bad = ((t < 0) | (t >= C)) & (t != ignore_index)
-    if bool(bad.any()):
-        cls = int(t[bad].reshape(-1)[0])
-        raise IndexError(f"{name}: target contains class {cls} but input has {C} classes "
-                         f"(expected targets in [0, {C - 1}] or ignore_index={ignore_index})")
+    if values:
+        check_targets(target.data, shape[1], ignore_index, name)
 
 
 def _check_weight(weight, input, name):  # noqa: A002
@@ -463,7 +462,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     name = "cross_entropy"
     _check_input(input, name, "logits")
     _check_reduction(reduction, name)
-    if not isinstance(label_smoothing, numbers.Real):
+    if type(label_smoothing) is not float and not isinstance(label_smoothing, numbers.Real):
         raise TypeError(f"{name}: label_smoothing must be a number in [0, 1], got "
                         f"{type(label_smoothing).__name__}")
     if not 0.0 <= label_smoothing <= 1.0:
@@ -483,7 +482,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         out = CrossEntropyProbsFunction.apply(x, t, weight, reduction=reduction,
                                               label_smoothing=float(label_smoothing))
     else:
-        _check_class_target(x, t, ignore_index, name)
+        # the plain case's kernels check the targets' values themselves
+        _check_class_target(x, t, ignore_index, name,
+                            values=not _plain_case(x.data, weight, label_smoothing))
         _no_weight_grad(weight, name)
         out = CrossEntropyFunction.apply(x, t, weight, ignore_index=int(ignore_index),
                                          reduction=reduction,
