@@ -176,11 +176,13 @@ def test_resnet50_layouts_report_both():
 
 def test_resnet152_summary_runs_no_kernel():
     """Shape propagation only (a fraction of a second; speed is measured, not asserted):
-    the 155 convolutions are answered by their rules, no conv kernel runs."""
+    the 155 convolutions are answered by their rules, no conv kernel runs; only the
+    residual adds run for real, on the zero-stride placeholders (the add family's
+    reference: NumPy's a + b)."""
     net = build(models.resnet152)
     with minidl.kernels.decisions() as log:
         s = quiet(net, (3, 224, 224))
-    assert log == []
+    assert log and set(log) == {("add", "reference")}
     assert len([r for r in s.layers if r.type == "Conv2d"]) == 155
 
 

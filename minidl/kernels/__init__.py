@@ -21,7 +21,8 @@ __all__ = ["use_impl", "which", "families", "forced", "decisions", "numba_availa
 
 # The modules that register a family (imported by ``families()`` / ``use_impl``; the ops
 # import the ones they use anyway).
-FAMILY_MODULES = ("activation", "batchnorm", "conv", "im2col", "loss", "optim", "pool")
+FAMILY_MODULES = ("activation", "arith", "batchnorm", "conv", "im2col", "loss", "optim",
+                  "pool")
 
 
 def _load_all():
