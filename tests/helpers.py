@@ -319,3 +319,22 @@ def conv2d_impls_agree(impl, x, w, gy, rel_tol, **conv2d_kwargs):
         results[name] = [y.numpy(), X.grad.numpy(), Wt.grad.numpy()]
     for what, g, r in zip(("y", "dx", "dw"), results[impl], results["reference"]):
         assert_rel_close(g, r, rel_tol, what)
+
+
+# Special float values for kernels that must equal their reference bit for bit.
+SPECIALS = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 1e-310, -1e-310,
+            1.0, -1.0, 3.4e38, -3.4e38]
+
+
+def float_bits(a):
+    """The raw bits of a float array: equal bits is equality with NaN == NaN and
+    -0.0 != +0.0."""
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+def with_specials(rng, n, dtype):
+    """n values, standard normal with every value of ``SPECIALS`` sprinkled in."""
+    x = rng.standard_normal(n).astype(dtype)
+    where = rng.choice(n, size=min(n, 40 * len(SPECIALS)), replace=False)
+    x[where] = np.resize(np.array(SPECIALS, dtype=dtype), where.size)
+    return x

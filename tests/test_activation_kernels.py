@@ -16,6 +16,7 @@ import torch
 
 import minidl
 import minidl.kernels as K
+from helpers import float_bits, with_specials
 from minidl.kernels import threads
 
 pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
@@ -110,22 +111,14 @@ def test_tanh_op_dispatch(dtype, rng):
 
 # ----------------------------------------------------------------------------- relu
 
-SPECIALS = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 1e-310, -1e-310,
-            1.0, -1.0]
+_bits, _with_specials = float_bits, with_specials
 
 
-def _bits(a):
-    """The raw bits of a float array: equal bits is equality with NaN == NaN and
-    -0.0 != +0.0."""
-    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
-
-
-def _with_specials(rng, n, dtype):
-    """n values, standard normal with every special value sprinkled in."""
-    x = rng.standard_normal(n).astype(dtype)
-    where = rng.choice(n, size=min(n, 40 * len(SPECIALS)), replace=False)
-    x[where] = np.resize(np.array(SPECIALS, dtype=dtype), where.size)
-    return x
+def _spread(rng, n, dtype):
+    """``with_specials`` times 4: values on both sides of clamp's bounds (the largest
+    specials overflow to inf, which is one more special)."""
+    with np.errstate(over="ignore"):
+        return _with_specials(rng, n, dtype) * dtype(4)
 
 
 # a size below the parallel threshold (serial build), and one above it that no thread count
@@ -262,7 +255,7 @@ CLAMP_BOUNDS = [(0.0, 6.0), (0.0, None), (None, 0.5), (-0.3, 0.7), (1.0, -1.0),
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_clamp_numba_equals_reference_bit_for_bit(dtype, size, n_threads, num_threads, rng):
     num_threads(n_threads)
-    x = _with_specials(rng, size, dtype) * 4
+    x = _spread(rng, size, dtype)
     gy = _with_specials(rng, size, dtype)
     for lo, hi in CLAMP_BOUNDS:
         y = clamp_numba.clamp_forward(x, lo, hi)
@@ -329,7 +322,7 @@ def test_clamp_op_and_relu6_dispatch(dtype, impl, use_impl, rng):
     """ClampFunction (and relu6 through it) runs the family, forced implementation, both
     passes; forward and backward match PyTorch's clamp bit for bit, specials included."""
     use_impl(impl, family="clamp")
-    x = (_with_specials(rng, 4 * 6 * 5 * 5, dtype) * 4).reshape(4, 6, 5, 5)
+    x = _spread(rng, 4 * 6 * 5 * 5, dtype).reshape(4, 6, 5, 5)
     gy = _with_specials(rng, x.size, dtype).reshape(x.shape)
     for fn, tfn in ((lambda t: minidl.nn.functional.relu6(t), lambda t: torch.clamp(t, 0, 6)),
                     (lambda t: t.clamp(max=0.5), lambda t: t.clamp(max=0.5))):

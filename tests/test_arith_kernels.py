@@ -10,24 +10,13 @@ import torch
 
 import minidl
 import minidl.kernels as K
+from helpers import float_bits as _bits, with_specials as _with_specials
 from minidl.kernels import arith, threads
 
 pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
 add_numba = arith.ADD.impls["numba"].code
 
-SPECIALS = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 1e-310, 3.4e38, -3.4e38]
 SIZES = [1001, 7 * (threads.PARALLEL_MIN_ELEMENTS // 2 + 11)]     # multiples of 7: (-1, 7) arrays
-
-
-def _bits(a):
-    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
-
-
-def _with_specials(rng, n, dtype):
-    x = rng.standard_normal(n).astype(dtype)
-    where = rng.choice(n, size=min(n, 40 * len(SPECIALS)), replace=False)
-    x[where] = np.resize(np.array(SPECIALS, dtype=dtype), where.size)
-    return x
 
 
 def test_sizes_straddle_the_parallel_threshold():
