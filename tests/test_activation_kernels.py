@@ -111,14 +111,11 @@ def test_tanh_op_dispatch(dtype, rng):
 
 # ----------------------------------------------------------------------------- relu
 
-_bits, _with_specials = float_bits, with_specials
-
-
 def _spread(rng, n, dtype):
     """``with_specials`` times 4: values on both sides of clamp's bounds (the largest
     specials overflow to inf, which is one more special)."""
     with np.errstate(over="ignore"):
-        return _with_specials(rng, n, dtype) * dtype(4)
+        return with_specials(rng, n, dtype) * dtype(4)
 
 
 # a size below the parallel threshold (serial build), and one above it that no thread count
@@ -131,25 +128,25 @@ RELU_SIZES = [1001, threads.PARALLEL_MIN_ELEMENTS * 3 + 77]
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_numba_equals_reference_bit_for_bit(dtype, size, n_threads, num_threads, rng):
     num_threads(n_threads)
-    x = _with_specials(rng, size, dtype)
-    gy = _with_specials(rng, size, dtype)
+    x = with_specials(rng, size, dtype)
+    gy = with_specials(rng, size, dtype)
 
     y, mask = relu_numba.relu_forward(x)
     y_ref, mask_ref = relu_ref.relu_forward(x)
     assert y.dtype == dtype and y.shape == x.shape and mask.dtype == np.bool_
-    np.testing.assert_array_equal(_bits(y), _bits(y_ref))
+    np.testing.assert_array_equal(float_bits(y), float_bits(y_ref))
     np.testing.assert_array_equal(mask, mask_ref)
     y_only, none = relu_numba.relu_forward(x, mask=False)
     assert none is None
-    np.testing.assert_array_equal(_bits(y_only), _bits(y_ref))
+    np.testing.assert_array_equal(float_bits(y_only), float_bits(y_ref))
 
     gx = relu_numba.relu_backward(gy, mask)
     assert gx.dtype == dtype and gx.shape == x.shape
-    np.testing.assert_array_equal(_bits(gx), _bits(relu_ref.relu_backward(gy, mask_ref)))
+    np.testing.assert_array_equal(float_bits(gx), float_bits(relu_ref.relu_backward(gy, mask_ref)))
 
     z = x.copy()
     assert relu_numba.relu_inplace(z) is z
-    np.testing.assert_array_equal(_bits(z), _bits(y_ref))
+    np.testing.assert_array_equal(float_bits(z), float_bits(y_ref))
 
 
 def test_relu_sizes_straddle_the_parallel_threshold():
@@ -166,29 +163,30 @@ def test_relu_special_values(dtype):
     want_gx = np.array([5, 0, 0, 0, 3, -2, 0, 7, 0], dtype=dtype)
     for code in (relu_numba, relu_ref):
         y, mask = code.relu_forward(x)
-        np.testing.assert_array_equal(_bits(y), _bits(want_y))
-        np.testing.assert_array_equal(_bits(code.relu_backward(gy, mask)), _bits(want_gx))
+        np.testing.assert_array_equal(float_bits(y), float_bits(want_y))
+        np.testing.assert_array_equal(float_bits(code.relu_backward(gy, mask)), float_bits(want_gx))
     t = torch.tensor(x, requires_grad=True)
     ty = torch.relu(t)
     ty.backward(torch.tensor(gy))
-    np.testing.assert_array_equal(_bits(ty.detach().numpy()), _bits(want_y))
-    np.testing.assert_array_equal(_bits(t.grad.numpy()), _bits(want_gx))
+    np.testing.assert_array_equal(float_bits(ty.detach().numpy()), float_bits(want_y))
+    np.testing.assert_array_equal(float_bits(t.grad.numpy()), float_bits(want_gx))
 
 
 def test_relu_strided_and_empty(rng):
-    base = _with_specials(rng, 6 * 10, np.float64).reshape(6, 10)
+    base = with_specials(rng, 6 * 10, np.float64).reshape(6, 10)
     x = base[:, ::2].T                                                   # a strided view
     y, mask = relu_numba.relu_forward(x)
     y_ref, mask_ref = relu_ref.relu_forward(x)
-    np.testing.assert_array_equal(_bits(y), _bits(y_ref))
+    np.testing.assert_array_equal(float_bits(y), float_bits(y_ref))
     np.testing.assert_array_equal(mask, mask_ref)
     gy = np.broadcast_to(np.float64(-3), x.shape)                        # zero strides
-    np.testing.assert_array_equal(_bits(relu_numba.relu_backward(gy, mask_ref[::-1, ::-1])),
-                                  _bits(relu_ref.relu_backward(gy, mask_ref[::-1, ::-1])))
+    np.testing.assert_array_equal(float_bits(relu_numba.relu_backward(gy, mask_ref[::-1, ::-1])),
+                                  float_bits(relu_ref.relu_backward(gy, mask_ref[::-1, ::-1])))
     before = base.copy()
     assert relu_numba.relu_inplace(x) is x                               # into the view
-    np.testing.assert_array_equal(_bits(base[:, ::2]), _bits(y_ref.T))
-    np.testing.assert_array_equal(_bits(base[:, 1::2]), _bits(before[:, 1::2]))  # untouched
+    np.testing.assert_array_equal(float_bits(base[:, ::2]), float_bits(y_ref.T))
+    np.testing.assert_array_equal(float_bits(base[:, 1::2]),             # untouched
+                                  float_bits(before[:, 1::2]))
     y0, m0 = relu_numba.relu_forward(np.zeros((0, 3), np.float32))
     assert y0.shape == m0.shape == (0, 3)
     assert relu_numba.relu_backward(y0, m0).shape == (0, 3)
@@ -211,8 +209,8 @@ def test_relu_op_dispatch(dtype, impl, use_impl, rng):
     """ReLUFunction runs the family (forced implementation, both passes); both match
     PyTorch bit for bit, special values included."""
     use_impl(impl, family="relu")
-    x = _with_specials(rng, 4 * 6 * 5 * 5, dtype).reshape(4, 6, 5, 5)
-    gy = _with_specials(rng, x.size, dtype).reshape(x.shape)
+    x = with_specials(rng, 4 * 6 * 5 * 5, dtype).reshape(4, 6, 5, 5)
+    gy = with_specials(rng, x.size, dtype).reshape(x.shape)
     X = minidl.tensor(x, requires_grad=True)
     with K.decisions() as log:
         y = minidl.relu(X)
@@ -222,14 +220,14 @@ def test_relu_op_dispatch(dtype, impl, use_impl, rng):
     ty = torch.relu(T)
     ty.backward(torch.tensor(gy))
     assert y.dtype == dtype and X.grad.dtype == dtype
-    np.testing.assert_array_equal(_bits(y.numpy()), _bits(ty.detach().numpy()))
-    np.testing.assert_array_equal(_bits(X.grad.numpy()), _bits(T.grad.numpy()))
+    np.testing.assert_array_equal(float_bits(y.numpy()), float_bits(ty.detach().numpy()))
+    np.testing.assert_array_equal(float_bits(X.grad.numpy()), float_bits(T.grad.numpy()))
 
 
 @pytest.mark.parametrize("impl", ["numba", "reference"])
 def test_relu_inplace_matches_pytorch(impl, use_impl, rng):
     use_impl(impl, family="relu")
-    x = _with_specials(rng, 200, np.float32).reshape(10, 20)
+    x = with_specials(rng, 200, np.float32).reshape(10, 20)
     t = torch.tensor(x)
     t.relu_()
     m = minidl.tensor(x.copy())
@@ -238,7 +236,7 @@ def test_relu_inplace_matches_pytorch(impl, use_impl, rng):
         assert m.relu_() is m
         minidl.relu(view, inplace=True)
     assert [i for fam, i in log if fam == "relu"] == [impl, impl]
-    np.testing.assert_array_equal(_bits(m.numpy()), _bits(t.numpy()))
+    np.testing.assert_array_equal(float_bits(m.numpy()), float_bits(t.numpy()))
 
 
 
@@ -256,19 +254,22 @@ CLAMP_BOUNDS = [(0.0, 6.0), (0.0, None), (None, 0.5), (-0.3, 0.7), (1.0, -1.0),
 def test_clamp_numba_equals_reference_bit_for_bit(dtype, size, n_threads, num_threads, rng):
     num_threads(n_threads)
     x = _spread(rng, size, dtype)
-    gy = _with_specials(rng, size, dtype)
+    gy = with_specials(rng, size, dtype)
     for lo, hi in CLAMP_BOUNDS:
         y = clamp_numba.clamp_forward(x, lo, hi)
         y_ref = clamp_ref.clamp_forward(x, lo, hi)
         assert y.dtype == y_ref.dtype == dtype and y.shape == x.shape
-        np.testing.assert_array_equal(_bits(y), _bits(y_ref), err_msg=f"y, bounds {lo, hi}")
+        np.testing.assert_array_equal(float_bits(y), float_bits(y_ref),
+                                      err_msg=f"y, bounds {lo, hi}")
         gx = clamp_numba.clamp_backward(gy, x, lo, hi)
         assert gx.dtype == dtype
-        np.testing.assert_array_equal(_bits(gx), _bits(clamp_ref.clamp_backward(gy, x, lo, hi)),
+        np.testing.assert_array_equal(float_bits(gx),
+                                      float_bits(clamp_ref.clamp_backward(gy, x, lo, hi)),
                                       err_msg=f"gx, bounds {lo, hi}")
         z = x.copy()
         assert clamp_numba.clamp_inplace(z, lo, hi) is z
-        np.testing.assert_array_equal(_bits(z), _bits(y_ref), err_msg=f"in place {lo, hi}")
+        np.testing.assert_array_equal(float_bits(z), float_bits(y_ref),
+                                      err_msg=f"in place {lo, hi}")
 
 
 @pytest.mark.parametrize("bounds", CLAMP_BOUNDS)
@@ -284,25 +285,26 @@ def test_clamp_special_values_match_pytorch(dtype, bounds):
     ty = torch.clamp(t, None if lo is None else float(lo), None if hi is None else float(hi))
     ty.backward(torch.tensor(gy))
     for code in (clamp_numba, clamp_ref):
-        np.testing.assert_array_equal(_bits(code.clamp_forward(x, lo, hi)),
-                                      _bits(ty.detach().numpy()))
-        np.testing.assert_array_equal(_bits(code.clamp_backward(gy, x, lo, hi)),
-                                      _bits(t.grad.numpy()))
+        np.testing.assert_array_equal(float_bits(code.clamp_forward(x, lo, hi)),
+                                      float_bits(ty.detach().numpy()))
+        np.testing.assert_array_equal(float_bits(code.clamp_backward(gy, x, lo, hi)),
+                                      float_bits(t.grad.numpy()))
 
 
 def test_clamp_strided_and_empty(rng):
-    base = _with_specials(rng, 6 * 10, np.float64).reshape(6, 10)
+    base = with_specials(rng, 6 * 10, np.float64).reshape(6, 10)
     x = base[:, ::2].T                                                   # a strided view
     gy = np.broadcast_to(np.float64(-3), x.shape)                        # zero strides
-    np.testing.assert_array_equal(_bits(clamp_numba.clamp_forward(x, 0.0, 6.0)),
-                                  _bits(clamp_ref.clamp_forward(x, 0.0, 6.0)))
-    np.testing.assert_array_equal(_bits(clamp_numba.clamp_backward(gy, x, 0.0, 6.0)),
-                                  _bits(clamp_ref.clamp_backward(gy, x, 0.0, 6.0)))
+    np.testing.assert_array_equal(float_bits(clamp_numba.clamp_forward(x, 0.0, 6.0)),
+                                  float_bits(clamp_ref.clamp_forward(x, 0.0, 6.0)))
+    np.testing.assert_array_equal(float_bits(clamp_numba.clamp_backward(gy, x, 0.0, 6.0)),
+                                  float_bits(clamp_ref.clamp_backward(gy, x, 0.0, 6.0)))
     y_ref = clamp_ref.clamp_forward(x, 0.0, 6.0)
     before = base.copy()
     assert clamp_numba.clamp_inplace(x, 0.0, 6.0) is x                  # into the view
-    np.testing.assert_array_equal(_bits(base[:, ::2]), _bits(y_ref.T))
-    np.testing.assert_array_equal(_bits(base[:, 1::2]), _bits(before[:, 1::2]))  # untouched
+    np.testing.assert_array_equal(float_bits(base[:, ::2]), float_bits(y_ref.T))
+    np.testing.assert_array_equal(float_bits(base[:, 1::2]),             # untouched
+                                  float_bits(before[:, 1::2]))
     empty = np.zeros((0, 3), np.float32)
     assert clamp_numba.clamp_forward(empty, 0.0, 6.0).shape == (0, 3)
     assert clamp_numba.clamp_backward(empty, empty, 0.0, None).shape == (0, 3)
@@ -323,7 +325,7 @@ def test_clamp_op_and_relu6_dispatch(dtype, impl, use_impl, rng):
     passes; forward and backward match PyTorch's clamp bit for bit, specials included."""
     use_impl(impl, family="clamp")
     x = _spread(rng, 4 * 6 * 5 * 5, dtype).reshape(4, 6, 5, 5)
-    gy = _with_specials(rng, x.size, dtype).reshape(x.shape)
+    gy = with_specials(rng, x.size, dtype).reshape(x.shape)
     for fn, tfn in ((lambda t: minidl.nn.functional.relu6(t), lambda t: torch.clamp(t, 0, 6)),
                     (lambda t: t.clamp(max=0.5), lambda t: t.clamp(max=0.5))):
         X = minidl.tensor(x, requires_grad=True)
@@ -335,8 +337,8 @@ def test_clamp_op_and_relu6_dispatch(dtype, impl, use_impl, rng):
         ty = tfn(T)
         ty.backward(torch.tensor(gy))
         assert y.dtype == dtype and X.grad.dtype == dtype
-        np.testing.assert_array_equal(_bits(y.numpy()), _bits(ty.detach().numpy()))
-        np.testing.assert_array_equal(_bits(X.grad.numpy()), _bits(T.grad.numpy()))
+        np.testing.assert_array_equal(float_bits(y.numpy()), float_bits(ty.detach().numpy()))
+        np.testing.assert_array_equal(float_bits(X.grad.numpy()), float_bits(T.grad.numpy()))
 
 
 def test_clamp_integer_input_and_bad_bounds():

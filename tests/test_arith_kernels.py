@@ -10,7 +10,7 @@ import torch
 
 import minidl
 import minidl.kernels as K
-from helpers import float_bits as _bits, with_specials as _with_specials
+from helpers import float_bits, with_specials
 from minidl.kernels import arith, threads
 
 pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
@@ -28,12 +28,12 @@ def test_sizes_straddle_the_parallel_threshold():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numba_add_equals_numpy_bit_for_bit(dtype, size, n_threads, num_threads, rng):
     num_threads(n_threads)
-    a, b = (_with_specials(rng, size, dtype).reshape(-1, 7) for _ in range(2))
+    a, b = (with_specials(rng, size, dtype).reshape(-1, 7) for _ in range(2))
     out = add_numba.add(a, b)
     with np.errstate(all="ignore"):            # inf + -inf, 3.4e38 + 3.4e38 in the specials
         expected = a + b
     assert out.dtype == dtype and out.shape == expected.shape
-    np.testing.assert_array_equal(_bits(out), _bits(expected))
+    np.testing.assert_array_equal(float_bits(out), float_bits(expected))
 
 
 def test_registry_takes_numba_only_for_what_it_runs():
