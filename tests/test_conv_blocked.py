@@ -1,11 +1,12 @@
 """The blocked conv2d (minidl/kernels/conv_blocked.py) against the im2col reference.
 
 Forced with ``use_impl('blocked', family='conv2d')``, with blocks of one or a few images
-(``block_col_bytes``) and ``col`` never kept (``keep_col_bytes(0)``) so that every line
-runs block by block, and as one whole-batch block (``whole_batch_bytes``), on 1, 2 and 3
+(``block_col_bytes``), ``col`` kept from forward or unfolded again (``keep_col_bytes``),
+block by block and as one whole-batch block (``whole_batch_bytes``), on 1, 2 and 3
 threads: outputs and every gradient equal to the reference (float64 tight, float32
-loose) over strides, paddings, dilations, groups and 1x1 kernels; the blocks' partition;
-determinism across runs; the registry's automatic choice. CPU only (NumPy arrays).
+loose) over strides, paddings, dilations, groups and 1x1 kernels; what forward keeps;
+the blocks' partition; determinism across runs; the registry's automatic choice. CPU
+only (NumPy arrays).
 """
 from __future__ import annotations
 
@@ -65,32 +66,51 @@ def test_blocked_equals_reference(case, dtype, threads_, rng, num_threads):
     want = _run("reference", *arrays, kwargs)
     num_threads(threads_)
     per_image = x_shape[1] * w_shape[2] * w_shape[3] * 8       # bytes of col per row of pixels
-    # one image per block; a few; the whole batch as one block
+    # one image per block; a few; the whole batch as one block; col unfolded again or kept
     for block_bytes, whole in ((1, 0), (per_image * 40, 0), (1, HUGE)):
-        with conv_blocked.block_col_bytes(block_bytes), conv_kernels.keep_col_bytes(0), \
-                conv_blocked.whole_batch_bytes(whole):
-            got = _run("blocked", *arrays, kwargs)
-        for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
-            assert g.dtype == r.dtype and g.shape == r.shape, name
-            np.testing.assert_allclose(
-                g, r, err_msg=f"{name}, blocks of {block_bytes} B, whole up to {whole} B",
-                **TOL[dtype])
+        for keep in (0, HUGE):
+            with conv_blocked.block_col_bytes(block_bytes), conv_kernels.keep_col_bytes(keep), \
+                    conv_blocked.whole_batch_bytes(whole):
+                got = _run("blocked", *arrays, kwargs)
+            for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
+                assert g.dtype == r.dtype and g.shape == r.shape, name
+                np.testing.assert_allclose(
+                    g, r, err_msg=f"{name}, blocks of {block_bytes} B, whole up to {whole} B, "
+                                  f"col kept up to {keep} B", **TOL[dtype])
 
 
-def test_col_is_never_kept(rng):
-    """Whatever ``keep_col_bytes`` allows, the blocked forward keeps x (each block is
-    unfolded again for the weight gradient), and the results equal the reference's."""
-    x_shape, w_shape, kwargs = CASES["3x3 p1"]
-    arrays = _arrays(rng, x_shape, w_shape, np.float64, kwargs)
-    want = _run("reference", *arrays, kwargs)
-    with conv_blocked.block_col_bytes(1), conv_kernels.keep_col_bytes(10**12):
-        got = _run("blocked", *arrays, kwargs)
-        x, w = arrays[0], arrays[1]
-        geo = geometry.ConvGeometry.of(x.shape, w.shape, (1, 1), ((1, 1), (1, 1)), (1, 1))
-        _, saved = conv_blocked.forward(x, w, None, geo, keep_for_backward=True)
-    assert saved[0] == "x" and saved[1] is x
-    for g, r in zip(got, want):
-        np.testing.assert_allclose(g, r, **TOL[np.float64])
+@pytest.mark.parametrize("whole", [0, HUGE])
+def test_what_forward_keeps(whole, rng):
+    """Within ``keep_col_bytes`` forward keeps the unfolded input (as one block ``('col',
+    col)``, in blocks each block's own array with its images), else x; a 1x1 stride-1
+    layer reads x itself and keeps x; the weight gradient from each is the reference's."""
+    x = rng.standard_normal((4, 5, 11, 10))
+    w = rng.standard_normal((6, 5, 3, 3))
+    gy = rng.standard_normal((4, 6, 6, 5))
+    geo = geometry.ConvGeometry.of(x.shape, w.shape, (2, 2), ((1, 1), (1, 1)), (1, 1))
+    col_bytes = conv_blocked.col_bytes(geo, x.dtype)
+    g_ref = conv_kernels.grad_output(gy, geo)
+    want = conv_kernels.grad_weight(g_ref, ("x", x), geo)
+    with conv_blocked.block_col_bytes(1), conv_blocked.whole_batch_bytes(whole):
+        for limit, kind in ((col_bytes, "cols" if not whole else "col"), (col_bytes - 1, "x")):
+            with conv_kernels.keep_col_bytes(limit):
+                _, saved = conv_blocked.forward(x, w, None, geo, keep_for_backward=True)
+                assert saved[0] == kind
+                if kind == "cols":     # one image per block, in order
+                    assert [(n0, n1) for n0, n1, _ in saved[1]] == [(n, n + 1) for n in range(4)]
+                if kind == "x":
+                    assert saved[1] is x
+                g = conv_blocked.grad_output(gy, geo)
+                got = conv_blocked.grad_weight(g, saved, geo)
+            for a, b in zip(got, want):
+                np.testing.assert_allclose(a, b, **TOL[np.float64])
+        _, saved = conv_blocked.forward(x, w, None, geo, keep_for_backward=False)
+        assert saved == ("x", None)
+    x1 = rng.standard_normal((3, 8, 9, 8))
+    geo1 = geometry.ConvGeometry.of(x1.shape, (5, 8, 1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1))
+    with conv_kernels.keep_col_bytes(HUGE):
+        _, saved = conv_blocked.forward(x1, rng.standard_normal((5, 8, 1, 1)), None, geo1)
+    assert saved[0] == "x" and saved[1] is x1
 
 
 def test_without_weight_gradient_and_unbatched(rng):

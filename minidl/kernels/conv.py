@@ -57,11 +57,12 @@ calling thread (``threads.single_blas``); ``blocked`` and ``winograd`` use the c
 running their products as single-threaded BLAS calls on numba's threads
 (``blas.matmul``), beside their numba kernels.
 
-CPU memory policy (the reference's): ``col`` is KH*KW times the size of x. Forward keeps it
-for the weight gradient only when it is at most ``KEEP_COL_BYTES`` (16 MiB: the LeNet
-layers, sparing backward one im2col); larger ones are unfolded again in backward (KH*KW
-copies of every layer's input would not fit in memory). A ``col`` that is not kept, and
-``dL/dcol``, live in a reused per-thread scratch buffer (``_Scratch``).
+CPU memory policy (the reference's and ``blocked``'s): ``col`` is KH*KW times the size of
+x. Forward keeps it for the weight gradient only when it is at most ``KEEP_COL_BYTES``
+(32 MiB: the LeNet layers, ResNet-18's stride-2 layers at batch 32, sparing backward one
+im2col); larger ones are unfolded again in backward (KH*KW copies of every layer's input
+would not fit in memory). A ``col`` that is not kept, and ``dL/dcol``, live in a reused
+per-thread scratch buffer (``_Scratch``).
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ from ..backend import get_array_module
 from . import blas, registry, threads
 from .im2col import col2im, im2col
 
-__all__ = ["CONV2D", "conv2d_code", "KEEP_COL_BYTES", "keep_col_bytes", "release_scratch", "direct_can_run",
+__all__ = ["CONV2D", "conv2d_code", "KEEP_COL_BYTES", "keep_col_bytes", "kept_col_limit",
+           "release_scratch", "direct_can_run",
            "direct_pays", "DIRECT_MAX_K", "DIRECT_MAX_OC", "DIRECT_SMALL_K",
            "DIRECT_SMALL_K_MAX_OC"]
 
@@ -131,8 +133,13 @@ def release_scratch():
 
 
 # Unfolded inputs up to this size are kept from forward for the weight gradient (sparing
-# backward one im2col); larger ones are unfolded again in backward.
-KEEP_COL_BYTES = 16 * 2**20
+# backward one im2col); larger ones are unfolded again in backward. Measured with the
+# blocked implementation (fwd + bwd, F.conv2d at batch 32, unfold again -> keep, ms, in
+# one process next to PyTorch): ResNet-18's 64->128 3x3 s2 at 32x32 (col 18.9 MB) 29.8 ->
+# 29.0 and 27.8 -> 27.0, 128->256 at 16x16 (9.4 MB) 25.3 -> 24.5 and 28.5 -> 26.0, its
+# 1x1 s2 64->128 6.6 -> 5.4 and 8.6 -> 7.5; the training step 623 -> 604 ms. At batch
+# 128 a 75 MB col still gained 1 % (110 -> 108 ms): not worth its memory.
+KEEP_COL_BYTES = 32 * 2**20
 
 
 _KEEP_COL = threads.Setting(KEEP_COL_BYTES)
@@ -143,6 +150,11 @@ def keep_col_bytes(limit):
     again in backward; a huge value: always keep it); undone at the end of a ``with``
     block when used as one. Tests use it to run both paths on small inputs."""
     return _KEEP_COL.set(int(limit))
+
+
+def kept_col_limit():
+    """The largest ``col`` in bytes forward keeps now (``keep_col_bytes``)."""
+    return _KEEP_COL.value
 
 
 # ----------------------------------------------------------------------------- reference
@@ -160,7 +172,7 @@ def forward(x, w, b, geo, keep_for_backward=True):
     xp = get_array_module(x, w)
     G, OC, N, OH, OW = geo.G, geo.OC, geo.N, geo.OH, geo.OW
     OCg, K, L = OC // G, (geo.C // G) * geo.KH * geo.KW, N * OH * OW
-    keep_col = keep_for_backward and math.prod(geo.col_shape) * x.dtype.itemsize <= _KEEP_COL.value
+    keep_col = keep_for_backward and math.prod(geo.col_shape) * x.dtype.itemsize <= kept_col_limit()
     col = im2col(x, geo, out=None if keep_col else _scratch(xp, geo.col_shape, x.dtype))
     Y = _matmul(xp, w.reshape(G, OCg, K), col.reshape(G, K, L))   # (G, OCg, L)
     Yt = Y.reshape(OC, N, OH * OW).transpose(1, 0, 2)            # (N, OC, OH*OW), a view

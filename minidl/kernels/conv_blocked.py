@@ -9,7 +9,7 @@ through the reference's lines with one product per image, which reads and writes
 
     col_b = im2col(x[n0:n1])                    (C*KH*KW, nb, OH*OW), this thread's scratch
     y[n]  = Wm @ col_b[:, n] (+ b)              (OC, OH*OW) for each image n of the block
-    dWm  += sum over n of gy[n] @ col_b[:, n]^T  (OC, C*KH*KW), col_b unfolded again
+    dWm  += sum over n of gy[n] @ col_b[:, n]^T  (OC, C*KH*KW), col_b kept or unfolded again
     dx[n0:n1] = col2im(dcol_b),  dcol_b[:, n] = Wm^T @ gy[n]
 
 (per group of a grouped convolution). Threads: im2col, col2im and the products
@@ -19,8 +19,10 @@ image into one array: results are deterministic, equal to the reference up to fl
 rounding (another order of the sums).
 
 Runs any NumPy float32/float64 convolution (``blocked_can_run``); chosen for ungrouped
-ones over more than one image (``blocked_pays``). Unlike the reference it never keeps
-``col`` from forward for the weight gradient.
+ones over more than one image (``blocked_pays``). Like the reference, forward keeps
+``col`` for the weight gradient when the whole batch's is at most ``conv.keep_col_bytes``
+(each block's own array instead of the scratch buffer); larger ones are unfolded again,
+block by block, in backward.
 """
 from __future__ import annotations
 
@@ -198,15 +200,18 @@ def _images(a, geo):
 # ----------------------------------------------------------------------------- entry points
 
 def forward(x, w, b, geo, keep_for_backward=True):
-    """y (N, OC, OH, OW) and ``saved`` as ``conv.forward``, block by block (or as one
-    block, ``whole_batch``). ``col`` is never kept: the weight gradient unfolds each block
-    again, in cache, which cost less than one product over the whole batch."""
+    """y (N, OC, OH, OW) and ``saved``, block by block (or as one block, ``whole_batch``).
+    ``saved``: ``('x', x)`` (``('x', None)`` without ``keep_for_backward``) when the weight
+    gradient unfolds x again; when the batch's ``col`` is at most ``conv.keep_col_bytes``,
+    ``('col', col)`` (K, L) as one block or ``('cols', [(n0, n1, col_b), ...])`` in
+    blocks (1x1 stride-1 layers read x itself and always keep x)."""
     G, OC, HW = geo.G, geo.OC, geo.OH * geo.OW
     K = (geo.C // G) * geo.KH * geo.KW
     wm = w.reshape(G, OC // G, K)
     x = np.ascontiguousarray(x)
     y = np.empty((geo.N, OC, geo.OH, geo.OW), dtype=np.result_type(x, w))
     saved = ("x", x if keep_for_backward else None)
+    keep = keep_for_backward and col_bytes(geo, x.dtype) <= reference.kept_col_limit()
 
     if pointwise(geo):
         if b is not None:
@@ -215,15 +220,23 @@ def forward(x, w, b, geo, keep_for_backward=True):
         return y, saved
 
     if whole_batch(geo, x.dtype):
-        col = _col_whole(x, geo)                                  # (K, L)
+        if keep:                                                  # (K, L), kept
+            col = im2col(x, geo).reshape(K, -1)
+            saved = ("col", col)
+        else:
+            col = _col_whole(x, geo)                                  # (K, L), scratch
         Y = matmul(wm[0], col, _scratch(np, (OC, geo.N * HW), y.dtype, slot=1))
         bias = np.empty(0, dtype=y.dtype) if b is None else b.astype(y.dtype, copy=False)
         _planes_swapped(Y.reshape(OC, geo.N, HW), bias, y.reshape(geo.N, OC, HW))
         return y, saved
 
+    kept = []
+
     def block(n0, n1):
         gb = _block_geo(geo, n0, n1)
-        col = im2col(x[n0:n1], gb, out=_scratch(np, gb.col_shape, x.dtype))
+        col = im2col(x[n0:n1], gb, out=None if keep else _scratch(np, gb.col_shape, x.dtype))
+        if keep:
+            kept.append((n0, n1, col))
         cols, ys = _per_image(col, geo, n1 - n0), _by_group(y[n0:n1], geo)
         if b is not None:
             ys[...] = b.reshape(G, 1, OC // G, 1)
@@ -231,7 +244,7 @@ def forward(x, w, b, geo, keep_for_backward=True):
             matmul(wm[g], cols[g], ys[g], accumulate=b is not None)
 
     _for_blocks(geo, x.dtype, block)
-    return y, saved
+    return y, (("cols", kept) if kept else saved)
 
 
 def grad_output(gy, geo, products=True):
@@ -244,32 +257,46 @@ def grad_output(gy, geo, products=True):
 
 def grad_weight(g, saved, geo, need_b=True):
     """gw (OC, Cg, KH, KW) = the sum over images of gy[n] @ col[:, n]^T, and gb (OC,) when
-    ``need_b``; a kept ``col`` goes to the reference (one product)."""
+    ``need_b``, from forward's kept ``col`` (one product with gY) or blocks' ``cols``, or
+    unfolding x again block by block."""
     kind, kept = saved
-    if kind == "col":
+    if kind == "col" and g.gY is None:                            # gY not made: one product
         return reference.grad_weight(reference.grad_output(g.gy, geo), saved, geo, need_b)
     G, OC = geo.G, geo.OC
     Cg = geo.C // G
     K = Cg * geo.KH * geo.KW
-    x = np.ascontiguousarray(kept)
-    gw = np.empty((G, OC // G, K), dtype=np.result_type(x, g.gy))
-    if pointwise(geo):
-        matmul(_images(g.gy, geo), _images(x, geo).transpose(0, 2, 1), gw[0])
-        return gw.reshape(OC, Cg, 1, 1), (grad_bias(g, geo) if need_b else None)
-    if g.gY is not None:                                          # one block
-        matmul(g.gY, _col_whole(x, geo).T, gw[0])
-        gb = g.gY.sum(axis=1) if need_b else None
+    source = kept[0][2] if kind == "cols" else kept
+    gw = np.empty((G, OC // G, K), dtype=np.result_type(source, g.gy))
+    gb = grad_bias(g, geo) if need_b else None
+    if kind == "cols":                                            # forward's blocks
+        for n0, n1, col in kept:
+            _weight_grad_block(gw, col, g.gy, geo, n0, n1)
         return gw.reshape(OC, Cg, geo.KH, geo.KW), gb
+    if kind == "x" and pointwise(geo):
+        x = np.ascontiguousarray(kept)
+        matmul(_images(g.gy, geo), _images(x, geo).transpose(0, 2, 1), gw[0])
+        return gw.reshape(OC, Cg, 1, 1), gb
+    if g.gY is not None:                                          # one block
+        col = kept if kind == "col" else _col_whole(np.ascontiguousarray(kept), geo)
+        matmul(g.gY, col.T, gw[0])
+        return gw.reshape(OC, Cg, geo.KH, geo.KW), gb
+    x = np.ascontiguousarray(kept)
 
-    def block(n0, n1):
+    def block(n0, n1):                                            # unfolded again
         gb_geo = _block_geo(geo, n0, n1)
         col = im2col(x[n0:n1], gb_geo, out=_scratch(np, gb_geo.col_shape, x.dtype))
-        cols, gys = _per_image(col, geo, n1 - n0), _by_group(g.gy[n0:n1], geo)
-        for k in range(G):                   # (nb, OCg, HW) @ (nb, HW, K), summed over nb
-            matmul(gys[k], cols[k].transpose(0, 2, 1), gw[k], accumulate=n0 > 0)
+        _weight_grad_block(gw, col, g.gy, geo, n0, n1)
 
     _for_blocks(geo, x.dtype, block)
-    return gw.reshape(OC, Cg, geo.KH, geo.KW), (grad_bias(g, geo) if need_b else None)
+    return gw.reshape(OC, Cg, geo.KH, geo.KW), gb
+
+
+def _weight_grad_block(gw, col, gy, geo, n0, n1):
+    """gw (G, OCg, K) = (or, after the first block, +=) the sum over images n0 .. n1 of
+    gy[n] @ col_b[:, n]^T per group; col_b (G, K, nb, OH*OW) the block's unfolded input."""
+    cols, gys = _per_image(col, geo, n1 - n0), _by_group(gy[n0:n1], geo)
+    for k in range(geo.G):                   # (nb, OCg, HW) @ (nb, HW, K), summed over nb
+        matmul(gys[k], cols[k].transpose(0, 2, 1), gw[k], accumulate=n0 > 0)
 
 
 def grad_input(g, w, geo):
@@ -298,7 +325,9 @@ def grad_input(g, w, geo):
 
 
 def grad_bias(g, geo):
-    """gb (OC,): the sum of dL/dy over (N, OH, OW)."""
+    """gb (OC,): the sum of dL/dy over (N, OH, OW) (over gY's rows when it was made)."""
+    if g.gY is not None:
+        return g.gY.sum(axis=1)
     return g.gy.sum(axis=(0, 2, 3))
 
 
