@@ -173,7 +173,17 @@ def blas_kernel():
     forced = os.environ.get("OPENBLAS_CORETYPE")
     if forced:
         text += f" [kernel forced by OPENBLAS_CORETYPE={forced}]"
-    return text
+    return text + "; " + vector_code()
+
+
+def vector_code():
+    """The CPU each side compiles or dispatches for: numba's target CPU (its LLVM name)
+    and PyTorch's CPU capability. ``benchmarks/avx2.sh`` restricts both (and OpenBLAS)
+    to AVX2 on an AVX-512 machine."""
+    import llvmlite.binding as llvm
+    import numba
+    cpu = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    return f"numba for {cpu}, torch {torch.backends.cpu.get_cpu_capability()}"
 
 
 def thread_report():

@@ -21,11 +21,16 @@ Separable passes, as there: a pass per row of the image through a zero-edged lin
 tiles as ONE flat loop (the 6-point transform down the columns), which LLVM vectorises.
 For the flat loop, the per-row results are stored by row modulo 4: padded row 4r + e at
 ``e * LR + r * TW + tw``, so tile (th, tw)'s six rows 4th .. 4th+5 are rows e = 0 .. 3
-at t and e = 0, 1 at t + TW. The line buffers are stored the same way along the row:
-column 4j + e at ``e * TW1 + j`` (TW1 = TW + 1 in the padded input, TW in y and gy), so
-the loop over tile columns reads and writes contiguous memory too and vectorises (with
-the columns read at stride 4, the input transform took twice F(2x2)'s time; with this
-layout about the same, at (32, 64, 32, 32) on one thread). ``input_scatter`` sums the
+at t and e = 0, 1 at t + TW. Along the row, the input transform and ``input_scatter``
+go through a line buffer stored the same way, column 4j + e of the padded input at
+``e * TW1 + j`` (TW1 = TW + 1), so that the loop over tile columns reads and writes
+contiguous memory and vectorises (with the tiles' six overlapping columns read straight
+from the row at stride 4, the input transform took twice F(2x2)'s time; with this layout
+about the same, at (32, 64, 32, 32) on one thread; measured again now: 2x). y and gy,
+whose tiles do not overlap, are written and read straight: four values at stride 4,
+which LLVM vectorises as interleaved stores and loads (their line buffers had cost a
+gather: output transform 0.27 -> 0.07-0.12 ms at (4, 64, 32, 32), 2.2 -> 0.6-0.8 at
+(32, 128, 16, 16); gradient transform 0.22 -> 0.12-0.16, 1.04 -> 0.48-0.65). ``input_scatter`` sums the
 overlaps of neighbouring tiles (rows 4 and 5 of a tile land on rows 0 and 1 of the
 tile below, likewise columns) before writing, so each entry of gx is written once.
 Row and column indices are non-negative: ``& 3`` and ``>> 2`` stand for ``% 4`` and
@@ -186,8 +191,10 @@ def output_transform(M, n0, n1, t0, TH, TW, bias, has_bias, y):
     has_bias); y: (N, OC, OH, OW) C-contiguous.
 
     Pass 1, one flat loop over the plane's tiles per column m: A^T m's four rows,
-    F[(4m + e) * L + t]. Pass 2, per row 4th + e of y: f A for every tile column into a
-    line, copied cropped (and biased) to y.
+    F[(4m + e) * L + t]. Pass 2, per row 4th + e of y: f A for every tile column, its four
+    outputs (biased) stored straight into the row (LLVM vectorises the interleaved stores;
+    a line buffer read back through a gather ran 1.5-4x slower), the last tile column cut
+    at OW.
     """
     OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     T = M.shape[2]
@@ -198,9 +205,9 @@ def output_transform(M, n0, n1, t0, TH, TW, bias, has_bias, y):
     zero = np.zeros(1, dtype=y.dtype)[0]           # the bias without one, in y's dtype
     two, four, eight = _consts(y)
     nq = (n1 - n0) * OC
+    full = OW // 4                                 # tile columns with all 4 outputs in y
     for chunk in prange((nq + _PLANES - 1) // _PLANES):
         F = np.empty(24 * L, dtype=y.dtype)         # F[(4m + e) * L + t]
-        line = np.empty(4 * TW, dtype=y.dtype)     # column 4j + e at e * TW + j
         for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
             i = q // OC
             o = q - i * OC
@@ -220,18 +227,27 @@ def output_transform(M, n0, n1, t0, TH, TW, bias, has_bias, y):
             dst = ((n0 + i) * OC + o) * OH * OW
             for r in range(OH):
                 p = (r % 4) * L + r // 4 * TW
-                for tw in range(TW):               # f A for the row's 6 values
+                g = dst + r * OW
+                for tw in range(full):             # f A for the row's 6 values: 4 outputs
                     y0, y1, y2, y3 = _at(F[_u(p + tw)], F[_u(p + 4 * L + tw)],
                                          F[_u(p + 8 * L + tw)], F[_u(p + 12 * L + tw)],
                                          F[_u(p + 16 * L + tw)], F[_u(p + 20 * L + tw)],
                                          two, four, eight)
-                    line[_u(tw)] = y0
-                    line[_u(TW + tw)] = y1
-                    line[_u(2 * TW + tw)] = y2
-                    line[_u(3 * TW + tw)] = y3
-                g = dst + r * OW
-                for s in range(OW):
-                    yf[_u(g + s)] = line[_u((s & 3) * TW + (s >> 2))] + beta
+                    yf[_u(g + 4 * tw)] = y0 + beta
+                    yf[_u(g + 4 * tw + 1)] = y1 + beta
+                    yf[_u(g + 4 * tw + 2)] = y2 + beta
+                    yf[_u(g + 4 * tw + 3)] = y3 + beta
+                if full < TW:                      # the last tile column, cut at OW
+                    y0, y1, y2, y3 = _at(F[_u(p + full)], F[_u(p + 4 * L + full)],
+                                         F[_u(p + 8 * L + full)], F[_u(p + 12 * L + full)],
+                                         F[_u(p + 16 * L + full)], F[_u(p + 20 * L + full)],
+                                         two, four, eight)
+                    g4 = g + 4 * full
+                    yf[_u(g4)] = y0 + beta
+                    if 4 * full + 1 < OW:
+                        yf[_u(g4 + 1)] = y1 + beta
+                    if 4 * full + 2 < OW:
+                        yf[_u(g4 + 2)] = y2 + beta
 
 
 @jit
@@ -241,8 +257,8 @@ def grad_transform(gy, n0, n1, t0, TH, TW, Z):
 
     gy: (N, OC, OH, OW) C-contiguous; Z: (36, OC, T) C-contiguous (T >= t0 + (n1 - n0) * TH * TW).
 
-    Pass 1, per row 4r + e of gy: g A^T for every tile column (4 values become 6), into
-    D[(4m + e) * L + r * TW + tw]. Pass 2, one flat loop over the plane's tiles per m: A on
+    Pass 1, per row 4r + e of gy: g A^T for every tile column (4 values, read straight
+    from the row, become 6), into D[(4m + e) * L + r * TW + tw]. Pass 2, one flat loop over the plane's tiles per m: A on
     the tile's four rows (e = 0 .. 3 at t).
     """
     OC, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
@@ -252,29 +268,39 @@ def grad_transform(gy, n0, n1, t0, TH, TW, Z):
     Zf = Z.reshape(-1)
     K = OC * T                                     # from Z[k, o, t] to Z[k + 1, o, t]
     two, four, _ = _consts(gy)
+    zero = np.zeros(1, dtype=gy.dtype)[0]
     nq = (n1 - n0) * OC
+    full = OW // 4                                 # tile columns with all 4 values in gy
     for chunk in prange((nq + _PLANES - 1) // _PLANES):
         D = np.zeros(24 * L, dtype=gy.dtype)        # rows past OH stay zero
-        line = np.zeros(4 * TW, dtype=gy.dtype)     # column 4j + e at e * TW + j; past OW: 0
         for q in range(chunk * _PLANES, min(nq, (chunk + 1) * _PLANES)):
             i = q // OC
             o = q - i * OC
             src = ((n0 + i) * OC + o) * OH * OW
             for r in range(OH):
                 g = src + r * OW
-                for s in range(OW):
-                    line[_u((s & 3) * TW + (s >> 2))] = gf[_u(g + s)]
                 p = (r % 4) * L + r // 4 * TW
-                for tw in range(TW):
-                    a0, a1, a2, a3, a4, a5 = _a(line[_u(tw)], line[_u(TW + tw)],
-                                                line[_u(2 * TW + tw)], line[_u(3 * TW + tw)],
-                                                two, four)
+                for tw in range(full):             # read straight from the row
+                    s = g + 4 * tw
+                    a0, a1, a2, a3, a4, a5 = _a(gf[_u(s)], gf[_u(s + 1)], gf[_u(s + 2)],
+                                                gf[_u(s + 3)], two, four)
                     D[_u(p + tw)] = a0
                     D[_u(p + 4 * L + tw)] = a1
                     D[_u(p + 8 * L + tw)] = a2
                     D[_u(p + 12 * L + tw)] = a3
                     D[_u(p + 16 * L + tw)] = a4
                     D[_u(p + 20 * L + tw)] = a5
+                if full < TW:                      # the last tile column, zeros past OW
+                    s = g + 4 * full
+                    g1 = gf[_u(s + 1)] if 4 * full + 1 < OW else zero
+                    g2 = gf[_u(s + 2)] if 4 * full + 2 < OW else zero
+                    a0, a1, a2, a3, a4, a5 = _a(gf[_u(s)], g1, g2, zero, two, four)
+                    D[_u(p + full)] = a0
+                    D[_u(p + 4 * L + full)] = a1
+                    D[_u(p + 8 * L + full)] = a2
+                    D[_u(p + 12 * L + full)] = a3
+                    D[_u(p + 16 * L + full)] = a4
+                    D[_u(p + 20 * L + full)] = a5
             for m in range(6):                     # A on the tile's 4 rows
                 e0 = 4 * m * L
                 d = (m * OC + o) * T + t0 + i * L
