@@ -102,6 +102,30 @@ def test_linear_and_conv_products_run_under_single_blas(restore_threads, monkeyp
     assert conv_kernels.threads is threads
 
 
+def test_pooling_and_einsum_products_run_under_single_blas(restore_threads, monkeypatch):
+    """Adaptive average pooling's averaging matrices and einsum's contractions are matrix
+    products too: each enters ``single_blas`` with its multiply-adds (a product left to
+    OpenBLAS's own threads kept its worker spinning beside numba's: GoogLeNet's training
+    step 1.6x slower with OpenBLAS's Haswell kernels, benchmarks/RESULTS.md)."""
+    entered = []
+    real = threads.single_blas
+
+    def spy(multiply_adds=None):
+        entered.append(multiply_adds)
+        return real(multiply_adds)
+
+    import minidl.kernels.pool_reference as pool_reference
+    import minidl.ops.math as math_ops
+    monkeypatch.setattr(pool_reference, "single_blas", spy)
+    monkeypatch.setattr(math_ops, "single_blas", spy)
+    x = minidl.randn(2, 3, 2, 5, requires_grad=True)
+    minidl.nn.functional.adaptive_avg_pool2d(x, (4, 3)).sum().backward()
+    assert entered == [2 * 3 * 2 * 5 * 4, 2 * 3 * 4 * 3 * 5]   # forward, backward
+    a, b = minidl.randn(3, 4), minidl.randn(4, 5)
+    minidl.einsum("ij,jk->ik", a, b)
+    assert entered[2:] == [None]
+
+
 def test_parallel_policy(restore_threads):
     """numba's parallel builds for inputs of at least PARALLEL_MIN_ELEMENTS; set_parallel
     (False) forbids them, (True) allows them, None restores the default (allowed unless

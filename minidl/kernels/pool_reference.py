@@ -19,6 +19,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..geometry import adaptive_windows
+from .threads import single_blas
 
 __all__ = [
     "max_pool2d_forward", "max_pool2d_backward", "max_pool2d_backward_split",
@@ -300,8 +301,9 @@ def adaptive_avg_pool2d_forward(x, out_hw):
         return x.mean(axis=(-2, -1), keepdims=True)
     Ah = xp.asarray(_avg_matrix(H, OH, x.dtype))
     Aw = xp.asarray(_avg_matrix(W, OW, x.dtype))
-    t = (x.reshape(-1, W) @ Aw.T).reshape(x.shape[:-1] + (OW,))   # (N, C, H, OW)
-    return xp.matmul(Ah, t)                                         # (N, C, OH, OW)
+    with single_blas(x.size * max(OW, OH)):   # the threading policy (kernels/threads.py)
+        t = (x.reshape(-1, W) @ Aw.T).reshape(x.shape[:-1] + (OW,))   # (N, C, H, OW)
+        return xp.matmul(Ah, t)                                         # (N, C, OH, OW)
 
 
 def adaptive_avg_pool2d_backward(gy, in_hw):
@@ -314,8 +316,9 @@ def adaptive_avg_pool2d_backward(gy, in_hw):
         return xp.broadcast_to(gy / (H * W), gy.shape[:-2] + (H, W)).astype(gy.dtype)
     Ah = xp.asarray(_avg_matrix(H, OH, gy.dtype))
     Aw = xp.asarray(_avg_matrix(W, OW, gy.dtype))
-    t = (gy.reshape(-1, OW) @ Aw).reshape(gy.shape[:-1] + (W,))    # (N, C, OH, W)
-    return xp.ascontiguousarray(xp.matmul(Ah.T, t))                 # (N, C, H, W)
+    with single_blas(gy.size * max(W, H)):    # the threading policy (kernels/threads.py)
+        t = (gy.reshape(-1, OW) @ Aw).reshape(gy.shape[:-1] + (W,))    # (N, C, OH, W)
+        return xp.ascontiguousarray(xp.matmul(Ah.T, t))                 # (N, C, H, W)
 
 
 def _running_max_along(x, axis, start, end, xp):

@@ -27,6 +27,7 @@ import numpy as np
 from .. import backend
 from ..autograd import Function, Tensor
 from ..errors import ShapeError
+from ..kernels.threads import single_blas
 from .elementwise import abs as _abs
 from .elementwise import add, mul, sub
 from .linalg import matmul
@@ -392,7 +393,8 @@ class _EinsumSpec:
 def _einsum_arrays(equation, *arrays, broadcast):
     xp = backend.get_array_module(*arrays)
     if xp is np and not broadcast:  # NumPy contracts pairs through BLAS only when optimised
-        return np.einsum(equation, *arrays, optimize=True)
+        with single_blas():         # the threading policy (kernels/threads.py)
+            return np.einsum(equation, *arrays, optimize=True)
     return xp.einsum(equation, *arrays)
 
 
