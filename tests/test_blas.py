@@ -31,6 +31,40 @@ def test_numba_blas_is_found_here():
     assert blas_numba.available()
 
 
+def test_numpys_own_blas_is_chosen_before_others():
+    """numba loads SciPy's OpenBLAS into the process too, and threadpoolctl may list it
+    first: the products must still call NumPy's own library (the one its wheel ships in
+    ``numpy.libs``), whichever order the libraries come in."""
+    import os  # noqa: PLC0415
+
+    from minidl.kernels import blas_numba  # noqa: PLC0415
+    package = os.path.dirname(os.path.abspath(np.__file__))
+    own = os.path.join(os.path.dirname(package), "numpy.libs", "libopenblas.so")
+    inside = os.path.join(package, "lib", "libblas.so")
+    other = "/opt/scipy.libs/libscipy_openblas.so"
+    assert blas_numba._numpy_first([other, own]) == [own, other]
+    assert blas_numba._numpy_first([other, inside, own]) == [inside, own, other]
+    assert blas_numba._numpy_first([other, "/usr/lib/libblas.so"]) == \
+        [other, "/usr/lib/libblas.so"]               # neither NumPy's: the order kept
+    # in this process (SciPy's BLAS loaded too, where SciPy is installed), on this
+    # project's machines, where NumPy comes from a wheel: its library's sgemm is chosen
+    try:
+        import scipy.linalg  # noqa: F401, PLC0415
+    except ImportError:
+        pass
+    import ctypes  # noqa: PLC0415
+
+    from threadpoolctl import threadpool_info  # noqa: PLC0415
+    libs = [i["filepath"] for i in threadpool_info() if i["user_api"] == "blas"]
+    wheel = [p for p in libs if os.path.abspath(p).startswith(
+        (os.path.join(os.path.dirname(package), "numpy.libs"), package))]
+    assert wheel, f"NumPy's BLAS not found among {libs}"
+    lib = ctypes.CDLL(wheel[0])
+    names = ("scipy_cblas_sgemm64_", "cblas_sgemm64_", "scipy_cblas_sgemm", "cblas_sgemm")
+    sgemm = next(getattr(lib, n) for n in names if hasattr(lib, n))
+    assert blas_numba._find_cblas()[0] == ctypes.cast(sgemm, ctypes.c_void_p).value
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("parallel", [False, True])

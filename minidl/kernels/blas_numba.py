@@ -11,7 +11,9 @@ a ``prange`` loop over the products (or over column blocks of one product), each
 iteration one single-threaded BLAS call.
 
 The BLAS is the library NumPy itself links (found through ``threadpoolctl``, the same
-handle ``threads.single_blas`` uses): OpenBLAS in NumPy's wheels exports
+handle ``threads.single_blas`` uses; preferred over the other BLAS libraries in the
+process, such as the SciPy OpenBLAS that importing numba brings in, which threadpoolctl
+may list first: ``_numpy_first``): OpenBLAS in NumPy's wheels exports
 ``scipy_cblas_sgemm64_`` (64-bit integers), other builds ``cblas_sgemm64_`` or
 ``cblas_sgemm``, MKL ``cblas_sgemm``. Its address is given to LLVM under a fixed name
 (``minidl_cblas_sgemm``), so kernels calling it are cached on disk like the others.
@@ -20,6 +22,7 @@ Where no such symbol is found (``available()`` False) ``blas.matmul`` is ``np.ma
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 
@@ -30,6 +33,16 @@ __all__ = ["available", "gemm", "batched"]
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
+def _numpy_first(paths):
+    """The BLAS libraries' ``paths`` with NumPy's own first (a wheel's, in ``numpy.libs``
+    or inside the package): SciPy's OpenBLAS, which numba loads into the process, may be
+    listed before it, and its 32-bit build and thread pool are not the ones NumPy's
+    products and ``threads.single_blas`` were measured with."""
+    package = os.path.dirname(os.path.abspath(np.__file__))
+    own = (os.path.join(os.path.dirname(package), "numpy.libs") + os.sep, package + os.sep)
+    return sorted(paths, key=lambda p: not os.path.abspath(p).startswith(own))
+
+
 def _find_cblas():
     """(sgemm address, dgemm address, 64-bit integers) of NumPy's BLAS, or None."""
     try:
@@ -38,7 +51,7 @@ def _find_cblas():
         paths = [i["filepath"] for i in threadpool_info() if i.get("user_api") == "blas"]
     except Exception:   # noqa: BLE001 - no threadpoolctl answer: the NumPy fallback
         return None
-    for path in paths:
+    for path in _numpy_first(paths):
         try:
             lib = ctypes.CDLL(path)
         except OSError:
