@@ -30,9 +30,10 @@ about the same, at (32, 64, 32, 32) on one thread; measured again now: 2x). y an
 whose tiles do not overlap, are written and read straight: four values at stride 4,
 which LLVM vectorises as interleaved stores and loads (their line buffers had cost a
 gather: output transform 0.27 -> 0.07-0.12 ms at (4, 64, 32, 32), 2.2 -> 0.6-0.8 at
-(32, 128, 16, 16); gradient transform 0.22 -> 0.12-0.16, 1.04 -> 0.48-0.65). ``input_scatter`` sums the
-overlaps of neighbouring tiles (rows 4 and 5 of a tile land on rows 0 and 1 of the
-tile below, likewise columns) before writing, so each entry of gx is written once.
+(32, 128, 16, 16); gradient transform 0.22 -> 0.12-0.16, 1.04 -> 0.48-0.65).
+``input_scatter`` sums the overlaps of neighbouring tiles (rows 4 and 5 of a tile land
+on rows 0 and 1 of the tile below, likewise columns) before writing, so each entry of gx
+is written once.
 Row and column indices are non-negative: ``& 3`` and ``>> 2`` stand for ``% 4`` and
 ``// 4`` in the per-element loops (numba's ``%`` and ``//`` keep Python's rules for
 negative numbers, at a cost).
@@ -258,8 +259,8 @@ def grad_transform(gy, n0, n1, t0, TH, TW, Z):
     gy: (N, OC, OH, OW) C-contiguous; Z: (36, OC, T) C-contiguous (T >= t0 + (n1 - n0) * TH * TW).
 
     Pass 1, per row 4r + e of gy: g A^T for every tile column (4 values, read straight
-    from the row, become 6), into D[(4m + e) * L + r * TW + tw]. Pass 2, one flat loop over the plane's tiles per m: A on
-    the tile's four rows (e = 0 .. 3 at t).
+    from the row, become 6), into D[(4m + e) * L + r * TW + tw]. Pass 2, one flat loop
+    over the plane's tiles per m: A on the tile's four rows (e = 0 .. 3 at t).
     """
     OC, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
     T = Z.shape[2]
