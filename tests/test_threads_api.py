@@ -74,9 +74,9 @@ def test_single_blas_runs_minidl_products_on_one_blas_thread(restore_threads):
             assert set(_numpy_blas_threads().values()) == {1}
 
 
-def test_linear_and_conv_products_run_under_single_blas(restore_threads, monkeypatch):
-    """The policy is applied where minidl multiplies: linear, matmul and the reference
-    convolution's GEMMs each enter ``single_blas``."""
+def _single_blas_spy(monkeypatch, *modules):
+    """The list of the multiply-adds every ``single_blas`` block is entered with, through
+    ``modules``' own references to it (replaced by a recording wrapper)."""
     entered = []
     real = threads.single_blas
 
@@ -84,10 +84,17 @@ def test_linear_and_conv_products_run_under_single_blas(restore_threads, monkeyp
         entered.append(multiply_adds)
         return real(multiply_adds)
 
+    for module in modules:
+        monkeypatch.setattr(module, "single_blas", spy)
+    return entered
+
+
+def test_linear_and_conv_products_run_under_single_blas(restore_threads, monkeypatch):
+    """The policy is applied where minidl multiplies: linear, matmul and the reference
+    convolution's GEMMs each enter ``single_blas``."""
     import minidl.kernels.conv as conv_kernels
     import minidl.ops.linalg as linalg
-    monkeypatch.setattr(threads, "single_blas", spy)
-    monkeypatch.setattr(linalg, "single_blas", spy)
+    entered = _single_blas_spy(monkeypatch, threads, linalg)
     x = minidl.randn(4, 3, requires_grad=True)
     w = minidl.randn(2, 3, requires_grad=True)
     minidl.nn.functional.linear(x, w).sum().backward()
@@ -107,17 +114,9 @@ def test_pooling_and_einsum_products_run_under_single_blas(restore_threads, monk
     products too: each enters ``single_blas`` with its multiply-adds (a product left to
     OpenBLAS's own threads kept its worker spinning beside numba's: GoogLeNet's training
     step 1.6x slower with OpenBLAS's Haswell kernels, benchmarks/RESULTS.md)."""
-    entered = []
-    real = threads.single_blas
-
-    def spy(multiply_adds=None):
-        entered.append(multiply_adds)
-        return real(multiply_adds)
-
     import minidl.kernels.pool_reference as pool_reference
     import minidl.ops.math as math_ops
-    monkeypatch.setattr(pool_reference, "single_blas", spy)
-    monkeypatch.setattr(math_ops, "single_blas", spy)
+    entered = _single_blas_spy(monkeypatch, pool_reference, math_ops)
     x = minidl.randn(2, 3, 2, 5, requires_grad=True)
     minidl.nn.functional.adaptive_avg_pool2d(x, (4, 3)).sum().backward()
     assert entered == [2 * 3 * 2 * 5 * 4, 2 * 3 * 4 * 3 * 5]   # forward, backward

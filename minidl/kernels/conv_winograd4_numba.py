@@ -81,6 +81,18 @@ def _consts(a):
 
 
 @njit_helper
+def _put6(D, o, step, j, v0, v1, v2, v3, v4, v5):
+    """D[o + k * step + j] = v_k for k = 0 .. 5: a 6-point transform's results, each into
+    its own row group of a work array."""
+    D[_u(o + j)] = v0
+    D[_u(o + step + j)] = v1
+    D[_u(o + 2 * step + j)] = v2
+    D[_u(o + 3 * step + j)] = v3
+    D[_u(o + 4 * step + j)] = v4
+    D[_u(o + 5 * step + j)] = v5
+
+
+@njit_helper
 def _bt(d0, d1, d2, d3, d4, d5, two, four):
     """B^T d for a 6-vector d (the input transform along one direction)."""
     e = d4 - d2
@@ -285,23 +297,13 @@ def grad_transform(gy, n0, n1, t0, TH, TW, Z):
                     s = g + 4 * tw
                     a0, a1, a2, a3, a4, a5 = _a(gf[_u(s)], gf[_u(s + 1)], gf[_u(s + 2)],
                                                 gf[_u(s + 3)], two, four)
-                    D[_u(p + tw)] = a0
-                    D[_u(p + 4 * L + tw)] = a1
-                    D[_u(p + 8 * L + tw)] = a2
-                    D[_u(p + 12 * L + tw)] = a3
-                    D[_u(p + 16 * L + tw)] = a4
-                    D[_u(p + 20 * L + tw)] = a5
+                    _put6(D, p, 4 * L, tw, a0, a1, a2, a3, a4, a5)
                 if full < TW:                      # the last tile column, zeros past OW
                     s = g + 4 * full
                     g1 = gf[_u(s + 1)] if 4 * full + 1 < OW else zero
                     g2 = gf[_u(s + 2)] if 4 * full + 2 < OW else zero
                     a0, a1, a2, a3, a4, a5 = _a(gf[_u(s)], g1, g2, zero, two, four)
-                    D[_u(p + full)] = a0
-                    D[_u(p + 4 * L + full)] = a1
-                    D[_u(p + 8 * L + full)] = a2
-                    D[_u(p + 12 * L + full)] = a3
-                    D[_u(p + 16 * L + full)] = a4
-                    D[_u(p + 20 * L + full)] = a5
+                    _put6(D, p, 4 * L, full, a0, a1, a2, a3, a4, a5)
             for m in range(6):                     # A on the tile's 4 rows
                 e0 = 4 * m * L
                 d = (m * OC + o) * T + t0 + i * L
