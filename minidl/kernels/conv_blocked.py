@@ -158,9 +158,10 @@ def _planes_swapped(src, bias, dst):
     planes_swapped(src, bias, dst, size=dst.size)
 
 
-def _col_whole(x, geo):
-    """col (C*KH*KW, N*OH*OW) of the whole batch, in the calling thread's scratch slot 0."""
-    col = im2col(x, geo, out=_scratch(np, geo.col_shape, x.dtype))
+def _col_whole(x, geo, kept=False):
+    """col (C*KH*KW, N*OH*OW) of the whole batch, in the calling thread's scratch slot 0
+    (``kept``: in an array of its own, for the weight gradient)."""
+    col = im2col(x, geo, out=None if kept else _scratch(np, geo.col_shape, x.dtype))
     return col.reshape(geo.C * geo.KH * geo.KW, -1)
 
 
@@ -220,11 +221,9 @@ def forward(x, w, b, geo, keep_for_backward=True):
         return y, saved
 
     if whole_batch(geo, x.dtype):
-        if keep:                                                  # (K, L), kept
-            col = im2col(x, geo).reshape(K, -1)
+        col = _col_whole(x, geo, kept=keep)                       # (K, L)
+        if keep:
             saved = ("col", col)
-        else:
-            col = _col_whole(x, geo)                                  # (K, L), scratch
         Y = matmul(wm[0], col, _scratch(np, (OC, geo.N * HW), y.dtype, slot=1))
         bias = np.empty(0, dtype=y.dtype) if b is None else b.astype(y.dtype, copy=False)
         _planes_swapped(Y.reshape(OC, geo.N, HW), bias, y.reshape(geo.N, OC, HW))
