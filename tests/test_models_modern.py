@@ -23,7 +23,8 @@ from torch import nn as tnn
 
 import minidl
 import minidl.nn.functional as F
-from helpers import check_double_backward, check_op, rand_away_from, to_host
+from helpers import (TorchHardswish, check_double_backward, check_op, rand_away_from,
+                     to_host)
 from minidl import models, nn
 from minidl.models.efficientnet import _b0_setting
 from test_models import _build, check_parity
@@ -98,7 +99,7 @@ V3_SMALL = [  # in, kernel, expanded, out, SE, hard swish, stride
 class TInvertedResidualV3(tnn.Module):
     def __init__(self, cin, k, cexp, cout, se, hs, stride, norm):
         super().__init__()
-        act = tnn.Hardswish if hs else tnn.ReLU
+        act = TorchHardswish if hs else tnn.ReLU
         self.use_res_connect = stride == 1 and cin == cout
         layers = []
         if cexp != cin:
@@ -122,14 +123,14 @@ class TMobileNetV3Small(tnn.Module):
         def w(c):
             return t_make_divisible(c * width_mult)
         norm = partial(tnn.BatchNorm2d, eps=0.001, momentum=0.01)
-        layers = [t_conv_norm_act(3, w(16), 3, 2, norm=norm, act=tnn.Hardswish)]
+        layers = [t_conv_norm_act(3, w(16), 3, 2, norm=norm, act=TorchHardswish)]
         for cin, k, cexp, cout, se, hs, s in V3_SMALL:
             layers.append(TInvertedResidualV3(w(cin), k, w(cexp), w(cout), se, hs, s, norm))
         last = 6 * w(96)
-        layers.append(t_conv_norm_act(w(96), last, 1, norm=norm, act=tnn.Hardswish))
+        layers.append(t_conv_norm_act(w(96), last, 1, norm=norm, act=TorchHardswish))
         self.features = tnn.Sequential(*layers)
         self.avgpool = tnn.AdaptiveAvgPool2d(1)
-        self.classifier = tnn.Sequential(tnn.Linear(last, w(1024)), tnn.Hardswish(inplace=True),
+        self.classifier = tnn.Sequential(tnn.Linear(last, w(1024)), TorchHardswish(inplace=True),
                                          tnn.Dropout(0.2, inplace=True),
                                          tnn.Linear(w(1024), num_classes))
 
