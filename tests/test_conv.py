@@ -14,7 +14,9 @@ import minidl
 import minidl.kernels as K
 import minidl.kernels.conv as conv_kernels
 import minidl.nn as nn
+from minidl import geometry
 from minidl.errors import ShapeError
+from minidl.kernels import conv_depthwise
 from minidl.ops.conv import Conv2dFunction, conv2d
 from helpers import check_op, to_host
 
@@ -539,3 +541,32 @@ def test_reference_im2col_and_numba_im2col_are_bit_identical(rng):
         out.append((y.numpy(), Wt.grad.numpy()))
     for a, b in zip(*out):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("x_shape, k, stride, pad, want", [
+    ((2, 4, 8, 8), 3, 1, 1, "forward_3x3"),       # 8x8 outputs: whole rows
+    ((2, 4, 16, 16), 3, 2, 1, "forward_3x3"),     # 8x8 outputs at stride 2
+    ((2, 4, 4, 4), 3, 1, 1, "forward_across"),    # 4x4 outputs: channels inner
+    ((2, 4, 8, 8), 5, 1, 2, "forward_across"),    # 5x5: channels inner up to 8x8 outputs
+    ((2, 4, 9, 9), 5, 1, 2, "forward"),           # 5x5 above that: per plane
+])
+def test_default_forward_kernel(x_shape, k, stride, pad, want, monkeypatch, rng):
+    """Which kernel a depthwise forward takes with the default settings."""
+    called = []
+    real = conv_depthwise._kernels()
+
+    class Spy:
+        def __getattr__(self, name):
+            called.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(conv_depthwise, "_kernels", Spy)
+    C = x_shape[1]
+    geo = geometry.ConvGeometry.of(x_shape, (C, 1, k, k), (stride, stride),
+                                   ((pad, pad), (pad, pad)), (1, 1), C)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((C, 1, k, k)).astype(np.float32)
+    with conv_depthwise.rows_3x3_above(conv_depthwise.ROWS_3X3_ABOVE_OUTPUTS), \
+            conv_depthwise.across_max_outputs(conv_depthwise.ACROSS_MAX_OUTPUTS):
+        conv_depthwise.forward(x, w, None, geo)
+    assert [c for c in called if c.startswith("forward")] == [want]

@@ -5,7 +5,8 @@ b) equal to the reference's over MobileNet's 3x3 stride-1 and stride-2 layers, 5
 asymmetric padding, dilation, odd sizes, batch 1, unbatched inputs through conv2d, no
 bias and subsets of the gradients; the same numbers on 1, 2 and 3 threads; a double
 backward; which calls the registry leaves to the reference. Each test runs with the
-per-plane kernels and with the channels-inner ones (small maps).
+per-plane kernels, with the 3x3 forward over whole rows and with the channels-inner ones
+(small maps); which one a call takes by default is tested too.
 
 Tolerances, as the largest error relative to the largest reference value: float64 1e-12;
 float32 1e-5 (the sums run in another order than the reference's product).
@@ -43,11 +44,15 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True, params=["planes inner", "channels inner"])
+@pytest.fixture(autouse=True, params=["planes inner", "3x3 rows", "channels inner"])
 def kernels(request):
-    """Every test twice: with the per-plane kernels and with the channels-inner ones
-    (``across_max_outputs``: small maps take those by default)."""
-    with conv_depthwise.across_max_outputs(0 if request.param == "planes inner" else 10**9):
+    """Every test three times: with the per-plane kernels, with the 3x3 forward over whole
+    rows (3x3 cases; the others take the per-plane kernels) and with the channels-inner
+    kernels (``across_max_outputs``, ``rows_3x3_above``: by default small maps take the
+    channels-inner kernels and larger 3x3 forwards the rows)."""
+    across = 10**9 if request.param == "channels inner" else 0
+    rows = 0 if request.param == "3x3 rows" else None
+    with conv_depthwise.across_max_outputs(across), conv_depthwise.rows_3x3_above(rows):
         yield request.param
 
 

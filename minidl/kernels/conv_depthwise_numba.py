@@ -10,6 +10,9 @@ own planes: no races, results independent of the thread count::
     grad_input   gy (N, C, OH, OW), w               -> gx (N, C, H, W)     planes q0 .. q1
     grad_weight  x, gy                              -> gw (C, 1, KH, KW)   channels c0 .. c1
 
+and beside them ``forward_3x3`` (3x3 forwards from a padded copy of each plane) and the
+channels-inner kernels for small maps (``*_across``, at the end).
+
 How the loops are written, and why (as ``im2col_numba.py``): no padded copy of x; for
 each kernel offset (kh, kw) the outputs whose window reads inside x form one rectangle
 (``_valid_range`` per axis), and the loops run over that rectangle only, so the inner
@@ -37,8 +40,8 @@ from numba import prange
 from .im2col_numba import _from_rows, _ranges, _to_rows, _valid_range
 from .threads import jit, njit_helper
 
-__all__ = ["forward", "grad_input", "grad_weight", "forward_across", "grad_input_across",
-           "grad_weight_across"]
+__all__ = ["forward", "grad_input", "grad_weight", "forward_3x3", "forward_across",
+           "grad_input_across", "grad_weight_across"]
 
 _u = numba.types.uintp  # unsigned index: no negative-index wraparound check in the loops
 
@@ -178,6 +181,58 @@ def grad_weight(x, gy, gw, zero, c0, c1, SH, SW, PH0, PW0, DH, DW):
                 for ow in range(ow_lo, ow_hi):
                     total += acc[_u(ow)]
                 wf[_u((c * KH + kh) * KW + kw)] = total
+
+
+# ----------------------------------------------------------------------------- 3x3, whole rows
+
+@jit
+def forward_3x3(x, w, bias, y, parts, SH, SW, PH0, PW0, DH, DW, HP, WP):
+    """``forward`` for 3x3 kernels, over ``parts`` contiguous ranges of planes (one per
+    prange iteration), each output computed whole: y[q, oh, ow] = bias[c] + the nine
+    products, summed in one expression (a register holds the sum, where ``forward`` adds
+    each tap's products into y: nine loads and stores of every output).
+
+    Each plane is first copied into a zero-bordered scratch plane ``xp`` (HP x WP: the
+    padded plane, as far as outputs read it), so that no tap needs a bounds check: the
+    inner loop runs over a whole row of outputs. The border is zeroed once per range
+    (every plane overwrites the same interior).
+
+    x: (N, C, H, W), w: (C, 1, 3, 3), bias: (C,), y: (N, C, OH, OW); C-contiguous, one
+    dtype. HP = (OH-1)*SH + 2*DH + 1, WP = (OW-1)*SW + 2*DW + 1."""
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    P = N * C
+    xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
+    ih_hi = min(H, HP - PH0)              # input rows and columns that outputs read
+    iw_hi = min(W, WP - PW0)
+    for t in prange(parts):
+        xp = np.zeros(HP * WP, dtype=x.dtype)
+        for q in range(t * P // parts, (t + 1) * P // parts):
+            c = q % C
+            src0 = q * H * W
+            for ih in range(ih_hi):
+                r = (ih + PH0) * WP + PW0
+                s = src0 + ih * W
+                for iw in range(iw_hi):
+                    xp[_u(r + iw)] = xf[_u(s + iw)]
+            k = c * 9
+            w00, w01, w02 = wf[_u(k)], wf[_u(k + 1)], wf[_u(k + 2)]
+            w10, w11, w12 = wf[_u(k + 3)], wf[_u(k + 4)], wf[_u(k + 5)]
+            w20, w21, w22 = wf[_u(k + 6)], wf[_u(k + 7)], wf[_u(k + 8)]
+            b0 = bias[c]
+            dst0 = q * OH * OW
+            for oh in range(OH):
+                r0 = oh * SH * WP
+                r1 = r0 + DH * WP
+                r2 = r1 + DH * WP
+                d = dst0 + oh * OW
+                for j in range(OW):
+                    i = j * SW
+                    yf[_u(d + j)] = (b0 + w00 * xp[_u(r0 + i)] + w01 * xp[_u(r0 + i + DW)]
+                                     + w02 * xp[_u(r0 + i + 2 * DW)] + w10 * xp[_u(r1 + i)]
+                                     + w11 * xp[_u(r1 + i + DW)] + w12 * xp[_u(r1 + i + 2 * DW)]
+                                     + w20 * xp[_u(r2 + i)] + w21 * xp[_u(r2 + i + DW)]
+                                     + w22 * xp[_u(r2 + i + 2 * DW)])
 
 
 # ----------------------------------------------------------------------------- small maps
