@@ -10,6 +10,8 @@ below and above the size from which they split over threads, on 1, 2 and 3 threa
 and ClampFunction."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ import minidl
 import minidl.kernels as K
 from helpers import float_bits, with_specials
 from minidl.kernels import threads
+from minidl.kernels.activation import clamp_bound
 
 pytestmark = pytest.mark.skipif(not K.numba_available(), reason="numba is not installed")
 act = K.activation.TANH.impls["numba"].code
@@ -289,6 +292,23 @@ def test_clamp_special_values_match_pytorch(dtype, bounds):
                                       float_bits(ty.detach().numpy()))
         np.testing.assert_array_equal(float_bits(code.clamp_backward(gy, x, lo, hi)),
                                       float_bits(t.grad.numpy()))
+
+
+def test_clamp_bounds_beyond_the_dtype_range():
+    """A bound that the input's dtype cannot hold acts as the infinity it rounds to (PyTorch
+    refuses it): nothing is clamped, no overflow warning; float32 through both kernels,
+    float16 through the reference."""
+    x = np.array([np.nan, -0.0, -3e38, 3e38, np.inf, -np.inf, 1.5], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert clamp_bound(1e39, x) == np.inf and clamp_bound(-1e300, x) == -np.inf
+        for code in (clamp_numba, clamp_ref):
+            np.testing.assert_array_equal(float_bits(code.clamp_forward(x, -1e300, 1e39)),
+                                          float_bits(x))
+        h = x[[0, 1, 6]].astype(np.float16)
+        np.testing.assert_array_equal(clamp_ref.clamp_forward(h, -7e4, 7e4).view(np.uint16),
+                                      h.view(np.uint16))
+    assert clamp_bound(6, x) == 6 and clamp_bound(6, x).dtype == np.float32
 
 
 def test_clamp_strided_and_empty(rng):

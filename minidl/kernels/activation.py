@@ -146,6 +146,8 @@ def clamp_bound(bound, x):
     PyTorch), left as it is for an integer x (whose result NumPy's rules then promote)."""
     if bound is None or x.dtype.kind != "f":
         return bound
+    if -65504.0 <= bound <= 65504.0:   # fits every float dtype (float16's largest): the
+        return x.dtype.type(bound)     # usual case, without errstate's cost (a few us a call)
     with np.errstate(over="ignore"):   # 1e300 for float32 x: inf, as the comparison means
         return x.dtype.type(bound)
 
