@@ -27,10 +27,11 @@ block of channels transposed to (H*W, C), a multiply-add loop over the channels 
 output and tap that falls inside the input, ``geometry.valid_taps``): the per-plane
 loops above are a few iterations each there, and their set-up cost most of the time.
 
-3x3 forwards on larger maps (outputs of more than ``ROWS_3X3_ABOVE_OUTPUTS`` pixels)
-take ``forward_3x3`` instead: each plane copied into a zero-bordered padded plane, then
-every output's nine products summed in one expression over whole rows (a register holds
-the sum where the per-plane loops add each tap into y; 2-4x faster at stride 1).
+3x3 forwards on larger maps (outputs of more than ``ROWS_3X3_ABOVE_OUTPUTS`` pixels,
+column stride 1 or 2) take ``forward_3x3`` instead: each plane copied into a
+zero-bordered padded plane (its columns split by phase at stride 2), then every output's
+nine products summed in one expression over whole rows (a register holds the sum where
+the per-plane loops add each tap into y): 1.5-2.3x faster than those.
 
 Forward keeps x (``('x', x)``) for the weight gradient: nothing is unfolded.
 
@@ -67,12 +68,13 @@ def across_max_outputs(n):
     return _ACROSS.set(max(0, int(n)))
 
 
-# 3x3 forwards with outputs of more than this many pixels take ``forward_3x3`` (whole
-# rows from a padded copy of each plane), the rest the channels-inner or per-plane ones.
-# Measured at MobileNet v2's 3x3 shapes, batch 32, float32, 2 threads (us, per-plane /
-# whole rows / channels inner): (32, 16, 16) 222 / 114 / 500; (144, 8, 8) 428 / 190 / 302;
-# (96, 16, 16) stride 2 (8x8 out) 376 / 325 / 443; (192, 4, 4) 285 / 128 / 106; (144, 8, 8)
-# stride 2 (4x4 out) 248 / 172 / 183; (384, 2, 2) 290 / 188 / 84.
+# 3x3 forwards (column stride 1 or 2) with outputs of more than this many pixels take
+# ``forward_3x3`` (whole rows from a padded copy of each plane), the rest the
+# channels-inner or per-plane kernels. Measured at MobileNet v2's 3x3 shapes, batch 32,
+# float32, 2 threads (us, per-plane / whole rows / channels inner; PyTorch): (32, 16, 16)
+# 236 / 104 / 560, 142; (144, 8, 8) 427 / 183 / 347, 159; (96, 16, 16) stride 2 (8x8 out)
+# 379 / 246 / 426, 173; (192, 4, 4) 304 / 110 / 103, 87; (144, 8, 8) stride 2 (4x4 out)
+# 253 / 140 / 176, 117; (384, 2, 2) 284 / 133 / 82, 97.
 ROWS_3X3_ABOVE_OUTPUTS = 16
 
 _ROWS_3X3 = threads.Setting(ROWS_3X3_ABOVE_OUTPUTS)
@@ -88,7 +90,8 @@ def rows_3x3_above(n):
 def _rows_3x3(geo):
     """Whether ``forward`` takes ``forward_3x3`` for ``geo``."""
     above = _ROWS_3X3.value
-    return geo.KH == geo.KW == 3 and above is not None and geo.OH * geo.OW > above
+    return (geo.KH == geo.KW == 3 and geo.SW <= 2 and above is not None
+            and geo.OH * geo.OW > above)
 
 
 def _across_taps(geo):
@@ -139,9 +142,9 @@ def forward(x, w, b, geo, keep_for_backward=True):
     bias = np.zeros(geo.C, dtype=x.dtype) if b is None else np.ascontiguousarray(b, x.dtype)
     k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
     if _rows_3x3(geo):
-        HP = (geo.OH - 1) * geo.SH + 2 * geo.DH + 1      # the padded plane that outputs read
-        WP = (geo.OW - 1) * geo.SW + 2 * geo.DW + 1
-        k.forward_3x3(x, w, bias, y, threads.pieces(y.size), *args, HP, WP, size=y.size)
+        HP = (geo.OH - 1) * geo.SH + 2 * geo.DH + 1      # the padded rows outputs read
+        WQ = ((geo.OW - 1) * geo.SW + 2 * geo.DW) // geo.SW + 1
+        k.forward_3x3(x, w, bias, y, threads.pieces(y.size), *args, HP, WQ, size=y.size)
     elif taps is not None:
         wt = _transposed(w)
         k.forward_across(x, wt, bias, y, threads.pieces(y.size), *taps, size=y.size)

@@ -186,35 +186,53 @@ def grad_weight(x, gy, gw, zero, c0, c1, SH, SW, PH0, PW0, DH, DW):
 # ----------------------------------------------------------------------------- 3x3, whole rows
 
 @jit
-def forward_3x3(x, w, bias, y, parts, SH, SW, PH0, PW0, DH, DW, HP, WP):
-    """``forward`` for 3x3 kernels, over ``parts`` contiguous ranges of planes (one per
-    prange iteration), each output computed whole: y[q, oh, ow] = bias[c] + the nine
-    products, summed in one expression (a register holds the sum, where ``forward`` adds
-    each tap's products into y: nine loads and stores of every output).
+def forward_3x3(x, w, bias, y, parts, SH, SW, PH0, PW0, DH, DW, HP, WQ):
+    """``forward`` for 3x3 kernels at column stride 1 or 2, over ``parts`` contiguous
+    ranges of planes (one per prange iteration), each output computed whole: y[q, oh, ow]
+    = bias[c] + the nine products, summed in one expression (a register holds the sum,
+    where ``forward`` adds each tap's products into y: nine loads and stores of every
+    output).
 
-    Each plane is first copied into a zero-bordered scratch plane ``xp`` (HP x WP: the
-    padded plane, as far as outputs read it), so that no tap needs a bounds check: the
-    inner loop runs over a whole row of outputs. The border is zeroed once per range
-    (every plane overwrites the same interior).
+    Each plane is first copied into a zero-bordered scratch plane ``xp``: HP rows of the
+    padded plane (as far as outputs read it), each row split into SW phases of WQ values
+    (padded column j at phase j % SW, position j // SW). Output ow's tap kw reads padded
+    column ow*SW + kw*DW, i.e. phase (kw*DW) % SW at position ow + (kw*DW) // SW: every
+    tap of a row of outputs is a contiguous slice of xp, whatever the stride, and needs
+    no bounds check. The border is zeroed once per range (every plane overwrites the same
+    interior).
 
     x: (N, C, H, W), w: (C, 1, 3, 3), bias: (C,), y: (N, C, OH, OW); C-contiguous, one
-    dtype. HP = (OH-1)*SH + 2*DH + 1, WP = (OW-1)*SW + 2*DW + 1."""
+    dtype. HP = (OH-1)*SH + 2*DH + 1, WQ = ((OW-1)*SW + 2*DW) // SW + 1."""
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
     P = N * C
+    RW = SW * WQ                          # one scratch row: SW phases of WQ values
     xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
-    ih_hi = min(H, HP - PH0)              # input rows and columns that outputs read
-    iw_hi = min(W, WP - PW0)
+    o0 = 0                                # where each tap column's slice starts in a row
+    o1 = (DW % SW) * WQ + DW // SW
+    o2 = ((2 * DW) % SW) * WQ + (2 * DW) // SW
+    ih_hi = min(H, HP - PH0)              # the input rows and columns outputs read
+    iw_hi = min(W, RW - PW0)
+    a, h = PW0 % SW, PW0 // SW            # input column 0: phase a, position h
     for t in prange(parts):
-        xp = np.zeros(HP * WP, dtype=x.dtype)
+        xp = np.zeros(HP * RW, dtype=x.dtype)
         for q in range(t * P // parts, (t + 1) * P // parts):
             c = q % C
             src0 = q * H * W
             for ih in range(ih_hi):
-                r = (ih + PH0) * WP + PW0
+                r = (ih + PH0) * RW
                 s = src0 + ih * W
-                for iw in range(iw_hi):
-                    xp[_u(r + iw)] = xf[_u(s + iw)]
+                if SW == 1:
+                    for iw in range(iw_hi):
+                        xp[_u(r + PW0 + iw)] = xf[_u(s + iw)]
+                else:                     # SW == 2: input columns 2m, 2m + 1 in one step
+                    e = r + a * WQ + h
+                    o = r + (1 - a) * WQ + h + a
+                    for m in range(iw_hi // 2):
+                        xp[_u(e + m)] = xf[_u(s + 2 * m)]
+                        xp[_u(o + m)] = xf[_u(s + 2 * m + 1)]
+                    if iw_hi % 2:
+                        xp[_u(e + iw_hi // 2)] = xf[_u(s + iw_hi - 1)]
             k = c * 9
             w00, w01, w02 = wf[_u(k)], wf[_u(k + 1)], wf[_u(k + 2)]
             w10, w11, w12 = wf[_u(k + 3)], wf[_u(k + 4)], wf[_u(k + 5)]
@@ -222,17 +240,16 @@ def forward_3x3(x, w, bias, y, parts, SH, SW, PH0, PW0, DH, DW, HP, WP):
             b0 = bias[c]
             dst0 = q * OH * OW
             for oh in range(OH):
-                r0 = oh * SH * WP
-                r1 = r0 + DH * WP
-                r2 = r1 + DH * WP
+                r0 = oh * SH * RW
+                r1 = r0 + DH * RW
+                r2 = r1 + DH * RW
                 d = dst0 + oh * OW
                 for j in range(OW):
-                    i = j * SW
-                    yf[_u(d + j)] = (b0 + w00 * xp[_u(r0 + i)] + w01 * xp[_u(r0 + i + DW)]
-                                     + w02 * xp[_u(r0 + i + 2 * DW)] + w10 * xp[_u(r1 + i)]
-                                     + w11 * xp[_u(r1 + i + DW)] + w12 * xp[_u(r1 + i + 2 * DW)]
-                                     + w20 * xp[_u(r2 + i)] + w21 * xp[_u(r2 + i + DW)]
-                                     + w22 * xp[_u(r2 + i + 2 * DW)])
+                    yf[_u(d + j)] = (b0 + w00 * xp[_u(r0 + o0 + j)] + w01 * xp[_u(r0 + o1 + j)]
+                                     + w02 * xp[_u(r0 + o2 + j)] + w10 * xp[_u(r1 + o0 + j)]
+                                     + w11 * xp[_u(r1 + o1 + j)] + w12 * xp[_u(r1 + o2 + j)]
+                                     + w20 * xp[_u(r2 + o0 + j)] + w21 * xp[_u(r2 + o1 + j)]
+                                     + w22 * xp[_u(r2 + o2 + j)])
 
 
 # ----------------------------------------------------------------------------- small maps
