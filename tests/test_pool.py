@@ -278,6 +278,8 @@ ADAPTIVE_CASES = [
     ((1, 2, 8, 10), 3),
     ((2, 2, 6, 6), (3, 2)),      # divides the input
     ((1, 2, 5, 7), 1),           # global pooling
+    ((2, 3, 1, 1), 1),           # global pooling of 1x1 planes
+    ((3, 4, 4), 1),              # global pooling, unbatched
     ((1, 2, 5, 7), (4, None)),   # None keeps W
     ((1, 1, 4, 5), (7, 9)),      # larger than the input: windows repeat
     ((3, 7, 5), (2, 3)),         # unbatched
@@ -290,6 +292,19 @@ def test_adaptive_avg_pool2d_matches_torch(shape, size, rng, device):
     x = rng.standard_normal(shape)
     check_op(lambda t: adaptive_avg_pool2d(t, size), lambda t: F.adaptive_avg_pool2d(t, size),
              [x], device=device)
+
+
+def test_global_average_pool_float16_and_1x1_planes(rng):
+    """Global average pooling is a product with the averaging vector; float16 keeps
+    NumPy's mean (sums in float32), and a 1x1 plane comes back as a copy of itself."""
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float16)
+    y = adaptive_avg_pool2d(minidl.tensor(x), 1).numpy()
+    assert y.dtype == np.float16
+    np.testing.assert_array_equal(y, x.mean(axis=(2, 3), keepdims=True))
+    one = minidl.tensor(rng.standard_normal((2, 3, 1, 1)).astype(np.float32))
+    y = adaptive_avg_pool2d(one, 1)
+    np.testing.assert_array_equal(y.numpy(), one.numpy())
+    assert not np.shares_memory(y.numpy(), one.numpy())
 
 
 @pytest.mark.parametrize("shape,size", ADAPTIVE_CASES, ids=[str(c) for c in ADAPTIVE_CASES])
