@@ -56,17 +56,17 @@ def to_host(x):
     return backend.to_numpy(x)
 
 
-def torch_hardswish(x, inplace=False):
+def torch_hardswish(x):
     """PyTorch's hardswish computed by its CPU kernel wherever ``x`` lives (gradients flow
     through the copies). Its CUDA kernel rounds the constant 1/6 to float32 even in float64
     (relative error 3e-8, seen with torch 2.11 on an H200), which the float64 comparisons
-    (1e-10) would report as minidl's error; minidl's hardswish is exact on every device.
-    ``inplace`` is accepted for ``nn.Hardswish``'s signature and ignored."""
+    (1e-10) would report as minidl's error; minidl's hardswish is exact on every device."""
     return torch.nn.functional.hardswish(x.cpu()).to(x.device)
 
 
 class TorchHardswish(torch.nn.Module):
-    """``torch.nn.Hardswish`` through ``torch_hardswish`` (its CPU kernel on any device)."""
+    """``torch.nn.Hardswish`` through ``torch_hardswish`` (its CPU kernel on any device);
+    ``inplace`` is accepted for ``nn.Hardswish``'s signature and ignored."""
 
     def __init__(self, inplace=False):
         super().__init__()

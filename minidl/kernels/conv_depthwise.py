@@ -48,7 +48,8 @@ from . import registry, threads
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
            "weight_source", "depthwise_can_run", "depthwise_pays",
-           "ACROSS_MAX_OUTPUTS", "across_max_outputs", "ROWS_3X3_ABOVE_OUTPUTS", "rows_3x3_above"]
+           "ACROSS_MAX_OUTPUTS", "across_max_outputs", "ROWS_3X3_ABOVE_OUTPUTS",
+           "rows_3x3_above"]
 
 # Outputs of up to this many pixels are made with the channels as the inner loop.
 # Measured at MobileNet v2's 3x3 shapes, batch 32, float32, 2 threads (ms, per-plane ->
