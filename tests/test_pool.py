@@ -705,6 +705,22 @@ def test_zero_batch_is_fine(device):
     assert avg_pool2d(x, 2).shape == (0, 2, 2, 2)
 
 
+def test_window_is_cached_per_geometry_and_errors_are_not():
+    """The checked window is computed once per (op, input size, parameters): the same call
+    again is a cache hit with the same window; a failing call raises every time."""
+    from minidl.ops import pool as pool_ops
+    x = _x(1, 1, 6, 6)
+    max_pool2d(x, 3, 2, 1)
+    before = pool_ops._checked_window.cache_info().hits
+    y = max_pool2d(x, 3, 2, 1)
+    assert pool_ops._checked_window.cache_info().hits == before + 1
+    assert y.shape == (1, 1, 3, 3)
+    assert max_pool2d(_x(1, 1, 8, 8), 3, 2, 1).shape == (1, 1, 4, 4)   # another input size
+    for _ in range(2):
+        with pytest.raises(ValueError, match="max_pool2d: padding must be at most half"):
+            max_pool2d(x, 2, padding=2)
+
+
 @pytest.mark.parametrize("pool", [max_pool2d, avg_pool2d])
 def test_window_errors(pool):
     name = pool.__name__

@@ -38,6 +38,8 @@ the plane, and its backward then corrupts memory).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import geometry
@@ -417,14 +419,24 @@ def _window(op, x, kernel_size, stride, padding, dilation, ceil_mode):
     PyTorch's forms: an int or a 1- or 2-sequence of ints for each argument; ``stride``
     None (or ``()``) means the kernel size.
     """
-    H, W = x.shape[-2:]
     kernel, stride, padding, dilation = geometry.pool_args(kernel_size, stride, padding,
                                                            dilation, op)
+    return _checked_window(op, tuple(x.shape[-2:]), kernel, stride, padding, dilation,
+                           bool(ceil_mode))
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_window(op, in_hw, kernel, stride, padding, dilation, ceil_mode):
+    """``_window``'s checks and window for the input size ``in_hw`` and the parameters as
+    (h, w) pairs. Cached per geometry: a model pools the same shapes at every step, and
+    the checks' small NumPy operations cost more than a small pooling (a failing check
+    raises, and is not cached)."""
+    H, W = in_hw
     half = (kernel[0] // 2, kernel[1] // 2)
     if padding[0] > half[0] or padding[1] > half[1]:
         raise ValueError(f"{op}: padding must be at most half the kernel size, got "
                          f"padding={padding} for kernel_size={kernel} (at most {half})")
-    win = geometry.make_window((H, W), kernel, stride, padding, dilation, bool(ceil_mode))
+    win = geometry.make_window((H, W), kernel, stride, padding, dilation, ceil_mode)
     span = win.reach                                                  # (DH (KH-1) + 1, ...)
     padded = (H + 2 * padding[0], W + 2 * padding[1])
     if span[0] > padded[0] or span[1] > padded[1]:
