@@ -570,3 +570,18 @@ def test_default_forward_kernel(x_shape, k, stride, pad, want, monkeypatch, rng)
             conv_depthwise.across_max_outputs(conv_depthwise.ACROSS_MAX_OUTPUTS):
         conv_depthwise.forward(x, w, None, geo)
     assert [c for c in called if c.startswith("forward")] == [want]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (2, 3, 1, 1), (0, 3, 2, 2), (2, 4, 0, 3)])
+def test_plane_sums_is_the_bias_gradient(shape, dtype, rng):
+    """``plane_sums`` (every conv implementation's bias gradient): gy summed over (N, H, W)
+    in gy's dtype, also for a strided gy and empty ones."""
+    gy = rng.standard_normal(shape).astype(dtype)
+    for a in (gy, np.ascontiguousarray(gy.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)):
+        got = conv_kernels.plane_sums(a)
+        assert got.dtype == dtype and got.shape == (shape[1],)
+        want = a.astype(np.float64).sum(axis=(0, 2, 3))
+        tol = {np.float64: 1e-12, np.float32: 1e-5, np.float16: 1e-2}[dtype]
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+

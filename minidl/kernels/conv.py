@@ -231,7 +231,22 @@ def grad_bias(g, geo):
     """gb (OC,): the sum of dL/dy over (N, OH, OW), from gY when it was made."""
     if g.gY is not None:
         return g.gY.sum(axis=2).reshape(geo.OC)
-    return g.gy.sum(axis=(0, 2, 3))
+    return plane_sums(g.gy)
+
+
+def plane_sums(gy):
+    """(C,): gy (N, C, H, W) summed over (N, H, W), a bias gradient (every implementation
+    takes it from here). Each image's planes times a ones vector, then the images added:
+    NumPy's sum over axes (0, 2, 3) pays per plane ((32, 512, 4, 4) float32: 314 -> 37
+    us; (32, 64, 32, 32): 359 -> 121). float16 keeps that sum (its product would add in
+    float16)."""
+    if gy.dtype.kind != "f" or gy.dtype.itemsize < 4:
+        return gy.sum(axis=(0, 2, 3))
+    xp = get_array_module(gy)
+    N, C, H, W = gy.shape
+    ones = xp.ones(H * W, dtype=gy.dtype)
+    with threads.single_blas(gy.size):   # the threading policy (kernels/threads.py)
+        return (gy.reshape(N, C, H * W) @ ones).sum(axis=0)
 
 
 def weight_source(x, geo):

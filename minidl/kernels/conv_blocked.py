@@ -327,7 +327,7 @@ def grad_bias(g, geo):
     """gb (OC,): the sum of dL/dy over (N, OH, OW) (over gY's rows when it was made)."""
     if g.gY is not None:
         return g.gY.sum(axis=1)
-    return g.gy.sum(axis=(0, 2, 3))
+    return reference.plane_sums(g.gy)
 
 
 def weight_source(x, geo):

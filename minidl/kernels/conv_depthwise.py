@@ -45,6 +45,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import registry, threads
+from .conv import plane_sums
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
            "weight_source", "depthwise_can_run", "depthwise_pays",
@@ -192,7 +193,7 @@ def grad_input(g, w, geo):
 
 def grad_bias(g, geo):
     """gb (C,): the sum of dL/dy over (N, OH, OW)."""
-    return g.gy.sum(axis=(0, 2, 3))
+    return plane_sums(g.gy)
 
 
 def weight_source(x, geo):

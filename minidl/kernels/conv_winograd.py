@@ -93,7 +93,7 @@ import numpy as np
 
 from . import conv_blocked, registry, threads
 from .blas import matmul
-from .conv import _scratch
+from .conv import _scratch, plane_sums
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
            "weight_source", "winograd_can_run", "winograd_pays", "WINOGRAD_MIN_CHANNELS",
@@ -457,7 +457,7 @@ def grad_input(g, w, geo):
 
 def grad_bias(g, geo):
     """gb (OC,): the sum of dL/dy over (N, OH, OW)."""
-    return g.gy.sum(axis=(0, 2, 3))
+    return plane_sums(g.gy)
 
 
 def weight_source(x, geo):

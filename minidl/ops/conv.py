@@ -57,7 +57,7 @@ import sys
 from .. import geometry
 from ..autograd import Function, Tensor
 from ..errors import ShapeError
-from ..kernels.conv import conv2d_code
+from ..kernels.conv import conv2d_code, plane_sums
 
 
 def _bias_dims(ndim):
@@ -213,7 +213,7 @@ class ConvTranspose2dFunction(Function):
             dw, _ = conv.grad_weight(conv.grad_output(g, geo), conv.weight_source(gz, geo),
                                      geo, need_b=False)
         if need_b:
-            db = gz.sum(axis=(0, 2, 3))                          # (C,)
+            db = plane_sums(gz)                                  # (C,): gz summed
         return dg, dw, db
 
     @staticmethod
