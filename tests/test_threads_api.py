@@ -98,15 +98,56 @@ def test_linear_and_conv_products_run_under_single_blas(restore_threads, monkeyp
     x = minidl.randn(4, 3, requires_grad=True)
     w = minidl.randn(2, 3, requires_grad=True)
     minidl.nn.functional.linear(x, w).sum().backward()
-    assert entered == [4 * 3 * 2] * 2           # forward, backward; their multiply-adds
+    assert entered == [4 * 3 * 2] * 3           # forward, both gradients; their multiply-adds
     (x @ w.T).sum().backward()
-    assert len(entered) == 4
+    assert len(entered) == 6
     img = minidl.randn(2, 3, 6, 6, requires_grad=True)
     k = minidl.randn(4, 3, 3, 3, requires_grad=True)
     with minidl.kernels.use_impl("reference", family="conv2d"):
         minidl.nn.functional.conv2d(img, k).sum().backward()
-    assert len(entered) == 7                    # forward, weight and input gradients
+    assert len(entered) == 9                    # forward, weight and input gradients
     assert conv_kernels.threads is threads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_linear_and_matmul_products_run_on_numba_threads(dtype, restore_threads,
+                                                                monkeypatch, rng):
+    """Products of two matrices with at least ``GEMM_PARALLEL_MIN_FLOPS`` multiply-adds go
+    to ``kernels.blas.matmul`` (numba's threads, one BLAS thread each): linear's forward
+    and both gradients, matmul's; smaller ones, leading dims and float16 stay on ``@``.
+    The results are the products NumPy computes."""
+    import minidl.kernels.blas as blas
+    import minidl.ops.linalg as linalg
+    calls = []
+    real = blas.matmul
+
+    def spy(a, b, out, accumulate=False):
+        calls.append((a.shape, b.shape))
+        return real(a, b, out, accumulate)
+
+    monkeypatch.setattr(linalg.blas, "matmul", spy)
+    minidl.set_num_threads(2)
+    M, IN, OUT = 16, 256, 128                  # 524,288 multiply-adds: the threshold
+    assert M * IN * OUT >= blas.GEMM_PARALLEL_MIN_FLOPS
+    xa = rng.standard_normal((M, IN)).astype(dtype)
+    wa = rng.standard_normal((OUT, IN)).astype(dtype)
+    x, w = minidl.tensor(xa, requires_grad=True), minidl.tensor(wa, requires_grad=True)
+    y = minidl.nn.functional.linear(x, w)
+    gy = rng.standard_normal((M, OUT)).astype(dtype)
+    y.backward(minidl.tensor(gy))
+    assert calls == [((M, IN), (IN, OUT)), ((M, OUT), (OUT, IN)), ((OUT, M), (M, IN))]
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    for got, want in ((y.numpy(), xa @ wa.T), (x.grad.numpy(), gy @ wa),
+                      (w.grad.numpy(), gy.T @ xa)):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    (x @ w.T).sum().backward()
+    assert len(calls) == 6
+    calls.clear()
+    minidl.nn.functional.linear(minidl.tensor(xa[:2]), minidl.tensor(wa))     # small
+    minidl.tensor(xa.reshape(2, 8, IN)) @ minidl.tensor(wa.T.copy())            # leading dims
+    minidl.nn.functional.linear(minidl.tensor(xa.astype(np.float16)),
+                                minidl.tensor(wa.astype(np.float16)))
+    assert calls == []
 
 
 def test_pooling_and_einsum_products_run_under_single_blas(restore_threads, monkeypatch):
