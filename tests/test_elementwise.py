@@ -6,7 +6,9 @@ import torch
 import minidl
 from helpers import check_op, rand_away_from, to_host
 
-SHAPE_PAIRS = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 4), (3, 1)), ((), (2, 3)), ((5,), ())]
+SHAPE_PAIRS = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 4), (3, 1)), ((), (2, 3)), ((5,), ()),
+               ((4, 3, 2, 5), (1, 3, 1, 1)),    # a per-channel bias: batch axis summed first
+               ((1, 1, 2, 1), (4, 3, 2, 5))]
 
 
 @pytest.mark.parametrize("sa,sb", SHAPE_PAIRS)

