@@ -142,12 +142,12 @@ def forward(x, w, b, geo, keep_for_backward=True):
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     y = np.empty(geo.out_shape, dtype=x.dtype)
     bias = np.zeros(geo.C, dtype=x.dtype) if b is None else np.ascontiguousarray(b, x.dtype)
-    k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
+    k, args = _kernels(), _geo_args(geo)
     if _rows_3x3(geo):
         HP = (geo.OH - 1) * geo.SH + 2 * geo.DH + 1      # the padded rows outputs read
         WQ = ((geo.OW - 1) * geo.SW + 2 * geo.DW) // geo.SW + 1
         k.forward_3x3(x, w, bias, y, threads.pieces(y.size), *args, HP, WQ, size=y.size)
-    elif taps is not None:
+    elif (taps := _across_taps(geo)) is not None:
         wt = _transposed(w)
         k.forward_across(x, wt, bias, y, threads.pieces(y.size), *taps, size=y.size)
     else:
