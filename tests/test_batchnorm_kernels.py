@@ -140,6 +140,8 @@ def test_parallel_build_gives_bitwise_the_same_results(rng):
     nb = bn.BATCH_NORM.impls["numba"].code          # the module batchnorm_numba
     x, gy, w, b = _data(rng, (8, 5, 33, 31), np.float32)
     short = _data(rng, (64, 40, 4, 4), np.float32)  # planes of 16: written as rows
+    # rows cut into chunks of unequal size (7 and 9 rows over 2 threads), S == 16 and 1
+    uneven = [_data(rng, (7, 300, 4, 4), np.float32), _data(rng, (9, 4000), np.float32)]
     with threads.set_parallel(False):
         assert threads.parallel(x.size) is False    # serial when forbidden ...
     with threads.set_parallel(True):
@@ -147,7 +149,8 @@ def test_parallel_build_gives_bitwise_the_same_results(rng):
         assert threads.parallel(short[0].size) is True
 
     def run():
-        return _every_step(x, gy, w, b) + _every_step(*short)
+        return (_every_step(x, gy, w, b) + _every_step(*short)
+                + sum((_every_step(*u) for u in uneven), ()))
 
     with threads.set_parallel(False):
         serial = run()

@@ -12,7 +12,8 @@ of two layouts:
   constants are hoisted out of them;
 * "rows", (N, C) (S == 1): the inner loop runs along C, so it vectorises, with
   per-channel vectors. The write kernels also take short planes (S < ``SHORT_PLANE``)
-  as (N, C*S) rows, with each per-channel vector repeated S times.
+  as (N, C*S) rows, with each per-channel vector repeated S times (by each thread, for
+  the rows it writes).
 
 What each step computes:
 
@@ -50,7 +51,8 @@ import numpy as np
 from numba import prange
 
 from .registry import FAST_DTYPES
-from .threads import jit
+from . import threads
+from .threads import jit, njit_helper
 
 __all__ = ["batch_stats", "normalize", "grad_sums", "input_grad"]
 
@@ -158,15 +160,41 @@ def _affine_planes(x, shift, scale, offset, out, p0, p1):
             dst[i] = (src[i] - sh) * sc + of
 
 
+@njit_helper
+def _repeated(v, S):
+    """v (C,) with each value repeated S times, (C*S,) (value c*S + i is v[c]); v itself
+    when S == 1."""
+    if S == 1:
+        return v
+    out = np.empty(v.shape[0] * S, v.dtype)
+    for c in range(v.shape[0]):
+        for i in range(S):
+            out[c * S + i] = v[c]
+    return out
+
+
+@njit_helper
+def _row_bounds(k, chunks, N):
+    """Rows n0 .. n1 of chunk k when N rows are cut into ``chunks`` near-equal chunks."""
+    return k * N // chunks, (k + 1) * N // chunks
+
+
 @jit
-def _affine_rows(x, shift, scale, offset, out):
-    """The same affine map on (N, C) rows."""
-    N, C = x.shape
-    for n in prange(N):
-        src = x[n]
-        dst = out[n]
-        for c in range(C):
-            dst[c] = (src[c] - shift[c]) * scale[c] + offset[c]
+def _affine_rows(x, shift, scale, offset, S, out, chunks):
+    """The same affine map on (N, C*S) rows (S values per channel: short planes, or S == 1
+    for (N, C) input): the rows cut into ``chunks`` chunks, each chunk's thread expanding
+    the (C,) constants to (C*S,) rows of its own first."""
+    N, CS = x.shape
+    for k in prange(chunks):
+        sh = _repeated(shift, S)
+        sc = _repeated(scale, S)
+        of = _repeated(offset, S)
+        n0, n1 = _row_bounds(k, chunks, N)
+        for n in range(n0, n1):
+            src = x[n]
+            dst = out[n]
+            for j in range(CS):
+                dst[j] = (src[j] - sh[j]) * sc[j] + of[j]
 
 
 @jit
@@ -188,15 +216,21 @@ def _input_grad_planes(gy, x, gshift, a, mean, b, out, p0, p1):
 
 
 @jit
-def _input_grad_rows(gy, x, gshift, a, mean, b, out):
-    """The same gx on (N, C) rows."""
-    N, C = x.shape
-    for n in prange(N):
-        g = gy[n]
-        src = x[n]
-        dst = out[n]
-        for c in range(C):
-            dst[c] = (g[c] - gshift[c]) * a[c] - (src[c] - mean[c]) * b[c]
+def _input_grad_rows(gy, x, gshift, a, mean, b, S, out, chunks):
+    """The same gx on (N, C*S) rows, the constants expanded per chunk (``_affine_rows``)."""
+    N, CS = x.shape
+    for k in prange(chunks):
+        gs = _repeated(gshift, S)
+        ar = _repeated(a, S)
+        mu = _repeated(mean, S)
+        br = _repeated(b, S)
+        n0, n1 = _row_bounds(k, chunks, N)
+        for n in range(n0, n1):
+            g = gy[n]
+            src = x[n]
+            dst = out[n]
+            for j in range(CS):
+                dst[j] = (g[j] - gs[j]) * ar[j] - (src[j] - mu[j]) * br[j]
 
 
 # (kernel over planes, kernel over rows, what the planes kernel's range counts) of each
@@ -209,11 +243,15 @@ _INPUT_GRAD = (_input_grad_planes, _input_grad_rows, "planes")
 
 # The write kernels run planes shorter than this as rows: a plane of a few values is too
 # short a loop to vectorise, and each one pays the loop's set-up. (N, C, S) is viewed as
-# (N, C*S) rows and each per-channel constant repeated S times (value c*S + i of a row
-# belongs to channel c): the same arithmetic, element by element. Measured (us, planes ->
-# rows, normalize / training input gradient): (32, 576, 2, 2) 68 -> 14 normalize,
-# (32, 192, 4, 4) 19.8 -> 14.4 / 31.6 -> 21.9; from 8x8 planes on the rows lose, reading
-# the repeated constants (C*S long) beside the data: (32, 96, 8, 8) 14.7 -> 22.5.
+# (N, C*S) rows, each per-channel constant repeated S times (value c*S + i of a row
+# belongs to channel c): the same arithmetic, element by element. Each thread expands the
+# constants into rows of its own (``_affine_rows``): expanded once by the calling thread,
+# the other core read them out of the first one's cache on every call, which cost more
+# than the arithmetic ((32, 512, 4, 4) float32: 48-84 us against 32 with the rows hot;
+# normalize / training input gradient, expanded by the caller -> per thread: 65 -> 46 /
+# 85 -> 70 us, (32, 192, 4, 4) 27 -> 21 / 43 -> 34). Measured earlier (us, planes -> rows, normalize): (32, 576, 2, 2) 68 -> 14, (32, 192, 4, 4)
+# 19.8 -> 14.4; from 8x8 planes on the rows lose, reading the expanded constants (C*S
+# long) beside the data: (32, 96, 8, 8) 14.7 -> 22.5.
 SHORT_PLANE = 32
 
 
@@ -232,12 +270,18 @@ def _launch(kernels, view, *args):
 def _write(kernels, arrays, vectors, out):
     """Run a write kernel on ``arrays`` (views of one layout, ``_layout``), the per-channel
     ``vectors`` (C,) and ``out`` (reshaped to that layout); planes shorter than
-    ``SHORT_PLANE`` as rows."""
-    if arrays[0].ndim == 3 and arrays[0].shape[2] < SHORT_PLANE:
-        N, C, S = arrays[0].shape
-        arrays = [a.reshape(N, C * S) for a in arrays]
-        vectors = [np.repeat(v, S) for v in vectors]
-    _launch(kernels, *arrays, *vectors, out.reshape(arrays[0].shape))
+    ``SHORT_PLANE``, and (N, C) rows, by the rows kernel (S values per channel)."""
+    planes, rows, _ = kernels
+    a = arrays[0]
+    if a.ndim == 3 and a.shape[2] >= SHORT_PLANE:
+        N, C = a.shape[:2]
+        planes(*arrays, *vectors, out.reshape(a.shape), 0, N * C, size=a.size)
+        return
+    N, C = a.shape[:2]
+    S = a.shape[2] if a.ndim == 3 else 1
+    arrays = [b.reshape(N, C * S) for b in arrays]
+    rows(*arrays, *vectors, S, out.reshape(N, C * S), threads.pieces(a.size, N),
+         size=a.size)
 
 
 # ----------------------------------------------------------------------------- wrappers

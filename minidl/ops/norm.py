@@ -168,11 +168,12 @@ def _check_vector(v, what, C, input):  # noqa: A002
     if not isinstance(v, Tensor):
         raise TypeError(f"batch_norm: expected {what} to be a Tensor or None, "
                         f"got {type(v).__name__}")
-    if v.data.shape != (C,):
+    d = v.data
+    if d.shape != (C,):
         raise ShapeError(f"batch_norm: expected {what} of shape ({C},) for input "
                          f"{input.shape} with {C} channels, got {v.shape}")
     # NumPy arrays all live on the CPU: only other arrays need their devices compared
-    if (type(v.data) is not np.ndarray or type(input.data) is not np.ndarray) \
+    if (type(d) is not np.ndarray or type(input.data) is not np.ndarray) \
             and v.device != input.device:
         raise RuntimeError(f"batch_norm: {what} is on {v.device} but the input is on "
                            f"{input.device}; move it with .to(device)")
@@ -195,10 +196,11 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,  # noqa
     """
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm: expected input to be a Tensor, got {type(input).__name__}")
-    if input.ndim < 2:
+    data = input.data
+    if data.ndim < 2:
         raise ShapeError(f"batch_norm: expected input (N, C), (N, C, L) or (N, C, H, W), "
                          f"got {input.shape}")
-    if input.dtype.kind != "f":
+    if data.dtype.kind != "f":
         raise TypeError(f"batch_norm: expected a floating point input, got dtype {input.dtype}")
     if momentum is None:
         raise ValueError("batch_norm: momentum=None (a cumulative moving average) needs the "
@@ -209,13 +211,13 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,  # noqa
                         f"{type(momentum).__name__} {momentum!r}")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"batch_norm: momentum must be a number in [0, 1], got {momentum!r}")
-    C = input.shape[1]
+    C = data.shape[1]
     rm = _check_vector(running_mean, "running_mean", C, input)
     rv = _check_vector(running_var, "running_var", C, input)
     _check_vector(weight, "weight", C, input)
     _check_vector(bias, "bias", C, input)
     if training:
-        if input.numel() // C <= 1:   # a variance needs two values (ValueError too)
+        if data.size // C <= 1:   # a variance needs two values (ValueError too)
             raise ShapeError(f"batch_norm: expected more than 1 value per channel when "
                              f"training, got input of shape {input.shape}")
     elif rm is None or rv is None:

@@ -85,11 +85,12 @@ class _BatchNorm(Module):
     def _check_input(self, x):
         # ShapeError is a ValueError, the class PyTorch's batch norm raises for these
         check_float(self, x, self.weight if self.affine else self.running_mean)
-        if x.ndim not in self.input_ranks:
+        shape = x.data.shape
+        if len(shape) not in self.input_ranks:
             ranks = " or ".join(f"{r}D" for r in self.input_ranks)
             raise ShapeError(f"{self!r}: expected {ranks} input {self.expected_input_text()}, "
                              f"got {x.shape}")
-        if x.shape[1] != self.num_features:
+        if shape[1] != self.num_features:
             raise ShapeError(f"{self!r}: expected input {self.expected_input_text()} with "
                              f"{self.num_features} channels, got {x.shape}")
 
