@@ -79,6 +79,18 @@ def linear_case(n, i, o):
     return make
 
 
+def matmul_case(shape_a, shape_b):
+    """a @ b with leading (batch) dims, as attention's scores and mixing are."""
+    def make(lib):
+        rng = np.random.default_rng(0)
+        arrays = (rng.standard_normal(shape_a).astype(np.float32),
+                  rng.standard_normal(shape_b).astype(np.float32))
+        t = torch.tensor if lib == "torch" else minidl.tensor
+        xs = [t(a, requires_grad=True) for a in arrays]
+        return xs, lambda: xs[0] @ xs[1]
+    return make
+
+
 def cross_entropy_case(n, classes):
     """Mean cross-entropy of (n, classes) logits; backward from a scalar upstream gradient."""
     def make(lib):
@@ -123,6 +135,9 @@ CASES = {
     "maxpool GoogLeNet (32,512,2,2) 3x3/1 p1": pool_case(32, 512, 2, 2, 3, 1, 1),
     "batchnorm (32,64,56,56) train": bn_case(32, 64, 56, 56),
     "batchnorm (100,6,28,28) train": bn_case(100, 6, 28, 28),
+    "batchnorm MobileNet (32,320,4,4) train": bn_case(32, 320, 4, 4),
+    "matmul (64,128,64)@(64,64,128)": matmul_case((64, 128, 64), (64, 64, 128)),
+    "matmul (8,4,128,64)@(8,4,64,128)": matmul_case((8, 4, 128, 64), (8, 4, 64, 128)),
 }
 
 

@@ -144,9 +144,71 @@ def test_large_linear_and_matmul_products_run_on_numba_threads(dtype, restore_th
     assert len(calls) == 6
     calls.clear()
     minidl.nn.functional.linear(minidl.tensor(xa[:2]), minidl.tensor(wa))     # small
-    minidl.tensor(xa.reshape(2, 8, IN)) @ minidl.tensor(wa.T.copy())            # leading dims
     minidl.nn.functional.linear(minidl.tensor(xa.astype(np.float16)),
                                 minidl.tensor(wa.astype(np.float16)))
+    assert calls == []
+
+
+def _summed_to(g, shape):
+    """g summed over the dims that broadcasting added or stretched, to ``shape``."""
+    while g.ndim > len(shape):
+        g = g.sum(axis=0)
+    for axis, n in enumerate(shape):
+        if n == 1 and g.shape[axis] != 1:
+            g = g.sum(axis=axis, keepdims=True)
+    return g
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_batched_matmul_products_run_on_numba_threads(dtype, restore_threads,
+                                                            monkeypatch, rng):
+    """Stacks of matrices go to ``kernels.blas.matmul`` too: equal leading dims (any
+    number of them) as one batched call, a C-contiguous stack times one matrix as one
+    product of all its rows, one matrix times a stack as a batched call; leading dims that
+    broadcast against each other stay on ``@``. Forward and both gradients are NumPy's
+    products (the stacked operand's gradient summed over the batch where it was shared)."""
+    import minidl.kernels.blas as blas
+    import minidl.ops.linalg as linalg
+    calls = []
+    real = blas.matmul
+
+    def spy(a, b, out, accumulate=False):
+        calls.append((a.shape, b.shape, out.shape))
+        return real(a, b, out, accumulate)
+
+    monkeypatch.setattr(linalg.blas, "matmul", spy)
+    minidl.set_num_threads(2)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+
+    def check(sa, sb):
+        a0 = rng.standard_normal(sa).astype(dtype)
+        b0 = rng.standard_normal(sb).astype(dtype)
+        a, b = minidl.tensor(a0, requires_grad=True), minidl.tensor(b0, requires_grad=True)
+        y = a @ b
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        y.backward(minidl.tensor(gy))
+        ga = gy @ np.swapaxes(b0, -1, -2)
+        gb = np.swapaxes(a0, -1, -2) @ gy
+        ga, gb = _summed_to(ga, sa), _summed_to(gb, sb)
+        for got, want in ((y.numpy(), a0 @ b0), (a.grad.numpy(), ga), (b.grad.numpy(), gb)):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+    check((4, 32, 64), (4, 64, 128))                 # 1,048,576 multiply-adds each
+    assert calls == [((4, 32, 64), (4, 64, 128), (4, 32, 128)),
+                     ((4, 32, 128), (4, 128, 64), (4, 32, 64)),
+                     ((4, 64, 32), (4, 32, 128), (4, 64, 128))]
+    calls.clear()
+    check((2, 2, 32, 64), (2, 2, 64, 128))           # two leading dims: one batch of 4
+    assert [c[2] for c in calls] == [(4, 32, 128), (4, 32, 64), (4, 64, 128)]
+    calls.clear()
+    check((4, 32, 64), (64, 128))                    # a stack times a matrix: rows
+    assert calls[0] == ((128, 64), (64, 128), (128, 128))
+    calls.clear()
+    check((32, 64), (4, 64, 128))                    # a matrix times a stack: a batch
+    assert calls[0] == ((32, 64), (4, 64, 128), (4, 32, 128))
+    calls.clear()
+    check((2, 1, 32, 64), (1, 2, 64, 128))           # broadcast leading dims: ``@``
     assert calls == []
 
 
