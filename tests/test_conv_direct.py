@@ -261,3 +261,27 @@ def test_numba_parallel_build(layout, rng):
     np.testing.assert_allclose(y2, y, rtol=1e-13, atol=1e-13)
     for got, ref in zip(grads2, grads):
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_last_moves_are_numpys_transposes(parallel, dtype, rng, num_threads,
+                                                monkeypatch):
+    """The batch-last layout's copies (``_to_batch_last``, zero-padded by a geometry's
+    padding or not, and ``_from_batch_last``) are exactly NumPy's transposes, on either
+    build, for contiguous and strided inputs."""
+    num_threads(2)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 1)
+    x = rng.standard_normal((5, 3, 7, 6)).astype(dtype)
+    strided = rng.standard_normal((5, 6, 7, 12)).astype(dtype)[:, ::2, :, ::2]
+    w = np.zeros((4, 3, 3, 3), dtype)
+    with threads.set_parallel(parallel):
+        for src in (x, strided):
+            np.testing.assert_array_equal(conv_direct._to_batch_last(src),
+                                          src.transpose(1, 2, 3, 0))
+            geo = geometry.ConvGeometry.of(src.shape, w.shape, padding=((2, 0), (1, 3)))
+            padded = np.pad(src, ((0, 0), (0, 0), (2, 0), (1, 3))).transpose(1, 2, 3, 0)
+            np.testing.assert_array_equal(conv_direct._to_batch_last(src, geo), padded)
+            back = conv_direct._from_batch_last(np.ascontiguousarray(src.transpose(1, 2, 3, 0)))
+            assert back.flags.c_contiguous
+            np.testing.assert_array_equal(back, src)

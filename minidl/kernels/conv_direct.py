@@ -114,16 +114,24 @@ def _pad_planar(x, geo):
     return np.ascontiguousarray(x)
 
 
-def _to_batch_last(x, geo):
-    """(N, C, H, W) -> zero-padded (C, H + PH0 + PH1, W + PW0 + PW1, N), one copy."""
-    (PH0, PH1), (PW0, PW1) = geo.padding
+def _to_batch_last(x, geo=None):
+    """(N, C, H, W) -> (C, H + PH0 + PH1, W + PW0 + PW1, N), zero-padded by ``geo``'s
+    padding (none without a ``geo``), one copy (``nb.to_batch_last``)."""
+    (PH0, PH1), (PW0, PW1) = geo.padding if geo is not None else ((0, 0), (0, 0))
     N, C, H, W = x.shape
-    xt = x.transpose(1, 2, 3, 0)
-    if not (PH0 or PH1 or PW0 or PW1):
-        return np.ascontiguousarray(xt)
-    out = np.zeros((C, H + PH0 + PH1, W + PW0 + PW1, N), dtype=x.dtype)
-    out[:, PH0:PH0 + H, PW0:PW0 + W] = xt
+    shape = (C, H + PH0 + PH1, W + PW0 + PW1, N)
+    padded = PH0 or PH1 or PW0 or PW1
+    out = np.zeros(shape, dtype=x.dtype) if padded else np.empty(shape, dtype=x.dtype)
+    nb.to_batch_last(x, out, PH0, PW0, size=x.size)
     return out
+
+
+def _from_batch_last(yT):
+    """(OC, OH, OW, N) -> (N, OC, OH, OW), one copy (``nb.from_batch_last``)."""
+    OC, OH, OW, N = yT.shape
+    y = np.empty((N, OC, OH, OW), dtype=yT.dtype)
+    nb.from_batch_last(yT, y, size=y.size)
+    return y
 
 
 def _forward(src, wm, b, KH, KW, out_hw, layout):
@@ -160,8 +168,7 @@ def conv2d_forward(x, w, b, geo, layout=None):
         y = _forward(src, wm, b, KH, KW, out_hw, layout)
     elif layout == "batch_last":
         src = _to_batch_last(x, geo)
-        y = _forward(src, wm, b, KH, KW, out_hw, layout).transpose(3, 0, 1, 2)
-        y = np.ascontiguousarray(y)
+        y = _from_batch_last(_forward(src, wm, b, KH, KW, out_hw, layout))
     else:
         raise ValueError(f"conv_direct: layout must be 'planar' or 'batch_last', got {layout!r}")
     return y, (layout, src)
@@ -190,7 +197,7 @@ class GradOutput:
     @property
     def gyT(self):
         if self._gyT is None:
-            self._gyT = np.ascontiguousarray(self.gy.transpose(1, 2, 3, 0))
+            self._gyT = _to_batch_last(self.gy)
         return self._gyT
 
 
@@ -246,7 +253,7 @@ def grad_input(g, w, geo):
     gxT = np.empty((C, H, W, N), dtype=gy.dtype)
     off = _grad_input_offsets(OC, OH, OW, KH, KW, N)
     nb.batchlast_grad_input(gyT, wm, gxT, off, KH, KW, PH0, PW0, 0, H, size=gxT.size)
-    return np.ascontiguousarray(gxT.transpose(3, 0, 1, 2))
+    return _from_batch_last(gxT)
 
 
 def grad_bias(g, geo):

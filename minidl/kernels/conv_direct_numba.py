@@ -353,6 +353,38 @@ def planar_grad_weight(x, gy, gw, gb, off, zero):
 # is contiguous, M = OW*N long, and the same for every tap: no wasted columns, long loops.
 
 @jit
+def to_batch_last(x, xT, PH0, PW0):
+    """xT[c, PH0 + i, PW0 + j, n] = x[n, c, i, j]: x (N, C, H, W) into the batch-last
+    (C, Hs, Ws, N) array; xT's border (the padding) is left as it is. One (c, i) row per
+    iteration: each thread writes runs of N contiguous values, reading the batch's
+    values strided. NumPy's transposing copy of LeNet's (100, 6, 14, 14) takes 55 us,
+    this 25 on 2 threads."""
+    N, C, H, W = x.shape
+    for r in prange(C * H):
+        c = r // H
+        i = r - c * H
+        for j in range(W):
+            dst = xT[c, PH0 + i, PW0 + j]
+            for n in range(N):
+                dst[n] = x[n, c, i, j]
+
+
+@jit
+def from_batch_last(yT, y):
+    """y[n, o, i, j] = yT[o, i, j, n]: the batch-last (OC, OH, OW, N) array back to (N, OC,
+    OH, OW), one (o, i) row per iteration (contiguous reads of N values, strided writes:
+    (16, 10, 10, 100) 99 -> 34 us)."""
+    OC, OH, OW, N = yT.shape
+    for r in prange(OC * OH):
+        o = r // OH
+        i = r - o * OH
+        for j in range(OW):
+            src = yT[o, i, j]
+            for n in range(N):
+                y[n, o, i, j] = src[n]
+
+
+@jit
 def batchlast_forward(xT, wm, b, yT, off, r0, r1):
     """yT (OC, OH, OW, N) = conv(xT (C, H, W, N), wm (OC, K)) + b, output rows r0 <= oh < r1,
     one at a time: row oh is a run of M = OW*N outputs per channel reading xT at
