@@ -277,3 +277,50 @@ def test_kernels_without_prange_keep_their_serial_build():
     assert bn._stats_rows._parallel is None               # never compiled
     np.testing.assert_array_equal(mean, x.mean(axis=0))
     np.testing.assert_array_equal(var, x.var(axis=0))
+
+
+def test_stale_kernel_caches_are_deleted(tmp_path, monkeypatch):
+    """numba checks only a function's own file before loading its cache, so a kernel that
+    inlines another module's helper would load code compiled from the helper's old
+    source. The cache directory keeps a digest of every kernel module's source: where it
+    differs, minidl's cache files there are deleted (no one else's) and the digest
+    rewritten; where it matches, nothing is touched."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    sources = [os.path.basename(p) for p in threads.kernel_sources()]
+    assert {"im2col_numba.py", "pool_numba.py", "conv_depthwise_numba.py",
+            "threads.py"} <= set(sources)
+    digest = threads.kernel_sources_digest()
+    assert digest == threads.kernel_sources_digest() and len(digest) == 64
+    ours = ["pool_numba._max_forward_across-205.py311.1.nbc",
+            "pool_numba._max_forward_across-205.py311.nbi"]
+    theirs = ["somelib.f-3.py311.nbi", "somelib.f-3.py311.1.nbc", "notes.txt"]
+    for name in ours + theirs:
+        (tmp_path / name).write_text("x")
+    fake = SimpleNamespace(_cache=SimpleNamespace(_cache_path=str(tmp_path)))
+    stamp = tmp_path / threads.KERNEL_DIGEST_FILE
+    stamp.write_text("0" * 64 + "\n")                  # compiled from other sources
+    monkeypatch.setattr(threads, "_CHECKED_DIRS", set())
+    threads._check_cache_dir(fake)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        theirs + [threads.KERNEL_DIGEST_FILE])
+    assert stamp.read_text().strip() == digest
+    threads._check_cache_dir(fake)                     # once per process and directory
+    for name in ours:
+        (tmp_path / name).write_text("x")
+    monkeypatch.setattr(threads, "_CHECKED_DIRS", set())
+    threads._check_cache_dir(fake)                     # the digest matches: kept
+    assert {p.name for p in tmp_path.iterdir()} >= set(ours)
+
+
+def test_the_kernel_cache_directory_records_the_sources_digest():
+    """Compiling minidl's kernels (here: importing one module of them) leaves the digest
+    of the sources in use in their cache directory, where it is writable."""
+    from minidl.kernels import pool_numba  # noqa: PLC0415 - numba only here
+    kernel = next(v for v in vars(pool_numba).values()
+                  if isinstance(v, threads.Kernel) and v.serial is not None)
+    path = kernel.serial._cache._cache_path
+    if not os.access(path, os.W_OK):
+        pytest.skip(f"numba's cache directory {path} is not writable here")
+    with open(os.path.join(path, threads.KERNEL_DIGEST_FILE)) as f:
+        assert f.read().strip() == threads.kernel_sources_digest()

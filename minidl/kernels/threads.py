@@ -25,7 +25,9 @@ Every numba kernel is built by ``jit``: a serial build and, for a kernel with a 
 loop, a parallel build compiled on first use when the policy asks for one; both cached on
 disk (the parallel one under its own name, ``_renamed``: numba's cache key ignores the
 ``parallel`` flag). ``kernel(*args, size=n)`` takes the build the policy chooses for an
-input of n elements.
+input of n elements. Cache files compiled from other kernel sources than the ones in use
+are deleted before the first kernel loads (``_check_cache_dir``: numba itself would load
+a kernel whose helper, in another module, has changed since).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import os
 
 __all__ = ["Setting", "PARALLEL_MIN_ELEMENTS", "parallel", "pieces", "set_parallel", "single_blas",
            "set_single_blas", "physical_cores", "get_num_threads", "set_num_threads", "jit",
-           "njit_helper"]
+           "njit_helper", "KERNEL_DIGEST_FILE", "kernel_sources", "kernel_sources_digest"]
 
 class Setting:
     """A kernel setting that a call changes at once and, used with ``with``, undoes when the
@@ -218,12 +220,90 @@ def _options(fastmath):
     return dict(fastmath=fastmath, error_model="numpy", nogil=True)
 
 
+# ----------------------------------------------------------------------------- disk cache
+# numba keys a function's cache by its own source file's time stamp only. A kernel that
+# calls a helper from another module (the depthwise and pooling kernels use im2col_numba's
+# ``_to_rows``) carries the helper's compiled code in its own cache entry, so after an edit
+# of the helper that entry is stale and still loaded: the old code runs, silently. The
+# cache directory therefore holds a digest of every kernel module's source
+# (``KERNEL_DIGEST_FILE``); where it differs from the sources in use, minidl's cache files
+# there are deleted before anything is compiled or loaded, and the digest rewritten.
+
+KERNEL_DIGEST_FILE = "minidl-kernels.sha256"
+_CHECKED_DIRS = set()
+
+
+def kernel_sources():
+    """The files whose source numba compiles into minidl's kernels: every
+    ``kernels/*_numba.py`` and this module, sorted."""
+    import glob  # noqa: PLC0415
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    return sorted(glob.glob(os.path.join(here, "*_numba.py"))) + [os.path.abspath(__file__)]
+
+
+def kernel_sources_digest():
+    """sha256 of the kernel sources (``kernel_sources``), names and contents."""
+    import hashlib  # noqa: PLC0415
+
+    h = hashlib.sha256()
+    for path in kernel_sources():
+        h.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def _check_cache_dir(dispatcher):
+    """Once per process and cache directory (that of ``dispatcher``, a numba function
+    compiled with cache=True): delete minidl's kernel cache files there when they were
+    compiled from other sources (the digest above), then record the current digest."""
+    cache = getattr(dispatcher, "_cache", None)
+    path = getattr(cache, "_cache_path", None)     # numba's cache directory for it
+    if path is None or path in _CHECKED_DIRS:
+        return
+    _CHECKED_DIRS.add(path)
+    digest = kernel_sources_digest()
+    stamp = os.path.join(path, KERNEL_DIGEST_FILE)
+    try:
+        with open(stamp) as f:
+            if f.read().strip() == digest:
+                return
+    except OSError:
+        pass
+    modules = {os.path.splitext(os.path.basename(p))[0] for p in kernel_sources()}
+    try:
+        os.makedirs(path, exist_ok=True)
+        names = os.listdir(path)
+    except OSError:
+        return                                     # no usable directory: numba copes
+    for name in names:
+        if name.endswith((".nbi", ".nbc")) and name.split(".", 1)[0] in modules:
+            with contextlib.suppress(OSError):     # another process may have removed it
+                os.remove(os.path.join(path, name))
+    tmp = f"{stamp}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(digest + "\n")
+        os.replace(tmp, stamp)                     # atomic: never a half-written digest
+    except OSError:                                # a read-only cache: numba copes too
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def _cached_njit(fn, **options):
+    """``numba.njit(cache=True, **options)(fn)``, its cache directory checked first."""
+    import numba  # noqa: PLC0415
+
+    dispatcher = numba.njit(cache=True, **options)(fn)
+    _check_cache_dir(dispatcher)
+    return dispatcher
+
+
 def njit_helper(fn=None, *, fastmath=True):
     """A numba function called from kernels (inlined by LLVM; compiled with its caller)."""
-    import numba  # noqa: PLC0415 - only modules of numba kernels call this
-
     def wrap(f):
-        return numba.njit(cache=True, **_options(fastmath))(f)
+        return _cached_njit(f, **_options(fastmath))
     return wrap(fn) if fn is not None else wrap
 
 
@@ -261,15 +341,15 @@ class Kernel:
         # build would warn (NumbaPerformanceWarning) and run the serial loops anyway.
         self.has_prange = "prange" in fn.__code__.co_names
         if one_build:
-            self._parallel = numba.njit(parallel=True, cache=True, **_options(fastmath))(fn)
+            self._parallel = _cached_njit(fn, parallel=True, **_options(fastmath))
         else:
-            self.serial = numba.njit(parallel=False, cache=True, **_options(fastmath))(fn)
+            self.serial = _cached_njit(fn, parallel=False, **_options(fastmath))
 
     @property
     def parallel_build(self):
         if self._parallel is None:
-            self._parallel = self._numba.njit(parallel=True, cache=True,
-                                              **_options(self._fastmath))(_renamed(self.py_func))
+            self._parallel = _cached_njit(_renamed(self.py_func), parallel=True,
+                                          **_options(self._fastmath))
         return self._parallel
 
     def __call__(self, *args, size=None):
