@@ -377,7 +377,9 @@ def resize(x, size, interpolation="bilinear", antialias=True):
     work, finish = _float_work(arr)
     xp = backend.get_array_module(work)
     mh = xp.asarray(interpolation_matrix(h, oh, mode, antialias), dtype=work.dtype)
-    mw_t = xp.asarray(interpolation_matrix(w, ow, mode, antialias).T, dtype=work.dtype)
+    # contiguous: NumPy's matmul skips BLAS for a transposed (strided) operand
+    mw_t = xp.ascontiguousarray(interpolation_matrix(w, ow, mode, antialias).T,
+                                dtype=work.dtype)
     lead = work.shape[:-2]
     stack = work.reshape(-1, h, w)
     y = xp.matmul(mh, xp.matmul(stack, mw_t))   # (M, oh, ow): width first, then height
