@@ -210,6 +210,12 @@ def test_large_batched_matmul_products_run_on_numba_threads(dtype, restore_threa
     calls.clear()
     check((2, 1, 32, 64), (1, 2, 64, 128))           # broadcast leading dims: ``@``
     assert calls == []
+    strided = rng.standard_normal((4, 64, 32)).astype(dtype)
+    w0 = rng.standard_normal((64, 128)).astype(dtype)
+    y = minidl.tensor(strided).transpose(-1, -2) @ minidl.tensor(w0)   # a transposed stack
+    assert calls == [((4, 32, 64), (64, 128), (4, 32, 128))]          # batched, not rows
+    want = strided.swapaxes(-1, -2) @ w0
+    np.testing.assert_allclose(y.numpy(), want, rtol=tol, atol=tol * np.abs(want).max())
 
 
 def test_pooling_and_einsum_products_run_under_single_blas(restore_threads, monkeypatch):
