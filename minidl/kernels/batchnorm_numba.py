@@ -273,11 +273,10 @@ def _write(kernels, arrays, vectors, out):
     ``SHORT_PLANE``, and (N, C) rows, by the rows kernel (S values per channel)."""
     planes, rows, _ = kernels
     a = arrays[0]
+    N, C = a.shape[:2]
     if a.ndim == 3 and a.shape[2] >= SHORT_PLANE:
-        N, C = a.shape[:2]
         planes(*arrays, *vectors, out.reshape(a.shape), 0, N * C, size=a.size)
         return
-    N, C = a.shape[:2]
     S = a.shape[2] if a.ndim == 3 else 1
     arrays = [b.reshape(N, C * S) for b in arrays]
     rows(*arrays, *vectors, S, out.reshape(N, C * S), threads.pieces(a.size, N),

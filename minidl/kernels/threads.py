@@ -242,12 +242,13 @@ def kernel_sources():
     return sorted(glob.glob(os.path.join(here, "*_numba.py"))) + [os.path.abspath(__file__)]
 
 
-def kernel_sources_digest():
-    """sha256 of the kernel sources (``kernel_sources``), names and contents."""
+def kernel_sources_digest(sources=None):
+    """sha256 of the kernel sources (``sources``, default ``kernel_sources()``), names and
+    contents."""
     import hashlib  # noqa: PLC0415
 
     h = hashlib.sha256()
-    for path in kernel_sources():
+    for path in kernel_sources() if sources is None else sources:
         h.update(os.path.basename(path).encode())
         with open(path, "rb") as f:
             h.update(f.read())
@@ -263,7 +264,8 @@ def _check_cache_dir(dispatcher):
     if path is None or path in _CHECKED_DIRS:
         return
     _CHECKED_DIRS.add(path)
-    digest = kernel_sources_digest()
+    sources = kernel_sources()
+    digest = kernel_sources_digest(sources)
     stamp = os.path.join(path, KERNEL_DIGEST_FILE)
     try:
         with open(stamp) as f:
@@ -271,7 +273,7 @@ def _check_cache_dir(dispatcher):
                 return
     except OSError:
         pass
-    modules = {os.path.splitext(os.path.basename(p))[0] for p in kernel_sources()}
+    modules = {os.path.splitext(os.path.basename(p))[0] for p in sources}
     try:
         os.makedirs(path, exist_ok=True)
         names = os.listdir(path)
