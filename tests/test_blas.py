@@ -67,10 +67,12 @@ def test_numpys_own_blas_is_chosen_before_others():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
-@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("path", ["small", "serial", "parallel"])
 @pytest.mark.parametrize("form", ["batched", "broadcast a", "broadcast b", "summed", "2-D",
                                   "1 x 1"])
-def test_matmul_equals_numpy(form, parallel, ta, tb, dtype, rng, monkeypatch, num_threads):
+def test_matmul_equals_numpy(form, path, ta, tb, dtype, rng, monkeypatch, num_threads):
+    """Every form on each path: a small product (NumPy's matmul, or the serial kernel
+    for a sum), the serial kernel, the parallel one."""
     B, M, Kd, N = 5, 7, 9, 11
     if form == "1 x 1":
         B, M, Kd, N = 3, 1, 1, 1
@@ -86,8 +88,8 @@ def test_matmul_equals_numpy(form, parallel, ta, tb, dtype, rng, monkeypatch, nu
     if form == "summed":
         want = want.sum(axis=0)
     num_threads(2)
-    monkeypatch.setattr(blas, "GEMM_PARALLEL_MIN_FLOPS", 1 if parallel else 10**12)
-    with threads.set_parallel(parallel):
+    monkeypatch.setattr(blas, "GEMM_PARALLEL_MIN_FLOPS", 10**12 if path == "small" else 1)
+    with threads.set_parallel(path != "serial"):
         out = np.full(want.shape, np.nan, dtype=dtype)
         assert blas.matmul(_view(a, ta), _view(b, tb), out) is out
         np.testing.assert_allclose(out, want, **TOL[dtype])
@@ -95,6 +97,24 @@ def test_matmul_equals_numpy(form, parallel, ta, tb, dtype, rng, monkeypatch, nu
         acc = start.copy()
         blas.matmul(_view(a, ta), _view(b, tb), acc, accumulate=True)
         np.testing.assert_allclose(acc, start + want, **TOL[dtype])
+
+
+def test_small_products_skip_the_numba_kernels(rng, monkeypatch):
+    """A product under ``GEMM_PARALLEL_MIN_FLOPS`` multiply-adds that needs no sum is
+    NumPy's matmul (fewer microseconds on the way to the same BLAS); a sum of products
+    still takes the kernels (no (B, M, N) temporary)."""
+    calls = []
+    found = blas._kernels()
+    monkeypatch.setattr(blas, "_kernels", lambda: calls.append(1) or found)
+    a, b = rng.standard_normal((2, 8, 16)), rng.standard_normal((16, 8))
+    out = np.empty((2, 8, 8))
+    np.testing.assert_allclose(blas.matmul(a, b, out), a @ b, rtol=1e-12)
+    np.testing.assert_allclose(blas.matmul(a[0], b, out[0], accumulate=True),
+                               2 * (a[0] @ b), rtol=1e-12)
+    assert calls == []
+    summed = np.empty((8, 8))
+    np.testing.assert_allclose(blas.matmul(a, b, summed), (a @ b).sum(0), rtol=1e-12)
+    assert calls == [1]
 
 
 def test_rows_of_a_larger_array_and_strided_views(rng):

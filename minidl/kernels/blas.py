@@ -21,13 +21,19 @@ __all__ = ["matmul", "GEMM_PARALLEL_MIN_FLOPS"]
 GEMM_PARALLEL_MIN_FLOPS = 1 << 19
 
 
+_FOUND = []    # [blas_numba or None], once looked up
+
+
 def _kernels():
-    """``blas_numba`` (imported on first use), or None where numba does not import or
-    NumPy's BLAS has no cblas symbols to call."""
-    if not registry.numba_available():
-        return None
-    from . import blas_numba  # noqa: PLC0415 - numba on the first product only
-    return blas_numba if blas_numba.available() else None
+    """``blas_numba`` (imported on the first product that needs it), or None where numba
+    does not import or NumPy's BLAS has no cblas symbols to call."""
+    if not _FOUND:
+        found = None
+        if registry.numba_available():
+            from . import blas_numba  # noqa: PLC0415 - numba on the first product only
+            found = blas_numba if blas_numba.available() else None
+        _FOUND.append(found)
+    return _FOUND[0]
 
 
 def _unit_stride(a):
@@ -65,12 +71,19 @@ def matmul(a, b, out, accumulate=False):
                          f"{a.shape}, {b.shape}, {out.shape}")
     batch = max(a.shape[0] if a.ndim == 3 else 1, b.shape[0] if b.ndim == 3 else 1)
     flops = batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
-    kernels = _kernels()
+    summed = out.ndim == 2 and (a.ndim == 3 or b.ndim == 3)
+    # Small products that need no sum go to NumPy's matmul: it calls the same BLAS with
+    # less on the way than a numba call (RESULTS.md: a 1x1 convolution's 32x32x256 product
+    # at batch 1, 19 -> 7 us).
+    small = flops < GEMM_PARALLEL_MIN_FLOPS and not summed
+    kernels = None if small else _kernels()
     if kernels is None or out.strides[-1] != out.itemsize or a.dtype != out.dtype \
             or b.dtype != out.dtype or out.dtype not in (np.float32, np.float64):
         with threads.single_blas(flops):
+            if not (summed or accumulate):
+                return np.matmul(a, b, out=out)
             product = np.matmul(a, b)
-            if out.ndim == 2 and product.ndim == 3:
+            if summed:
                 product = product.sum(axis=0)
             if accumulate:
                 out += product

@@ -127,30 +127,41 @@ def set_single_blas(flag):
 BLAS_ONE_THREAD_BELOW = 1 << 18
 
 
-@contextlib.contextmanager
 def single_blas(multiply_adds=None):
-    """A block in which NumPy's BLAS runs on the calling thread only (the policy above);
-    nested blocks cost almost nothing, and so do blocks for products of fewer than
-    ``BLAS_ONE_THREAD_BELOW`` ``multiply_adds`` (None: unknown, a large product)."""
+    """A block (``with single_blas(n):``) in which NumPy's BLAS runs on the calling thread
+    only (the policy above); nested blocks cost almost nothing, and so do blocks for
+    products of fewer than ``BLAS_ONE_THREAD_BELOW`` ``multiply_adds`` (None: unknown, a
+    large product): they get a shared block that does nothing (the generator of a
+    ``contextlib.contextmanager`` alone cost ~1 us a product)."""
     if _Blas.depth or not _SINGLE_BLAS.value or (
             multiply_adds is not None and multiply_adds < BLAS_ONE_THREAD_BELOW):
-        yield
-        return
-    if _Blas.controllers is None:
-        from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - a core dependency
-        _Blas.controllers = ThreadpoolController().select(user_api="blas").lib_controllers
-    saved = [c.get_num_threads() for c in _Blas.controllers]
-    for c, n in zip(_Blas.controllers, saved):
-        if n != 1:
-            c.set_num_threads(1)
-    _Blas.depth += 1
-    try:
-        yield
-    finally:
+        return _NOTHING
+    return _SingleBlas()
+
+
+_NOTHING = contextlib.nullcontext()
+
+
+class _SingleBlas:
+    """The block of ``single_blas`` that sets the BLAS libraries to one thread, and back."""
+
+    def __enter__(self):
+        if _Blas.controllers is None:
+            from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - a core dependency
+            _Blas.controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+        self.saved = [c.get_num_threads() for c in _Blas.controllers]
+        for c, n in zip(_Blas.controllers, self.saved):
+            if n != 1:
+                c.set_num_threads(1)
+        _Blas.depth += 1
+        return self
+
+    def __exit__(self, *exc):
         _Blas.depth -= 1
-        for c, n in zip(_Blas.controllers, saved):
+        for c, n in zip(_Blas.controllers, self.saved):
             if n != 1:
                 c.set_num_threads(n)
+        return False
 
 
 # ----------------------------------------------------------------------------- thread count
