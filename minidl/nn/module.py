@@ -159,6 +159,8 @@ class Module:
             f'Module [{type(self).__name__}] is missing the required "forward" function')
 
     def __call__(self, *args, **kwargs):
+        if not (self._forward_pre_hooks or self._forward_hooks) and _call_interceptor is None:
+            return self.forward(*args, **kwargs)     # the common case, kept short
         for hook in list(self._forward_pre_hooks.values()):
             result = hook(self, args)
             if result is not None:
