@@ -209,6 +209,31 @@ def test_pointwise_layers_unfold_nothing(rng, monkeypatch):
         np.testing.assert_allclose(got, ref, **TOL[np.float64])
 
 
+def test_small_map_1x1_forward_per_image_gradients_as_one_block(rng, monkeypatch):
+    """On maps under POINTWISE_MIN_OUTPUTS pixels a 1x1 stride-1 layer's forward is still
+    per-image products (no unfolded copy, no transpose: POINTWISE_FORWARD_MIN_OUTPUTS),
+    its gradients the one-block path (gY transposed, x unfolded again); the same numbers
+    as the reference."""
+    x_shape, w_shape, kwargs = CASES["1x1 small map"]
+    geo = geometry.ConvGeometry.of(x_shape, w_shape)
+    assert conv_blocked.pointwise(geo, conv_blocked.POINTWISE_FORWARD_MIN_OUTPUTS)
+    assert not conv_blocked.pointwise(geo)
+    x, w, b, gy = _arrays(rng, x_shape, w_shape, np.float64, kwargs)
+    want = _run("reference", x, w, b, gy, kwargs)
+    calls = []
+    for name in ("im2col", "_planes_swapped", "_gY_whole"):
+        real = getattr(conv_blocked, name)
+        monkeypatch.setattr(conv_blocked, name,
+                            lambda *a, _real=real, _name=name, **k: calls.append(_name)
+                            or _real(*a, **k))
+    y, saved = conv_blocked.forward(x, w, b, geo)
+    assert calls == [] and saved[0] == "x"
+    np.testing.assert_allclose(y, want[0], **TOL[np.float64])
+    for got, ref in zip(_run("blocked", x, w, b, gy, kwargs), want):
+        np.testing.assert_allclose(got, ref, **TOL[np.float64])
+    assert "_gY_whole" in calls and "im2col" in calls       # the gradients, one block
+
+
 def test_blocked_pays_for_ungrouped_batches(monkeypatch):
     """The blocked code pays for ungrouped convolutions of more than one image whose col
     reaches BLOCKED_MIN_COL_BYTES; not for one image, nor for grouped ones."""

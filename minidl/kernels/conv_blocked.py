@@ -180,17 +180,25 @@ def _gY_whole(gy, geo):
 # layers) needs no im2col: each image's x[n] (C, H*W) is already the product's operand, so
 #     y[n] = Wm @ x[n],   dWm = sum over n of gy[n] @ x[n]^T,   gx[n] = Wm^T @ gy[n]
 # read and write the (N, C, H, W) arrays in place, no unfolded copy and no transposes.
-# Only for maps of at least this many pixels: on smaller ones (MobileNet's 4x4 and 2x2)
-# the per-image products are a few columns wide and one product over the batch wins.
+# The gradients take them only for maps of at least this many pixels: on smaller ones
+# (MobileNet's 4x4 and 2x2) the per-image products are a few columns wide and one product
+# over the batch wins. The forward takes them on maps of any size: there the one product
+# over the batch costs an unfolded copy of x and a transpose of its result, more than
+# the thin products lose (evaluation, A/B in one process: MobileNet v2 0.87x, GoogLeNet
+# 0.91x; RESULTS.md).
 POINTWISE_MIN_OUTPUTS = 64
+POINTWISE_FORWARD_MIN_OUTPUTS = 1
 
 
-def pointwise(geo):
+def pointwise(geo, min_outputs=None):
     """Whether ``geo`` is a 1x1, stride-1, unpadded, ungrouped convolution on maps of at
-    least ``POINTWISE_MIN_OUTPUTS`` pixels (the per-image products above)."""
+    least ``min_outputs`` (default ``POINTWISE_MIN_OUTPUTS``) pixels (the per-image
+    products above)."""
+    if min_outputs is None:
+        min_outputs = POINTWISE_MIN_OUTPUTS
     return (geo.KH == geo.KW == 1 and geo.SH == geo.SW == 1 and geo.G == 1
             and geo.PH0 == geo.PH1 == geo.PW0 == geo.PW1 == 0
-            and geo.OH * geo.OW >= POINTWISE_MIN_OUTPUTS)
+            and geo.OH * geo.OW >= min_outputs)
 
 
 def _images(a, geo):
@@ -214,7 +222,7 @@ def forward(x, w, b, geo, keep_for_backward=True):
     saved = ("x", x if keep_for_backward else None)
     keep = keep_for_backward and col_bytes(geo, x.dtype) <= reference.kept_col_limit()
 
-    if pointwise(geo):
+    if pointwise(geo, POINTWISE_FORWARD_MIN_OUTPUTS):
         if b is not None:
             y[...] = b.reshape(OC, 1, 1)
         matmul(wm[0], _images(x, geo), _images(y, geo), accumulate=b is not None)
