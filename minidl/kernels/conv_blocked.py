@@ -184,8 +184,8 @@ def _gY_whole(gy, geo):
 # (MobileNet's 4x4 and 2x2) the per-image products are a few columns wide and one product
 # over the batch wins. The forward takes them on maps of any size: there the one product
 # over the batch costs an unfolded copy of x and a transpose of its result, more than
-# the thin products lose (evaluation, A/B in one process: MobileNet v2 0.87x, GoogLeNet
-# 0.91x; RESULTS.md).
+# the thin products lose (evaluation at batch 32, A/B in one process: MobileNet v2 0.92x,
+# GoogLeNet 0.90x; RESULTS.md).
 POINTWISE_MIN_OUTPUTS = 64
 POINTWISE_FORWARD_MIN_OUTPUTS = 1
 
