@@ -249,9 +249,10 @@ _INPUT_GRAD = (_input_grad_planes, _input_grad_rows, "planes")
 # the other core read them out of the first one's cache on every call, which cost more
 # than the arithmetic ((32, 512, 4, 4) float32: 48-84 us against 32 with the rows hot;
 # normalize / training input gradient, expanded by the caller -> per thread: 65 -> 46 /
-# 85 -> 70 us, (32, 192, 4, 4) 27 -> 21 / 43 -> 34). Measured earlier (us, planes -> rows, normalize): (32, 576, 2, 2) 68 -> 14, (32, 192, 4, 4)
-# 19.8 -> 14.4; from 8x8 planes on the rows lose, reading the expanded constants (C*S
-# long) beside the data: (32, 96, 8, 8) 14.7 -> 22.5.
+# 85 -> 70 us, (32, 192, 4, 4) 27 -> 21 / 43 -> 34). Measured earlier (us, planes ->
+# rows, normalize): (32, 576, 2, 2) 68 -> 14, (32, 192, 4, 4) 19.8 -> 14.4; from 8x8
+# planes on the rows lose, reading the expanded constants (C*S long) beside the data:
+# (32, 96, 8, 8) 14.7 -> 22.5.
 SHORT_PLANE = 32
 
 

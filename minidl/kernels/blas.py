@@ -8,6 +8,7 @@ the convolution modules, as the registry does, must not import numba).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -21,19 +22,14 @@ __all__ = ["matmul", "GEMM_PARALLEL_MIN_FLOPS"]
 GEMM_PARALLEL_MIN_FLOPS = 1 << 19
 
 
-_FOUND = []    # [blas_numba or None], once looked up
-
-
+@functools.cache
 def _kernels():
     """``blas_numba`` (imported on the first product that needs it), or None where numba
-    does not import or NumPy's BLAS has no cblas symbols to call."""
-    if not _FOUND:
-        found = None
-        if registry.numba_available():
-            from . import blas_numba  # noqa: PLC0415 - numba on the first product only
-            found = blas_numba if blas_numba.available() else None
-        _FOUND.append(found)
-    return _FOUND[0]
+    does not import or NumPy's BLAS has no cblas symbols to call; looked up once."""
+    if not registry.numba_available():
+        return None
+    from . import blas_numba  # noqa: PLC0415 - numba on the first product only
+    return blas_numba if blas_numba.available() else None
 
 
 def _unit_stride(a):

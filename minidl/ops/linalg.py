@@ -35,13 +35,14 @@ def _product(a, b):
     against one matrix (``_on_threads``). Everything else (leading dims that broadcast
     against each other, CuPy arrays, small products, Tensors in a recorded backward) is
     ``@`` on the calling thread."""
-    if (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype
-            and a.dtype in (np.float32, np.float64)
-            and _multiply_adds(a, b) >= blas.GEMM_PARALLEL_MIN_FLOPS):
+    macs = _multiply_adds(a, b)
+    if (macs >= blas.GEMM_PARALLEL_MIN_FLOPS and type(a) is np.ndarray
+            and type(b) is np.ndarray and a.dtype == b.dtype
+            and a.dtype in (np.float32, np.float64)):
         y = _on_threads(a, b)
         if y is not None:
             return y
-    with single_blas(_multiply_adds(a, b)):  # the threading policy (kernels/threads.py)
+    with single_blas(macs):  # the threading policy (kernels/threads.py)
         return a @ b
 
 
