@@ -8,7 +8,9 @@ tiny inputs (partial tiles: OH, OW of every remainder modulo 4, H or W < 4, one 
 everything), batch 1, unbatched inputs, C != OC, no bias and subsets of the gradients;
 with one image per block on 1, 2 and 3 threads, with blocks held to a minimum number of
 tiles, and as one whole-batch block (small maps: transforms split by images, GEMMs by
-component, Z made once for both gradients); the transposed convolution (its forward is
+component, Z made once for both gradients); the forward by images (each thread's
+images through the whole forward on that thread) on 1-3 threads, the same bit for bit
+on any number of them, and when it is chosen; the transposed convolution (its forward is
 the input gradient) and a double backward; the transforms' identities and adjoints; the
 automatic tile size; which calls the registry leaves to other implementations.
 
@@ -23,6 +25,8 @@ to 6e-6, dw 4e-6 to 9e-6).
 CPU only (NumPy arrays).
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -89,9 +93,18 @@ def _compare(got, want, m, dtype, label):
     compare_conv_results(got, want, REL_TOL[m, dtype], f"F({m}x{m}) {label}")
 
 
-# whole_batch_bytes limits: 0 runs every call in blocks, HUGE as one whole-batch block
+# mode: (whole_batch_bytes limit, forward by images). Limit 0 runs every call in blocks,
+# HUGE as one whole-batch block; "by images" runs the forward by images, the backward in
+# blocks.
 HUGE = 2**62
-MODES = {"blocks": 0, "whole batch": HUGE}
+MODES = {"blocks": (0, False), "whole batch": (HUGE, False), "by images": (0, True)}
+
+
+@contextlib.contextmanager
+def _mode(name):
+    limit, images = MODES[name]
+    with conv_winograd.whole_batch_bytes(limit), conv_winograd.by_images(images):
+        yield
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -101,7 +114,7 @@ def test_winograd_equals_reference(case, dtype, mode, rng, tile):
     x_shape, w_shape, padding = CASES[case]
     x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, dtype)
     want = _run("reference", x, w, b, gy, padding)
-    with conv_winograd.whole_batch_bytes(MODES[mode]):
+    with _mode(mode):
         got = _run("winograd", x, w, b, gy, padding)
     _compare(got, want, tile, dtype, f"{case}, {mode}")
 
@@ -114,8 +127,7 @@ def test_blocks_on_threads_equal_reference(threads_, rng, num_threads, tile):
         x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, dtype)
         want = _run("reference", x, w, b, gy, padding)
         num_threads(threads_)
-        with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1), \
-                conv_winograd.whole_batch_bytes(0):
+        with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1), _mode("blocks"):
             got = _run("winograd", x, w, b, gy, padding)
         _compare(got, want, tile, dtype, f"{threads_} threads")
 
@@ -140,7 +152,7 @@ def test_blocks_of_at_least_min_tiles(threads_, rng, num_threads, monkeypatch, t
         seen.clear()
         per_image = 4 if tile == 2 else 1
         with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(3 * per_image), \
-                conv_winograd.whole_batch_bytes(0):
+                _mode("blocks"):
             got = _run("winograd", x, w, b, gy, padding)
         _compare(got, want, tile, dtype, f"{threads_} threads")
         # forward, weight and input gradients: 7 images in blocks of 3 or more
@@ -165,9 +177,8 @@ def test_threads_are_deterministic(rng, num_threads, tile):
     x_shape, w_shape, padding = (6, 4, 5, 5), (5, 4, 3, 3), ((1, 1), (1, 1))
     x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, np.float32)
     num_threads(2)
-    for limit in MODES.values():
-        with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1), \
-                conv_winograd.whole_batch_bytes(limit):
+    for mode in MODES:
+        with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1), _mode(mode):
             runs = [_run("winograd", x, w, b, gy, padding) for _ in range(3)]
         for other in runs[1:]:
             for a, c in zip(runs[0], other):
@@ -198,7 +209,7 @@ def test_whole_batch_on_threads_equals_reference(threads_, rng, num_threads, mon
         want = _run("reference", x, w, b, gy, padding)
         num_threads(threads_)
         calls.clear()
-        with conv_winograd.whole_batch_bytes(HUGE):
+        with _mode("whole batch"):
             got = _run("winograd", x, w, b, gy, padding)
         _compare(got, want, tile, dtype, f"{threads_} threads")
         assert calls == [(0, 7, 0)]
@@ -244,6 +255,71 @@ def test_whole_batch_chosen_for_small_maps(tile):
     assert conv_winograd.whole_batch(geo(256, 8, n=128), f32)   # V 32 MiB, U 4 MiB
     with conv_winograd.whole_batch_bytes(0):
         assert not conv_winograd.whole_batch(geo(512, 4), f32)
+
+
+@pytest.mark.parametrize("threads_", [1, 2, 3])
+def test_by_images_on_threads_equals_reference(threads_, rng, num_threads, monkeypatch,
+                                               tile):
+    """The forward by images on its parallel build, 7 images (uneven parts) in blocks of
+    one image (``IMAGE_BLOCK_TILES`` 1) or of three, dealt out to 1-3 threads: y equals
+    the reference's, and is the same bit for bit as on one thread."""
+    x_shape, w_shape, padding = (7, 5, 6, 7), (6, 5, 3, 3), ((1, 0), (2, 1))
+    geo = geometry.ConvGeometry.of(x_shape, w_shape, (1, 1), padding, (1, 1))
+    per_image = np.prod(conv_winograd._tiles(geo, conv_winograd._scheme(geo)))
+    monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 1)
+    for dtype in (np.float64, np.float32):
+        x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, dtype)
+        want = _run("reference", x, w, b, gy, padding, (False, False, False))
+        for tiles in (1, 3 * per_image):
+            monkeypatch.setattr(conv_winograd, "IMAGE_BLOCK_TILES", tiles)
+            with conv_winograd.by_images(True):
+                num_threads(1)
+                one, _ = conv_winograd.forward(x, w, b, geo)
+                num_threads(threads_)
+                got, saved = conv_winograd.forward(x, w, b, geo)
+            _compare([got], [want[0]], tile, dtype, f"{threads_} threads, {tiles} tiles")
+            assert np.array_equal(got, one)
+            assert saved[1] is x and saved[2].shape == ((tile + 2) ** 2, 6, 5)
+
+
+def test_image_bounds():
+    """Blocks cut from image 0, dealt out in order, the same blocks for any part count."""
+    bounds = conv_winograd._image_bounds
+    assert bounds(7, 4, 2).tolist() == [[[0, 4]], [[4, 7]]]
+    assert bounds(7, 1, 3).tolist() == [[[0, 1], [1, 2], [0, 0]], [[2, 3], [3, 4], [0, 0]],
+                                        [[4, 5], [5, 6], [6, 7]]]
+    assert bounds(5, 2, 2).tolist() == [[[0, 2], [0, 0]], [[2, 4], [4, 5]]]
+    assert bounds(3, 4, 1).tolist() == [[[0, 3]]]
+    for parts in (1, 2, 3, 5):
+        b = bounds(32, 3, parts).reshape(-1, 2)
+        assert sorted(map(tuple, b[b[:, 1] > b[:, 0]].tolist())) == \
+            [(n0, min(32, n0 + 3)) for n0 in range(0, 32, 3)]
+
+
+def test_by_images_chosen(num_threads):
+    """On two threads, ResNet-18's 3x3 layers run by images at batch 32 and 128 but its
+    512-channel 4x4 stage (U outweighs V: 2 OC > T); so does a batch whose blocks do not
+    deal out evenly (3 single-image blocks on 2 threads) unless it has 4 blocks per thread;
+    ``by_images`` forces either."""
+    def geo(c, hw, n=32):
+        return geometry.ConvGeometry.of((n, c, hw, hw), (c, c, 3, 3), (1, 1),
+                                        ((1, 1), (1, 1)))
+    f32 = np.float32
+    num_threads(2)
+    for n in (32, 128):
+        assert all(conv_winograd.runs_by_images(geo(c, hw, n), f32)
+                   for c, hw in ((64, 32), (128, 16), (256, 8)))
+        assert not conv_winograd.runs_by_images(geo(512, 4, n), f32)
+    assert not conv_winograd.runs_by_images(geo(64, 32, 3), f32)
+    assert conv_winograd.runs_by_images(geo(64, 32, 9), f32)
+    num_threads(1)
+    assert conv_winograd.runs_by_images(geo(64, 32, 3), f32)
+    with conv_winograd.by_images(True):
+        assert conv_winograd.runs_by_images(geo(512, 4), f32)
+    with conv_winograd.by_images(False):
+        assert not conv_winograd.runs_by_images(geo(64, 32), f32)
+    with pytest.raises(ValueError, match="by_images"):
+        conv_winograd.by_images("yes")
 
 
 @pytest.mark.parametrize("need", [(True, False, False), (False, True, True),
@@ -516,8 +592,7 @@ def test_tile_size_changed_between_forward_and_backward(order, mode, rng, monkey
     monkeypatch.setattr(conv_winograd, "weight_transform",
                         lambda w_, m=2: calls.append(m) or real(w_, m))
     X, Wt, B = (minidl.tensor(a, requires_grad=True) for a in (x, w, b))
-    with K.use_impl("winograd", family="conv2d"), \
-            conv_winograd.whole_batch_bytes(MODES[mode]):
+    with K.use_impl("winograd", family="conv2d"), _mode(mode):
         with conv_winograd.tile_size(order[0]):
             y = Conv2dFunction.apply(X, Wt, B, geo=geo)
         with conv_winograd.tile_size(order[1]):

@@ -56,7 +56,14 @@ the same kernels with the same arguments). The tile size is chosen per call
 or as forced by ``tile_size(m)``. Forward's U is reused by the backward only when it is
 of the backward's tile size.
 
-Memory and threads: as ``conv_blocked.py`` does, the batch is cut into blocks of images
+Forward by images (``runs_by_images``, the usual case): the batch is cut into one part per
+thread and each thread runs its part's images, in blocks of about ``IMAGE_BLOCK_TILES``
+tiles, through the whole forward in its own V and M (``forward_images`` in
+``conv_winograd_images_numba.py``, which says why: no stage reads what another thread
+wrote). Bit for bit the same y on any number of threads.
+
+Memory and threads otherwise (the backward, and the forward where U outweighs V): as
+``conv_blocked.py`` does, the batch is cut into blocks of images
 (``conv_blocked.image_blocks``: blocks whose im2col ``col`` would be about
 ``conv_blocked.BLOCK_COL_BYTES``; V is K TH TW / (9 OH OW) of that, about 0.44x for
 F(2x2) and 0.25x for F(4x4), but at least ``WINOGRAD_MIN_TILES`` tiles: small images
@@ -100,7 +107,8 @@ __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
            "WINOGRAD_MIN_BATCH_TILES",
            "WINOGRAD_MIN_SIZE", "WINOGRAD_MIN_TILES", "min_tiles", "weight_transform",
            "weight_transform_adjoint", "WHOLE_BATCH_BYTES", "whole_batch_bytes", "whole_batch",
-           "WINOGRAD4_MIN_SIZE", "tile_size"]
+           "WINOGRAD4_MIN_SIZE", "tile_size", "IMAGE_BLOCK_TILES", "by_images",
+           "runs_by_images"]
 
 # The automatic choice (when the family's preference lists 'winograd') takes it only with
 # at least this many input and output channels and this output height and width
@@ -329,6 +337,85 @@ def _V_whole(x, geo, sc):
     return V
 
 
+# ----------------------------------------------------------------------------- by images
+
+# The forward by images cuts each thread's part of the batch into blocks of about this
+# many tiles (whole images; at least one). Measured on the 2-core dev VM against the
+# stage-split forward (blocks or whole batch), two threads, median of 40 paired rounds,
+# blocks of 64 / 128 / 256 / 512 tiles: batch 32, 64ch 32x32 (F(4x4)) 0.70 / 0.73 / 0.83
+# / 0.98, 128ch 16x16 0.94 / 1.04 / 1.15 / 1.23, 256ch 8x8 (F(2x2)) 0.91 / 0.99 / 1.08 /
+# 1.15; batch 128, 64ch 32x32 0.78 / 0.81 / 0.94 / 1.17, 256ch 8x8 0.76 / 0.81 / 0.93 /
+# 0.94. Small blocks keep a thread's V and M (1.2 MB each at 64 channels) in its own cache.
+IMAGE_BLOCK_TILES = 64
+
+_BY_IMAGES = threads.Setting(None)
+
+
+def by_images(flag):
+    """Force the forward by images on (True) or off (False: the stage-split forward), or
+    leave it to ``runs_by_images`` (None); undone at the end of a ``with`` block when used
+    as one. Tests use it to run every forward."""
+    if flag not in (None, True, False):
+        raise ValueError(f"conv_winograd.by_images: expected True, False or None, got {flag!r}")
+    return _BY_IMAGES.set(flag)
+
+
+def runs_by_images(geo, dtype):
+    """Whether the forward runs by images (``forward_images``): as forced by ``by_images``,
+    else unless U (K, OC, C) is more than half the size of the batch's V (K, C, T), i.e.
+    2 OC > T, or the image blocks do not deal out evenly to the threads (their count not a
+    multiple of the threads and under 4 per thread). Where U outweighs V, every thread
+    would read all of U while the stage-split products read a share each: ResNet-18's
+    512-channel 4x4 stage at batch 32 (U 16 MB, V 4 MB) ran 1.08x slower by images, at
+    batch 128 1.02-1.18x."""
+    if _BY_IMAGES.value is not None:
+        return _BY_IMAGES.value
+    sc = _scheme(geo)
+    TH, TW = _tiles(geo, sc)
+    T = geo.N * TH * TW
+    blocks = -(-geo.N // _images_per_block(TH, TW))
+    parts = threads.pieces(sc.K * geo.C * T, blocks)
+    return 2 * geo.OC <= T and (blocks % parts == 0 or blocks >= 4 * parts)
+
+
+def _images_per_block(TH, TW):
+    """Images per block of the forward by images: about ``IMAGE_BLOCK_TILES`` tiles, at
+    least one image."""
+    return max(1, IMAGE_BLOCK_TILES // (TH * TW))
+
+
+def _image_bounds(N, per_block, parts):
+    """bounds (parts, J, 2) int64: the blocks [n0, n1) of ``per_block`` images (the batch
+    cut from image 0, the last block shorter), dealt out in order, J or J - 1 to each
+    part (an empty block n0 = n1 pads the shorter parts). The blocks do not depend on
+    ``parts``: y is the same bit for bit on any number of threads."""
+    blocks = [(n0, min(N, n0 + per_block)) for n0 in range(0, N, per_block)]
+    cuts = [p * len(blocks) // parts for p in range(parts + 1)]
+    bounds = np.zeros((parts, max(1, -(-len(blocks) // parts)), 2), dtype=np.int64)
+    for p in range(parts):
+        mine = blocks[cuts[p]:cuts[p + 1]]
+        bounds[p, :len(mine)] = mine
+    return bounds
+
+
+def _forward_by_images(x, U, bias, has_bias, geo, sc, y):
+    """y (N, OC, OH, OW) by ``forward_images``: blocks of about ``IMAGE_BLOCK_TILES``
+    tiles dealt out to the threads (``threads.pieces``) in order; each part's V and M are
+    its own slices of this thread's scratch slots 0 and 1."""
+    TH, TW = _tiles(geo, sc)
+    size = sc.K * geo.C * geo.N * TH * TW                       # V of the whole batch
+    per_block = _images_per_block(TH, TW)
+    parts = threads.pieces(size, -(-geo.N // per_block))
+    bounds = _image_bounds(geo.N, per_block, parts)
+    Tb = min(per_block, geo.N) * TH * TW
+    V = _scratch(np, (parts, sc.K, geo.C, Tb), x.dtype, slot=0)
+    M = _scratch(np, (parts, sc.K, geo.OC, Tb), x.dtype, slot=1)
+    kernel = importlib.import_module(".conv_winograd_images_numba", __package__).forward_images
+    with threads.single_blas():
+        kernel(sc.m, x, U, bias, has_bias, y, geo.PH0, geo.PW0, TH, TW, bounds, V, M,
+               size=size)
+
+
 def _Z_whole(gy, geo, sc):
     """Z (K, OC, T) of the whole batch, in the calling thread's scratch slot 2 (slot 0 is
     V's, and Z outlives the weight gradient: ``grad_input`` reads it)."""
@@ -349,11 +436,11 @@ def _saved_U(g, sc):
 # ----------------------------------------------------------------------------- entry points
 
 def forward(x, w, b, geo, keep_for_backward=True):
-    """y (N, OC, OH, OW) = A^T [U @ V] A + b, block by block (or as one block,
-    ``whole_batch``), with ``geo``'s tile size (``_tile_size``); saved ``('x', x, U)`` (or
-    ``('x', None, None)`` without ``keep_for_backward``): U (K, OC, C), the transformed
-    weight, spares the input gradient a second ``weight_transform`` (``grad_weight`` hands
-    it on in g)."""
+    """y (N, OC, OH, OW) = A^T [U @ V] A + b by images (``runs_by_images``), else block by
+    block (or as one block, ``whole_batch``), with ``geo``'s tile size (``_tile_size``);
+    saved ``('x', x, U)`` (or ``('x', None, None)`` without ``keep_for_backward``): U
+    (K, OC, C), the transformed weight, spares the input gradient a second
+    ``weight_transform`` (``grad_weight`` hands it on in g)."""
     sc = _scheme(geo)
     x = np.ascontiguousarray(x)
     U = weight_transform(w, sc.m)                                 # (K, OC, C)
@@ -361,7 +448,9 @@ def forward(x, w, b, geo, keep_for_backward=True):
     y = np.empty(geo.out_shape, dtype=x.dtype)
     bias = b if b is not None else np.zeros(1, dtype=x.dtype)
 
-    if whole_batch(geo, x.dtype):
+    if runs_by_images(geo, x.dtype):
+        _forward_by_images(x, U, bias, b is not None, geo, sc, y)
+    elif whole_batch(geo, x.dtype):
         V = _V_whole(x, geo, sc)                                  # (K, C, T)
         M = matmul(U, V, _scratch(np, (sc.K, geo.OC, V.shape[2]), x.dtype, slot=1))
         sc.kernels().output_transform(M, 0, geo.N, 0, TH, TW, bias, b is not None, y,

@@ -1,0 +1,66 @@
+"""Winograd's forward with the images owned by threads: the numba kernel of
+``conv_winograd``'s by-images mode (imported only when used). Read ``conv_winograd.py``
+first (tiles, transforms, layouts), then ``conv_winograd_numba.py`` (the transforms
+called here).
+
+    forward_images   x (N, C, H, W), U (K, OC, C) -> y (N, OC, OH, OW)
+
+Each ``prange`` iteration is one part of the batch (one per thread) and runs its blocks
+of images through the whole forward on its own: V = B^T d B (``input_transform``), the K
+products M[k] = U[k] @ V[k] (single-threaded BLAS, ``blas_numba.gemm``), y = A^T M A + b
+(``output_transform``), in its own V and M. Why: with each stage split over the threads
+instead (transforms by planes, products by component), every stage reads what the other
+thread wrote. Where the two vCPUs share a cache that costs little; where they do not
+(the 2-core dev VM, some of the time: reading 1 MB the other thread had just written
+took 2.7x as long as reading one's own, RESULTS.md), ResNet-18's 64-channel 32x32 layer
+ran at one thread's speed on two (16-18 ms against 7.3), while PyTorch's convolution,
+which keeps each thread's data its own, kept its speed. Here a thread reads only x and U
+and writes only its own images of y.
+
+The transforms are the serial builds of the F(2x2) and F(4x4) kernels (``m`` picks them:
+the same arguments for both), run on one image block at a time with t0 = 0: V and M hold
+that block's tiles only (``bounds[p, j] = (n0, n1)``, empty where n1 <= n0).
+"""
+from __future__ import annotations
+
+from numba import prange
+
+from . import conv_winograd4_numba as _f4
+from . import conv_winograd_numba as _f2
+from .blas_numba import gemm
+from .threads import jit
+
+__all__ = ["forward_images"]
+
+_input2, _output2 = _f2.input_transform.serial, _f2.output_transform.serial
+_input4, _output4 = _f4.input_transform.serial, _f4.output_transform.serial
+
+
+@jit
+def forward_images(m, x, U, bias, has_bias, y, P0, Q0, TH, TW, bounds, V, M):
+    """y = A^T [U @ (B^T d B)] A (+ bias) for every image, F(m x m, 3x3) tiles (m 2 or 4),
+    part p of the batch on prange iteration p.
+
+    x: (N, C, H, W) C-contiguous; U: (K, OC, C); bias: (OC,) (read when has_bias);
+    y: (N, OC, OH, OW) C-contiguous; bounds: (P, J, 2) int64, part p's image blocks
+    [n0, n1); V: (P, K, C, Tb), M: (P, K, OC, Tb) C-contiguous work arrays, Tb at least
+    the tiles of the largest block ((n1 - n0) * TH * TW).
+    """
+    L = TH * TW
+    for p in prange(bounds.shape[0]):
+        Vp, Mp = V[p], M[p]
+        for j in range(bounds.shape[1]):
+            n0, n1 = bounds[p, j, 0], bounds[p, j, 1]
+            if n1 <= n0:
+                continue
+            T = (n1 - n0) * L
+            if m == 4:
+                _input4(x, n0, n1, 0, P0, Q0, TH, TW, Vp)
+            else:
+                _input2(x, n0, n1, 0, P0, Q0, TH, TW, Vp)
+            for k in range(U.shape[0]):
+                gemm(U[k], Vp[k, :, :T], Mp[k, :, :T], 0.0)
+            if m == 4:
+                _output4(Mp, n0, n1, 0, TH, TW, bias, has_bias, y)
+            else:
+                _output2(Mp, n0, n1, 0, TH, TW, bias, has_bias, y)
