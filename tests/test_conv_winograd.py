@@ -231,8 +231,7 @@ def test_blocks_make_z_once_when_both_gradients_run(need, rng, num_threads, monk
                         lambda gy_, n0, n1, *rest, **kw: calls.append(n0) or
                         real(gy_, n0, n1, *rest, **kw))
     num_threads(2)
-    with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1), \
-            conv_winograd.whole_batch_bytes(0):
+    with conv_blocked.block_col_bytes(1), conv_winograd.min_tiles(1), _mode("blocks"):
         got = _run("winograd", x, w, b, gy, padding, need)
     _compare(got, want, tile, np.float64, str(need))
     assert sorted(calls) == list(range(5))         # 5 blocks of one image, Z once each
@@ -260,26 +259,31 @@ def test_whole_batch_chosen_for_small_maps(tile):
 @pytest.mark.parametrize("threads_", [1, 2, 3])
 def test_by_images_on_threads_equals_reference(threads_, rng, num_threads, monkeypatch,
                                                tile):
-    """The forward by images on its parallel build, 7 images (uneven parts) in blocks of
-    one image (``IMAGE_BLOCK_TILES`` 1) or of three, dealt out to 1-3 threads: y equals
-    the reference's, and is the same bit for bit as on one thread."""
+    """Forward and backward by images on their parallel builds, 7 images (uneven parts) in
+    blocks of one image (``IMAGE_BLOCK_TILES`` 1) or of three, dealt out to 1-3 threads:
+    y and every gradient equal the reference's (also each gradient alone), and y is the
+    same bit for bit as on one thread."""
     x_shape, w_shape, padding = (7, 5, 6, 7), (6, 5, 3, 3), ((1, 0), (2, 1))
     geo = geometry.ConvGeometry.of(x_shape, w_shape, (1, 1), padding, (1, 1))
     per_image = np.prod(conv_winograd._tiles(geo, conv_winograd._scheme(geo)))
     monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 1)
     for dtype in (np.float64, np.float32):
         x, w, b, gy = _arrays(rng, x_shape, w_shape, padding, dtype)
-        want = _run("reference", x, w, b, gy, padding, (False, False, False))
+        want = _run("reference", x, w, b, gy, padding)
         for tiles in (1, 3 * per_image):
             monkeypatch.setattr(conv_winograd, "IMAGE_BLOCK_TILES", tiles)
             with conv_winograd.by_images(True):
                 num_threads(1)
                 one, _ = conv_winograd.forward(x, w, b, geo)
                 num_threads(threads_)
-                got, saved = conv_winograd.forward(x, w, b, geo)
-            _compare([got], [want[0]], tile, dtype, f"{threads_} threads, {tiles} tiles")
-            assert np.array_equal(got, one)
-            assert saved[1] is x and saved[2].shape == ((tile + 2) ** 2, 6, 5)
+                got = _run("winograd", x, w, b, gy, padding)
+                alone = [_run("winograd", x, w, b, gy, padding, need)
+                         for need in ((True, False, False), (False, True, False))]
+            label = f"{threads_} threads, {tiles} tiles"
+            _compare(got, want, tile, dtype, label)
+            _compare(alone[0][:2], want[:2], tile, dtype, label + ", dx alone")
+            _compare(alone[1][::2], want[::2], tile, dtype, label + ", dw alone")
+            assert np.array_equal(got[0], one)
 
 
 def test_image_bounds():

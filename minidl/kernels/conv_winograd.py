@@ -56,13 +56,15 @@ the same kernels with the same arguments). The tile size is chosen per call
 or as forced by ``tile_size(m)``. Forward's U is reused by the backward only when it is
 of the backward's tile size.
 
-Forward by images (``runs_by_images``, the usual case): the batch is cut into one part per
-thread and each thread runs its part's images, in blocks of about ``IMAGE_BLOCK_TILES``
-tiles, through the whole forward in its own V and M (``forward_images`` in
-``conv_winograd_images_numba.py``, which says why: no stage reads what another thread
-wrote). Bit for bit the same y on any number of threads.
+By images (``runs_by_images``, the usual case): the batch is cut into blocks of about
+``IMAGE_BLOCK_TILES`` tiles (whole images), dealt out in order to the threads, and each
+thread runs its blocks through the whole forward, or the whole backward, in its own work
+arrays (``forward_images`` / ``backward_images`` in ``conv_winograd_images_numba.py``,
+which says why: no stage reads what another thread wrote). y is the same bit for bit on
+any number of threads; each thread sums its own blocks' part of dU and the threads'
+sums are added in order.
 
-Memory and threads otherwise (the backward, and the forward where U outweighs V): as
+Memory and threads otherwise (where U outweighs V, or when forced): as
 ``conv_blocked.py`` does, the batch is cut into blocks of images
 (``conv_blocked.image_blocks``: blocks whose im2col ``col`` would be about
 ``conv_blocked.BLOCK_COL_BYTES``; V is K TH TW / (9 OH OW) of that, about 0.44x for
@@ -352,16 +354,17 @@ _BY_IMAGES = threads.Setting(None)
 
 
 def by_images(flag):
-    """Force the forward by images on (True) or off (False: the stage-split forward), or
+    """Force the passes by images on (True) or off (False: the stage-split passes), or
     leave it to ``runs_by_images`` (None); undone at the end of a ``with`` block when used
-    as one. Tests use it to run every forward."""
+    as one. Tests use it to run every path."""
     if flag not in (None, True, False):
         raise ValueError(f"conv_winograd.by_images: expected True, False or None, got {flag!r}")
     return _BY_IMAGES.set(flag)
 
 
 def runs_by_images(geo, dtype):
-    """Whether the forward runs by images (``forward_images``): as forced by ``by_images``,
+    """Whether forward and backward run by images (``forward_images``,
+    ``backward_images``): as forced by ``by_images``,
     else unless U (K, OC, C) is more than half the size of the batch's V (K, C, T), i.e.
     2 OC > T, or the image blocks do not deal out evenly to the threads (their count not a
     multiple of the threads and under 4 per thread). Where U outweighs V, every thread
@@ -414,6 +417,30 @@ def _forward_by_images(x, U, bias, has_bias, geo, sc, y):
     with threads.single_blas():
         kernel(sc.m, x, U, bias, has_bias, y, geo.PH0, geo.PW0, TH, TW, bounds, V, M,
                size=size)
+
+
+def _backward_by_images(x, gy, U, geo, sc, need_w, need_x):
+    """(dU (K, OC, C), gx (N, C, H, W)) by ``backward_images``, each None where not asked
+    for: the blocks and parts of ``_forward_by_images``; the parts' dU summed in part
+    order (deterministic for a given number of threads). x is read for dU, U for gx."""
+    TH, TW = _tiles(geo, sc)
+    size = sc.K * max(geo.C, geo.OC) * geo.N * TH * TW          # V or Z of the whole batch
+    per_block = _images_per_block(TH, TW)
+    parts = threads.pieces(size, -(-geo.N // per_block))
+    bounds = _image_bounds(geo.N, per_block, parts)
+    Tb = min(per_block, geo.N) * TH * TW
+    dtype = gy.dtype
+    unused = np.empty((1, 1, 1, 1), dtype=dtype)                 # stands for arrays not read
+    V = _scratch(np, (parts, sc.K, geo.C, Tb), dtype, slot=0)
+    Z = _scratch(np, (parts, sc.K, geo.OC, Tb), dtype, slot=1)
+    dU = np.empty((parts, sc.K, geo.OC, geo.C) if need_w else (parts, 1, 1, 1), dtype=dtype)
+    gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=dtype) if need_x else unused
+    UT = (U if need_x else unused[0]).transpose(0, 2, 1)          # (K, C, OC)
+    kernel = importlib.import_module(".conv_winograd_images_numba", __package__).backward_images
+    with threads.single_blas():
+        kernel(sc.m, x if need_w else unused, gy, UT, need_w, need_x, geo.PH0, geo.PW0, TH,
+               TW, bounds, V, Z, dU, gx, size=size)
+    return (dU.sum(axis=0) if need_w else None), (gx if need_x else None)
 
 
 def _Z_whole(gy, geo, sc):
@@ -477,16 +504,22 @@ def grad_weight(g, saved, geo, need_b=True):
     """gw (OC, C, 3, 3) = G^T [sum over blocks of Z_b @ V_b^T] G, and gb (OC,) when
     ``need_b``. ``saved``: forward's ``('x', x, U)`` (U is left in ``g`` for
     ``grad_input``: the same weight, unchanged since forward, or autograd's version check
-    would have stopped the backward pass) or ``weight_source``'s ``('x', x)``. As one
-    block (``whole_batch``), Z is left in g for ``grad_input`` too; in blocks, when the op
-    says the input gradient follows (``g.need_x``) and U is at hand, each block makes its
-    part of gx from its Z (left in g as ``g.gx``), so Z is made once per block."""
+    would have stopped the backward pass) or ``weight_source``'s ``('x', x)``. By images
+    (``runs_by_images``) and in blocks, when the op says the input gradient follows
+    (``g.need_x``) and U is at hand, each block makes its part of gx from its Z (left in
+    g as ``g.gx``), so Z is made once per block; by images each thread sums its own
+    blocks' Z V^T, and the threads' sums are added in order. As one block
+    (``whole_batch``), Z is left in g for ``grad_input``."""
     sc = _scheme(geo)
     x = saved[1]
     if len(saved) > 2 and saved[2] is not None:
         g.U = saved[2]
 
-    if whole_batch(geo, x.dtype):
+    if runs_by_images(geo, x.dtype):
+        U = _saved_U(g, sc)
+        need_x = U is not None and getattr(g, "need_x", False)
+        dU, g.gx = _backward_by_images(x, g.gy, U, geo, sc, True, need_x)
+    elif whole_batch(geo, x.dtype):
         V = _V_whole(x, geo, sc)                                  # (K, C, T)
         g.Z = Z = _Z_whole(g.gy, geo, sc)                         # (K, OC, T)
         dU = matmul(Z, V.transpose(0, 2, 1), np.empty((sc.K, geo.OC, geo.C),
@@ -517,14 +550,17 @@ def grad_weight(g, saved, geo, need_b=True):
 
 
 def grad_input(g, w, geo):
-    """gx (N, C, H, W): per block, the tiles' B (U^T @ Z_b) B^T added back in place (U from
-    forward when ``grad_weight`` left it in g, else transformed here; as one block, Z from
-    ``grad_weight`` when it ran)."""
+    """gx (N, C, H, W): per block (by images: on the block's thread), the tiles'
+    B (U^T @ Z_b) B^T added back in place (U from forward when ``grad_weight`` left it in
+    g, else transformed here; as one block, Z from ``grad_weight`` when it ran)."""
     if getattr(g, "gx", None) is not None:                        # made by grad_weight
         return g.gx
     sc = _scheme(geo)
     U = _saved_U(g, sc)
-    UT = (weight_transform(w, sc.m) if U is None else U).transpose(0, 2, 1)   # (K, C, OC)
+    U = weight_transform(w, sc.m) if U is None else U
+    if runs_by_images(geo, g.gy.dtype):
+        return _backward_by_images(None, g.gy, U, geo, sc, False, True)[1]
+    UT = U.transpose(0, 2, 1)                                      # (K, C, OC)
     gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
     TH, TW = _tiles(geo, sc)
 
