@@ -341,9 +341,9 @@ def _V_whole(x, geo, sc):
 
 # ----------------------------------------------------------------------------- by images
 
-# The forward by images cuts each thread's part of the batch into blocks of about this
-# many tiles (whole images; at least one). Measured on the 2-core dev VM against the
-# stage-split forward (blocks or whole batch), two threads, median of 40 paired rounds,
+# By images, the batch is cut into blocks of about this many tiles (whole images; at
+# least one). Measured on the 2-core dev VM, the forward by images against the
+# stage-split one (blocks or whole batch), two threads, median of 40 paired rounds,
 # blocks of 64 / 128 / 256 / 512 tiles: batch 32, 64ch 32x32 (F(4x4)) 0.70 / 0.73 / 0.83
 # / 0.98, 128ch 16x16 0.94 / 1.04 / 1.15 / 1.23, 256ch 8x8 (F(2x2)) 0.91 / 0.99 / 1.08 /
 # 1.15; batch 128, 64ch 32x32 0.78 / 0.81 / 0.94 / 1.17, 256ch 8x8 0.76 / 0.81 / 0.93 /
@@ -364,10 +364,10 @@ def by_images(flag):
 
 def runs_by_images(geo, dtype):
     """Whether forward and backward run by images (``forward_images``,
-    ``backward_images``): as forced by ``by_images``,
-    else unless U (K, OC, C) is more than half the size of the batch's V (K, C, T), i.e.
-    2 OC > T, or the image blocks do not deal out evenly to the threads (their count not a
-    multiple of the threads and under 4 per thread). Where U outweighs V, every thread
+    ``backward_images``): as forced by ``by_images``, else unless U (K, OC, C) is more
+    than half the size of the batch's V (K, C, T), i.e. 2 OC > T, or the image blocks do
+    not deal out evenly to the threads (their count not a multiple of the threads and
+    under 4 per thread). Where U outweighs V, every thread
     would read all of U while the stage-split products read a share each: ResNet-18's
     512-channel 4x4 stage at batch 32 (U 16 MB, V 4 MB) ran 1.08x slower by images, at
     batch 128 1.02-1.18x."""
@@ -382,8 +382,8 @@ def runs_by_images(geo, dtype):
 
 
 def _images_per_block(TH, TW):
-    """Images per block of the forward by images: about ``IMAGE_BLOCK_TILES`` tiles, at
-    least one image."""
+    """Images per block by images: about ``IMAGE_BLOCK_TILES`` tiles, at least one
+    image."""
     return max(1, IMAGE_BLOCK_TILES // (TH * TW))
 
 
