@@ -32,7 +32,7 @@ from numba import prange
 from . import conv_winograd4_numba as _f4
 from . import conv_winograd_numba as _f2
 from .blas_numba import gemm
-from .threads import jit
+from .threads import jit, njit_helper
 
 __all__ = ["forward_images", "backward_images"]
 
@@ -40,6 +40,42 @@ _input2, _output2 = _f2.input_transform.serial, _f2.output_transform.serial
 _input4, _output4 = _f4.input_transform.serial, _f4.output_transform.serial
 _grad2, _scatter2 = _f2.grad_transform.serial, _f2.input_scatter.serial
 _grad4, _scatter4 = _f4.grad_transform.serial, _f4.input_scatter.serial
+
+
+@njit_helper
+def _input(m, x, n0, n1, P0, Q0, TH, TW, V):
+    """V = B^T d B of images n0 .. n1 (tile size m)."""
+    if m == 4:
+        _input4(x, n0, n1, 0, P0, Q0, TH, TW, V)
+    else:
+        _input2(x, n0, n1, 0, P0, Q0, TH, TW, V)
+
+
+@njit_helper
+def _output(m, M, n0, n1, TH, TW, bias, has_bias, y):
+    """y = A^T M A (+ bias) for images n0 .. n1."""
+    if m == 4:
+        _output4(M, n0, n1, 0, TH, TW, bias, has_bias, y)
+    else:
+        _output2(M, n0, n1, 0, TH, TW, bias, has_bias, y)
+
+
+@njit_helper
+def _grad(m, gy, n0, n1, TH, TW, Z):
+    """Z = A g A^T of gy's tiles of images n0 .. n1."""
+    if m == 4:
+        _grad4(gy, n0, n1, 0, TH, TW, Z)
+    else:
+        _grad2(gy, n0, n1, 0, TH, TW, Z)
+
+
+@njit_helper
+def _scatter(m, dV, n0, n1, P0, Q0, TH, TW, gx):
+    """gx = B dV B^T for images n0 .. n1."""
+    if m == 4:
+        _scatter4(dV, n0, n1, 0, P0, Q0, TH, TW, gx)
+    else:
+        _scatter2(dV, n0, n1, 0, P0, Q0, TH, TW, gx)
 
 
 @jit
@@ -60,16 +96,10 @@ def forward_images(m, x, U, bias, has_bias, y, P0, Q0, TH, TW, bounds, V, M):
             if n1 <= n0:
                 continue
             T = (n1 - n0) * L
-            if m == 4:
-                _input4(x, n0, n1, 0, P0, Q0, TH, TW, Vp)
-            else:
-                _input2(x, n0, n1, 0, P0, Q0, TH, TW, Vp)
+            _input(m, x, n0, n1, P0, Q0, TH, TW, Vp)
             for k in range(U.shape[0]):
                 gemm(U[k], Vp[k, :, :T], Mp[k, :, :T], 0.0)
-            if m == 4:
-                _output4(Mp, n0, n1, 0, TH, TW, bias, has_bias, y)
-            else:
-                _output2(Mp, n0, n1, 0, TH, TW, bias, has_bias, y)
+            _output(m, Mp, n0, n1, TH, TW, bias, has_bias, y)
 
 
 @jit
@@ -93,24 +123,15 @@ def backward_images(m, x, gy, UT, need_w, need_x, P0, Q0, TH, TW, bounds, V, Z, 
             if n1 <= n0:
                 continue
             T = (n1 - n0) * L
-            if m == 4:
-                _grad4(gy, n0, n1, 0, TH, TW, Zp)
-            else:
-                _grad2(gy, n0, n1, 0, TH, TW, Zp)
+            _grad(m, gy, n0, n1, TH, TW, Zp)
             if need_w:
-                if m == 4:
-                    _input4(x, n0, n1, 0, P0, Q0, TH, TW, Vp)
-                else:
-                    _input2(x, n0, n1, 0, P0, Q0, TH, TW, Vp)
+                _input(m, x, n0, n1, P0, Q0, TH, TW, Vp)
                 for k in range(Zp.shape[0]):
                     gemm(Zp[k, :, :T], Vp[k, :, :T].T, dUp[k], 0.0 if first else 1.0)
                 first = False
             if need_x:
                 for k in range(Zp.shape[0]):
                     gemm(UT[k], Zp[k, :, :T], Vp[k, :, :T], 0.0)
-                if m == 4:
-                    _scatter4(Vp, n0, n1, 0, P0, Q0, TH, TW, gx)
-                else:
-                    _scatter2(Vp, n0, n1, 0, P0, Q0, TH, TW, gx)
+                _scatter(m, Vp, n0, n1, P0, Q0, TH, TW, gx)
         if need_w and first:
             dUp[:] = 0.0
