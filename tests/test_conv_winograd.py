@@ -8,9 +8,9 @@ tiny inputs (partial tiles: OH, OW of every remainder modulo 4, H or W < 4, one 
 everything), batch 1, unbatched inputs, C != OC, no bias and subsets of the gradients;
 with one image per block on 1, 2 and 3 threads, with blocks held to a minimum number of
 tiles, and as one whole-batch block (small maps: transforms split by images, GEMMs by
-component, Z made once for both gradients); the forward by images (each thread's
-images through the whole forward on that thread) on 1-3 threads, the same bit for bit
-on any number of them, and when it is chosen; the transposed convolution (its forward is
+component, Z made once for both gradients); by images (each thread's blocks of images
+through the whole forward, or backward, on that thread) on 1-3 threads, y the same bit
+for bit on any number of them, and when it is chosen; the transposed convolution (its forward is
 the input gradient) and a double backward; the transforms' identities and adjoints; the
 automatic tile size; which calls the registry leaves to other implementations.
 
@@ -93,9 +93,9 @@ def _compare(got, want, m, dtype, label):
     compare_conv_results(got, want, REL_TOL[m, dtype], f"F({m}x{m}) {label}")
 
 
-# mode: (whole_batch_bytes limit, forward by images). Limit 0 runs every call in blocks,
-# HUGE as one whole-batch block; "by images" runs the forward by images, the backward in
-# blocks.
+# mode: (whole_batch_bytes limit, by images). Limit 0 runs every call in blocks, HUGE as
+# one whole-batch block, both with ``by_images(False)``; "by images" runs forward and
+# backward by images.
 HUGE = 2**62
 MODES = {"blocks": (0, False), "whole batch": (HUGE, False), "by images": (0, True)}
 
