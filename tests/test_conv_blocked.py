@@ -4,7 +4,9 @@ Forced with ``use_impl('blocked', family='conv2d')``, with blocks of one or a fe
 (``block_col_bytes``), ``col`` kept from forward or unfolded again (``keep_col_bytes``),
 block by block and as one whole-batch block (``whole_batch_bytes``), on 1, 2 and 3
 threads: outputs and every gradient equal to the reference (float64 tight, float32
-loose) over strides, paddings, dilations, groups and 1x1 kernels; what forward keeps;
+loose) over strides, paddings, dilations, groups and 1x1 kernels; the forward by images
+(a forward that keeps no ``col``: each thread unfolds its own images) on 1-3 threads,
+the same bit for bit on any number of them, and when it is chosen; what forward keeps;
 the blocks' partition; determinism across runs; the registry's automatic choice. CPU
 only (NumPy arrays).
 """
@@ -67,16 +69,80 @@ def test_blocked_equals_reference(case, dtype, threads_, rng, num_threads):
     num_threads(threads_)
     per_image = x_shape[1] * w_shape[2] * w_shape[3] * 8       # bytes of col per row of pixels
     # one image per block; a few; the whole batch as one block; col unfolded again or kept
+    # (col not kept: the forward by images, or forced off it)
     for block_bytes, whole in ((1, 0), (per_image * 40, 0), (1, HUGE)):
-        for keep in (0, HUGE):
+        for keep, images in ((0, None), (0, False), (HUGE, None)):
             with conv_blocked.block_col_bytes(block_bytes), conv_kernels.keep_col_bytes(keep), \
-                    conv_blocked.whole_batch_bytes(whole):
+                    conv_blocked.whole_batch_bytes(whole), conv_blocked.by_images(images):
                 got = _run("blocked", *arrays, kwargs)
             for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
                 assert g.dtype == r.dtype and g.shape == r.shape, name
                 np.testing.assert_allclose(
                     g, r, err_msg=f"{name}, blocks of {block_bytes} B, whole up to {whole} B, "
-                                  f"col kept up to {keep} B", **TOL[dtype])
+                                  f"col kept up to {keep} B, by images {images}", **TOL[dtype])
+
+
+@pytest.mark.parametrize("threads_", [1, 2, 3])
+@pytest.mark.parametrize("case", ["3x3 s2 p1", "dilated, uneven", "1x1 s2"])
+def test_forward_by_images_on_threads(case, threads_, rng, num_threads, monkeypatch):
+    """The forward by images on its parallel build, 7 images in blocks of one (uneven
+    parts) or of three, on 1-3 threads, with and without bias: y equals the reference's
+    and is the same bit for bit as on one thread."""
+    from minidl.kernels import threads  # noqa: PLC0415
+    x_shape, w_shape, kwargs = CASES[case]
+    x_shape = (7,) + x_shape[1:]
+    monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 1)
+    for dtype in (np.float64, np.float32):
+        x, w, b, _ = _arrays(rng, x_shape, w_shape, dtype, kwargs)
+        with K.use_impl("reference", family="conv2d"):
+            want = conv2d(minidl.tensor(x), minidl.tensor(w), minidl.tensor(b), **kwargs)
+        for outputs in (1, 3 * want.shape[2] * want.shape[3]):
+            monkeypatch.setattr(conv_blocked, "IMAGE_BLOCK_OUTPUTS", outputs)
+            with K.use_impl("blocked", family="conv2d"), conv_blocked.by_images(True), \
+                    minidl.no_grad():
+                num_threads(1)
+                one = conv2d(minidl.tensor(x), minidl.tensor(w), minidl.tensor(b), **kwargs)
+                num_threads(threads_)
+                got = conv2d(minidl.tensor(x), minidl.tensor(w), minidl.tensor(b), **kwargs)
+                plain = conv2d(minidl.tensor(x), minidl.tensor(w), None, **kwargs)
+            np.testing.assert_allclose(got.numpy(), want.numpy(), **TOL[dtype])
+            np.testing.assert_allclose(plain.numpy() + b.reshape(-1, 1, 1), want.numpy(),
+                                       **TOL[dtype])
+            assert np.array_equal(got.numpy(), one.numpy())
+
+
+def test_forward_by_images_chosen(num_threads, monkeypatch):
+    """On two threads ResNet-18's stride-2 layers run by images at batch 32 but the one
+    whose weight outweighs half the batch's col (256 -> 512 at 8x8: 2 OC > N OH OW), and
+    so does a batch whose blocks do not deal out evenly; grouped ones never; the forward
+    that keeps col never calls it."""
+    def geo(c, hw, oc, k, n=32, groups=1):
+        return geometry.ConvGeometry.of((n, c, hw, hw), (oc, c // groups, k, k), (2, 2),
+                                        ((k // 2, k // 2), (k // 2, k // 2)), (1, 1), groups)
+    f32 = np.float32
+    num_threads(2)
+    assert conv_blocked.runs_by_images(geo(64, 32, 128, 3), f32)
+    assert conv_blocked.runs_by_images(geo(128, 16, 256, 3), f32)
+    assert conv_blocked.runs_by_images(geo(64, 32, 128, 1), f32)
+    assert not conv_blocked.runs_by_images(geo(256, 8, 512, 3), f32)
+    assert not conv_blocked.runs_by_images(geo(64, 32, 128, 3, n=3), f32)   # 3 blocks, 2 threads
+    assert conv_blocked.runs_by_images(geo(64, 32, 128, 3, n=9), f32)
+    assert not conv_blocked.runs_by_images(geo(64, 32, 128, 3, groups=2), f32)
+    with conv_blocked.by_images(True):
+        assert conv_blocked.runs_by_images(geo(256, 8, 512, 3), f32)
+        assert not conv_blocked.runs_by_images(geo(64, 32, 128, 3, groups=2), f32)
+    with pytest.raises(ValueError, match="by_images"):
+        conv_blocked.by_images("yes")
+    calls = []
+    monkeypatch.setattr(conv_blocked, "_forward_by_images", lambda *a: calls.append(a))
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((4, 5, 11, 10)), rng.standard_normal((6, 5, 3, 3))
+    g = geometry.ConvGeometry.of(x.shape, w.shape, (2, 2), ((1, 1), (1, 1)), (1, 1))
+    with conv_kernels.keep_col_bytes(HUGE), conv_blocked.by_images(True):
+        conv_blocked.forward(x, w, None, g, keep_for_backward=True)
+        assert calls == []
+        conv_blocked.forward(x, w, None, g, keep_for_backward=False)
+        assert len(calls) == 1
 
 
 @pytest.mark.parametrize("whole", [0, HUGE])

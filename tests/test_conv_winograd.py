@@ -288,7 +288,7 @@ def test_by_images_on_threads_equals_reference(threads_, rng, num_threads, monke
 
 def test_image_bounds():
     """Blocks cut from image 0, dealt out in order, the same blocks for any part count."""
-    bounds = conv_winograd._image_bounds
+    bounds = conv_blocked.image_bounds
     assert bounds(7, 4, 2).tolist() == [[[0, 4]], [[4, 7]]]
     assert bounds(7, 1, 3).tolist() == [[[0, 1], [1, 2], [0, 0]], [[2, 3], [3, 4], [0, 0]],
                                         [[4, 5], [5, 6], [6, 7]]]

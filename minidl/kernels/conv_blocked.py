@@ -40,7 +40,8 @@ from .im2col import col2im, im2col
 __all__ = ["BLOCK_COL_BYTES", "BLOCKED_MIN_COL_BYTES", "POINTWISE_MIN_OUTPUTS", "pointwise",
            "block_col_bytes", "blocked_can_run",
            "blocked_pays", "image_blocks", "WHOLE_BATCH_BYTES", "WHOLE_PER_WEIGHT",
-           "whole_batch_bytes", "whole_batch"]
+           "whole_batch_bytes", "whole_batch", "image_bounds", "IMAGE_BLOCK_OUTPUTS",
+           "by_images", "runs_by_images"]
 
 BLOCK_COL_BYTES = 4 * 2**20        # the unfolded input of one block: fits in the caches
 # Below this ``col`` size the reference runs instead. 0: the blocked code's whole-batch
@@ -92,6 +93,21 @@ def image_blocks(geo, dtype, min_images=1):
         n1 = n0 + base + (k < extra)
         bounds.append((n0, n1))
         n0 = n1
+    return bounds
+
+
+def image_bounds(N, per_block, parts):
+    """bounds (parts, J, 2) int64 for the passes by images (here and in
+    ``conv_winograd``): the blocks [n0, n1) of ``per_block`` images (the batch cut from
+    image 0, the last block shorter), dealt out in order, J or J - 1 to each part (an
+    empty block n0 = n1 pads the shorter parts). The blocks do not depend on ``parts``:
+    the forward is the same bit for bit on any number of threads."""
+    blocks = [(n0, min(N, n0 + per_block)) for n0 in range(0, N, per_block)]
+    cuts = [p * len(blocks) // parts for p in range(parts + 1)]
+    bounds = np.zeros((parts, max(1, -(-len(blocks) // parts)), 2), dtype=np.int64)
+    for p in range(parts):
+        mine = blocks[cuts[p]:cuts[p + 1]]
+        bounds[p, :len(mine)] = mine
     return bounds
 
 
@@ -149,6 +165,64 @@ def whole_batch(geo, dtype):
     limit, col = _WHOLE_BATCH.value, col_bytes(geo, dtype)
     weight = geo.OC * geo.C * geo.KH * geo.KW * np.dtype(dtype).itemsize
     return geo.G == 1 and limit > 0 and (col <= limit or col <= WHOLE_PER_WEIGHT * weight)
+
+
+# ----------------------------------------------------------------------------- by images
+
+# A forward that keeps no ``col`` (evaluation, or a col above ``conv.keep_col_bytes``) runs
+# by images (``conv_blocked_images_numba``: each thread unfolds its own blocks of about
+# this many outputs per channel, whole images, and runs their per-image products).
+# Measured (a prototype, batch 32, two threads, blocks of 1 / 2 / 4 images against the
+# stage-split forward): (64, 32x32) -> 128 3x3 s2 0.79 / 0.81 / 0.88, (128, 16x16) -> 256
+# 3x3 s2 0.93 / 0.91 / 0.94, (64, 32x32) -> 128 1x1 s2 0.62 / 0.60 / 0.63, (256, 28x28) ->
+# 512 3x3 s2 0.93 / 0.97 / 0.99; (256, 8x8) -> 512 3x3 s2 1.25 / 1.24 / 1.24, where the
+# weight is as large as the batch's col (``runs_by_images`` leaves it stage-split).
+IMAGE_BLOCK_OUTPUTS = 128
+
+_BY_IMAGES = threads.Setting(None)
+
+
+def by_images(flag):
+    """Force the forward by images on (True) or off (False), or leave it to
+    ``runs_by_images`` (None); undone at the end of a ``with`` block when used as one."""
+    if flag not in (None, True, False):
+        raise ValueError(f"conv_blocked.by_images: expected True, False or None, got {flag!r}")
+    return _BY_IMAGES.set(flag)
+
+
+def runs_by_images(geo, dtype):
+    """Whether a forward that keeps no ``col`` runs by images: as forced by ``by_images``,
+    else for an ungrouped convolution unless its weight (OC, K) outweighs half the
+    batch's col (K, N*OH*OW), i.e. 2 OC > N OH OW (``conv_winograd``'s rule), or its
+    blocks do not deal out evenly to the threads (fewer than 4 per thread and not a
+    multiple of them)."""
+    if _BY_IMAGES.value is not None:
+        return _BY_IMAGES.value and geo.G == 1
+    blocks = -(-geo.N // _images_per_block(geo))
+    parts = threads.pieces(math.prod(geo.col_shape), blocks)
+    return (geo.G == 1 and 2 * geo.OC <= geo.N * geo.OH * geo.OW
+            and (blocks % parts == 0 or blocks >= 4 * parts))
+
+
+def _images_per_block(geo):
+    return max(1, IMAGE_BLOCK_OUTPUTS // (geo.OH * geo.OW))
+
+
+def _forward_by_images(x, wm, b, geo, y):
+    """y by ``forward_images``: blocks of about ``IMAGE_BLOCK_OUTPUTS`` outputs per
+    channel dealt out to the threads in order, each part's col its own slice of this
+    thread's scratch slot 0."""
+    per_block = _images_per_block(geo)
+    size = math.prod(geo.col_shape)
+    parts = threads.pieces(size, -(-geo.N // per_block))
+    bounds = image_bounds(geo.N, per_block, parts)
+    B = min(per_block, geo.N)
+    cols = _scratch(np, (parts, geo.C, geo.KH, geo.KW, B, geo.OH, geo.OW), x.dtype)
+    bias = np.zeros(1, dtype=y.dtype) if b is None else b.astype(y.dtype, copy=False)
+    from .conv_blocked_images_numba import forward_images  # noqa: PLC0415 - numba on use
+    with threads.single_blas():
+        forward_images(x, wm, bias, b is not None, y, geo.SH, geo.SW, geo.PH0, geo.PW0,
+                       geo.DH, geo.DW, bounds, cols, size=size)
 
 
 def _planes_swapped(src, bias, dst):
@@ -226,6 +300,10 @@ def forward(x, w, b, geo, keep_for_backward=True):
         if b is not None:
             y[...] = b.reshape(OC, 1, 1)
         matmul(wm[0], _images(x, geo), _images(y, geo), accumulate=b is not None)
+        return y, saved
+
+    if not keep and runs_by_images(geo, x.dtype):
+        _forward_by_images(x, wm[0], b, geo, y)
         return y, saved
 
     if whole_batch(geo, x.dtype):

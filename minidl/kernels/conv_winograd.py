@@ -387,20 +387,6 @@ def _images_per_block(TH, TW):
     return max(1, IMAGE_BLOCK_TILES // (TH * TW))
 
 
-def _image_bounds(N, per_block, parts):
-    """bounds (parts, J, 2) int64: the blocks [n0, n1) of ``per_block`` images (the batch
-    cut from image 0, the last block shorter), dealt out in order, J or J - 1 to each
-    part (an empty block n0 = n1 pads the shorter parts). The blocks do not depend on
-    ``parts``: y is the same bit for bit on any number of threads."""
-    blocks = [(n0, min(N, n0 + per_block)) for n0 in range(0, N, per_block)]
-    cuts = [p * len(blocks) // parts for p in range(parts + 1)]
-    bounds = np.zeros((parts, max(1, -(-len(blocks) // parts)), 2), dtype=np.int64)
-    for p in range(parts):
-        mine = blocks[cuts[p]:cuts[p + 1]]
-        bounds[p, :len(mine)] = mine
-    return bounds
-
-
 def _forward_by_images(x, U, bias, has_bias, geo, sc, y):
     """y (N, OC, OH, OW) by ``forward_images``: blocks of about ``IMAGE_BLOCK_TILES``
     tiles dealt out to the threads (``threads.pieces``) in order; each part's V and M are
@@ -409,7 +395,7 @@ def _forward_by_images(x, U, bias, has_bias, geo, sc, y):
     size = sc.K * geo.C * geo.N * TH * TW                       # V of the whole batch
     per_block = _images_per_block(TH, TW)
     parts = threads.pieces(size, -(-geo.N // per_block))
-    bounds = _image_bounds(geo.N, per_block, parts)
+    bounds = conv_blocked.image_bounds(geo.N, per_block, parts)
     Tb = min(per_block, geo.N) * TH * TW
     V = _scratch(np, (parts, sc.K, geo.C, Tb), x.dtype, slot=0)
     M = _scratch(np, (parts, sc.K, geo.OC, Tb), x.dtype, slot=1)
@@ -427,7 +413,7 @@ def _backward_by_images(x, gy, U, geo, sc, need_w, need_x):
     size = sc.K * max(geo.C, geo.OC) * geo.N * TH * TW          # V or Z of the whole batch
     per_block = _images_per_block(TH, TW)
     parts = threads.pieces(size, -(-geo.N // per_block))
-    bounds = _image_bounds(geo.N, per_block, parts)
+    bounds = conv_blocked.image_bounds(geo.N, per_block, parts)
     Tb = min(per_block, geo.N) * TH * TW
     dtype = gy.dtype
     unused = np.empty((1, 1, 1, 1), dtype=dtype)                 # stands for arrays not read
