@@ -16,7 +16,10 @@ through the reference's lines with one product per image, which reads and writes
 (``blas.matmul``: one BLAS thread per numba thread, the images' products dealt out)
 all run on numba's threads, block after block; the weight gradient sums image after
 image into one array: results are deterministic, equal to the reference up to float
-rounding (another order of the sums).
+rounding (another order of the sums). A forward that keeps no ``col`` (evaluation) runs
+by images instead (``runs_by_images``): each thread unfolds its own blocks of images and
+runs their products, so that no stage reads what another thread wrote
+(``conv_winograd_images_numba.py`` says why).
 
 Runs any NumPy float32/float64 convolution (``blocked_can_run``); chosen for ungrouped
 ones over more than one image (``blocked_pays``). Like the reference, forward keeps
@@ -205,6 +208,7 @@ def runs_by_images(geo, dtype):
 
 
 def _images_per_block(geo):
+    """Images per block by images: about ``IMAGE_BLOCK_OUTPUTS`` outputs, at least one."""
     return max(1, IMAGE_BLOCK_OUTPUTS // (geo.OH * geo.OW))
 
 
