@@ -387,16 +387,24 @@ def _images_per_block(TH, TW):
     return max(1, IMAGE_BLOCK_TILES // (TH * TW))
 
 
+def _image_plan(geo, TH, TW, size):
+    """(bounds, Tb) of a pass by images over ``size`` elements: the image blocks dealt out
+    to the threads (``threads.pieces``; ``conv_blocked.image_bounds``) and the tiles of
+    the largest block (the work arrays' width)."""
+    per_block = _images_per_block(TH, TW)
+    parts = threads.pieces(size, -(-geo.N // per_block))
+    return (conv_blocked.image_bounds(geo.N, per_block, parts),
+            min(per_block, geo.N) * TH * TW)
+
+
 def _forward_by_images(x, U, bias, has_bias, geo, sc, y):
     """y (N, OC, OH, OW) by ``forward_images``: blocks of about ``IMAGE_BLOCK_TILES``
     tiles dealt out to the threads (``threads.pieces``) in order; each part's V and M are
     its own slices of this thread's scratch slots 0 and 1."""
     TH, TW = _tiles(geo, sc)
     size = sc.K * geo.C * geo.N * TH * TW                       # V of the whole batch
-    per_block = _images_per_block(TH, TW)
-    parts = threads.pieces(size, -(-geo.N // per_block))
-    bounds = conv_blocked.image_bounds(geo.N, per_block, parts)
-    Tb = min(per_block, geo.N) * TH * TW
+    bounds, Tb = _image_plan(geo, TH, TW, size)
+    parts = bounds.shape[0]
     V = _scratch(np, (parts, sc.K, geo.C, Tb), x.dtype, slot=0)
     M = _scratch(np, (parts, sc.K, geo.OC, Tb), x.dtype, slot=1)
     kernel = importlib.import_module(".conv_winograd_images_numba", __package__).forward_images
@@ -411,10 +419,8 @@ def _backward_by_images(x, gy, U, geo, sc, need_w, need_x):
     order (deterministic for a given number of threads). x is read for dU, U for gx."""
     TH, TW = _tiles(geo, sc)
     size = sc.K * max(geo.C, geo.OC) * geo.N * TH * TW          # V or Z of the whole batch
-    per_block = _images_per_block(TH, TW)
-    parts = threads.pieces(size, -(-geo.N // per_block))
-    bounds = conv_blocked.image_bounds(geo.N, per_block, parts)
-    Tb = min(per_block, geo.N) * TH * TW
+    bounds, Tb = _image_plan(geo, TH, TW, size)
+    parts = bounds.shape[0]
     dtype = gy.dtype
     unused = np.empty((1, 1, 1, 1), dtype=dtype)                 # stands for arrays not read
     V = _scratch(np, (parts, sc.K, geo.C, Tb), dtype, slot=0)
