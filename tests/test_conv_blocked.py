@@ -4,9 +4,10 @@ Forced with ``use_impl('blocked', family='conv2d')``, with blocks of one or a fe
 (``block_col_bytes``), ``col`` kept from forward or unfolded again (``keep_col_bytes``),
 block by block and as one whole-batch block (``whole_batch_bytes``), on 1, 2 and 3
 threads: outputs and every gradient equal to the reference (float64 tight, float32
-loose) over strides, paddings, dilations, groups and 1x1 kernels; the forward by images
-(a forward that keeps no ``col``: each thread unfolds its own images) on 1-3 threads,
-the same bit for bit on any number of them, and when it is chosen; what forward keeps;
+loose) over strides, paddings, dilations, groups and 1x1 kernels; the passes by images
+(each thread unfolds its own images, in forward and again in backward) on 1-3 threads,
+forward and input gradient the same bit for bit on any number of them, and when they
+are chosen; what forward keeps;
 the blocks' partition; determinism across runs; the registry's automatic choice. CPU
 only (NumPy arrays).
 """
@@ -69,9 +70,9 @@ def test_blocked_equals_reference(case, dtype, threads_, rng, num_threads):
     num_threads(threads_)
     per_image = x_shape[1] * w_shape[2] * w_shape[3] * 8       # bytes of col per row of pixels
     # one image per block; a few; the whole batch as one block; col unfolded again or kept
-    # (col not kept: the forward by images, or forced off it)
+    # (stage-split: by images forced off), by images (forced on), or as chosen
     for block_bytes, whole in ((1, 0), (per_image * 40, 0), (1, HUGE)):
-        for keep, images in ((0, None), (0, False), (HUGE, None)):
+        for keep, images in ((0, False), (HUGE, False), (HUGE, True), (0, None)):
             with conv_blocked.block_col_bytes(block_bytes), conv_kernels.keep_col_bytes(keep), \
                     conv_blocked.whole_batch_bytes(whole), conv_blocked.by_images(images):
                 got = _run("blocked", *arrays, kwargs)
@@ -84,40 +85,53 @@ def test_blocked_equals_reference(case, dtype, threads_, rng, num_threads):
 
 @pytest.mark.parametrize("threads_", [1, 2, 3])
 @pytest.mark.parametrize("case", ["3x3 s2 p1", "dilated, uneven", "1x1 s2"])
-def test_forward_by_images_on_threads(case, threads_, rng, num_threads, monkeypatch):
-    """The forward by images on its parallel build, 7 images in blocks of one (uneven
-    parts) or of three, on 1-3 threads, with and without bias: y equals the reference's
-    and is the same bit for bit as on one thread."""
+def test_by_images_on_threads(case, threads_, rng, num_threads, monkeypatch):
+    """The passes by images on their parallel builds, 7 images in blocks of one (uneven
+    parts) or of three (products over a block's images side by side), on 1-3 threads,
+    with and without bias, with both gradients or one: y and every gradient equal the
+    reference's; y and dx are the same bit for bit as on one thread (each image's numbers
+    never depend on the parts), dW up to the order of the parts' sums."""
     from minidl.kernels import threads  # noqa: PLC0415
     x_shape, w_shape, kwargs = CASES[case]
     x_shape = (7,) + x_shape[1:]
     monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 1)
     for dtype in (np.float64, np.float32):
-        x, w, b, _ = _arrays(rng, x_shape, w_shape, dtype, kwargs)
-        with K.use_impl("reference", family="conv2d"):
-            want = conv2d(minidl.tensor(x), minidl.tensor(w), minidl.tensor(b), **kwargs)
-        for outputs in (1, 3 * want.shape[2] * want.shape[3]):
+        arrays = _arrays(rng, x_shape, w_shape, dtype, kwargs)
+        want = _run("reference", *arrays, kwargs)
+        x, w, b, gy = arrays
+        for outputs in (1, 3 * want[0].shape[2] * want[0].shape[3]):
             monkeypatch.setattr(conv_blocked, "IMAGE_BLOCK_OUTPUTS", outputs)
-            with K.use_impl("blocked", family="conv2d"), conv_blocked.by_images(True), \
-                    minidl.no_grad():
+            with conv_blocked.by_images(True):
                 num_threads(1)
-                one = conv2d(minidl.tensor(x), minidl.tensor(w), minidl.tensor(b), **kwargs)
+                one = _run("blocked", *arrays, kwargs)
                 num_threads(threads_)
-                got = conv2d(minidl.tensor(x), minidl.tensor(w), minidl.tensor(b), **kwargs)
-                plain = conv2d(minidl.tensor(x), minidl.tensor(w), None, **kwargs)
-            np.testing.assert_allclose(got.numpy(), want.numpy(), **TOL[dtype])
-            np.testing.assert_allclose(plain.numpy() + b.reshape(-1, 1, 1), want.numpy(),
+                got = _run("blocked", *arrays, kwargs)
+                with K.use_impl("blocked", family="conv2d"), minidl.no_grad():
+                    plain = conv2d(minidl.tensor(x), minidl.tensor(w), None, **kwargs)
+                for grad in ("x", "w"):                       # one gradient only
+                    X = minidl.tensor(x, requires_grad=grad == "x")
+                    Wt = minidl.tensor(w, requires_grad=grad == "w")
+                    with K.use_impl("blocked", family="conv2d"):
+                        conv2d(X, Wt, None, **kwargs).backward(minidl.tensor(gy))
+                    only = (X if grad == "x" else Wt).grad.numpy()
+                    np.testing.assert_allclose(only, want[1 if grad == "x" else 2],
+                                               err_msg=f"d{grad} alone", **TOL[dtype])
+            for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
+                np.testing.assert_allclose(g, r, err_msg=name, **TOL[dtype])
+            np.testing.assert_allclose(plain.numpy() + b.reshape(-1, 1, 1), want[0],
                                        **TOL[dtype])
-            assert np.array_equal(got.numpy(), one.numpy())
+            assert np.array_equal(got[0], one[0]) and np.array_equal(got[1], one[1])
 
 
-def test_forward_by_images_chosen(num_threads, monkeypatch):
+def test_by_images_chosen(num_threads, monkeypatch):
     """On two threads ResNet-18's stride-2 layers run by images at batch 32 but the one
-    whose weight outweighs half the batch's col (256 -> 512 at 8x8: 2 OC > N OH OW), and
-    so does a batch whose blocks do not deal out evenly; grouped ones never; the forward
-    that keeps col never calls it."""
-    def geo(c, hw, oc, k, n=32, groups=1):
-        return geometry.ConvGeometry.of((n, c, hw, hw), (oc, c // groups, k, k), (2, 2),
+    whose weight outweighs half the batch's col (256 -> 512 at 8x8: 2 OC > N OH OW), at
+    batch 128 not that one either (its weight, 4.7 MB, is over IMAGE_MAX_WEIGHT_BYTES)
+    while its 1x1 twin does; a batch whose blocks do not deal out evenly does not;
+    grouped ones and 1x1 stride-1 ones never. Forward by images keeps x and the weight
+    (backward unfolds x again) in training, nothing else in evaluation."""
+    def geo(c, hw, oc, k, n=32, groups=1, s=2):
+        return geometry.ConvGeometry.of((n, c, hw, hw), (oc, c // groups, k, k), (s, s),
                                         ((k // 2, k // 2), (k // 2, k // 2)), (1, 1), groups)
     f32 = np.float32
     num_threads(2)
@@ -125,9 +139,12 @@ def test_forward_by_images_chosen(num_threads, monkeypatch):
     assert conv_blocked.runs_by_images(geo(128, 16, 256, 3), f32)
     assert conv_blocked.runs_by_images(geo(64, 32, 128, 1), f32)
     assert not conv_blocked.runs_by_images(geo(256, 8, 512, 3), f32)
+    assert not conv_blocked.runs_by_images(geo(256, 8, 512, 3, n=128), f32)
+    assert conv_blocked.runs_by_images(geo(256, 8, 512, 1, n=128), f32)
     assert not conv_blocked.runs_by_images(geo(64, 32, 128, 3, n=3), f32)   # 3 blocks, 2 threads
     assert conv_blocked.runs_by_images(geo(64, 32, 128, 3, n=9), f32)
     assert not conv_blocked.runs_by_images(geo(64, 32, 128, 3, groups=2), f32)
+    assert not conv_blocked.runs_by_images(geo(64, 32, 128, 1, s=1), f32)
     with conv_blocked.by_images(True):
         assert conv_blocked.runs_by_images(geo(256, 8, 512, 3), f32)
         assert not conv_blocked.runs_by_images(geo(64, 32, 128, 3, groups=2), f32)
@@ -139,17 +156,20 @@ def test_forward_by_images_chosen(num_threads, monkeypatch):
     x, w = rng.standard_normal((4, 5, 11, 10)), rng.standard_normal((6, 5, 3, 3))
     g = geometry.ConvGeometry.of(x.shape, w.shape, (2, 2), ((1, 1), (1, 1)), (1, 1))
     with conv_kernels.keep_col_bytes(HUGE), conv_blocked.by_images(True):
-        conv_blocked.forward(x, w, None, g, keep_for_backward=True)
-        assert calls == []
-        conv_blocked.forward(x, w, None, g, keep_for_backward=False)
-        assert len(calls) == 1
+        _, saved = conv_blocked.forward(x, w, None, g, keep_for_backward=True)
+        assert len(calls) == 1 and saved[0] == "x" and saved[1] is x
+        assert np.array_equal(saved[2], w.reshape(6, -1))
+        _, saved = conv_blocked.forward(x, w, None, g, keep_for_backward=False)
+        assert len(calls) == 2 and saved == ("x", None)
 
 
 @pytest.mark.parametrize("whole", [0, HUGE])
 def test_what_forward_keeps(whole, rng):
-    """Within ``keep_col_bytes`` forward keeps the unfolded input (as one block ``('col',
-    col)``, in blocks each block's own array with its images), else x; a 1x1 stride-1
-    layer reads x itself and keeps x; the weight gradient from each is the reference's."""
+    """Stage-split (``by_images(False)``), within ``keep_col_bytes`` forward keeps the
+    unfolded input (as one block ``('col', col)``, in blocks each block's own array with
+    its images), else x; by images it keeps x and the weight whatever the limit; a 1x1
+    stride-1 layer reads x itself and keeps x; the weight gradient from each is the
+    reference's."""
     x = rng.standard_normal((4, 5, 11, 10))
     w = rng.standard_normal((6, 5, 3, 3))
     gy = rng.standard_normal((4, 6, 6, 5))
@@ -158,10 +178,11 @@ def test_what_forward_keeps(whole, rng):
     g_ref = conv_kernels.grad_output(gy, geo)
     want = conv_kernels.grad_weight(g_ref, ("x", x), geo)
     with conv_blocked.block_col_bytes(1), conv_blocked.whole_batch_bytes(whole):
-        for limit, kind in ((col_bytes, "cols" if not whole else "col"), (col_bytes - 1, "x")):
-            with conv_kernels.keep_col_bytes(limit):
+        for limit, kind, images in ((col_bytes, "cols" if not whole else "col", False),
+                                    (col_bytes - 1, "x", False), (col_bytes, "x", True)):
+            with conv_kernels.keep_col_bytes(limit), conv_blocked.by_images(images):
                 _, saved = conv_blocked.forward(x, w, None, geo, keep_for_backward=True)
-                assert saved[0] == kind
+                assert saved[0] == kind and len(saved) == (3 if images else 2)
                 if kind == "cols":     # one image per block, in order
                     assert [(n0, n1) for n0, n1, _ in saved[1]] == [(n, n + 1) for n in range(4)]
                 if kind == "x":
@@ -210,13 +231,14 @@ def test_image_blocks_partition_the_batch(n, block_bytes):
 
 def test_threads_are_deterministic(rng, num_threads):
     """Fixed blocks, each product's columns on a fixed thread, the weight gradient summed
-    image after image: runs agree bit for bit."""
+    image after image (by images: each part's images on its own thread, the parts' sums
+    added in order): runs agree bit for bit."""
     x_shape, w_shape, kwargs = CASES["3x3 p1"]
     arrays = _arrays(rng, x_shape, w_shape, np.float32, kwargs)
     num_threads(2)
-    for whole in (0, HUGE):
+    for whole, images in ((0, False), (HUGE, False), (0, True)):
         with conv_blocked.block_col_bytes(1), conv_kernels.keep_col_bytes(0), \
-                conv_blocked.whole_batch_bytes(whole):
+                conv_blocked.whole_batch_bytes(whole), conv_blocked.by_images(images):
             runs = [_run("blocked", *arrays, kwargs) for _ in range(3)]
         for other in runs[1:]:
             for a, b in zip(runs[0], other):
@@ -236,7 +258,7 @@ def test_whole_batch_transposes_gy_once_and_is_chosen_for_small_col(rng, num_thr
     arrays = _arrays(rng, x_shape, w_shape, np.float64, kwargs)
     want = _run("reference", *arrays, kwargs)
     num_threads(2)
-    with conv_blocked.whole_batch_bytes(HUGE):
+    with conv_blocked.whole_batch_bytes(HUGE), conv_blocked.by_images(False):
         got = _run("blocked", *arrays, kwargs)
     assert len(calls) == 1
     for g, r in zip(got, want):

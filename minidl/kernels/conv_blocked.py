@@ -16,16 +16,17 @@ through the reference's lines with one product per image, which reads and writes
 (``blas.matmul``: one BLAS thread per numba thread, the images' products dealt out)
 all run on numba's threads, block after block; the weight gradient sums image after
 image into one array: results are deterministic, equal to the reference up to float
-rounding (another order of the sums). A forward that keeps no ``col`` (evaluation) runs
-by images instead (``runs_by_images``): each thread unfolds its own blocks of images and
-runs their products, so that no stage reads what another thread wrote
+rounding (another order of the sums). Most layers run by images instead
+(``runs_by_images``): each thread unfolds its own blocks of images and runs their
+products, in forward and again in backward (its own partial weight gradient, the parts'
+summed in order; its images' dx), so that no stage reads what another thread wrote
 (``conv_winograd_images_numba.py`` says why).
 
 Runs any NumPy float32/float64 convolution (``blocked_can_run``); chosen for ungrouped
-ones over more than one image (``blocked_pays``). Like the reference, forward keeps
-``col`` for the weight gradient when the whole batch's is at most ``conv.keep_col_bytes``
-(each block's own array instead of the scratch buffer); larger ones are unfolded again,
-block by block, in backward.
+ones over more than one image (``blocked_pays``). Stage-split, like the reference,
+forward keeps ``col`` for the weight gradient when the whole batch's is at most
+``conv.keep_col_bytes`` (each block's own array instead of the scratch buffer); larger
+ones are unfolded again, block by block, in backward. By images nothing but x is kept.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ __all__ = ["BLOCK_COL_BYTES", "BLOCKED_MIN_COL_BYTES", "POINTWISE_MIN_OUTPUTS", 
            "block_col_bytes", "blocked_can_run",
            "blocked_pays", "image_blocks", "WHOLE_BATCH_BYTES", "WHOLE_PER_WEIGHT",
            "whole_batch_bytes", "whole_batch", "image_bounds", "IMAGE_BLOCK_OUTPUTS",
-           "by_images", "runs_by_images"]
+           "by_images", "runs_by_images", "IMAGE_MAX_WEIGHT_BYTES"]
 
 BLOCK_COL_BYTES = 4 * 2**20        # the unfolded input of one block: fits in the caches
 # Below this ``col`` size the reference runs instead. 0: the blocked code's whole-batch
@@ -172,21 +173,30 @@ def whole_batch(geo, dtype):
 
 # ----------------------------------------------------------------------------- by images
 
-# A forward that keeps no ``col`` (evaluation, or a col above ``conv.keep_col_bytes``) runs
-# by images (``conv_blocked_images_numba``: each thread unfolds its own blocks of about
-# this many outputs per channel, whole images, and runs their per-image products).
-# Measured (a prototype, batch 32, two threads, blocks of 1 / 2 / 4 images against the
-# stage-split forward): (64, 32x32) -> 128 3x3 s2 0.79 / 0.81 / 0.88, (128, 16x16) -> 256
-# 3x3 s2 0.93 / 0.91 / 0.94, (64, 32x32) -> 128 1x1 s2 0.62 / 0.60 / 0.63, (256, 28x28) ->
-# 512 3x3 s2 0.93 / 0.97 / 0.99; (256, 8x8) -> 512 3x3 s2 1.25 / 1.24 / 1.24, where the
-# weight is as large as the batch's col (``runs_by_images`` leaves it stage-split).
+# Forward and backward run by images (``conv_blocked_images_numba``: each thread unfolds
+# its own blocks of about this many outputs per channel, whole images, and runs one
+# product per block; backward unfolds the block again instead of keeping col). Measured
+# (a prototype of the forward, batch 32, two threads, blocks of 1 / 2 / 4 images against
+# the stage-split forward): (64, 32x32) -> 128 3x3 s2 0.79 / 0.81 / 0.88, (128, 16x16) ->
+# 256 3x3 s2 0.93 / 0.91 / 0.94, (64, 32x32) -> 128 1x1 s2 0.62 / 0.60 / 0.63, (256, 28x28)
+# -> 512 3x3 s2 0.93 / 0.97 / 0.99; (256, 8x8) -> 512 3x3 s2 1.25 / 1.24 / 1.24, where the
+# weight is as large as the batch's col. Forward + backward against the stage-split pass
+# with col kept (``conv.keep_col_bytes``), paired in one process: the first three 0.84-0.91
+# / 0.95 / 0.79-0.90 at batch 32, 0.73-0.90 / 0.81-0.88 at batch 128, (256, 28x28) -> 512
+# 0.86-0.93.
 IMAGE_BLOCK_OUTPUTS = 128
+# Each block's product reads the whole weight. Above this size it no longer stays in a
+# core's own cache from block to block, while the stage-split products read a share of it
+# each: (256, 8x8) -> 512 3x3 s2 (weight 4.7 MB) lost by images at batch 128 too (where
+# 2 OC <= N OH OW) in evaluation 1.03-1.06x, in training 1.07-1.09x; its 1x1 twin (0.5 MB)
+# won, 0.78-0.83x and 0.97-0.99x.
+IMAGE_MAX_WEIGHT_BYTES = 2 * 2**20
 
 _BY_IMAGES = threads.Setting(None)
 
 
 def by_images(flag):
-    """Force the forward by images on (True) or off (False), or leave it to
+    """Force the passes by images on (True) or off (False), or leave it to
     ``runs_by_images`` (None); undone at the end of a ``with`` block when used as one."""
     if flag not in (None, True, False):
         raise ValueError(f"conv_blocked.by_images: expected True, False or None, got {flag!r}")
@@ -194,16 +204,19 @@ def by_images(flag):
 
 
 def runs_by_images(geo, dtype):
-    """Whether a forward that keeps no ``col`` runs by images: as forced by ``by_images``,
-    else for an ungrouped convolution unless its weight (OC, K) outweighs half the
-    batch's col (K, N*OH*OW), i.e. 2 OC > N OH OW (``conv_winograd``'s rule), or its
-    blocks do not deal out evenly to the threads (fewer than 4 per thread and not a
-    multiple of them)."""
+    """Whether forward and backward run by images: as forced by ``by_images``, else for
+    an ungrouped convolution unless its weight (OC, K) outweighs half the batch's col
+    (K, N*OH*OW), i.e. 2 OC > N OH OW (``conv_winograd``'s rule), or is over
+    ``IMAGE_MAX_WEIGHT_BYTES``, or its blocks do not deal out evenly to the threads (fewer
+    than 4 per thread and not a multiple of them). 1x1 stride-1 layers have their own
+    per-image products (``pointwise``) and never come here."""
     if _BY_IMAGES.value is not None:
         return _BY_IMAGES.value and geo.G == 1
     blocks = -(-geo.N // _images_per_block(geo))
     parts = threads.pieces(math.prod(geo.col_shape), blocks)
-    return (geo.G == 1 and 2 * geo.OC <= geo.N * geo.OH * geo.OW
+    weight = geo.OC * geo.C * geo.KH * geo.KW * np.dtype(dtype).itemsize
+    return (geo.G == 1 and not pointwise(geo, 1) and 2 * geo.OC <= geo.N * geo.OH * geo.OW
+            and weight <= IMAGE_MAX_WEIGHT_BYTES
             and (blocks % parts == 0 or blocks >= 4 * parts))
 
 
@@ -212,21 +225,48 @@ def _images_per_block(geo):
     return max(1, IMAGE_BLOCK_OUTPUTS // (geo.OH * geo.OW))
 
 
-def _forward_by_images(x, wm, b, geo, y):
-    """y by ``forward_images``: blocks of about ``IMAGE_BLOCK_OUTPUTS`` outputs per
-    channel dealt out to the threads in order, each part's col its own slice of this
-    thread's scratch slot 0."""
+def _image_plan(geo, dtype):
+    """(bounds, cols, rows, size) of a pass by images: blocks of about
+    ``IMAGE_BLOCK_OUTPUTS`` outputs per channel dealt out to the threads in order
+    (``image_bounds``), each part's col (C, KH, KW, B, OH, OW) and rows (OC, B*OH*OW) its
+    own slices of this thread's scratch slots 0 and 1, and the batch's col size (the
+    threading policy's measure of the work)."""
     per_block = _images_per_block(geo)
     size = math.prod(geo.col_shape)
     parts = threads.pieces(size, -(-geo.N // per_block))
     bounds = image_bounds(geo.N, per_block, parts)
     B = min(per_block, geo.N)
-    cols = _scratch(np, (parts, geo.C, geo.KH, geo.KW, B, geo.OH, geo.OW), x.dtype)
+    cols = _scratch(np, (parts, geo.C, geo.KH, geo.KW, B, geo.OH, geo.OW), dtype)
+    rows = _scratch(np, (parts, geo.OC, B * geo.OH * geo.OW), dtype, slot=1)
+    return bounds, cols, rows, size
+
+
+def _forward_by_images(x, wm, b, geo, y):
+    """y by ``forward_images`` (``_image_plan``'s blocks)."""
+    bounds, cols, rows, size = _image_plan(geo, x.dtype)
     bias = np.zeros(1, dtype=y.dtype) if b is None else b.astype(y.dtype, copy=False)
     from .conv_blocked_images_numba import forward_images  # noqa: PLC0415 - numba on use
     with threads.single_blas():
         forward_images(x, wm, bias, b is not None, y, geo.SH, geo.SW, geo.PH0, geo.PW0,
-                       geo.DH, geo.DW, bounds, cols, size=size)
+                       geo.DH, geo.DW, bounds, cols, rows, size=size)
+
+
+def _backward_by_images(x, gy, wm, geo, need_w, need_x):
+    """(dWm (OC, K), gx (N, C, H, W)) by ``backward_images``, each None where not asked
+    for: ``_image_plan``'s blocks, the parts' dWm summed in part order (deterministic for
+    a given number of threads). x is read for dWm, wm (OC, K) for gx."""
+    dtype = gy.dtype
+    bounds, cols, rows, size = _image_plan(geo, dtype)
+    parts, K = bounds.shape[0], geo.C * geo.KH * geo.KW
+    unused = np.empty((1, 1, 1, 1), dtype=dtype)                 # stands for arrays not read
+    dW = np.empty((parts, geo.OC, K) if need_w else (parts, 1, 1), dtype=dtype)
+    gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=dtype) if need_x else unused
+    from .conv_blocked_images_numba import backward_images  # noqa: PLC0415 - numba on use
+    with threads.single_blas():
+        backward_images(x if need_w else unused, gy, wm if need_x else unused[0, 0], need_w,
+                        need_x, geo.SH, geo.SW, geo.PH0, geo.PW0, geo.DH, geo.DW, bounds,
+                        cols, rows, dW, gx, size=size)
+    return (dW.sum(axis=0) if need_w else None), (gx if need_x else None)
 
 
 def _planes_swapped(src, bias, dst):
@@ -287,11 +327,13 @@ def _images(a, geo):
 # ----------------------------------------------------------------------------- entry points
 
 def forward(x, w, b, geo, keep_for_backward=True):
-    """y (N, OC, OH, OW) and ``saved``, block by block (or as one block, ``whole_batch``).
-    ``saved``: ``('x', x)`` (``('x', None)`` without ``keep_for_backward``) when the weight
-    gradient unfolds x again; when the batch's ``col`` is at most ``conv.keep_col_bytes``,
-    ``('col', col)`` (K, L) as one block or ``('cols', [(n0, n1, col_b), ...])`` in
-    blocks (1x1 stride-1 layers read x itself and always keep x)."""
+    """y (N, OC, OH, OW) and ``saved``, by images (``runs_by_images``), else block by
+    block (or as one block, ``whole_batch``). ``saved``: ``('x', x)`` (``('x', None)``
+    without ``keep_for_backward``) when the weight gradient unfolds x again, by images
+    ``('x', x, Wm)`` (Wm (OC, K), for the input gradient in the same pass); stage-split,
+    when the batch's ``col`` is at most ``conv.keep_col_bytes``, ``('col', col)`` (K, L)
+    as one block or ``('cols', [(n0, n1, col_b), ...])`` in blocks (1x1 stride-1 layers
+    read x itself and always keep x)."""
     G, OC, HW = geo.G, geo.OC, geo.OH * geo.OW
     K = (geo.C // G) * geo.KH * geo.KW
     wm = w.reshape(G, OC // G, K)
@@ -306,9 +348,9 @@ def forward(x, w, b, geo, keep_for_backward=True):
         matmul(wm[0], _images(x, geo), _images(y, geo), accumulate=b is not None)
         return y, saved
 
-    if not keep and runs_by_images(geo, x.dtype):
+    if runs_by_images(geo, x.dtype):                              # x unfolded again in backward
         _forward_by_images(x, wm[0], b, geo, y)
-        return y, saved
+        return y, (("x", x, wm[0]) if keep_for_backward else saved)
 
     if whole_batch(geo, x.dtype):
         col = _col_whole(x, geo, kept=keep)                       # (K, L)
@@ -340,15 +382,25 @@ def grad_output(gy, geo, products=True):
     """gy itself; as one block (``whole_batch``) also gY (OC, N*OH*OW), transposed once
     for both gradients (blocks read gy in place)."""
     gy = np.ascontiguousarray(gy)
-    whole = products and whole_batch(geo, gy.dtype) and not pointwise(geo)
+    whole = (products and whole_batch(geo, gy.dtype) and not pointwise(geo)
+             and not runs_by_images(geo, gy.dtype))
     return SimpleNamespace(gy=gy, gY=_gY_whole(gy, geo) if whole else None)
 
 
 def grad_weight(g, saved, geo, need_b=True):
     """gw (OC, Cg, KH, KW) = the sum over images of gy[n] @ col[:, n]^T, and gb (OC,) when
     ``need_b``, from forward's kept ``col`` (one product with gY) or blocks' ``cols``, or
-    unfolding x again block by block."""
-    kind, kept = saved
+    unfolding x again block by block. By images (``runs_by_images``), when the op says the
+    input gradient follows (``g.need_x``) and forward kept Wm, each thread makes its
+    images' dx from the same gy blocks (left in g as ``g.gx`` for ``grad_input``)."""
+    kind, kept = saved[0], saved[1]
+    if kind == "x" and not pointwise(geo) and runs_by_images(geo, g.gy.dtype):
+        wm = saved[2] if len(saved) > 2 else None                # forward's, for gx
+        need_x = wm is not None and getattr(g, "need_x", False)
+        gw, g.gx = _backward_by_images(np.ascontiguousarray(kept), g.gy, wm, geo, True,
+                                       need_x)
+        return (gw.reshape(geo.OC, geo.C, geo.KH, geo.KW),
+                grad_bias(g, geo) if need_b else None)
     if kind == "col" and g.gY is None:                            # gY not made: one product
         return reference.grad_weight(reference.grad_output(g.gy, geo), saved, geo, need_b)
     G, OC = geo.G, geo.OC
@@ -389,10 +441,15 @@ def _weight_grad_block(gw, col, gy, geo, n0, n1):
 
 
 def grad_input(g, w, geo):
-    """gx (N, C, H, W): per block, gx[n0:n1] = col2im(dcol_b), dcol_b[:, n] = Wm^T @ gy[n]."""
+    """gx (N, C, H, W): per block, gx[n0:n1] = col2im(dcol_b), dcol_b[:, n] = Wm^T @ gy[n]
+    (by images: on the block's thread, or already made in ``grad_weight``'s pass)."""
     G, OC = geo.G, geo.OC
     K = (geo.C // G) * geo.KH * geo.KW
     wmT = w.reshape(G, OC // G, K).transpose(0, 2, 1)             # (G, K, OCg)
+    if getattr(g, "gx", None) is not None:                        # made by grad_weight
+        return g.gx
+    if not pointwise(geo) and g.gY is None and runs_by_images(geo, g.gy.dtype):
+        return _backward_by_images(None, g.gy, w.reshape(OC, K), geo, False, True)[1]
     gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
     if pointwise(geo):
         return matmul(wmT[0], _images(g.gy, geo), _images(gx, geo)).reshape(gx.shape)
