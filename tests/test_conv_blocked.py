@@ -37,6 +37,7 @@ CASES = {
     "1x1 s2": ((5, 8, 8, 8), (4, 8, 1, 1), dict(stride=2)),
     "1x1 pointwise": ((3, 8, 9, 8), (5, 8, 1, 1), {}),              # 72 pixels: per image
     "1x1 small map": ((3, 8, 7, 7), (5, 8, 1, 1), {}),              # 49 pixels: whole batch
+    "1x1 on 1x1 maps": ((6, 8, 1, 1), (5, 8, 1, 1), {}),            # a linear layer
     "dilated, uneven": ((3, 3, 12, 9), (5, 3, 3, 2), dict(dilation=(2, 1), padding=(2, 0))),
     "groups": ((4, 6, 7, 7), (9, 2, 3, 3), dict(groups=3, padding=1)),
     "batch 1": ((1, 4, 6, 6), (3, 4, 3, 3), dict(padding=1)),
@@ -292,6 +293,27 @@ def test_pointwise_layers_unfold_nothing(rng, monkeypatch):
         raise AssertionError("a pointwise layer unfolded or transposed something")
 
     for name in ("im2col", "col2im", "_gY_whole", "_planes_swapped"):
+        monkeypatch.setattr(conv_blocked, name, unused)
+    for got, ref in zip(_run("blocked", *arrays, kwargs), want):
+        np.testing.assert_allclose(got, ref, **TOL[np.float64])
+
+
+def test_single_pixel_layers_are_linear_layers(rng, monkeypatch):
+    """A 1x1 stride-1 layer on 1x1 maps runs as one product per pass over the batch, x and
+    gy read as (N, C) and (N, OC) matrices: no per-image products, nothing unfolded or
+    transposed; the numbers are the reference's."""
+    x_shape, w_shape, kwargs = CASES["1x1 on 1x1 maps"]
+    assert conv_blocked.single_pixel(geometry.ConvGeometry.of(x_shape, w_shape))
+    assert not conv_blocked.single_pixel(geometry.ConvGeometry.of(*CASES["1x1 small map"][:2]))
+    assert not conv_blocked.single_pixel(geometry.ConvGeometry.of((6, 8, 2, 2), w_shape,
+                                                                  stride=(2, 2)))
+    arrays = _arrays(rng, x_shape, w_shape, np.float64, kwargs)
+    want = _run("reference", *arrays, kwargs)
+
+    def unused(*args, **kw):
+        raise AssertionError("a single-pixel layer ran per image, unfolded or transposed")
+
+    for name in ("_images", "im2col", "col2im", "_gY_whole", "_planes_swapped"):
         monkeypatch.setattr(conv_blocked, name, unused)
     for got, ref in zip(_run("blocked", *arrays, kwargs), want):
         np.testing.assert_allclose(got, ref, **TOL[np.float64])
