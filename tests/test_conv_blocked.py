@@ -127,8 +127,9 @@ def test_by_images_on_threads(case, threads_, rng, num_threads, monkeypatch):
 def test_by_images_chosen(num_threads, monkeypatch):
     """On two threads ResNet-18's stride-2 layers run by images at batch 32 but the one
     whose weight outweighs half the batch's col (256 -> 512 at 8x8: 2 OC > N OH OW), at
-    batch 128 not that one either (its weight, 4.7 MB, is over IMAGE_MAX_WEIGHT_BYTES)
-    while its 1x1 twin does; a batch whose blocks do not deal out evenly does not;
+    batch 128 not that one either (4x4 outputs, under IMAGE_MIN_OUTPUTS) while its 1x1
+    twin does, and so does a 3x3 layer with 8x8 outputs; a batch whose blocks do not
+    deal out evenly does not;
     grouped ones and 1x1 stride-1 ones never. Forward by images keeps x and the weight
     (backward unfolds x again) in training, nothing else in evaluation."""
     def geo(c, hw, oc, k, n=32, groups=1, s=2):
@@ -142,6 +143,8 @@ def test_by_images_chosen(num_threads, monkeypatch):
     assert not conv_blocked.runs_by_images(geo(256, 8, 512, 3), f32)
     assert not conv_blocked.runs_by_images(geo(256, 8, 512, 3, n=128), f32)
     assert conv_blocked.runs_by_images(geo(256, 8, 512, 1, n=128), f32)
+    assert not conv_blocked.runs_by_images(geo(64, 8, 128, 3, n=128), f32)
+    assert conv_blocked.runs_by_images(geo(512, 16, 64, 3, n=128), f32)
     assert not conv_blocked.runs_by_images(geo(64, 32, 128, 3, n=3), f32)   # 3 blocks, 2 threads
     assert conv_blocked.runs_by_images(geo(64, 32, 128, 3, n=9), f32)
     assert not conv_blocked.runs_by_images(geo(64, 32, 128, 3, groups=2), f32)

@@ -45,7 +45,7 @@ __all__ = ["BLOCK_COL_BYTES", "BLOCKED_MIN_COL_BYTES", "POINTWISE_MIN_OUTPUTS", 
            "block_col_bytes", "blocked_can_run",
            "blocked_pays", "image_blocks", "WHOLE_BATCH_BYTES", "WHOLE_PER_WEIGHT",
            "whole_batch_bytes", "whole_batch", "image_bounds", "IMAGE_BLOCK_OUTPUTS",
-           "by_images", "runs_by_images", "IMAGE_MAX_WEIGHT_BYTES", "single_pixel"]
+           "by_images", "runs_by_images", "IMAGE_MIN_OUTPUTS", "single_pixel"]
 
 BLOCK_COL_BYTES = 4 * 2**20        # the unfolded input of one block: fits in the caches
 # Below this ``col`` size the reference runs instead. 0: the blocked code's whole-batch
@@ -185,12 +185,15 @@ def whole_batch(geo, dtype):
 # / 0.95 / 0.79-0.90 at batch 32, 0.73-0.90 / 0.81-0.88 at batch 128, (256, 28x28) -> 512
 # 0.86-0.93.
 IMAGE_BLOCK_OUTPUTS = 128
-# Each block's product reads the whole weight. Above this size it no longer stays in a
-# core's own cache from block to block, while the stage-split products read a share of it
-# each: (256, 8x8) -> 512 3x3 s2 (weight 4.7 MB) lost by images at batch 128 too (where
-# 2 OC <= N OH OW) in evaluation 1.03-1.06x, in training 1.07-1.09x; its 1x1 twin (0.5 MB)
-# won, 0.78-0.83x and 0.97-0.99x.
-IMAGE_MAX_WEIGHT_BYTES = 2 * 2**20
+# On small maps a block's unfold (per-row loops a few pixels long) costs more than the
+# stage-split im2col, which unfolds the whole batch through an index table there
+# (``im2col_numba.GATHER_MAX_OUTPUTS``): 3x3 stride-2 layers at 4x4 outputs, batch 128,
+# lost by images, evaluation / training 1.10 / 1.13 (64 -> 128), 1.05 / 1.07 (128 ->
+# 256), 1.02-1.06 / 1.04-1.09 (256 -> 512), whatever the weight's size, while at 8x8
+# outputs (512 -> 64) they won, 0.92 / 0.89, and at 14x14 (256 -> 512, a 4.7 MB weight)
+# 0.97 / 0.97. 1x1 kernels unfold cheaply and win at 4x4 too (256 -> 512 1x1 s2, 0.78-0.83
+# / 0.97-0.99).
+IMAGE_MIN_OUTPUTS = 64
 
 _BY_IMAGES = threads.Setting(None)
 
@@ -206,17 +209,18 @@ def by_images(flag):
 def runs_by_images(geo, dtype):
     """Whether forward and backward run by images: as forced by ``by_images``, else for
     an ungrouped convolution unless its weight (OC, K) outweighs half the batch's col
-    (K, N*OH*OW), i.e. 2 OC > N OH OW (``conv_winograd``'s rule), or is over
-    ``IMAGE_MAX_WEIGHT_BYTES``, or its blocks do not deal out evenly to the threads (fewer
-    than 4 per thread and not a multiple of them). 1x1 stride-1 layers have their own
-    per-image products (``pointwise``) and never come here."""
+    (K, N*OH*OW), i.e. 2 OC > N OH OW (``conv_winograd``'s rule), or its kernel is larger
+    than 1x1 and its maps have under ``IMAGE_MIN_OUTPUTS`` pixels, or its blocks do not
+    deal out evenly to the threads (fewer than 4 per thread and not a multiple of them).
+    1x1 stride-1 layers have their own per-image products (``pointwise``) and never come
+    here."""
     if _BY_IMAGES.value is not None:
         return _BY_IMAGES.value and geo.G == 1
     blocks = -(-geo.N // _images_per_block(geo))
     parts = threads.pieces(math.prod(geo.col_shape), blocks)
-    weight = geo.OC * geo.C * geo.KH * geo.KW * np.dtype(dtype).itemsize
-    return (geo.G == 1 and not pointwise(geo, 1) and 2 * geo.OC <= geo.N * geo.OH * geo.OW
-            and weight <= IMAGE_MAX_WEIGHT_BYTES
+    outputs = geo.OH * geo.OW
+    return (geo.G == 1 and not pointwise(geo, 1) and 2 * geo.OC <= geo.N * outputs
+            and (outputs >= IMAGE_MIN_OUTPUTS or geo.KH * geo.KW == 1)
             and (blocks % parts == 0 or blocks >= 4 * parts))
 
 
