@@ -17,3 +17,24 @@ def test_bench_models_quick_runs_and_prints_the_ratios():
     assert any(line.startswith("  training step") and "ratio" in line for line in lines)
     assert any(line.startswith("  evaluation") and "ratio" in line for line in lines)
     assert "BLAS:" in lines[0] and "threads used:" in lines[-1]
+
+
+def test_profile_layers_runs_and_sums_every_layer_call():
+    """``benchmarks/profile_layers.py`` on ResNet-18 at batch 2: one row per layer kind,
+    every call counted (14 3x3 stride-1, 3 3x3 stride-2 and 3 1x1 shortcut convolutions,
+    20 batch norms), the layers' sum, the whole step and the rest; the same with
+    ``--eval``."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for extra in ([], ["--eval"]):
+        out = subprocess.run([sys.executable, "profile_layers.py", "--models", "resnet18",
+                              "--batch", "2", "--repeats", "1", "--threads", "1", *extra],
+                             cwd=os.path.join(ROOT, "benchmarks"), env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        rows = {line[2:26].strip(): line[26:].split() for line in out.stdout.splitlines()
+                if line.startswith("  ")}
+        assert rows["conv 3x3 s1"][0] == "14" and rows["conv 3x3 s2"][0] == "3"
+        assert rows["conv 1x1 s2"][0] == "3" and rows["batch norm"][0] == "20"
+        assert {"layers alone", "whole step", "the rest (step - layers)"} <= set(rows)
+        assert ("evaluation forward" in out.stdout) == bool(extra)
+        assert "threads used:" in out.stdout.splitlines()[-1]
