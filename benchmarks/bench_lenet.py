@@ -1,7 +1,7 @@
 """The lecture's LeNet-5, minidl next to PyTorch (CPU), one process: a step, or an epoch.
 
     python benchmarks/bench_lenet.py [--threads 2] [--steps 30] [--batch-size 100]
-    python benchmarks/bench_lenet.py --epoch [--repeats 3] [--limit 60000]
+    python benchmarks/bench_lenet.py --epoch [--repeats 3] [--limit 60000] [--rss]
 
 One step = forward, cross-entropy, backward, SGD update on a (batch, 1, 32, 32) float32
 batch, tanh and 2x2 max pooling as in the lecture. Both sides start from the same
@@ -18,21 +18,25 @@ tensors (``TensorDataset`` + ``DataLoader``), each batch resized with
 ``F.interpolate(bilinear)``, the same model, loss and SGD; the same evaluation. Epochs
 alternate between the two sides ``--repeats`` times after one untimed epoch each (numba's
 compilation or cache load is ``bench_jit.py``'s business); printed: seconds per training
-epoch and per evaluation (median, min-max) and their ratios.
+epoch and per evaluation (median, min-max) and their ratios. ``--rss`` then runs each
+side's epoch alone in a child process and prints the peak resident memory of a process
+that imports only that side's library (PyTorch's reads MNIST through ``minidl.data`` too).
 """
 from __future__ import annotations
 
 import argparse
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
-import torch
 
 import minidl
 
-from bench_ops import blas_kernel, set_threads, thread_report  # noqa: E402 - same folder
+# torch and bench_ops (which imports torch) are imported where used: ``--child minidl``
+# measures a process that never loads PyTorch.
 
 
 def lenet(lib):
@@ -60,6 +64,7 @@ def lenet(lib):
 
 
 def make(lib, batch, weights, channels_last=False):
+    import torch
     net = lenet(lib)
     if weights is not None:
         net.load_state_dict({k: lib.tensor(v) for k, v in weights.items()})
@@ -122,14 +127,18 @@ def minidl_epoch(batch, limit):
 def torch_epoch(batch, datasets):
     """The same for a plain PyTorch loop over the same images (uint8 -> float, resized per
     batch)."""
+    import torch
     import torch.nn.functional as TF
     from torch.utils.data import DataLoader, TensorDataset
 
-    def tensors(ds):
+    def tensors(ds):                  # the same arrays, not copied unless a Subset
         base = getattr(ds, "dataset", ds)
-        idx = getattr(ds, "indices", np.arange(len(base)))
-        return (torch.tensor(np.asarray(base.data)[idx]).unsqueeze(1),
-                torch.tensor(np.asarray(base.targets)[idx]).long())
+        idx = getattr(ds, "indices", None)
+        data, targets = np.asarray(base.data), np.asarray(base.targets)
+        if idx is not None:
+            data, targets = data[idx], targets[idx]
+        return (torch.from_numpy(data).unsqueeze(1),
+                torch.from_numpy(targets.astype(np.int64, copy=False)))
     train_loader = DataLoader(TensorDataset(*tensors(datasets[0])), batch_size=batch,
                               shuffle=True)
     test_loader = DataLoader(TensorDataset(*tensors(datasets[1])), batch_size=batch)
@@ -196,6 +205,40 @@ def run_epochs(args):
               f"{med['minidl'] / med['torch']:5.2f}")
 
 
+def epoch_rss(args):
+    """Peak resident memory (MB) of a whole process running one side's epoch (training
+    and evaluation) alone (``--child``): only that side's library imported, as a user's
+    script would; the PyTorch side reads the MNIST arrays through ``minidl.data`` too
+    (importing minidl without numba: ~12 MB, counted on PyTorch's side)."""
+    result = {}
+    for lib in ("minidl", "torch"):
+        cmd = [sys.executable, __file__, "--child", lib, "--limit", str(args.limit),
+               "--batch-size", str(args.batch_size)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        result[lib] = float(out.strip().splitlines()[-1])
+    return result
+
+
+def child(args):
+    """Prints the process's peak RSS (MB, ``VmHWM``) after one side's epoch."""
+    if args.threads:
+        minidl.set_num_threads(args.threads)
+    m_train, m_eval, datasets = minidl_epoch(args.batch_size, args.limit)
+    if args.child == "minidl":
+        train, evaluate = m_train, m_eval
+    else:
+        import torch
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        train, evaluate = torch_epoch(args.batch_size, datasets)
+    train()
+    evaluate()
+    with open("/proc/self/status") as f:
+        print(next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epoch", action="store_true",
@@ -206,12 +249,24 @@ def main():
     ap.add_argument("--steps", type=int, default=30, help="steps per timed block")
     ap.add_argument("--blocks", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--rss", action="store_true",
+                    help="--epoch: also each side's peak RSS, alone in a child process")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return child(args)
+    import torch
+    from bench_ops import blas_kernel, set_threads, thread_report  # same folder
     set_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}, "
           f"torch {torch.__version__}, numpy {np.__version__}; BLAS: {blas_kernel()}")
     if args.epoch:
         run_epochs(args)
+        if args.rss:
+            rss = epoch_rss(args)
+            print(f"  peak RSS of a process running one side's epoch alone: minidl "
+                  f"{rss['minidl']:.0f} MB, torch {rss['torch']:.0f} MB, ratio "
+                  f"{rss['minidl'] / rss['torch']:.2f}")
         print("threads used:", thread_report())
         return
 

@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 from test_models import TBasicBlock, TGoogLeNet, TMobileNetV2, TResNet  # noqa: E402
 
-from bench_ops import blas_kernel, set_threads, thread_report  # noqa: E402 - same folder
+from bench_ops import blas_kernel, set_threads, status_mb, thread_report  # noqa: E402 - same folder
 
 
 # ----------------------------------------------------------------------------- models
@@ -151,14 +151,6 @@ def child_rss(name, batch, lib, args):
     return float(out.strip().splitlines()[-1])
 
 
-def _status_mb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def child(spec, args):
     """Prints the peak RSS growth (MB) of the training loop over what the imports (both
     libraries, in both children) hold: the high-water mark is reset after the imports
@@ -167,11 +159,11 @@ def child(spec, args):
     lib = minidl if lib == "minidl" else torch
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    base = _status_mb("VmRSS")
+    base = status_mb("VmRSS")
     _, train, _ = make(name, lib, int(batch))
     for _ in range(args.steps + 1):
         train()
-    print(_status_mb("VmHWM") - base)
+    print(status_mb("VmHWM") - base)
 
 
 # ----------------------------------------------------------------------------- environment

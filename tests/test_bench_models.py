@@ -38,3 +38,40 @@ def test_profile_layers_runs_and_sums_every_layer_call():
         assert {"layers alone", "whole step", "the rest (step - layers)"} <= set(rows)
         assert ("evaluation forward" in out.stdout) == bool(extra)
         assert "threads used:" in out.stdout.splitlines()[-1]
+
+
+def test_bench_lenet_epoch_with_rss_runs(tmp_path):
+    """``benchmarks/bench_lenet.py --epoch --rss`` on a small synthetic MNIST in minidl's
+    cache: both sides' epoch times and ratios, then each side's peak RSS from a process of
+    its own (the minidl one never imports PyTorch)."""
+    from test_pytorch_scripts import synthetic_digits, write_idx  # noqa: PLC0415
+    cache = tmp_path / "MNIST"
+    cache.mkdir()
+    for prefix, n, seed in (("train", 200, 0), ("t10k", 100, 1)):
+        images, labels = synthetic_digits(n, seed)
+        write_idx(cache / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(cache / f"{prefix}-labels-idx1-ubyte", labels)
+    env = dict(os.environ, MINIDL_DATA=str(tmp_path),
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "bench_lenet.py", "--epoch", "--repeats", "1",
+                          "--limit", "200", "--rss", "--threads", "1"],
+                         cwd=os.path.join(ROOT, "benchmarks"), env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("  train  minidl") and "ratio" in line for line in lines)
+    assert any(line.startswith("  eval   minidl") and "ratio" in line for line in lines)
+    rss = [line for line in lines if "peak RSS of a process" in line]
+    assert len(rss) == 1
+    words = rss[0].split()
+    minidl_mb, torch_mb = float(words[words.index("minidl") + 1]), \
+        float(words[words.index("torch") + 1])
+    assert minidl_mb > 50 and torch_mb > 50          # a Python process with its library
+    child = subprocess.run([sys.executable, "-c", "import sys, runpy; "
+                            "sys.argv = ['bench_lenet.py', '--child', 'minidl', '--limit', "
+                            "'200', '--threads', '1']; runpy.run_path('bench_lenet.py', "
+                            "run_name='__main__'); print('torch' in sys.modules)"],
+                           cwd=os.path.join(ROOT, "benchmarks"), env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert child.stdout.split()[-1] == "False"
