@@ -1,5 +1,6 @@
-"""``benchmarks/bench_models.py --quick`` runs (a smoke test: the script keeps working as
-the models and the API change; it times nothing that a test asserts)."""
+"""The benchmark scripts run: ``bench_models.py --quick``, ``profile_layers.py`` and
+``bench_lenet.py --epoch --rss`` on tiny inputs (smoke tests: the scripts keep working as
+the models and the API change; they time nothing that a test asserts)."""
 import os
 import subprocess
 import sys
@@ -7,12 +8,19 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_bench_models_quick_runs_and_prints_the_ratios():
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "bench_models.py", "--quick", "--threads", "1"],
-                         cwd=os.path.join(ROOT, "benchmarks"), env=env, capture_output=True,
-                         text=True, timeout=600)
+def _run(argv, **env):
+    """``python argv...`` in benchmarks/ with the tree on PYTHONPATH (and ``env`` added);
+    its completed process, after checking that it succeeded."""
+    env = dict(os.environ, **env,
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, *argv], cwd=os.path.join(ROOT, "benchmarks"),
+                         env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_bench_models_quick_runs_and_prints_the_ratios():
+    out = _run(["bench_models.py", "--quick", "--threads", "1"])
     lines = out.stdout.splitlines()
     assert any(line.startswith("  training step") and "ratio" in line for line in lines)
     assert any(line.startswith("  evaluation") and "ratio" in line for line in lines)
@@ -24,13 +32,9 @@ def test_profile_layers_runs_and_sums_every_layer_call():
     every call counted (14 3x3 stride-1, 3 3x3 stride-2 and 3 1x1 shortcut convolutions,
     20 batch norms), the layers' sum, the whole step and the rest; the same with
     ``--eval``."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for extra in ([], ["--eval"]):
-        out = subprocess.run([sys.executable, "profile_layers.py", "--models", "resnet18",
-                              "--batch", "2", "--repeats", "1", "--threads", "1", *extra],
-                             cwd=os.path.join(ROOT, "benchmarks"), env=env,
-                             capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
+        out = _run(["profile_layers.py", "--models", "resnet18", "--batch", "2",
+                    "--repeats", "1", "--threads", "1", *extra])
         rows = {line[2:26].strip(): line[26:].split() for line in out.stdout.splitlines()
                 if line.startswith("  ")}
         assert rows["conv 3x3 s1"][0] == "14" and rows["conv 3x3 s2"][0] == "3"
@@ -51,13 +55,8 @@ def test_bench_lenet_epoch_with_rss_runs(tmp_path):
         images, labels = synthetic_digits(n, seed)
         write_idx(cache / f"{prefix}-images-idx3-ubyte", images)
         write_idx(cache / f"{prefix}-labels-idx1-ubyte", labels)
-    env = dict(os.environ, MINIDL_DATA=str(tmp_path),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "bench_lenet.py", "--epoch", "--repeats", "1",
-                          "--limit", "200", "--rss", "--threads", "1"],
-                         cwd=os.path.join(ROOT, "benchmarks"), env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = _run(["bench_lenet.py", "--epoch", "--repeats", "1", "--limit", "200", "--rss",
+                "--threads", "1"], MINIDL_DATA=str(tmp_path))
     lines = out.stdout.splitlines()
     assert any(line.startswith("  train  minidl") and "ratio" in line for line in lines)
     assert any(line.startswith("  eval   minidl") and "ratio" in line for line in lines)
@@ -67,11 +66,8 @@ def test_bench_lenet_epoch_with_rss_runs(tmp_path):
     minidl_mb, torch_mb = float(words[words.index("minidl") + 1]), \
         float(words[words.index("torch") + 1])
     assert minidl_mb > 50 and torch_mb > 50          # a Python process with its library
-    child = subprocess.run([sys.executable, "-c", "import sys, runpy; "
-                            "sys.argv = ['bench_lenet.py', '--child', 'minidl', '--limit', "
-                            "'200', '--threads', '1']; runpy.run_path('bench_lenet.py', "
-                            "run_name='__main__'); print('torch' in sys.modules)"],
-                           cwd=os.path.join(ROOT, "benchmarks"), env=env,
-                           capture_output=True, text=True, timeout=600)
-    assert child.returncode == 0, child.stderr[-3000:]
+    child = _run(["-c", "import sys, runpy; sys.argv = ['bench_lenet.py', '--child', "
+                  "'minidl', '--limit', '200', '--threads', '1']; runpy.run_path("
+                  "'bench_lenet.py', run_name='__main__'); print('torch' in sys.modules)"],
+                 MINIDL_DATA=str(tmp_path))
     assert child.stdout.split()[-1] == "False"
