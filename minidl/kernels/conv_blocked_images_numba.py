@@ -1,5 +1,5 @@
-"""The im2col convolution's forward with the images owned by threads: the numba kernel of
-``conv_blocked``'s by-images mode (imported only when used). Read ``conv_blocked.py``
+"""The im2col convolution's forward and backward with the images owned by threads: the
+numba kernels of ``conv_blocked``'s by-images mode (imported only when used). Read ``conv_blocked.py``
 and ``im2col.py`` first (the column layout), and ``conv_winograd_images_numba.py`` for
 why by images (no stage reads what another thread wrote: on the dev VM the two vCPUs
 sometimes share no cache, and a thread then reads the other's writes 2.7x slower).
@@ -11,10 +11,10 @@ sometimes share no cache, and a thread then reads the other's writes 2.7x slower
 Each ``prange`` iteration is one part of the batch (one per thread): per block of its
 images it unfolds them into its own ``col`` (the serial ``_im2col_kernel``) and runs one
 single-threaded BLAS product for the block, Y = Wm @ col, y[n] = Y[:, n] (+ b). Backward
-unfolds the block again (no ``col`` kept from forward: unfolding one block into this
-thread's cache costs about what reading a kept one back from memory would) and sums the
-part's own dWm += gY @ col^T, then dcol = Wm^T @ gY in the same work array and gx =
-col2im(dcol) for the block's images. One product per block, not per image: on maps of a
+unfolds the block again into this thread's cache (no ``col`` kept from forward: forward
+and backward this way beat the stage-split pass that keeps col, the measurements at
+``conv_blocked.IMAGE_BLOCK_OUTPUTS``) and sums the part's own dWm += gY @ col^T, then
+dcol = Wm^T @ gY in the same work array and gx = col2im(dcol) for the block's images. One product per block, not per image: on maps of a
 few pixels each image's product is a few columns wide and reads all of Wm (ResNet-18's
 256 -> 512 3x3 s2 layer at 4x4 outputs, batch 128: 1.35x the stage-split pass's time
 with one product per image). A block of one image reads and writes y[n] and gy[n] in
