@@ -346,7 +346,7 @@ def adaptive_avg_pool2d_backward(gy, in_hw):
         return xp.broadcast_to(gy / (H * W), gy.shape[:-2] + (H, W)).astype(gy.dtype)
     rh, rw = _replication(H, OH), _replication(W, OW)
     if rh and rw:           # each input's gradient: the sum over its rh x rw repeats
-        gx = gy[..., 0::rh, 0::rw].copy()                   # output rows a, a + rh, ...
+        gx = gy[..., 0::rh, 0::rw].copy()    # each input's first repeat; then the others
         for a in range(rh):  # (a reshape and .sum over the repeat axes: 9x slower)
             for b in range(rw):
                 if a or b:
