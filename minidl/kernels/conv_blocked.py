@@ -44,7 +44,8 @@ from .im2col import col2im, im2col
 __all__ = ["BLOCK_COL_BYTES", "BLOCKED_MIN_COL_BYTES", "POINTWISE_MIN_OUTPUTS", "pointwise",
            "block_col_bytes", "blocked_can_run",
            "blocked_pays", "image_blocks", "WHOLE_BATCH_BYTES", "WHOLE_PER_WEIGHT",
-           "whole_batch_bytes", "whole_batch", "image_bounds", "IMAGE_BLOCK_OUTPUTS",
+           "whole_batch_bytes", "whole_batch", "image_parts", "deals_evenly", "image_bounds",
+           "IMAGE_BLOCK_OUTPUTS",
            "by_images", "runs_by_images", "IMAGE_MIN_OUTPUTS", "single_pixel"]
 
 BLOCK_COL_BYTES = 4 * 2**20        # the unfolded input of one block: fits in the caches
@@ -98,6 +99,20 @@ def image_blocks(geo, dtype, min_images=1):
         bounds.append((n0, n1))
         n0 = n1
     return bounds
+
+
+def image_parts(N, per_block, size):
+    """(blocks, parts) of a pass by images (here and in ``conv_winograd``): the batch's
+    blocks of ``per_block`` images and the threads the policy gives a pass over ``size``
+    elements for them (``threads.pieces``)."""
+    blocks = -(-N // per_block)
+    return blocks, threads.pieces(size, blocks)
+
+
+def deals_evenly(blocks, parts):
+    """Whether ``blocks`` image blocks deal out evenly enough to ``parts`` threads: a
+    multiple of them, or at least 4 each (shares then differ by a quarter at most)."""
+    return blocks % parts == 0 or blocks >= 4 * parts
 
 
 def image_bounds(N, per_block, parts):
@@ -216,12 +231,11 @@ def runs_by_images(geo, dtype):
     here."""
     if _BY_IMAGES.value is not None:
         return _BY_IMAGES.value and geo.G == 1
-    blocks = -(-geo.N // _images_per_block(geo))
-    parts = threads.pieces(math.prod(geo.col_shape), blocks)
     outputs = geo.OH * geo.OW
     return (geo.G == 1 and not pointwise(geo, 1) and 2 * geo.OC <= geo.N * outputs
             and (outputs >= IMAGE_MIN_OUTPUTS or geo.KH * geo.KW == 1)
-            and (blocks % parts == 0 or blocks >= 4 * parts))
+            and deals_evenly(*image_parts(geo.N, _images_per_block(geo),
+                                          math.prod(geo.col_shape))))
 
 
 def _images_per_block(geo):
@@ -237,7 +251,7 @@ def _image_plan(geo, dtype):
     threading policy's measure of the work)."""
     per_block = _images_per_block(geo)
     size = math.prod(geo.col_shape)
-    parts = threads.pieces(size, -(-geo.N // per_block))
+    _, parts = image_parts(geo.N, per_block, size)
     bounds = image_bounds(geo.N, per_block, parts)
     B = min(per_block, geo.N)
     cols = _scratch(np, (parts, geo.C, geo.KH, geo.KW, B, geo.OH, geo.OW), dtype)

@@ -376,9 +376,8 @@ def runs_by_images(geo, dtype):
     sc = _scheme(geo)
     TH, TW = _tiles(geo, sc)
     T = geo.N * TH * TW
-    blocks = -(-geo.N // _images_per_block(TH, TW))
-    parts = threads.pieces(sc.K * geo.C * T, blocks)
-    return 2 * geo.OC <= T and (blocks % parts == 0 or blocks >= 4 * parts)
+    return 2 * geo.OC <= T and conv_blocked.deals_evenly(
+        *conv_blocked.image_parts(geo.N, _images_per_block(TH, TW), sc.K * geo.C * T))
 
 
 def _images_per_block(TH, TW):
@@ -389,10 +388,10 @@ def _images_per_block(TH, TW):
 
 def _image_plan(geo, TH, TW, size):
     """(bounds, Tb) of a pass by images over ``size`` elements: the image blocks dealt out
-    to the threads (``threads.pieces``; ``conv_blocked.image_bounds``) and the tiles of
+    to the threads (``conv_blocked.image_parts``, ``image_bounds``) and the tiles of
     the largest block (the work arrays' width)."""
     per_block = _images_per_block(TH, TW)
-    parts = threads.pieces(size, -(-geo.N // per_block))
+    _, parts = conv_blocked.image_parts(geo.N, per_block, size)
     return (conv_blocked.image_bounds(geo.N, per_block, parts),
             min(per_block, geo.N) * TH * TW)
 
