@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 import minidl
+from proc_status import status_mb  # noqa: E402 - same folder
 
 # torch and bench_ops (which imports torch) are imported where used: ``--child minidl``
 # measures a process that never loads PyTorch.
@@ -235,8 +236,7 @@ def child(args):
         train, evaluate = torch_epoch(args.batch_size, datasets)
     train()
     evaluate()
-    with open("/proc/self/status") as f:
-        print(next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")))
+    print(status_mb("VmHWM"))
 
 
 def main():

@@ -39,7 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 from test_models import TBasicBlock, TGoogLeNet, TMobileNetV2, TResNet  # noqa: E402
 
-from bench_ops import blas_kernel, set_threads, status_mb, thread_report  # noqa: E402 - same folder
+from bench_ops import blas_kernel, set_threads, thread_report  # noqa: E402 - same folder
+from proc_status import status_mb  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- models

@@ -201,16 +201,6 @@ def vector_code():
     return f"numba for {cpu}, torch {torch.backends.cpu.get_cpu_capability()}"
 
 
-def status_mb(field):
-    """A memory figure of this process in MB from /proc/self/status (``VmRSS``, ``VmHWM``:
-    the peak since start or since ``/proc/self/clear_refs`` was written 5)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def thread_report():
     from minidl.kernels import threads as minidl_threads
     policy = ("1 BLAS thread per product, products and kernels on numba's "
