@@ -263,25 +263,72 @@ def test_numba_parallel_build(layout, rng):
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
 
 
+def _parts_of(a, S, Ns):
+    """NumPy's batch-last parts of a (N, C, H, W): (S, C, H, W, Ns), spare columns zero."""
+    out = np.zeros((S,) + a.shape[1:] + (Ns,), a.dtype)
+    for p in range(S):
+        part = a[p * Ns:(p + 1) * Ns]
+        out[p, ..., :len(part)] = part.transpose(1, 2, 3, 0)
+    return out
+
+
 @pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batch_last_moves_are_numpys_transposes(parallel, dtype, rng, num_threads,
+@pytest.mark.parametrize("parts", [None, (1, 5), (2, 3), (3, 2), (5, 1)])
+def test_batch_last_parts_are_numpys_transposes(parts, parallel, dtype, rng, num_threads,
                                                 monkeypatch):
-    """The batch-last layout's copies (``_to_batch_last``, zero-padded by a geometry's
-    padding or not, and ``_from_batch_last``) are exactly NumPy's transposes, on either
-    build, for contiguous and strided inputs."""
+    """The batch-last parts (``_to_batch_last``, zero-padded by a geometry's padding or not)
+    are exactly NumPy's transposes of each part's images, the last part's spare columns
+    zero, on either build, for contiguous and strided inputs."""
     num_threads(2)
     monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 1)
     x = rng.standard_normal((5, 3, 7, 6)).astype(dtype)
     strided = rng.standard_normal((5, 6, 7, 12)).astype(dtype)[:, ::2, :, ::2]
     w = np.zeros((4, 3, 3, 3), dtype)
     with threads.set_parallel(parallel):
+        S, Ns = parts or conv_direct.batch_parts(5, x.size)
+        assert (S, Ns) == (parts or ((2, 3) if parallel else (1, 5)))
         for src in (x, strided):
-            np.testing.assert_array_equal(conv_direct._to_batch_last(src),
-                                          src.transpose(1, 2, 3, 0))
+            np.testing.assert_array_equal(conv_direct._to_batch_last(src, parts=parts),
+                                          _parts_of(src, S, Ns))
             geo = geometry.ConvGeometry.of(src.shape, w.shape, padding=((2, 0), (1, 3)))
-            padded = np.pad(src, ((0, 0), (0, 0), (2, 0), (1, 3))).transpose(1, 2, 3, 0)
-            np.testing.assert_array_equal(conv_direct._to_batch_last(src, geo), padded)
-            back = conv_direct._from_batch_last(np.ascontiguousarray(src.transpose(1, 2, 3, 0)))
-            assert back.flags.c_contiguous
-            np.testing.assert_array_equal(back, src)
+            padded = np.pad(src, ((0, 0), (0, 0), (2, 0), (1, 3)))
+            np.testing.assert_array_equal(conv_direct._to_batch_last(src, geo, parts),
+                                          _parts_of(padded, S, Ns))
+
+
+@pytest.mark.parametrize("N, threads_, parts", [(100, 2, (2, 50)), (5, 2, (2, 3)),
+                                                (5, 4, (3, 2)), (1, 2, (1, 1)), (7, 1, (1, 7))])
+def test_batch_parts(N, threads_, parts, num_threads, monkeypatch):
+    """One part per thread, the last holding what is left, and never an empty part."""
+    num_threads(threads_)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 1)
+    with threads.set_parallel(True):
+        assert conv_direct.batch_parts(N, 10**6) == parts
+    with threads.set_parallel(False):
+        assert conv_direct.batch_parts(N, 10**6) == (1, N)
+
+
+def test_backward_cut_unlike_the_forward(rng, num_threads, monkeypatch):
+    """Threads changed between forward and backward: the weight gradient cuts gy as the
+    saved input was cut, the input gradient as it likes; both still exact."""
+    monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 1)
+    x, w = rng.standard_normal((7, 3, 6, 5)), rng.standard_normal((4, 3, 3, 2))
+    b = rng.standard_normal(4)
+    geo = geometry.ConvGeometry.of(x.shape, w.shape, padding=((1, 0), (0, 1)))
+    with threads.set_parallel(False):
+        y, saved = conv_direct.conv2d_forward(x, w, b, geo, "batch_last")
+        gy = rng.standard_normal(y.shape)
+        ref = conv_direct.conv2d_backward(saved, w, gy, geo)
+    num_threads(3)
+    with threads.set_parallel(True):
+        _, saved3 = conv_direct.conv2d_forward(x, w, b, geo, "batch_last")
+    assert saved[1].shape[0] == 1 and saved3[1].shape[0] == 3
+    num_threads(2)
+    with threads.set_parallel(True):
+        for s in (saved, saved3):
+            g = conv_direct.grad_output(gy, geo)
+            gx = conv_direct.grad_input(g, w, geo)            # cut in 2 here
+            gw, gb = conv_direct.grad_weight(g, s, geo)       # cut as s was
+            for got, want in zip((gx, gw, gb), ref):
+                np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)

@@ -75,3 +75,116 @@ def test_a_refused_default_warns_instead_of_failing_the_import(monkeypatch):
         minidl.set_memory_policy("retain")
     with pytest.warns(RuntimeWarning, match="the memory policy stays 'system'"):
         assert memory.apply_default_policy() == "system"
+
+
+# ----------------------------------------------------------------------------- output buffers
+
+@pytest.fixture
+def buffers(monkeypatch):
+    """A fresh, empty output-buffer cache under the 'retain' policy (restored after)."""
+    from minidl.kernels import memory
+    monkeypatch.setattr(memory._State, "policy", "retain")
+    monkeypatch.setattr(memory._Buffers, "by_key", {})
+    monkeypatch.setattr(memory._Buffers, "handouts", 0)
+    return memory
+
+
+def test_a_free_output_is_handed_out_again(buffers):
+    import numpy as np
+    a = buffers.empty((64, 32), np.float32)
+    assert a.shape == (64, 32) and a.dtype == np.float32 and a.flags.c_contiguous
+    first = id(a)
+    b = buffers.empty((64, 32), np.float32)          # a is still in use: another one
+    assert id(b) != first
+    assert buffers.cached_bytes() == (2 * a.nbytes, 0)
+    del a
+    assert buffers.cached_bytes() == (b.nbytes, b.nbytes)
+    c = buffers.empty((64, 32), np.float32)
+    assert id(c) == first                             # the free one, not a new one
+    assert id(buffers.empty((64, 32), np.float64)) != first   # another dtype: its own
+
+
+def test_a_view_or_a_memoryview_keeps_an_output_in_use(buffers):
+    import numpy as np
+    a = buffers.empty((64, 32), np.float32)
+    a[:] = 7
+    view, mem = a[3:5].reshape(-1), memoryview(a)
+    first = id(a)
+    del a
+    b = buffers.empty((64, 32), np.float32)
+    assert id(b) != first
+    b[:] = 0
+    assert (view == 7).all() and np.frombuffer(mem, np.float32)[0] == 7   # untouched
+    del view, b
+    assert id(buffers.empty((64, 32), np.float32)) != first               # mem still holds it
+    del mem
+    assert id(buffers.empty((64, 32), np.float32)) == first
+
+
+def test_a_read_only_output_comes_back_writeable(buffers):
+    import numpy as np
+    a = buffers.empty((64, 32), np.float32)
+    a.flags.writeable = False
+    del a
+    assert buffers.empty((64, 32), np.float32).flags.writeable
+
+
+def test_small_outputs_are_not_cached_and_the_count_per_shape_is_bounded(buffers,
+                                                                          monkeypatch):
+    import numpy as np
+    small = [buffers.empty((3, 4), np.float32) for _ in range(3)]
+    assert buffers.cached_bytes() == (0, 0) and len({id(s) for s in small}) == 3
+    monkeypatch.setattr(buffers, "MAX_PER_KEY", 2)
+    held = [buffers.empty((64, 32), np.float32) for _ in range(4)]   # 2 kept, 2 not
+    assert buffers.cached_bytes() == (2 * held[0].nbytes, 0)
+
+
+def test_stale_free_outputs_go_back_and_release_gives_back_every_free_one(buffers,
+                                                                           monkeypatch):
+    import numpy as np
+    monkeypatch.setattr(buffers, "STALE_HANDOUTS", 3)
+    keep = buffers.empty((64, 32), np.float32)
+    buffers.empty((128, 32), np.float32)                     # free at once
+    for _ in range(3):
+        buffers.empty((64, 32), np.float64)                  # hits after the first
+    assert buffers.cached_bytes()[1] == 128 * 32 * 4 + 64 * 32 * 8
+    buffers.empty((256, 32), np.float32)                     # a miss: the stale one goes
+    assert buffers.cached_bytes() == (keep.nbytes, 64 * 32 * 8 + 256 * 32 * 4)
+    buffers.release_buffers()
+    assert buffers.cached_bytes() == (keep.nbytes, 0)
+
+
+def test_the_system_policy_uses_numpy_and_empties_the_cache(buffers):
+    import numpy as np
+    buffers.empty((64, 32), np.float32)
+    assert buffers.cached_bytes()[1] > 0
+    if buffers._glibc() is not None:
+        try:
+            assert minidl.set_memory_policy("system") == "system"
+            assert buffers.cached_bytes() == (0, 0)
+            buffers.empty((64, 32), np.float32)
+            assert buffers.cached_bytes() == (0, 0)          # np.empty, nothing kept
+        finally:
+            minidl.set_memory_policy("retain")
+
+
+def test_threads_never_share_an_output(buffers):
+    """Eight Python threads taking and dropping outputs of one shape: no array is ever
+    handed to two holders at once."""
+    import threading
+    import numpy as np
+    errors = []
+
+    def work(k):
+        for _ in range(300):
+            a = buffers.empty((64, 32), np.int64)
+            a.fill(k)
+            if not (a == k).all():
+                errors.append(k)
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors

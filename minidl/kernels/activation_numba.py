@@ -60,6 +60,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from . import memory
 from .activation import clamp_bound
 from .threads import jit
 
@@ -106,7 +107,7 @@ def _tanh_backward_loop(gy, y, gx):
 def tanh_forward(x):
     """tanh(x) for a float32 NumPy array, relative error < 3e-7 (module doc)."""
     x = np.ascontiguousarray(x)
-    y = np.empty(x.shape, dtype=np.float32)
+    y = memory.empty(x.shape, dtype=np.float32)
     _tanh_forward_loop(x.reshape(-1), y.reshape(-1), size=x.size)
     return y
 
@@ -115,7 +116,7 @@ def tanh_backward(gy, y):
     """gy * (1 - y^2) in one pass (float32 NumPy arrays of one shape)."""
     gy = np.ascontiguousarray(gy)
     y = np.ascontiguousarray(y)
-    gx = np.empty(gy.shape, dtype=np.float32)
+    gx = memory.empty(gy.shape, dtype=np.float32)
     _tanh_backward_loop(gy.reshape(-1), y.reshape(-1), gx.reshape(-1), size=gy.size)
     return gx
 
@@ -156,12 +157,12 @@ def relu_forward(x, mask=True):
     """(y, mask) for a float32/float64 NumPy array x: ``relu_forward_reference``, in one
     pass (mask=False: (y, None), the mask is not written)."""
     x = np.ascontiguousarray(x)
-    y = np.empty(x.shape, dtype=x.dtype)
+    y = memory.empty(x.shape, dtype=x.dtype)
     zero = x.dtype.type(0)     # in x's dtype: a float64 literal would upcast float32 loops
     if not mask:
         _relu_mask_free_loop(x.reshape(-1), y.reshape(-1), zero, size=x.size)
         return y, None
-    m = np.empty(x.shape, dtype=np.bool_)
+    m = memory.empty(x.shape, dtype=np.bool_)
     _relu_forward_loop(x.reshape(-1), y.reshape(-1), m.reshape(-1), zero, size=x.size)
     return y, m
 
@@ -170,7 +171,7 @@ def relu_backward(gy, mask):
     """gx = gy where mask, else 0 (gy float32/float64, mask bool, one shape), one pass."""
     gy = np.ascontiguousarray(gy)
     mask = np.ascontiguousarray(mask)
-    gx = np.empty(gy.shape, dtype=gy.dtype)
+    gx = memory.empty(gy.shape, dtype=gy.dtype)
     _relu_backward_loop(gy.reshape(-1), mask.reshape(-1), gx.reshape(-1), gy.dtype.type(0),
                         size=gy.size)
     return gx
@@ -222,7 +223,7 @@ def clamp_forward(x, lo, hi):
     """y = clamp(x, lo, hi) for a float32/float64 NumPy array: ``clamp_forward_reference``
     in one pass."""
     x = np.ascontiguousarray(x)
-    y = np.empty(x.shape, dtype=x.dtype)
+    y = memory.empty(x.shape, dtype=x.dtype)
     _clamp_forward_loop(x.reshape(-1), y.reshape(-1), *_bounds(x, lo, hi), size=x.size)
     return y
 
@@ -242,7 +243,7 @@ def clamp_backward(gy, x, lo, hi):
     dtype), one pass."""
     gy = np.ascontiguousarray(gy)
     x = np.ascontiguousarray(x)
-    gx = np.empty(gy.shape, dtype=gy.dtype)
+    gx = memory.empty(gy.shape, dtype=gy.dtype)
     _clamp_backward_loop(gy.reshape(-1), x.reshape(-1), gx.reshape(-1), *_bounds(x, lo, hi),
                          gy.dtype.type(0), size=gy.size)
     return gx

@@ -33,7 +33,13 @@ Two layouts make those runs contiguous (``choose_layout`` picks one per shape):
   second (14 vs 10), where the runs are also short.
 * ``'batch_last'``: x transposed to (C, Hp, Wp, N), the batch innermost. A run is one
   output row for every image at once, OW*N long, with no garbage; the price is the
-  transposes of x, y, gy and gx to and from NCHW.
+  transposes of x, y, gy and gx to and from NCHW. With threads the batch is cut into one
+  part per thread, (S, C, Hp, Wp, Ns) (``batch_parts``): each thread transposes,
+  convolves and transposes back its own images, and the weight gradient adds one partial
+  sum per part. Cut by rows instead (every thread reading every image), the transposes
+  handed half of every array to the other core; where the two vCPUs share no cache that
+  hand-off cost more than the convolution (LeNet's training step 4.6 -> 4.0 ms cut by
+  parts, benchmarks/RESULTS.md).
 
 Input gradient. ``gx[n, c, i, j] = sum_{o, kh, kw} w[o, c, kh, kw] gy[n, o, i + PH0 - kh,
 j + PW0 - kw]`` (the forward's adjoint, written as a gather so that no two threads ever
@@ -49,8 +55,9 @@ add into the same gx element):
 The bias gradient comes out of the weight-gradient kernel (the sum of gy).
 
 Threads (``kernels/threads.py``, the one policy): the kernels' ``prange`` loops (image
-chunks, output rows, tap blocks) run on numba's threads when the policy picks their
-parallel builds.
+chunks, batch parts) run on numba's threads when the policy picks their parallel builds.
+Both split the batch as every kernel before and after them does (first images to the
+first thread), so that each thread reads what it wrote.
 
 The family's entry points (the same names as the reference in ``kernels/conv.py``):
 ``forward``, ``grad_output``, ``grad_weight``, ``grad_input``, ``grad_bias``,
@@ -64,7 +71,7 @@ import functools
 import numpy as np
 
 from . import conv_direct_numba as nb
-from . import threads
+from . import memory, threads
 from .conv import plane_sums
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
@@ -114,61 +121,69 @@ def _pad_planar(x, geo):
     return np.ascontiguousarray(x)
 
 
-def _to_batch_last(x, geo=None):
-    """(N, C, H, W) -> (C, H + PH0 + PH1, W + PW0 + PW1, N), zero-padded by ``geo``'s
-    padding (none without a ``geo``), one copy (``nb.to_batch_last``)."""
+def batch_parts(N, size):
+    """(S, Ns): the batch of N cut into S parts of Ns images (the last may hold fewer), one
+    per thread the policy gives a kernel over ``size`` elements (1 when it runs serial)."""
+    Ns = -(-N // threads.pieces(size, N))
+    return -(-N // Ns), Ns
+
+
+def _to_batch_last(x, geo=None, parts=None):
+    """(N, C, H, W) -> the parts (S, C, H + PH0 + PH1, W + PW0 + PW1, Ns), zero-padded by
+    ``geo``'s padding (none without a ``geo``), spare columns of the last part zero. parts:
+    (S, Ns), default ``batch_parts``. One copy (``nb.to_batch_last``)."""
     (PH0, PH1), (PW0, PW1) = geo.padding if geo is not None else ((0, 0), (0, 0))
     N, C, H, W = x.shape
-    shape = (C, H + PH0 + PH1, W + PW0 + PW1, N)
-    padded = PH0 or PH1 or PW0 or PW1
-    out = np.zeros(shape, dtype=x.dtype) if padded else np.empty(shape, dtype=x.dtype)
+    S, Ns = parts or batch_parts(N, x.size)
+    shape = (S, C, H + PH0 + PH1, W + PW0 + PW1, Ns)
+    blank = PH0 or PH1 or PW0 or PW1 or S * Ns > N
+    out = memory.zeros(shape, dtype=x.dtype) if blank else memory.empty(shape, dtype=x.dtype)
     nb.to_batch_last(x, out, PH0, PW0, size=x.size)
     return out
 
 
-def _from_batch_last(yT):
-    """(OC, OH, OW, N) -> (N, OC, OH, OW), one copy (``nb.from_batch_last``)."""
-    OC, OH, OW, N = yT.shape
-    y = np.empty((N, OC, OH, OW), dtype=yT.dtype)
-    nb.from_batch_last(yT, y, size=y.size)
-    return y
-
-
-def _forward(src, wm, b, KH, KW, out_hw, layout):
-    """The forward kernel on an already padded source (planar (N, C, Hs, Ws) or
-    batch-last (C, Hs, Ws, N)); returns (N, OC, OH, OW) or (OC, OH, OW, N)."""
-    OC = wm.shape[0]
+def _planar_forward(src, wm, b, KH, KW, out_hw):
+    """The planar forward kernel on an already padded source (N, C, Hs, Ws): (N, OC, OH, OW)."""
+    N, C, Hs, Ws = src.shape
     OH, OW = out_hw
-    if layout == "planar":
-        N, C, Hs, Ws = src.shape
-        y = np.empty((N, OC, OH, OW), dtype=src.dtype)
-        off = _offsets(C, Hs, Ws, KH, KW, 1)
-        nb.planar_forward(src, wm, b, y, off, threads.pieces(y.size, N), size=y.size)
-    else:
-        C, Hs, Ws, N = src.shape
-        y = np.empty((OC, OH, OW, N), dtype=src.dtype)
-        off = _offsets(C, Hs, Ws, KH, KW, N)
-        nb.batchlast_forward(src, wm, b, y, off, 0, OH, size=y.size)
+    y = memory.empty((N, wm.shape[0], OH, OW), dtype=src.dtype)
+    off = _offsets(C, Hs, Ws, KH, KW, 1)
+    nb.planar_forward(src, wm, b, y, off, threads.pieces(y.size, N), size=y.size)
     return y
+
+
+def _batch_last_forward(x, wm, b, geo):
+    """y (N, OC, OH, OW) and xT, the padded input's batch-last parts, in one kernel call
+    (``nb.batchlast_forward``: each part transposed, convolved and transposed back)."""
+    N, C, OC = geo.N, geo.C, geo.OC
+    (PH0, PH1), (PW0, PW1) = geo.padding
+    Hs, Ws = geo.H + PH0 + PH1, geo.W + PW0 + PW1
+    y = memory.empty((N, OC, geo.OH, geo.OW), dtype=x.dtype)
+    S, Ns = batch_parts(N, y.size)
+    blank = PH0 or PH1 or PW0 or PW1 or S * Ns > N
+    xT = (memory.zeros if blank else memory.empty)((S, C, Hs, Ws, Ns), dtype=x.dtype)
+    yT = memory.empty((S, OC, geo.OH, geo.OW, Ns), dtype=x.dtype)
+    off = _offsets(C, Hs, Ws, geo.KH, geo.KW, Ns)
+    nb.batchlast_forward(x, wm, b, xT, yT, y, off, PH0, PW0, size=y.size)
+    return y, xT
 
 
 def conv2d_forward(x, w, b, geo, layout=None):
-    """y (N, OC, OH, OW) and ``saved = (layout, src)``, src the padded input in that layout.
+    """y (N, OC, OH, OW) and ``saved = (layout, src)``, src the padded input in that layout
+    (batch-last: its parts (S, C, Hs, Ws, Ns)).
 
     x (N, C, H, W), w (OC, C, KH, KW), b (OC,) or None, geo the ``ConvGeometry``.
     layout: None (``choose_layout``), 'planar' or 'batch_last'.
     """
     OC, C, KH, KW = w.shape
-    out_hw = (geo.OH, geo.OW)
     layout = layout or choose_layout(geo.OW)
     wm = np.ascontiguousarray(w.reshape(OC, C * KH * KW))
     b = np.zeros(OC, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
     if layout == "planar":
         src = _pad_planar(x, geo)
-        y = _forward(src, wm, b, KH, KW, out_hw, layout)
+        y = _planar_forward(src, wm, b, KH, KW, (geo.OH, geo.OW))
     elif layout == "batch_last":
-        src = _to_batch_last(x, geo)
-        y = _from_batch_last(_forward(src, wm, b, KH, KW, out_hw, layout))
+        y, src = _batch_last_forward(x, wm, b, geo)
     else:
         raise ValueError(f"conv_direct: layout must be 'planar' or 'batch_last', got {layout!r}")
     return y, (layout, src)
@@ -186,18 +201,20 @@ def forward(x, w, b, geo, keep_for_backward=True):
 
 class GradOutput:
     """dL/dy for the gradient kernels: gy (N, OC, OH, OW), C-contiguous, and its batch-last
-    copy ``gyT`` (OC, OH, OW, N), made on first use and shared by the weight and input
-    gradients."""
+    parts (``gyT``), made on first use and shared by the weight and input gradients."""
 
     def __init__(self, gy, layout):
         self.gy = np.ascontiguousarray(gy)
         self.layout = layout
         self._gyT = None
 
-    @property
-    def gyT(self):
-        if self._gyT is None:
-            self._gyT = _to_batch_last(self.gy)
+    def gyT(self, parts=None):
+        """gy's batch-last parts (S, OC, OH, OW, Ns), cut as ``parts`` = (S, Ns) asks (the
+        weight gradient: as its saved input was), else as already made or by
+        ``batch_parts``."""
+        made = self._gyT
+        if made is None or (parts is not None and (made.shape[0], made.shape[-1]) != parts):
+            self._gyT = _to_batch_last(self.gy, parts=parts)
         return self._gyT
 
 
@@ -217,16 +234,18 @@ def grad_weight(g, saved, geo, need_b=True):
     zero = gy.dtype.type(0)
     if layout == "planar":                # partial sums per image chunk, added here
         c = threads.pieces(gy.size, N)
-        gwp = np.empty((c, OC, K), dtype=gy.dtype)
-        gbp = np.empty((c, OC), dtype=gy.dtype)
+        gwp = memory.empty((c, OC, K), dtype=gy.dtype)
+        gbp = memory.empty((c, OC), dtype=gy.dtype)
         off = _offsets(C, *src.shape[2:], KH, KW, 1)
         nb.planar_grad_weight(src, gy, gwp, gbp, off, zero, size=gy.size)
         gwm, gb = (gwp[0], gbp[0]) if len(gwp) == 1 else (gwp.sum(0), gbp.sum(0))
-    else:
-        gwm = np.empty((OC, K), dtype=gy.dtype)
-        gb = np.empty(OC, dtype=gy.dtype)
-        off = _offsets(C, *src.shape[1:3], KH, KW, N)
-        nb.batchlast_grad_weight(src, g.gyT, gwm, gb, off, zero, 0, (K + 3) // 4, size=gy.size)
+    else:                                 # one partial sum per part, added here
+        S, Ns = src.shape[0], src.shape[-1]
+        gwp = memory.empty((S, OC, K), dtype=gy.dtype)
+        gbp = memory.empty((S, OC), dtype=gy.dtype)
+        off = _offsets(C, *src.shape[2:4], KH, KW, Ns)
+        nb.batchlast_grad_weight(src, g.gyT((S, Ns)), gwp, gbp, off, zero, size=gy.size)
+        gwm, gb = (gwp[0], gbp[0]) if S == 1 else (gwp.sum(0), gbp.sum(0))
     return gwm.reshape(OC, C, KH, KW), (gb if need_b else None)
 
 
@@ -244,16 +263,18 @@ def grad_input(g, w, geo):
         # the part of gy that lands inside the (Hg, Wg) canvas (a large padding crops gy)
         i0, j0 = max(0, -top), max(0, -left)
         i1, j1 = min(OH, Hg - top), min(OW, Wg - left)
-        gpad = np.zeros((N, OC, Hg, Wg), dtype=gy.dtype)
+        gpad = memory.zeros((N, OC, Hg, Wg), dtype=gy.dtype)
         gpad[:, :, top + i0:top + i1, left + j0:left + j1] = gy[:, :, i0:i1, j0:j1]
-        return _forward(gpad, wf, np.zeros(C, dtype=gy.dtype), KH, KW, (H, W), "planar")
+        return _planar_forward(gpad, wf, np.zeros(C, dtype=gy.dtype), KH, KW, (H, W))
     # batch-last: no padded gy, no product with a padding zero (batchlast_grad_input)
-    gyT = g.gyT
+    gyT = g.gyT()
+    S, Ns = gyT.shape[0], gyT.shape[-1]
     wm = np.ascontiguousarray(w.transpose(1, 3, 2, 0)).reshape(C, KW * KH * OC)
-    gxT = np.empty((C, H, W, N), dtype=gy.dtype)
-    off = _grad_input_offsets(OC, OH, OW, KH, KW, N)
-    nb.batchlast_grad_input(gyT, wm, gxT, off, KH, KW, PH0, PW0, 0, H, size=gxT.size)
-    return _from_batch_last(gxT)
+    gxT = memory.empty((S, C, H, W, Ns), dtype=gy.dtype)
+    gx = memory.empty((N, C, H, W), dtype=gy.dtype)
+    off = _grad_input_offsets(OC, OH, OW, KH, KW, Ns)
+    nb.batchlast_grad_input(gyT, wm, gxT, gx, off, KH, KW, PH0, PW0, size=gx.size)
+    return gx
 
 
 def grad_bias(g, geo):

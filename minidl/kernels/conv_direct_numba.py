@@ -16,7 +16,7 @@ Two kinds of core do all the work: ``_axpy4`` / ``_axpy2`` / ``_axpy1`` (the fir
 for 4, 2 or 1 output channels, 4 taps at a time; ``_axpy_channels`` runs them over all
 channels) and ``_dot4x4`` / ``_dot2x4`` / ``_dot1x4`` (the second, 4, 2 or 1 channels by 4
 taps; ``_grad_weight_block`` picks one). The drivers below (``planar_*``, ``batchlast_*``)
-only compute offsets and loop over images or rows.
+only compute offsets and loop over images, parts and rows.
 
 How the loops are written, and why (``benchmarks/RESULTS.md`` has the measurements):
 
@@ -31,12 +31,11 @@ How the loops are written, and why (``benchmarks/RESULTS.md`` has the measuremen
   slower weight gradient). Unsigned flat indices (``_u``) and ``error_model='numpy'``
   keep the loops free of wraparound and division checks, ``fastmath=True`` lets LLVM
   reassociate the sums into vector accumulators.
-* Threads: the loops over image chunks (planar), output rows and tap blocks
-  (batch-last) are ``prange`` loops compiled through ``threads.jit``: serial, and cached
-  on disk, unless the threading policy (``kernels/threads.py``) asks for the parallel
-  build. Each iteration writes its own outputs (the planar weight gradient: one partial
-  sum per chunk, added by the caller), so the results do not depend on the schedule.
-  The row and tap-block ranges (r0, r1, b0, b1) are the whole call's (``conv_direct``).
+* Threads: the loops over image chunks (planar) and batch parts (batch-last) are
+  ``prange`` loops compiled through ``threads.jit``: serial, and cached on disk, unless
+  the threading policy (``kernels/threads.py``) asks for the parallel build. Each
+  iteration writes its own outputs (the weight gradients: one partial sum per chunk or
+  part, added by the caller), so the results do not depend on the schedule.
 """
 from __future__ import annotations
 
@@ -349,53 +348,53 @@ def planar_grad_weight(x, gy, gw, gb, off, zero):
 
 
 # ----------------------------------------------------------------------------- batch-last
-# xT (C, H, W, N): the batch is the innermost axis, so a row segment (w .. w+OW-1, all n)
-# is contiguous, M = OW*N long, and the same for every tap: no wasted columns, long loops.
+# ----------------------------------------------------------------------------- batch-last
+# One part of the batch, xT (C, H, W, Ns): the images are the innermost axis, so a row
+# segment (w .. w+OW-1, all images of the part) is contiguous, M = OW*Ns long, and the
+# same for every tap: no wasted columns, long loops. The kernels take the parts as
+# (S, C, H, W, Ns) arrays, part p holding images p*Ns .. p*Ns + Ns - 1 (the last part may
+# hold fewer: its spare columns are zeros), and give each part to one prange iteration:
+# each thread transposes, convolves and transposes back its own images, as the kernels
+# before and after it (split by images) do.
 
-@jit
-def to_batch_last(x, xT, PH0, PW0):
-    """xT[c, PH0 + i, PW0 + j, n] = x[n, c, i, j]: x (N, C, H, W) into the batch-last
-    (C, Hs, Ws, N) array; xT's border (the padding) is left as it is. One (c, i) row per
-    iteration: each thread writes runs of N contiguous values, reading the batch's
-    values strided. NumPy's transposing copy of LeNet's (100, 6, 14, 14) takes 55 us,
-    this 25 on 2 threads."""
+@njit_helper
+def _to_batch_last_part(x, xT, PH0, PW0):
+    """xT[c, PH0 + i, PW0 + j, n] = x[n, c, i, j] for x (n, C, H, W), n <= Ns; xT's border
+    (the padding) and spare columns are left as they are. Runs of n contiguous values
+    written, the images read strided."""
     N, C, H, W = x.shape
-    for r in prange(C * H):
-        c = r // H
-        i = r - c * H
-        for j in range(W):
-            dst = xT[c, PH0 + i, PW0 + j]
-            for n in range(N):
-                dst[n] = x[n, c, i, j]
+    for c in range(C):
+        for i in range(H):
+            for j in range(W):
+                dst = xT[c, PH0 + i, PW0 + j]
+                for n in range(N):
+                    dst[n] = x[n, c, i, j]
 
 
-@jit
-def from_batch_last(yT, y):
-    """y[n, o, i, j] = yT[o, i, j, n]: the batch-last (OC, OH, OW, N) array back to (N, OC,
-    OH, OW), one (o, i) row per iteration (contiguous reads of N values, strided writes:
-    (16, 10, 10, 100) 99 -> 34 us)."""
-    OC, OH, OW, N = yT.shape
-    for r in prange(OC * OH):
-        o = r // OH
-        i = r - o * OH
-        for j in range(OW):
-            src = yT[o, i, j]
-            for n in range(N):
-                y[n, o, i, j] = src[n]
+@njit_helper
+def _from_batch_last_part(yT, y):
+    """y[n, o, i, j] = yT[o, i, j, n] for y (n, OC, OH, OW), n <= yT's Ns: contiguous
+    reads of n values, strided writes."""
+    N, OC, OH, OW = y.shape
+    for o in range(OC):
+        for i in range(OH):
+            for j in range(OW):
+                src = yT[o, i, j]
+                for n in range(N):
+                    y[n, o, i, j] = src[n]
 
 
-@jit
-def batchlast_forward(xT, wm, b, yT, off, r0, r1):
-    """yT (OC, OH, OW, N) = conv(xT (C, H, W, N), wm (OC, K)) + b, output rows r0 <= oh < r1,
-    one at a time: row oh is a run of M = OW*N outputs per channel reading xT at
-    oh*W*N + off[t]."""
+@njit_helper
+def _forward_part(xT, wm, b, yT, off):
+    """yT (OC, OH, OW, Ns) = conv(xT (C, H, W, Ns), wm (OC, K)) + b, one output row at a
+    time: row oh is a run of M = OW*Ns outputs per channel reading xT at oh*W*Ns + off[t]."""
     C, H, W, N = xT.shape
     OC, K = wm.shape
     OH, OW = yT.shape[1], yT.shape[2]
     M = OW * N
     xf = xT.reshape(-1)
     yf = yT.reshape(-1)
-    for oh in prange(r0, r1):
+    for oh in range(OH):
         for o in range(OC):
             bo = b[o]
             a = (o * OH + oh) * M
@@ -404,23 +403,22 @@ def batchlast_forward(xT, wm, b, yT, off, r0, r1):
         _axpy_channels(yf, oh * M, OH * M, xf, oh * W * N, off, wm, 0, K, M)
 
 
-@jit
-def batchlast_grad_input(gyT, wm, gxT, off, KH, KW, PH0, PW0, r0, r1):
-    """gxT (C, H, W, N) rows r0 <= i < r1 from gyT (OC, OH, OW, N): the forward's adjoint,
-    as a gather.
+@njit_helper
+def _grad_input_part(gyT, wm, gxT, off, KH, KW, PH0, PW0):
+    """gxT (C, H, W, Ns) from gyT (OC, OH, OW, Ns): the forward's adjoint, as a gather.
 
         gx[c, i, j] = sum_{kw, kh, o} w[o, c, kh, kw] * gy[o, i + PH0 - kh, j + PW0 - kw]
 
     For one input row i and one kw, the valid kh form a range and the valid columns j a
     run, so each (i, kw) is one ``_axpy`` call over the taps (kh, o) of that range (wm
-    (C, KW*KH*OC) ordered (kw, kh, o), off[t] = (o*OH - kh)*OW*N): gy needs no zero
+    (C, KW*KH*OC) ordered (kw, kh, o), off[t] = (o*OH - kh)*OW*Ns): gy needs no zero
     padding and no product falls outside it."""
     C, H, W, N = gxT.shape
     OC, OH, OW = gyT.shape[0], gyT.shape[1], gyT.shape[2]
     gf = gyT.reshape(-1)
     xf = gxT.reshape(-1)
     plane = H * W * N
-    for i in prange(r0, r1):
+    for i in range(H):
         for c in range(C):
             a = (c * H + i) * W * N
             for p in range(W * N):
@@ -439,24 +437,22 @@ def batchlast_grad_input(gyT, wm, gxT, off, KH, KW, PH0, PW0, r0, r1):
                            (kw * KH + kh_lo) * OC, (kw * KH + kh_hi) * OC, (ow1 - ow0) * N)
 
 
-@jit
-def batchlast_grad_weight(xT, gyT, gw, gb, off, zero, b0, b1):
-    """gw (OC, K) from xT (C, H, W, N) and gyT (OC, OH, OW, N): the columns of the tap
-    blocks b0 <= tb < b1 (taps 4*tb .. 4*tb + 3), and gb (OC,) when b0 == 0."""
+@njit_helper
+def _grad_weight_part(xT, gyT, gw, gb, off, zero):
+    """gw (OC, K) and gb (OC,) from xT (C, H, W, Ns) and gyT (OC, OH, OW, Ns), 4 taps at a
+    time."""
     C, H, W, N = xT.shape
     OC, K = gw.shape
     OH, OW = gyT.shape[1], gyT.shape[2]
     M = OW * N
     xf = xT.reshape(-1)
     gyf = gyT.reshape(-1)
-    if b0 == 0:
-        for o in range(OC):
-            s = zero
-            for i in range(o * OH * M, (o + 1) * OH * M):
-                s += gyf[_u(i)]
-            gb[o] = s
-    for tb in prange(b0, b1):
-        t = tb * 4
+    for o in range(OC):
+        s = zero
+        for i in range(o * OH * M, (o + 1) * OH * M):
+            s += gyf[_u(i)]
+        gb[o] = s
+    for t in range(0, K, 4):
         for o in range(OC):
             for j in range(t, min(t + 4, K)):
                 gw[o, j] = 0
@@ -466,3 +462,47 @@ def batchlast_grad_weight(xT, gyT, gw, gb, off, zero, b0, b1):
                 done = _grad_weight_block(gyf, (o * OH + oh) * M, OH * M, xf, oh * W * N, off,
                                           gw, o, t, M, zero)
             o += done
+
+
+@jit
+def to_batch_last(x, xT, PH0, PW0):
+    """x (N, C, H, W) into the parts xT (S, C, Hs, Ws, Ns), at (PH0, PW0) inside each
+    part's (Hs, Ws) plane (the border and the spare columns are left as they are)."""
+    N = x.shape[0]
+    S, Ns = xT.shape[0], xT.shape[-1]
+    for p in prange(S):
+        _to_batch_last_part(x[p * Ns:min(N, (p + 1) * Ns)], xT[p], PH0, PW0)
+
+
+@jit
+def batchlast_forward(x, wm, b, xT, yT, y, off, PH0, PW0):
+    """y (N, OC, OH, OW) = conv(x (N, C, H, W), wm (OC, K)) + b through the parts: each
+    part's images into xT[p] (S, C, Hs, Ws, Ns, padding and spare columns already zero),
+    convolved into yT[p] (S, OC, OH, OW, Ns), and back into y. xT is what the weight
+    gradient reads later."""
+    N = x.shape[0]
+    S, Ns = xT.shape[0], xT.shape[-1]
+    for p in prange(S):
+        n0, n1 = p * Ns, min(N, (p + 1) * Ns)
+        _to_batch_last_part(x[n0:n1], xT[p], PH0, PW0)
+        _forward_part(xT[p], wm, b, yT[p], off)
+        _from_batch_last_part(yT[p], y[n0:n1])
+
+
+@jit
+def batchlast_grad_input(gyT, wm, gxT, gx, off, KH, KW, PH0, PW0):
+    """gx (N, C, H, W) from the parts gyT (S, OC, OH, OW, Ns): each part's input gradient
+    into gxT[p] (S, C, H, W, Ns) and back into its images of gx."""
+    N = gx.shape[0]
+    S, Ns = gxT.shape[0], gxT.shape[-1]
+    for p in prange(S):
+        _grad_input_part(gyT[p], wm, gxT[p], off, KH, KW, PH0, PW0)
+        _from_batch_last_part(gxT[p], gx[p * Ns:min(N, (p + 1) * Ns)])
+
+
+@jit
+def batchlast_grad_weight(xT, gyT, gw, gb, off, zero):
+    """gw (S, OC, K) and gb (S, OC): each part's weight and bias gradient (the caller sums
+    them) from the parts xT (S, C, Hs, Ws, Ns) and gyT (S, OC, OH, OW, Ns)."""
+    for p in prange(xT.shape[0]):
+        _grad_weight_part(xT[p], gyT[p], gw[p], gb[p], off, zero)

@@ -31,14 +31,33 @@ Policies (``set_memory_policy``):
 This is a process-wide setting of the C library: it applies to every allocation in the
 process (NumPy's, PyTorch's, ...), not only minidl's. Elsewhere than glibc (macOS, musl)
 both policies leave the allocator alone and ``get_memory_policy()`` says ``'system'``.
+
+Kernel output buffers (``empty``)
+---------------------------------
+Under ``'retain'`` the CPU kernels also take their output arrays from a cache of the
+arrays earlier kernel outputs left free (``empty``): an array that nothing references any
+more is handed out again as the next output of its shape and dtype. A training step allocates the
+same sizes in the same order every step, so each kernel gets back the buffer it wrote a
+step before, split between the threads as it split it then. Memory that glibc hands out
+again has no such order: a fresh output often lies where the other thread last wrote,
+and each of its cache lines must first come over from the other core. Where the two
+vCPUs share no cache that cost more than the kernels' own work (the LeNet step 4.6 ->
+3.9 ms, benchmarks/RESULTS.md). The cache holds what a step holds at its peak; arrays
+left free for ``STALE_HANDOUTS`` hand-outs go back to the allocator at the next miss,
+and ``release_buffers()`` (or ``set_memory_policy('system')``) gives all free ones back.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import sys
+import threading
+
+import numpy as np
 
 __all__ = ["set_memory_policy", "get_memory_policy", "apply_default_policy", "POLICIES",
-           "RETAIN_MMAP_THRESHOLD", "RETAIN_TRIM_THRESHOLD"]
+           "RETAIN_MMAP_THRESHOLD", "RETAIN_TRIM_THRESHOLD", "empty", "zeros", "release_buffers",
+           "cached_bytes"]
 
 POLICIES = ("retain", "system")
 RETAIN_MMAP_THRESHOLD = 256 * 2**20
@@ -87,6 +106,8 @@ def set_memory_policy(policy):
         raise RuntimeError(f"set_memory_policy({policy!r}): glibc's mallopt refused the "
                            f"thresholds (mmap {mmap}, trim {trim} bytes)")
     _State.policy = policy
+    if policy == "system":
+        release_buffers()
     return policy
 
 
@@ -105,3 +126,109 @@ def apply_default_policy():
         warnings.warn(f"minidl: {exc}; the memory policy stays 'system'", RuntimeWarning,
                       stacklevel=2)
         return get_memory_policy()
+
+
+# ----------------------------------------------------------------------------- output buffers
+
+CACHE_MIN_BYTES = 4096        # smaller outputs come from NumPy (malloc's small bins)
+MAX_PER_KEY = 64              # arrays kept per (shape, dtype): bounds the scan for a free one
+STALE_HANDOUTS = 20_000       # a free array not handed out for this many calls goes back
+
+
+class _Buffers:
+    """The cache: for each (shape, dtype) as ``empty`` was called with, entries ``[array,
+    last]``: an array handed out before and the hand-out count when it last was (None for
+    the keys too small to cache). An array is free when only its entry references it."""
+    lock = threading.Lock()
+    by_key = {}
+    handouts = 0
+    free_refs = None          # sys.getrefcount of an array only its entry references
+
+    @classmethod
+    def calibrate(cls):
+        """The reference count ``take`` sees for an array nothing else holds (CPython
+        versions count the call's own references differently)."""
+        entry = [np.empty(1, np.uint8), 0]
+        cls.free_refs = sys.getrefcount(entry[0])
+
+    @classmethod
+    def take(cls, key):
+        """A free array of ``key`` = (shape, dtype), or a new one (kept unless MAX_PER_KEY
+        of that key are kept already)."""
+        entries = cls.by_key.get(key, ())
+        if entries is None:
+            return np.empty(*key)
+        cls.handouts += 1
+        for entry in entries:
+            if sys.getrefcount(entry[0]) == cls.free_refs:
+                entry[1] = cls.handouts
+                array = entry[0]
+                if not array.flags.writeable:    # as np.empty's, whatever its last user did
+                    array.flags.writeable = True
+                return array
+        array = np.empty(*key)
+        if array.nbytes < CACHE_MIN_BYTES:
+            cls.by_key[key] = None
+            return array
+        cls.drop_stale()
+        entries = cls.by_key.setdefault(key, [])
+        if len(entries) < MAX_PER_KEY:
+            entries.append([array, cls.handouts])
+        return array
+
+    @classmethod
+    def drop_stale(cls, everything=False):
+        """Give back the free arrays not handed out for STALE_HANDOUTS calls (all free ones
+        with ``everything``)."""
+        for key, entries in list(cls.by_key.items()):
+            if entries is None:
+                continue
+            kept = [e for e in entries
+                    if sys.getrefcount(e[0]) != cls.free_refs
+                    or (not everything and cls.handouts - e[1] <= STALE_HANDOUTS)]
+            if kept:
+                cls.by_key[key] = kept
+            else:
+                del cls.by_key[key]
+
+
+_Buffers.calibrate()
+
+
+def empty(shape, dtype):
+    """An uninitialised C-contiguous NumPy array of ``shape`` (a tuple) and ``dtype`` for a
+    CPU kernel's output or scratch: under the ``'retain'`` policy an array of that shape
+    and dtype that earlier outputs left free (module docstring), else ``np.empty``."""
+    if _State.policy != "retain":
+        return np.empty(shape, dtype)
+    with _Buffers.lock:
+        return _Buffers.take((shape, dtype))
+
+
+def zeros(shape, dtype):
+    """``empty(shape, dtype)`` filled with zeros."""
+    if _State.policy != "retain":
+        return np.zeros(shape, dtype)
+    out = empty(shape, dtype)
+    out.fill(0)
+    return out
+
+
+def release_buffers():
+    """Give every cached output array that nothing uses any more back to the allocator."""
+    with _Buffers.lock:
+        _Buffers.drop_stale(everything=True)
+
+
+def cached_bytes():
+    """(in use, free): bytes of the cached output arrays that are still referenced, and
+    of those free for the next outputs."""
+    used = free = 0
+    with _Buffers.lock:
+        for entries in _Buffers.by_key.values():
+            for entry in entries or ():
+                if sys.getrefcount(entry[0]) == _Buffers.free_refs:
+                    free += entry[0].nbytes
+                else:
+                    used += entry[0].nbytes
+    return used, free

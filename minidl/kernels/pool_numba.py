@@ -33,6 +33,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from . import memory
 from .im2col_numba import _to_rows
 from .threads import jit, njit_helper
 
@@ -415,8 +416,8 @@ def max_pool2d_forward(x, win):
     (float32/float64, K <= 256: arg is uint8)."""
     lead = x.shape[:-2]
     xs = _planes(x)                                              # (P, H, W)
-    y = np.empty((xs.shape[0], win.OH, win.OW), dtype=x.dtype)  # (P, OH, OW)
-    arg = np.empty(y.shape, dtype=np.uint8)
+    y = memory.empty((xs.shape[0], win.OH, win.OW), dtype=x.dtype)  # (P, OH, OW)
+    arg = memory.empty(y.shape, dtype=np.uint8)
     if win.is_2x2_stride2():
         _max_forward_2x2(xs, y, arg, size=xs.size)
     elif win.OH * win.OW <= ACROSS_MAX_OUTPUTS:
@@ -432,7 +433,7 @@ def max_pool2d_backward(gy, arg, win):
     ``pool_reference.max_pool2d_backward``, compiled."""
     lead = gy.shape[:-2]
     gys, args = _planes(gy), _planes(arg)                          # (P, OH, OW)
-    gx = np.empty((gys.shape[0], win.H, win.W), dtype=gy.dtype)   # (P, H, W)
+    gx = memory.empty((gys.shape[0], win.H, win.W), dtype=gy.dtype)   # (P, H, W)
     if win.is_2x2_stride2():
         _max_backward_2x2(gys, args, gx, gy.dtype.type(0), size=gx.size)
     else:
@@ -446,7 +447,7 @@ def avg_pool2d_forward(x, win, divisor):
     ``pool_reference.avg_pool2d_forward``, compiled (multiplies by 1/divisor)."""
     lead = x.shape[:-2]
     xs = _planes(x)
-    y = np.empty((xs.shape[0], win.OH, win.OW), dtype=x.dtype)
+    y = memory.empty((xs.shape[0], win.OH, win.OW), dtype=x.dtype)
     if win.is_2x2_stride2() and bool(np.all(divisor == 4)):
         _avg_forward_2x2(xs, y, x.dtype.type(0.25), size=xs.size)
         return y.reshape(lead + y.shape[1:])
@@ -461,7 +462,7 @@ def avg_pool2d_backward(gy, win, divisor):
     compiled."""
     lead = gy.shape[:-2]
     gys = _planes(gy)
-    gx = np.empty((gys.shape[0], win.H, win.W), dtype=gy.dtype)
+    gx = memory.empty((gys.shape[0], win.H, win.W), dtype=gy.dtype)
     if win.is_2x2_stride2() and bool(np.all(divisor == 4)):
         _avg_backward_2x2(gys, gx, gy.dtype.type(0.25), size=gx.size)
         return gx.reshape(lead + (win.H, win.W))
