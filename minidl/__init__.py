@@ -23,7 +23,7 @@ from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, fu
                        randperm, tensor, zeros, zeros_like)
 from .kernels.threads import get_num_threads, set_num_threads
 from .kernels.memory import apply_default_policy as _apply_default_policy
-from .kernels.memory import get_memory_policy, set_memory_policy
+from .kernels.memory import get_memory_policy, set_buffer_cache, set_memory_policy
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck
 from .ops import (abs, add, all, amax, any, argmax, argmin, cat, clamp, clip, clone,
                   concatenate, div, eq, exp, expand, flatten, ge, gt, le, log, lt, matmul, max,

@@ -81,9 +81,11 @@ def test_a_refused_default_warns_instead_of_failing_the_import(monkeypatch):
 
 @pytest.fixture
 def buffers(monkeypatch):
-    """A fresh, empty output-buffer cache under the 'retain' policy (restored after)."""
+    """A fresh, empty output-buffer cache, switched on, under the 'retain' policy
+    (restored after)."""
     from minidl.kernels import memory
     monkeypatch.setattr(memory._State, "policy", "retain")
+    monkeypatch.setattr(memory._Buffers, "enabled", True)
     monkeypatch.setattr(memory._Buffers, "by_key", {})
     monkeypatch.setattr(memory._Buffers, "handouts", 0)
     return memory
@@ -188,3 +190,23 @@ def test_threads_never_share_an_output(buffers):
     for t in ts:
         t.join()
     assert not errors
+
+
+def test_the_cache_is_off_unless_asked_for(buffers, monkeypatch):
+    import numpy as np
+    monkeypatch.setattr(buffers._Buffers, "enabled", False)
+    a = buffers.empty((64, 32), np.float32)
+    z = buffers.zeros((64, 32), np.float32)
+    assert buffers.cached_bytes() == (0, 0) and not z.any()
+    assert minidl.set_buffer_cache(True) is True
+    a = buffers.empty((64, 32), np.float32)
+    del a
+    assert buffers.cached_bytes() == (0, 64 * 32 * 4)
+    z = buffers.zeros((64, 32), np.float32)            # the free one, zeroed
+    assert not z.any() and buffers.cached_bytes() == (64 * 32 * 4, 0)
+    del z
+    assert minidl.set_buffer_cache(False) is False      # free ones go back at once
+    assert buffers.cached_bytes() == (0, 0)
+    with pytest.raises(ValueError, match="set_buffer_cache: flag must be True or False, "
+                                         "got None"):
+        minidl.set_buffer_cache(None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from . import memory
 from .threads import jit
 
 __all__ = ["add"]
@@ -20,6 +21,6 @@ def _add_loop(a, b, out):
 
 def add(a, b):
     """a + b (C-contiguous NumPy arrays of one float dtype and shape)."""
-    out = np.empty(a.shape, dtype=a.dtype)
+    out = memory.empty(a.shape, dtype=a.dtype)
     _add_loop(a.reshape(-1), b.reshape(-1), out.reshape(-1), size=a.size)
     return out

@@ -51,7 +51,7 @@ import numpy as np
 from numba import prange
 
 from .registry import FAST_DTYPES
-from . import threads
+from . import memory, threads
 from .threads import jit, njit_helper
 
 __all__ = ["batch_stats", "normalize", "grad_sums", "input_grad"]
@@ -335,7 +335,7 @@ def normalize(x, mean, inv_std, weight=None, bias=None):
     a = _vec(inv_std, np.float64, C)
     if weight is not None:
         a = a * _vec(weight, np.float64, C)
-    out = np.empty(x.shape, x.dtype)   # owns its data: autograd need not copy a view
+    out = memory.empty(x.shape, x.dtype)   # owns its data: autograd need not copy a view
     _write(_AFFINE, [xs], [_vec(mean, x.dtype, C), a.astype(x.dtype), _vec(bias, x.dtype, C, 0)],
            out)
     return out
@@ -365,7 +365,7 @@ def input_grad(gy, x, mean, inv_std, weight, gbias, gweight, training):
     a = _vec(inv_std, np.float64, C)
     if weight is not None:
         a = a * _vec(weight, np.float64, C)
-    out = np.empty(gy.shape, dtype)    # owns its data: autograd need not copy a view
+    out = memory.empty(gy.shape, dtype)    # owns its data: autograd need not copy a view
     if not training:   # gx = gy * a: the affine kernel with shift 0 and offset 0
         zero = np.zeros(C, dtype)
         _write(_AFFINE, [gys], [zero, a.astype(dtype), zero], out)

@@ -73,7 +73,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..backend import get_array_module
-from . import blas, registry, threads
+from . import blas, memory, registry, threads
 from .im2col import col2im, im2col
 
 __all__ = ["CONV2D", "conv2d_code", "KEEP_COL_BYTES", "keep_col_bytes", "kept_col_limit",
@@ -122,7 +122,7 @@ def _matmul(xp, a, b, out=None):
     if xp is not np:
         return xp.matmul(a, b, out=out)
     if out is None:
-        out = np.empty(a.shape[:-1] + b.shape[-1:], dtype=np.result_type(a, b))
+        out = memory.empty(a.shape[:-1] + b.shape[-1:], dtype=np.result_type(a, b))
     return blas.matmul(a, b, out)
 
 

@@ -36,7 +36,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import conv as reference
-from . import registry, threads
+from . import memory, registry, threads
 from .conv import _scratch
 from .blas import matmul
 from .im2col import col2im, im2col
@@ -277,8 +277,8 @@ def _backward_by_images(x, gy, wm, geo, need_w, need_x):
     bounds, cols, rows, size = _image_plan(geo, dtype)
     parts, K = bounds.shape[0], geo.C * geo.KH * geo.KW
     unused = np.empty((1, 1, 1, 1), dtype=dtype)                 # stands for arrays not read
-    dW = np.empty((parts, geo.OC, K) if need_w else (parts, 1, 1), dtype=dtype)
-    gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=dtype) if need_x else unused
+    dW = memory.empty((parts, geo.OC, K) if need_w else (parts, 1, 1), dtype=dtype)
+    gx = memory.empty((geo.N, geo.C, geo.H, geo.W), dtype=dtype) if need_x else unused
     from .conv_blocked_images_numba import backward_images  # noqa: PLC0415 - numba on use
     with threads.single_blas():
         backward_images(x if need_w else unused, gy, wm if need_x else unused[0, 0], need_w,
@@ -371,7 +371,7 @@ def forward(x, w, b, geo, keep_for_backward=True):
     K = (geo.C // G) * geo.KH * geo.KW
     wm = w.reshape(G, OC // G, K)
     x = np.ascontiguousarray(x)
-    y = np.empty((geo.N, OC, geo.OH, geo.OW), dtype=np.result_type(x, w))
+    y = memory.empty((geo.N, OC, geo.OH, geo.OW), dtype=np.result_type(x, w))
     saved = ("x", x if keep_for_backward else None)
     keep = keep_for_backward and col_bytes(geo, x.dtype) <= reference.kept_col_limit()
 
@@ -443,7 +443,7 @@ def grad_weight(g, saved, geo, need_b=True):
     Cg = geo.C // G
     K = Cg * geo.KH * geo.KW
     source = kept[0][2] if kind == "cols" else kept
-    gw = np.empty((G, OC // G, K), dtype=np.result_type(source, g.gy))
+    gw = memory.empty((G, OC // G, K), dtype=np.result_type(source, g.gy))
     gb = grad_bias(g, geo) if need_b else None
     if kind == "cols":                                            # forward's blocks
         for n0, n1, col in kept:
@@ -489,7 +489,7 @@ def grad_input(g, w, geo):
         return g.gx
     if not pointwise(geo) and g.gY is None and runs_by_images(geo, g.gy.dtype):
         return _backward_by_images(None, g.gy, w.reshape(OC, K), geo, False, True)[1]
-    gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
+    gx = memory.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
     if single_pixel(geo):
         return matmul(_rows(g.gy), wmT[0].T, _rows(gx)).reshape(gx.shape)
     if pointwise(geo):

@@ -44,7 +44,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import registry, threads
+from . import memory, registry, threads
 from .conv import plane_sums
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
@@ -140,7 +140,7 @@ def forward(x, w, b, geo, keep_for_backward=True):
     """y (N, C, OH, OW), plane by plane; saved ``('x', x)`` (``('x', None)`` without
     ``keep_for_backward``)."""
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
-    y = np.empty(geo.out_shape, dtype=x.dtype)
+    y = memory.empty(geo.out_shape, dtype=x.dtype)
     bias = np.zeros(geo.C, dtype=x.dtype) if b is None else np.ascontiguousarray(b, x.dtype)
     k, args = _kernels(), _geo_args(geo)
     if _rows_3x3(geo):
@@ -167,11 +167,11 @@ def grad_weight(g, saved, geo, need_b=True):
     gy = g.gy.astype(x.dtype, copy=False)
     k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
     if taps is not None:
-        gwt = np.empty((geo.KH * geo.KW, geo.C), dtype=x.dtype)   # (K, C), transposed
+        gwt = memory.empty((geo.KH * geo.KW, geo.C), dtype=x.dtype)   # (K, C), transposed
         k.grad_weight_across(x, gy, gwt, threads.pieces(gy.size), *taps, size=gy.size)
         gw = np.ascontiguousarray(gwt.T).reshape(geo.OC, 1, geo.KH, geo.KW)
     else:
-        gw = np.empty((geo.OC, 1, geo.KH, geo.KW), dtype=x.dtype)
+        gw = memory.empty((geo.OC, 1, geo.KH, geo.KW), dtype=x.dtype)
         zero = x.dtype.type(0)
         k.grad_weight(x, gy, gw, zero, 0, geo.C, *args, size=gy.size)
     return gw, (grad_bias(g, geo) if need_b else None)
@@ -181,7 +181,7 @@ def grad_input(g, w, geo):
     """gx (N, C, H, W), plane by plane: the adjoint of forward's loops."""
     w = np.ascontiguousarray(w)
     gy = g.gy.astype(w.dtype, copy=False)
-    gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=w.dtype)
+    gx = memory.empty((geo.N, geo.C, geo.H, geo.W), dtype=w.dtype)
     k, args, taps = _kernels(), _geo_args(geo), _across_taps(geo)
     if taps is not None:
         wt = _transposed(w)

@@ -37,9 +37,9 @@ Two layouts make those runs contiguous (``choose_layout`` picks one per shape):
   part per thread, (S, C, Hp, Wp, Ns) (``batch_parts``): each thread transposes,
   convolves and transposes back its own images, and the weight gradient adds one partial
   sum per part. Cut by rows instead (every thread reading every image), the transposes
-  handed half of every array to the other core; where the two vCPUs share no cache that
-  hand-off cost more than the convolution (LeNet's training step 4.6 -> 4.0 ms cut by
-  parts, benchmarks/RESULTS.md).
+  handed half of every array to the other core, which on the dev VM, in the stretches
+  when the host places its two vCPUs apart, made the LeNet step 10 % slower (5.15 ->
+  4.62 ms cut by parts; 2.98 -> 3.01 ms when they sit together; benchmarks/RESULTS.md).
 
 Input gradient. ``gx[n, c, i, j] = sum_{o, kh, kw} w[o, c, kh, kw] gy[n, o, i + PH0 - kh,
 j + PW0 - kw]`` (the forward's adjoint, written as a gather so that no two threads ever

@@ -100,7 +100,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import conv_blocked, registry, threads
+from . import conv_blocked, memory, registry, threads
 from .blas import matmul
 from .conv import _scratch, plane_sums
 
@@ -247,7 +247,7 @@ def weight_transform(w, m=2):
     sc = _SCHEMES[m]
     OC, C = w.shape[:2]
     P = OC * C
-    U = np.empty((sc.K, OC, C), dtype=w.dtype)
+    U = memory.empty((sc.K, OC, C), dtype=w.dtype)
     w3, U2 = np.ascontiguousarray(w).reshape(P, 3, 3), U.reshape(sc.K, P)
     sc.kernels().weight_transform(w3, sc.weight_constants(w.dtype), U2, 0, (P + 63) // 64,
                                   size=U.size)
@@ -260,7 +260,7 @@ def weight_transform_adjoint(dU):
     sc = _BY_COMPONENTS[dU.shape[0]]
     OC, C = dU.shape[1:]
     P = OC * C
-    gw = np.empty((OC, C, 3, 3), dtype=dU.dtype)
+    gw = memory.empty((OC, C, 3, 3), dtype=dU.dtype)
     dU2, gw3 = np.ascontiguousarray(dU).reshape(sc.K, P), gw.reshape(P, 3, 3)
     sc.kernels().weight_adjoint(dU2, sc.weight_constants(dU.dtype), gw3, 0, P, size=gw.size)
     return gw
@@ -424,8 +424,8 @@ def _backward_by_images(x, gy, U, geo, sc, need_w, need_x):
     unused = np.empty((1, 1, 1, 1), dtype=dtype)                 # stands for arrays not read
     V = _scratch(np, (parts, sc.K, geo.C, Tb), dtype, slot=0)
     Z = _scratch(np, (parts, sc.K, geo.OC, Tb), dtype, slot=1)
-    dU = np.empty((parts, sc.K, geo.OC, geo.C) if need_w else (parts, 1, 1, 1), dtype=dtype)
-    gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=dtype) if need_x else unused
+    dU = memory.empty((parts, sc.K, geo.OC, geo.C) if need_w else (parts, 1, 1, 1), dtype=dtype)
+    gx = memory.empty((geo.N, geo.C, geo.H, geo.W), dtype=dtype) if need_x else unused
     UT = (U if need_x else unused[0]).transpose(0, 2, 1)          # (K, C, OC)
     kernel = importlib.import_module(".conv_winograd_images_numba", __package__).backward_images
     with threads.single_blas():
@@ -463,7 +463,7 @@ def forward(x, w, b, geo, keep_for_backward=True):
     x = np.ascontiguousarray(x)
     U = weight_transform(w, sc.m)                                 # (K, OC, C)
     TH, TW = _tiles(geo, sc)
-    y = np.empty(geo.out_shape, dtype=x.dtype)
+    y = memory.empty(geo.out_shape, dtype=x.dtype)
     bias = b if b is not None else np.zeros(1, dtype=x.dtype)
 
     if runs_by_images(geo, x.dtype):
@@ -513,18 +513,18 @@ def grad_weight(g, saved, geo, need_b=True):
     elif whole_batch(geo, x.dtype):
         V = _V_whole(x, geo, sc)                                  # (K, C, T)
         g.Z = Z = _Z_whole(g.gy, geo, sc)                         # (K, OC, T)
-        dU = matmul(Z, V.transpose(0, 2, 1), np.empty((sc.K, geo.OC, geo.C),
+        dU = matmul(Z, V.transpose(0, 2, 1), memory.empty((sc.K, geo.OC, geo.C),
                                                      dtype=np.result_type(x, Z)))
     else:
         # When the input gradient follows (g.need_x, set by the op) and forward's U is
         # at hand, each block makes its part of dX from the same Z: Z once per block.
         U = _saved_U(g, sc)
         UT = U.transpose(0, 2, 1) if U is not None and getattr(g, "need_x", False) else None
-        gx = None if UT is None else np.empty((geo.N, geo.C, geo.H, geo.W),
+        gx = None if UT is None else memory.empty((geo.N, geo.C, geo.H, geo.W),
                                               dtype=np.result_type(g.gy, U))
         TH, TW = _tiles(geo, sc)
 
-        dU = np.empty((sc.K, geo.OC, geo.C), dtype=np.result_type(x, g.gy))
+        dU = memory.empty((sc.K, geo.OC, geo.C), dtype=np.result_type(x, g.gy))
 
         def block(n0, n1):
             V = _V_block(x, geo, sc, n0, n1)                      # (K, C, T_b)
@@ -552,7 +552,7 @@ def grad_input(g, w, geo):
     if runs_by_images(geo, g.gy.dtype):
         return _backward_by_images(None, g.gy, U, geo, sc, False, True)[1]
     UT = U.transpose(0, 2, 1)                                      # (K, C, OC)
-    gx = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
+    gx = memory.empty((geo.N, geo.C, geo.H, geo.W), dtype=np.result_type(g.gy, w))
     TH, TW = _tiles(geo, sc)
 
     if whole_batch(geo, gx.dtype):

@@ -43,6 +43,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from . import memory
 from .threads import jit
 
 __all__ = ["im2col", "col2im", "planes_swapped"]
@@ -329,7 +330,7 @@ def im2col(x, geo, out=None):
     """x (N, C, H, W) -> col (C, KH, KW, N, OH, OW), into ``out`` when given (a checked,
     C-contiguous array of x's dtype: ``im2col.im2col`` checks it)."""
     x = np.ascontiguousarray(x)
-    col = np.empty(geo.col_shape, dtype=x.dtype) if out is None else out
+    col = memory.empty(geo.col_shape, dtype=x.dtype) if out is None else out
     if _gathers(geo):
         table = _table(geo)
         _im2col_gather(x, col.reshape(geo.C, *table.shape), table, size=col.size)
@@ -342,7 +343,7 @@ def col2im(col, geo, out=None):
     """col (C, KH, KW, N, OH, OW) -> img (N, C, H, W), the adjoint of ``im2col``, into
     ``out`` when given (checked by ``im2col.col2im``); every entry is written."""
     col = np.ascontiguousarray(col)
-    img = np.empty((geo.N, geo.C, geo.H, geo.W), dtype=col.dtype) if out is None else out
+    img = memory.empty((geo.N, geo.C, geo.H, geo.W), dtype=col.dtype) if out is None else out
     if _gathers(geo):
         table = _table(geo)
         _col2im_scatter(col.reshape(geo.C, *table.shape), img, table, size=col.size)

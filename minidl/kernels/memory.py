@@ -32,19 +32,26 @@ This is a process-wide setting of the C library: it applies to every allocation 
 process (NumPy's, PyTorch's, ...), not only minidl's. Elsewhere than glibc (macOS, musl)
 both policies leave the allocator alone and ``get_memory_policy()`` says ``'system'``.
 
-Kernel output buffers (``empty``)
----------------------------------
-Under ``'retain'`` the CPU kernels also take their output arrays from a cache of the
-arrays earlier kernel outputs left free (``empty``): an array that nothing references any
-more is handed out again as the next output of its shape and dtype. A training step allocates the
-same sizes in the same order every step, so each kernel gets back the buffer it wrote a
-step before, split between the threads as it split it then. Memory that glibc hands out
-again has no such order: a fresh output often lies where the other thread last wrote,
-and each of its cache lines must first come over from the other core. Where the two
-vCPUs share no cache that cost more than the kernels' own work (the LeNet step 4.6 ->
-3.9 ms, benchmarks/RESULTS.md). The cache holds what a step holds at its peak; arrays
-left free for ``STALE_HANDOUTS`` hand-outs go back to the allocator at the next miss,
-and ``release_buffers()`` (or ``set_memory_policy('system')``) gives all free ones back.
+Kernel output buffers (``empty``, opt-in)
+-----------------------------------------
+The CPU kernels take their output arrays from ``empty``. With ``set_buffer_cache(True)``
+(and the ``'retain'`` policy) it serves them from a cache of the arrays earlier kernel
+outputs left free: an array that nothing references any more is handed out again as the
+next output of its shape and dtype. A training step allocates the same shapes in the same
+order every step, so each kernel gets back the array it wrote a step before, split
+between the threads as it split it then. Memory that glibc hands out again has no such
+order: a fresh output often lies where the other thread last wrote.
+
+Whether that pays depends on where the threads run. Measured on the dev VM, whose two
+vCPUs the host places in two ways, changing every few minutes (benchmarks/RESULTS.md):
+in one the LeNet step took 4.7 ms with NumPy's memory and 3.7 ms with the cache (0.80);
+in the other (the usual one) 3.0 ms and 3.1 ms (1.03-1.06: glibc's block freed last is
+still in the core's L2, the cached one a step old). No cheap measurement told the two
+apart reliably enough to switch by itself, so the cache is off unless asked for.
+
+The cache holds what a step holds at its peak; arrays left free for ``STALE_HANDOUTS``
+hand-outs go back to the allocator at the next miss, and all free ones when the cache is
+switched off, by ``release_buffers()`` or by ``set_memory_policy('system')``.
 """
 from __future__ import annotations
 
@@ -57,7 +64,7 @@ import numpy as np
 
 __all__ = ["set_memory_policy", "get_memory_policy", "apply_default_policy", "POLICIES",
            "RETAIN_MMAP_THRESHOLD", "RETAIN_TRIM_THRESHOLD", "empty", "zeros", "release_buffers",
-           "cached_bytes"]
+           "cached_bytes", "set_buffer_cache"]
 
 POLICIES = ("retain", "system")
 RETAIN_MMAP_THRESHOLD = 256 * 2**20
@@ -139,6 +146,7 @@ class _Buffers:
     """The cache: for each (shape, dtype) as ``empty`` was called with, entries ``[array,
     last]``: an array handed out before and the hand-out count when it last was (None for
     the keys too small to cache). An array is free when only its entry references it."""
+    enabled = False
     lock = threading.Lock()
     by_key = {}
     handouts = 0
@@ -195,11 +203,23 @@ class _Buffers:
 _Buffers.calibrate()
 
 
+def set_buffer_cache(flag):
+    """Cache kernel outputs (True) or not (False, the default; module docstring); only
+    under the ``'retain'`` policy. Returns the setting."""
+    if flag not in (True, False):
+        raise ValueError(f"set_buffer_cache: flag must be True or False, got {flag!r}")
+    _Buffers.enabled = flag
+    if not flag:
+        release_buffers()
+    return flag
+
+
 def empty(shape, dtype):
     """An uninitialised C-contiguous NumPy array of ``shape`` (a tuple) and ``dtype`` for a
-    CPU kernel's output or scratch: under the ``'retain'`` policy an array of that shape
-    and dtype that earlier outputs left free (module docstring), else ``np.empty``."""
-    if _State.policy != "retain":
+    CPU kernel's output or scratch: with the buffer cache on (``set_buffer_cache``) and
+    the ``'retain'`` policy, an array of that shape and dtype that earlier outputs left
+    free; else ``np.empty``."""
+    if not _Buffers.enabled or _State.policy != "retain":
         return np.empty(shape, dtype)
     with _Buffers.lock:
         return _Buffers.take((shape, dtype))
@@ -207,7 +227,7 @@ def empty(shape, dtype):
 
 def zeros(shape, dtype):
     """``empty(shape, dtype)`` filled with zeros."""
-    if _State.policy != "retain":
+    if not _Buffers.enabled or _State.policy != "retain":
         return np.zeros(shape, dtype)
     out = empty(shape, dtype)
     out.fill(0)
