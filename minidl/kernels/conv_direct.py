@@ -135,11 +135,18 @@ def _to_batch_last(x, geo=None, parts=None):
     (PH0, PH1), (PW0, PW1) = geo.padding if geo is not None else ((0, 0), (0, 0))
     N, C, H, W = x.shape
     S, Ns = parts or batch_parts(N, x.size)
-    shape = (S, C, H + PH0 + PH1, W + PW0 + PW1, Ns)
-    blank = PH0 or PH1 or PW0 or PW1 or S * Ns > N
-    out = memory.zeros(shape, dtype=x.dtype) if blank else memory.empty(shape, dtype=x.dtype)
+    out = _parts_array(N, S, Ns, (C, H + PH0 + PH1, W + PW0 + PW1), x.dtype,
+                       PH0 or PH1 or PW0 or PW1)
     nb.to_batch_last(x, out, PH0, PW0, size=x.size)
     return out
+
+
+def _parts_array(N, S, Ns, inner, dtype, padded):
+    """An (S, *inner, Ns) array for the batch-last parts of N images, zero where the kernels
+    must read zeros: everywhere when ``padded`` (the border), or when the last part has
+    spare columns."""
+    make = memory.zeros if padded or S * Ns > N else memory.empty
+    return make((S,) + inner + (Ns,), dtype=dtype)
 
 
 def _planar_forward(src, wm, b, KH, KW, out_hw):
@@ -160,8 +167,7 @@ def _batch_last_forward(x, wm, b, geo):
     Hs, Ws = geo.H + PH0 + PH1, geo.W + PW0 + PW1
     y = memory.empty((N, OC, geo.OH, geo.OW), dtype=x.dtype)
     S, Ns = batch_parts(N, y.size)
-    blank = PH0 or PH1 or PW0 or PW1 or S * Ns > N
-    xT = (memory.zeros if blank else memory.empty)((S, C, Hs, Ws, Ns), dtype=x.dtype)
+    xT = _parts_array(N, S, Ns, (C, Hs, Ws), x.dtype, PH0 or PH1 or PW0 or PW1)
     yT = memory.empty((S, OC, geo.OH, geo.OW, Ns), dtype=x.dtype)
     off = _offsets(C, Hs, Ws, geo.KH, geo.KW, Ns)
     nb.batchlast_forward(x, wm, b, xT, yT, y, off, PH0, PW0, size=y.size)
