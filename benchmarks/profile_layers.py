@@ -16,9 +16,9 @@ from the layers' sum is what they do not show: the loss, the optimiser, residual
 concatenations, functional activations, autograd's own work.
 
 A layer the PyTorch twin runs as a function instead (MobileNet v2's average pool) is
-left out of the rows (its time is in the rest). An in-place activation is fed ``x * 1`` (computed before the clock starts, its backward
-timed with the layer's) on both sides: PyTorch refuses an in-place op on a leaf that
-needs a gradient.
+left out of the rows (its time is in the rest). An in-place activation is fed ``x * 1``
+(computed before the clock starts, its backward timed with the layer's) on both sides:
+PyTorch refuses an in-place op on a leaf that needs a gradient.
 """
 from __future__ import annotations
 

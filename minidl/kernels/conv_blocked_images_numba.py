@@ -1,8 +1,9 @@
 """The im2col convolution's forward and backward with the images owned by threads: the
-numba kernels of ``conv_blocked``'s by-images mode (imported only when used). Read ``conv_blocked.py``
-and ``im2col.py`` first (the column layout), and ``conv_winograd_images_numba.py`` for
-why by images (no stage reads what another thread wrote: on the dev VM the two vCPUs
-sometimes share no cache, and a thread then reads the other's writes 2.7x slower).
+numba kernels of ``conv_blocked``'s by-images mode (imported only when used). Read
+``conv_blocked.py`` and ``im2col.py`` first (the column layout), and
+``conv_winograd_images_numba.py`` for why by images (no stage reads what another thread
+wrote: on the dev VM the two vCPUs sometimes share no cache, and a thread then reads the
+other's writes 2.7x slower).
 
     forward_images   x (N, C, H, W), Wm (OC, C*KH*KW)       -> y (N, OC, OH, OW)
     backward_images  x, gy (N, OC, OH, OW), Wm (OC, C*KH*KW) -> dWm partials (P, OC, C*KH*KW),
@@ -14,11 +15,12 @@ single-threaded BLAS product for the block, Y = Wm @ col, y[n] = Y[:, n] (+ b). 
 unfolds the block again into this thread's cache (no ``col`` kept from forward: forward
 and backward this way beat the stage-split pass that keeps col, the measurements at
 ``conv_blocked.IMAGE_BLOCK_OUTPUTS``) and sums the part's own dWm += gY @ col^T, then
-dcol = Wm^T @ gY in the same work array and gx = col2im(dcol) for the block's images. One product per block, not per image: on maps of a
-few pixels each image's product is a few columns wide and reads all of Wm (ResNet-18's
-256 -> 512 3x3 s2 layer at 4x4 outputs, batch 128: 1.35x the stage-split pass's time
-with one product per image). A block of one image reads and writes y[n] and gy[n] in
-place; larger blocks go through Y (gY), the part's (OC, images x pixels) work array.
+dcol = Wm^T @ gY in the same work array and gx = col2im(dcol) for the block's images.
+One product per block, not per image: on maps of a few pixels each image's product is a
+few columns wide and reads all of Wm (ResNet-18's 256 -> 512 3x3 s2 layer at 4x4
+outputs, batch 128: 1.35x the stage-split pass's time with one product per image). A
+block of one image reads and writes y[n] and gy[n] in place; larger blocks go through Y
+(gY), the part's (OC, images x pixels) work array.
 """
 from __future__ import annotations
 
