@@ -47,6 +47,7 @@ import weakref
 import numpy as np
 
 from . import backend
+from .kernels import memory
 
 # ----------------------------------------------------------------------------- grad mode
 # Grad mode is a per-thread flag, as in PyTorch: a data-loading or serving thread inside
@@ -1190,6 +1191,7 @@ def run_backward(root, gradient=None, retain_graph=None, create_graph=False, inp
     if retain_graph is None:
         retain_graph = create_graph
     seed = _seed(root, gradient, create_graph)
+    memory.mark_step()          # a training step's backward: times set_buffer_cache('auto')
     if inputs is None:
         _backward_pass([root], [seed], retain_graph, create_graph)
         return

@@ -82,13 +82,18 @@ def test_a_refused_default_warns_instead_of_failing_the_import(monkeypatch):
 @pytest.fixture
 def buffers(monkeypatch):
     """A fresh, empty output-buffer cache, switched on, under the 'retain' policy
-    (restored after)."""
+    (restored after, and the 'auto' tuner's state)."""
     from minidl.kernels import memory
     monkeypatch.setattr(memory._State, "policy", "retain")
     monkeypatch.setattr(memory._Buffers, "enabled", True)
     monkeypatch.setattr(memory._Buffers, "by_key", {})
     monkeypatch.setattr(memory._Buffers, "handouts", 0)
-    return memory
+    tuner = {k: getattr(memory._Tuner, k) for k in ("active", "plan", "running", "times",
+                                                    "last_mark", "steps", "last_trial",
+                                                    "decisions")}
+    yield memory
+    for k, v in tuner.items():          # set_buffer_cache in a test leaves 'auto'
+        setattr(memory._Tuner, k, v)
 
 
 def test_a_free_output_is_handed_out_again(buffers):
@@ -192,7 +197,15 @@ def test_threads_never_share_an_output(buffers):
     assert not errors
 
 
-def test_the_cache_is_off_unless_asked_for(buffers, monkeypatch):
+def test_auto_is_the_default_and_starts_with_the_cache_off():
+    out = subprocess.run([sys.executable, "-c", "import minidl\n"
+                          "from minidl.kernels import memory\n"
+                          "print(memory._Tuner.active, memory._Buffers.enabled)"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.split() == ["True", "False"]
+
+
+def test_the_cache_on_and_off_by_hand(buffers, monkeypatch):
     import numpy as np
     monkeypatch.setattr(buffers._Buffers, "enabled", False)
     a = buffers.empty((64, 32), np.float32)
@@ -207,6 +220,182 @@ def test_the_cache_is_off_unless_asked_for(buffers, monkeypatch):
     del z
     assert minidl.set_buffer_cache(False) is False      # free ones go back at once
     assert buffers.cached_bytes() == (0, 0)
-    with pytest.raises(ValueError, match="set_buffer_cache: flag must be True or False, "
-                                         "got None"):
+    with pytest.raises(ValueError, match="set_buffer_cache: flag must be True, False or "
+                                         "'auto', got None"):
         minidl.set_buffer_cache(None)
+
+
+# ----------------------------------------------------------------------------- 'auto'
+
+@pytest.fixture
+def tuner(buffers, monkeypatch):
+    """The 'auto' tuner, active, with small trials: 3 steps before the first; 2 rounds of
+    two blocks of 1 warm-up and 2 timed steps; the next after 5 steps and 10 s (doubling
+    at most twice)."""
+    memory = buffers
+    monkeypatch.setattr(memory._Buffers, "enabled", False)
+    for name, value in (("FIRST_TRIAL", 3), ("ROUNDS", 2), ("WARM", 1), ("MEASURE", 2),
+                        ("RETUNE_STEPS", 5), ("RETUNE_SECONDS", 10.0), ("MAX_BACKOFF", 2)):
+        monkeypatch.setattr(memory._Tuner, name, value)
+    memory._Tuner.reset(True)
+    yield memory
+    memory._Tuner.reset(False)
+
+
+def _run_steps(memory, n, cost, clock):
+    """n training steps on a fake clock: each step marks, then takes cost(cache on) s.
+    Returns the cache setting each step ran with."""
+    ran = []
+    for _ in range(n):
+        memory._Tuner.mark(clock[0])
+        on = memory._Buffers.enabled
+        ran.append(on)
+        clock[0] += cost(on)
+    return ran
+
+
+TRIAL = [False] * 3 + [True] * 6 + [False] * 3     # round 0: off, on; round 1: on, off
+
+
+def _until_trials(memory, n, cost, clock):
+    """Steps until n trials have ended; returns the settings they ran with."""
+    ran = []
+    while len(memory._Tuner.decisions) < n:
+        ran += _run_steps(memory, 1, cost, clock)
+    return ran
+
+
+def test_auto_times_both_settings_and_switches_after_two_verdicts(tuner):
+    clock = [0.0]
+    ran = _run_steps(tuner, 15, lambda on: 1.0 if on else 1.5, clock)
+    # 2 steps before the first trial, the trial; its verdict: on (1.0 s / 1.5 s), but
+    # one verdict does not switch
+    assert ran == [False] * 2 + TRIAL + [False]
+    assert tuner._Tuner.decisions == [(pytest.approx(2 / 3), True)]
+    assert not tuner._Tuner.setting and not tuner._Buffers.enabled
+    ran = _until_trials(tuner, 2, lambda on: 1.0 if on else 1.5, clock)
+    assert ran[-len(TRIAL) - 1:] == TRIAL + [True]          # the second trial agrees: on
+    assert tuner._Tuner.setting and tuner._Buffers.enabled
+    assert _run_steps(tuner, 3, lambda on: 1.0, clock) == [True] * 3
+
+
+@pytest.mark.parametrize("on_cost, verdict", [(0.98, False), (1.0, False), (1.2, False),
+                                              (0.96, True)])
+def test_auto_needs_a_margin_to_call_for_the_cache(tuner, on_cost, verdict):
+    clock = [0.0]
+    _until_trials(tuner, 2, lambda on: on_cost if on else 1.0, clock)
+    assert tuner._Tuner.decisions == [(pytest.approx(on_cost), verdict)] * 2  # MARGIN 3 %
+    assert tuner._Buffers.enabled is verdict
+
+
+def test_auto_leaves_warm_up_steps_out_and_cancels_a_drift(tuner):
+    """The first step of each block (the cache filling, glibc's lists settling) is not
+    timed; a machine slowing down steadily over the trial does not decide for the
+    setting timed first."""
+    clock, last, k = [0.0], [None], [0]
+
+    def cost(on):
+        first, last[0] = last[0] is not on, on
+        k[0] += 1
+        return 100.0 if first else 1.0 + 0.1 * k[0]       # the same cost, growing
+    _run_steps(tuner, 15, cost, clock)
+    (ratio, verdict), = tuner._Tuner.decisions
+    assert not verdict and ratio == pytest.approx(1.0, abs=0.05)
+
+
+def test_auto_one_contrary_trial_does_not_switch_and_two_do(tuner):
+    clock = [0.0]
+    faster = lambda on: 1.0 if on else 1.5                   # noqa: E731
+    _until_trials(tuner, 2, faster, clock)                   # on
+    _until_trials(tuner, 3, lambda on: 3.0 if on else 1.0, clock)
+    assert tuner._Tuner.setting and tuner._Buffers.enabled   # one contrary verdict
+    _until_trials(tuner, 4, faster, clock)
+    assert tuner._Tuner.setting                              # back to agreeing
+    _until_trials(tuner, 6, lambda on: 3.0 if on else 1.0, clock)
+    assert not tuner._Tuner.setting and not tuner._Buffers.enabled
+    assert [v for _, v in tuner._Tuner.decisions] == [True, True, False, True, False, False]
+
+
+def test_auto_tries_again_after_steps_and_seconds(tuner):
+    clock = [0.0]
+    _run_steps(tuner, 15, lambda on: 1.0, clock)            # the first trial has ended
+    assert len(tuner._Tuner.decisions) == 1
+    # 1 s steps: the next trial waits for RETUNE_SECONDS (10 steps from the trial's
+    # last mark), not RETUNE_STEPS (5)
+    ran = _run_steps(tuner, 9, lambda on: 1.0, clock)
+    assert ran == [False] * 9 and not tuner._Tuner.plan
+    assert _run_steps(tuner, 12, lambda on: 1.0, clock) == TRIAL
+    # 30 s steps: RETUNE_STEPS binds
+    _run_steps(tuner, 1, lambda on: 30.0, clock)             # the decision's mark
+    ran = _run_steps(tuner, 5, lambda on: 30.0, clock)
+    assert ran == [False] * 4 + [False] and tuner._Tuner.plan
+
+
+def test_auto_waits_longer_while_trials_agree(tuner):
+    clock = [0.0]
+    waits = []
+    for n in range(1, 6):                                    # the cache always 2x slower
+        _until_trials(tuner, n, lambda on: 2.0 if on else 1.0, clock)
+        waits.append(tuner._Tuner.wait())
+    assert waits == [10.0, 20.0, 40.0, 40.0, 40.0]           # MAX_BACKOFF = 2
+    tuner._Tuner.decisions.append((0.5, True))               # a trial that said otherwise
+    assert tuner._Tuner.wait() == 10.0
+
+
+def test_outputs_in_use_when_the_cache_went_off_go_back_at_a_later_step(buffers):
+    import numpy as np
+    a = buffers.empty((64, 32), np.float32)
+    buffers.empty((2, 2), np.float32)                     # too small: only noted
+    buffers._switch_cache(False)
+    assert buffers.cached_bytes() == (a.nbytes, 0)        # in use: kept by the cache
+    del a
+    assert buffers.cached_bytes() == (0, 64 * 32 * 4)
+    buffers.mark_step()
+    assert buffers.cached_bytes() == (0, 0) and not buffers._Buffers.by_key
+
+
+def test_auto_counts_only_main_thread_steps_and_only_when_asked(tuner):
+    import threading
+    worker = threading.Thread(target=lambda: [tuner.mark_step() for _ in range(50)])
+    worker.start()
+    worker.join()
+    assert tuner._Tuner.steps == 0 and tuner._Tuner.last_mark is None
+    for _ in range(2):
+        tuner.mark_step()
+    assert tuner._Tuner.steps == 2
+    assert minidl.set_buffer_cache(False) is False           # leaves 'auto'
+    for _ in range(50):
+        tuner.mark_step()
+    assert tuner._Tuner.steps == 0 and not tuner._Buffers.enabled
+    assert minidl.set_buffer_cache("auto") == "auto" and tuner._Tuner.active
+
+
+def test_auto_training_gives_the_same_weights_as_without_the_cache(tuner, monkeypatch):
+    """A small convolutional network trained with 'auto' switching the cache on and off
+    every few steps (trials back to back) ends with exactly the weights of the same
+    training with the cache off; the cache did hand outputs out again."""
+    import numpy as np
+    from minidl import nn
+    monkeypatch.setattr(tuner._Tuner, "RETUNE_STEPS", 1)
+    monkeypatch.setattr(tuner._Tuner, "RETUNE_SECONDS", 0.0)
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((40, 8, 2, 12, 12)).astype(np.float32)
+    ys = rng.integers(0, 5, (40, 8))
+
+    def train():
+        minidl.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(2, 6, 3), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(),
+                            nn.Linear(6 * 5 * 5, 5))
+        opt = minidl.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        for x, y in zip(xs, ys):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(minidl.tensor(x)), minidl.tensor(y)).backward()
+            opt.step()
+        return [p.detach().numpy().copy() for p in net.parameters()]
+
+    with_auto = train()
+    assert len(tuner._Tuner.decisions) >= 2 and tuner._Buffers.handouts > 0
+    minidl.set_buffer_cache(False)
+    without = train()
+    for a, b in zip(with_auto, without):
+        np.testing.assert_array_equal(a, b)

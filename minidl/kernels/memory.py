@@ -32,10 +32,10 @@ This is a process-wide setting of the C library: it applies to every allocation 
 process (NumPy's, PyTorch's, ...), not only minidl's. Elsewhere than glibc (macOS, musl)
 both policies leave the allocator alone and ``get_memory_policy()`` says ``'system'``.
 
-Kernel output buffers (``empty``, opt-in)
------------------------------------------
-The CPU kernels take their output arrays from ``empty``. With ``set_buffer_cache(True)``
-(and the ``'retain'`` policy) it serves them from a cache of the arrays earlier kernel
+Kernel output buffers (``empty``) and ``set_buffer_cache``
+----------------------------------------------------------
+The CPU kernels take their output arrays from ``empty``. With the buffer cache on (and
+the ``'retain'`` policy) it serves them from a cache of the arrays earlier kernel
 outputs left free: an array that nothing references any more is handed out again as the
 next output of its shape and dtype. A training step allocates the same shapes in the same
 order every step, so each kernel gets back the array it wrote a step before, split
@@ -43,11 +43,14 @@ between the threads as it split it then. Memory that glibc hands out again has n
 order: a fresh output often lies where the other thread last wrote.
 
 Whether that pays depends on where the threads run. Measured on the dev VM, whose two
-vCPUs the host places in two ways, changing every few minutes (benchmarks/RESULTS.md):
-in one the LeNet step took 4.7 ms with NumPy's memory and 3.7 ms with the cache (0.80);
-in the other (the usual one) 3.0 ms and 3.1 ms (1.03-1.06: glibc's block freed last is
-still in the core's L2, the cached one a step old). No cheap measurement told the two
-apart reliably enough to switch by itself, so the cache is off unless asked for.
+vCPUs the host places in two ways, changing every few seconds to minutes
+(benchmarks/RESULTS.md): in one the LeNet step took 4.7 ms with NumPy's memory and 3.7
+ms with the cache (0.80; the epoch 0.90); in the other (the usual one) 3.0 and 3.1-3.3
+ms (1.03-1.10: glibc's block freed last is still in the core's L2, the cached one a step
+old). No cheap probe of the machine told the two apart, so by default (``'auto'``,
+``_Tuner``) the training loop itself decides: now and then a few steps run with the
+cache off and on in turn, and the faster setting stays. ``set_buffer_cache(True)`` or
+``False`` fixes it.
 
 The cache holds what a step holds at its peak; arrays left free for ``STALE_HANDOUTS``
 hand-outs go back to the allocator at the next miss, and all free ones when the cache is
@@ -59,12 +62,13 @@ import ctypes
 import ctypes.util
 import sys
 import threading
+import time
 
 import numpy as np
 
 __all__ = ["set_memory_policy", "get_memory_policy", "apply_default_policy", "POLICIES",
            "RETAIN_MMAP_THRESHOLD", "RETAIN_TRIM_THRESHOLD", "empty", "zeros", "release_buffers",
-           "cached_bytes", "set_buffer_cache"]
+           "cached_bytes", "set_buffer_cache", "mark_step"]
 
 POLICIES = ("retain", "system")
 RETAIN_MMAP_THRESHOLD = 256 * 2**20
@@ -189,7 +193,9 @@ class _Buffers:
         """Give back the free arrays not handed out for STALE_HANDOUTS calls (all free ones
         with ``everything``)."""
         for key, entries in list(cls.by_key.items()):
-            if entries is None:
+            if entries is None:               # a key too small to cache: forgotten too
+                if everything:
+                    del cls.by_key[key]
                 continue
             kept = [e for e in entries
                     if sys.getrefcount(e[0]) != cls.free_refs
@@ -203,15 +209,144 @@ class _Buffers:
 _Buffers.calibrate()
 
 
+def _switch_cache(flag):
+    if flag != _Buffers.enabled:
+        _Buffers.enabled = flag
+        if not flag:
+            release_buffers()
+
+
 def set_buffer_cache(flag):
-    """Cache kernel outputs (True) or not (False, the default; module docstring); only
-    under the ``'retain'`` policy. Returns the setting."""
-    if flag not in (True, False):
-        raise ValueError(f"set_buffer_cache: flag must be True or False, got {flag!r}")
-    _Buffers.enabled = flag
-    if not flag:
+    """Cache kernel outputs (True), not (False), or let the training loop's own step times
+    decide (``'auto'``, the default; module docstring); only under the ``'retain'``
+    policy. Returns the setting."""
+    if flag not in (True, False, "auto"):
+        raise ValueError(f"set_buffer_cache: flag must be True, False or 'auto', "
+                         f"got {flag!r}")
+    _Tuner.reset(flag == "auto")
+    _switch_cache(flag is True)
+    if flag is not True:
         release_buffers()
     return flag
+
+
+# ----------------------------------------------------------------------------- 'auto'
+
+class _Tuner:
+    """``set_buffer_cache('auto')``: an A/B trial inside the training loop. Every backward
+    pass run from the main thread marks a step (``mark_step``); the time from one mark to
+    the next is what a step costs the user, whatever the model. After ``FIRST_TRIAL``
+    steps, and later once ``RETUNE_STEPS`` steps and ``RETUNE_SECONDS`` have passed (the
+    host may have moved the threads meanwhile; the wait doubles for each earlier trial
+    in a row that chose the same, up to ``MAX_BACKOFF`` times), the next steps run as a
+    trial: ``ROUNDS`` rounds of two blocks, the cache off in one and on in the other (off
+    first in the even rounds, on first in the odd ones, so that a drift of the machine's
+    speed over the trial cancels), each block ``WARM`` untimed steps (the cache filling,
+    or glibc's free lists settling) and ``MEASURE`` timed ones. Each round gives the
+    ratio of its blocks' median steps, on / off; the trial's verdict is "on" if the
+    median of those ratios is below ``1 - MARGIN``. The setting changes when two trials
+    in a row give the verdict against it (one trial, 24 timed steps, can be swayed by a
+    few slow steps; the states of the machine that matter last seconds to minutes). A
+    trial costs its steps in the slower setting (benchmarks/RESULTS.md)."""
+    FIRST_TRIAL = 20
+    RETUNE_STEPS = 100
+    RETUNE_SECONDS = 2.0
+    MAX_BACKOFF = 4        # the wait doubles while trials agree: 2, 4, ... 32 s
+    ROUNDS = 4
+    WARM = 1
+    MEASURE = 3
+    MARGIN = 0.03
+
+    active = False
+    setting = False        # the cache's setting between trials
+    plan = []              # (cache on, block or None when untimed) of the trial steps to run
+    running = None         # that of the trial step running now, or None
+    times = {}             # block -> step times; blocks 2r and 2r + 1 make round r
+    last_mark = None       # perf_counter at the previous mark
+    steps = 0              # steps since the last trial ended
+    last_trial = 0.0       # perf_counter when it ended
+    decisions = []         # (median ratio on / off, verdict: on) of each trial, latest last
+
+    @classmethod
+    def reset(cls, active):
+        cls.active, cls.setting = active, False
+        cls.plan, cls.running, cls.times = [], None, {}
+        cls.last_mark, cls.steps, cls.last_trial, cls.decisions = None, 0, 0.0, []
+
+    @classmethod
+    def trial_plan(cls):
+        """The trial's steps: (cache on, block) for timed ones, (cache on, None) warm-ups."""
+        plan = []
+        for r in range(cls.ROUNDS):
+            for k, on in enumerate((False, True) if r % 2 == 0 else (True, False)):
+                plan += [(on, None)] * cls.WARM + [(on, 2 * r + k)] * cls.MEASURE
+        return plan
+
+    @classmethod
+    def mark(cls, now):
+        if cls.running is not None:
+            on, block = cls.running
+            if block is not None and cls.last_mark is not None:
+                cls.times.setdefault(block, []).append(now - cls.last_mark)
+            cls.running = None
+        cls.last_mark = now
+        if not cls.plan:
+            if cls.times:
+                cls.decide(now)
+                return
+            cls.steps += 1
+            if not cls.due(now):
+                return
+            cls.plan = cls.trial_plan()
+        cls.running = cls.plan.pop(0)
+        _switch_cache(cls.running[0])
+
+    @classmethod
+    def due(cls, now):
+        if not cls.decisions:
+            return cls.steps >= cls.FIRST_TRIAL
+        return cls.steps >= cls.RETUNE_STEPS and now - cls.last_trial >= cls.wait()
+
+    @classmethod
+    def wait(cls):
+        """Seconds from a trial to the next: ``RETUNE_SECONDS``, doubled for each earlier
+        trial in a row with the latest one's verdict (up to ``MAX_BACKOFF`` times)."""
+        same = 0
+        for _, verdict in reversed(cls.decisions[:-1]):
+            if verdict != cls.decisions[-1][1] or same == cls.MAX_BACKOFF:
+                break
+            same += 1
+        return cls.RETUNE_SECONDS * 2 ** same
+
+    @classmethod
+    def decide(cls, now):
+        ratios = []
+        for r in range(cls.ROUNDS):
+            off, on = (cls.times.get(2 * r + k) for k in ((0, 1) if r % 2 == 0 else (1, 0)))
+            if off and on:
+                ratios.append(float(np.median(on) / np.median(off)))
+        ratio = float(np.median(ratios)) if ratios else 1.0
+        verdict = ratio < 1 - cls.MARGIN
+        if cls.decisions and cls.decisions[-1][1] == verdict:
+            cls.setting = verdict
+        cls.decisions = cls.decisions[-99:] + [(ratio, verdict)]
+        cls.times = {}
+        cls.steps, cls.last_trial = 0, now
+        _switch_cache(cls.setting)
+
+
+_Tuner.reset(True)            # 'auto' is the default
+
+
+def mark_step():
+    """A training step ends here (the backward pass calls it): feeds ``'auto'``, and with
+    the cache off gives back the cached arrays that were still in use when it went off."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if _Tuner.active:
+        _Tuner.mark(time.perf_counter())
+    if not _Buffers.enabled and _Buffers.by_key:
+        release_buffers()
 
 
 def empty(shape, dtype):
