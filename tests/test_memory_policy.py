@@ -231,11 +231,12 @@ def test_the_cache_on_and_off_by_hand(buffers, monkeypatch):
 def tuner(buffers, monkeypatch):
     """The 'auto' tuner, active, with small trials: 3 steps before the first; 2 rounds of
     two blocks of 1 warm-up and 2 timed steps; the next after 5 steps and 10 s (doubling
-    at most twice)."""
+    at most twice); steps up to 1000 s (the median of the last 2) have trials."""
     memory = buffers
     monkeypatch.setattr(memory._Buffers, "enabled", False)
     for name, value in (("FIRST_TRIAL", 3), ("ROUNDS", 2), ("WARM", 1), ("MEASURE", 2),
-                        ("RETUNE_STEPS", 5), ("RETUNE_SECONDS", 10.0), ("MAX_BACKOFF", 2)):
+                        ("RETUNE_STEPS", 5), ("RETUNE_SECONDS", 10.0), ("MAX_BACKOFF", 2),
+                        ("MAX_STEP_SECONDS", 1000.0), ("RECENT", 2)):
         monkeypatch.setattr(memory._Tuner, name, value)
     memory._Tuner.reset(True)
     yield memory
@@ -340,6 +341,18 @@ def test_auto_waits_longer_while_trials_agree(tuner):
     assert waits == [10.0, 20.0, 40.0, 40.0, 40.0]           # MAX_BACKOFF = 2
     tuner._Tuner.decisions.append((0.5, True))               # a trial that said otherwise
     assert tuner._Tuner.wait() == 10.0
+
+
+def test_auto_has_no_trials_for_long_steps_and_turns_the_cache_off(tuner, monkeypatch):
+    monkeypatch.setattr(tuner._Tuner, "MAX_STEP_SECONDS", 2.0)
+    clock = [0.0]
+    ran = _run_steps(tuner, 40, lambda on: 3.0, clock)       # 3 s steps: never a trial
+    assert ran == [False] * 40 and not tuner._Tuner.decisions
+    _until_trials(tuner, 2, lambda on: 1.0 if on else 1.5, clock)   # short steps: on
+    assert tuner._Buffers.enabled
+    ran = _run_steps(tuner, 8, lambda on: 3.0, clock)
+    # the median of the last 2 steps passes 2 s at the 3rd long step's mark: off from then
+    assert ran == [True] * 2 + [False] * 6 and not tuner._Tuner.setting
 
 
 def test_outputs_in_use_when_the_cache_went_off_go_back_at_a_later_step(buffers):
