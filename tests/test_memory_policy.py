@@ -351,8 +351,9 @@ def test_auto_has_no_trials_for_long_steps_and_turns_the_cache_off(tuner, monkey
     _until_trials(tuner, 2, lambda on: 1.0 if on else 1.5, clock)   # short steps: on
     assert tuner._Buffers.enabled
     ran = _run_steps(tuner, 8, lambda on: 3.0, clock)
-    # the median of the last 2 steps passes 2 s at the 3rd long step's mark: off from then
-    assert ran == [True] * 2 + [False] * 6 and not tuner._Tuner.setting
+    # the median of the last 2 steps (the upper one) passes 2 s at the 2nd long step's
+    # mark: off from then
+    assert ran == [True] + [False] * 7 and not tuner._Tuner.setting
 
 
 def test_outputs_in_use_when_the_cache_went_off_go_back_at_a_later_step(buffers):

@@ -249,12 +249,14 @@ class _Tuner:
     few slow steps; the states of the machine that matter last seconds to minutes). A
     trial costs its steps in the slower setting (benchmarks/RESULTS.md).
 
-    Only loops whose recent steps (the median of ``RECENT``) take at most
-    ``MAX_STEP_SECONDS`` have trials; longer ones run with the cache off. Measured on
-    ResNet-18, GoogLeNet and MobileNet v2 (steps of 60-1500 ms), the cache won nothing
-    where it cost LeNet's 3 ms step 5 %, and held memory NumPy's own allocations could
-    not use: ResNet-18's peak RSS 577 MB without it, 666 with it, 773 with trials that
-    switch it on and off."""
+    Only loops whose recent steps (the median of the last ``RECENT``) take at most
+    ``MAX_STEP_SECONDS`` have trials; longer ones run with the cache off. Their steps
+    (ResNet-18, GoogLeNet, MobileNet v2: 60-1500 ms) spend most of their time in
+    arithmetic, not in memory handed between threads: in the usual state the cache made
+    them 2-9 % slower (LeNet's 3 ms step 3-10 %), a trial's 16 steps in the slower
+    setting cost seconds, and the cache holds memory NumPy's own allocations cannot use
+    (ResNet-18's peak RSS: 577 MB without it, 666 with it, 773 with trials switching it
+    on and off)."""
     FIRST_TRIAL = 20
     RETUNE_STEPS = 100
     RETUNE_SECONDS = 2.0
@@ -310,7 +312,7 @@ class _Tuner:
             cls.steps += 1
             if len(cls.recent) < cls.RECENT:
                 return
-            if np.median(cls.recent) > cls.MAX_STEP_SECONDS:
+            if sorted(cls.recent)[cls.RECENT // 2] > cls.MAX_STEP_SECONDS:   # (np.median: 10 us)
                 cls.setting = False           # long steps: no trials, the cache off
                 _switch_cache(False)
                 return
