@@ -128,12 +128,18 @@ def test_only_requested_gradients(layout, need, rng):
 
 # ----------------------------------------------------------------------------- through the op
 
+@pytest.mark.parametrize("min_n", [conv_direct.BATCH_LAST_MIN_N, 1])
 @pytest.mark.parametrize("case", ["lenet conv2", "non-square", "padding", "same, even kernel"])
-def test_op_against_torch(case, rng):
-    """conv2d on the direct path: PyTorch parity (float64 tight, float32 loose) + gradcheck."""
+def test_op_against_torch(case, min_n, rng, monkeypatch):
+    """conv2d on the direct path: PyTorch parity (float64 tight, float32 loose) + gradcheck;
+    2 images: planar as the rule has it, and batch-last with the rule's batch minimum at 1."""
+    monkeypatch.setattr(conv_direct, "BATCH_LAST_MIN_N", min_n)
     xs, ws, padding = CASES[case]
     xs = (2,) + xs[1:]
     arrays = [rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])]
+    geo = _geo(xs, ws, padding)
+    assert conv_direct.choose_layout(geo) == ("planar" if min_n > 2 or geo.OW >= 16
+                                              else "batch_last")
     with K.use_impl("direct", family="conv2d"), K.decisions() as log:
         check_op(lambda *a: conv2d(*a, padding=padding), lambda *a: F.conv2d(*a, padding=padding),
                  arrays)
@@ -214,8 +220,14 @@ def test_dispatch_forced(use_impl):
 
 
 def test_choose_layout():
-    assert conv_direct.choose_layout(28) == "planar"          # LeNet conv1: 28x28 output
-    assert conv_direct.choose_layout(10) == "batch_last"      # LeNet conv2: 10x10
+    def layout(N, H, K):
+        return conv_direct.choose_layout(geometry.ConvGeometry.of((N, 6, H, H), (16, 6, K, K)))
+    assert layout(100, 32, 5) == "planar"          # LeNet conv1: 28x28 output
+    assert layout(100, 14, 5) == "batch_last"      # LeNet conv2: 10x10
+    assert layout(8, 14, 5) == "batch_last"        # BATCH_LAST_MIN_N
+    assert layout(7, 14, 5) == "planar"            # too few images for batch-last rows
+    assert layout(1, 14, 5) == "planar"
+    assert layout(8, 18, 3) == "planar"            # OW = 16
     with pytest.raises(ValueError, match="layout must be"):
         x, w = np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 2, 2))
         conv_direct.conv2d_forward(x, w, None, geometry.ConvGeometry.of(x.shape, w.shape),

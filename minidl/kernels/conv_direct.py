@@ -76,21 +76,27 @@ from .conv import plane_sums
 
 __all__ = ["forward", "grad_output", "grad_weight", "grad_input", "grad_bias",
            "weight_source", "choose_layout", "conv2d_forward", "conv2d_backward",
-           "BATCH_LAST_MAX_OW"]
+           "BATCH_LAST_MAX_OW", "BATCH_LAST_MIN_N"]
 
-# batch_last when the output rows are shorter than this (see choose_layout)
+# batch_last when the output rows are shorter than this and the batch at least that
+# (see choose_layout)
 BATCH_LAST_MAX_OW = 16
+BATCH_LAST_MIN_N = 8
 
 
-def choose_layout(OW):
-    """'batch_last' for output rows shorter than BATCH_LAST_MAX_OW (16), else 'planar'.
+def choose_layout(geo):
+    """'batch_last' for output rows shorter than BATCH_LAST_MAX_OW (16) in a batch of at
+    least BATCH_LAST_MIN_N (8) images, else 'planar'.
 
     The planar layout wastes (KW - 1) / OW of its work on garbage columns and runs short
-    loops on small planes; the batch-last layout pays for transposing x, y, gy and gx.
-    Measured over 15 shapes (``benchmarks/RESULTS.md``), batch-last wins clearly below
-    OW = 16 and loses above it.
+    loops on small planes; the batch-last layout pays for transposing x, y, gy and gx,
+    and its rows (OW times the images of a part) are short in a small batch. Measured
+    (``benchmarks/RESULTS.md``): over 15 shapes batch-last wins clearly below OW = 16 and
+    loses above it; forward and backward of three layers with OW = 7 and 10, batch-last
+    took 1.1-2.6x the planar time for 1-6 images and 0.63-1.0x from 8 on.
     """
-    return "batch_last" if OW < BATCH_LAST_MAX_OW else "planar"
+    return ("batch_last" if geo.OW < BATCH_LAST_MAX_OW and geo.N >= BATCH_LAST_MIN_N
+            else "planar")
 
 
 @functools.lru_cache(maxsize=64)
@@ -182,7 +188,7 @@ def conv2d_forward(x, w, b, geo, layout=None):
     layout: None (``choose_layout``), 'planar' or 'batch_last'.
     """
     OC, C, KH, KW = w.shape
-    layout = layout or choose_layout(geo.OW)
+    layout = layout or choose_layout(geo)
     wm = np.ascontiguousarray(w.reshape(OC, C * KH * KW))
     b = np.zeros(OC, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
     if layout == "planar":
@@ -227,7 +233,7 @@ class GradOutput:
 def grad_output(gy, geo, products=True, layout=None):
     """gy (N, OC, OH, OW) as the gradient kernels read it (``GradOutput``). products: unused
     here (the reference's transposed copy); layout: the forward's (default: the same rule)."""
-    return GradOutput(gy, layout or choose_layout(geo.OW))
+    return GradOutput(gy, layout or choose_layout(geo))
 
 
 def grad_weight(g, saved, geo, need_b=True):
@@ -291,7 +297,7 @@ def grad_bias(g, geo):
 def weight_source(x, geo):
     """``saved`` for ``grad_weight`` from x (N, C, H, W) alone, without a forward: the
     padded input in the layout ``grad_output`` will pick (the same rule as forward)."""
-    layout = choose_layout(geo.OW)
+    layout = choose_layout(geo)
     src = _pad_planar(x, geo) if layout == "planar" else _to_batch_last(x, geo)
     return layout, src
 
