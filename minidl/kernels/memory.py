@@ -238,7 +238,7 @@ class _Tuner:
     the next is what a step costs the user, whatever the model. After ``FIRST_TRIAL``
     steps, and later once ``RETUNE_STEPS`` steps and ``RETUNE_SECONDS`` have passed (the
     host may have moved the threads meanwhile; the wait doubles for each earlier trial
-    in a row that chose the same, up to ``MAX_BACKOFF`` times), the next steps run as a
+    in a row with the same verdict, up to ``MAX_BACKOFF`` times), the next steps run as a
     trial: ``ROUNDS`` rounds of two blocks, the cache off in one and on in the other (off
     first in the even rounds, on first in the odd ones, so that a drift of the machine's
     speed over the trial cancels), each block ``WARM`` untimed steps (the cache filling,
@@ -297,6 +297,8 @@ class _Tuner:
 
     @classmethod
     def mark(cls, now):
+        """A step ended at ``now`` (perf_counter): time it, and begin, go on with or end a
+        trial."""
         if cls.running is not None:
             on, block = cls.running
             if block is not None and cls.last_mark is not None:
@@ -312,7 +314,8 @@ class _Tuner:
             cls.steps += 1
             if len(cls.recent) < cls.RECENT:
                 return
-            if sorted(cls.recent)[cls.RECENT // 2] > cls.MAX_STEP_SECONDS:   # (np.median: 10 us)
+            # the median without NumPy (np.median costs 10 us, a small op's time)
+            if sorted(cls.recent)[cls.RECENT // 2] > cls.MAX_STEP_SECONDS:
                 cls.setting = False           # long steps: no trials, the cache off
                 _switch_cache(False)
                 return
@@ -324,6 +327,7 @@ class _Tuner:
 
     @classmethod
     def due(cls, now):
+        """Whether a trial begins at this mark."""
         if not cls.decisions:
             return cls.steps >= cls.FIRST_TRIAL
         return cls.steps >= cls.RETUNE_STEPS and now - cls.last_trial >= cls.wait()
@@ -341,6 +345,7 @@ class _Tuner:
 
     @classmethod
     def decide(cls, now):
+        """End a trial: its verdict, and the setting from now on."""
         ratios = []
         for r in range(cls.ROUNDS):
             off, on = (cls.times.get(2 * r + k) for k in ((0, 1) if r % 2 == 0 else (1, 0)))
