@@ -88,9 +88,9 @@ def buffers(monkeypatch):
     monkeypatch.setattr(memory._Buffers, "enabled", True)
     monkeypatch.setattr(memory._Buffers, "by_key", {})
     monkeypatch.setattr(memory._Buffers, "handouts", 0)
-    tuner = {k: getattr(memory._Tuner, k) for k in ("active", "plan", "running", "times",
-                                                    "last_mark", "steps", "last_trial",
-                                                    "decisions")}
+    tuner = {k: getattr(memory._Tuner, k) for k in ("active", "setting", "plan", "running",
+                                                    "times", "last_mark", "recent", "steps",
+                                                    "last_trial", "decisions")}
     yield memory
     for k, v in tuner.items():          # set_buffer_cache in a test leaves 'auto'
         setattr(memory._Tuner, k, v)
