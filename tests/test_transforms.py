@@ -109,14 +109,14 @@ def test_resize_matches_interpolate(size, antialias):
 
 
 def test_resize_lecture_batch_of_100_and_strided_views():
-    """The lecture's batch of 100, from strided views (one channel of two, every other row)
-    as well as contiguous images, float32 and float64."""
+    """The lecture's batch of 100, from strided views (one channel of two; every other row
+    and column) as well as contiguous images, float32 and float64."""
     rng = np.random.default_rng(5)
     two = rng.random((100, 2, 28, 28)).astype(np.float32)
     for batch in (two[:, 1:], np.ascontiguousarray(two[:, :1]), two[:, :, ::2, 1::2]):
         np.testing.assert_allclose(T.resize(batch, (32, 30)), torch_resize(batch, (32, 30)),
                                    rtol=0, atol=1e-5)
-    wide = rng.random((40, 3, 28, 28))                 # float64, 3-D images of 3 channels
+    wide = rng.random((40, 3, 28, 28))                 # float64, 3 channels an image
     np.testing.assert_allclose(T.resize(wide, (32, 40)), torch_resize(wide, (32, 40)),
                                rtol=0, atol=1e-12)
 
