@@ -514,14 +514,14 @@ def grad_weight(g, saved, geo, need_b=True):
         V = _V_whole(x, geo, sc)                                  # (K, C, T)
         g.Z = Z = _Z_whole(g.gy, geo, sc)                         # (K, OC, T)
         dU = matmul(Z, V.transpose(0, 2, 1), memory.empty((sc.K, geo.OC, geo.C),
-                                                     dtype=np.result_type(x, Z)))
+                                                          dtype=np.result_type(x, Z)))
     else:
         # When the input gradient follows (g.need_x, set by the op) and forward's U is
         # at hand, each block makes its part of dX from the same Z: Z once per block.
         U = _saved_U(g, sc)
         UT = U.transpose(0, 2, 1) if U is not None and getattr(g, "need_x", False) else None
         gx = None if UT is None else memory.empty((geo.N, geo.C, geo.H, geo.W),
-                                              dtype=np.result_type(g.gy, U))
+                                                  dtype=np.result_type(g.gy, U))
         TH, TW = _tiles(geo, sc)
 
         dU = memory.empty((sc.K, geo.OC, geo.C), dtype=np.result_type(x, g.gy))

@@ -224,8 +224,8 @@ def set_buffer_cache(flag):
         raise ValueError(f"set_buffer_cache: flag must be True, False or 'auto', "
                          f"got {flag!r}")
     _Tuner.reset(flag == "auto")
-    _switch_cache(flag is True)
-    if flag is not True:
+    _Buffers.enabled = flag is True
+    if flag is not True:          # also the arrays that were in use at an earlier switch
         release_buffers()
     return flag
 
